@@ -1,0 +1,643 @@
+//! The sync engine: compares replicas, plans the operations a rule calls for, and carries them
+//! out through [`Endpoint`]s, reporting each step as an [`Event`].
+//!
+//! Rules: **mirror** makes every destination identical to the source (extras deleted), **copy**
+//! brings new and changed files across and deletes nothing, **sync** lets changes and deletions
+//! flow every way, telling a deletion from a new file by the tree all replicas agreed on last
+//! time ([`crate::base`]); when two replicas changed a file differently the newer one wins and
+//! the other is kept beside it as a conflict copy.
+//!
+//! A failure on one path is reported and the run goes on; the sync base keeps that path's old
+//! state so the next run retries it instead of mistaking the stale copy for a change.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::base::{self, BaseError};
+pub use crate::endpoint::Scope;
+use crate::endpoint::{Endpoint, EndpointError};
+use crate::filter::Filter;
+use crate::tree::{Entry, Kind, Mtime, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    Mirror,
+    Copy,
+    Sync,
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mirror" => Ok(Rule::Mirror),
+            "copy" => Ok(Rule::Copy),
+            "sync" => Ok(Rule::Sync),
+            other => Err(format!("unknown rule {other:?}: use mirror, copy or sync")),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::Mirror => "mirror",
+            Rule::Copy => "copy",
+            Rule::Sync => "sync",
+        })
+    }
+}
+
+/// Everything the engine needs to run one job.
+#[derive(Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub rule: Rule,
+    pub source: Arc<dyn Endpoint>,
+    pub destinations: Vec<Arc<dyn Endpoint>>,
+    pub filter: Filter,
+}
+
+/// One thing the engine did, for the run's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Copied {
+        to: String,
+        path: PathBuf,
+        bytes: u64,
+    },
+    Deleted {
+        at: String,
+        path: PathBuf,
+    },
+    Conflict {
+        at: String,
+        path: PathBuf,
+        kept_as: PathBuf,
+    },
+    Failed {
+        path: PathBuf,
+        error: String,
+    },
+}
+
+/// What a run did, in the counters `runs` records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub files_copied: u64,
+    pub files_deleted: u64,
+    pub dirs_created: u64,
+    pub conflicts: u64,
+    /// Logical bytes of the files written.
+    pub bytes_total: u64,
+    /// Bytes that crossed from source to destination (all of them, for local folders).
+    pub bytes_sent: u64,
+    pub failures: u64,
+    /// The first failure, to show beside the counts.
+    pub first_failure: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("job {job}: source {source}")]
+    Source {
+        job: String,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("job {job}: destination {source}")]
+    Destination {
+        job: String,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("job {job}: {source}")]
+    Base {
+        job: String,
+        #[source]
+        source: BaseError,
+    },
+    #[error("job {job}: cancelled")]
+    Cancelled { job: String },
+}
+
+/// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
+/// summary; an unusable source or destination root fails the whole run before anything is
+/// written (an unreadable source must never make a mirror delete everything).
+pub fn run(
+    spec: &JobSpec,
+    scope: &Scope,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary, EngineError> {
+    let lock = job_lock(&spec.name);
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let scope = normalise(scope);
+    let replicas: Vec<&dyn Endpoint> = std::iter::once(spec.source.as_ref())
+        .chain(spec.destinations.iter().map(|d| d.as_ref()))
+        .collect();
+    let job = || spec.name.clone();
+    let base_err = |source| EngineError::Base { job: job(), source };
+    let mut base = match spec.rule {
+        Rule::Sync => base::load(replicas[0], &spec.name).map_err(base_err)?,
+        Rule::Mirror | Rule::Copy => Tree::new(),
+    };
+    // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
+    // its root is only created on the first run, before anything was agreed.
+    let create_missing = |i: usize| i > 0 && base.is_empty();
+    let mut trees = Vec::with_capacity(replicas.len());
+    for (i, replica) in replicas.iter().enumerate() {
+        let scanned = replica
+            .check_root(create_missing(i))
+            .and_then(|()| replica.scan(&scope, &spec.filter));
+        trees.push(scanned.map_err(|source| match i {
+            0 => EngineError::Source { job: job(), source },
+            _ => EngineError::Destination { job: job(), source },
+        })?);
+    }
+    let mut exec = Executor {
+        replicas: &replicas,
+        cancel,
+        on_event,
+        summary: Summary::default(),
+        failed: HashSet::new(),
+        job: &spec.name,
+    };
+    match spec.rule {
+        Rule::Mirror | Rule::Copy => {
+            for (d, tree) in trees.iter().enumerate().skip(1) {
+                exec.execute(plan_one_way(spec.rule, &trees[0], tree, d))?;
+            }
+        }
+        Rule::Sync => {
+            let scoped = base::within(&base, &scope);
+            let SyncPlan { actions, agreed } =
+                plan_sync(&trees, &scoped, |a, b, path| exec.same_content(a, b, path));
+            exec.execute(actions)?;
+            let agreed = unless_failed(agreed, &exec.failed, &scoped);
+            base::merge(&mut base, &scope, agreed);
+            base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
+        }
+    }
+    Ok(exec.summary)
+}
+
+/// Serialises runs of the same job in this process (a monitor and a schedule may share one).
+fn job_lock(job: &str) -> Arc<Mutex<()>> {
+    static LOCKS: Mutex<Option<HashMap<String, Arc<Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks
+        .get_or_insert_with(HashMap::new)
+        .entry(job.to_owned())
+        .or_default()
+        .clone()
+}
+
+/// Drops duplicate and nested paths: `a` covers `a/b`.
+fn normalise(scope: &Scope) -> Scope {
+    match scope {
+        Scope::Full => Scope::Full,
+        Scope::Paths(paths) if paths.iter().any(|p| p.as_os_str().is_empty()) => Scope::Full,
+        Scope::Paths(paths) => {
+            let unique: BTreeSet<&PathBuf> = paths.iter().collect();
+            let list: Vec<PathBuf> = unique.iter().map(|p| (*p).clone()).collect();
+            Scope::Paths(
+                list.iter()
+                    .filter(|p| !base::covered_by(p, &list))
+                    .cloned()
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    /// Write the entry (file, link or folder) found at replica `from`.
+    Copy {
+        from: usize,
+        entry: Entry,
+    },
+    Remove {
+        entry: Entry,
+    },
+    /// Move a losing version aside to `to` before the winner is written over it.
+    KeepAside {
+        to: PathBuf,
+    },
+    SetMtime {
+        mtime: Mtime,
+    },
+    /// Report a path that cannot be handled automatically.
+    Refuse {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Action {
+    replica: usize,
+    path: PathBuf,
+    op: Op,
+}
+
+impl Action {
+    /// Execution phase: file removals, then folder removals deepest first, then conflict
+    /// copies, then writes parents first, then folder times (writes change them).
+    fn phase(&self) -> u8 {
+        match &self.op {
+            Op::Refuse { .. } => 0,
+            Op::Remove { entry } if !entry.is_dir() => 1,
+            Op::Remove { .. } => 2,
+            Op::KeepAside { .. } => 3,
+            Op::Copy { .. } => 4,
+            Op::SetMtime { .. } => 5,
+        }
+    }
+}
+
+fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let act = |path: &Path, op| Action {
+        replica: d,
+        path: path.to_path_buf(),
+        op,
+    };
+    for (path, s) in src {
+        let copy = || Op::Copy {
+            from: 0,
+            entry: s.clone(),
+        };
+        match dst.get(path) {
+            None => actions.push(act(path, copy())),
+            Some(t) if s.looks_unchanged(t) => {
+                if s.is_dir() && s.mtime != t.mtime {
+                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+            }
+            Some(t) if t.is_dir() != s.is_dir() && rule == Rule::Copy => {
+                let reason = format!(
+                    "is a {} at the destination but a {} at the source, and the copy rule deletes nothing",
+                    kind_name(&t.kind),
+                    kind_name(&s.kind)
+                );
+                actions.push(act(path, Op::Refuse { reason }));
+            }
+            Some(t) => {
+                if t.is_dir() != s.is_dir() {
+                    actions.push(act(path, Op::Remove { entry: t.clone() }));
+                }
+                actions.push(act(path, copy()));
+                if s.is_dir() {
+                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+            }
+        }
+        if s.is_dir() && !dst.contains_key(path) {
+            actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+        }
+    }
+    if rule == Rule::Mirror {
+        for (path, t) in dst.iter().filter(|(path, _)| !src.contains_key(*path)) {
+            actions.push(act(path, Op::Remove { entry: t.clone() }));
+        }
+    }
+    actions
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::File => "file",
+        Kind::Dir => "folder",
+        Kind::Symlink { .. } => "link",
+    }
+}
+
+struct SyncPlan {
+    actions: Vec<Action>,
+    /// The tree every replica holds once all actions succeed.
+    agreed: Tree,
+}
+
+/// The new base: what was agreed, except that a path whose action failed keeps its old state,
+/// so the next run sees the change again rather than taking the stale replica for a new change.
+fn unless_failed(mut agreed: Tree, failed: &HashSet<PathBuf>, old: &Tree) -> Tree {
+    for path in failed {
+        match old.get(path) {
+            Some(entry) => agreed.insert(path.clone(), entry.clone()),
+            None => agreed.remove(path),
+        };
+    }
+    agreed
+}
+
+/// Plans a multi-way sync. `same_content(a, b, path)` compares a path's file contents on two
+/// replicas; it is only asked when both changed to the same size.
+fn plan_sync(
+    trees: &[Tree],
+    base: &Tree,
+    mut same_content: impl FnMut(usize, usize, &Path) -> bool,
+) -> SyncPlan {
+    let mut plan = SyncPlan {
+        actions: Vec::new(),
+        agreed: Tree::new(),
+    };
+    let paths: BTreeSet<&PathBuf> = trees
+        .iter()
+        .flat_map(|t| t.keys())
+        .chain(base.keys())
+        .collect();
+    for path in paths {
+        let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
+        let was = base.get(path);
+        let changed: Vec<usize> = (0..states.len())
+            .filter(|&i| !same(states[i], was))
+            .collect();
+        let Some(&first) = changed.first() else {
+            if let Some(entry) = was {
+                plan.agreed.insert(path.clone(), entry.clone());
+            }
+            continue;
+        };
+        let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
+            (Some(x), Some(y))
+                if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size =>
+            {
+                x.mtime == y.mtime || same_content(a, b, path)
+            }
+            (x, y) => same(x, y),
+        };
+        let winner = changed
+            .iter()
+            .copied()
+            .filter(|&i| states[i].is_some())
+            .max_by_key(|&i| states[i].map(|e| e.mtime))
+            .unwrap_or(first);
+        let losers: Vec<usize> = changed
+            .iter()
+            .copied()
+            .filter(|&i| !equivalent(i, winner))
+            .collect();
+        let target = states[winner];
+        if losers
+            .iter()
+            .any(|&i| states[i].is_some_and(|e| e.is_dir() != target.is_some_and(Entry::is_dir)))
+        {
+            plan.actions.push(Action {
+                replica: winner,
+                path: path.clone(),
+                op: Op::Refuse {
+                    reason: "is a folder on one side and a file on another; rename one of them"
+                        .into(),
+                },
+            });
+            if let Some(entry) = was {
+                plan.agreed.insert(path.clone(), entry.clone());
+            }
+            continue;
+        }
+        for (r, state) in states.iter().enumerate() {
+            let Some(target) = target else {
+                if let Some(entry) = state {
+                    plan.actions.push(Action {
+                        replica: r,
+                        path: path.clone(),
+                        op: Op::Remove {
+                            entry: (*entry).clone(),
+                        },
+                    });
+                }
+                continue;
+            };
+            if r == winner {
+                continue;
+            }
+            if losers.contains(&r) && state.is_some() {
+                keep_aside(&mut plan, trees.len(), r, path, state.unwrap());
+            } else if state
+                .is_some_and(|s| equivalent(r, winner) && s.mtime != target.mtime && !s.is_dir())
+            {
+                plan.actions.push(Action {
+                    replica: r,
+                    path: path.clone(),
+                    op: Op::SetMtime {
+                        mtime: target.mtime,
+                    },
+                });
+                continue;
+            } else if state.is_some_and(|s| same(Some(s), Some(target))) {
+                continue;
+            }
+            if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir()) {
+                plan.actions.push(Action {
+                    replica: r,
+                    path: path.clone(),
+                    op: Op::Remove { entry: s.clone() },
+                });
+            }
+            plan.actions.push(Action {
+                replica: r,
+                path: path.clone(),
+                op: Op::Copy {
+                    from: winner,
+                    entry: target.clone(),
+                },
+            });
+        }
+        if let Some(target) = target {
+            plan.agreed.insert(path.clone(), target.clone());
+        }
+    }
+    plan
+}
+
+/// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
+fn keep_aside(plan: &mut SyncPlan, replicas: usize, r: usize, path: &Path, entry: &Entry) {
+    let aside = conflict_name(path, entry.mtime);
+    plan.actions.push(Action {
+        replica: r,
+        path: path.to_path_buf(),
+        op: Op::KeepAside { to: aside.clone() },
+    });
+    for other in (0..replicas).filter(|&o| o != r) {
+        plan.actions.push(Action {
+            replica: other,
+            path: aside.clone(),
+            op: Op::Copy {
+                from: r,
+                entry: entry.clone(),
+            },
+        });
+    }
+    plan.agreed.insert(aside, entry.clone());
+}
+
+/// `report.txt` → `report.ferry-conflict-20261122-083000.txt`, dated by the losing version.
+fn conflict_name(path: &Path, mtime: Mtime) -> PathBuf {
+    let stamp = chrono_like_stamp(mtime.secs);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.ferry-conflict-{stamp}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.ferry-conflict-{stamp}"),
+    };
+    path.with_file_name(name)
+}
+
+/// UTC `YYYYMMDD-HHMMSS` without a date library (civil-from-days, Howard Hinnant).
+fn chrono_like_stamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.looks_unchanged(b),
+        _ => false,
+    }
+}
+
+struct Executor<'a> {
+    replicas: &'a [&'a dyn Endpoint],
+    cancel: &'a AtomicBool,
+    on_event: &'a mut dyn FnMut(Event),
+    summary: Summary,
+    /// Paths with at least one failed action in this run.
+    failed: HashSet<PathBuf>,
+    job: &'a str,
+}
+
+impl Executor<'_> {
+    fn execute(&mut self, mut actions: Vec<Action>) -> Result<(), EngineError> {
+        actions.sort_by(|a, b| {
+            let order = a.phase().cmp(&b.phase());
+            // Folders are removed deepest first; everything else parents first.
+            let by_path = if a.phase() == 2 {
+                b.path.cmp(&a.path)
+            } else {
+                a.path.cmp(&b.path)
+            };
+            order.then(by_path)
+        });
+        for action in actions {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled {
+                    job: self.job.to_owned(),
+                });
+            }
+            if let Err(error) = self.apply(&action) {
+                self.fail(&action.path, error);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), String> {
+        let replica = self.replicas[action.replica];
+        let path = &action.path;
+        match &action.op {
+            Op::Refuse { reason } => return Err(format!("{} {reason}", path.display())),
+            Op::Copy { from, entry } => self
+                .copy(*from, replica, path, entry)
+                .map_err(|e| e.to_string())?,
+            Op::Remove { entry } => {
+                if replica.remove(path, entry).map_err(|e| e.to_string())? && !entry.is_dir() {
+                    self.summary.files_deleted += 1;
+                    (self.on_event)(Event::Deleted {
+                        at: replica.display(),
+                        path: path.clone(),
+                    });
+                }
+            }
+            Op::KeepAside { to } => {
+                replica.rename(path, to).map_err(|e| e.to_string())?;
+                self.summary.conflicts += 1;
+                (self.on_event)(Event::Conflict {
+                    at: replica.display(),
+                    path: path.clone(),
+                    kept_as: to.clone(),
+                });
+            }
+            Op::SetMtime { mtime } => replica.set_mtime(path, *mtime).map_err(|e| e.to_string())?,
+        }
+        Ok(())
+    }
+
+    fn copy(
+        &mut self,
+        from: usize,
+        to: &dyn Endpoint,
+        path: &Path,
+        entry: &Entry,
+    ) -> Result<(), EndpointError> {
+        match entry.kind {
+            Kind::Dir => {
+                to.make_dir(path, entry)?;
+                self.summary.dirs_created += 1;
+                return Ok(());
+            }
+            Kind::Symlink { .. } => to.make_symlink(path, entry)?,
+            Kind::File => {
+                let mut data = self.replicas[from].open(path)?;
+                let bytes = to.write_file(path, entry, &mut data)?;
+                self.summary.bytes_total += bytes;
+                self.summary.bytes_sent += bytes;
+            }
+        }
+        self.summary.files_copied += 1;
+        (self.on_event)(Event::Copied {
+            to: to.display(),
+            path: path.to_path_buf(),
+            bytes: entry.size,
+        });
+        Ok(())
+    }
+
+    fn same_content(&self, a: usize, b: usize, path: &Path) -> bool {
+        match (self.replicas[a].hash(path), self.replicas[b].hash(path)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    fn fail(&mut self, path: &Path, error: String) {
+        self.summary.failures += 1;
+        self.summary
+            .first_failure
+            .get_or_insert_with(|| error.clone());
+        self.failed.insert(path.to_path_buf());
+        (self.on_event)(Event::Failed {
+            path: path.to_path_buf(),
+            error,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

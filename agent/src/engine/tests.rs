@@ -1,0 +1,352 @@
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::endpoint::LocalEndpoint;
+
+struct Fixture {
+    _dir: TempDir,
+    roots: Vec<PathBuf>,
+}
+
+impl Fixture {
+    fn new(replicas: usize) -> Self {
+        let dir = TempDir::new().unwrap();
+        let roots: Vec<PathBuf> = (0..replicas)
+            .map(|i| dir.path().join(format!("r{i}")))
+            .collect();
+        for root in &roots {
+            fs::create_dir_all(root).unwrap();
+        }
+        Self { _dir: dir, roots }
+    }
+
+    fn write(&self, replica: usize, rel: &str, content: &str) {
+        let path = self.roots[replica].join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn read(&self, replica: usize, rel: &str) -> Option<String> {
+        fs::read_to_string(self.roots[replica].join(rel)).ok()
+    }
+
+    fn set_mtime(&self, replica: usize, rel: &str, secs: i64) {
+        let time = filetime::FileTime::from_unix_time(secs, 0);
+        filetime::set_file_mtime(self.roots[replica].join(rel), time).unwrap();
+    }
+
+    fn spec(&self, rule: Rule, filter: Filter) -> JobSpec {
+        let endpoint = |p: &PathBuf| Arc::new(LocalEndpoint::new(p)) as Arc<dyn Endpoint>;
+        JobSpec {
+            name: "job".into(),
+            rule,
+            source: endpoint(&self.roots[0]),
+            destinations: self.roots[1..].iter().map(endpoint).collect(),
+            filter,
+        }
+    }
+
+    fn run(&self, rule: Rule) -> (Summary, Vec<Event>) {
+        self.run_scoped(rule, Filter::default(), &Scope::Full)
+            .unwrap()
+    }
+
+    fn run_scoped(
+        &self,
+        rule: Rule,
+        filter: Filter,
+        scope: &Scope,
+    ) -> Result<(Summary, Vec<Event>), EngineError> {
+        let mut events = Vec::new();
+        let summary = run(
+            &self.spec(rule, filter),
+            scope,
+            &AtomicBool::new(false),
+            &mut |e| events.push(e),
+        )?;
+        Ok((summary, events))
+    }
+
+    /// Relative paths of files and folders under a replica, ferry's own excluded.
+    fn listing(&self, replica: usize) -> Vec<String> {
+        let tree = LocalEndpoint::new(&self.roots[replica])
+            .scan(&Scope::Full, &Filter::default())
+            .unwrap();
+        tree.keys().map(|p| p.display().to_string()).collect()
+    }
+}
+
+#[test]
+fn mirror_copies_content_mtime_and_mode_then_deletes_extras() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "alpha");
+    fx.write(0, "sub/b.txt", "beta");
+    fs::set_permissions(fx.roots[0].join("a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fx.set_mtime(0, "a.txt", 1_000_000);
+    fx.write(1, "extra/old.txt", "stale");
+
+    let (summary, _) = fx.run(Rule::Mirror);
+
+    assert_eq!(fx.read(1, "a.txt").as_deref(), Some("alpha"));
+    assert_eq!(fx.read(1, "sub/b.txt").as_deref(), Some("beta"));
+    let meta = fs::metadata(fx.roots[1].join("a.txt")).unwrap();
+    assert_eq!(meta.mtime(), 1_000_000);
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(fx.listing(1), fx.listing(0), "extras must be gone");
+    assert_eq!(summary.files_copied, 2);
+    assert_eq!(summary.files_deleted, 1);
+    assert_eq!(summary.bytes_total, 9);
+}
+
+#[test]
+fn unchanged_files_are_not_rewritten() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "alpha");
+    fx.run(Rule::Mirror);
+    let inode = fs::metadata(fx.roots[1].join("a.txt")).unwrap().ino();
+
+    let (summary, events) = fx.run(Rule::Mirror);
+
+    assert_eq!(summary.files_copied, 0);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        fs::metadata(fx.roots[1].join("a.txt")).unwrap().ino(),
+        inode
+    );
+}
+
+#[test]
+fn copy_brings_changes_but_deletes_nothing() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "new");
+    fx.write(1, "a.txt", "old!");
+    fx.write(1, "keep.txt", "mine");
+
+    let (summary, _) = fx.run(Rule::Copy);
+
+    assert_eq!(fx.read(1, "a.txt").as_deref(), Some("new"));
+    assert_eq!(fx.read(1, "keep.txt").as_deref(), Some("mine"));
+    assert_eq!(summary.files_deleted, 0);
+}
+
+#[test]
+fn mirror_replaces_a_folder_with_a_file() {
+    let fx = Fixture::new(2);
+    fx.write(0, "x", "now a file");
+    fx.write(1, "x/inner.txt", "was a folder");
+
+    let (summary, _) = fx.run(Rule::Mirror);
+
+    assert_eq!(fx.read(1, "x").as_deref(), Some("now a file"));
+    assert_eq!(summary.failures, 0);
+}
+
+#[test]
+fn excluded_files_are_neither_copied_nor_deleted() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    fx.write(0, "a.tmp", "scratch");
+    fx.write(1, "local.tmp", "destination's own");
+    let filter = Filter::new(&[], &["*.tmp".into()]).unwrap();
+
+    fx.run_scoped(Rule::Mirror, filter, &Scope::Full).unwrap();
+
+    assert_eq!(fx.read(1, "a.tmp"), None);
+    assert_eq!(
+        fx.read(1, "local.tmp").as_deref(),
+        Some("destination's own")
+    );
+}
+
+#[test]
+fn a_missing_source_fails_before_touching_the_destination() {
+    let fx = Fixture::new(2);
+    fx.write(1, "precious.txt", "keep me");
+    fs::remove_dir(&fx.roots[0]).unwrap();
+
+    let err = fx
+        .run_scoped(Rule::Mirror, Filter::default(), &Scope::Full)
+        .unwrap_err();
+
+    assert!(matches!(err, EngineError::Source { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&fx.roots[0].display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fx.read(1, "precious.txt").as_deref(), Some("keep me"));
+}
+
+#[test]
+fn a_scoped_run_touches_only_its_paths() {
+    let fx = Fixture::new(2);
+    fx.write(0, "in/a.txt", "a");
+    fx.write(0, "out.txt", "b");
+
+    let scope = Scope::Paths(vec!["in".into(), "in/a.txt".into()]);
+    fx.run_scoped(Rule::Mirror, Filter::default(), &scope)
+        .unwrap();
+
+    assert_eq!(fx.read(1, "in/a.txt").as_deref(), Some("a"));
+    assert_eq!(fx.read(1, "out.txt"), None);
+}
+
+#[test]
+fn a_scoped_mirror_deletes_a_path_gone_from_the_source() {
+    let fx = Fixture::new(2);
+    fx.write(0, "gone.txt", "x");
+    fx.run(Rule::Mirror);
+    fs::remove_file(fx.roots[0].join("gone.txt")).unwrap();
+
+    let scope = Scope::Paths(vec!["gone.txt".into()]);
+    let (summary, _) = fx
+        .run_scoped(Rule::Mirror, Filter::default(), &scope)
+        .unwrap();
+
+    assert_eq!(summary.files_deleted, 1);
+    assert_eq!(fx.read(1, "gone.txt"), None);
+}
+
+#[test]
+fn sync_spreads_new_files_and_deletions_every_way() {
+    let fx = Fixture::new(3);
+    fx.write(0, "from0.txt", "0");
+    fx.write(2, "from2.txt", "2");
+    fx.run(Rule::Sync);
+    for r in 0..3 {
+        assert_eq!(fx.read(r, "from0.txt").as_deref(), Some("0"));
+        assert_eq!(fx.read(r, "from2.txt").as_deref(), Some("2"));
+    }
+
+    fs::remove_file(fx.roots[1].join("from0.txt")).unwrap();
+    let (summary, _) = fx.run(Rule::Sync);
+
+    assert_eq!(summary.files_deleted, 2);
+    for r in 0..3 {
+        assert_eq!(
+            fx.read(r, "from0.txt"),
+            None,
+            "replica {r} still has the deleted file"
+        );
+    }
+}
+
+#[test]
+fn sync_conflict_keeps_the_newer_and_a_copy_of_the_older() {
+    let fx = Fixture::new(2);
+    fx.write(0, "doc.txt", "base");
+    fx.run(Rule::Sync);
+    fx.write(0, "doc.txt", "older edit");
+    fx.set_mtime(0, "doc.txt", 2_000_000_000);
+    fx.write(1, "doc.txt", "newer edit!");
+    fx.set_mtime(1, "doc.txt", 2_000_000_100);
+
+    let (summary, _) = fx.run(Rule::Sync);
+
+    assert_eq!(summary.conflicts, 1);
+    let aside = "doc.ferry-conflict-20330518-033320.txt";
+    for r in 0..2 {
+        assert_eq!(fx.read(r, "doc.txt").as_deref(), Some("newer edit!"));
+        assert_eq!(
+            fx.read(r, aside).as_deref(),
+            Some("older edit"),
+            "replica {r}: {:?}",
+            fx.listing(r)
+        );
+    }
+    let (again, _) = fx.run(Rule::Sync);
+    assert_eq!(again, Summary::default(), "a settled sync does nothing");
+}
+
+#[test]
+fn sync_edit_beats_deletion() {
+    let fx = Fixture::new(2);
+    fx.write(0, "doc.txt", "v1");
+    fx.run(Rule::Sync);
+    fs::remove_file(fx.roots[0].join("doc.txt")).unwrap();
+    fx.write(1, "doc.txt", "v2 edited");
+
+    fx.run(Rule::Sync);
+
+    assert_eq!(fx.read(0, "doc.txt").as_deref(), Some("v2 edited"));
+}
+
+#[test]
+fn sync_refuses_to_treat_a_vanished_replica_as_deletions() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    fx.run(Rule::Sync);
+    fs::remove_dir_all(&fx.roots[1]).unwrap();
+
+    let err = fx
+        .run_scoped(Rule::Sync, Filter::default(), &Scope::Full)
+        .unwrap_err();
+
+    assert!(matches!(err, EngineError::Destination { .. }), "{err}");
+    assert_eq!(fx.read(0, "a.txt").as_deref(), Some("a"));
+}
+
+#[test]
+fn identical_files_on_first_sync_are_no_conflict() {
+    let fx = Fixture::new(2);
+    fx.write(0, "same.txt", "same");
+    fx.write(1, "same.txt", "same");
+    fx.set_mtime(1, "same.txt", 1_500_000_000);
+
+    let (summary, _) = fx.run(Rule::Sync);
+
+    assert_eq!(summary.conflicts, 0);
+    assert_eq!(fx.listing(0), vec!["same.txt"]);
+}
+
+#[test]
+fn orphaned_temporary_files_are_cleaned_up() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    // pid 0 is never a live writer.
+    fx.write(1, ".ferry-tmp.0.7", "half a file");
+
+    fx.run(Rule::Mirror);
+
+    assert!(!fx.roots[1].join(".ferry-tmp.0.7").exists());
+}
+
+#[test]
+fn cancelling_stops_before_writing() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    let err = run(
+        &fx.spec(Rule::Mirror, Filter::default()),
+        &Scope::Full,
+        &AtomicBool::new(true),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::Cancelled { .. }));
+    assert_eq!(fx.read(1, "a.txt"), None);
+}
+
+#[test]
+fn symlinks_are_copied_as_links() {
+    let fx = Fixture::new(2);
+    std::os::unix::fs::symlink("target/elsewhere", fx.roots[0].join("link")).unwrap();
+
+    fx.run(Rule::Mirror);
+
+    assert_eq!(
+        fs::read_link(fx.roots[1].join("link")).unwrap(),
+        Path::new("target/elsewhere")
+    );
+}
+
+#[test]
+fn conflict_names_carry_the_losers_time() {
+    assert_eq!(
+        conflict_name(Path::new("a/report.txt"), Mtime { secs: 0, nanos: 0 }),
+        Path::new("a/report.ferry-conflict-19700101-000000.txt")
+    );
+    assert_eq!(chrono_like_stamp(951_782_400), "20000229-000000");
+}

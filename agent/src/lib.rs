@@ -1,0 +1,15 @@
+//! ferry's sync engine and file-server agent.
+//!
+//! The engine replicates a job (a rule, a source and one or more destinations) between
+//! [`endpoint::Endpoint`]s. Today every endpoint is a local folder; remote agents plug in behind
+//! the same trait. The agent never talks to the database: it is told what to sync and reports
+//! what it did through [`engine::Event`]s.
+
+pub mod base;
+pub mod endpoint;
+pub mod engine;
+pub mod filter;
+pub mod tree;
+pub mod watch;
+
+pub use engine::{Event, JobSpec, Rule, Scope, Summary};

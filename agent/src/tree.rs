@@ -1,0 +1,71 @@
+//! What a scan sees: one [`Entry`] per relative path, in parent-before-child order.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Entries keyed by path relative to the replica's root. `PathBuf` orders component-wise, so a
+/// folder always comes before everything inside it.
+pub type Tree = BTreeMap<PathBuf, Entry>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink { target: PathBuf },
+}
+
+/// Modification time with the nanoseconds the file system keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mtime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Bytes for a file, 0 otherwise.
+    pub size: u64,
+    pub mtime: Mtime,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+impl Entry {
+    pub fn from_metadata(meta: &Metadata, symlink_target: Option<PathBuf>) -> Self {
+        let kind = match symlink_target {
+            Some(target) => Kind::Symlink { target },
+            None if meta.is_dir() => Kind::Dir,
+            None => Kind::File,
+        };
+        let size = if kind == Kind::File { meta.len() } else { 0 };
+        Self {
+            kind,
+            size,
+            mtime: Mtime {
+                secs: meta.mtime(),
+                nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            },
+            mode: meta.mode() & 0o7777,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    /// True when a transfer can skip this path: same kind, and for a file the same size and
+    /// modification time (rsync's quick check), for a link the same target.
+    pub fn looks_unchanged(&self, other: &Entry) -> bool {
+        match (&self.kind, &other.kind) {
+            (Kind::File, Kind::File) => self.size == other.size && self.mtime == other.mtime,
+            (Kind::Dir, Kind::Dir) => true,
+            (Kind::Symlink { target: a }, Kind::Symlink { target: b }) => a == b,
+            _ => false,
+        }
+    }
+}
