@@ -1,0 +1,704 @@
+//! The database layer: every SQL statement ferry runs lives in this module.
+//!
+//! PostgreSQL and SQLite share one set of queries written in PostgreSQL's dialect; the few
+//! differences (time arithmetic, connection setup, LISTEN) live in [`postgres`] and [`sqlite`].
+//! Every timestamp that decides anything is computed by the database (`now()`), never by a
+//! scheduler's wall clock, and every lease write is one conditional statement that reports
+//! whether it won.
+
+mod postgres;
+mod rows;
+mod sqlite;
+mod time;
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
+
+pub use postgres::Notifications;
+pub use rows::*;
+pub use time::DbTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("applying the schema migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} {name:?} already exists")]
+    Exists { what: &'static str, name: String },
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error(
+        "scheduler name {name:?} is in use by a live scheduler on host {host} (started {started_at}); \
+         stop it, or pick another name with --name"
+    )]
+    NameInUse {
+        name: String,
+        host: String,
+        started_at: DateTime<Utc>,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection pool to ferry's database, PostgreSQL or SQLite.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same code against whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Postgres($pool) => $body,
+            Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Which kind of definition a lease or a status line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Schedule,
+    Monitor,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Schedule => "schedule",
+            ResourceKind::Monitor => "monitor",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Store {
+    /// Opens (creating a missing SQLite file) and migrates the database at `url`:
+    /// `postgres://…`, `sqlite://path`, or a plain file path meaning SQLite.
+    pub async fn open(url: &str) -> Result<Self> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::connect(url).await?)
+        } else {
+            Backend::Sqlite(sqlite::connect(url).await?)
+        };
+        let store = Self { backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+            Backend::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Subscribes to definition changes and new run events (PostgreSQL only; SQLite polls).
+    pub async fn notifications(&self) -> Result<Option<Notifications>> {
+        match &self.backend {
+            Backend::Postgres(pool) => Ok(Some(Notifications::listen(pool).await?)),
+            Backend::Sqlite(_) => Ok(None),
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// The query text for this backend.
+    fn sql(&self, query: impl Into<Cow<'static, str>>) -> AssertSqlSafe<Cow<'static, str>> {
+        let query = query.into();
+        AssertSqlSafe(match self.backend {
+            Backend::Postgres(_) => postgres::dialect(query),
+            Backend::Sqlite(_) => sqlite::dialect(query),
+        })
+    }
+
+    /// The database's clock: the only clock leases and firing decisions use.
+    pub async fn now(&self) -> Result<DateTime<Utc>> {
+        let sql = self.sql("SELECT now()");
+        let (now,): (DateTime<Utc>,) =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await)?;
+        Ok(now)
+    }
+
+    // ---- definitions ----------------------------------------------------------------------
+
+    pub async fn add_job(&self, job: &JobRow) -> Result<()> {
+        let exists = self.job(&job.name).await?.is_some();
+        if exists {
+            return Err(StoreError::Exists {
+                what: "job",
+                name: job.name.clone(),
+            });
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(self.sql("INSERT INTO jobs (name, rule, source) VALUES ($1, $2, $3)"))
+                .bind(&job.name).bind(&job.rule).bind(&job.source)
+                .execute(&mut *tx).await?;
+            for path in &job.destinations {
+                sqlx::query(self.sql("INSERT INTO job_destinations (job_name, path) VALUES ($1, $2)"))
+                    .bind(&job.name).bind(path)
+                    .execute(&mut *tx).await?;
+            }
+            for (kind, patterns) in [("include", &job.include), ("exclude", &job.exclude)] {
+                for pattern in patterns {
+                    sqlx::query(self.sql(
+                        "INSERT INTO job_filters (job_name, kind, pattern) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                    ))
+                    .bind(&job.name).bind(kind).bind(pattern)
+                    .execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRow>> {
+        let sql = self.sql("SELECT name, rule, source FROM jobs ORDER BY name");
+        let heads: Vec<(String, String, String)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        let sql = self.sql("SELECT job_name, path FROM job_destinations ORDER BY job_name, path");
+        let dests: Vec<(String, String)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        let sql =
+            self.sql("SELECT job_name, kind, pattern FROM job_filters ORDER BY job_name, pattern");
+        let filters: Vec<(String, String, String)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        Ok(JobRow::assemble(heads, dests, filters))
+    }
+
+    pub async fn job(&self, name: &str) -> Result<Option<JobRow>> {
+        Ok(self.jobs().await?.into_iter().find(|j| j.name == name))
+    }
+
+    /// Removes a job; refuses while a schedule or monitor still names it.
+    pub async fn remove_job(&self, name: &str) -> Result<()> {
+        let users = self.job_users(name).await?;
+        if let Some((kind, user)) = users.first() {
+            return Err(StoreError::Exists {
+                what: "the job is still used by",
+                name: format!("{kind} {user}"),
+            });
+        }
+        let sql = self.sql("DELETE FROM jobs WHERE name = $1");
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::NotFound {
+                what: "job",
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn job_users(&self, job: &str) -> Result<Vec<(String, String)>> {
+        let sql = self.sql(
+            "SELECT 'schedule', name FROM schedules WHERE job_name = $1 \
+             UNION ALL SELECT 'monitor', name FROM monitors WHERE job_name = $1",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(job).fetch_all(pool).await)?)
+    }
+
+    pub async fn add_schedule(&self, s: &ScheduleRow) -> Result<()> {
+        let sql = self.sql(
+            "INSERT INTO schedules (name, job_name, cron, timezone, preferred, fallback_any, held, \
+             retries, retry_delay_ms, misfire) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT DO NOTHING",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&s.name).bind(&s.job_name).bind(&s.cron).bind(&s.timezone).bind(&s.preferred)
+            .bind(s.fallback_any).bind(s.held).bind(s.retries).bind(s.retry_delay_ms).bind(&s.misfire)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::Exists {
+                what: "schedule",
+                name: s.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let sql = self.sql(
+            "SELECT name, job_name, cron, timezone, preferred, fallback_any, held, retries, \
+             retry_delay_ms, misfire, run_requested_at, fired_until, last_error, created_at \
+             FROM schedules ORDER BY name",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    pub async fn add_monitor(&self, m: &MonitorRow) -> Result<()> {
+        let sql = self.sql(
+            "INSERT INTO monitors (name, job_name, preferred, fallback_any, held, debounce_ms, rescan_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&m.name).bind(&m.job_name).bind(&m.preferred).bind(m.fallback_any).bind(m.held)
+            .bind(m.debounce_ms).bind(m.rescan_ms)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::Exists {
+                what: "monitor",
+                name: m.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn monitors(&self) -> Result<Vec<MonitorRow>> {
+        let sql = self.sql(
+            "SELECT name, job_name, preferred, fallback_any, held, debounce_ms, rescan_ms, last_error, \
+             created_at FROM monitors ORDER BY name",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    pub async fn remove(&self, kind: ResourceKind, name: &str) -> Result<()> {
+        let sql = self.sql(match kind {
+            ResourceKind::Schedule => "DELETE FROM schedules WHERE name = $1",
+            ResourceKind::Monitor => "DELETE FROM monitors WHERE name = $1",
+        });
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::NotFound {
+                what: kind.as_str(),
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Holds (pauses) or releases a schedule or monitor.
+    pub async fn set_held(&self, kind: ResourceKind, name: &str, held: bool) -> Result<()> {
+        let sql = self.sql(match kind {
+            ResourceKind::Schedule => "UPDATE schedules SET held = $2 WHERE name = $1",
+            ResourceKind::Monitor => "UPDATE monitors SET held = $2 WHERE name = $1",
+        });
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).bind(held).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::NotFound {
+                what: kind.as_str(),
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records (or clears) the problem a scheduler found with a definition, if it changed.
+    pub async fn set_last_error(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let sql = self.sql(match kind {
+            ResourceKind::Schedule => {
+                "UPDATE schedules SET last_error = $2 WHERE name = $1 AND last_error IS DISTINCT FROM $2"
+            }
+            ResourceKind::Monitor => {
+                "UPDATE monitors SET last_error = $2 WHERE name = $1 AND last_error IS DISTINCT FROM $2"
+            }
+        });
+        on_pool!(self, pool => sqlx::query(sql).bind(name).bind(error).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Asks the holder of a schedule to fire it once, now; returns the request's time, which
+    /// becomes the run's `fire_time`.
+    pub async fn request_run(&self, schedule: &str) -> Result<DateTime<Utc>> {
+        let sql = self.sql("UPDATE schedules SET run_requested_at = now() WHERE name = $1 RETURNING run_requested_at");
+        let row: Option<(DateTime<Utc>,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_optional(pool).await)?;
+        row.map(|(at,)| at).ok_or_else(|| StoreError::NotFound {
+            what: "schedule",
+            name: schedule.into(),
+        })
+    }
+
+    /// Clears a run request once its run exists (unless a newer request came in meanwhile).
+    pub async fn clear_run_request(&self, schedule: &str, requested: DateTime<Utc>) -> Result<()> {
+        let sql = self.sql("UPDATE schedules SET run_requested_at = NULL WHERE name = $1 AND run_requested_at = $2");
+        on_pool!(self, pool => sqlx::query(sql).bind(schedule).bind(DbTime(requested)).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Moves a schedule's firing cursor forward: every cron time up to `until` was handled.
+    pub async fn set_fired_until(&self, schedule: &str, until: DateTime<Utc>) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE schedules SET fired_until = $2 WHERE name = $1 AND (fired_until IS NULL OR fired_until < $2)",
+        );
+        on_pool!(self, pool => sqlx::query(sql).bind(schedule).bind(DbTime(until)).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    // ---- schedulers -----------------------------------------------------------------------
+
+    /// Registers this process under its name, refusing while another live process has it.
+    pub async fn register_scheduler(&self, me: &Registration) -> Result<()> {
+        let sql = self.sql(
+            "INSERT INTO schedulers (name, instance_id, host, pid, version, lease_ttl_ms, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
+             ON CONFLICT (name) DO UPDATE SET instance_id = excluded.instance_id, host = excluded.host, \
+               pid = excluded.pid, version = excluded.version, lease_ttl_ms = excluded.lease_ttl_ms, \
+               started_at = now(), heartbeat_at = now(), stopped_at = NULL \
+             WHERE schedulers.stopped_at IS NOT NULL \
+                OR schedulers.heartbeat_at < now_plus_ms(-schedulers.lease_ttl_ms)",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&me.name).bind(&me.instance_id).bind(&me.host).bind(me.pid).bind(&me.version)
+            .bind(me.lease_ttl_ms)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 1 {
+            return Ok(());
+        }
+        let holder = self
+            .schedulers()
+            .await?
+            .into_iter()
+            .find(|s| s.name == me.name);
+        let (host, started_at) = holder.map(|h| (h.host, h.started_at)).unwrap_or_default();
+        Err(StoreError::NameInUse {
+            name: me.name.clone(),
+            host,
+            started_at,
+        })
+    }
+
+    /// Returns false when this instance no longer owns its name (it was declared dead and
+    /// replaced): the caller must stop at once.
+    pub async fn heartbeat(&self, name: &str, instance: &str) -> Result<bool> {
+        let sql = self
+            .sql("UPDATE schedulers SET heartbeat_at = now() WHERE name = $1 AND instance_id = $2");
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).bind(instance).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(affected == 1)
+    }
+
+    pub async fn deregister(&self, name: &str, instance: &str) -> Result<()> {
+        let sql = self
+            .sql("UPDATE schedulers SET stopped_at = now() WHERE name = $1 AND instance_id = $2");
+        on_pool!(self, pool => sqlx::query(sql).bind(name).bind(instance).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn schedulers(&self) -> Result<Vec<SchedulerRow>> {
+        let sql = self.sql(
+            "SELECT s.name, s.instance_id, s.host, s.started_at, s.heartbeat_at, \
+               (s.stopped_at IS NULL AND s.heartbeat_at >= now_plus_ms(-s.lease_ttl_ms)) AS alive, \
+               (SELECT COUNT(*) FROM leases l WHERE l.holder_instance = s.instance_id AND l.expires_at >= now()) AS leases \
+             FROM schedulers s ORDER BY s.name",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    // ---- leases ---------------------------------------------------------------------------
+
+    /// Makes sure a lease row exists for each named resource.
+    pub async fn ensure_lease(&self, kind: ResourceKind, name: &str) -> Result<()> {
+        let sql =
+            self.sql("INSERT INTO leases (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING");
+        on_pool!(self, pool => sqlx::query(sql).bind(kind.as_str()).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Claims a free or expired lease in one compare-and-swap; returns the new epoch if won.
+    pub async fn claim(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        me: &LeaseHolder,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>> {
+        let sql = self.sql(
+            "UPDATE leases SET holder = $3, holder_instance = $4, epoch = epoch + 1, ttl_ms = $5, \
+               acquired_at = now(), expires_at = now_plus_ms($5) \
+             WHERE kind = $1 AND name = $2 AND (holder_instance IS NULL OR expires_at IS NULL OR expires_at < now()) \
+             RETURNING epoch",
+        );
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(kind.as_str()).bind(name).bind(&me.name).bind(&me.instance).bind(ttl_ms)
+            .fetch_optional(pool).await)?;
+        Ok(row.map(|(epoch,)| epoch))
+    }
+
+    /// Extends a lease this instance holds at `epoch`; false means it is lost.
+    pub async fn renew(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        me: &LeaseHolder,
+        epoch: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let sql = self.sql(
+            "UPDATE leases SET expires_at = now_plus_ms($5), ttl_ms = $5 \
+             WHERE kind = $1 AND name = $2 AND holder_instance = $3 AND epoch = $4 AND expires_at >= now()",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(kind.as_str()).bind(name).bind(&me.instance).bind(epoch).bind(ttl_ms)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(affected == 1)
+    }
+
+    /// Gives a lease up at once so another scheduler can take it without waiting for expiry.
+    pub async fn release(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        me: &LeaseHolder,
+        epoch: i64,
+    ) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE leases SET holder = NULL, holder_instance = NULL, expires_at = NULL \
+             WHERE kind = $1 AND name = $2 AND holder_instance = $3 AND epoch = $4",
+        );
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(kind.as_str()).bind(name).bind(&me.instance).bind(epoch)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
+        let sql = self.sql(
+            "SELECT kind, name, holder, holder_instance, epoch, expires_at, \
+               (holder_instance IS NOT NULL AND expires_at >= now()) AS live FROM leases ORDER BY kind, name",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    // ---- runs -----------------------------------------------------------------------------
+
+    /// Inserts a run row; `None` when that firing already has one (it ran, or runs, elsewhere).
+    pub async fn start_run(&self, run: &NewRun) -> Result<Option<i64>> {
+        let sql = self.sql(
+            "INSERT INTO runs (job_name, schedule_name, monitor_name, fire_time, trigger, scheduler, \
+               scheduler_instance, epoch, state, started_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', now(), now()) \
+             ON CONFLICT DO NOTHING RETURNING id",
+        );
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(&run.job_name).bind(&run.schedule_name).bind(&run.monitor_name)
+            .bind(DbTime(run.fire_time)).bind(run.trigger).bind(&run.holder.name).bind(&run.holder.instance)
+            .bind(run.epoch)
+            .fetch_optional(pool).await)?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    pub async fn update_run(&self, id: i64, counters: &Counters) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE runs SET files_copied = $2, files_deleted = $3, bytes_total = $4, bytes_sent = $5, \
+               updated_at = now() WHERE id = $1",
+        );
+        on_pool!(self, pool => sqlx::query(sql).bind(id)
+            .bind(counters.files_copied).bind(counters.files_deleted)
+            .bind(counters.bytes_total).bind(counters.bytes_sent)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Ends a run; `retry_in_ms` schedules another attempt of the same firing.
+    pub async fn finish_run(&self, id: i64, end: &RunEnd) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE runs SET state = $2, error = $3, files_copied = $4, files_deleted = $5, \
+               bytes_total = $6, bytes_sent = $7, finished_at = now(), updated_at = now(), \
+               retry_at = CASE WHEN $8 IS NULL THEN NULL ELSE now_plus_ms($8) END \
+             WHERE id = $1 AND state = 'running'",
+        );
+        let c = &end.counters;
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(end.state).bind(&end.error)
+            .bind(c.files_copied).bind(c.files_deleted).bind(c.bytes_total).bind(c.bytes_sent)
+            .bind(end.retry_in_ms)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Marks `running` runs of a schedule or monitor that are not this instance's as
+    /// interrupted (their holder died), scheduling a retry when attempts remain (a monitor
+    /// passes 0 retries: its next holder starts a run of its own).
+    pub async fn interrupt_orphans(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        me: &LeaseHolder,
+        retries: i32,
+    ) -> Result<u64> {
+        let sql = self.sql(match kind {
+            ResourceKind::Schedule => {
+                "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
+                   error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped before the run ended', \
+                   retry_at = CASE WHEN attempt <= $3 THEN now() END \
+                 WHERE schedule_name = $1 AND state = 'running' AND scheduler_instance IS DISTINCT FROM $2"
+            }
+            ResourceKind::Monitor => {
+                "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
+                   error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped while watching', \
+                   retry_at = CASE WHEN attempt <= $3 THEN now() END \
+                 WHERE monitor_name = $1 AND state = 'running' AND scheduler_instance IS DISTINCT FROM $2"
+            }
+        });
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(name).bind(&me.instance).bind(retries)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(affected)
+    }
+
+    /// Runs of a schedule waiting for another attempt whose time has come.
+    pub async fn due_retries(&self, schedule: &str) -> Result<Vec<RunRow>> {
+        let sql = self.sql(run_select("WHERE schedule_name = $1 AND retry_at IS NOT NULL AND retry_at <= now() ORDER BY fire_time"));
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_all(pool).await)?)
+    }
+
+    /// Takes a due retry for this instance: the run goes back to `running` with the next attempt
+    /// number. Only one scheduler can win this, so an attempt runs once.
+    pub async fn begin_retry(
+        &self,
+        id: i64,
+        attempt: i32,
+        me: &LeaseHolder,
+        epoch: i64,
+    ) -> Result<bool> {
+        let sql = self.sql(
+            "UPDATE runs SET state = 'running', attempt = attempt + 1, retry_at = NULL, error = NULL, \
+               finished_at = NULL, scheduler = $3, scheduler_instance = $4, epoch = $5, updated_at = now() \
+             WHERE id = $1 AND attempt = $2 AND retry_at IS NOT NULL",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(id).bind(attempt).bind(&me.name).bind(&me.instance).bind(epoch)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(affected == 1)
+    }
+
+    /// The newest cron firing recorded for a schedule.
+    pub async fn last_cron_fire(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
+        let sql = self
+            .sql("SELECT MAX(fire_time) FROM runs WHERE schedule_name = $1 AND trigger = 'cron'");
+        let (last,): (Option<DateTime<Utc>>,) =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_one(pool).await)?;
+        Ok(last)
+    }
+
+    pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+        let sql = self.sql(run_select(
+            "WHERE ($1 IS NULL OR job_name = $1) ORDER BY started_at DESC, id DESC LIMIT $2",
+        ));
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(job).bind(limit).fetch_all(pool).await)?)
+    }
+
+    pub async fn run_for(
+        &self,
+        schedule: &str,
+        fire_time: DateTime<Utc>,
+    ) -> Result<Option<RunRow>> {
+        let sql = self.sql(run_select("WHERE schedule_name = $1 AND fire_time = $2"));
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).bind(DbTime(fire_time)).fetch_optional(pool).await)?,
+        )
+    }
+
+    pub async fn add_event(
+        &self,
+        run_id: i64,
+        level: &str,
+        message: &str,
+        path: Option<&str>,
+    ) -> Result<()> {
+        let sql = self.sql("INSERT INTO run_events (run_id, at, level, message, path) VALUES ($1, now(), $2, $3, $4)");
+        on_pool!(self, pool => sqlx::query(sql).bind(run_id).bind(level).bind(message).bind(path)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Events with an id above `after`, oldest first, with their run's names.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+        let sql = self.sql(
+            "SELECT e.id, e.run_id, e.at, e.level, e.message, e.path, r.job_name, \
+               COALESCE(r.schedule_name, r.monitor_name) AS source_name \
+             FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+        );
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await)?,
+        )
+    }
+
+    /// The id below the newest `count` events, to start a tail from.
+    pub async fn event_id_before_last(&self, count: i64) -> Result<i64> {
+        let sql = self.sql("SELECT COALESCE(MAX(id), 0) FROM run_events");
+        let (max,): (i64,) = on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await)?;
+        Ok((max - count).max(0))
+    }
+
+    pub async fn status(&self) -> Result<Vec<StatusRow>> {
+        let sql = self.sql(
+            "SELECT kind, name, job_name, state, holder, preferred, fallback_any, epoch, last_error \
+             FROM ferry_status ORDER BY kind DESC, name",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    /// The newest run of each schedule and monitor, for status.
+    pub async fn last_runs(&self) -> Result<Vec<RunRow>> {
+        let sql = self.sql(run_select(
+            "WHERE id IN (SELECT MAX(id) FROM runs GROUP BY COALESCE(schedule_name, monitor_name), \
+               schedule_name IS NULL)",
+        ));
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+}
+
+/// A query for whole run rows: the columns [`RunRow`] maps, then `tail`.
+fn run_select(tail: &str) -> String {
+    format!("SELECT {RUN_COLUMNS} FROM runs {tail}")
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Replaces each `name(arg)` in `query` with `expand(arg)`. The argument must not contain
+/// parentheses; the shared queries keep to that.
+fn expand_calls(
+    query: Cow<'static, str>,
+    name: &str,
+    expand: impl Fn(&str) -> String,
+) -> Cow<'static, str> {
+    let opening = format!("{name}(");
+    if !query.contains(&opening) {
+        return query;
+    }
+    let mut out = String::with_capacity(query.len() + 64);
+    let mut rest: &str = &query;
+    while let Some(start) = rest.find(&opening) {
+        let arg_start = start + opening.len();
+        let arg_len = rest[arg_start..]
+            .find(')')
+            .expect("an unclosed call in a ferry query");
+        out.push_str(&rest[..start]);
+        out.push_str(&expand(&rest[arg_start..arg_start + arg_len]));
+        rest = &rest[arg_start + arg_len + 1..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}

@@ -1,0 +1,44 @@
+//! SQLite: the embedded default. Several schedulers on one machine may share the file: WAL lets
+//! readers work beside the writer, and the busy timeout makes writers queue instead of failing.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::expand_calls;
+
+const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f', 'now')";
+
+pub(super) async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    let options = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url)?
+    } else {
+        SqliteConnectOptions::new().filename(url)
+    };
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+}
+
+/// Rewrites the PostgreSQL time functions the shared queries use.
+pub(super) fn dialect(query: Cow<'static, str>) -> Cow<'static, str> {
+    let query = expand_calls(query, "now_plus_ms", |ms| {
+        format!("strftime('%Y-%m-%d %H:%M:%f', 'now', (({ms}) / 1000.0) || ' seconds')")
+    });
+    if query.contains("now()") {
+        Cow::Owned(query.replace("now()", NOW))
+    } else {
+        query
+    }
+}

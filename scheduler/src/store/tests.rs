@@ -1,0 +1,323 @@
+//! One story per backend: the same steps run on SQLite always and on PostgreSQL when the test
+//! suite's private server is up.
+
+use std::future::Future;
+
+use super::*;
+
+async fn on_each_backend<F, Fut>(story: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(dir.path().join("ferry.db").to_str().unwrap())
+        .await
+        .unwrap();
+    story(sqlite).await;
+    if let Some(url) = ferry_tests::pg::fresh_database() {
+        story(Store::open(&url).await.unwrap()).await;
+    }
+}
+
+fn job(name: &str) -> JobRow {
+    JobRow {
+        name: name.into(),
+        rule: "mirror".into(),
+        source: "/srv/a".into(),
+        destinations: vec!["/backup/a".into(), "/backup/b".into()],
+        include: vec!["*.doc".into()],
+        exclude: vec!["*.tmp".into()],
+    }
+}
+
+fn schedule(name: &str, job: &str) -> ScheduleRow {
+    ScheduleRow {
+        name: name.into(),
+        job_name: job.into(),
+        cron: "* * * * * *".into(),
+        timezone: "UTC".into(),
+        preferred: None,
+        fallback_any: true,
+        held: false,
+        retries: 1,
+        retry_delay_ms: 0,
+        misfire: "run_once".into(),
+        run_requested_at: None,
+        fired_until: None,
+        last_error: None,
+        created_at: Utc::now(),
+    }
+}
+
+fn holder(name: &str) -> LeaseHolder {
+    LeaseHolder {
+        name: name.into(),
+        instance: format!("{name}-instance"),
+    }
+}
+
+#[tokio::test]
+async fn definitions_round_trip() {
+    on_each_backend(|store| async move {
+        store.add_job(&job("docs")).await.unwrap();
+        assert!(matches!(
+            store.add_job(&job("docs")).await,
+            Err(StoreError::Exists { .. })
+        ));
+        assert_eq!(store.job("docs").await.unwrap(), Some(job("docs")));
+
+        store
+            .add_schedule(&schedule("nightly", "docs"))
+            .await
+            .unwrap();
+        let listed = store.schedules().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].cron, "* * * * * *");
+        assert_eq!(listed[0].retries, 1);
+
+        let err = store.remove_job("docs").await.unwrap_err();
+        assert!(err.to_string().contains("schedule nightly"), "{err}");
+        store
+            .set_held(ResourceKind::Schedule, "nightly", true)
+            .await
+            .unwrap();
+        assert!(store.schedules().await.unwrap()[0].held);
+        store
+            .set_last_error(ResourceKind::Schedule, "nightly", Some("bad cron"))
+            .await
+            .unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!(status[0].state, "held");
+        assert_eq!(status[0].last_error.as_deref(), Some("bad cron"));
+
+        store
+            .remove(ResourceKind::Schedule, "nightly")
+            .await
+            .unwrap();
+        store.remove_job("docs").await.unwrap();
+        assert!(store.jobs().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
+    on_each_backend(|store| async move {
+        let (a, b) = (holder("a"), holder("b"));
+        let kind = ResourceKind::Schedule;
+        store.ensure_lease(kind, "s").await.unwrap();
+
+        let epoch = store
+            .claim(kind, "s", &a, 60_000)
+            .await
+            .unwrap()
+            .expect("a free lease is claimed");
+        assert_eq!(
+            store.claim(kind, "s", &b, 60_000).await.unwrap(),
+            None,
+            "a live lease is not stolen"
+        );
+        assert!(store.renew(kind, "s", &a, epoch, 60_000).await.unwrap());
+        assert!(!store.renew(kind, "s", &b, epoch, 60_000).await.unwrap());
+
+        store.release(kind, "s", &a, epoch).await.unwrap();
+        let next = store
+            .claim(kind, "s", &b, 60_000)
+            .await
+            .unwrap()
+            .expect("a released lease is free");
+        assert_eq!(next, epoch + 1);
+        assert!(
+            !store.renew(kind, "s", &a, epoch, 60_000).await.unwrap(),
+            "the old holder lost it"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_goes_to_the_next_claimant() {
+    on_each_backend(|store| async move {
+        let kind = ResourceKind::Monitor;
+        store.ensure_lease(kind, "m").await.unwrap();
+        let first = store
+            .claim(kind, "m", &holder("a"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let second = store.claim(kind, "m", &holder("b"), 60_000).await.unwrap();
+        assert_eq!(second, Some(first + 1));
+        assert!(
+            !store
+                .renew(kind, "m", &holder("a"), first, 60_000)
+                .await
+                .unwrap()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_firing_runs_once() {
+    on_each_backend(|store| async move {
+        store.add_job(&job("docs")).await.unwrap();
+        store
+            .add_schedule(&schedule("every", "docs"))
+            .await
+            .unwrap();
+        let fire_time = store.now().await.unwrap();
+        let run = |who: &str| NewRun {
+            job_name: "docs".into(),
+            schedule_name: Some("every".into()),
+            monitor_name: None,
+            fire_time,
+            trigger: "cron",
+            holder: holder(who),
+            epoch: 1,
+        };
+        let id = store
+            .start_run(&run("a"))
+            .await
+            .unwrap()
+            .expect("first insert wins");
+        assert_eq!(
+            store.start_run(&run("b")).await.unwrap(),
+            None,
+            "the same firing again is refused"
+        );
+        assert_eq!(
+            store
+                .last_cron_fire("every")
+                .await
+                .unwrap()
+                .map(|t| t.timestamp_millis()),
+            Some(fire_time.timestamp_millis())
+        );
+
+        store.add_event(id, "info", "started", None).await.unwrap();
+        let counters = Counters {
+            files_copied: 2,
+            files_deleted: 1,
+            bytes_total: 10,
+            bytes_sent: 10,
+        };
+        store
+            .finish_run(
+                id,
+                &RunEnd {
+                    state: "failed",
+                    error: Some("disk full".into()),
+                    counters,
+                    retry_in_ms: Some(0),
+                },
+            )
+            .await
+            .unwrap();
+        let retries = store.due_retries("every").await.unwrap();
+        assert_eq!(retries.len(), 1);
+        assert!(store.begin_retry(id, 1, &holder("b"), 2).await.unwrap());
+        assert!(
+            !store.begin_retry(id, 1, &holder("a"), 2).await.unwrap(),
+            "an attempt is taken once"
+        );
+
+        let found = store.run_for("every", fire_time).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                found.state.as_str(),
+                found.attempt,
+                found.scheduler.as_deref()
+            ),
+            ("running", 2, Some("b"))
+        );
+        let events = store.events_after(0, 10).await.unwrap();
+        assert_eq!(events[0].message, "started");
+        assert_eq!(events[0].source_name.as_deref(), Some("every"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn orphaned_runs_are_marked_interrupted() {
+    on_each_backend(|store| async move {
+        store.add_job(&job("docs")).await.unwrap();
+        store
+            .add_schedule(&schedule("every", "docs"))
+            .await
+            .unwrap();
+        let run = NewRun {
+            job_name: "docs".into(),
+            schedule_name: Some("every".into()),
+            monitor_name: None,
+            fire_time: store.now().await.unwrap(),
+            trigger: "cron",
+            holder: holder("dead"),
+            epoch: 1,
+        };
+        store.start_run(&run).await.unwrap().unwrap();
+        assert_eq!(
+            store
+                .interrupt_orphans(ResourceKind::Schedule, "every", &holder("dead"), 1)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .interrupt_orphans(ResourceKind::Schedule, "every", &holder("live"), 1)
+                .await
+                .unwrap(),
+            1
+        );
+        let runs = store.runs(Some("docs"), 10).await.unwrap();
+        assert_eq!(runs[0].state, "interrupted");
+        assert!(runs[0].retry_at.is_some(), "a retry is due");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_scheduler_name_is_refused() {
+    on_each_backend(|store| async move {
+        let me = |instance: &str| Registration {
+            name: "s1".into(),
+            instance_id: instance.into(),
+            host: "host-a".into(),
+            pid: 1,
+            version: "test".into(),
+            lease_ttl_ms: 60_000,
+        };
+        store.register_scheduler(&me("one")).await.unwrap();
+        let err = store.register_scheduler(&me("two")).await.unwrap_err();
+        assert!(err.to_string().contains("host-a"), "{err}");
+        assert!(store.heartbeat("s1", "one").await.unwrap());
+        store.deregister("s1", "one").await.unwrap();
+        store.register_scheduler(&me("two")).await.unwrap();
+        assert!(
+            !store.heartbeat("s1", "one").await.unwrap(),
+            "the old instance lost its name"
+        );
+        let listed = store.schedulers().await.unwrap();
+        assert!(listed[0].alive);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn time_written_by_ferry_compares_with_the_databases_now() {
+    on_each_backend(|store| async move {
+        store.add_job(&job("docs")).await.unwrap();
+        store
+            .add_schedule(&schedule("every", "docs"))
+            .await
+            .unwrap();
+        let requested = store.request_run("every").await.unwrap();
+        let now = store.now().await.unwrap();
+        assert!((now - requested).num_seconds().abs() < 5);
+        store.clear_run_request("every", requested).await.unwrap();
+        assert_eq!(store.schedules().await.unwrap()[0].run_requested_at, None);
+    })
+    .await;
+}
