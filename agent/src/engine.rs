@@ -66,6 +66,18 @@ pub struct JobSpec {
     pub filter: Filter,
 }
 
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let destinations: Vec<String> = self.destinations.iter().map(|d| d.display()).collect();
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("rule", &self.rule)
+            .field("source", &self.source.display())
+            .field("destinations", &destinations)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One thing the engine did, for the run's event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -110,10 +110,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
-    }
-
     /// Subscribes to definition changes and new run events (PostgreSQL only; SQLite polls).
     pub async fn notifications(&self) -> Result<Option<Notifications>> {
         match &self.backend {
@@ -480,14 +476,6 @@ impl Store {
             .bind(kind.as_str()).bind(name).bind(&me.instance).bind(epoch)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
-    }
-
-    pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
-        let sql = self.sql(
-            "SELECT kind, name, holder, holder_instance, epoch, expires_at, \
-               (holder_instance IS NOT NULL AND expires_at >= now()) AS live FROM leases ORDER BY kind, name",
-        );
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
     }
 
     // ---- runs -----------------------------------------------------------------------------

@@ -119,17 +119,6 @@ pub struct LeaseHolder {
     pub instance: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct LeaseRow {
-    pub kind: String,
-    pub name: String,
-    pub holder: Option<String>,
-    pub holder_instance: Option<String>,
-    pub epoch: i64,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub live: bool,
-}
-
 pub struct NewRun {
     pub job_name: String,
     pub schedule_name: Option<String>,

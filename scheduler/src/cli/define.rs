@@ -1,0 +1,350 @@
+//! `ferry job|schedule|monitor …`: definitions, checked here with the same rules the scheduler
+//! applies to rows written by SQL.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+
+use super::output::{or_dash, time};
+use super::{
+    JobAdd, JobCommand, MonitorAdd, MonitorCommand, Output, PlacementArgs, ScheduleAdd,
+    ScheduleCommand, invalid,
+};
+use crate::plan::cron::CronSpec;
+use crate::plan::definitions::{self, JobField};
+use crate::plan::firing::Misfire;
+use crate::store::{JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow, Store};
+
+pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobCommand::Add(args) => add_job(store, args).await,
+        JobCommand::List => {
+            let jobs = store.jobs().await?;
+            out.list(
+                &jobs,
+                &["name", "rule", "source", "destinations", "filters"],
+                |j| {
+                    let filters: Vec<String> = j
+                        .include
+                        .iter()
+                        .map(|g| format!("+{g}"))
+                        .chain(j.exclude.iter().map(|g| format!("-{g}")))
+                        .collect();
+                    vec![
+                        j.name.clone(),
+                        j.rule.clone(),
+                        j.source.clone(),
+                        j.destinations.join(", "),
+                        filters.join(" "),
+                    ]
+                },
+            );
+            Ok(())
+        }
+        JobCommand::Show { name } => {
+            let job = store
+                .job(&name)
+                .await?
+                .ok_or_else(|| invalid("job", format!("no job named {name:?}")))?;
+            out.one(&job);
+            Ok(())
+        }
+        JobCommand::Rm { name } => {
+            store.remove_job(&name).await?;
+            println!("removed job {name}");
+            Ok(())
+        }
+    }
+}
+
+async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
+    let row = JobRow {
+        name: args.name,
+        rule: args.rule,
+        source: args.source,
+        destinations: args.destinations,
+        include: args.include,
+        exclude: args.exclude,
+    };
+    check_name("job", &row.name)?;
+    if let Err(problem) = definitions::job_spec(&row) {
+        let flag = match problem.field {
+            JobField::Rule => "--rule",
+            JobField::Source => "--from",
+            JobField::Destination => "--to",
+            JobField::Filter => "--include/--exclude",
+        };
+        return Err(invalid(flag, problem.to_string()));
+    }
+    if !std::path::Path::new(&row.source).is_dir() {
+        eprintln!(
+            "warning: source folder {} does not exist yet; runs fail until it does",
+            row.source
+        );
+    }
+    store.add_job(&row).await?;
+    println!(
+        "added job {} ({} {} -> {})",
+        row.name,
+        row.rule,
+        row.source,
+        row.destinations.join(", ")
+    );
+    Ok(())
+}
+
+pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyhow::Result<()> {
+    match cmd {
+        ScheduleCommand::Add(args) => add_schedule(store, args).await,
+        ScheduleCommand::List => {
+            let schedules = store.schedules().await?;
+            out.list(
+                &schedules,
+                &[
+                    "name", "job", "cron", "tz", "prefer", "held", "next", "error",
+                ],
+                |s| {
+                    let next = CronSpec::parse(&s.cron, &s.timezone)
+                        .ok()
+                        .and_then(|c| c.next_after(Utc::now()));
+                    vec![
+                        s.name.clone(),
+                        s.job_name.clone(),
+                        s.cron.clone(),
+                        s.timezone.clone(),
+                        or_dash(s.preferred.as_deref()),
+                        s.held.to_string(),
+                        time(next),
+                        or_dash(s.last_error.as_deref()),
+                    ]
+                },
+            );
+            Ok(())
+        }
+        ScheduleCommand::Show { name } => {
+            let schedule = find_schedule(store, &name).await?;
+            out.one(&schedule);
+            Ok(())
+        }
+        ScheduleCommand::Rm { name } => remove(store, ResourceKind::Schedule, &name).await,
+        ScheduleCommand::Hold { name } => hold(store, ResourceKind::Schedule, &name, true).await,
+        ScheduleCommand::Release { name } => {
+            hold(store, ResourceKind::Schedule, &name, false).await
+        }
+        ScheduleCommand::Run { name, wait } => run_now(store, out, &name, wait).await,
+    }
+}
+
+async fn add_schedule(store: &Store, args: ScheduleAdd) -> anyhow::Result<()> {
+    check_name("schedule", &args.name)?;
+    CronSpec::parse(&args.cron, &args.tz).map_err(|e| {
+        invalid(
+            if e.contains("time zone") {
+                "--tz"
+            } else {
+                "--cron"
+            },
+            e,
+        )
+    })?;
+    args.misfire
+        .parse::<Misfire>()
+        .map_err(|e| invalid("--misfire", e))?;
+    if args.retries < 0 {
+        return Err(invalid("--retries", "must be 0 or more"));
+    }
+    require_job(store, &args.job).await?;
+    let PlacementArgs {
+        preferred,
+        no_fallback,
+        held,
+    } = args.placement;
+    let row = ScheduleRow {
+        name: args.name,
+        job_name: args.job,
+        cron: args.cron,
+        timezone: args.tz,
+        preferred,
+        fallback_any: !no_fallback,
+        held,
+        retries: args.retries,
+        retry_delay_ms: millis(args.retry_delay),
+        misfire: args.misfire,
+        run_requested_at: None,
+        fired_until: None,
+        last_error: None,
+        created_at: Utc::now(),
+    };
+    store.add_schedule(&row).await?;
+    println!(
+        "added schedule {} (job {}, cron {:?} {})",
+        row.name, row.job_name, row.cron, row.timezone
+    );
+    Ok(())
+}
+
+async fn find_schedule(store: &Store, name: &str) -> anyhow::Result<ScheduleRow> {
+    store
+        .schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| invalid("schedule", format!("no schedule named {name:?}")))
+}
+
+pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow::Result<()> {
+    match cmd {
+        MonitorCommand::Add(args) => add_monitor(store, args).await,
+        MonitorCommand::List => {
+            let monitors = store.monitors().await?;
+            out.list(
+                &monitors,
+                &[
+                    "name", "job", "prefer", "held", "debounce", "rescan", "error",
+                ],
+                |m| {
+                    vec![
+                        m.name.clone(),
+                        m.job_name.clone(),
+                        or_dash(m.preferred.as_deref()),
+                        m.held.to_string(),
+                        format!("{}ms", m.debounce_ms),
+                        humantime::format_duration(Duration::from_millis(m.rescan_ms as u64))
+                            .to_string(),
+                        or_dash(m.last_error.as_deref()),
+                    ]
+                },
+            );
+            Ok(())
+        }
+        MonitorCommand::Show { name } => {
+            let monitor = store
+                .monitors()
+                .await?
+                .into_iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| invalid("monitor", format!("no monitor named {name:?}")))?;
+            out.one(&monitor);
+            Ok(())
+        }
+        MonitorCommand::Rm { name } => remove(store, ResourceKind::Monitor, &name).await,
+        MonitorCommand::Hold { name } => hold(store, ResourceKind::Monitor, &name, true).await,
+        MonitorCommand::Release { name } => hold(store, ResourceKind::Monitor, &name, false).await,
+    }
+}
+
+async fn add_monitor(store: &Store, args: MonitorAdd) -> anyhow::Result<()> {
+    check_name("monitor", &args.name)?;
+    if args.rescan.is_zero() {
+        return Err(invalid("--rescan", "must be greater than zero"));
+    }
+    require_job(store, &args.job).await?;
+    let PlacementArgs {
+        preferred,
+        no_fallback,
+        held,
+    } = args.placement;
+    let row = MonitorRow {
+        name: args.name,
+        job_name: args.job,
+        preferred,
+        fallback_any: !no_fallback,
+        held,
+        debounce_ms: millis(args.debounce),
+        rescan_ms: millis(args.rescan),
+        last_error: None,
+        created_at: Utc::now(),
+    };
+    store.add_monitor(&row).await?;
+    println!("added monitor {} (job {})", row.name, row.job_name);
+    Ok(())
+}
+
+async fn require_job(store: &Store, job: &str) -> anyhow::Result<()> {
+    if store.job(job).await?.is_none() {
+        return Err(invalid(
+            "--job",
+            format!("no job named {job:?}; create it with `ferry job add {job} …`"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    if name.trim().is_empty() || name.contains(char::is_control) {
+        return Err(invalid(what, format!("{name:?} is not a usable name")));
+    }
+    Ok(())
+}
+
+async fn remove(store: &Store, kind: ResourceKind, name: &str) -> anyhow::Result<()> {
+    store.remove(kind, name).await?;
+    println!("removed {kind} {name}");
+    Ok(())
+}
+
+async fn hold(store: &Store, kind: ResourceKind, name: &str, held: bool) -> anyhow::Result<()> {
+    store.set_held(kind, name, held).await?;
+    println!(
+        "{kind} {name} {}",
+        if held {
+            "held: it will not run until released"
+        } else {
+            "released"
+        }
+    );
+    Ok(())
+}
+
+/// `ferry schedule run NAME [--wait]`.
+async fn run_now(store: &Store, out: Output, name: &str, wait: bool) -> anyhow::Result<()> {
+    let requested = store.request_run(name).await?;
+    println!("asked the scheduler holding {name} to run it now");
+    if !wait {
+        return Ok(());
+    }
+    let run = wait_for_run(store, name, requested).await?;
+    out.one(&run);
+    if run.state == "succeeded" {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "run {} of {name} {}: {}",
+            run.id,
+            run.state,
+            run.error.unwrap_or_default()
+        )
+    }
+}
+
+async fn wait_for_run(
+    store: &Store,
+    name: &str,
+    requested: chrono::DateTime<Utc>,
+) -> anyhow::Result<RunRow> {
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let run = store
+            .run_for(name, requested)
+            .await
+            .context("reading the run")?;
+        match run {
+            Some(run) if run.state != "running" && run.retry_at.is_none() => return Ok(run),
+            Some(_) => {}
+            None if !warned && started.elapsed() > Duration::from_secs(5) => {
+                warned = true;
+                eprintln!(
+                    "still waiting: no scheduler has picked up {name}; is `ferry scheduler run` running, and is the schedule held?"
+                );
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,342 @@
+//! The `ferry` command line: definitions, the scheduler service, and status.
+
+mod define;
+mod output;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use output::Output;
+
+use crate::store::Store;
+
+/// Invalid input from the user: exits with code 2 and names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+pub fn invalid(field: &str, message: impl Into<String>) -> anyhow::Error {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+    .into()
+}
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "High-availability file replication: schedules and real-time monitors shared by several schedulers",
+    long_about = "ferry replicates folders on cron schedules and in real time. Define jobs (what to sync), \
+        schedules (when) and monitors (continuously) with this command or with plain SQL, then run \
+        `ferry scheduler run` on one or more machines sharing the database.\n\n\
+        Quick start (SQLite in the current folder, no server needed):\n  \
+        ferry job add docs --rule mirror --from /srv/docs --to /backup/docs\n  \
+        ferry schedule add docs-nightly --job docs --cron '0 2 * * *'\n  \
+        ferry monitor add docs-live --job docs\n  \
+        ferry scheduler run\n  \
+        ferry status"
+)]
+pub struct Cli {
+    /// Database URL: postgres://user@host/db, sqlite://path, or a SQLite file path.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_DB",
+        default_value = "ferry.db",
+        hide_env_values = true
+    )]
+    pub db: String,
+    /// How to print tables.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log format of the scheduler service.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Jobs: what to replicate (a rule, a source, destinations, filters).
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Schedules: fire a job at cron times.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Monitors: replicate every change of a job's source as it happens.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
+    /// The scheduler service and the list of schedulers.
+    #[command(subcommand)]
+    Scheduler(SchedulerCommand),
+    /// Schedulers, schedules and monitors: who holds what, next fire time, last run, problems.
+    Status,
+    /// Recent runs, newest first.
+    Runs {
+        /// Only runs of this job.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Print run events (copied, deleted, conflicts, errors); --follow keeps printing new ones.
+    Tail {
+        /// Keep printing events as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past events to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: i64,
+    },
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Apply the schema migrations (every ferry command does this on its own too).
+    Migrate,
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Define a job.
+    ///
+    /// Example: ferry job add docs --rule mirror --from /srv/docs --to /backup/docs --exclude '*.tmp'
+    Add(JobAdd),
+    List,
+    Show {
+        name: String,
+    },
+    /// Remove a job no schedule or monitor uses.
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct JobAdd {
+    pub name: String,
+    /// mirror: destinations become identical to the source (extras deleted);
+    /// copy: new and changed files only, nothing deleted;
+    /// sync: changes and deletions flow every way, conflicts keep both versions.
+    #[arg(long)]
+    pub rule: String,
+    /// Source folder (an absolute path).
+    #[arg(long = "from", value_name = "PATH")]
+    pub source: String,
+    /// Destination folder; repeat for several.
+    #[arg(long = "to", value_name = "PATH", required = true)]
+    pub destinations: Vec<String>,
+    /// Only files matching one of these globs (`*.doc`, `reports/**`); folders are always traversed.
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip paths matching these globs; an excluded folder is skipped whole.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// Define a schedule.
+    ///
+    /// Example: ferry schedule add docs-nightly --job docs --cron '0 2 * * *' --tz Europe/Paris
+    Add(ScheduleAdd),
+    List,
+    Show {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+    /// Pause: no scheduler fires it until released.
+    Hold {
+        name: String,
+    },
+    /// Resume a held schedule.
+    Release {
+        name: String,
+    },
+    /// Ask the scheduler holding it to fire it once, now.
+    Run {
+        name: String,
+        /// Wait for the run to end and print its result (exit code 1 if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct ScheduleAdd {
+    pub name: String,
+    #[arg(long)]
+    pub job: String,
+    /// Cron expression: 5 fields (minute hour day month weekday), or 6 with leading seconds.
+    #[arg(long)]
+    pub cron: String,
+    /// Time zone the cron times are in (IANA name).
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// Extra attempts after a failed or interrupted run.
+    #[arg(long, default_value_t = 0)]
+    pub retries: i32,
+    /// Wait before a retry.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_delay: Duration,
+    /// Fire times missed while no scheduler could run it: run_once, skip or run_all.
+    #[arg(long, default_value = "run_once")]
+    pub misfire: String,
+}
+
+#[derive(Args)]
+pub struct PlacementArgs {
+    /// Run on this scheduler while it is alive.
+    #[arg(long = "prefer", value_name = "SCHEDULER")]
+    pub preferred: Option<String>,
+    /// Wait for the preferred scheduler instead of falling back to any live one.
+    #[arg(long)]
+    pub no_fallback: bool,
+    /// Create it held (paused).
+    #[arg(long)]
+    pub held: bool,
+}
+
+#[derive(Subcommand)]
+pub enum MonitorCommand {
+    /// Define a real-time monitor.
+    ///
+    /// Example: ferry monitor add docs-live --job docs --debounce 100ms
+    Add(MonitorAdd),
+    List,
+    Show {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+    /// Pause: nobody watches it until released.
+    Hold {
+        name: String,
+    },
+    /// Resume a held monitor.
+    Release {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct MonitorAdd {
+    pub name: String,
+    #[arg(long)]
+    pub job: String,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    /// Gather changes for this long before syncing them as one batch.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// Full rescan interval, the safety net for changes the watcher missed.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub rescan: Duration,
+}
+
+#[derive(Subcommand)]
+pub enum SchedulerCommand {
+    /// Run the scheduler service until SIGTERM or Ctrl-C.
+    Run(SchedulerRun),
+    /// Schedulers, alive or not, with their last heartbeat and live leases.
+    List,
+}
+
+#[derive(Args)]
+pub struct SchedulerRun {
+    /// Name, unique among live schedulers (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// TOML file with the settings below (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Lease lifetime: a crashed scheduler's work moves within this (default 3s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Heartbeat and lease renewal interval (default 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// How often definitions are re-read (default 1s; PostgreSQL also wakes on NOTIFY).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll: Option<Duration>,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = Store::open(&cli.db)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening database {}: {e}", redact(&cli.db)))?;
+    let out = cli.output;
+    match cli.command {
+        Command::Job(cmd) => define::job(&store, out, cmd).await,
+        Command::Schedule(cmd) => define::schedule(&store, out, cmd).await,
+        Command::Monitor(cmd) => define::monitor(&store, out, cmd).await,
+        Command::Scheduler(SchedulerCommand::Run(args)) => report::scheduler_run(store, args).await,
+        Command::Scheduler(SchedulerCommand::List) => report::scheduler_list(&store, out).await,
+        Command::Status => report::status(&store, out).await,
+        Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
+        Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
+        Command::Db(DbCommand::Migrate) => {
+            println!("database {} is at the current schema", redact(&cli.db));
+            Ok(())
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+            let user_end = url[scheme + 3..at].find(':').unwrap() + scheme + 3;
+            format!("{}:***{}", &url[..user_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact("postgres://ferry:secret@db/ferry"),
+            "postgres://ferry:***@db/ferry"
+        );
+        assert_eq!(
+            redact("postgres://ferry@db/ferry"),
+            "postgres://ferry@db/ferry"
+        );
+        assert_eq!(redact("ferry.db"), "ferry.db");
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,265 @@
+//! `ferry status`, `runs`, `tail`, `scheduler list` and `scheduler run`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::output::{or_dash, time};
+use super::{Output, SchedulerRun, invalid};
+use crate::config::ServiceConfig;
+use crate::plan::cron::CronSpec;
+use crate::plan::run::human_bytes;
+use crate::service::Service;
+use crate::store::{RunRow, SchedulerRow, StatusRow, Store};
+
+pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ServiceConfig::load(path)?,
+        None => ServiceConfig::default(),
+    };
+    config.name = args.name.or(config.name);
+    config.lease_ttl = args.lease_ttl.unwrap_or(config.lease_ttl);
+    config.heartbeat = args.heartbeat.unwrap_or(config.heartbeat);
+    config.poll = args.poll.unwrap_or(config.poll);
+    config
+        .validate()
+        .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(crate::lease::default_name);
+    let service = Service::start(store, config, name).await?;
+    service.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+    }
+}
+
+pub async fn scheduler_list(store: &Store, out: Output) -> anyhow::Result<()> {
+    let schedulers = store.schedulers().await?;
+    out.list(
+        &schedulers,
+        &["name", "alive", "host", "started", "heartbeat", "leases"],
+        scheduler_line,
+    );
+    Ok(())
+}
+
+fn scheduler_line(s: &SchedulerRow) -> Vec<String> {
+    vec![
+        s.name.clone(),
+        if s.alive {
+            "alive".into()
+        } else {
+            "down".into()
+        },
+        s.host.clone(),
+        time(Some(s.started_at)),
+        time(Some(s.heartbeat_at)),
+        s.leases.to_string(),
+    ]
+}
+
+/// One schedule or monitor in `ferry status`.
+#[derive(Serialize)]
+struct StatusLine {
+    #[serde(flatten)]
+    row: StatusRow,
+    next_fire: Option<chrono::DateTime<Utc>>,
+    last_run: Option<RunRow>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    schedulers: Vec<SchedulerRow>,
+    definitions: Vec<StatusLine>,
+}
+
+pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
+    let schedulers = store.schedulers().await?;
+    let crons: HashMap<String, Option<CronSpec>> = store
+        .schedules()
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), CronSpec::parse(&s.cron, &s.timezone).ok()))
+        .collect();
+    let mut last_runs: HashMap<(bool, String), RunRow> = HashMap::new();
+    for run in store.last_runs().await? {
+        let key = match (&run.schedule_name, &run.monitor_name) {
+            (Some(s), _) => (true, s.clone()),
+            (None, Some(m)) => (false, m.clone()),
+            (None, None) => continue,
+        };
+        last_runs.insert(key, run);
+    }
+    let now = Utc::now();
+    let definitions: Vec<StatusLine> = store
+        .status()
+        .await?
+        .into_iter()
+        .map(|row| {
+            let is_schedule = row.kind == "schedule";
+            let next_fire = crons
+                .get(&row.name)
+                .and_then(|c| c.as_ref())
+                .filter(|_| is_schedule && row.state != "held")
+                .and_then(|c| c.next_after(now));
+            let last_run = last_runs.remove(&(is_schedule, row.name.clone()));
+            StatusLine {
+                row,
+                next_fire,
+                last_run,
+            }
+        })
+        .collect();
+    let status = Status {
+        schedulers,
+        definitions,
+    };
+    match out {
+        Output::Json => out.one(&status),
+        Output::Table => {
+            println!("SCHEDULERS");
+            out.list(
+                &status.schedulers,
+                &["name", "alive", "host", "started", "heartbeat", "leases"],
+                scheduler_line,
+            );
+            println!();
+            out.list(
+                &status.definitions,
+                &[
+                    "kind",
+                    "name",
+                    "job",
+                    "state",
+                    "holder",
+                    "prefer",
+                    "next fire",
+                    "last run",
+                    "last error",
+                ],
+                |l| {
+                    let last = l
+                        .last_run
+                        .as_ref()
+                        .map(|r| format!("{} {}", r.state, time(Some(r.started_at))))
+                        .unwrap_or_else(|| "-".into());
+                    vec![
+                        l.row.kind.clone(),
+                        l.row.name.clone(),
+                        l.row.job_name.clone(),
+                        l.row.state.clone(),
+                        or_dash(l.row.holder.as_deref()),
+                        or_dash(l.row.preferred.as_deref()),
+                        time(l.next_fire),
+                        last,
+                        or_dash(l.row.last_error.as_deref()),
+                    ]
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn runs(store: &Store, out: Output, job: Option<&str>, limit: i64) -> anyhow::Result<()> {
+    let runs = store.runs(job, limit).await?;
+    let headers = [
+        "id",
+        "job",
+        "by",
+        "fire time",
+        "scheduler",
+        "state",
+        "try",
+        "copied",
+        "deleted",
+        "bytes",
+        "sent",
+        "error",
+    ];
+    out.list(&runs, &headers, |r| {
+        let by = r
+            .schedule_name
+            .clone()
+            .or(r.monitor_name.clone())
+            .unwrap_or_default();
+        vec![
+            r.id.to_string(),
+            r.job_name.clone(),
+            by,
+            time(Some(r.fire_time)),
+            or_dash(r.scheduler.as_deref()),
+            r.state.clone(),
+            r.attempt.to_string(),
+            r.files_copied.to_string(),
+            r.files_deleted.to_string(),
+            human_bytes(r.bytes_total.max(0) as u64),
+            human_bytes(r.bytes_sent.max(0) as u64),
+            or_dash(r.error.as_deref()),
+        ]
+    });
+    Ok(())
+}
+
+pub async fn tail(store: &Store, out: Output, follow: bool, lines: i64) -> anyhow::Result<()> {
+    let mut after = store.event_id_before_last(lines.max(0)).await?;
+    let mut notifications = if follow {
+        store.notifications().await?
+    } else {
+        None
+    };
+    loop {
+        let events = store.events_after(after, 500).await?;
+        for e in &events {
+            match out {
+                Output::Json => println!("{}", serde_json::to_string(e)?),
+                Output::Table => {
+                    let by = e.source_name.as_deref().unwrap_or("-");
+                    let path = e
+                        .path
+                        .as_deref()
+                        .map(|p| format!(" {p}:"))
+                        .unwrap_or_default();
+                    println!(
+                        "{} {:5} {}/{} run {}{path} {}",
+                        e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                        e.level,
+                        e.job_name,
+                        by,
+                        e.run_id,
+                        e.message
+                    );
+                }
+            }
+            after = e.id;
+        }
+        if !follow {
+            return Ok(());
+        }
+        if events.len() < 500 {
+            // PostgreSQL wakes us on NOTIFY; SQLite (and a lost listener) polls.
+            let poll = tokio::time::sleep(Duration::from_millis(250));
+            match notifications.as_mut() {
+                Some(listener) => {
+                    tokio::select! {
+                        _ = listener.recv() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                None => poll.await,
+            }
+        }
+    }
+}

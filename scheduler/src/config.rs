@@ -1,0 +1,96 @@
+//! The scheduler service's settings: defaults, then a TOML file (`--config`), then flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// This scheduler's name, unique among live schedulers. Default: the host name.
+    pub name: Option<String>,
+    /// How long a lease lasts without renewal. A crashed scheduler's work moves after at most
+    /// this long. Default 3s; raise it on a database far away.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the scheduler heartbeats and renews its leases. Keep it at a third of
+    /// `lease_ttl` or less. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How often definitions are re-read (SQLite; PostgreSQL also wakes on NOTIFY). Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// How long a restarted scheduler must stay alive before work returns to it. Default two
+    /// heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            lease_ttl: Duration::from_secs(3),
+            heartbeat: Duration::from_secs(1),
+            poll: Duration::from_secs(1),
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ServiceConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Checks the timing rules that keep leases safe.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() || self.lease_ttl.is_zero() || self.poll.is_zero() {
+            return Err("lease-ttl, heartbeat and poll must be greater than zero".into());
+        }
+        if self.heartbeat * 2 > self.lease_ttl {
+            return Err(format!(
+                "heartbeat ({}) must be at most half of lease-ttl ({}), or leases expire between renewals",
+                humantime::format_duration(self.heartbeat),
+                humantime::format_duration(self.lease_ttl)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_reads_human_durations() {
+        let config: ServiceConfig =
+            toml::from_str("name = \"s1\"\nlease_ttl = \"6s\"\nheartbeat = \"500ms\"").unwrap();
+        assert_eq!(config.name.as_deref(), Some("s1"));
+        assert_eq!(config.lease_ttl, Duration::from_secs(6));
+        assert_eq!(config.heartbeat, Duration::from_millis(500));
+        assert_eq!(
+            config.poll,
+            Duration::from_secs(1),
+            "unset fields keep their default"
+        );
+    }
+
+    #[test]
+    fn unsafe_timing_is_refused() {
+        let config = ServiceConfig {
+            heartbeat: Duration::from_secs(2),
+            ..Default::default()
+        };
+        assert!(config.validate().unwrap_err().contains("at most half"));
+        assert!(
+            toml::from_str::<ServiceConfig>("lease_tll = \"3s\"").is_err(),
+            "typos are errors"
+        );
+    }
+}

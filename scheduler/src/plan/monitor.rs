@@ -1,0 +1,175 @@
+//! A real-time monitor: a full sync when it starts, then every watched change synced in small
+//! debounced batches, with a periodic full rescan as the safety net (and at once when the
+//! watcher lost events). One `runs` row covers the whole holding period; each batch is an event.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_agent::engine::EngineError;
+use ferry_agent::watch::{Batch, FolderWatch};
+use ferry_agent::{JobSpec, Scope};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::run::{Recorder, describe, sync};
+use crate::store::Store;
+
+/// Wait before trying again after a failed start or sync (a missing source folder, say).
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+
+pub struct MonitorTask {
+    pub name: String,
+    pub spec: JobSpec,
+    pub roots: Vec<PathBuf>,
+    pub debounce: Duration,
+    pub rescan: Duration,
+    /// The problem that keeps it from replicating, if any, for the monitor's `last_error`.
+    pub problem: Arc<Mutex<Option<String>>>,
+}
+
+/// Runs until `stop` (a safe point: between batches) or `cancel` (at once, mid-batch).
+pub async fn run(
+    store: Store,
+    run_id: i64,
+    task: MonitorTask,
+    stop: CancellationToken,
+    cancel: Arc<AtomicBool>,
+) {
+    let mut recorder = Recorder::new(store, run_id);
+    let roots: Vec<String> = task.roots.iter().map(|r| r.display().to_string()).collect();
+    recorder
+        .note("info", &format!("watching {}", roots.join(", ")))
+        .await;
+    let outcome = watch_loop(&task, &stop, &cancel, &mut recorder).await;
+    match outcome {
+        Ok(()) => {
+            recorder.note("info", "stopped watching").await;
+            recorder.finish("succeeded", None, None).await;
+        }
+        Err(EngineError::Cancelled { .. }) => {
+            recorder
+                .note(
+                    "warn",
+                    "stopped mid-batch: the scheduler lost its lease or is stopping",
+                )
+                .await;
+            recorder
+                .finish("interrupted", Some("stopped mid-batch".into()), None)
+                .await;
+        }
+        Err(e) => unreachable!("watch_loop retries other errors: {e}"),
+    }
+}
+
+async fn watch_loop(
+    task: &MonitorTask,
+    stop: &CancellationToken,
+    cancel: &Arc<AtomicBool>,
+    recorder: &mut Recorder,
+) -> Result<(), EngineError> {
+    'restart: loop {
+        // Watch first, then scan: a change during the initial scan is then not missed.
+        let mut watch = match FolderWatch::new(&task.roots) {
+            Ok(watch) => watch,
+            Err(e) => {
+                let problem = format!("cannot watch {}: {e}", task.spec.source.display());
+                report(task, recorder, &problem).await;
+                if pause(stop, RETRY_AFTER_ERROR).await {
+                    return Ok(());
+                }
+                continue 'restart;
+            }
+        };
+        let mut scope = Some(Scope::Full);
+        let mut next_rescan = Instant::now() + task.rescan;
+        loop {
+            if let Some(scope) = scope.take() {
+                let full = scope == Scope::Full;
+                match sync_batch(task, scope, cancel, recorder).await {
+                    Ok(()) => {
+                        if full {
+                            set_problem(task, None);
+                        }
+                    }
+                    Err(e @ EngineError::Cancelled { .. }) => return Err(e),
+                    Err(e) => {
+                        report(task, recorder, &e.to_string()).await;
+                        if pause(stop, RETRY_AFTER_ERROR).await {
+                            return Ok(());
+                        }
+                        continue 'restart;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = sleep_until(next_rescan) => {
+                    next_rescan = Instant::now() + task.rescan;
+                    scope = Some(Scope::Full);
+                }
+                batch = watch.next_batch(task.debounce) => match batch {
+                    Some(Batch::Paths(paths)) if paths.is_empty() => {}
+                    Some(Batch::Paths(paths)) => scope = Some(Scope::Paths(paths)),
+                    Some(Batch::Rescan) | None => {
+                        next_rescan = Instant::now() + task.rescan;
+                        scope = Some(Scope::Full);
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn sync_batch(
+    task: &MonitorTask,
+    scope: Scope,
+    cancel: &Arc<AtomicBool>,
+    recorder: &mut Recorder,
+) -> Result<(), EngineError> {
+    let what = match &scope {
+        Scope::Full => "full scan".to_string(),
+        Scope::Paths(paths) => format!("{} changed paths", paths.len()),
+    };
+    recorder.next_batch();
+    let summary = sync(&task.spec, scope, cancel, recorder).await?;
+    recorder.flush_unwritten().await;
+    let changed =
+        summary.files_copied + summary.files_deleted + summary.conflicts + summary.failures > 0;
+    if changed || what == "full scan" {
+        let level = if summary.failures > 0 {
+            "error"
+        } else {
+            "info"
+        };
+        recorder
+            .note(level, &format!("batch ({what}): {}", describe(&summary)))
+            .await;
+        recorder.save_counters().await;
+    }
+    Ok(())
+}
+
+async fn report(task: &MonitorTask, recorder: &Recorder, problem: &str) {
+    tracing::warn!(monitor = task.name, "{problem}");
+    recorder
+        .note(
+            "error",
+            &format!("{problem}; retrying in {} s", RETRY_AFTER_ERROR.as_secs()),
+        )
+        .await;
+    set_problem(task, Some(problem.to_owned()));
+}
+
+fn set_problem(task: &MonitorTask, problem: Option<String>) {
+    *task.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+}
+
+/// Sleeps for `wait`; true if `stop` came first.
+async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}

@@ -1,0 +1,274 @@
+//! Carrying out a run: the engine works on a blocking thread while this side records its events
+//! and counters in `runs` and `run_events`.
+//!
+//! Recording never stops the sync: when the database is unreachable the events are logged
+//! locally and the counters written at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use ferry_agent::engine::{self, EngineError};
+use ferry_agent::{Event, JobSpec, Scope, Summary};
+use tokio::sync::mpsc;
+
+use crate::store::{Counters, RunEnd, Store};
+
+/// Per-file events written for one run (or one monitor batch) before the rest are only counted,
+/// so a first copy of a million files does not write a million rows.
+const EVENTS_PER_RUN: u32 = 200;
+/// How often a long run's counters are written while it goes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes one run's events and counters.
+pub struct Recorder {
+    store: Store,
+    pub run_id: i64,
+    pub counters: Counters,
+    written: u32,
+    unwritten: u64,
+    last_progress: Instant,
+}
+
+impl Recorder {
+    pub fn new(store: Store, run_id: i64) -> Self {
+        Self {
+            store,
+            run_id,
+            counters: Counters::default(),
+            written: 0,
+            unwritten: 0,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Records a run-level message.
+    pub async fn note(&self, level: &str, message: &str) {
+        if let Err(e) = self
+            .store
+            .add_event(self.run_id, level, message, None)
+            .await
+        {
+            tracing::warn!(run = self.run_id, error = %e, "could not record run event: {message}");
+        }
+    }
+
+    async fn engine_event(&mut self, event: Event) {
+        let (level, message, path) = match &event {
+            Event::Copied { to, path, bytes } => {
+                self.counters.files_copied += 1;
+                self.counters.bytes_total += *bytes as i64;
+                ("info", format!("copied to {to} ({bytes} bytes)"), path)
+            }
+            Event::Deleted { at, path } => {
+                self.counters.files_deleted += 1;
+                ("info", format!("deleted from {at}"), path)
+            }
+            Event::Conflict { at, path, kept_as } => (
+                "warn",
+                format!(
+                    "conflict in {at}: the other version is kept as {}",
+                    kept_as.display()
+                ),
+                path,
+            ),
+            Event::Failed { path, error } => ("error", error.clone(), path),
+        };
+        if self.written < EVENTS_PER_RUN || level == "error" && self.written < 2 * EVENTS_PER_RUN {
+            self.written += 1;
+            let path = path.to_string_lossy();
+            if let Err(e) = self
+                .store
+                .add_event(self.run_id, level, &message, Some(&path))
+                .await
+            {
+                tracing::warn!(run = self.run_id, error = %e, "could not record run event");
+            }
+        } else {
+            self.unwritten += 1;
+        }
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.last_progress = Instant::now();
+            self.save_counters().await;
+        }
+    }
+
+    pub async fn save_counters(&self) {
+        if let Err(e) = self.store.update_run(self.run_id, &self.counters).await {
+            tracing::warn!(run = self.run_id, error = %e, "could not record run progress");
+        }
+    }
+
+    /// Starts a new batch of per-file events (a monitor records each batch in full).
+    pub fn next_batch(&mut self) {
+        self.written = 0;
+    }
+
+    /// Says how many per-file events were only counted since the last call.
+    pub async fn flush_unwritten(&mut self) {
+        if self.unwritten > 0 {
+            let message = format!(
+                "… and {} more file events, counted but not listed",
+                self.unwritten
+            );
+            self.unwritten = 0;
+            self.note("info", &message).await;
+        }
+    }
+
+    /// Ends the run. Retries the write for a while: a run's outcome must not be lost to a
+    /// short database outage.
+    pub async fn finish(
+        &mut self,
+        state: &'static str,
+        error: Option<String>,
+        retry_in_ms: Option<i64>,
+    ) {
+        self.flush_unwritten().await;
+        let end = RunEnd {
+            state,
+            error,
+            counters: self.counters,
+            retry_in_ms,
+        };
+        for attempt in 1..=10u32 {
+            match self.store.finish_run(self.run_id, &end).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(run = self.run_id, attempt, error = %e, "could not record the end of the run; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+            }
+        }
+        tracing::error!(
+            run = self.run_id,
+            state,
+            "gave up recording the end of the run"
+        );
+    }
+}
+
+/// Runs the engine once over `scope`, recording as it goes.
+pub async fn sync(
+    spec: &JobSpec,
+    scope: Scope,
+    cancel: &Arc<AtomicBool>,
+    recorder: &mut Recorder,
+) -> Result<Summary, EngineError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (spec, cancel) = (spec.clone(), cancel.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        engine::run(&spec, &scope, &cancel, &mut |event| {
+            // The receiver lives until this closure is dropped.
+            let _ = tx.send(event);
+        })
+    });
+    while let Some(event) = rx.recv().await {
+        recorder.engine_event(event).await;
+    }
+    let summary = work.await.expect("the sync engine panicked")?;
+    recorder.counters.bytes_sent += summary.bytes_sent as i64;
+    Ok(summary)
+}
+
+/// One line for a summary: "3 copied, 1 deleted, 2 conflicts, 12.0 KiB".
+pub fn describe(summary: &Summary) -> String {
+    let mut parts = vec![
+        format!("{} copied", summary.files_copied),
+        format!("{} deleted", summary.files_deleted),
+    ];
+    if summary.conflicts > 0 {
+        parts.push(format!("{} conflicts", summary.conflicts));
+    }
+    if summary.failures > 0 {
+        parts.push(format!("{} failed", summary.failures));
+    }
+    parts.push(human_bytes(summary.bytes_total));
+    parts.join(", ")
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// How a scheduled run is carried out.
+pub struct ScheduledRun {
+    pub spec: JobSpec,
+    pub attempt: i32,
+    pub retries: i32,
+    pub retry_delay_ms: i64,
+    pub trigger: &'static str,
+}
+
+/// Runs one firing of a schedule from start to recorded end.
+pub async fn run_scheduled(store: Store, run_id: i64, run: ScheduledRun, cancel: Arc<AtomicBool>) {
+    let mut recorder = Recorder::new(store, run_id);
+    recorder
+        .note(
+            "info",
+            &format!("started ({}, attempt {})", run.trigger, run.attempt),
+        )
+        .await;
+    let began = Instant::now();
+    let outcome = sync(&run.spec, Scope::Full, &cancel, &mut recorder).await;
+    let took = format!("{:.1} s", began.elapsed().as_secs_f64());
+    let can_retry = run.attempt <= run.retries;
+    let retry = |failed: bool| (failed && can_retry).then_some(run.retry_delay_ms);
+    match outcome {
+        Ok(summary) if summary.failures == 0 => {
+            recorder
+                .note(
+                    "info",
+                    &format!("succeeded in {took}: {}", describe(&summary)),
+                )
+                .await;
+            recorder.finish("succeeded", None, None).await;
+        }
+        Ok(summary) => {
+            let error = format!(
+                "{} of the files failed; first: {}",
+                summary.failures,
+                summary.first_failure.as_deref().unwrap_or("?")
+            );
+            recorder
+                .note(
+                    "error",
+                    &format!("failed in {took}: {}", describe(&summary)),
+                )
+                .await;
+            recorder.finish("failed", Some(error), retry(true)).await;
+        }
+        Err(EngineError::Cancelled { .. }) => {
+            recorder
+                .note(
+                    "warn",
+                    "interrupted: the scheduler stopped or lost its lease",
+                )
+                .await;
+            recorder
+                .finish(
+                    "interrupted",
+                    Some("the scheduler stopped or lost its lease".into()),
+                    retry(true),
+                )
+                .await;
+        }
+        Err(e) => {
+            recorder.note("error", &e.to_string()).await;
+            recorder
+                .finish("failed", Some(e.to_string()), retry(true))
+                .await;
+        }
+    }
+}

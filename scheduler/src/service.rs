@@ -1,0 +1,784 @@
+//! `ferry scheduler run`: the service. Each tick it heartbeats, renews its leases, re-reads the
+//! definitions, claims what placement gives it, releases what it should no longer hold (at a
+//! safe point: between runs, between a monitor's batches), and fires due schedules.
+//!
+//! A lease that cannot be renewed stops its work at once. When the database is unreachable the
+//! service keeps its work only until its local lease deadline (monotonic clock: last successful
+//! renewal + TTL - margin), since by then another scheduler may hold the leases.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_agent::JobSpec;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceConfig;
+use crate::lease::{Candidates, Placement};
+use crate::plan::definitions::{self, ValidSchedule};
+use crate::plan::firing;
+use crate::plan::monitor::{self, MonitorTask};
+use crate::plan::run::{self, ScheduledRun};
+use crate::store::{
+    JobRow, LeaseHolder, MonitorRow, NewRun, Registration, ResourceKind, ScheduleRow, SchedulerRow,
+    Store, StoreError,
+};
+
+/// How long a graceful stop waits for runs to record their end before leaving anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+type Resource = (ResourceKind, String);
+
+pub struct Service {
+    store: Store,
+    config: ServiceConfig,
+    me: LeaseHolder,
+    holdings: HashMap<Resource, Holding>,
+    database_reachable: bool,
+    /// Local work must stop by then unless a renewal succeeds first.
+    lease_deadline: Instant,
+}
+
+struct Holding {
+    epoch: i64,
+    work: Work,
+}
+
+enum Work {
+    Schedule(ScheduleWork),
+    Monitor(MonitorWork),
+}
+
+struct ScheduleWork {
+    /// Every cron time up to here is fired or accounted for.
+    cursor: DateTime<Utc>,
+    cron: Option<ValidSchedule>,
+    running: Option<Task>,
+}
+
+struct MonitorWork {
+    /// The definition the task runs, to notice edits.
+    definition: (JobRow, MonitorRow),
+    task: Task,
+    stop: CancellationToken,
+    problem: Arc<Mutex<Option<String>>>,
+}
+
+struct Task {
+    handle: JoinHandle<()>,
+    /// Stops the engine between two files.
+    cancel: Arc<AtomicBool>,
+}
+
+impl Task {
+    fn spawn(cancel: Arc<AtomicBool>, work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            handle: tokio::spawn(work),
+            cancel,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// What one tick read from the database.
+struct Definitions {
+    jobs: HashMap<String, JobRow>,
+    schedules: Vec<ScheduleRow>,
+    monitors: Vec<MonitorRow>,
+    schedulers: Vec<SchedulerRow>,
+}
+
+impl Definitions {
+    async fn load(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            jobs: store
+                .jobs()
+                .await?
+                .into_iter()
+                .map(|j| (j.name.clone(), j))
+                .collect(),
+            schedules: store.schedules().await?,
+            monitors: store.monitors().await?,
+            schedulers: store.schedulers().await?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "scheduler {0}: another process registered this name after this one was taken for dead; stopping"
+    )]
+    IdentityLost(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Service {
+    /// Registers this scheduler; fails if a live scheduler already has the name.
+    pub async fn start(
+        store: Store,
+        config: ServiceConfig,
+        name: String,
+    ) -> Result<Self, ServiceError> {
+        config.validate().map_err(ServiceError::Config)?;
+        let registration = Registration {
+            name: name.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            host: crate::lease::default_name(),
+            pid: i64::from(std::process::id()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            lease_ttl_ms: config.lease_ttl.as_millis() as i64,
+        };
+        store.register_scheduler(&registration).await?;
+        tracing::info!(
+            scheduler = name,
+            instance = registration.instance_id,
+            "registered"
+        );
+        let me = LeaseHolder {
+            name,
+            instance: registration.instance_id,
+        };
+        Ok(Self {
+            store,
+            lease_deadline: Instant::now() + config.lease_ttl,
+            config,
+            me,
+            holdings: HashMap::new(),
+            database_reachable: true,
+        })
+    }
+
+    /// Runs until `shutdown` completes, then stops cleanly: runs are interrupted and recorded,
+    /// monitors finish their batch, and every lease is released at once for the others.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let mut notifications = self.store.notifications().await.ok().flatten();
+        tokio::pin!(shutdown);
+        let outcome = loop {
+            let wait = match self.tick().await {
+                Ok(wait) => wait,
+                Err(fatal) => break Err(fatal),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+                _ = next_notification(&mut notifications) => {}
+            }
+        };
+        self.stop().await;
+        outcome
+    }
+
+    async fn tick(&mut self) -> Result<Duration, ServiceError> {
+        match self.sync_with_database().await {
+            Ok(wait) => {
+                if !self.database_reachable {
+                    tracing::info!("database reachable again");
+                    self.database_reachable = true;
+                }
+                Ok(wait)
+            }
+            Err(ServiceError::Store(e)) => {
+                if self.database_reachable {
+                    tracing::error!(error = %e, "database unreachable; retrying every heartbeat, local work stops at the lease deadline");
+                    self.database_reachable = false;
+                }
+                self.enforce_deadline();
+                Ok(self.config.heartbeat)
+            }
+            Err(fatal) => Err(fatal),
+        }
+    }
+
+    async fn sync_with_database(&mut self) -> Result<Duration, ServiceError> {
+        if !self
+            .store
+            .heartbeat(&self.me.name, &self.me.instance)
+            .await?
+        {
+            return Err(ServiceError::IdentityLost(self.me.name.clone()));
+        }
+        self.renew_leases().await?;
+        let now = self.store.now().await?;
+        let defs = Definitions::load(&self.store).await?;
+        let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
+        let candidates = Candidates::new(&defs.schedulers, now, settle);
+        for row in &defs.schedules {
+            self.reconcile_schedule(row, &defs, &candidates, now)
+                .await?;
+        }
+        for row in &defs.monitors {
+            self.reconcile_monitor(row, &defs, &candidates, now).await?;
+        }
+        self.release_vanished(&defs).await?;
+        Ok(self.next_wake(now))
+    }
+
+    async fn renew_leases(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let ttl_ms = self.ttl_ms();
+        let mut lost = Vec::new();
+        for ((kind, name), holding) in &self.holdings {
+            if !self
+                .store
+                .renew(*kind, name, &self.me, holding.epoch, ttl_ms)
+                .await?
+            {
+                lost.push((*kind, name.clone()));
+            }
+        }
+        for key in lost {
+            tracing::warn!(kind = %key.0, name = key.1, "lease lost to another scheduler; stopped its work");
+            if let Some(holding) = self.holdings.remove(&key) {
+                holding.work.stop_now();
+            }
+        }
+        let margin = (self.config.heartbeat / 2).min(Duration::from_millis(500));
+        self.lease_deadline = started + self.config.lease_ttl - margin;
+        Ok(())
+    }
+
+    /// Without the database, leases cannot be renewed: past the deadline another scheduler may
+    /// hold them, so all local work stops.
+    fn enforce_deadline(&mut self) {
+        if Instant::now() >= self.lease_deadline && !self.holdings.is_empty() {
+            tracing::error!(
+                leases = self.holdings.len(),
+                "lease deadline passed without reaching the database; stopped all local work"
+            );
+            for (_, holding) in self.holdings.drain() {
+                holding.work.stop_now();
+            }
+        }
+    }
+
+    async fn reconcile_schedule(
+        &mut self,
+        row: &ScheduleRow,
+        defs: &Definitions,
+        candidates: &Candidates,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = (ResourceKind::Schedule, row.name.clone());
+        let valid = definitions::schedule(row, defs.jobs.get(&row.job_name));
+        let problem = valid.as_ref().err().cloned();
+        if problem != row.last_error {
+            self.store
+                .set_last_error(ResourceKind::Schedule, &row.name, problem.as_deref())
+                .await?;
+        }
+        let placement = self.place(
+            &key,
+            row.held,
+            problem.as_deref(),
+            row.preferred.as_deref(),
+            row.fallback_any,
+            candidates,
+        );
+        match (placement, self.holdings.contains_key(&key)) {
+            (Placement::Here(_), false) => {
+                if let Some(epoch) = self.claim(&key).await? {
+                    self.store
+                        .interrupt_orphans(ResourceKind::Schedule, &row.name, &self.me, row.retries)
+                        .await?;
+                    let cursor = self.schedule_cursor(row).await?;
+                    let work = ScheduleWork {
+                        cursor,
+                        cron: None,
+                        running: None,
+                    };
+                    self.holdings.insert(
+                        key.clone(),
+                        Holding {
+                            epoch,
+                            work: Work::Schedule(work),
+                        },
+                    );
+                    tracing::info!(schedule = row.name, epoch, "holding schedule");
+                }
+                if self.holdings.contains_key(&key) {
+                    self.fire_due(&key, row, valid.ok(), now).await?;
+                }
+            }
+            (Placement::Here(_), true) => self.fire_due(&key, row, valid.ok(), now).await?,
+            (_, true) => self.release_when_idle(&key).await?,
+            (_, false) => {}
+        }
+        Ok(())
+    }
+
+    fn place(
+        &self,
+        key: &Resource,
+        held: bool,
+        problem: Option<&str>,
+        preferred: Option<&str>,
+        fallback_any: bool,
+        candidates: &Candidates,
+    ) -> Placement {
+        if held {
+            return Placement::Waiting("held".into());
+        }
+        if let Some(problem) = problem {
+            return Placement::Waiting(problem.to_owned());
+        }
+        candidates.place(
+            &self.me.name,
+            &format!("{}:{}", key.0, key.1),
+            preferred,
+            fallback_any,
+        )
+    }
+
+    async fn claim(&self, (kind, name): &Resource) -> Result<Option<i64>, StoreError> {
+        self.store.ensure_lease(*kind, name).await?;
+        self.store.claim(*kind, name, &self.me, self.ttl_ms()).await
+    }
+
+    /// Where a newly held schedule resumes firing.
+    async fn schedule_cursor(&self, row: &ScheduleRow) -> Result<DateTime<Utc>, StoreError> {
+        let last_fired = self.store.last_cron_fire(&row.name).await?;
+        Ok([row.fired_until, last_fired, Some(row.created_at)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(row.created_at))
+    }
+
+    async fn fire_due(
+        &mut self,
+        key: &Resource,
+        row: &ScheduleRow,
+        valid: Option<ValidSchedule>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let epoch = self.holdings[key].epoch;
+        let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
+            return Ok(());
+        };
+        work.cron = valid.clone();
+        if work.running.as_ref().is_some_and(Task::is_finished) {
+            work.running = None;
+        }
+        let Some(valid) = valid else { return Ok(()) };
+        if work.running.is_some() {
+            // A schedule never overlaps itself; times passing meanwhile follow its misfire policy.
+            return Ok(());
+        }
+        let cursor = work.cursor;
+        let started = self.start_next_run(row, &valid, epoch, cursor, now).await?;
+        let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
+            return Ok(());
+        };
+        if let Some((task, new_cursor)) = started {
+            work.running = task;
+            if new_cursor > work.cursor {
+                work.cursor = new_cursor;
+                self.store.set_fired_until(&row.name, new_cursor).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts whatever is due for an idle schedule: a requested run, a retry, or a cron firing.
+    /// Returns the started task (if any) and the new firing cursor.
+    async fn start_next_run(
+        &self,
+        row: &ScheduleRow,
+        valid: &ValidSchedule,
+        epoch: i64,
+        cursor: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Option<Task>, DateTime<Utc>)>, StoreError> {
+        let scheduled = |attempt, trigger| ScheduledRun {
+            spec: valid.spec.clone(),
+            attempt,
+            retries: row.retries,
+            retry_delay_ms: row.retry_delay_ms,
+            trigger,
+        };
+        if let Some(requested) = row.run_requested_at {
+            let task = self
+                .start_run(row, requested, "manual", epoch)
+                .await?
+                .map(|id| self.spawn_run(id, scheduled(1, "manual")));
+            self.store.clear_run_request(&row.name, requested).await?;
+            return Ok(Some((task, cursor)));
+        }
+        if let Some(retry) = self.store.due_retries(&row.name).await?.into_iter().next() {
+            let task = if self
+                .store
+                .begin_retry(retry.id, retry.attempt, &self.me, epoch)
+                .await?
+            {
+                tracing::info!(
+                    schedule = row.name,
+                    run = retry.id,
+                    attempt = retry.attempt + 1,
+                    "retrying"
+                );
+                Some(self.spawn_run(retry.id, scheduled(retry.attempt + 1, "retry")))
+            } else {
+                None
+            };
+            return Ok(Some((task, cursor)));
+        }
+        let grace = chrono::Duration::from_std(self.config.lease_ttl * 2).unwrap_or_default();
+        let Some(due) = firing::due(&valid.cron, cursor, now, valid.misfire, grace) else {
+            return Ok(None);
+        };
+        let Some(&fire_time) = due.fire.first() else {
+            tracing::info!(
+                schedule = row.name,
+                skipped = due.skipped,
+                "missed fire times skipped by the misfire policy"
+            );
+            return Ok(Some((None, due.cursor)));
+        };
+        if due.skipped > 0 {
+            tracing::info!(
+                schedule = row.name,
+                skipped = due.skipped,
+                policy = row.misfire,
+                "missed fire times not run"
+            );
+        }
+        // Run the oldest due time now; the rest are found again from the new cursor.
+        let new_cursor = if due.fire.len() > 1 {
+            fire_time
+        } else {
+            due.cursor
+        };
+        let task = self
+            .start_run(row, fire_time, "cron", epoch)
+            .await?
+            .map(|id| self.spawn_run(id, scheduled(1, "cron")));
+        Ok(Some((task, new_cursor)))
+    }
+
+    async fn start_run(
+        &self,
+        row: &ScheduleRow,
+        fire_time: DateTime<Utc>,
+        trigger: &'static str,
+        epoch: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let run = NewRun {
+            job_name: row.job_name.clone(),
+            schedule_name: Some(row.name.clone()),
+            monitor_name: None,
+            fire_time,
+            trigger,
+            holder: self.me.clone(),
+            epoch,
+        };
+        let id = self.store.start_run(&run).await?;
+        match id {
+            Some(id) => {
+                tracing::info!(schedule = row.name, run = id, %fire_time, trigger, "run started")
+            }
+            None => {
+                tracing::debug!(schedule = row.name, %fire_time, "firing already recorded; not run again")
+            }
+        }
+        Ok(id)
+    }
+
+    fn spawn_run(&self, run_id: i64, run: ScheduledRun) -> Task {
+        let cancel = Arc::new(AtomicBool::new(false));
+        Task::spawn(
+            cancel.clone(),
+            run::run_scheduled(self.store.clone(), run_id, run, cancel),
+        )
+    }
+
+    async fn reconcile_monitor(
+        &mut self,
+        row: &MonitorRow,
+        defs: &Definitions,
+        candidates: &Candidates,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = (ResourceKind::Monitor, row.name.clone());
+        let job = defs.jobs.get(&row.job_name);
+        let valid = job
+            .ok_or_else(|| format!("job {:?} does not exist", row.job_name))
+            .and_then(|job| {
+                definitions::job_spec(job)
+                    .map(|spec| (job.clone(), spec))
+                    .map_err(|e| e.to_string())
+            });
+        let placement = self.place(
+            &key,
+            row.held,
+            valid.as_ref().err().map(String::as_str),
+            row.preferred.as_deref(),
+            row.fallback_any,
+            candidates,
+        );
+        let runtime_problem = match self.holdings.get(&key).map(|h| &h.work) {
+            Some(Work::Monitor(work)) => work
+                .problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            _ => None,
+        };
+        let problem = valid.as_ref().err().cloned().or(runtime_problem);
+        if problem != row.last_error {
+            self.store
+                .set_last_error(ResourceKind::Monitor, &row.name, problem.as_deref())
+                .await?;
+        }
+        match (placement, valid) {
+            (Placement::Here(_), Ok((job, spec))) => {
+                let definition = (job, row.clone());
+                let current = self.holdings.get(&key).map(|h| match &h.work {
+                    Work::Monitor(work) => {
+                        work.definition == definition && !work.task.is_finished()
+                    }
+                    Work::Schedule(_) => false,
+                });
+                match current {
+                    Some(true) => {}
+                    Some(false) => {
+                        // Edited (or ended): restart under a new run with the new definition.
+                        let epoch = self.holdings[&key].epoch;
+                        if let Some(fresh) =
+                            self.start_monitor(definition, spec, epoch, now).await?
+                        {
+                            let holding = self.holdings.get_mut(&key).expect("checked above");
+                            std::mem::replace(&mut holding.work, Work::Monitor(fresh))
+                                .stop_at_safe_point();
+                        }
+                    }
+                    None => {
+                        if let Some(epoch) = self.claim(&key).await? {
+                            self.store
+                                .interrupt_orphans(ResourceKind::Monitor, &row.name, &self.me, 0)
+                                .await?;
+                            if let Some(work) =
+                                self.start_monitor(definition, spec, epoch, now).await?
+                            {
+                                tracing::info!(monitor = row.name, epoch, "holding monitor");
+                                self.holdings.insert(
+                                    key,
+                                    Holding {
+                                        epoch,
+                                        work: Work::Monitor(work),
+                                    },
+                                );
+                            } else {
+                                self.store
+                                    .release(ResourceKind::Monitor, &row.name, &self.me, epoch)
+                                    .await?;
+                            }
+                        }
+                    }
+                }
+            }
+            (_, _) if self.holdings.contains_key(&key) => self.release_when_idle(&key).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn start_monitor(
+        &self,
+        definition: (JobRow, MonitorRow),
+        spec: JobSpec,
+        epoch: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<MonitorWork>, StoreError> {
+        let (job, row) = &definition;
+        let run = NewRun {
+            job_name: job.name.clone(),
+            schedule_name: None,
+            monitor_name: Some(row.name.clone()),
+            fire_time: now,
+            trigger: "monitor",
+            holder: self.me.clone(),
+            epoch,
+        };
+        let Some(run_id) = self.store.start_run(&run).await? else {
+            return Ok(None);
+        };
+        let problem = Arc::new(Mutex::new(None));
+        let task = MonitorTask {
+            name: row.name.clone(),
+            spec,
+            roots: definitions::watch_roots(job),
+            debounce: Duration::from_millis(row.debounce_ms.max(0) as u64),
+            rescan: Duration::from_millis(row.rescan_ms.max(1) as u64),
+            problem: problem.clone(),
+        };
+        let stop = CancellationToken::new();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let work = monitor::run(
+            self.store.clone(),
+            run_id,
+            task,
+            stop.clone(),
+            cancel.clone(),
+        );
+        Ok(Some(MonitorWork {
+            definition,
+            task: Task::spawn(cancel, work),
+            stop,
+            problem,
+        }))
+    }
+
+    /// Gives a lease back once its work reaches a safe point (a run ended, a batch finished).
+    async fn release_when_idle(&mut self, key: &Resource) -> Result<(), StoreError> {
+        let idle = match &self.holdings[key].work {
+            Work::Schedule(work) => work.running.as_ref().is_none_or(Task::is_finished),
+            Work::Monitor(work) => {
+                work.stop.cancel();
+                work.task.is_finished()
+            }
+        };
+        if idle {
+            let holding = self.holdings.remove(key).expect("checked by the caller");
+            self.store
+                .release(key.0, &key.1, &self.me, holding.epoch)
+                .await?;
+            tracing::info!(kind = %key.0, name = key.1, "released");
+        }
+        Ok(())
+    }
+
+    /// Releases what was deleted from the database.
+    async fn release_vanished(&mut self, defs: &Definitions) -> Result<(), StoreError> {
+        let vanished: Vec<Resource> = self
+            .holdings
+            .keys()
+            .filter(|(kind, name)| match kind {
+                ResourceKind::Schedule => !defs.schedules.iter().any(|s| &s.name == name),
+                ResourceKind::Monitor => !defs.monitors.iter().any(|m| &m.name == name),
+            })
+            .cloned()
+            .collect();
+        for key in vanished {
+            self.release_when_idle(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the next heartbeat or poll, or the next cron time of a schedule held here,
+    /// whichever is first.
+    fn next_wake(&self, now: DateTime<Utc>) -> Duration {
+        let mut wait = self.config.heartbeat.min(self.config.poll);
+        for holding in self.holdings.values() {
+            if let Work::Schedule(ScheduleWork {
+                cursor,
+                cron: Some(valid),
+                running: None,
+            }) = &holding.work
+                && let Some(next) = valid.cron.next_after(*cursor)
+            {
+                let until = (next - now).to_std().unwrap_or_default();
+                wait = wait.min(until.max(Duration::from_millis(5)));
+            }
+        }
+        wait
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.config.lease_ttl.as_millis() as i64
+    }
+
+    async fn stop(mut self) {
+        tracing::info!(
+            leases = self.holdings.len(),
+            "stopping: ending runs and releasing leases"
+        );
+        for holding in self.holdings.values() {
+            match &holding.work {
+                Work::Schedule(_) => holding.work.stop_now(),
+                Work::Monitor(work) => work.stop.cancel(),
+            }
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        for holding in self.holdings.values_mut() {
+            let handle = match &mut holding.work {
+                Work::Schedule(ScheduleWork {
+                    running: Some(task),
+                    ..
+                }) => &mut task.handle,
+                Work::Monitor(work) => &mut work.task.handle,
+                Work::Schedule(_) => continue,
+            };
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!("a run did not finish recording within the stop deadline");
+            }
+        }
+        for ((kind, name), holding) in &self.holdings {
+            if let Err(e) = self
+                .store
+                .release(*kind, name, &self.me, holding.epoch)
+                .await
+            {
+                tracing::warn!(error = %e, kind = %kind, name, "could not release lease; it expires by itself");
+            }
+        }
+        if let Err(e) = self
+            .store
+            .deregister(&self.me.name, &self.me.instance)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the stop");
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+impl Work {
+    /// Stops at once: the engine quits before the next file.
+    fn stop_now(&self) {
+        match self {
+            Work::Schedule(work) => {
+                if let Some(task) = &work.running {
+                    task.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Work::Monitor(work) => {
+                work.stop.cancel();
+                work.task.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops after the current batch (monitors) or run (schedules).
+    fn stop_at_safe_point(&self) {
+        if let Work::Monitor(work) = self {
+            work.stop.cancel();
+        }
+    }
+}
+
+/// The next notification, or never when there is no listener (SQLite). A lost listener
+/// connection waits a moment; PgListener reconnects on the next call.
+async fn next_notification(notifications: &mut Option<crate::store::Notifications>) {
+    match notifications {
+        Some(listener) => {
+            if let Err(e) = listener.recv().await {
+                tracing::debug!(error = %e, "notification listener lost its connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
