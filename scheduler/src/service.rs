@@ -176,6 +176,8 @@ impl Service {
                 _ = next_notification(&mut notifications) => {}
             }
         };
+        // The listener holds a pooled connection; closing the pool waits for it.
+        drop(notifications);
         self.stop().await;
         outcome
     }
@@ -740,7 +742,12 @@ impl Service {
         {
             tracing::warn!(error = %e, "could not record the stop");
         }
-        self.store.close().await;
+        if tokio::time::timeout(Duration::from_secs(2), self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("database connections still busy at exit");
+        }
         tracing::info!("stopped");
     }
 }

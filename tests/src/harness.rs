@@ -1,1 +1,313 @@
-//! placeholder
+//! Harnesses that drive the real binaries: [`Env`] (a database and a scratch folder, with the
+//! `ferry` CLI and raw SQL against it) and [`TestScheduler`] (a `ferry scheduler run` process,
+//! killed on drop).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use sqlx::Connection;
+use tempfile::TempDir;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backends to run a test on: SQLite always, PostgreSQL when the private server is up
+/// (under `CI=true` it must be).
+pub fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend::Sqlite];
+    if crate::pg::shared().is_some() {
+        backends.push(Backend::Postgres);
+    }
+    backends
+}
+
+/// A path to one of the workspace's binaries, built beside this test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The result of one `ferry` command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the output unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A scratch folder and a database, SQLite or a fresh PostgreSQL database.
+pub struct Env {
+    pub dir: TempDir,
+    pub db: String,
+    pub backend: Backend,
+}
+
+impl Env {
+    pub fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = match backend {
+            Backend::Sqlite => dir.path().join("ferry.db").display().to_string(),
+            Backend::Postgres => crate::pg::shared()
+                .expect("PostgreSQL is up")
+                .create_database()
+                .expect("createdb"),
+        };
+        Self { dir, db, backend }
+    }
+
+    /// A path inside the scratch folder.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs `ferry --db <db> args…` and returns what it printed.
+    pub fn ferry(&self, args: &[&str]) -> Run {
+        let output = Command::new(binary("ferry"))
+            .arg("--db")
+            .arg(&self.db)
+            .args(args)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ferry");
+        Run::from(output)
+    }
+
+    /// Runs SQL statements as a user would from psql or sqlite3.
+    pub fn sql(&self, statements: &str) {
+        let db = self.db.clone();
+        let statements = statements.to_owned();
+        block_on(async move {
+            match self.backend {
+                Backend::Postgres => {
+                    let mut conn = sqlx::PgConnection::connect(&db).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Backend::Sqlite => {
+                    let mut conn =
+                        sqlx::SqliteConnection::connect(&format!("sqlite://{db}")).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+                        .execute(&mut conn)
+                        .await?;
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+        .expect("SQL statements");
+    }
+
+    /// The first column of the first row of `query`, as text (NULL and no row are `None`).
+    pub fn sql_text(&self, query: &str) -> Option<String> {
+        let db = self.db.clone();
+        let query = query.to_owned();
+        block_on(async move {
+            let row: Option<(Option<String>,)> = match self.backend {
+                Backend::Postgres => {
+                    let mut conn = sqlx::PgConnection::connect(&db).await?;
+                    sqlx::query_as(sqlx::AssertSqlSafe(query))
+                        .fetch_optional(&mut conn)
+                        .await?
+                }
+                Backend::Sqlite => {
+                    let mut conn =
+                        sqlx::SqliteConnection::connect(&format!("sqlite://{db}")).await?;
+                    sqlx::query_as(sqlx::AssertSqlSafe(query))
+                        .fetch_optional(&mut conn)
+                        .await?
+                }
+            };
+            Ok::<_, sqlx::Error>(row.and_then(|(v,)| v))
+        })
+        .expect("SQL query")
+    }
+
+    /// Starts `ferry scheduler run --name NAME` with fast test timings.
+    pub fn scheduler(&self, name: &str) -> TestScheduler {
+        TestScheduler::start(self, name, &[])
+    }
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A running `ferry scheduler run`, SIGKILLed when dropped.
+pub struct TestScheduler {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestScheduler {
+    pub fn start(env: &Env, name: &str, extra: &[&str]) -> Self {
+        let log = env.path(&format!("{name}.log"));
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(binary("ferry"))
+            .arg("--db")
+            .arg(&env.db)
+            .args(["scheduler", "run", "--name", name])
+            .args(extra)
+            .env("FERRY_LOG", "info,ferry=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting ferry scheduler run");
+        let scheduler = Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        };
+        scheduler.wait_for_log("registered", Duration::from_secs(20));
+        scheduler
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let waited = wait_until(timeout, || self.log().contains(needle));
+        assert!(
+            waited,
+            "scheduler {} never logged {needle:?}:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code and how long it took.
+    pub fn terminate(mut self) -> (i32, Duration) {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let status = child.wait().expect("wait");
+        (status.code().unwrap_or(-1), started.elapsed())
+    }
+
+    /// SIGKILL: no cleanup, exactly like a crash.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestScheduler {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `done` every 50 ms until it is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file, folder and link under `root` with its content and mtime, for comparing trees.
+pub fn snapshot(root: &Path) -> Vec<(String, Option<Vec<u8>>, i64)> {
+    let mut entries = Vec::new();
+    collect(root, root, &mut entries);
+    entries.sort();
+    entries
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>, i64)>) {
+    let Ok(read) = fs::read_dir(dir) else { return };
+    for entry in read.flatten() {
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .display()
+            .to_string();
+        if rel.starts_with(".ferry") {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).expect("metadata");
+        let mtime = filetime_secs(&meta);
+        if meta.is_dir() {
+            out.push((format!("{rel}/"), None, 0));
+            collect(root, &path, out);
+        } else {
+            out.push((rel, fs::read(&path).ok(), mtime));
+        }
+    }
+}
+
+fn filetime_secs(meta: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}

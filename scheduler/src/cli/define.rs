@@ -300,7 +300,7 @@ async fn hold(store: &Store, kind: ResourceKind, name: &str, held: bool) -> anyh
 /// `ferry schedule run NAME [--wait]`.
 async fn run_now(store: &Store, out: Output, name: &str, wait: bool) -> anyhow::Result<()> {
     let requested = store.request_run(name).await?;
-    println!("asked the scheduler holding {name} to run it now");
+    eprintln!("asked the scheduler holding {name} to run it now");
     if !wait {
         return Ok(());
     }

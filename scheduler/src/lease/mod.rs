@@ -124,6 +124,7 @@ mod tests {
             name: name.into(),
             instance_id: format!("{name}-1"),
             host: "h".into(),
+            pid: 1,
             started_at: now - Duration::seconds(started_secs_ago),
             heartbeat_at: now,
             alive,

@@ -355,21 +355,10 @@ impl Store {
     // ---- schedulers -----------------------------------------------------------------------
 
     /// Registers this process under its name, refusing while another live process has it.
+    /// A crashed process on this same host (its pid is gone) is replaced at once rather than
+    /// after its heartbeat expires, so a restart after a crash is not refused.
     pub async fn register_scheduler(&self, me: &Registration) -> Result<()> {
-        let sql = self.sql(
-            "INSERT INTO schedulers (name, instance_id, host, pid, version, lease_ttl_ms, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
-             ON CONFLICT (name) DO UPDATE SET instance_id = excluded.instance_id, host = excluded.host, \
-               pid = excluded.pid, version = excluded.version, lease_ttl_ms = excluded.lease_ttl_ms, \
-               started_at = now(), heartbeat_at = now(), stopped_at = NULL \
-             WHERE schedulers.stopped_at IS NOT NULL \
-                OR schedulers.heartbeat_at < now_plus_ms(-schedulers.lease_ttl_ms)",
-        );
-        let affected = on_pool!(self, pool => sqlx::query(sql)
-            .bind(&me.name).bind(&me.instance_id).bind(&me.host).bind(me.pid).bind(&me.version)
-            .bind(me.lease_ttl_ms)
-            .execute(pool).await.map(|r| r.rows_affected()))?;
-        if affected == 1 {
+        if self.try_register(me, None).await? {
             return Ok(());
         }
         let holder = self
@@ -377,12 +366,38 @@ impl Store {
             .await?
             .into_iter()
             .find(|s| s.name == me.name);
-        let (host, started_at) = holder.map(|h| (h.host, h.started_at)).unwrap_or_default();
+        let Some(holder) = holder else {
+            return Box::pin(self.register_scheduler(me)).await;
+        };
+        let crashed_here = holder.host == me.host
+            && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists();
+        if crashed_here && self.try_register(me, Some(&holder.instance_id)).await? {
+            return Ok(());
+        }
         Err(StoreError::NameInUse {
             name: me.name.clone(),
-            host,
-            started_at,
+            host: holder.host,
+            started_at: holder.started_at,
         })
+    }
+
+    /// Takes the name if it is free, its holder stopped or expired, or its holder is `dead`.
+    async fn try_register(&self, me: &Registration, dead: Option<&str>) -> Result<bool> {
+        let sql = self.sql(
+            "INSERT INTO schedulers (name, instance_id, host, pid, version, lease_ttl_ms, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
+             ON CONFLICT (name) DO UPDATE SET instance_id = excluded.instance_id, host = excluded.host, \
+               pid = excluded.pid, version = excluded.version, lease_ttl_ms = excluded.lease_ttl_ms, \
+               started_at = now(), heartbeat_at = now(), stopped_at = NULL \
+             WHERE schedulers.stopped_at IS NOT NULL \
+                OR schedulers.heartbeat_at < now_plus_ms(-schedulers.lease_ttl_ms) \
+                OR schedulers.instance_id = $7",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&me.name).bind(&me.instance_id).bind(&me.host).bind(me.pid).bind(&me.version)
+            .bind(me.lease_ttl_ms).bind(dead)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(affected == 1)
     }
 
     /// Returns false when this instance no longer owns its name (it was declared dead and
@@ -403,7 +418,7 @@ impl Store {
 
     pub async fn schedulers(&self) -> Result<Vec<SchedulerRow>> {
         let sql = self.sql(
-            "SELECT s.name, s.instance_id, s.host, s.started_at, s.heartbeat_at, \
+            "SELECT s.name, s.instance_id, s.host, s.pid, s.started_at, s.heartbeat_at, \
                (s.stopped_at IS NULL AND s.heartbeat_at >= now_plus_ms(-s.lease_ttl_ms)) AS alive, \
                (SELECT COUNT(*) FROM leases l WHERE l.holder_instance = s.instance_id AND l.expires_at >= now()) AS leases \
              FROM schedulers s ORDER BY s.name",

@@ -104,6 +104,7 @@ pub struct SchedulerRow {
     pub name: String,
     pub instance_id: String,
     pub host: String,
+    pub pid: i64,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     /// Heartbeat younger than its lease TTL, and not stopped.

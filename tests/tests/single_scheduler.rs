@@ -1,0 +1,534 @@
+//! One `ferry scheduler run` process on local folders, on SQLite and on PostgreSQL: what a user
+//! defines by CLI and by SQL is replicated, recorded and reported.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_tests::harness::{Backend, Env, backends, snapshot, wait_until};
+use filetime::FileTime;
+use serde_json::Value;
+
+fn write(path: &Path, content: &str, mtime_secs: i64) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+    filetime::set_file_mtime(path, FileTime::from_unix_time(mtime_secs, 0)).unwrap();
+}
+
+fn same_tree(a: &Path, b: &Path) -> bool {
+    snapshot(a) == snapshot(b)
+}
+
+fn runs_of(env: &Env, by: &str) -> Vec<Value> {
+    let runs = env
+        .ferry(&["--output", "json", "runs", "--limit", "1000"])
+        .ok()
+        .json();
+    runs.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["schedule_name"] == by || r["monitor_name"] == by)
+        .cloned()
+        .collect()
+}
+
+fn status_of(env: &Env, name: &str) -> Value {
+    let status = env.ferry(&["--output", "json", "status"]).ok().json();
+    status["definitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn schedules_and_monitors_replicate_local_folders() {
+    for backend in backends() {
+        schedule_by_cli_and_monitor_by_sql(backend);
+    }
+}
+
+fn schedule_by_cli_and_monitor_by_sql(backend: Backend) {
+    let env = Env::new(backend);
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    write(&src.join("a.txt"), "alpha", 1_600_000_000);
+    write(&src.join("docs/b.txt"), "beta", 1_600_000_100);
+    write(&dst.join("stale.txt"), "should be deleted", 1_500_000_000);
+    let (live_src, live_dst) = (env.path("live-src"), env.path("live-dst"));
+    fs::create_dir_all(&live_src).unwrap();
+
+    let scheduler = env.scheduler("s1");
+    env.ferry(&[
+        "job",
+        "add",
+        "docs",
+        "--rule",
+        "mirror",
+        "--from",
+        src.to_str().unwrap(),
+        "--to",
+        dst.to_str().unwrap(),
+    ])
+    .ok();
+    env.ferry(&[
+        "schedule",
+        "add",
+        "docs-every-second",
+        "--job",
+        "docs",
+        "--cron",
+        "* * * * * *",
+    ])
+    .ok();
+    env.sql(&format!(
+        "INSERT INTO jobs (name, rule, source) VALUES ('live', 'mirror', '{}');
+         INSERT INTO job_destinations (job_name, path) VALUES ('live', '{}');
+         INSERT INTO monitors (name, job_name) VALUES ('live-monitor', 'live');",
+        live_src.display(),
+        live_dst.display()
+    ));
+
+    // The schedule mirrors content and mtimes and deletes extras.
+    assert!(
+        wait_until(Duration::from_secs(15), || same_tree(&src, &dst)),
+        "{backend:?}: dst never matched src\n{}",
+        scheduler.log()
+    );
+    assert!(!dst.join("stale.txt").exists());
+    fs::remove_file(src.join("a.txt")).unwrap();
+    write(&src.join("docs/c.txt"), "gamma", 1_600_000_200);
+    assert!(
+        wait_until(Duration::from_secs(10), || same_tree(&src, &dst)),
+        "{backend:?}: deletion and new file not mirrored"
+    );
+
+    // The monitor (defined by SQL) replicates a new file within about a second.
+    assert!(
+        wait_until(Duration::from_secs(10), || live_dst.is_dir()),
+        "{backend:?}: monitor never ran\n{}",
+        scheduler.log()
+    );
+    let written = Instant::now();
+    write(&live_src.join("new.txt"), "fresh", 1_700_000_000);
+    assert!(
+        wait_until(Duration::from_secs(5), || same_tree(&live_src, &live_dst)),
+        "{backend:?}: monitored file never arrived\n{}",
+        scheduler.log()
+    );
+    let latency = written.elapsed();
+    assert!(
+        latency < Duration::from_secs(2),
+        "{backend:?}: monitor took {latency:?}"
+    );
+
+    // Runs: the schedule's succeed, the monitor's one run is still running and counted the file.
+    let schedule_runs = runs_of(&env, "docs-every-second");
+    assert!(
+        schedule_runs
+            .iter()
+            .any(|r| r["state"] == "succeeded" && r["files_deleted"].as_i64() >= Some(1)),
+        "{schedule_runs:#?}"
+    );
+    let monitor_runs = runs_of(&env, "live-monitor");
+    assert_eq!(monitor_runs.len(), 1, "{monitor_runs:#?}");
+    assert_eq!(monitor_runs[0]["state"], "running");
+    assert!(
+        monitor_runs[0]["files_copied"].as_i64() >= Some(1),
+        "{monitor_runs:#?}"
+    );
+    let table = env.ferry(&["runs", "--job", "docs"]).ok().stdout;
+    assert!(
+        table.contains("docs-every-second") && table.contains("succeeded"),
+        "{table}"
+    );
+
+    // Status names the holder and the state of each.
+    let schedule = status_of(&env, "docs-every-second");
+    assert_eq!(schedule["holder"], "s1", "{schedule:#}");
+    assert!(
+        schedule["state"] == "idle" || schedule["state"] == "running",
+        "{schedule:#}"
+    );
+    assert!(schedule["next_fire"].is_string(), "{schedule:#}");
+    let monitor = status_of(&env, "live-monitor");
+    assert_eq!(
+        (monitor["state"].as_str(), monitor["holder"].as_str()),
+        (Some("running"), Some("s1")),
+        "{monitor:#}"
+    );
+
+    // SIGTERM stops cleanly and releases the leases at once.
+    let (code, took) = scheduler.terminate();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    assert_eq!(status_of(&env, "live-monitor")["state"], "waiting");
+    assert_eq!(runs_of(&env, "live-monitor")[0]["state"], "succeeded");
+    let schedulers = env
+        .ferry(&["--output", "json", "scheduler", "list"])
+        .ok()
+        .json();
+    assert_eq!(schedulers[0]["alive"], false);
+}
+
+#[test]
+fn an_invalid_cron_from_sql_is_reported_and_other_schedules_keep_firing() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        fs::create_dir_all(env.path("src")).unwrap();
+        let _scheduler = env.scheduler("s1");
+        env.ferry(&[
+            "job",
+            "add",
+            "j",
+            "--rule",
+            "copy",
+            "--from",
+            env.path("src").to_str().unwrap(),
+            "--to",
+            env.path("dst").to_str().unwrap(),
+        ])
+        .ok();
+        env.ferry(&[
+            "schedule",
+            "add",
+            "good",
+            "--job",
+            "j",
+            "--cron",
+            "* * * * * *",
+        ])
+        .ok();
+        assert!(wait_until(Duration::from_secs(10), || !runs_of(
+            &env, "good"
+        )
+        .is_empty()));
+
+        env.sql("INSERT INTO schedules (name, job_name, cron) VALUES ('bad', 'j', '61 * * * *')");
+        let error = || env.sql_text("SELECT last_error FROM ferry_status WHERE name = 'bad'");
+        assert!(
+            wait_until(Duration::from_secs(5), || error().is_some()),
+            "{backend:?}: no last_error"
+        );
+        assert!(error().unwrap().contains("61 * * * *"), "{:?}", error());
+        assert_eq!(
+            env.sql_text("SELECT state FROM ferry_status WHERE name = 'bad'")
+                .as_deref(),
+            Some("waiting")
+        );
+
+        let before = runs_of(&env, "good").len();
+        assert!(
+            wait_until(Duration::from_secs(5), || runs_of(&env, "good").len()
+                >= before + 2),
+            "{backend:?}: good stopped firing"
+        );
+        let status = env.ferry(&["status"]).ok().stdout;
+        assert!(status.contains("invalid cron expression"), "{status}");
+
+        // Fixing the row by SQL clears the error and the schedule runs.
+        env.sql("UPDATE schedules SET cron = '* * * * * *' WHERE name = 'bad'");
+        assert!(
+            wait_until(Duration::from_secs(5), || error().is_none()
+                && !runs_of(&env, "bad").is_empty()),
+            "{backend:?}: fix not picked up"
+        );
+    }
+}
+
+#[test]
+fn schedule_run_wait_prints_the_result_and_holding_pauses_firing() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        write(&env.path("src/f.txt"), "x", 1_600_000_000);
+        let _scheduler = env.scheduler("s1");
+        let (src, dst) = (env.path("src"), env.path("dst"));
+        env.ferry(&[
+            "job",
+            "add",
+            "j",
+            "--rule",
+            "mirror",
+            "--from",
+            src.to_str().unwrap(),
+            "--to",
+            dst.to_str().unwrap(),
+        ])
+        .ok();
+        env.ferry(&[
+            "schedule",
+            "add",
+            "yearly",
+            "--job",
+            "j",
+            "--cron",
+            "0 0 1 1 *",
+        ])
+        .ok();
+
+        let run = env
+            .ferry(&["--output", "json", "schedule", "run", "yearly", "--wait"])
+            .ok();
+        let result = run.json();
+        assert_eq!(result["state"], "succeeded", "{result:#}");
+        assert_eq!(result["trigger"], "manual");
+        assert_eq!(result["files_copied"], 1);
+        assert_eq!(fs::read_to_string(dst.join("f.txt")).unwrap(), "x");
+
+        env.ferry(&["schedule", "hold", "yearly"]).ok();
+        assert!(wait_until(Duration::from_secs(5), || status_of(
+            &env, "yearly"
+        )["state"]
+            == "held"));
+        env.ferry(&["schedule", "release", "yearly"]).ok();
+        assert!(wait_until(Duration::from_secs(5), || status_of(
+            &env, "yearly"
+        )["holder"]
+            == "s1"));
+    }
+}
+
+#[test]
+fn a_sync_monitor_carries_changes_both_ways() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let (a, b) = (env.path("a"), env.path("b"));
+        write(&a.join("from-a.txt"), "a", 1_600_000_000);
+        write(&b.join("from-b.txt"), "b", 1_600_000_000);
+        let scheduler = env.scheduler("s1");
+        env.ferry(&[
+            "job",
+            "add",
+            "two-way",
+            "--rule",
+            "sync",
+            "--from",
+            a.to_str().unwrap(),
+            "--to",
+            b.to_str().unwrap(),
+        ])
+        .ok();
+        env.ferry(&[
+            "monitor",
+            "add",
+            "two-way-live",
+            "--job",
+            "two-way",
+            "--debounce",
+            "50ms",
+        ])
+        .ok();
+        assert!(
+            wait_until(Duration::from_secs(10), || same_tree(&a, &b)
+                && a.join("from-b.txt").exists()),
+            "{}",
+            scheduler.log()
+        );
+
+        write(&b.join("later-in-b.txt"), "later", 1_700_000_000);
+        assert!(
+            wait_until(Duration::from_secs(5), || a.join("later-in-b.txt").exists()),
+            "{backend:?}: b -> a\n{}",
+            scheduler.log()
+        );
+        fs::remove_file(a.join("from-a.txt")).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || !b.join("from-a.txt").exists()),
+            "{backend:?}: deletion a -> b"
+        );
+        assert!(wait_until(Duration::from_secs(5), || same_tree(&a, &b)));
+    }
+}
+
+#[test]
+fn a_second_live_scheduler_with_the_same_name_is_refused() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let first = env.scheduler("twin");
+        let second = std::process::Command::new(ferry_tests::harness::binary("ferry"))
+            .args(["--db", &env.db, "scheduler", "run", "--name", "twin"])
+            .output()
+            .unwrap();
+        assert_ne!(second.status.code(), Some(0));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("twin") && stderr.contains("in use by a live scheduler"),
+            "{stderr}"
+        );
+
+        // After a crash (SIGKILL) on this host, a restart under the same name is accepted at once.
+        first.kill();
+        let restarted = env.scheduler("twin");
+        restarted.wait_for_log("registered", Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_monitor_with_a_missing_source_reports_it_and_recovers() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let (src, dst) = (env.path("not-yet"), env.path("dst"));
+        let _scheduler = env.scheduler("s1");
+        env.ferry(&[
+            "job",
+            "add",
+            "j",
+            "--rule",
+            "mirror",
+            "--from",
+            src.to_str().unwrap(),
+            "--to",
+            dst.to_str().unwrap(),
+        ])
+        .ok();
+        env.ferry(&["monitor", "add", "m", "--job", "j"]).ok();
+        let error = || env.sql_text("SELECT last_error FROM monitors WHERE name = 'm'");
+        assert!(
+            wait_until(Duration::from_secs(10), || error()
+                .is_some_and(|e| e.contains("not-yet"))),
+            "{backend:?}: {:?}",
+            error()
+        );
+
+        write(&src.join("f.txt"), "finally", 1_600_000_000);
+        assert!(
+            wait_until(Duration::from_secs(15), || dst.join("f.txt").exists()),
+            "{backend:?}: monitor did not recover"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || error().is_none()),
+            "{backend:?}: error not cleared"
+        );
+    }
+}
+
+#[test]
+fn bad_input_from_the_cli_exits_2_and_names_the_field() {
+    let env = Env::new(Backend::Sqlite);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "job", "add", "j", "--rule", "clone", "--from", "/a", "--to", "/b",
+            ],
+            "--rule",
+        ),
+        (
+            &[
+                "job", "add", "j", "--rule", "mirror", "--from", "relative", "--to", "/b",
+            ],
+            "--from",
+        ),
+        (
+            &[
+                "job",
+                "add",
+                "j",
+                "--rule",
+                "mirror",
+                "--from",
+                "/a",
+                "--to",
+                "/a/inside",
+            ],
+            "--to",
+        ),
+        (
+            &[
+                "job",
+                "add",
+                "j",
+                "--rule",
+                "mirror",
+                "--from",
+                "/a",
+                "--to",
+                "/b",
+                "--exclude",
+                "a[",
+            ],
+            "--include/--exclude",
+        ),
+        (
+            &[
+                "schedule",
+                "add",
+                "s",
+                "--job",
+                "nope",
+                "--cron",
+                "* * * * *",
+            ],
+            "--job",
+        ),
+        (&["job", "rm", "nope"], "does not exist"),
+    ];
+    for (args, field) in cases {
+        let run = env.ferry(args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(field), "{args:?}: {}", run.stderr);
+    }
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    env.ferry(&[
+        "job",
+        "add",
+        "j",
+        "--rule",
+        "mirror",
+        "--from",
+        src.to_str().unwrap(),
+        "--to",
+        dst.to_str().unwrap(),
+    ])
+    .ok();
+    for (args, field) in [
+        (
+            vec!["schedule", "add", "s", "--job", "j", "--cron", "61 * * * *"],
+            "--cron",
+        ),
+        (
+            vec![
+                "schedule",
+                "add",
+                "s",
+                "--job",
+                "j",
+                "--cron",
+                "* * * * *",
+                "--tz",
+                "Mars/Base",
+            ],
+            "--tz",
+        ),
+        (
+            vec![
+                "schedule",
+                "add",
+                "s",
+                "--job",
+                "j",
+                "--cron",
+                "* * * * *",
+                "--misfire",
+                "later",
+            ],
+            "--misfire",
+        ),
+        (
+            vec!["schedule", "add", "s", "--job", "j", "--cron", "* * *"],
+            "expected 5 fields",
+        ),
+    ] {
+        let run = env.ferry(&args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(field), "{args:?}: {}", run.stderr);
+    }
+    assert_eq!(
+        env.ferry(&[
+            "job", "add", "j", "--rule", "copy", "--from", "/a", "--to", "/b"
+        ])
+        .code,
+        2,
+        "a duplicate job"
+    );
+}
