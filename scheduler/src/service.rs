@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServiceConfig;
 use crate::lease::{Candidates, Placement};
 use crate::plan::definitions::{self, ValidSchedule};
-use crate::plan::firing;
+use crate::plan::{ProblemSlot, firing};
 use crate::plan::monitor::{self, MonitorTask};
 use crate::plan::run::{self, ScheduledRun};
 use crate::store::{
@@ -59,6 +59,7 @@ struct ScheduleWork {
     cursor: DateTime<Utc>,
     cron: Option<ValidSchedule>,
     running: Option<Task>,
+    problem: ProblemSlot,
 }
 
 struct MonitorWork {
@@ -66,7 +67,7 @@ struct MonitorWork {
     definition: (JobRow, MonitorRow),
     task: Task,
     stop: CancellationToken,
-    problem: Arc<Mutex<Option<String>>>,
+    problem: ProblemSlot,
 }
 
 struct Task {
@@ -274,16 +275,12 @@ impl Service {
     ) -> Result<(), StoreError> {
         let key = (ResourceKind::Schedule, row.name.clone());
         let valid = definitions::schedule(row, defs.jobs.get(&row.job_name));
-        let problem = valid.as_ref().err().cloned();
-        if problem != row.last_error {
-            self.store
-                .set_last_error(ResourceKind::Schedule, &row.name, problem.as_deref())
-                .await?;
-        }
+        let invalid = valid.as_ref().err().cloned();
+        self.report_problem(&key, &row.last_error, invalid.clone()).await?;
         let placement = self.place(
             &key,
             row.held,
-            problem.as_deref(),
+            invalid.as_deref(),
             row.preferred.as_deref(),
             row.fallback_any,
             candidates,
@@ -299,6 +296,7 @@ impl Service {
                         cursor,
                         cron: None,
                         running: None,
+                        problem: ProblemSlot::default(),
                     };
                     self.holdings.insert(
                         key.clone(),
@@ -316,6 +314,25 @@ impl Service {
             (Placement::Here(_), true) => self.fire_due(&key, row, valid.ok(), now).await?,
             (_, true) => self.release_when_idle(&key).await?,
             (_, false) => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the row's `last_error` if it changed: the definition's problem, else the one its
+    /// running work reported.
+    async fn report_problem(
+        &self,
+        key: &Resource,
+        last_error: &Option<String>,
+        invalid: Option<String>,
+    ) -> Result<(), StoreError> {
+        let runtime = self.holdings.get(key).and_then(|h| match &h.work {
+            Work::Schedule(work) => work.problem.get(),
+            Work::Monitor(work) => work.problem.get(),
+        });
+        let problem = invalid.or(runtime);
+        if problem != *last_error {
+            self.store.set_last_error(key.0, &key.1, problem.as_deref()).await?;
         }
         Ok(())
     }
@@ -379,7 +396,8 @@ impl Service {
             return Ok(());
         }
         let cursor = work.cursor;
-        let started = self.start_next_run(row, &valid, epoch, cursor, now).await?;
+        let problem = work.problem.clone();
+        let started = self.start_next_run(row, &valid, (epoch, cursor), &problem, now).await?;
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
@@ -399,8 +417,8 @@ impl Service {
         &self,
         row: &ScheduleRow,
         valid: &ValidSchedule,
-        epoch: i64,
-        cursor: DateTime<Utc>,
+        (epoch, cursor): (i64, DateTime<Utc>),
+        problem: &ProblemSlot,
         now: DateTime<Utc>,
     ) -> Result<Option<(Option<Task>, DateTime<Utc>)>, StoreError> {
         let scheduled = |attempt, trigger| ScheduledRun {
@@ -409,6 +427,7 @@ impl Service {
             retries: row.retries,
             retry_delay_ms: row.retry_delay_ms,
             trigger,
+            problem: problem.clone(),
         };
         if let Some(requested) = row.run_requested_at {
             let task = self
@@ -529,20 +548,7 @@ impl Service {
             row.fallback_any,
             candidates,
         );
-        let runtime_problem = match self.holdings.get(&key).map(|h| &h.work) {
-            Some(Work::Monitor(work)) => work
-                .problem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            _ => None,
-        };
-        let problem = valid.as_ref().err().cloned().or(runtime_problem);
-        if problem != row.last_error {
-            self.store
-                .set_last_error(ResourceKind::Monitor, &row.name, problem.as_deref())
-                .await?;
-        }
+        self.report_problem(&key, &row.last_error, valid.as_ref().err().cloned()).await?;
         match (placement, valid) {
             (Placement::Here(_), Ok((job, spec))) => {
                 let definition = (job, row.clone());
@@ -616,7 +622,7 @@ impl Service {
         let Some(run_id) = self.store.start_run(&run).await? else {
             return Ok(None);
         };
-        let problem = Arc::new(Mutex::new(None));
+        let problem = ProblemSlot::default();
         let task = MonitorTask {
             name: row.name.clone(),
             spec,
@@ -687,6 +693,7 @@ impl Service {
                 cursor,
                 cron: Some(valid),
                 running: None,
+                ..
             }) = &holding.work
                 && let Some(next) = valid.cron.next_after(*cursor)
             {

@@ -59,6 +59,7 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
 }
 
 async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
+    let allow_missing_source = args.allow_missing_source;
     let row = JobRow {
         name: args.name,
         rule: args.rule,
@@ -77,11 +78,13 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         };
         return Err(invalid(flag, problem.to_string()));
     }
-    if !std::path::Path::new(&row.source).is_dir() {
-        eprintln!(
-            "warning: source folder {} does not exist yet; runs fail until it does",
+    if !allow_missing_source && !std::path::Path::new(&row.source).is_dir() {
+        let message = format!(
+            "source folder {} does not exist on this machine; create it, or pass \
+             --allow-missing-source if it exists only where the schedulers run",
             row.source
         );
+        return Err(invalid("--from", message));
     }
     store.add_job(&row).await?;
     println!(

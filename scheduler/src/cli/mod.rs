@@ -150,6 +150,10 @@ pub struct JobAdd {
     /// Skip paths matching these globs; an excluded folder is skipped whole.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Accept a source folder that does not exist on this machine (it exists where the
+    /// schedulers run, or will be created later); runs fail until it exists.
+    #[arg(long)]
+    pub allow_missing_source: bool,
 }
 
 #[derive(Subcommand)]

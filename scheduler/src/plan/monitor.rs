@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_agent::engine::EngineError;
@@ -13,6 +13,7 @@ use ferry_agent::{JobSpec, Scope};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::ProblemSlot;
 use super::run::{Recorder, describe, sync};
 use crate::store::Store;
 
@@ -26,7 +27,7 @@ pub struct MonitorTask {
     pub debounce: Duration,
     pub rescan: Duration,
     /// The problem that keeps it from replicating, if any, for the monitor's `last_error`.
-    pub problem: Arc<Mutex<Option<String>>>,
+    pub problem: ProblemSlot,
 }
 
 /// Runs until `stop` (a safe point: between batches) or `cancel` (at once, mid-batch).
@@ -90,7 +91,7 @@ async fn watch_loop(
                 match sync_batch(task, scope, cancel, recorder).await {
                     Ok(()) => {
                         if full {
-                            set_problem(task, None);
+                            task.problem.set(None);
                         }
                     }
                     Err(e @ EngineError::Cancelled { .. }) => return Err(e),
@@ -159,12 +160,9 @@ async fn report(task: &MonitorTask, recorder: &Recorder, problem: &str) {
             &format!("{problem}; retrying in {} s", RETRY_AFTER_ERROR.as_secs()),
         )
         .await;
-    set_problem(task, Some(problem.to_owned()));
+    task.problem.set(Some(problem.to_owned()));
 }
 
-fn set_problem(task: &MonitorTask, problem: Option<String>) {
-    *task.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
-}
 
 /// Sleeps for `wait`; true if `stop` came first.
 async fn pause(stop: &CancellationToken, wait: Duration) -> bool {

@@ -12,6 +12,7 @@ use ferry_agent::engine::{self, EngineError};
 use ferry_agent::{Event, JobSpec, Scope, Summary};
 use tokio::sync::mpsc;
 
+use super::ProblemSlot;
 use crate::store::{Counters, RunEnd, Store};
 
 /// Per-file events written for one run (or one monitor batch) before the rest are only counted,
@@ -209,6 +210,8 @@ pub struct ScheduledRun {
     pub retries: i32,
     pub retry_delay_ms: i64,
     pub trigger: &'static str,
+    /// Set when a source or destination folder is unusable, cleared by a run that got through.
+    pub problem: ProblemSlot,
 }
 
 /// Runs one firing of a schedule from start to recorded end.
@@ -225,6 +228,13 @@ pub async fn run_scheduled(store: Store, run_id: i64, run: ScheduledRun, cancel:
     let took = format!("{:.1} s", began.elapsed().as_secs_f64());
     let can_retry = run.attempt <= run.retries;
     let retry = |failed: bool| (failed && can_retry).then_some(run.retry_delay_ms);
+    match &outcome {
+        Ok(_) => run.problem.set(None),
+        Err(e @ (EngineError::Source { .. } | EngineError::Destination { .. })) => {
+            run.problem.set(Some(e.to_string()))
+        }
+        Err(_) => {}
+    }
     match outcome {
         Ok(summary) if summary.failures == 0 => {
             recorder

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# ferry's whole test suite, from a fresh machine: installs PostgreSQL's server binaries when they
+# are missing (the tests start their own private server from them), builds the binaries the
+# end-to-end tests run, then runs every test of every crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+
+if ! have_postgres; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "tests/run.sh: installing PostgreSQL (the tests run a private server of their own)"
+        # The tests start their own server; the package's default cluster is not needed.
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/ferry-tests.conf
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "tests/run.sh: PostgreSQL's server binaries are missing and cannot be installed here;" \
+            "install your distribution's postgresql package (tests on PostgreSQL are skipped, or fail under CI=true)" >&2
+    fi
+fi
+
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
