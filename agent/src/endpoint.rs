@@ -89,8 +89,11 @@ impl LocalEndpoint {
         let dir = self.full(rel);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            // Deleted while we walked: the next scan sees the truth.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A folder deleted while we walked: the next scan sees the truth. The root itself
+            // vanishing is an error, never an empty tree.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
+                return Ok(());
+            }
             Err(e) => return Err(self.err("read folder", rel)(e)),
         };
         for dirent in entries {

@@ -137,9 +137,23 @@ pub enum EngineError {
         #[source]
         source: BaseError,
     },
+    #[error(
+        "job {job}: {replica} is empty and carries no mark of an earlier ferry run, while {why}; \
+         refusing to treat that as everything deleted (an unmounted disk looks the same). If it \
+         is empty on purpose, create the file {replica}/.ferry/{MARKER} and run again"
+    )]
+    Vanished {
+        job: String,
+        replica: String,
+        why: &'static str,
+    },
     #[error("job {job}: cancelled")]
     Cancelled { job: String },
 }
+
+/// A file in a replica's `.ferry` folder saying ferry has synced it before: an empty replica
+/// without it is more likely an unmounted disk than a folder emptied on purpose.
+pub const MARKER: &str = "replica";
 
 /// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
 /// summary; an unusable source or destination root fails the whole run before anything is
@@ -175,12 +189,16 @@ pub fn run(
             _ => EngineError::Destination { job: job(), source },
         })?);
     }
+    if scope == Scope::Full {
+        refuse_vanished(spec, &replicas, &trees, &base)?;
+    }
     let mut exec = Executor {
         replicas: &replicas,
         cancel,
         on_event,
         summary: Summary::default(),
         failed: HashSet::new(),
+        failed_at: HashSet::new(),
         job: &spec.name,
     };
     match spec.rule {
@@ -199,7 +217,59 @@ pub fn run(
             base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
         }
     }
+    if scope == Scope::Full {
+        let holds_files = match spec.rule {
+            Rule::Mirror => vec![!trees[0].is_empty()],
+            Rule::Sync => vec![!base.is_empty(); replicas.len()],
+            Rule::Copy => vec![],
+        };
+        mark_replicas(&replicas, &holds_files);
+    }
     Ok(exec.summary)
+}
+
+/// Fails when a replica that should hold files scans empty and was never marked by ferry.
+fn refuse_vanished(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    trees: &[Tree],
+    base: &Tree,
+) -> Result<(), EngineError> {
+    let unmarked_empty =
+        |i: usize| trees[i].is_empty() && !matches!(replicas[i].read_state(MARKER), Ok(Some(_)));
+    let vanished = match spec.rule {
+        Rule::Mirror if trees[1..].iter().any(|t| !t.is_empty()) => {
+            unmarked_empty(0).then_some((0, "the destinations hold files a mirror would delete"))
+        }
+        Rule::Sync if !base.is_empty() => (0..replicas.len())
+            .find(|&i| unmarked_empty(i))
+            .map(|i| (i, "the last sync agreed on files there")),
+        _ => None,
+    };
+    match vanished {
+        Some((i, why)) => Err(EngineError::Vanished {
+            job: spec.name.clone(),
+            replica: replicas[i].display(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Marks the replicas a later run must find again (`holds_files[i]` for replica `i`): the
+/// source of a mirror, every replica of a sync. Best effort: a read-only source goes without.
+fn mark_replicas(replicas: &[&dyn Endpoint], holds_files: &[bool]) {
+    for (replica, _) in replicas
+        .iter()
+        .zip(holds_files)
+        .filter(|(_, holds)| **holds)
+    {
+        if !matches!(replica.read_state(MARKER), Ok(Some(_)))
+            && let Err(e) = replica.write_state(MARKER, b"ferry synced this folder\n")
+        {
+            tracing::debug!(replica = replica.display(), error = %e, "could not mark replica");
+        }
+    }
 }
 
 /// Serialises runs of the same job in this process (a monitor and a schedule may share one).
@@ -473,7 +543,7 @@ fn plan_sync(
 
 /// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
 fn keep_aside(plan: &mut SyncPlan, replicas: usize, r: usize, path: &Path, entry: &Entry) {
-    let aside = conflict_name(path, entry.mtime);
+    let aside = conflict_name(path, entry.mtime, r);
     plan.actions.push(Action {
         replica: r,
         path: path.to_path_buf(),
@@ -492,9 +562,10 @@ fn keep_aside(plan: &mut SyncPlan, replicas: usize, r: usize, path: &Path, entry
     plan.agreed.insert(aside, entry.clone());
 }
 
-/// `report.txt` → `report.ferry-conflict-20261122-083000.txt`, dated by the losing version.
-fn conflict_name(path: &Path, mtime: Mtime) -> PathBuf {
-    let stamp = chrono_like_stamp(mtime.secs);
+/// `report.txt` → `report.ferry-conflict-20261122-083000-r1.txt`: dated by the losing version
+/// and naming its replica, so two losers of one conflict never take the same name.
+fn conflict_name(path: &Path, mtime: Mtime, replica: usize) -> PathBuf {
+    let stamp = format!("{}-r{replica}", chrono_like_stamp(mtime.secs));
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -542,6 +613,9 @@ struct Executor<'a> {
     summary: Summary,
     /// Paths with at least one failed action in this run.
     failed: HashSet<PathBuf>,
+    /// Where an action failed: later actions there are skipped (a failed move-aside must not be
+    /// followed by writing the winner over the only copy of the loser).
+    failed_at: HashSet<(usize, PathBuf)>,
     job: &'a str,
 }
 
@@ -563,8 +637,13 @@ impl Executor<'_> {
                     job: self.job.to_owned(),
                 });
             }
+            let at = (action.replica, action.path.clone());
+            if self.failed_at.contains(&at) {
+                continue;
+            }
             if let Err(error) = self.apply(&action) {
                 self.fail(&action.path, error);
+                self.failed_at.insert(at);
             }
         }
         Ok(())

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServiceConfig;
 use crate::lease::{Candidates, Placement};
 use crate::plan::definitions::{self, ValidSchedule};
-use crate::plan::{ProblemSlot, firing};
 use crate::plan::monitor::{self, MonitorTask};
 use crate::plan::run::{self, ScheduledRun};
+use crate::plan::{ProblemSlot, firing};
 use crate::store::{
-    JobRow, LeaseHolder, MonitorRow, NewRun, Registration, ResourceKind, ScheduleRow, SchedulerRow,
-    Store, StoreError,
+    Channel, JobRow, LeaseHolder, MonitorRow, NewRun, Registration, ResourceKind, RunAttempt,
+    ScheduleRow, SchedulerRow, Store, StoreError,
 };
 
 /// How long a graceful stop waits for runs to record their end before leaving anyway.
@@ -57,17 +57,25 @@ enum Work {
 struct ScheduleWork {
     /// Every cron time up to here is fired or accounted for.
     cursor: DateTime<Utc>,
-    cron: Option<ValidSchedule>,
+    cron: Option<Box<ValidSchedule>>,
     running: Option<Task>,
     problem: ProblemSlot,
 }
 
 struct MonitorWork {
-    /// The definition the task runs, to notice edits.
-    definition: (JobRow, MonitorRow),
+    /// What the task was started with, to restart it when a user edits it.
+    definition: MonitorDefinition,
     task: Task,
     stop: CancellationToken,
     problem: ProblemSlot,
+}
+
+/// The parts of a monitor whose edit needs a restart (placement fields do not).
+#[derive(Clone, PartialEq, Eq)]
+struct MonitorDefinition {
+    job: JobRow,
+    debounce_ms: i64,
+    rescan_ms: i64,
 }
 
 struct Task {
@@ -164,7 +172,12 @@ impl Service {
     /// Runs until `shutdown` completes, then stops cleanly: runs are interrupted and recorded,
     /// monitors finish their batch, and every lease is released at once for the others.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-        let mut notifications = self.store.notifications().await.ok().flatten();
+        let mut notifications = self
+            .store
+            .notifications(Channel::Definitions)
+            .await
+            .ok()
+            .flatten();
         tokio::pin!(shutdown);
         let outcome = loop {
             let wait = match self.tick().await {
@@ -184,7 +197,14 @@ impl Service {
     }
 
     async fn tick(&mut self) -> Result<Duration, ServiceError> {
-        match self.sync_with_database().await {
+        // A tick that hangs on the database counts as the database being away: the deadline
+        // check below must not wait for a query that may never answer.
+        let limit = self.config.lease_ttl;
+        let synced = match tokio::time::timeout(limit, self.sync_with_database()).await {
+            Ok(synced) => synced,
+            Err(_) => Err(ServiceError::Store(StoreError::Timeout(limit))),
+        };
+        match synced {
             Ok(wait) => {
                 if !self.database_reachable {
                     tracing::info!("database reachable again");
@@ -276,7 +296,8 @@ impl Service {
         let key = (ResourceKind::Schedule, row.name.clone());
         let valid = definitions::schedule(row, defs.jobs.get(&row.job_name));
         let invalid = valid.as_ref().err().cloned();
-        self.report_problem(&key, &row.last_error, invalid.clone()).await?;
+        self.report_problem(&key, &row.last_error, invalid.clone())
+            .await?;
         let placement = self.place(
             &key,
             row.held,
@@ -289,7 +310,7 @@ impl Service {
             (Placement::Here(_), false) => {
                 if let Some(epoch) = self.claim(&key).await? {
                     self.store
-                        .interrupt_orphans(ResourceKind::Schedule, &row.name, &self.me, row.retries)
+                        .interrupt_orphans(ResourceKind::Schedule, &row.name, epoch, row.retries)
                         .await?;
                     let cursor = self.schedule_cursor(row).await?;
                     let work = ScheduleWork {
@@ -332,7 +353,9 @@ impl Service {
         });
         let problem = invalid.or(runtime);
         if problem != *last_error {
-            self.store.set_last_error(key.0, &key.1, problem.as_deref()).await?;
+            self.store
+                .set_last_error(key.0, &key.1, problem.as_deref())
+                .await?;
         }
         Ok(())
     }
@@ -386,7 +409,7 @@ impl Service {
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
-        work.cron = valid.clone();
+        work.cron = valid.clone().map(Box::new);
         if work.running.as_ref().is_some_and(Task::is_finished) {
             work.running = None;
         }
@@ -397,7 +420,9 @@ impl Service {
         }
         let cursor = work.cursor;
         let problem = work.problem.clone();
-        let started = self.start_next_run(row, &valid, (epoch, cursor), &problem, now).await?;
+        let started = self
+            .start_next_run(row, &valid, (epoch, cursor), &problem, now)
+            .await?;
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
@@ -516,11 +541,16 @@ impl Service {
         Ok(id)
     }
 
-    fn spawn_run(&self, run_id: i64, run: ScheduledRun) -> Task {
+    fn spawn_run(&self, id: i64, run: ScheduledRun) -> Task {
+        let attempt = RunAttempt {
+            id,
+            instance: self.me.instance.clone(),
+            attempt: run.attempt,
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         Task::spawn(
             cancel.clone(),
-            run::run_scheduled(self.store.clone(), run_id, run, cancel),
+            run::run_scheduled(self.store.clone(), attempt, run, cancel),
         )
     }
 
@@ -548,10 +578,15 @@ impl Service {
             row.fallback_any,
             candidates,
         );
-        self.report_problem(&key, &row.last_error, valid.as_ref().err().cloned()).await?;
+        self.report_problem(&key, &row.last_error, valid.as_ref().err().cloned())
+            .await?;
         match (placement, valid) {
             (Placement::Here(_), Ok((job, spec))) => {
-                let definition = (job, row.clone());
+                let definition = MonitorDefinition {
+                    job,
+                    debounce_ms: row.debounce_ms,
+                    rescan_ms: row.rescan_ms,
+                };
                 let current = self.holdings.get(&key).map(|h| match &h.work {
                     Work::Monitor(work) => {
                         work.definition == definition && !work.task.is_finished()
@@ -563,8 +598,9 @@ impl Service {
                     Some(false) => {
                         // Edited (or ended): restart under a new run with the new definition.
                         let epoch = self.holdings[&key].epoch;
-                        if let Some(fresh) =
-                            self.start_monitor(definition, spec, epoch, now).await?
+                        if let Some(fresh) = self
+                            .start_monitor(&row.name, definition, spec, (epoch, now))
+                            .await?
                         {
                             let holding = self.holdings.get_mut(&key).expect("checked above");
                             std::mem::replace(&mut holding.work, Work::Monitor(fresh))
@@ -574,10 +610,11 @@ impl Service {
                     None => {
                         if let Some(epoch) = self.claim(&key).await? {
                             self.store
-                                .interrupt_orphans(ResourceKind::Monitor, &row.name, &self.me, 0)
+                                .interrupt_orphans(ResourceKind::Monitor, &row.name, epoch, 0)
                                 .await?;
-                            if let Some(work) =
-                                self.start_monitor(definition, spec, epoch, now).await?
+                            if let Some(work) = self
+                                .start_monitor(&row.name, definition, spec, (epoch, now))
+                                .await?
                             {
                                 tracing::info!(monitor = row.name, epoch, "holding monitor");
                                 self.holdings.insert(
@@ -604,38 +641,42 @@ impl Service {
 
     async fn start_monitor(
         &self,
-        definition: (JobRow, MonitorRow),
+        name: &str,
+        definition: MonitorDefinition,
         spec: JobSpec,
-        epoch: i64,
-        now: DateTime<Utc>,
+        (epoch, now): (i64, DateTime<Utc>),
     ) -> Result<Option<MonitorWork>, StoreError> {
-        let (job, row) = &definition;
         let run = NewRun {
-            job_name: job.name.clone(),
+            job_name: definition.job.name.clone(),
             schedule_name: None,
-            monitor_name: Some(row.name.clone()),
+            monitor_name: Some(name.to_owned()),
             fire_time: now,
             trigger: "monitor",
             holder: self.me.clone(),
             epoch,
         };
-        let Some(run_id) = self.store.start_run(&run).await? else {
+        let Some(id) = self.store.start_run(&run).await? else {
             return Ok(None);
+        };
+        let attempt = RunAttempt {
+            id,
+            instance: self.me.instance.clone(),
+            attempt: 1,
         };
         let problem = ProblemSlot::default();
         let task = MonitorTask {
-            name: row.name.clone(),
+            name: name.to_owned(),
             spec,
-            roots: definitions::watch_roots(job),
-            debounce: Duration::from_millis(row.debounce_ms.max(0) as u64),
-            rescan: Duration::from_millis(row.rescan_ms.max(1) as u64),
+            roots: definitions::watch_roots(&definition.job),
+            debounce: Duration::from_millis(definition.debounce_ms.max(0) as u64),
+            rescan: Duration::from_millis(definition.rescan_ms.max(1) as u64),
             problem: problem.clone(),
         };
         let stop = CancellationToken::new();
         let cancel = Arc::new(AtomicBool::new(false));
         let work = monitor::run(
             self.store.clone(),
-            run_id,
+            attempt,
             task,
             stop.clone(),
             cancel.clone(),
@@ -720,28 +761,25 @@ impl Service {
             }
         }
         let deadline = Instant::now() + STOP_DEADLINE;
-        for holding in self.holdings.values_mut() {
-            let handle = match &mut holding.work {
-                Work::Schedule(ScheduleWork {
-                    running: Some(task),
-                    ..
-                }) => &mut task.handle,
-                Work::Monitor(work) => &mut work.task.handle,
-                Work::Schedule(_) => continue,
-            };
-            if tokio::time::timeout_at(deadline, handle).await.is_err() {
-                tracing::warn!("a run did not finish recording within the stop deadline");
+        let mut released = 0;
+        for ((kind, name), holding) in &mut self.holdings {
+            if !holding.work.finish_by(deadline).await {
+                // Still writing: its lease must expire rather than let another begin beside it.
+                tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
+                continue;
             }
-        }
-        for ((kind, name), holding) in &self.holdings {
-            if let Err(e) = self
+            match self
                 .store
                 .release(*kind, name, &self.me, holding.epoch)
                 .await
             {
-                tracing::warn!(error = %e, kind = %kind, name, "could not release lease; it expires by itself");
+                Ok(()) => released += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %kind, name, "could not release lease; it expires by itself")
+                }
             }
         }
+        tracing::info!(released, "leases released");
         if let Err(e) = self
             .store
             .deregister(&self.me.name, &self.me.instance)
@@ -773,6 +811,29 @@ impl Work {
                 work.task.cancel.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Waits for the work to end by `deadline` (stopping it at once when the deadline comes);
+    /// false if it is still going.
+    async fn finish_by(&mut self, deadline: Instant) -> bool {
+        let task = match self {
+            Work::Schedule(ScheduleWork {
+                running: Some(task),
+                ..
+            }) => task,
+            Work::Monitor(work) => &mut work.task,
+            Work::Schedule(_) => return true,
+        };
+        if tokio::time::timeout_at(deadline, &mut task.handle)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        task.cancel.store(true, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(2), &mut task.handle)
+            .await
+            .is_ok()
     }
 
     /// Stops after the current batch (monitors) or run (schedules).

@@ -15,6 +15,15 @@ fn write(path: &Path, content: &str, mtime_secs: i64) {
     filetime::set_file_mtime(path, FileTime::from_unix_time(mtime_secs, 0)).unwrap();
 }
 
+/// `ferry job add NAME --rule RULE --from SRC --to DST`, which must succeed.
+fn add_job(env: &Env, name: &str, rule: &str, src: &Path, dst: &Path) {
+    let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    env.ferry(&[
+        "job", "add", name, "--rule", rule, "--from", src, "--to", dst,
+    ])
+    .ok();
+}
+
 fn same_tree(a: &Path, b: &Path) -> bool {
     snapshot(a) == snapshot(b)
 }
@@ -60,18 +69,7 @@ fn schedule_by_cli_and_monitor_by_sql(backend: Backend) {
     fs::create_dir_all(&live_src).unwrap();
 
     let scheduler = env.scheduler("s1");
-    env.ferry(&[
-        "job",
-        "add",
-        "docs",
-        "--rule",
-        "mirror",
-        "--from",
-        src.to_str().unwrap(),
-        "--to",
-        dst.to_str().unwrap(),
-    ])
-    .ok();
+    add_job(&env, "docs", "mirror", &src, &dst);
     env.ferry(&[
         "schedule",
         "add",
@@ -178,18 +176,7 @@ fn an_invalid_cron_from_sql_is_reported_and_other_schedules_keep_firing() {
         let env = Env::new(backend);
         fs::create_dir_all(env.path("src")).unwrap();
         let _scheduler = env.scheduler("s1");
-        env.ferry(&[
-            "job",
-            "add",
-            "j",
-            "--rule",
-            "copy",
-            "--from",
-            env.path("src").to_str().unwrap(),
-            "--to",
-            env.path("dst").to_str().unwrap(),
-        ])
-        .ok();
+        add_job(&env, "j", "copy", &env.path("src"), &env.path("dst"));
         env.ferry(&[
             "schedule",
             "add",
@@ -198,8 +185,7 @@ fn an_invalid_cron_from_sql_is_reported_and_other_schedules_keep_firing() {
             "j",
             "--cron",
             "* * * * * *",
-        ])
-        .ok();
+        ]);
         assert!(wait_until(Duration::from_secs(10), || !runs_of(
             &env, "good"
         )
@@ -244,18 +230,7 @@ fn schedule_run_wait_prints_the_result_and_holding_pauses_firing() {
         write(&env.path("src/f.txt"), "x", 1_600_000_000);
         let _scheduler = env.scheduler("s1");
         let (src, dst) = (env.path("src"), env.path("dst"));
-        env.ferry(&[
-            "job",
-            "add",
-            "j",
-            "--rule",
-            "mirror",
-            "--from",
-            src.to_str().unwrap(),
-            "--to",
-            dst.to_str().unwrap(),
-        ])
-        .ok();
+        add_job(&env, "j", "mirror", &src, &dst);
         env.ferry(&[
             "schedule",
             "add",
@@ -264,8 +239,7 @@ fn schedule_run_wait_prints_the_result_and_holding_pauses_firing() {
             "j",
             "--cron",
             "0 0 1 1 *",
-        ])
-        .ok();
+        ]);
 
         let run = env
             .ferry(&["--output", "json", "schedule", "run", "yearly", "--wait"])
@@ -297,18 +271,7 @@ fn a_sync_monitor_carries_changes_both_ways() {
         write(&a.join("from-a.txt"), "a", 1_600_000_000);
         write(&b.join("from-b.txt"), "b", 1_600_000_000);
         let scheduler = env.scheduler("s1");
-        env.ferry(&[
-            "job",
-            "add",
-            "two-way",
-            "--rule",
-            "sync",
-            "--from",
-            a.to_str().unwrap(),
-            "--to",
-            b.to_str().unwrap(),
-        ])
-        .ok();
+        add_job(&env, "two-way", "sync", &a, &b);
         env.ferry(&[
             "monitor",
             "add",
@@ -317,8 +280,7 @@ fn a_sync_monitor_carries_changes_both_ways() {
             "two-way",
             "--debounce",
             "50ms",
-        ])
-        .ok();
+        ]);
         assert!(
             wait_until(Duration::from_secs(10), || same_tree(&a, &b)
                 && a.join("from-b.txt").exists()),
@@ -370,18 +332,12 @@ fn a_monitor_with_a_missing_source_reports_it_and_recovers() {
         let env = Env::new(backend);
         let (src, dst) = (env.path("not-yet"), env.path("dst"));
         let _scheduler = env.scheduler("s1");
-        env.ferry(&[
-            "job",
-            "add",
-            "j",
-            "--rule",
-            "mirror",
-            "--from",
-            src.to_str().unwrap(),
-            "--to",
-            dst.to_str().unwrap(),
-        ])
-        .ok();
+        let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
+        let job = [
+            "job", "add", "j", "--rule", "mirror", "--from", from, "--to", to,
+        ];
+        env.ferry(&[&job[..], &["--allow-missing-source"]].concat())
+            .ok();
         env.ferry(&["monitor", "add", "m", "--job", "j"]).ok();
         let error = || env.sql_text("SELECT last_error FROM monitors WHERE name = 'm'");
         assert!(
@@ -406,51 +362,62 @@ fn a_monitor_with_a_missing_source_reports_it_and_recovers() {
 #[test]
 fn bad_input_from_the_cli_exits_2_and_names_the_field() {
     let env = Env::new(Backend::Sqlite);
-    let cases: &[(&[&str], &str)] = &[
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    let job = |rule: &str, from: &str, to: &str, extra: &[&str]| -> Vec<String> {
+        let base = [
+            "job", "add", "j", "--rule", rule, "--from", from, "--to", to,
+        ];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let from = src.to_str().unwrap();
+    let missing = "/no/such/folder";
+    let inside = format!("{from}/inside");
+    let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            &[
-                "job", "add", "j", "--rule", "clone", "--from", "/a", "--to", "/b",
-            ],
-            "--rule",
+            job("clone", from, "/b", &[]),
+            "--rule: job j: rule: unknown rule \"clone\"",
         ),
+        (job("mirror", "relative", "/b", &[]), "--from"),
         (
-            &[
-                "job", "add", "j", "--rule", "mirror", "--from", "relative", "--to", "/b",
-            ],
-            "--from",
+            job("mirror", missing, "/b", &[]),
+            "--from: source folder /no/such/folder does not exist",
         ),
+        (job("mirror", from, &inside, &[]), "--to"),
         (
-            &[
-                "job",
-                "add",
-                "j",
-                "--rule",
-                "mirror",
-                "--from",
-                "/a",
-                "--to",
-                "/a/inside",
-            ],
-            "--to",
-        ),
-        (
-            &[
-                "job",
-                "add",
-                "j",
-                "--rule",
-                "mirror",
-                "--from",
-                "/a",
-                "--to",
-                "/b",
-                "--exclude",
-                "a[",
-            ],
+            job("mirror", from, "/b", &["--exclude", "a["]),
             "--include/--exclude",
         ),
         (
-            &[
+            vec!["job".into(), "rm".into(), "nope".into()],
+            "does not exist",
+        ),
+    ];
+    for (args, expected) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = env.ferry(&args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+    }
+
+    add_job(&env, "j", "mirror", &src, &dst);
+    let schedule = |extra: &[&'static str]| {
+        let base = ["schedule", "add", "s", "--job", "j"];
+        base.iter().chain(extra).copied().collect::<Vec<&str>>()
+    };
+    let cases = [
+        (schedule(&["--cron", "61 * * * *"]), "--cron"),
+        (schedule(&["--cron", "* * *"]), "expected 5 fields"),
+        (
+            schedule(&["--cron", "* * * * *", "--tz", "Mars/Base"]),
+            "--tz",
+        ),
+        (
+            schedule(&["--cron", "* * * * *", "--misfire", "later"]),
+            "--misfire",
+        ),
+        (
+            vec![
                 "schedule",
                 "add",
                 "s",
@@ -461,74 +428,19 @@ fn bad_input_from_the_cli_exits_2_and_names_the_field() {
             ],
             "--job",
         ),
-        (&["job", "rm", "nope"], "does not exist"),
     ];
-    for (args, field) in cases {
-        let run = env.ferry(args);
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(run.stderr.contains(field), "{args:?}: {}", run.stderr);
-    }
-    let (src, dst) = (env.path("src"), env.path("dst"));
-    env.ferry(&[
-        "job",
-        "add",
-        "j",
-        "--rule",
-        "mirror",
-        "--from",
-        src.to_str().unwrap(),
-        "--to",
-        dst.to_str().unwrap(),
-    ])
-    .ok();
-    for (args, field) in [
-        (
-            vec!["schedule", "add", "s", "--job", "j", "--cron", "61 * * * *"],
-            "--cron",
-        ),
-        (
-            vec![
-                "schedule",
-                "add",
-                "s",
-                "--job",
-                "j",
-                "--cron",
-                "* * * * *",
-                "--tz",
-                "Mars/Base",
-            ],
-            "--tz",
-        ),
-        (
-            vec![
-                "schedule",
-                "add",
-                "s",
-                "--job",
-                "j",
-                "--cron",
-                "* * * * *",
-                "--misfire",
-                "later",
-            ],
-            "--misfire",
-        ),
-        (
-            vec!["schedule", "add", "s", "--job", "j", "--cron", "* * *"],
-            "expected 5 fields",
-        ),
-    ] {
+    for (args, expected) in cases {
         let run = env.ferry(&args);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(run.stderr.contains(field), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
     }
-    assert_eq!(
-        env.ferry(&[
-            "job", "add", "j", "--rule", "copy", "--from", "/a", "--to", "/b"
-        ])
-        .code,
-        2,
-        "a duplicate job"
+    let duplicate = env.ferry(&[
+        "job", "add", "j", "--rule", "copy", "--from", from, "--to", "/b",
+    ]);
+    assert_eq!(duplicate.code, 2, "{duplicate:?}");
+    assert!(
+        duplicate.stderr.contains("job \"j\" already exists"),
+        "{}",
+        duplicate.stderr
     );
 }

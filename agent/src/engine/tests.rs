@@ -247,7 +247,7 @@ fn sync_conflict_keeps_the_newer_and_a_copy_of_the_older() {
     let (summary, _) = fx.run(Rule::Sync);
 
     assert_eq!(summary.conflicts, 1);
-    let aside = "doc.ferry-conflict-20330518-033320.txt";
+    let aside = "doc.ferry-conflict-20330518-033320-r0.txt";
     for r in 0..2 {
         assert_eq!(fx.read(r, "doc.txt").as_deref(), Some("newer edit!"));
         assert_eq!(
@@ -345,8 +345,74 @@ fn symlinks_are_copied_as_links() {
 #[test]
 fn conflict_names_carry_the_losers_time() {
     assert_eq!(
-        conflict_name(Path::new("a/report.txt"), Mtime { secs: 0, nanos: 0 }),
-        Path::new("a/report.ferry-conflict-19700101-000000.txt")
+        conflict_name(Path::new("a/report.txt"), Mtime { secs: 0, nanos: 0 }, 2),
+        Path::new("a/report.ferry-conflict-19700101-000000-r2.txt")
     );
     assert_eq!(chrono_like_stamp(951_782_400), "20000229-000000");
+}
+
+#[test]
+fn an_empty_unmarked_mirror_source_does_not_wipe_the_destination() {
+    let fx = Fixture::new(2);
+    fx.write(1, "precious.txt", "keep me");
+
+    let err = fx
+        .run_scoped(Rule::Mirror, Filter::default(), &Scope::Full)
+        .unwrap_err();
+
+    assert!(matches!(err, EngineError::Vanished { .. }), "{err}");
+    assert!(err.to_string().contains(".ferry/replica"), "{err}");
+    assert_eq!(fx.read(1, "precious.txt").as_deref(), Some("keep me"));
+}
+
+#[test]
+fn a_marked_source_emptied_on_purpose_is_mirrored() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    fx.run(Rule::Mirror);
+    fs::remove_file(fx.roots[0].join("a.txt")).unwrap();
+
+    let (summary, _) = fx.run(Rule::Mirror);
+
+    assert_eq!(summary.files_deleted, 1);
+    assert_eq!(fx.read(1, "a.txt"), None);
+}
+
+#[test]
+fn sync_refuses_an_empty_replica_that_lost_its_mark() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    fx.run(Rule::Sync);
+    // What an unmounted disk looks like: the folder is there, empty, without ferry's state.
+    fs::remove_dir_all(&fx.roots[1]).unwrap();
+    fs::create_dir(&fx.roots[1]).unwrap();
+
+    let err = fx
+        .run_scoped(Rule::Sync, Filter::default(), &Scope::Full)
+        .unwrap_err();
+
+    assert!(matches!(err, EngineError::Vanished { .. }), "{err}");
+    assert_eq!(fx.read(0, "a.txt").as_deref(), Some("a"));
+}
+
+#[test]
+fn a_failed_move_aside_keeps_the_losing_version() {
+    let fx = Fixture::new(2);
+    let long = format!("{}.txt", "n".repeat(240));
+    fx.write(0, &long, "base");
+    fx.run(Rule::Sync);
+    fx.write(0, &long, "older edit");
+    fx.set_mtime(0, &long, 2_000_000_000);
+    fx.write(1, &long, "newer edit!");
+    fx.set_mtime(1, &long, 2_000_000_100);
+
+    // The conflict name is too long for the file system, so moving the loser aside fails.
+    let (summary, _) = fx.run(Rule::Sync);
+
+    assert!(summary.failures >= 1);
+    assert_eq!(
+        fx.read(0, &long).as_deref(),
+        Some("older edit"),
+        "the loser must survive"
+    );
 }

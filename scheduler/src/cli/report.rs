@@ -12,7 +12,7 @@ use crate::config::ServiceConfig;
 use crate::plan::cron::CronSpec;
 use crate::plan::run::human_bytes;
 use crate::service::Service;
-use crate::store::{RunRow, SchedulerRow, StatusRow, Store};
+use crate::store::{Channel, RunRow, SchedulerRow, StatusRow, Store};
 
 pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
     let mut config = match &args.config {
@@ -216,7 +216,7 @@ pub async fn runs(store: &Store, out: Output, job: Option<&str>, limit: i64) -> 
 pub async fn tail(store: &Store, out: Output, follow: bool, lines: i64) -> anyhow::Result<()> {
     let mut after = store.event_id_before_last(lines.max(0)).await?;
     let mut notifications = if follow {
-        store.notifications().await?
+        store.notifications(Channel::Events).await?
     } else {
         None
     };

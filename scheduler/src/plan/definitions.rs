@@ -50,19 +50,32 @@ pub fn job_spec(job: &JobRow) -> Result<JobSpec, JobProblem> {
         let message = "no destinations: add a row to job_destinations (or use --to)".into();
         return Err(problem(JobField::Destination, message));
     }
-    let mut destinations = Vec::new();
+    let mut paths = vec![source.clone()];
     for dest in &job.destinations {
         let path = local_path(dest)
             .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
-        if path.starts_with(&source) || source.starts_with(&path) {
-            let message = format!(
-                "destination {dest} overlaps the source {}: one would sync into the other",
-                job.source
-            );
+        if let Some(other) = paths
+            .iter()
+            .position(|p| p.starts_with(&path) || path.starts_with(p))
+        {
+            let message = match other {
+                0 => format!(
+                    "destination {dest} overlaps the source {}: one would sync into the other",
+                    job.source
+                ),
+                i => format!(
+                    "destinations {} and {dest} overlap: one would sync into the other",
+                    paths[i].display()
+                ),
+            };
             return Err(problem(JobField::Destination, message));
         }
-        destinations.push(Arc::new(LocalEndpoint::new(path)) as Arc<dyn Endpoint>);
+        paths.push(path);
     }
+    let destinations = paths[1..]
+        .iter()
+        .map(|p| Arc::new(LocalEndpoint::new(p)) as Arc<dyn Endpoint>)
+        .collect();
     let filter = Filter::new(&job.include, &job.exclude)
         .map_err(|e| problem(JobField::Filter, format!("filter: {e}")))?;
     Ok(JobSpec {
@@ -152,6 +165,14 @@ mod tests {
         assert!(err.to_string().starts_with("job docs: source:"), "{err}");
         let err = job_spec(&job("/srv/docs", "/srv/docs/inner")).unwrap_err();
         assert!(err.message.contains("overlaps"), "{err}");
+        let mut nested = job("/srv/docs", "/b");
+        nested.destinations.push("/b/c".into());
+        assert!(
+            job_spec(&nested)
+                .unwrap_err()
+                .message
+                .contains("destinations /b and /b/c overlap")
+        );
         let err = job_spec(&job("/srv/docs", "nas:/docs")).unwrap_err();
         assert!(err.message.contains("agent \"nas\""), "{err}");
         let mut bad_rule = job("/a", "/b");

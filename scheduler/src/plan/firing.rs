@@ -46,7 +46,13 @@ pub struct Due {
     pub cursor: DateTime<Utc>,
 }
 
+/// Missed fire times are counted up to this many (for the log); a longer backlog is not walked.
+const COUNT_BOUND: usize = 10_000;
+
 /// The fire times in `(cursor, now]`. A time more than `grace` before `now` was missed.
+///
+/// Only the newest times can ever run, so the walk goes backwards from `now` and a schedule
+/// that missed a month of every-second firings costs no more than one that missed a minute.
 pub fn due(
     cron: &CronSpec,
     cursor: DateTime<Utc>,
@@ -56,29 +62,44 @@ pub fn due(
 ) -> Option<Due> {
     let latest = cron.latest_at_or_before(now).filter(|&t| t > cursor)?;
     let on_time_from = now - grace;
-    let mut times = Vec::new();
-    let mut next = cron.next_after(cursor);
-    // Only the newest RUN_ALL_BOUND times can ever run; older ones are merely counted.
-    let mut older = 0usize;
-    while let Some(t) = next.filter(|&t| t <= latest) {
-        times.push(t);
-        if times.len() > RUN_ALL_BOUND {
-            times.remove(0);
-            older += 1;
+    let newest = |keep: &dyn Fn(DateTime<Utc>) -> bool| {
+        let mut times = vec![latest];
+        while times.len() < RUN_ALL_BOUND {
+            let before = times
+                .last()
+                .copied()
+                .and_then(|t| cron.latest_at_or_before(t - Duration::milliseconds(1)));
+            match before.filter(|&t| t > cursor && keep(t)) {
+                Some(t) => times.push(t),
+                None => break,
+            }
         }
-        next = cron.next_after(t);
-    }
-    let total = older + times.len();
-    let fire: Vec<DateTime<Utc>> = match policy {
-        Misfire::RunOnce => vec![latest],
-        Misfire::Skip => times.into_iter().filter(|&t| t >= on_time_from).collect(),
-        Misfire::RunAll => times,
+        times.reverse();
+        times
     };
+    let fire = match policy {
+        Misfire::RunOnce => vec![latest],
+        Misfire::Skip if latest < on_time_from => vec![],
+        Misfire::Skip => newest(&|t| t >= on_time_from),
+        Misfire::RunAll => newest(&|_| true),
+    };
+    let missed = count_between(cron, cursor, latest);
     Some(Due {
-        skipped: total - fire.len(),
+        skipped: missed.saturating_sub(fire.len()),
         fire,
         cursor: latest,
     })
+}
+
+/// How many cron times lie in `(after, until]`, counting at most [`COUNT_BOUND`].
+fn count_between(cron: &CronSpec, after: DateTime<Utc>, until: DateTime<Utc>) -> usize {
+    let mut count = 0;
+    let mut next = cron.next_after(after);
+    while let Some(t) = next.filter(|&t| t <= until && count < COUNT_BOUND) {
+        count += 1;
+        next = cron.next_after(t);
+    }
+    count
 }
 
 #[cfg(test)]
@@ -144,6 +165,27 @@ mod tests {
         .unwrap();
         assert_eq!(d.fire, vec![at(8), at(9), at(10)]);
         assert_eq!(d.skipped, 7);
+    }
+
+    #[test]
+    fn a_long_backlog_is_not_walked() {
+        let month = 30 * 24 * 3600;
+        let started = std::time::Instant::now();
+        let d = due(
+            &every_second(),
+            at(0),
+            at(month),
+            Misfire::RunOnce,
+            Duration::seconds(2),
+        )
+        .unwrap();
+        assert_eq!(d.fire, vec![at(month)]);
+        assert_eq!(d.skipped, COUNT_BOUND - 1, "the count stops at its bound");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

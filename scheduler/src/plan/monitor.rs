@@ -3,8 +3,8 @@
 //! watcher lost events). One `runs` row covers the whole holding period; each batch is an event.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferry_agent::engine::EngineError;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ProblemSlot;
 use super::run::{Recorder, describe, sync};
-use crate::store::Store;
+use crate::store::{RunAttempt, Store};
 
 /// Wait before trying again after a failed start or sync (a missing source folder, say).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
@@ -33,12 +33,12 @@ pub struct MonitorTask {
 /// Runs until `stop` (a safe point: between batches) or `cancel` (at once, mid-batch).
 pub async fn run(
     store: Store,
-    run_id: i64,
+    attempt: RunAttempt,
     task: MonitorTask,
     stop: CancellationToken,
     cancel: Arc<AtomicBool>,
 ) {
-    let mut recorder = Recorder::new(store, run_id);
+    let mut recorder = Recorder::new(store, attempt);
     let roots: Vec<String> = task.roots.iter().map(|r| r.display().to_string()).collect();
     recorder
         .note("info", &format!("watching {}", roots.join(", ")))
@@ -71,6 +71,20 @@ async fn watch_loop(
     recorder: &mut Recorder,
 ) -> Result<(), EngineError> {
     'restart: loop {
+        if task.roots.iter().any(|root| !root.is_dir()) {
+            // A destination the first sync creates cannot be watched before it exists.
+            match sync_batch(task, Scope::Full, cancel, recorder).await {
+                Ok(()) => {}
+                Err(e @ EngineError::Cancelled { .. }) => return Err(e),
+                Err(e) => {
+                    report(task, recorder, &e.to_string()).await;
+                    if pause(stop, RETRY_AFTER_ERROR).await {
+                        return Ok(());
+                    }
+                    continue 'restart;
+                }
+            }
+        }
         // Watch first, then scan: a change during the initial scan is then not missed.
         let mut watch = match FolderWatch::new(&task.roots) {
             Ok(watch) => watch,
@@ -162,7 +176,6 @@ async fn report(task: &MonitorTask, recorder: &Recorder, problem: &str) {
         .await;
     task.problem.set(Some(problem.to_owned()));
 }
-
 
 /// Sleeps for `wait`; true if `stop` came first.
 async fn pause(stop: &CancellationToken, wait: Duration) -> bool {

@@ -13,7 +13,7 @@ use ferry_agent::{Event, JobSpec, Scope, Summary};
 use tokio::sync::mpsc;
 
 use super::ProblemSlot;
-use crate::store::{Counters, RunEnd, Store};
+use crate::store::{Counters, RunAttempt, RunEnd, Store};
 
 /// Per-file events written for one run (or one monitor batch) before the rest are only counted,
 /// so a first copy of a million files does not write a million rows.
@@ -24,7 +24,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Writes one run's events and counters.
 pub struct Recorder {
     store: Store,
-    pub run_id: i64,
+    run: RunAttempt,
     pub counters: Counters,
     written: u32,
     unwritten: u64,
@@ -32,10 +32,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(store: Store, run_id: i64) -> Self {
+    pub fn new(store: Store, run: RunAttempt) -> Self {
         Self {
             store,
-            run_id,
+            run,
             counters: Counters::default(),
             written: 0,
             unwritten: 0,
@@ -47,10 +47,10 @@ impl Recorder {
     pub async fn note(&self, level: &str, message: &str) {
         if let Err(e) = self
             .store
-            .add_event(self.run_id, level, message, None)
+            .add_event(self.run.id, level, message, None)
             .await
         {
-            tracing::warn!(run = self.run_id, error = %e, "could not record run event: {message}");
+            tracing::warn!(run = self.run.id, error = %e, "could not record run event: {message}");
         }
     }
 
@@ -80,10 +80,10 @@ impl Recorder {
             let path = path.to_string_lossy();
             if let Err(e) = self
                 .store
-                .add_event(self.run_id, level, &message, Some(&path))
+                .add_event(self.run.id, level, &message, Some(&path))
                 .await
             {
-                tracing::warn!(run = self.run_id, error = %e, "could not record run event");
+                tracing::warn!(run = self.run.id, error = %e, "could not record run event");
             }
         } else {
             self.unwritten += 1;
@@ -95,8 +95,8 @@ impl Recorder {
     }
 
     pub async fn save_counters(&self) {
-        if let Err(e) = self.store.update_run(self.run_id, &self.counters).await {
-            tracing::warn!(run = self.run_id, error = %e, "could not record run progress");
+        if let Err(e) = self.store.update_run(&self.run, &self.counters).await {
+            tracing::warn!(run = self.run.id, error = %e, "could not record run progress");
         }
     }
 
@@ -133,16 +133,16 @@ impl Recorder {
             retry_in_ms,
         };
         for attempt in 1..=10u32 {
-            match self.store.finish_run(self.run_id, &end).await {
+            match self.store.finish_run(&self.run, &end).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(run = self.run_id, attempt, error = %e, "could not record the end of the run; retrying");
+                    tracing::warn!(run = self.run.id, attempt, error = %e, "could not record the end of the run; retrying");
                     tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
                 }
             }
         }
         tracing::error!(
-            run = self.run_id,
+            run = self.run.id,
             state,
             "gave up recording the end of the run"
         );
@@ -215,8 +215,13 @@ pub struct ScheduledRun {
 }
 
 /// Runs one firing of a schedule from start to recorded end.
-pub async fn run_scheduled(store: Store, run_id: i64, run: ScheduledRun, cancel: Arc<AtomicBool>) {
-    let mut recorder = Recorder::new(store, run_id);
+pub async fn run_scheduled(
+    store: Store,
+    attempt: RunAttempt,
+    run: ScheduledRun,
+    cancel: Arc<AtomicBool>,
+) {
+    let mut recorder = Recorder::new(store, attempt);
     recorder
         .note(
             "info",

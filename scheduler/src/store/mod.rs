@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
 
-pub use postgres::Notifications;
+pub use postgres::{Channel, Notifications};
 pub use rows::*;
 pub use time::DbTime;
 
@@ -26,6 +26,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("applying the schema migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no answer from the database within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("{what} {name:?} already exists")]
     Exists { what: &'static str, name: String },
     #[error("{what} {name:?} does not exist")]
@@ -110,10 +112,10 @@ impl Store {
         Ok(())
     }
 
-    /// Subscribes to definition changes and new run events (PostgreSQL only; SQLite polls).
-    pub async fn notifications(&self) -> Result<Option<Notifications>> {
+    /// Subscribes to definition changes or new run events (PostgreSQL only; SQLite polls).
+    pub async fn notifications(&self, channel: Channel) -> Result<Option<Notifications>> {
         match &self.backend {
-            Backend::Postgres(pool) => Ok(Some(Notifications::listen(pool).await?)),
+            Backend::Postgres(pool) => Ok(Some(Notifications::listen(pool, channel).await?)),
             Backend::Sqlite(_) => Ok(None),
         }
     }
@@ -337,8 +339,9 @@ impl Store {
     }
 
     /// Clears a run request once its run exists (unless a newer request came in meanwhile).
+    /// `<=`, not `=`: on SQLite a user may have written the time in another text form.
     pub async fn clear_run_request(&self, schedule: &str, requested: DateTime<Utc>) -> Result<()> {
-        let sql = self.sql("UPDATE schedules SET run_requested_at = NULL WHERE name = $1 AND run_requested_at = $2");
+        let sql = self.sql("UPDATE schedules SET run_requested_at = NULL WHERE name = $1 AND run_requested_at <= $2");
         on_pool!(self, pool => sqlx::query(sql).bind(schedule).bind(DbTime(requested)).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -511,42 +514,47 @@ impl Store {
         Ok(row.map(|(id,)| id))
     }
 
-    pub async fn update_run(&self, id: i64, counters: &Counters) -> Result<()> {
+    /// Writes a running attempt's counters. Fenced: an attempt another scheduler has since
+    /// taken over (or retried) is not overwritten.
+    pub async fn update_run(&self, run: &RunAttempt, counters: &Counters) -> Result<()> {
         let sql = self.sql(
-            "UPDATE runs SET files_copied = $2, files_deleted = $3, bytes_total = $4, bytes_sent = $5, \
-               updated_at = now() WHERE id = $1",
+            "UPDATE runs SET files_copied = $4, files_deleted = $5, bytes_total = $6, bytes_sent = $7, \
+               updated_at = now() \
+             WHERE id = $1 AND scheduler_instance = $2 AND attempt = $3 AND state = 'running'",
         );
-        on_pool!(self, pool => sqlx::query(sql).bind(id)
+        on_pool!(self, pool => sqlx::query(sql).bind(run.id).bind(&run.instance).bind(run.attempt)
             .bind(counters.files_copied).bind(counters.files_deleted)
             .bind(counters.bytes_total).bind(counters.bytes_sent)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    /// Ends a run; `retry_in_ms` schedules another attempt of the same firing.
-    pub async fn finish_run(&self, id: i64, end: &RunEnd) -> Result<()> {
+    /// Ends an attempt; `retry_in_ms` schedules another attempt of the same firing. Fenced like
+    /// [`Store::update_run`].
+    pub async fn finish_run(&self, run: &RunAttempt, end: &RunEnd) -> Result<()> {
         let sql = self.sql(
-            "UPDATE runs SET state = $2, error = $3, files_copied = $4, files_deleted = $5, \
-               bytes_total = $6, bytes_sent = $7, finished_at = now(), updated_at = now(), \
-               retry_at = CASE WHEN $8 IS NULL THEN NULL ELSE now_plus_ms($8) END \
-             WHERE id = $1 AND state = 'running'",
+            "UPDATE runs SET state = $4, error = $5, files_copied = $6, files_deleted = $7, \
+               bytes_total = $8, bytes_sent = $9, finished_at = now(), updated_at = now(), \
+               retry_at = CASE WHEN $10 IS NULL THEN NULL ELSE now_plus_ms($10) END \
+             WHERE id = $1 AND scheduler_instance = $2 AND attempt = $3 AND state = 'running'",
         );
         let c = &end.counters;
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(end.state).bind(&end.error)
+        on_pool!(self, pool => sqlx::query(sql).bind(run.id).bind(&run.instance).bind(run.attempt)
+            .bind(end.state).bind(&end.error)
             .bind(c.files_copied).bind(c.files_deleted).bind(c.bytes_total).bind(c.bytes_sent)
             .bind(end.retry_in_ms)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    /// Marks `running` runs of a schedule or monitor that are not this instance's as
-    /// interrupted (their holder died), scheduling a retry when attempts remain (a monitor
-    /// passes 0 retries: its next holder starts a run of its own).
+    /// Marks `running` runs of a schedule or monitor started under an older lease epoch as
+    /// interrupted (their holder died or lost the lease), scheduling a retry when attempts
+    /// remain (a monitor passes 0 retries: its next holder starts a run of its own).
     pub async fn interrupt_orphans(
         &self,
         kind: ResourceKind,
         name: &str,
-        me: &LeaseHolder,
+        epoch: i64,
         retries: i32,
     ) -> Result<u64> {
         let sql = self.sql(match kind {
@@ -554,17 +562,17 @@ impl Store {
                 "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
                    error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped before the run ended', \
                    retry_at = CASE WHEN attempt <= $3 THEN now() END \
-                 WHERE schedule_name = $1 AND state = 'running' AND scheduler_instance IS DISTINCT FROM $2"
+                 WHERE schedule_name = $1 AND state = 'running' AND epoch < $2"
             }
             ResourceKind::Monitor => {
                 "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
                    error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped while watching', \
                    retry_at = CASE WHEN attempt <= $3 THEN now() END \
-                 WHERE monitor_name = $1 AND state = 'running' AND scheduler_instance IS DISTINCT FROM $2"
+                 WHERE monitor_name = $1 AND state = 'running' AND epoch < $2"
             }
         });
         let affected = on_pool!(self, pool => sqlx::query(sql)
-            .bind(name).bind(&me.instance).bind(retries)
+            .bind(name).bind(epoch).bind(retries)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(affected)
     }

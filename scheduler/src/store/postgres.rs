@@ -1,18 +1,22 @@
 //! PostgreSQL: connection pool, dialect, and LISTEN for changes made by anyone's SQL.
 
 use std::borrow::Cow;
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::expand_calls;
 
 pub(super) async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    // A statement that hangs (a primary that vanished without a reset) must fail fast, so a
+    // scheduler notices and stops local work before its leases could be someone else's.
+    let options = PgConnectOptions::from_str(url)?.options([("statement_timeout", "5s")]);
     PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options)
         .await
 }
 
@@ -23,9 +27,23 @@ pub(super) fn dialect(query: Cow<'static, str>) -> Cow<'static, str> {
     })
 }
 
-/// Channels the schema's triggers notify.
-pub const DEFINITIONS_CHANNEL: &str = "ferry_definitions";
-pub const EVENTS_CHANNEL: &str = "ferry_events";
+/// What a listener wants to hear about; each is a channel the schema's triggers notify.
+#[derive(Debug, Clone, Copy)]
+pub enum Channel {
+    /// Jobs, schedules or monitors changed (by anyone's SQL or CLI).
+    Definitions,
+    /// A run event was written.
+    Events,
+}
+
+impl Channel {
+    fn name(self) -> &'static str {
+        match self {
+            Channel::Definitions => "ferry_definitions",
+            Channel::Events => "ferry_events",
+        }
+    }
+}
 
 /// A dedicated connection LISTENing to ferry's channels; reconnects by itself.
 pub struct Notifications {
@@ -33,11 +51,9 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    pub(super) async fn listen(pool: &PgPool) -> Result<Self, sqlx::Error> {
+    pub(super) async fn listen(pool: &PgPool, channel: Channel) -> Result<Self, sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener
-            .listen_all([DEFINITIONS_CHANNEL, EVENTS_CHANNEL])
-            .await?;
+        listener.listen(channel.name()).await?;
         Ok(Self { listener })
     }
 

@@ -131,6 +131,15 @@ pub struct NewRun {
     pub epoch: i64,
 }
 
+/// One attempt of one run, as its writes are fenced: by the instance running it and the
+/// attempt number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAttempt {
+    pub id: i64,
+    pub instance: String,
+    pub attempt: i32,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     pub files_copied: i64,

@@ -203,9 +203,35 @@ async fn a_firing_runs_once() {
             bytes_total: 10,
             bytes_sent: 10,
         };
+        let first = RunAttempt {
+            id,
+            instance: holder("a").instance,
+            attempt: 1,
+        };
+        let stale = RunAttempt {
+            attempt: 0,
+            ..first.clone()
+        };
+        let end = |state| RunEnd {
+            state,
+            error: None,
+            counters: Counters::default(),
+            retry_in_ms: None,
+        };
+        store.finish_run(&stale, &end("succeeded")).await.unwrap();
+        assert_eq!(
+            store
+                .run_for("every", fire_time)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            "running",
+            "a stale attempt is fenced out"
+        );
         store
             .finish_run(
-                id,
+                &first,
                 &RunEnd {
                     state: "failed",
                     error: Some("disk full".into()),
@@ -235,6 +261,12 @@ async fn a_firing_runs_once() {
         let events = store.events_after(0, 10).await.unwrap();
         assert_eq!(events[0].message, "started");
         assert_eq!(events[0].source_name.as_deref(), Some("every"));
+        store.finish_run(&first, &end("interrupted")).await.unwrap();
+        let found = store.run_for("every", fire_time).await.unwrap().unwrap();
+        assert_eq!(
+            found.state, "running",
+            "the first holder cannot end the retry it lost"
+        );
     })
     .await;
 }
@@ -259,14 +291,14 @@ async fn orphaned_runs_are_marked_interrupted() {
         store.start_run(&run).await.unwrap().unwrap();
         assert_eq!(
             store
-                .interrupt_orphans(ResourceKind::Schedule, "every", &holder("dead"), 1)
+                .interrupt_orphans(ResourceKind::Schedule, "every", 1, 1)
                 .await
                 .unwrap(),
             0
         );
         assert_eq!(
             store
-                .interrupt_orphans(ResourceKind::Schedule, "every", &holder("live"), 1)
+                .interrupt_orphans(ResourceKind::Schedule, "every", 2, 1)
                 .await
                 .unwrap(),
             1
