@@ -126,3 +126,46 @@ fn signals_of(root: &Path, res: notify::Result<notify::Event>) -> Vec<Signal> {
         .map(Signal::Changed)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, Flag};
+    use notify::{Event, EventKind};
+
+    use super::*;
+
+    #[test]
+    fn an_overflow_asks_for_a_rescan() {
+        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        let signals = signals_of(Path::new("/r"), Ok(overflow));
+        assert!(matches!(signals.as_slice(), [Signal::Lost(_)]));
+    }
+
+    #[test]
+    fn paths_are_made_relative_and_ferrys_own_files_ignored() {
+        let event = Event::new(EventKind::Create(CreateKind::File))
+            .add_path("/r/a/b.txt".into())
+            .add_path("/r/a/.ferry-tmp.1.2".into());
+        let signals = signals_of(Path::new("/r"), Ok(event));
+        assert!(matches!(signals.as_slice(), [Signal::Changed(p)] if p == Path::new("a/b.txt")));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_becomes_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = FolderWatch::new(&[dir.path().to_path_buf()]).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            watch.next_batch(Duration::from_millis(200)),
+        )
+        .await
+        .expect("a batch within 5 s");
+        let Some(Batch::Paths(paths)) = batch else {
+            panic!("{batch:?}")
+        };
+        assert_eq!(paths.len(), 5, "{paths:?}");
+    }
+}

@@ -136,6 +136,9 @@ fn schedule_by_cli_and_monitor_by_sql(backend: Backend) {
         monitor_runs[0]["files_copied"].as_i64() >= Some(1),
         "{monitor_runs:#?}"
     );
+    let events = env.ferry(&["tail", "-n", "1000"]).ok().stdout;
+    assert!(events.contains("new.txt: copied to"), "{events}");
+    assert!(events.contains("docs/docs-every-second run"), "{events}");
     let table = env.ferry(&["runs", "--job", "docs"]).ok().stdout;
     assert!(
         table.contains("docs-every-second") && table.contains("succeeded"),
@@ -443,4 +446,39 @@ fn bad_input_from_the_cli_exits_2_and_names_the_field() {
         "{}",
         duplicate.stderr
     );
+}
+
+#[test]
+fn a_job_from_sql_with_a_missing_source_shows_in_the_schedules_last_error() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let _scheduler = env.scheduler("s1");
+        let missing = env.path("unmounted");
+        env.sql(&format!(
+            "INSERT INTO jobs (name, rule, source) VALUES ('j', 'mirror', '{}');
+             INSERT INTO job_destinations (job_name, path) VALUES ('j', '{}');
+             INSERT INTO schedules (name, job_name, cron) VALUES ('s', 'j', '* * * * * *');",
+            missing.display(),
+            env.path("dst").display()
+        ));
+        let error = || env.sql_text("SELECT last_error FROM ferry_status WHERE name = 's'");
+        let seen = wait_until(Duration::from_secs(10), || {
+            error().is_some_and(|e| e.contains("unmounted"))
+        });
+        assert!(seen, "{backend:?}: {:?}", error());
+        let runs = runs_of(&env, "s");
+        assert!(runs.iter().all(|r| r["state"] != "succeeded"), "{runs:#?}");
+        assert!(
+            runs[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unmounted")),
+            "{runs:#?}"
+        );
+
+        fs::create_dir_all(&missing).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || error().is_none()),
+            "{backend:?}: not cleared"
+        );
+    }
 }
