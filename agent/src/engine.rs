@@ -12,10 +12,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -155,13 +157,78 @@ pub enum EngineError {
 /// without it is more likely an unmounted disk than a folder emptied on purpose.
 pub const MARKER: &str = "replica";
 
+/// Tells a running sync to stop before its next write: when [`Halt::stop`] is called, or when
+/// the deadline set by [`Halt::extend_until`] passes (a scheduler's lease deadline: past it,
+/// another scheduler may hold the work). Checked before every action and while copying, so a
+/// process frozen past its deadline writes nothing once it resumes.
+#[derive(Debug, Clone, Default)]
+pub struct Halt(Arc<HaltState>);
+
+#[derive(Debug, Default)]
+struct HaltState {
+    stopped: AtomicBool,
+    /// Nanoseconds after [`epoch`] at which to halt; 0 = no deadline.
+    deadline: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Halt {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stop(&self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Allows work until `deadline` (replacing an earlier deadline).
+    pub fn extend_until(&self, deadline: Instant) {
+        let nanos = deadline
+            .saturating_duration_since(epoch())
+            .as_nanos()
+            .max(1);
+        self.0
+            .deadline
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    pub fn is_halted(&self) -> bool {
+        if self.0.stopped.load(Ordering::SeqCst) {
+            return true;
+        }
+        let deadline = self.0.deadline.load(Ordering::SeqCst);
+        deadline != 0 && epoch().elapsed().as_nanos() >= u128::from(deadline)
+    }
+}
+
+/// A reader that fails once its [`Halt`] is halted, so a long copy stops mid-file.
+struct Halting<'a> {
+    inner: Box<dyn Read + Send>,
+    halt: &'a Halt,
+}
+
+impl Read for Halting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.halt.is_halted() {
+            return Err(std::io::Error::other(
+                "halted: the lease for this work is no longer held",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
 /// summary; an unusable source or destination root fails the whole run before anything is
 /// written (an unreadable source must never make a mirror delete everything).
 pub fn run(
     spec: &JobSpec,
     scope: &Scope,
-    cancel: &AtomicBool,
+    halt: &Halt,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, EngineError> {
     let lock = job_lock(&spec.name);
@@ -194,7 +261,7 @@ pub fn run(
     }
     let mut exec = Executor {
         replicas: &replicas,
-        cancel,
+        halt,
         on_event,
         summary: Summary::default(),
         failed: HashSet::new(),
@@ -608,7 +675,7 @@ fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
 
 struct Executor<'a> {
     replicas: &'a [&'a dyn Endpoint],
-    cancel: &'a AtomicBool,
+    halt: &'a Halt,
     on_event: &'a mut dyn FnMut(Event),
     summary: Summary,
     /// Paths with at least one failed action in this run.
@@ -632,7 +699,7 @@ impl Executor<'_> {
             order.then(by_path)
         });
         for action in actions {
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.halt.is_halted() {
                 return Err(EngineError::Cancelled {
                     job: self.job.to_owned(),
                 });
@@ -695,7 +762,11 @@ impl Executor<'_> {
             }
             Kind::Symlink { .. } => to.make_symlink(path, entry)?,
             Kind::File => {
-                let mut data = self.replicas[from].open(path)?;
+                let inner = self.replicas[from].open(path)?;
+                let mut data = Halting {
+                    inner,
+                    halt: self.halt,
+                };
                 let bytes = to.write_file(path, entry, &mut data)?;
                 self.summary.bytes_total += bytes;
                 self.summary.bytes_sent += bytes;

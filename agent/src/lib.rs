@@ -12,4 +12,4 @@ pub mod filter;
 pub mod tree;
 pub mod watch;
 
-pub use engine::{Event, JobSpec, Rule, Scope, Summary};
+pub use engine::{Event, Halt, JobSpec, Rule, Scope, Summary};

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use ferry_agent::endpoint::{Endpoint, LocalEndpoint};
@@ -76,7 +75,12 @@ fn main() -> ExitCode {
         other if verbose => println!("{other:?}"),
         _ => {}
     };
-    match ferry_agent::engine::run(&spec, &Scope::Full, &AtomicBool::new(false), &mut { print }) {
+    match ferry_agent::engine::run(
+        &spec,
+        &Scope::Full,
+        &ferry_agent::engine::Halt::new(),
+        &mut { print },
+    ) {
         Ok(summary) => {
             println!(
                 "{} copied, {} deleted, {} conflicts, {} bytes, {} failed",

@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_agent::JobSpec;
+use ferry_agent::{Halt, JobSpec};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +44,16 @@ pub struct Service {
 
 struct Holding {
     epoch: i64,
+    /// Halts this lease's local work at the lease deadline unless a renewal extends it, and at
+    /// once when the lease is lost: fencing for work on local paths.
+    halt: Halt,
     work: Work,
+}
+
+/// A lease just won: its epoch, and the halt its work obeys.
+struct Claimed {
+    epoch: i64,
+    halt: Halt,
 }
 
 enum Work {
@@ -80,15 +87,12 @@ struct MonitorDefinition {
 
 struct Task {
     handle: JoinHandle<()>,
-    /// Stops the engine between two files.
-    cancel: Arc<AtomicBool>,
 }
 
 impl Task {
-    fn spawn(cancel: Arc<AtomicBool>, work: impl Future<Output = ()> + Send + 'static) -> Self {
+    fn spawn(work: impl Future<Output = ()> + Send + 'static) -> Self {
         Self {
             handle: tokio::spawn(work),
-            cancel,
         }
     }
 
@@ -250,26 +254,34 @@ impl Service {
 
     async fn renew_leases(&mut self) -> Result<(), StoreError> {
         let started = Instant::now();
+        let deadline = self.deadline_from(started);
         let ttl_ms = self.ttl_ms();
         let mut lost = Vec::new();
         for ((kind, name), holding) in &self.holdings {
-            if !self
+            if self
                 .store
                 .renew(*kind, name, &self.me, holding.epoch, ttl_ms)
                 .await?
             {
+                holding.halt.extend_until(deadline.into_std());
+            } else {
                 lost.push((*kind, name.clone()));
             }
         }
         for key in lost {
             tracing::warn!(kind = %key.0, name = key.1, "lease lost to another scheduler; stopped its work");
             if let Some(holding) = self.holdings.remove(&key) {
-                holding.work.stop_now();
+                holding.halt.stop();
             }
         }
-        let margin = (self.config.heartbeat / 2).min(Duration::from_millis(500));
-        self.lease_deadline = started + self.config.lease_ttl - margin;
+        self.lease_deadline = deadline;
         Ok(())
+    }
+
+    /// The local deadline of a lease renewed (or claimed) by a statement sent at `sent`.
+    fn deadline_from(&self, sent: Instant) -> Instant {
+        let margin = (self.config.heartbeat / 2).min(Duration::from_millis(500));
+        sent + self.config.lease_ttl - margin
     }
 
     /// Without the database, leases cannot be renewed: past the deadline another scheduler may
@@ -281,7 +293,7 @@ impl Service {
                 "lease deadline passed without reaching the database; stopped all local work"
             );
             for (_, holding) in self.holdings.drain() {
-                holding.work.stop_now();
+                holding.halt.stop();
             }
         }
     }
@@ -308,7 +320,7 @@ impl Service {
         );
         match (placement, self.holdings.contains_key(&key)) {
             (Placement::Here(_), false) => {
-                if let Some(epoch) = self.claim(&key).await? {
+                if let Some(Claimed { epoch, halt }) = self.claim(&key).await? {
                     self.store
                         .interrupt_orphans(ResourceKind::Schedule, &row.name, epoch, row.retries)
                         .await?;
@@ -323,6 +335,7 @@ impl Service {
                         key.clone(),
                         Holding {
                             epoch,
+                            halt,
                             work: Work::Schedule(work),
                         },
                     );
@@ -383,9 +396,18 @@ impl Service {
         )
     }
 
-    async fn claim(&self, (kind, name): &Resource) -> Result<Option<i64>, StoreError> {
+    async fn claim(&self, (kind, name): &Resource) -> Result<Option<Claimed>, StoreError> {
         self.store.ensure_lease(*kind, name).await?;
-        self.store.claim(*kind, name, &self.me, self.ttl_ms()).await
+        let sent = Instant::now();
+        let epoch = self
+            .store
+            .claim(*kind, name, &self.me, self.ttl_ms())
+            .await?;
+        Ok(epoch.map(|epoch| {
+            let halt = Halt::new();
+            halt.extend_until(self.deadline_from(sent).into_std());
+            Claimed { epoch, halt }
+        }))
     }
 
     /// Where a newly held schedule resumes firing.
@@ -420,8 +442,9 @@ impl Service {
         }
         let cursor = work.cursor;
         let problem = work.problem.clone();
+        let halt = self.holdings[key].halt.clone();
         let started = self
-            .start_next_run(row, &valid, (epoch, cursor), &problem, now)
+            .start_next_run(row, &valid, (epoch, cursor), (&problem, &halt), now)
             .await?;
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
@@ -443,7 +466,7 @@ impl Service {
         row: &ScheduleRow,
         valid: &ValidSchedule,
         (epoch, cursor): (i64, DateTime<Utc>),
-        problem: &ProblemSlot,
+        (problem, halt): (&ProblemSlot, &Halt),
         now: DateTime<Utc>,
     ) -> Result<Option<(Option<Task>, DateTime<Utc>)>, StoreError> {
         let scheduled = |attempt, trigger| ScheduledRun {
@@ -453,6 +476,7 @@ impl Service {
             retry_delay_ms: row.retry_delay_ms,
             trigger,
             problem: problem.clone(),
+            halt: halt.clone(),
         };
         if let Some(requested) = row.run_requested_at {
             let task = self
@@ -547,11 +571,7 @@ impl Service {
             instance: self.me.instance.clone(),
             attempt: run.attempt,
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        Task::spawn(
-            cancel.clone(),
-            run::run_scheduled(self.store.clone(), attempt, run, cancel),
-        )
+        Task::spawn(run::run_scheduled(self.store.clone(), attempt, run))
     }
 
     async fn reconcile_monitor(
@@ -597,9 +617,13 @@ impl Service {
                     Some(true) => {}
                     Some(false) => {
                         // Edited (or ended): restart under a new run with the new definition.
-                        let epoch = self.holdings[&key].epoch;
+                        let holding = &self.holdings[&key];
+                        let claimed = Claimed {
+                            epoch: holding.epoch,
+                            halt: holding.halt.clone(),
+                        };
                         if let Some(fresh) = self
-                            .start_monitor(&row.name, definition, spec, (epoch, now))
+                            .start_monitor(&row.name, definition, spec, &claimed, now)
                             .await?
                         {
                             let holding = self.holdings.get_mut(&key).expect("checked above");
@@ -608,12 +632,13 @@ impl Service {
                         }
                     }
                     None => {
-                        if let Some(epoch) = self.claim(&key).await? {
+                        if let Some(claimed) = self.claim(&key).await? {
+                            let Claimed { epoch, ref halt } = claimed;
                             self.store
                                 .interrupt_orphans(ResourceKind::Monitor, &row.name, epoch, 0)
                                 .await?;
                             if let Some(work) = self
-                                .start_monitor(&row.name, definition, spec, (epoch, now))
+                                .start_monitor(&row.name, definition, spec, &claimed, now)
                                 .await?
                             {
                                 tracing::info!(monitor = row.name, epoch, "holding monitor");
@@ -621,6 +646,7 @@ impl Service {
                                     key,
                                     Holding {
                                         epoch,
+                                        halt: halt.clone(),
                                         work: Work::Monitor(work),
                                     },
                                 );
@@ -644,8 +670,10 @@ impl Service {
         name: &str,
         definition: MonitorDefinition,
         spec: JobSpec,
-        (epoch, now): (i64, DateTime<Utc>),
+        claimed: &Claimed,
+        now: DateTime<Utc>,
     ) -> Result<Option<MonitorWork>, StoreError> {
+        let epoch = claimed.epoch;
         let run = NewRun {
             job_name: definition.job.name.clone(),
             schedule_name: None,
@@ -673,17 +701,16 @@ impl Service {
             problem: problem.clone(),
         };
         let stop = CancellationToken::new();
-        let cancel = Arc::new(AtomicBool::new(false));
         let work = monitor::run(
             self.store.clone(),
             attempt,
             task,
             stop.clone(),
-            cancel.clone(),
+            claimed.halt.clone(),
         );
         Ok(Some(MonitorWork {
             definition,
-            task: Task::spawn(cancel, work),
+            task: Task::spawn(work),
             stop,
             problem,
         }))
@@ -756,14 +783,16 @@ impl Service {
         );
         for holding in self.holdings.values() {
             match &holding.work {
-                Work::Schedule(_) => holding.work.stop_now(),
+                // A run stops before its next file and is retried by the next holder.
+                Work::Schedule(_) => holding.halt.stop(),
+                // A monitor finishes its batch.
                 Work::Monitor(work) => work.stop.cancel(),
             }
         }
         let deadline = Instant::now() + STOP_DEADLINE;
         let mut released = 0;
         for ((kind, name), holding) in &mut self.holdings {
-            if !holding.work.finish_by(deadline).await {
+            if !holding.finish_by(deadline).await {
                 // Still writing: its lease must expire rather than let another begin beside it.
                 tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
                 continue;
@@ -797,26 +826,11 @@ impl Service {
     }
 }
 
-impl Work {
-    /// Stops at once: the engine quits before the next file.
-    fn stop_now(&self) {
-        match self {
-            Work::Schedule(work) => {
-                if let Some(task) = &work.running {
-                    task.cancel.store(true, Ordering::Relaxed);
-                }
-            }
-            Work::Monitor(work) => {
-                work.stop.cancel();
-                work.task.cancel.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Waits for the work to end by `deadline` (stopping it at once when the deadline comes);
-    /// false if it is still going.
+impl Holding {
+    /// Waits for the work to end by `deadline` (halting it when the deadline comes); false if
+    /// it is still going.
     async fn finish_by(&mut self, deadline: Instant) -> bool {
-        let task = match self {
+        let task = match &mut self.work {
             Work::Schedule(ScheduleWork {
                 running: Some(task),
                 ..
@@ -830,12 +844,14 @@ impl Work {
         {
             return true;
         }
-        task.cancel.store(true, Ordering::Relaxed);
+        self.halt.stop();
         tokio::time::timeout(Duration::from_secs(2), &mut task.handle)
             .await
             .is_ok()
     }
+}
 
+impl Work {
     /// Stops after the current batch (monitors) or run (schedules).
     fn stop_at_safe_point(&self) {
         if let Work::Monitor(work) = self {

@@ -62,12 +62,9 @@ impl Fixture {
         scope: &Scope,
     ) -> Result<(Summary, Vec<Event>), EngineError> {
         let mut events = Vec::new();
-        let summary = run(
-            &self.spec(rule, filter),
-            scope,
-            &AtomicBool::new(false),
-            &mut |e| events.push(e),
-        )?;
+        let summary = run(&self.spec(rule, filter), scope, &Halt::new(), &mut |e| {
+            events.push(e)
+        })?;
         Ok((summary, events))
     }
 
@@ -315,18 +312,40 @@ fn orphaned_temporary_files_are_cleaned_up() {
 }
 
 #[test]
-fn cancelling_stops_before_writing() {
+fn a_halted_run_writes_nothing() {
     let fx = Fixture::new(2);
     fx.write(0, "a.txt", "a");
-    let err = run(
+    let stopped = Halt::new();
+    stopped.stop();
+    let expired = Halt::new();
+    expired.extend_until(std::time::Instant::now());
+    for halt in [stopped, expired] {
+        let err = run(
+            &fx.spec(Rule::Mirror, Filter::default()),
+            &Scope::Full,
+            &halt,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, EngineError::Cancelled { .. }));
+        assert_eq!(fx.read(1, "a.txt"), None);
+    }
+}
+
+#[test]
+fn a_deadline_in_the_future_lets_work_go_on() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a");
+    let halt = Halt::new();
+    halt.extend_until(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    run(
         &fx.spec(Rule::Mirror, Filter::default()),
         &Scope::Full,
-        &AtomicBool::new(true),
+        &halt,
         &mut |_| {},
     )
-    .unwrap_err();
-    assert!(matches!(err, EngineError::Cancelled { .. }));
-    assert_eq!(fx.read(1, "a.txt"), None);
+    .unwrap();
+    assert_eq!(fx.read(1, "a.txt").as_deref(), Some("a"));
 }
 
 #[test]

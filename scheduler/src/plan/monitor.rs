@@ -3,13 +3,11 @@
 //! watcher lost events). One `runs` row covers the whole holding period; each batch is an event.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferry_agent::engine::EngineError;
 use ferry_agent::watch::{Batch, FolderWatch};
-use ferry_agent::{JobSpec, Scope};
+use ferry_agent::{Halt, JobSpec, Scope};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -30,20 +28,20 @@ pub struct MonitorTask {
     pub problem: ProblemSlot,
 }
 
-/// Runs until `stop` (a safe point: between batches) or `cancel` (at once, mid-batch).
+/// Runs until `stop` (a safe point: between batches) or `halt` (at once, mid-batch).
 pub async fn run(
     store: Store,
     attempt: RunAttempt,
     task: MonitorTask,
     stop: CancellationToken,
-    cancel: Arc<AtomicBool>,
+    halt: Halt,
 ) {
     let mut recorder = Recorder::new(store, attempt);
     let roots: Vec<String> = task.roots.iter().map(|r| r.display().to_string()).collect();
     recorder
         .note("info", &format!("watching {}", roots.join(", ")))
         .await;
-    let outcome = watch_loop(&task, &stop, &cancel, &mut recorder).await;
+    let outcome = watch_loop(&task, &stop, &halt, &mut recorder).await;
     match outcome {
         Ok(()) => {
             recorder.note("info", "stopped watching").await;
@@ -67,13 +65,13 @@ pub async fn run(
 async fn watch_loop(
     task: &MonitorTask,
     stop: &CancellationToken,
-    cancel: &Arc<AtomicBool>,
+    halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<(), EngineError> {
     'restart: loop {
         if task.roots.iter().any(|root| !root.is_dir()) {
             // A destination the first sync creates cannot be watched before it exists.
-            match sync_batch(task, Scope::Full, cancel, recorder).await {
+            match sync_batch(task, Scope::Full, halt, recorder).await {
                 Ok(()) => {}
                 Err(e @ EngineError::Cancelled { .. }) => return Err(e),
                 Err(e) => {
@@ -102,7 +100,7 @@ async fn watch_loop(
         loop {
             if let Some(scope) = scope.take() {
                 let full = scope == Scope::Full;
-                match sync_batch(task, scope, cancel, recorder).await {
+                match sync_batch(task, scope, halt, recorder).await {
                     Ok(()) => {
                         if full {
                             task.problem.set(None);
@@ -140,7 +138,7 @@ async fn watch_loop(
 async fn sync_batch(
     task: &MonitorTask,
     scope: Scope,
-    cancel: &Arc<AtomicBool>,
+    halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<(), EngineError> {
     let what = match &scope {
@@ -148,7 +146,7 @@ async fn sync_batch(
         Scope::Paths(paths) => format!("{} changed paths", paths.len()),
     };
     recorder.next_batch();
-    let summary = sync(&task.spec, scope, cancel, recorder).await?;
+    let summary = sync(&task.spec, scope, halt, recorder).await?;
     recorder.flush_unwritten().await;
     let changed =
         summary.files_copied + summary.files_deleted + summary.conflicts + summary.failures > 0;

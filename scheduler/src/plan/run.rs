@@ -4,12 +4,10 @@
 //! Recording never stops the sync: when the database is unreachable the events are logged
 //! locally and the counters written at the end.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use ferry_agent::engine::{self, EngineError};
-use ferry_agent::{Event, JobSpec, Scope, Summary};
+use ferry_agent::{Event, Halt, JobSpec, Scope, Summary};
 use tokio::sync::mpsc;
 
 use super::ProblemSlot;
@@ -153,13 +151,13 @@ impl Recorder {
 pub async fn sync(
     spec: &JobSpec,
     scope: Scope,
-    cancel: &Arc<AtomicBool>,
+    halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (spec, cancel) = (spec.clone(), cancel.clone());
+    let (spec, halt) = (spec.clone(), halt.clone());
     let work = tokio::task::spawn_blocking(move || {
-        engine::run(&spec, &scope, &cancel, &mut |event| {
+        engine::run(&spec, &scope, &halt, &mut |event| {
             // The receiver lives until this closure is dropped.
             let _ = tx.send(event);
         })
@@ -212,15 +210,12 @@ pub struct ScheduledRun {
     pub trigger: &'static str,
     /// Set when a source or destination folder is unusable, cleared by a run that got through.
     pub problem: ProblemSlot,
+    /// The lease's halt: the run writes nothing once it is halted.
+    pub halt: Halt,
 }
 
 /// Runs one firing of a schedule from start to recorded end.
-pub async fn run_scheduled(
-    store: Store,
-    attempt: RunAttempt,
-    run: ScheduledRun,
-    cancel: Arc<AtomicBool>,
-) {
+pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun) {
     let mut recorder = Recorder::new(store, attempt);
     recorder
         .note(
@@ -229,7 +224,7 @@ pub async fn run_scheduled(
         )
         .await;
     let began = Instant::now();
-    let outcome = sync(&run.spec, Scope::Full, &cancel, &mut recorder).await;
+    let outcome = sync(&run.spec, Scope::Full, &run.halt, &mut recorder).await;
     let took = format!("{:.1} s", began.elapsed().as_secs_f64());
     let can_retry = run.attempt <= run.retries;
     let retry = |failed: bool| (failed && can_retry).then_some(run.retry_delay_ms);
