@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceConfig;
-use crate::lease::{Candidates, Placement};
+use crate::lease::{Candidates, Demand, Placement};
 use crate::plan::definitions::{self, ValidSchedule};
 use crate::plan::monitor::{self, MonitorTask};
 use crate::plan::run::{self, ScheduledRun};
@@ -109,7 +109,46 @@ struct Definitions {
     schedulers: Vec<SchedulerRow>,
 }
 
+/// The text every scheduler places a schedule or monitor by.
+fn demand_key(kind: ResourceKind, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
 impl Definitions {
+    /// The schedules and monitors that want a scheduler: not held, and valid.
+    fn demands(&self) -> Vec<Demand<'_>> {
+        let schedules = self
+            .schedules
+            .iter()
+            .filter(|s| !s.held && definitions::schedule(s, self.jobs.get(&s.job_name)).is_ok())
+            .map(|s| {
+                (
+                    demand_key(ResourceKind::Schedule, &s.name),
+                    s.preferred.as_deref(),
+                    s.fallback_any,
+                )
+            });
+        let monitors = self
+            .monitors
+            .iter()
+            .filter(|m| !m.held && definitions::monitor(m, self.jobs.get(&m.job_name)).is_ok())
+            .map(|m| {
+                (
+                    demand_key(ResourceKind::Monitor, &m.name),
+                    m.preferred.as_deref(),
+                    m.fallback_any,
+                )
+            });
+        schedules
+            .chain(monitors)
+            .map(|(key, preferred, fallback_any)| Demand {
+                key,
+                preferred,
+                fallback_any,
+            })
+            .collect()
+    }
+
     async fn load(store: &Store) -> Result<Self, StoreError> {
         Ok(Self {
             jobs: store
@@ -241,12 +280,13 @@ impl Service {
         let defs = Definitions::load(&self.store).await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
         let candidates = Candidates::new(&defs.schedulers, now, settle);
+        let placements = candidates.place_all(&self.me.name, &defs.demands());
         for row in &defs.schedules {
-            self.reconcile_schedule(row, &defs, &candidates, now)
+            self.reconcile_schedule(row, &defs, &placements, now)
                 .await?;
         }
         for row in &defs.monitors {
-            self.reconcile_monitor(row, &defs, &candidates, now).await?;
+            self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
         self.release_vanished(&defs).await?;
         Ok(self.next_wake(now))
@@ -269,9 +309,9 @@ impl Service {
             }
         }
         for key in lost {
-            tracing::warn!(kind = %key.0, name = key.1, "lease lost to another scheduler; stopped its work");
             if let Some(holding) = self.holdings.remove(&key) {
                 holding.halt.stop();
+                tracing::warn!(kind = %key.0, name = key.1, epoch = holding.epoch, "lease lost to another scheduler; stopped its work");
             }
         }
         self.lease_deadline = deadline;
@@ -302,7 +342,7 @@ impl Service {
         &mut self,
         row: &ScheduleRow,
         defs: &Definitions,
-        candidates: &Candidates,
+        placements: &HashMap<String, Placement>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = (ResourceKind::Schedule, row.name.clone());
@@ -310,14 +350,7 @@ impl Service {
         let invalid = valid.as_ref().err().cloned();
         self.report_problem(&key, &row.last_error, invalid.clone())
             .await?;
-        let placement = self.place(
-            &key,
-            row.held,
-            invalid.as_deref(),
-            row.preferred.as_deref(),
-            row.fallback_any,
-            candidates,
-        );
+        let placement = self.place(&key, row.held, invalid.as_deref(), placements);
         match (placement, self.holdings.contains_key(&key)) {
             (Placement::Here(_), false) => {
                 if let Some(Claimed { epoch, halt }) = self.claim(&key).await? {
@@ -339,7 +372,6 @@ impl Service {
                             work: Work::Schedule(work),
                         },
                     );
-                    tracing::info!(schedule = row.name, epoch, "holding schedule");
                 }
                 if self.holdings.contains_key(&key) {
                     self.fire_due(&key, row, valid.ok(), now).await?;
@@ -378,9 +410,7 @@ impl Service {
         key: &Resource,
         held: bool,
         problem: Option<&str>,
-        preferred: Option<&str>,
-        fallback_any: bool,
-        candidates: &Candidates,
+        placements: &HashMap<String, Placement>,
     ) -> Placement {
         if held {
             return Placement::Waiting("held".into());
@@ -388,12 +418,8 @@ impl Service {
         if let Some(problem) = problem {
             return Placement::Waiting(problem.to_owned());
         }
-        candidates.place(
-            &self.me.name,
-            &format!("{}:{}", key.0, key.1),
-            preferred,
-            fallback_any,
-        )
+        let placed = placements.get(&demand_key(key.0, &key.1)).cloned();
+        placed.unwrap_or_else(|| Placement::Waiting("not placed".into()))
     }
 
     async fn claim(&self, (kind, name): &Resource) -> Result<Option<Claimed>, StoreError> {
@@ -404,6 +430,7 @@ impl Service {
             .claim(*kind, name, &self.me, self.ttl_ms())
             .await?;
         Ok(epoch.map(|epoch| {
+            tracing::info!(kind = %kind, name, epoch, "claimed");
             let halt = Halt::new();
             halt.extend_until(self.deadline_from(sent).into_std());
             Claimed { epoch, halt }
@@ -578,25 +605,16 @@ impl Service {
         &mut self,
         row: &MonitorRow,
         defs: &Definitions,
-        candidates: &Candidates,
+        placements: &HashMap<String, Placement>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = (ResourceKind::Monitor, row.name.clone());
-        let job = defs.jobs.get(&row.job_name);
-        let valid = job
-            .ok_or_else(|| format!("job {:?} does not exist", row.job_name))
-            .and_then(|job| {
-                definitions::job_spec(job)
-                    .map(|spec| (job.clone(), spec))
-                    .map_err(|e| e.to_string())
-            });
+        let valid = definitions::monitor(row, defs.jobs.get(&row.job_name));
         let placement = self.place(
             &key,
             row.held,
             valid.as_ref().err().map(String::as_str),
-            row.preferred.as_deref(),
-            row.fallback_any,
-            candidates,
+            placements,
         );
         self.report_problem(&key, &row.last_error, valid.as_ref().err().cloned())
             .await?;
@@ -641,7 +659,6 @@ impl Service {
                                 .start_monitor(&row.name, definition, spec, &claimed, now)
                                 .await?
                             {
-                                tracing::info!(monitor = row.name, epoch, "holding monitor");
                                 self.holdings.insert(
                                     key,
                                     Holding {
@@ -727,10 +744,12 @@ impl Service {
         };
         if idle {
             let holding = self.holdings.remove(key).expect("checked by the caller");
+            // Logged before the release: once released, another holder may begin at once.
+            tracing::info!(kind = %key.0, name = key.1, epoch = holding.epoch, "releasing");
+            holding.halt.stop();
             self.store
                 .release(key.0, &key.1, &self.me, holding.epoch)
                 .await?;
-            tracing::info!(kind = %key.0, name = key.1, "released");
         }
         Ok(())
     }
@@ -797,6 +816,7 @@ impl Service {
                 tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
                 continue;
             }
+            tracing::info!(kind = %kind, name, epoch = holding.epoch, "releasing");
             match self
                 .store
                 .release(*kind, name, &self.me, holding.epoch)

@@ -87,6 +87,24 @@ pub struct Env {
 }
 
 impl Env {
+    /// An environment on a database of `server`, a PostgreSQL the test may stop and restart.
+    pub fn on_server(server: &crate::pg::PgServer) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = server.create_database().expect("createdb");
+        Self {
+            dir,
+            db,
+            backend: Backend::Postgres,
+        }
+    }
+
+    /// The live holder of a schedule or monitor, per `ferry_status`.
+    pub fn holder(&self, name: &str) -> Option<String> {
+        self.sql_text(&format!(
+            "SELECT holder FROM ferry_status WHERE name = '{name}'"
+        ))
+    }
+
     pub fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = match backend {
@@ -190,7 +208,9 @@ pub struct TestScheduler {
 
 impl TestScheduler {
     pub fn start(env: &Env, name: &str, extra: &[&str]) -> Self {
-        let log = env.path(&format!("{name}.log"));
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = env.path(&format!("{name}.{n}.log"));
         let log_file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -222,6 +242,20 @@ impl TestScheduler {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// SIGSTOP: the process freezes, as on a long GC pause or a stalled VM.
+    pub fn pause(&self) {
+        kill(Pid::from_raw(self.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    /// SIGCONT after [`TestScheduler::pause`].
+    pub fn resume(&self) {
+        kill(Pid::from_raw(self.pid()), Signal::SIGCONT).expect("SIGCONT");
     }
 
     /// Waits until the log contains `needle`; panics with the log after `timeout`.

@@ -75,6 +75,8 @@ fn scheduler_line(s: &SchedulerRow) -> Vec<String> {
 struct StatusLine {
     #[serde(flatten)]
     row: StatusRow,
+    /// Why it is where it is: `preferred`, `fallback: preferred s1 down since …`, ….
+    placement: String,
     next_fire: Option<chrono::DateTime<Utc>>,
     last_run: Option<RunRow>,
 }
@@ -115,8 +117,10 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
                 .filter(|_| is_schedule && row.state != "held")
                 .and_then(|c| c.next_after(now));
             let last_run = last_runs.remove(&(is_schedule, row.name.clone()));
+            let placement = crate::lease::explain(&row, &schedulers);
             StatusLine {
                 row,
+                placement,
                 next_fire,
                 last_run,
             }
@@ -144,7 +148,7 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
                     "job",
                     "state",
                     "holder",
-                    "prefer",
+                    "why",
                     "next fire",
                     "last run",
                     "last error",
@@ -161,7 +165,7 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
                         l.row.job_name.clone(),
                         l.row.state.clone(),
                         or_dash(l.row.holder.as_deref()),
-                        or_dash(l.row.preferred.as_deref()),
+                        l.placement.clone(),
                         time(l.next_fire),
                         last,
                         or_dash(l.row.last_error.as_deref()),

@@ -1,12 +1,15 @@
-//! Who runs what: scheduler identity, and placement of schedules and monitors over the live
-//! schedulers. The lease rows themselves are claimed, renewed and released through
-//! [`crate::store::Store`], one compare-and-swap statement each.
+//! Who runs what: scheduler identity, placement of schedules and monitors over the live
+//! schedulers, and the words `ferry status` uses to say why work is where it is. The lease rows
+//! themselves are claimed, renewed and released through [`crate::store::Store`], one
+//! compare-and-swap statement each.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::store::SchedulerRow;
+use crate::store::{SchedulerRow, StatusRow};
 
-/// This process's identity: a stable name and a fresh instance id.
+/// This host's name, the default scheduler name.
 pub fn default_name() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -18,12 +21,20 @@ pub fn default_name() -> String {
 /// Where a schedule or monitor should run, as this scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Here; the reason is shown in status.
+    /// Here; the reason is shown in logs.
     Here(&'static str),
     /// On another scheduler.
     Elsewhere(String),
     /// Nowhere for now: the reason says why.
     Waiting(String),
+}
+
+/// One schedule or monitor to place.
+pub struct Demand<'a> {
+    /// `schedule:NAME` or `monitor:NAME`: the same text on every scheduler.
+    pub key: String,
+    pub preferred: Option<&'a str>,
+    pub fallback_any: bool,
 }
 
 /// The schedulers that may take work. A scheduler that just (re)started joins once it has been
@@ -54,60 +65,118 @@ impl Candidates {
         Self { settled, live }
     }
 
-    /// Decides where `resource` goes, seen from scheduler `me`.
-    pub fn place(
-        &self,
-        me: &str,
-        resource: &str,
-        preferred: Option<&str>,
-        fallback_any: bool,
-    ) -> Placement {
+    /// Places every demand, seen from scheduler `me`. Every scheduler computes the same answer
+    /// from the same rows: pinned work goes to its preferred scheduler while that one is up;
+    /// the rest is spread evenly (loads differ by at most one), each
+    /// item going to the first scheduler with room in its own rendezvous order, so a scheduler
+    /// joining or leaving moves little work.
+    pub fn place_all(&self, me: &str, demands: &[Demand]) -> HashMap<String, Placement> {
         let at = |owner: &str, why| {
             if owner == me {
                 Placement::Here(why)
             } else {
-                Placement::Elsewhere(owner.into())
+                Placement::Elsewhere(owner.to_owned())
             }
         };
-        match preferred {
-            Some(p) if self.settled.iter().any(|s| s == p) => at(p, "preferred"),
-            Some(p) if !fallback_any => {
-                let state = if self.live.iter().any(|s| s == p) {
-                    "settling after a restart"
-                } else {
-                    "down"
-                };
-                Placement::Waiting(format!(
-                    "preferred scheduler {p} is {state}, and fallback is off"
-                ))
-            }
-            _ => match rendezvous(resource, &self.settled) {
-                Some(owner) => at(
-                    owner,
-                    if preferred.is_some() {
-                        "fallback"
+        let mut placed = HashMap::new();
+        let mut spread: Vec<&Demand> = Vec::new();
+        for demand in demands {
+            match demand.preferred {
+                Some(p) if self.settled.iter().any(|s| s == p) => {
+                    placed.insert(demand.key.clone(), at(p, "preferred"));
+                }
+                Some(p) if !demand.fallback_any => {
+                    let state = if self.live.iter().any(|s| s == p) {
+                        "settling after a restart"
                     } else {
-                        "spread"
-                    },
-                ),
-                None => Placement::Waiting("no live scheduler".into()),
-            },
+                        "down"
+                    };
+                    let why = format!("preferred scheduler {p} is {state}, and fallback is off");
+                    placed.insert(demand.key.clone(), Placement::Waiting(why));
+                }
+                _ => spread.push(demand),
+            }
         }
+        if self.settled.is_empty() {
+            for demand in spread {
+                placed.insert(
+                    demand.key.clone(),
+                    Placement::Waiting("no live scheduler".into()),
+                );
+            }
+            return placed;
+        }
+        spread.sort_by(|a, b| a.key.cmp(&b.key));
+        // Every scheduler gets `floor` items; `extra` of them one more.
+        let floor = spread.len() / self.settled.len();
+        let mut extra = spread.len() % self.settled.len();
+        let mut load: HashMap<&str, usize> = HashMap::new();
+        for demand in spread {
+            let owner = rendezvous_order(&demand.key, &self.settled)
+                .into_iter()
+                .find(|s| {
+                    let n = load.get(s.as_str()).copied().unwrap_or(0);
+                    n < floor || (n == floor && extra > 0)
+                })
+                .expect("the shares add up to the demand");
+            let n = load.entry(owner.as_str()).or_default();
+            if *n == floor {
+                extra -= 1;
+            }
+            *n += 1;
+            let why = if demand.preferred.is_some() {
+                "fallback"
+            } else {
+                "spread"
+            };
+            placed.insert(demand.key.clone(), at(owner, why));
+        }
+        placed
     }
 }
 
-/// Highest-random-weight hashing: every scheduler computes the same owner from the same live
-/// set, and a scheduler joining or leaving moves only its share of the work.
-fn rendezvous<'a>(resource: &str, schedulers: &'a [String]) -> Option<&'a String> {
-    schedulers.iter().max_by_key(|s| {
+/// Schedulers in decreasing highest-random-weight order for `key`.
+fn rendezvous_order<'a>(key: &str, schedulers: &'a [String]) -> Vec<&'a String> {
+    let weight = |s: &String| {
         let mut hasher = blake3::Hasher::new();
         hasher
-            .update(resource.as_bytes())
+            .update(key.as_bytes())
             .update(&[0])
             .update(s.as_bytes());
         let hash = hasher.finalize();
         u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
-    })
+    };
+    let mut order: Vec<&String> = schedulers.iter().collect();
+    order.sort_by_key(|s| std::cmp::Reverse(weight(s)));
+    order
+}
+
+/// Why a schedule or monitor is where it is, in words for `ferry status`.
+pub fn explain(row: &StatusRow, schedulers: &[SchedulerRow]) -> String {
+    let find = |name: &str| schedulers.iter().find(|s| s.name == name);
+    let down_since = |name: &str| match find(name) {
+        Some(s) if s.alive => format!("{name} is up"),
+        Some(s) => format!(
+            "{name} down since {}",
+            s.heartbeat_at.format("%Y-%m-%d %H:%M:%S")
+        ),
+        None => format!("{name} has never run"),
+    };
+    if row.state == "held" {
+        return "held".into();
+    }
+    match (&row.holder, row.preferred.as_deref()) {
+        (Some(holder), Some(p)) if holder == p => "preferred".into(),
+        (Some(_), Some(p)) if find(p).is_some_and(|s| s.alive) => {
+            format!("fallback: preferred {p} is back; the work returns after it settles")
+        }
+        (Some(_), Some(p)) => format!("fallback: preferred {}", down_since(p)),
+        (Some(_), None) => "spread".into(),
+        (None, _) if row.last_error.is_some() => "waiting: see last error".into(),
+        (None, Some(p)) if !row.fallback_any => format!("waiting: {}, fallback off", down_since(p)),
+        (None, _) if !schedulers.iter().any(|s| s.alive) => "waiting: no live scheduler".into(),
+        (None, _) => "waiting: being claimed".into(),
+    }
 }
 
 #[cfg(test)]
@@ -132,12 +201,25 @@ mod tests {
         }
     }
 
+    fn demand(key: &str, preferred: Option<&'static str>, fallback_any: bool) -> Demand<'static> {
+        Demand {
+            key: key.into(),
+            preferred,
+            fallback_any,
+        }
+    }
+
+    fn place(c: &Candidates, me: &str, d: Demand) -> Placement {
+        let key = d.key.clone();
+        c.place_all(me, &[d]).remove(&key).unwrap()
+    }
+
     #[test]
     fn a_lone_scheduler_runs_everything_unpinned() {
         let now = Utc::now();
         let c = Candidates::new(&[scheduler("a", true, 0, now)], now, Duration::seconds(2));
         assert_eq!(
-            c.place("a", "schedule:x", None, true),
+            place(&c, "a", demand("schedule:x", None, true)),
             Placement::Here("spread")
         );
     }
@@ -154,11 +236,13 @@ mod tests {
             Duration::seconds(2),
         );
         assert_eq!(
-            c.place("a", "x", Some("b"), true),
+            place(&c, "a", demand("x", Some("b"), true)),
             Placement::Here("fallback")
         );
+        let waiting = place(&c, "a", demand("x", Some("b"), false));
         assert!(
-            matches!(c.place("a", "x", Some("b"), false), Placement::Waiting(why) if why.contains("b is down"))
+            matches!(&waiting, Placement::Waiting(why) if why.contains("b is down")),
+            "{waiting:?}"
         );
     }
 
@@ -171,7 +255,7 @@ mod tests {
             Duration::seconds(2),
         );
         assert_eq!(
-            fresh.place("a", "x", Some("b"), true),
+            place(&fresh, "a", demand("x", Some("b"), true)),
             Placement::Here("fallback")
         );
         let settled = Candidates::new(
@@ -180,25 +264,72 @@ mod tests {
             Duration::seconds(2),
         );
         assert_eq!(
-            settled.place("a", "x", Some("b"), true),
+            place(&settled, "a", demand("x", Some("b"), true)),
             Placement::Elsewhere("b".into())
         );
     }
 
     #[test]
-    fn unpinned_work_spreads_evenly() {
+    fn unpinned_work_spreads_evenly_and_everyone_agrees() {
         let now = Utc::now();
-        let c = Candidates::new(
-            &[scheduler("a", true, 60, now), scheduler("b", true, 60, now)],
-            now,
-            Duration::seconds(2),
+        let names = ["a", "b", "c"];
+        let rows: Vec<SchedulerRow> = names.iter().map(|n| scheduler(n, true, 60, now)).collect();
+        let c = Candidates::new(&rows, now, Duration::seconds(2));
+        let demands: Vec<Demand> = (0..10)
+            .map(|i| demand(&format!("schedule:s{i}"), None, true))
+            .collect();
+        let views: Vec<HashMap<String, Placement>> =
+            names.iter().map(|me| c.place_all(me, &demands)).collect();
+        for (i, me) in names.iter().enumerate() {
+            let mine = views[i]
+                .values()
+                .filter(|p| matches!(p, Placement::Here(_)))
+                .count();
+            assert!((3..=4).contains(&mine), "{me} got {mine} of 10");
+            for d in &demands {
+                let owners = views
+                    .iter()
+                    .filter(|v| matches!(v[&d.key], Placement::Here(_)))
+                    .count();
+                assert_eq!(owners, 1, "{} has {owners} owners", d.key);
+            }
+        }
+    }
+
+    #[test]
+    fn status_says_why() {
+        let now = Utc::now();
+        let schedulers = [
+            scheduler("a", true, 60, now),
+            scheduler("b", false, 60, now),
+        ];
+        let row = |holder: Option<&str>, preferred: Option<&str>, fallback_any| StatusRow {
+            kind: "monitor".into(),
+            name: "m".into(),
+            job_name: "j".into(),
+            state: if holder.is_some() {
+                "running"
+            } else {
+                "waiting"
+            }
+            .into(),
+            holder: holder.map(Into::into),
+            preferred: preferred.map(Into::into),
+            fallback_any,
+            epoch: 1,
+            last_error: None,
+        };
+        assert_eq!(
+            explain(&row(Some("a"), Some("a"), true), &schedulers),
+            "preferred"
         );
-        let here = (0..100)
-            .filter(|i| {
-                c.place("a", &format!("schedule:{i}"), None, true)
-                    != Placement::Elsewhere("b".into())
-            })
-            .count();
-        assert!((35..=65).contains(&here), "a got {here} of 100");
+        assert!(
+            explain(&row(Some("a"), Some("b"), true), &schedulers)
+                .starts_with("fallback: preferred b down since")
+        );
+        assert!(
+            explain(&row(None, Some("b"), false), &schedulers).starts_with("waiting: b down since")
+        );
+        assert_eq!(explain(&row(Some("a"), None, true), &schedulers), "spread");
     }
 }

@@ -11,7 +11,7 @@ use ferry_agent::{JobSpec, Rule};
 
 use super::cron::CronSpec;
 use super::firing::Misfire;
-use crate::store::{JobRow, ScheduleRow};
+use crate::store::{JobRow, MonitorRow, ScheduleRow};
 
 /// A problem with a definition, phrased for the user: it names the thing and what to do.
 pub type Problem = String;
@@ -134,6 +134,13 @@ pub fn schedule(row: &ScheduleRow, job: Option<&JobRow>) -> Result<ValidSchedule
         misfire,
         spec: job_spec(job).map_err(|e| e.to_string())?,
     })
+}
+
+/// A monitor's job, ready to watch and sync.
+pub fn monitor(row: &MonitorRow, job: Option<&JobRow>) -> Result<(JobRow, JobSpec), Problem> {
+    let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
+    let spec = job_spec(job).map_err(|e| e.to_string())?;
+    Ok((job.clone(), spec))
 }
 
 #[cfg(test)]

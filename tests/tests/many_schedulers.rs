@@ -1,0 +1,341 @@
+//! Several `ferry scheduler run` processes sharing one database: failover after SIGKILL, work
+//! returning to its preferred scheduler, pinned work waiting, even spreading, a database
+//! restart, and a frozen holder that must not write once it wakes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_tests::harness::{Env, backends, wait_until};
+use ferry_tests::pg::PgServer;
+use serde_json::Value;
+
+/// A mirror job from `NAME-src` to `NAME-dst` with a monitor `NAME`; returns the two folders.
+fn monitored(env: &Env, name: &str, monitor_flags: &[&str]) -> (PathBuf, PathBuf) {
+    let (src, dst) = (
+        env.path(&format!("{name}-src")),
+        env.path(&format!("{name}-dst")),
+    );
+    fs::create_dir_all(&src).unwrap();
+    let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    env.ferry(&[
+        "job", "add", name, "--rule", "mirror", "--from", from, "--to", to,
+    ])
+    .ok();
+    let base = ["monitor", "add", name, "--job", name, "--debounce", "20ms"];
+    env.ferry(&[&base[..], monitor_flags].concat()).ok();
+    (src, dst)
+}
+
+fn status_of(env: &Env, name: &str) -> Value {
+    let status = env.ferry(&["--output", "json", "status"]).ok().json();
+    let found = status["definitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned();
+    found.unwrap_or(Value::Null)
+}
+
+fn arrives(path: &Path, within: Duration) -> bool {
+    wait_until(within, || path.exists())
+}
+
+fn count(env: &Env, query: &str) -> i64 {
+    env.sql_text(query)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// A PostgreSQL of the test's own, which it may stop and restart: `None` (after a loud skip
+/// message) when PostgreSQL cannot run here; under CI that is a failure.
+fn own_server() -> Option<PgServer> {
+    ferry_tests::pg::shared()?;
+    Some(PgServer::start().expect("a second PostgreSQL server"))
+}
+
+#[test]
+fn a_killed_holders_monitor_fails_over_and_returns_to_its_preferred_scheduler() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let s1 = env.scheduler("s1");
+        let _s2 = env.scheduler("s2");
+        let _s3 = env.scheduler("s3");
+        let (src, dst) = monitored(&env, "m", &["--prefer", "s1"]);
+        assert!(
+            wait_until(Duration::from_secs(10), || env.holder("m").as_deref()
+                == Some("s1")),
+            "{backend:?}"
+        );
+        fs::write(src.join("a.txt"), "a").unwrap();
+        assert!(
+            arrives(&dst.join("a.txt"), Duration::from_secs(5)),
+            "{backend:?}: {}",
+            s1.log()
+        );
+
+        s1.kill();
+        let killed = Instant::now();
+        fs::write(src.join("after-kill.txt"), "b").unwrap();
+        assert!(
+            arrives(&dst.join("after-kill.txt"), Duration::from_secs(15)),
+            "{backend:?}: no failover"
+        );
+        let failover = killed.elapsed();
+        assert!(
+            failover < Duration::from_secs(8),
+            "{backend:?}: failover took {failover:?}"
+        );
+        let holder = env.holder("m");
+        assert!(
+            matches!(holder.as_deref(), Some("s2" | "s3")),
+            "{backend:?}: {holder:?}"
+        );
+        let why = status_of(&env, "m")["placement"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            why.starts_with("fallback: preferred s1 down since"),
+            "{backend:?}: {why}"
+        );
+
+        let _s1 = env.scheduler("s1");
+        assert!(
+            wait_until(Duration::from_secs(15), || env.holder("m").as_deref()
+                == Some("s1")),
+            "{backend:?}: the monitor never returned to s1 ({:?})",
+            env.holder("m")
+        );
+        fs::write(src.join("back.txt"), "c").unwrap();
+        assert!(
+            arrives(&dst.join("back.txt"), Duration::from_secs(5)),
+            "{backend:?}"
+        );
+        assert_eq!(status_of(&env, "m")["placement"], "preferred");
+    }
+}
+
+#[test]
+fn pinned_work_without_fallback_waits_for_its_scheduler() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let s1 = env.scheduler("s1");
+        let _s2 = env.scheduler("s2");
+        let (src, dst) = monitored(&env, "pinned", &["--prefer", "s1", "--no-fallback"]);
+        assert!(wait_until(Duration::from_secs(10), || env
+            .holder("pinned")
+            .as_deref()
+            == Some("s1")));
+
+        s1.kill();
+        let waiting = || {
+            let status = status_of(&env, "pinned");
+            status["state"] == "waiting"
+                && status["placement"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("fallback off")
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), waiting),
+            "{backend:?}: {:#}",
+            status_of(&env, "pinned")
+        );
+        fs::write(src.join("while-down.txt"), "x").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !dst.join("while-down.txt").exists(),
+            "{backend:?}: work ran without its scheduler"
+        );
+        assert_eq!(env.holder("pinned"), None);
+
+        let _s1 = env.scheduler("s1");
+        assert!(
+            arrives(&dst.join("while-down.txt"), Duration::from_secs(15)),
+            "{backend:?}"
+        );
+        assert_eq!(env.holder("pinned").as_deref(), Some("s1"));
+    }
+}
+
+#[test]
+fn unpinned_schedules_spread_evenly_and_rebalance() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let src = env.path("src");
+        fs::create_dir_all(&src).unwrap();
+        let (from, to) = (src.to_str().unwrap(), env.path("dst").display().to_string());
+        env.ferry(&[
+            "job", "add", "j", "--rule", "copy", "--from", from, "--to", &to,
+        ])
+        .ok();
+        for i in 0..10 {
+            env.ferry(&[
+                "schedule",
+                "add",
+                &format!("yearly-{i}"),
+                "--job",
+                "j",
+                "--cron",
+                "0 0 1 1 *",
+            ])
+            .ok();
+        }
+        let held_by = |name: &str| {
+            count(
+                &env,
+                &format!("SELECT CAST(COUNT(*) AS TEXT) FROM ferry_status WHERE holder = '{name}'"),
+            )
+        };
+        let balanced = |names: &[&str], low: i64, high: i64| {
+            let counts: Vec<i64> = names.iter().map(|n| held_by(n)).collect();
+            counts.iter().sum::<i64>() == 10 && counts.iter().all(|c| (low..=high).contains(c))
+        };
+
+        let _s1 = env.scheduler("s1");
+        let _s2 = env.scheduler("s2");
+        assert!(
+            wait_until(Duration::from_secs(20), || balanced(&["s1", "s2"], 4, 6)),
+            "{backend:?}: not spread over two"
+        );
+        let s3 = env.scheduler("s3");
+        assert!(
+            wait_until(Duration::from_secs(20), || balanced(
+                &["s1", "s2", "s3"],
+                3,
+                4
+            )),
+            "{backend:?}: s3 got no share"
+        );
+        let (code, _) = s3.terminate();
+        assert_eq!(code, 0);
+        assert!(
+            wait_until(Duration::from_secs(10), || balanced(&["s1", "s2"], 4, 6)),
+            "{backend:?}: s3's share not taken back"
+        );
+    }
+}
+
+#[test]
+fn schedulers_ride_out_a_database_restart() {
+    let Some(server) = own_server() else { return };
+    let env = Env::on_server(&server);
+    let s1 = env.scheduler("s1");
+    let s2 = env.scheduler("s2");
+    let (src, dst) = monitored(&env, "m", &[]);
+    let job_src = env.path("j-src");
+    fs::create_dir_all(&job_src).unwrap();
+    let (from, to) = (
+        job_src.to_str().unwrap(),
+        env.path("j-dst").display().to_string(),
+    );
+    env.ferry(&[
+        "job", "add", "j", "--rule", "mirror", "--from", from, "--to", &to,
+    ])
+    .ok();
+    env.ferry(&[
+        "schedule",
+        "add",
+        "every",
+        "--job",
+        "j",
+        "--cron",
+        "* * * * * *",
+    ])
+    .ok();
+    fs::write(src.join("before.txt"), "x").unwrap();
+    assert!(arrives(&dst.join("before.txt"), Duration::from_secs(10)));
+    let runs = || {
+        count(
+            &env,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM runs WHERE schedule_name = 'every'",
+        )
+    };
+    assert!(wait_until(Duration::from_secs(10), || runs() >= 2));
+
+    server.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    fs::write(src.join("during.txt"), "y").unwrap();
+    for s in [&s1, &s2] {
+        let log = s.log();
+        assert_eq!(
+            log.matches("database unreachable").count(),
+            1,
+            "one line per state change:\n{log}"
+        );
+    }
+    server.restart().unwrap();
+    let restarted = Instant::now();
+
+    for s in [&s1, &s2] {
+        s.wait_for_log("database reachable again", Duration::from_secs(15));
+    }
+    assert!(
+        arrives(&dst.join("during.txt"), Duration::from_secs(15)),
+        "monitor did not resume:\n{}",
+        s1.log()
+    );
+    let before = runs();
+    assert!(
+        wait_until(Duration::from_secs(10), || runs() > before + 1),
+        "schedule did not resume"
+    );
+    assert!(restarted.elapsed() < Duration::from_secs(20));
+    let doubled = "SELECT CAST(COUNT(*) AS TEXT) FROM (SELECT 1 FROM runs WHERE schedule_name IS NOT NULL \
+                   GROUP BY schedule_name, fire_time HAVING COUNT(*) > 1) d";
+    assert_eq!(count(&env, doubled), 0);
+}
+
+#[test]
+fn a_frozen_holder_writes_nothing_after_it_resumes() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let s1 = env.scheduler("s1");
+        let _s2 = env.scheduler("s2");
+        let (src, dst) = monitored(&env, "m", &["--prefer", "s1"]);
+        assert!(wait_until(Duration::from_secs(10), || env
+            .holder("m")
+            .as_deref()
+            == Some("s1")));
+        fs::write(src.join("first.txt"), "1").unwrap();
+        assert!(arrives(&dst.join("first.txt"), Duration::from_secs(5)));
+        let s1_run = env
+            .sql_text("SELECT CAST(MAX(id) AS TEXT) FROM runs WHERE monitor_name = 'm' AND scheduler = 's1'")
+            .unwrap();
+
+        s1.pause();
+        assert!(
+            wait_until(Duration::from_secs(15), || env.holder("m").as_deref()
+                == Some("s2")),
+            "{backend:?}: s2 never took over"
+        );
+        fs::write(src.join("while-frozen.txt"), "2").unwrap();
+        assert!(
+            arrives(&dst.join("while-frozen.txt"), Duration::from_secs(10)),
+            "{backend:?}"
+        );
+        let mark = count(
+            &env,
+            "SELECT CAST(COALESCE(MAX(id), 0) AS TEXT) FROM run_events",
+        );
+
+        s1.resume();
+        s1.wait_for_log("lease lost", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(2));
+        let writes = count(
+            &env,
+            &format!(
+                "SELECT CAST(COUNT(*) AS TEXT) FROM run_events WHERE run_id = {s1_run} AND id > {mark} \
+                 AND (message LIKE 'copied%' OR message LIKE 'deleted%')"
+            ),
+        );
+        assert_eq!(
+            writes,
+            0,
+            "{backend:?}: the resumed holder wrote after losing its lease:\n{}",
+            s1.log()
+        );
+    }
+}
