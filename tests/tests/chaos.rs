@@ -214,6 +214,9 @@ fn kills_and_restarts_never_double_a_firing_or_a_holder() {
     assert_leases_never_overlap(&lives, end, seed);
 }
 
+/// From when to when a process believed it held a lease.
+type Interval = (DateTime<Utc>, DateTime<Utc>);
+
 /// What one log line says about a lease.
 struct LeaseLine {
     at: DateTime<Utc>,
@@ -249,24 +252,22 @@ fn lease_lines(log: &str) -> Vec<LeaseLine> {
 /// Each (resource, epoch) a process believed it held, from its claim until it released, lost
 /// or died, and never past its last renewal plus the lease time less the margin.
 fn assert_leases_never_overlap(lives: &[Incarnation], end: DateTime<Utc>, seed: u64) {
-    let mut held: HashMap<String, BTreeMap<i64, (DateTime<Utc>, DateTime<Utc>)>> = HashMap::new();
+    let mut held: HashMap<String, BTreeMap<i64, Interval>> = HashMap::new();
     for life in lives {
         let log = fs::read_to_string(&life.log).unwrap_or_default();
-        let mut open: HashMap<(String, i64), (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
-        let mut close = |resource: String,
-                         epoch: i64,
-                         (start, confirmed): (DateTime<Utc>, DateTime<Utc>),
-                         at: DateTime<Utc>| {
-            let until = at.min(confirmed + BELIEF);
-            let previous = held
-                .entry(resource.clone())
-                .or_default()
-                .insert(epoch, (start, until));
-            assert!(
-                previous.is_none(),
-                "{resource} epoch {epoch} claimed twice (seed {seed})"
-            );
-        };
+        let mut open: HashMap<(String, i64), Interval> = HashMap::new();
+        let mut close =
+            |resource: String, epoch: i64, (start, confirmed): Interval, at: DateTime<Utc>| {
+                let until = at.min(confirmed + BELIEF);
+                let previous = held
+                    .entry(resource.clone())
+                    .or_default()
+                    .insert(epoch, (start, until));
+                assert!(
+                    previous.is_none(),
+                    "{resource} epoch {epoch} claimed twice (seed {seed})"
+                );
+            };
         for line in lease_lines(&log) {
             let key = (line.resource.clone(), line.epoch);
             match line.what.as_str() {
@@ -291,7 +292,7 @@ fn assert_leases_never_overlap(lives: &[Incarnation], end: DateTime<Utc>, seed: 
     }
     let mut checked = 0;
     for (resource, epochs) in &held {
-        let intervals: Vec<(&i64, &(DateTime<Utc>, DateTime<Utc>))> = epochs.iter().collect();
+        let intervals: Vec<(&i64, &Interval)> = epochs.iter().collect();
         for pair in intervals.windows(2) {
             let ((e1, (_, end1)), (e2, (start2, _))) = (pair[0], pair[1]);
             assert!(
