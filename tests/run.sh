@@ -21,5 +21,12 @@ if ! have_postgres; then
     fi
 fi
 
+# The clock-skew test runs a scheduler under libfaketime.
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "tests/run.sh: installing libfaketime (for the clock-skew test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

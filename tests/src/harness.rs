@@ -208,6 +208,11 @@ pub struct TestScheduler {
 
 impl TestScheduler {
     pub fn start(env: &Env, name: &str, extra: &[&str]) -> Self {
+        Self::start_with_vars(env, name, extra, &[])
+    }
+
+    /// Starts with extra environment variables (LD_PRELOAD of libfaketime, say).
+    pub fn start_with_vars(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = env.path(&format!("{name}.{n}.log"));
@@ -222,6 +227,7 @@ impl TestScheduler {
             .args(["scheduler", "run", "--name", name])
             .args(extra)
             .env("FERRY_LOG", "info,ferry=debug")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)

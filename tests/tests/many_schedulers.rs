@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_tests::harness::{Env, backends, wait_until};
+use ferry_tests::harness::{Backend, Env, TestScheduler, backends, wait_until};
 use ferry_tests::pg::PgServer;
 use serde_json::Value;
 
@@ -338,4 +338,83 @@ fn a_frozen_holder_writes_nothing_after_it_resumes() {
             s1.log()
         );
     }
+}
+
+/// libfaketime, which `tests/run.sh` installs; `None` (after a loud message) outside CI.
+fn libfaketime() -> Option<&'static str> {
+    const PATH: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(PATH).exists() {
+        return Some(PATH);
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "libfaketime is required under CI"
+    );
+    eprintln!(
+        "\n!!!!! SKIPPING the clock-skew test: libfaketime is not installed (tests/run.sh installs it)\n"
+    );
+    None
+}
+
+#[test]
+fn a_scheduler_an_hour_ahead_neither_steals_nor_loses_leases() {
+    let Some(faketime) = libfaketime() else {
+        return;
+    };
+    // PostgreSQL only: SQLite's clock is that of the process running the statement, which is
+    // the same machine's clock for every scheduler sharing the file; faking one process's
+    // clock there makes a case that cannot happen.
+    for backend in backends().into_iter().filter(|b| *b == Backend::Postgres) {
+        let env = Env::new(backend);
+        let _s1 = env.scheduler("s1");
+        let skewed = [("LD_PRELOAD", faketime), ("FAKETIME", "+1h")];
+        let s2 = TestScheduler::start_with_vars(&env, "s2", &[], &skewed);
+        for i in 0..4 {
+            monitored(&env, &format!("m{i}"), &[]);
+        }
+        let (src, dst) = monitored(&env, "on-s2", &["--prefer", "s2"]);
+        let spread = || {
+            let holders: Vec<Option<String>> =
+                (0..4).map(|i| env.holder(&format!("m{i}"))).collect();
+            holders.iter().all(Option::is_some)
+                && holders.iter().any(|h| h.as_deref() == Some("s1"))
+                && holders.iter().any(|h| h.as_deref() == Some("s2"))
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), spread),
+            "{backend:?}: work did not spread over both"
+        );
+        let snapshot = lease_snapshot(&env, backend);
+        std::thread::sleep(Duration::from_secs(8));
+        assert_eq!(
+            lease_snapshot(&env, backend),
+            snapshot,
+            "{backend:?}: leases changed hands with no one failing"
+        );
+        fs::write(src.join("skewed.txt"), "x").unwrap();
+        assert!(
+            arrives(&dst.join("skewed.txt"), Duration::from_secs(5)),
+            "{backend:?}: the skewed scheduler's work stalled"
+        );
+        assert!(
+            !s2.log().contains("lease lost"),
+            "{backend:?}:\n{}",
+            s2.log()
+        );
+    }
+}
+
+/// Every lease's holder and epoch: unchanged while nobody fails means nobody stole or lost one.
+fn lease_snapshot(env: &Env, backend: Backend) -> Option<String> {
+    let query = match backend {
+        Backend::Postgres => {
+            "SELECT string_agg(name || '=' || COALESCE(holder, '-') || '@' || epoch, ',' ORDER BY name) FROM leases"
+        }
+        Backend::Sqlite => {
+            "SELECT group_concat(name || '=' || COALESCE(holder, '-') || '@' || epoch, ',') \
+             FROM (SELECT * FROM leases ORDER BY name)"
+        }
+    };
+    env.sql_text(query)
 }
