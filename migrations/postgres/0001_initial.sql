@@ -163,6 +163,17 @@ CREATE TRIGGER monitors_notify
         debounce_ms, rescan_ms ON monitors
     FOR EACH STATEMENT EXECUTE FUNCTION ferry_notify_definitions();
 
+-- A released lease or a stopped scheduler wakes the others at once, so a graceful handoff
+-- does not wait for their next poll.
+CREATE TRIGGER leases_notify
+    AFTER UPDATE OF holder_instance ON leases
+    FOR EACH ROW WHEN (OLD.holder_instance IS NOT NULL AND NEW.holder_instance IS NULL)
+    EXECUTE FUNCTION ferry_notify_definitions();
+CREATE TRIGGER schedulers_notify
+    AFTER UPDATE OF stopped_at ON schedulers
+    FOR EACH ROW WHEN (NEW.stopped_at IS NOT NULL)
+    EXECUTE FUNCTION ferry_notify_definitions();
+
 CREATE FUNCTION ferry_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('ferry_events', NEW.run_id::text);

@@ -32,18 +32,17 @@ pub fn backends() -> Vec<Backend> {
 
 /// A path to one of the workspace's binaries, built beside this test.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build --workspace --bins`, as tests/run.sh does)",
-        path.display()
-    );
-    path
+    // A test runs from target/<profile>/deps/, a benchmark binary from target/<profile>/.
+    let exe = std::env::current_exe().expect("executable path");
+    let beside = exe.parent().expect("a folder").to_path_buf();
+    let candidates = [
+        beside.join(name),
+        beside.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    found.unwrap_or_else(|| {
+        panic!("{name} is missing beside {}: build it first (`cargo build --workspace --bins`, as tests/run.sh does)", beside.display())
+    })
 }
 
 /// The result of one `ferry` command.
