@@ -280,7 +280,16 @@ impl TestScheduler {
         let started = Instant::now();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
         let status = child.wait().expect("wait");
-        (status.code().unwrap_or(-1), started.elapsed())
+        let code = status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            let signal = status.signal().unwrap_or(0);
+            panic!(
+                "scheduler {} died of signal {signal} on SIGTERM:\n{}",
+                self.name,
+                self.log()
+            )
+        });
+        (code, started.elapsed())
     }
 
     /// SIGKILL: no cleanup, exactly like a crash.

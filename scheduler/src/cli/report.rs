@@ -30,19 +30,24 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
         .name
         .clone()
         .unwrap_or_else(crate::lease::default_name);
+    // Handlers first: a SIGTERM that comes while the service starts must still stop it cleanly.
+    let shutdown = shutdown_signal()?;
     let service = Service::start(store, config, name).await?;
-    service.run(shutdown_signal()).await?;
+    service.run(shutdown).await?;
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-    }
+/// Installs the SIGTERM and SIGINT handlers now; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
+        }
+    })
 }
 
 pub async fn scheduler_list(store: &Store, out: Output) -> anyhow::Result<()> {
