@@ -4,5 +4,5 @@
 # results to bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 exec ./target/release/failover "${1:-20}"

@@ -145,7 +145,7 @@ fn write_results(reps: usize, rows: &[(&str, &Vec<Duration>, &str)]) -> Result<(
         <!-- failover:end -->\n";
     print!("{section}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    let old = fs::read_to_string(&path).unwrap_or_else(|_| "# ferry benchmark results\n\n".into());
+    let old = fs::read_to_string(&path).unwrap_or_else(|_| "# ferry benchmark results\n".into());
     let new = match (
         old.find("<!-- failover:start -->"),
         old.find("<!-- failover:end -->"),

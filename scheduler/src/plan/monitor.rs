@@ -71,16 +71,10 @@ async fn watch_loop(
     'restart: loop {
         if task.roots.iter().any(|root| !root.is_dir()) {
             // A destination the first sync creates cannot be watched before it exists.
-            match sync_batch(task, Scope::Full, halt, recorder).await {
-                Ok(()) => {}
-                Err(e @ EngineError::Cancelled { .. }) => return Err(e),
-                Err(e) => {
-                    report(task, recorder, &e.to_string()).await;
-                    if pause(stop, RETRY_AFTER_ERROR).await {
-                        return Ok(());
-                    }
-                    continue 'restart;
-                }
+            match sync_or_wait(task, Scope::Full, halt, stop, recorder).await? {
+                Next::Go => {}
+                Next::Restart => continue 'restart,
+                Next::Stop => return Ok(()),
             }
         }
         // Watch first, then scan: a change during the initial scan is then not missed.
@@ -88,11 +82,10 @@ async fn watch_loop(
             Ok(watch) => watch,
             Err(e) => {
                 let problem = format!("cannot watch {}: {e}", task.spec.source.display());
-                report(task, recorder, &problem).await;
-                if pause(stop, RETRY_AFTER_ERROR).await {
-                    return Ok(());
+                match wait_after(task, recorder, stop, &problem).await {
+                    Next::Stop => return Ok(()),
+                    _ => continue 'restart,
                 }
-                continue 'restart;
             }
         };
         let mut scope = Some(Scope::Full);
@@ -100,20 +93,11 @@ async fn watch_loop(
         loop {
             if let Some(scope) = scope.take() {
                 let full = scope == Scope::Full;
-                match sync_batch(task, scope, halt, recorder).await {
-                    Ok(()) => {
-                        if full {
-                            task.problem.set(None);
-                        }
-                    }
-                    Err(e @ EngineError::Cancelled { .. }) => return Err(e),
-                    Err(e) => {
-                        report(task, recorder, &e.to_string()).await;
-                        if pause(stop, RETRY_AFTER_ERROR).await {
-                            return Ok(());
-                        }
-                        continue 'restart;
-                    }
+                match sync_or_wait(task, scope, halt, stop, recorder).await? {
+                    Next::Go if full => task.problem.set(None),
+                    Next::Go => {}
+                    Next::Restart => continue 'restart,
+                    Next::Stop => return Ok(()),
                 }
             }
             tokio::select! {
@@ -132,6 +116,45 @@ async fn watch_loop(
                 },
             }
         }
+    }
+}
+
+/// What the watch loop does after a sync.
+enum Next {
+    Go,
+    /// A problem was reported and waited out: start over (new watch, full scan).
+    Restart,
+    /// Asked to stop while waiting.
+    Stop,
+}
+
+/// Syncs `scope`; a problem (other than a halt, which ends the holding) is reported and
+/// waited out before the loop starts over.
+async fn sync_or_wait(
+    task: &MonitorTask,
+    scope: Scope,
+    halt: &Halt,
+    stop: &CancellationToken,
+    recorder: &mut Recorder,
+) -> Result<Next, EngineError> {
+    match sync_batch(task, scope, halt, recorder).await {
+        Ok(()) => Ok(Next::Go),
+        Err(e @ EngineError::Cancelled { .. }) => Err(e),
+        Err(e) => Ok(wait_after(task, recorder, stop, &e.to_string()).await),
+    }
+}
+
+async fn wait_after(
+    task: &MonitorTask,
+    recorder: &Recorder,
+    stop: &CancellationToken,
+    problem: &str,
+) -> Next {
+    report(task, recorder, problem).await;
+    if pause(stop, RETRY_AFTER_ERROR).await {
+        Next::Stop
+    } else {
+        Next::Restart
     }
 }
 
