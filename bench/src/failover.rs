@@ -9,10 +9,10 @@
 //! Results (median, p99, min-max) go to bench/RESULTS.md.
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ferry_bench::{machine, replace_section, results_file, stats, today};
 use ferry_tests::harness::{Backend, Env, TestScheduler};
 
 const POLL: Duration = Duration::from_millis(20);
@@ -116,15 +116,6 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Median, p99 (nearest rank), min and max, in seconds.
-fn stats(samples: &[Duration]) -> (f64, f64, f64, f64) {
-    let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_secs_f64()).collect();
-    sorted.sort_by(f64::total_cmp);
-    let rank =
-        |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-    (rank(0.5), rank(0.99), sorted[0], sorted[sorted.len() - 1])
-}
-
 fn write_results(reps: usize, rows: &[(&str, &Vec<Duration>, &str)]) -> Result<()> {
     let mut section = String::from("<!-- failover:start -->\n## Failover (bench/failover.sh)\n\n");
     section += &format!(
@@ -136,7 +127,7 @@ fn write_results(reps: usize, rows: &[(&str, &Vec<Duration>, &str)]) -> Result<(
     );
     section += "| measure | median | p99 | min - max | bar |\n| --- | --- | --- | --- | --- |\n";
     for (what, samples, bar) in rows {
-        let (median, p99, min, max) = stats(samples);
+        let (median, p99, min, max) = stats(samples, 1.0);
         section +=
             &format!("| {what} | {median:.2} s | {p99:.2} s | {min:.2} - {max:.2} s | {bar} |\n");
     }
@@ -144,45 +135,7 @@ fn write_results(reps: usize, rows: &[(&str, &Vec<Duration>, &str)]) -> Result<(
         never returns work to its preferred host; Kubernetes leader election 15-17 s, Quartz 15-22 s, River ~21 s.\n\
         <!-- failover:end -->\n";
     print!("{section}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    let old = fs::read_to_string(&path).unwrap_or_else(|_| "# ferry benchmark results\n".into());
-    let new = match (
-        old.find("<!-- failover:start -->"),
-        old.find("<!-- failover:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &old[..a],
-            section,
-            &old[b + "<!-- failover:end -->\n".len()..]
-        ),
-        _ => format!("{}\n{section}", old.trim_end()),
-    };
-    fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores ({cpu})")
-}
-
-fn today() -> String {
-    let out = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
+    replace_section(&results_file(), "failover", &section)
 }
 
 fn postgres_version() -> String {

@@ -1,5 +1,6 @@
 -- ferry's schema for SQLite, version 1: the PostgreSQL schema with SQLite's types.
 -- Timestamps are UTC text 'YYYY-MM-DD HH:MM:SS.SSS', which sorts and compares correctly.
+-- SQLite stores any value in any column, so the columns users write check their type too.
 -- Documented in docs/SQL.md; users' SQL relies on these names.
 
 CREATE TABLE schedulers (
@@ -48,10 +49,11 @@ CREATE TABLE schedules (
     preferred        TEXT,
     fallback_any     BOOLEAN NOT NULL DEFAULT TRUE CHECK (fallback_any IN (0, 1)),
     held             BOOLEAN NOT NULL DEFAULT FALSE CHECK (held IN (0, 1)),
-    retries          INTEGER NOT NULL DEFAULT 0 CHECK (retries >= 0),
-    retry_delay_ms   BIGINT NOT NULL DEFAULT 30000 CHECK (retry_delay_ms >= 0),
+    retries          INTEGER NOT NULL DEFAULT 0 CHECK (typeof(retries) = 'integer' AND retries >= 0),
+    retry_delay_ms   BIGINT NOT NULL DEFAULT 30000
+                     CHECK (typeof(retry_delay_ms) = 'integer' AND retry_delay_ms >= 0),
     misfire          TEXT NOT NULL DEFAULT 'run_once' CHECK (misfire IN ('run_once', 'skip', 'run_all')),
-    run_requested_at TEXT,
+    run_requested_at TEXT CHECK (run_requested_at IS NULL OR julianday(run_requested_at) IS NOT NULL),
     fired_until      TEXT,
     last_error       TEXT,
     created_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
@@ -63,8 +65,8 @@ CREATE TABLE monitors (
     preferred     TEXT,
     fallback_any  BOOLEAN NOT NULL DEFAULT TRUE CHECK (fallback_any IN (0, 1)),
     held          BOOLEAN NOT NULL DEFAULT FALSE CHECK (held IN (0, 1)),
-    debounce_ms   BIGINT NOT NULL DEFAULT 100 CHECK (debounce_ms >= 0),
-    rescan_ms     BIGINT NOT NULL DEFAULT 3600000 CHECK (rescan_ms > 0),
+    debounce_ms   BIGINT NOT NULL DEFAULT 100 CHECK (typeof(debounce_ms) = 'integer' AND debounce_ms >= 0),
+    rescan_ms     BIGINT NOT NULL DEFAULT 3600000 CHECK (typeof(rescan_ms) = 'integer' AND rescan_ms > 0),
     last_error    TEXT,
     created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
 );

@@ -38,6 +38,8 @@ pub struct Service {
     me: LeaseHolder,
     holdings: HashMap<Resource, Holding>,
     database_reachable: bool,
+    /// The last error the database answered with (not a lost connection), logged once.
+    data_problem: Option<String>,
     /// Local work must stop by then unless a renewal succeeds first.
     lease_deadline: Instant,
 }
@@ -209,6 +211,7 @@ impl Service {
             me,
             holdings: HashMap::new(),
             database_reachable: true,
+            data_problem: None,
         })
     }
 
@@ -253,7 +256,18 @@ impl Service {
                     tracing::info!("database reachable again");
                     self.database_reachable = true;
                 }
+                self.data_problem = None;
                 Ok(wait)
+            }
+            Err(ServiceError::Store(e)) if !e.is_connection() => {
+                // The database answered, but with something ferry cannot use (a row it cannot
+                // read, say): say so once per distinct problem, and keep the leases.
+                let problem = e.to_string();
+                if self.data_problem.as_ref() != Some(&problem) {
+                    tracing::error!(error = %problem, "could not use what the database returned; retrying every heartbeat");
+                    self.data_problem = Some(problem);
+                }
+                Ok(self.config.heartbeat)
             }
             Err(ServiceError::Store(e)) => {
                 if self.database_reachable {

@@ -136,27 +136,27 @@ impl Env {
 
     /// Runs SQL statements as a user would from psql or sqlite3.
     pub fn sql(&self, statements: &str) {
+        self.try_sql(statements).expect("SQL statements");
+    }
+
+    /// Runs SQL statements and returns the database's error, if any.
+    pub fn try_sql(&self, statements: &str) -> Result<(), sqlx::Error> {
         let db = self.db.clone();
-        let statements = statements.to_owned();
+        let statements = sqlx::AssertSqlSafe(statements.to_owned());
         block_on(async move {
             match self.backend {
                 Backend::Postgres => {
                     let mut conn = sqlx::PgConnection::connect(&db).await?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
-                        .execute(&mut conn)
-                        .await?;
+                    sqlx::raw_sql(statements).execute(&mut conn).await?;
                 }
                 Backend::Sqlite => {
                     let mut conn =
                         sqlx::SqliteConnection::connect(&format!("sqlite://{db}")).await?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
-                        .execute(&mut conn)
-                        .await?;
+                    sqlx::raw_sql(statements).execute(&mut conn).await?;
                 }
             }
-            Ok::<_, sqlx::Error>(())
+            Ok(())
         })
-        .expect("SQL statements");
     }
 
     /// The first column of the first row of `query`, as text (NULL and no row are `None`).

@@ -482,3 +482,20 @@ fn a_job_from_sql_with_a_missing_source_shows_in_the_schedules_last_error() {
         );
     }
 }
+
+#[test]
+fn rows_of_the_wrong_type_are_refused_by_the_database() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        fs::create_dir_all(env.path("src")).unwrap();
+        add_job(&env, "j", "copy", &env.path("src"), &env.path("dst"));
+        for bad in [
+            "INSERT INTO schedules (name, job_name, cron, retries) VALUES ('s', 'j', '* * * * *', 'abc')",
+            "INSERT INTO schedules (name, job_name, cron, run_requested_at) VALUES ('s', 'j', '* * * * *', 'soon')",
+            "INSERT INTO monitors (name, job_name, rescan_ms) VALUES ('m', 'j', 'hourly')",
+            "INSERT INTO jobs (name, rule, source) VALUES ('k', 'clone', '/srv')",
+        ] {
+            assert!(env.try_sql(bad).is_err(), "{backend:?} accepted: {bad}");
+        }
+    }
+}

@@ -43,6 +43,28 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// True when the database could not be reached (or did not answer in time), as opposed to
+    /// answering with something unusable.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Db(e) | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A connection pool to ferry's database, PostgreSQL or SQLite.
