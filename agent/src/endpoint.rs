@@ -45,6 +45,8 @@ pub trait Endpoint: Send + Sync {
     /// Fails unless the root is an existing folder; `create` makes a missing one first.
     fn check_root(&self, create: bool) -> Result<()>;
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
+    /// What is at `rel` now (not following a final symlink), if anything.
+    fn stat(&self, rel: &Path) -> Result<Option<Entry>>;
     fn open(&self, rel: &Path) -> Result<Box<dyn Read + Send>>;
     /// Writes `data` to `rel` crash-safely with `entry`'s mode and mtime; returns bytes written.
     fn write_file(&self, rel: &Path, entry: &Entry, data: &mut dyn Read) -> Result<u64>;
@@ -110,7 +112,7 @@ impl LocalEndpoint {
 
     /// Adds `rel` (and, for a folder, its contents) to `tree` if the filter admits it.
     fn visit(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
-        let Some(entry) = self.stat(rel)? else {
+        let Some(entry) = self.stat_entry(rel)? else {
             return Ok(());
         };
         if entry.is_dir() {
@@ -124,7 +126,7 @@ impl LocalEndpoint {
         Ok(())
     }
 
-    fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
+    fn stat_entry(&self, rel: &Path) -> Result<Option<Entry>> {
         let full = self.full(rel);
         let meta = match fs::symlink_metadata(&full) {
             Ok(meta) => meta,
@@ -196,6 +198,10 @@ impl Endpoint for LocalEndpoint {
             }
         }
         Ok(tree)
+    }
+
+    fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
+        self.stat_entry(rel)
     }
 
     fn open(&self, rel: &Path) -> Result<Box<dyn Read + Send>> {

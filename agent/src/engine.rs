@@ -266,6 +266,8 @@ pub fn run(
         summary: Summary::default(),
         failed: HashSet::new(),
         failed_at: HashSet::new(),
+        planned: (spec.rule == Rule::Sync).then_some(trees.as_slice()),
+        checked: HashSet::new(),
         job: &spec.name,
     };
     match spec.rule {
@@ -683,6 +685,12 @@ struct Executor<'a> {
     /// Where an action failed: later actions there are skipped (a failed move-aside must not be
     /// followed by writing the winner over the only copy of the loser).
     failed_at: HashSet<(usize, PathBuf)>,
+    /// For a sync, what each replica held when planned: before the first write or removal at a
+    /// path, the path must still hold it, or someone changed it during the run and the action
+    /// waits for the next run (which sees the change) instead of destroying it.
+    planned: Option<&'a [Tree]>,
+    /// Places already checked against `planned` (later actions there follow our own change).
+    checked: HashSet<(usize, PathBuf)>,
     job: &'a str,
 }
 
@@ -708,12 +716,42 @@ impl Executor<'_> {
             if self.failed_at.contains(&at) {
                 continue;
             }
-            if let Err(error) = self.apply(&action) {
+            if let Err(error) = self.verify(&action).and_then(|()| self.apply(&action)) {
                 self.fail(&action.path, error);
                 self.failed_at.insert(at);
             }
         }
         Ok(())
+    }
+
+    /// Fails an action whose target changed since the scan (see `planned`).
+    fn verify(&mut self, action: &Action) -> Result<(), String> {
+        let Some(planned) = self.planned else {
+            return Ok(());
+        };
+        let destructive = matches!(
+            action.op,
+            Op::Copy { .. } | Op::Remove { .. } | Op::KeepAside { .. }
+        );
+        if !destructive || !self.checked.insert((action.replica, action.path.clone())) {
+            return Ok(());
+        }
+        let replica = self.replicas[action.replica];
+        let expected = planned[action.replica].get(&action.path);
+        let now = replica.stat(&action.path).map_err(|e| e.to_string())?;
+        let unchanged = match (&now, expected) {
+            (Some(now), Some(expected)) if now.is_dir() && expected.is_dir() => true,
+            (now, expected) => same(now.as_ref(), expected),
+        };
+        if unchanged {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} changed in {} during the sync; it is synced again on the next run",
+                action.path.display(),
+                replica.display()
+            ))
+        }
     }
 
     fn apply(&mut self, action: &Action) -> Result<(), String> {

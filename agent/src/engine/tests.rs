@@ -435,3 +435,45 @@ fn a_failed_move_aside_keeps_the_losing_version() {
         "the loser must survive"
     );
 }
+
+#[test]
+fn a_sync_never_overwrites_a_file_changed_during_the_run() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "a1");
+    fx.write(0, "b.txt", "b1");
+    fx.run(Rule::Sync);
+    fx.write(0, "a.txt", "a2");
+    fx.write(0, "b.txt", "b2");
+    fx.set_mtime(0, "a.txt", 2_000_000_000);
+    fx.set_mtime(0, "b.txt", 2_000_000_000);
+
+    // While the run copies a.txt, a user saves b.txt in the other replica.
+    let user_edit = fx.roots[1].join("b.txt");
+    let mut on_event = |event: Event| {
+        if matches!(&event, Event::Copied { path, .. } if path == Path::new("a.txt")) {
+            fs::write(&user_edit, "the user's edit").unwrap();
+        }
+    };
+    let summary = run(
+        &fx.spec(Rule::Sync, Filter::default()),
+        &Scope::Full,
+        &Halt::new(),
+        &mut on_event,
+    )
+    .unwrap();
+
+    assert_eq!(summary.failures, 1, "b.txt waits for the next run");
+    assert_eq!(fx.read(1, "b.txt").as_deref(), Some("the user's edit"));
+    let (next, _) = fx.run(Rule::Sync);
+    assert_eq!(next.conflicts, 1, "the next run sees both edits");
+    let kept: Vec<String> = fx
+        .listing(1)
+        .into_iter()
+        .filter(|p| p.starts_with("b."))
+        .collect();
+    let contents: Vec<String> = kept.iter().filter_map(|p| fx.read(1, p)).collect();
+    assert!(
+        contents.contains(&"the user's edit".to_string()) && contents.contains(&"b2".to_string()),
+        "{kept:?} {contents:?}"
+    );
+}
