@@ -26,6 +26,10 @@ pub struct ServiceConfig {
     /// heartbeats.
     #[serde(with = "humantime_serde")]
     pub settle: Duration,
+    /// How long finished runs (and their events) are kept; older ones are deleted about once
+    /// an hour. Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub keep_runs: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -36,6 +40,7 @@ impl Default for ServiceConfig {
             heartbeat: Duration::from_secs(1),
             poll: Duration::from_secs(1),
             settle: Duration::from_secs(2),
+            keep_runs: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

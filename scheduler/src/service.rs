@@ -27,6 +27,10 @@ use crate::store::{
     ScheduleRow, SchedulerRow, Store, StoreError,
 };
 
+/// How often finished runs older than `keep_runs` are deleted, and how many per statement.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_BATCH: i64 = 5000;
+
 /// How long a graceful stop waits for runs to record their end before leaving anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -40,6 +44,8 @@ pub struct Service {
     database_reachable: bool,
     /// The last error the database answered with (not a lost connection), logged once.
     data_problem: Option<String>,
+    /// When old runs were last pruned.
+    pruned_at: Option<Instant>,
     /// Local work must stop by then unless a renewal succeeds first.
     lease_deadline: Instant,
 }
@@ -212,6 +218,7 @@ impl Service {
             holdings: HashMap::new(),
             database_reachable: true,
             data_problem: None,
+            pruned_at: None,
         })
     }
 
@@ -303,6 +310,7 @@ impl Service {
             self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
         self.release_vanished(&defs).await?;
+        self.prune_old_runs().await?;
         Ok(self.next_wake(now))
     }
 
@@ -781,6 +789,24 @@ impl Service {
             .collect();
         for key in vanished {
             self.release_when_idle(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes runs older than `keep_runs`, about once an hour (any scheduler may; the delete
+    /// is idempotent).
+    async fn prune_old_runs(&mut self) -> Result<(), StoreError> {
+        if self.pruned_at.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return Ok(());
+        }
+        let keep_ms = i64::try_from(self.config.keep_runs.as_millis()).unwrap_or(i64::MAX);
+        let pruned = self.store.prune_runs(keep_ms, PRUNE_BATCH).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, keep = %humantime::format_duration(self.config.keep_runs), "deleted old runs");
+        }
+        // A full batch means more are due: come back next tick rather than in an hour.
+        if pruned < PRUNE_BATCH as u64 {
+            self.pruned_at = Some(Instant::now());
         }
         Ok(())
     }

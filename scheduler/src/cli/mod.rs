@@ -286,6 +286,9 @@ pub struct SchedulerRun {
     /// How often definitions are re-read (default 1s; PostgreSQL also wakes on NOTIFY).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub poll: Option<Duration>,
+    /// Delete finished runs and their events older than this (default 30days).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub keep_runs: Option<Duration>,
 }
 
 /// Runs a parsed command line.

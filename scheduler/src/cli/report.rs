@@ -23,6 +23,7 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
     config.lease_ttl = args.lease_ttl.unwrap_or(config.lease_ttl);
     config.heartbeat = args.heartbeat.unwrap_or(config.heartbeat);
     config.poll = args.poll.unwrap_or(config.poll);
+    config.keep_runs = args.keep_runs.unwrap_or(config.keep_runs);
     config
         .validate()
         .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;

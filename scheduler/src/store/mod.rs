@@ -652,6 +652,19 @@ impl Store {
         )
     }
 
+    /// Deletes up to `batch` finished runs (with their events) that ended more than `keep_ms`
+    /// ago; returns how many. Small batches keep each statement short on a busy database.
+    pub async fn prune_runs(&self, keep_ms: i64, batch: i64) -> Result<u64> {
+        let sql = self.sql(
+            "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE state <> 'running' \
+               AND retry_at IS NULL AND finished_at < now_plus_ms(-$1) ORDER BY id LIMIT $2)",
+        );
+        Ok(
+            on_pool!(self, pool => sqlx::query(sql).bind(keep_ms).bind(batch)
+            .execute(pool).await.map(|r| r.rows_affected()))?,
+        )
+    }
+
     pub async fn add_event(
         &self,
         run_id: i64,

@@ -353,3 +353,67 @@ async fn time_written_by_ferry_compares_with_the_databases_now() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn old_finished_runs_are_pruned_with_their_events() {
+    on_each_backend(|store| async move {
+        store.add_job(&job("docs")).await.unwrap();
+        store
+            .add_schedule(&schedule("every", "docs"))
+            .await
+            .unwrap();
+        let start = |fire_time| NewRun {
+            job_name: "docs".into(),
+            schedule_name: Some("every".into()),
+            monitor_name: None,
+            fire_time,
+            trigger: "cron",
+            holder: holder("a"),
+            epoch: 1,
+        };
+        let now = store.now().await.unwrap();
+        let done = store.start_run(&start(now)).await.unwrap().unwrap();
+        let running = store
+            .start_run(&start(now + chrono::Duration::seconds(1)))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .add_event(done, "info", "old news", None)
+            .await
+            .unwrap();
+        let attempt = RunAttempt {
+            id: done,
+            instance: holder("a").instance,
+            attempt: 1,
+        };
+        let end = RunEnd {
+            state: "succeeded",
+            error: None,
+            counters: Counters::default(),
+            retry_in_ms: None,
+        };
+        store.finish_run(&attempt, &end).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+
+        assert_eq!(
+            store.prune_runs(60_000, 100).await.unwrap(),
+            0,
+            "younger than the limit"
+        );
+        assert_eq!(store.prune_runs(10, 100).await.unwrap(), 1);
+        let left: Vec<i64> = store
+            .runs(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, vec![running], "a running run is never pruned");
+        assert!(
+            store.events_after(0, 10).await.unwrap().is_empty(),
+            "events go with their run"
+        );
+    })
+    .await;
+}
