@@ -6,6 +6,7 @@
 //! what it did through [`engine::Event`]s.
 
 pub mod base;
+pub mod delta;
 pub mod endpoint;
 pub mod engine;
 pub mod filter;
