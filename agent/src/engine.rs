@@ -212,6 +212,8 @@ struct Halting<'a> {
 }
 
 impl Read for Halting<'_> {
+    /// Checked on every read, the last (end-of-file) one included, so a copy that outlived its
+    /// lease fails before its file can be renamed into place.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.halt.is_halted() {
             return Err(std::io::Error::other(
@@ -267,7 +269,7 @@ pub fn run(
         failed: HashSet::new(),
         failed_at: HashSet::new(),
         planned: (spec.rule == Rule::Sync).then_some(trees.as_slice()),
-        checked: HashSet::new(),
+        left: HashMap::new(),
         job: &spec.name,
     };
     match spec.rule {
@@ -281,6 +283,9 @@ pub fn run(
             let SyncPlan { actions, agreed } =
                 plan_sync(&trees, &scoped, |a, b, path| exec.same_content(a, b, path));
             exec.execute(actions)?;
+            // A run that outlived its lease must not write the base either: a stale base
+            // would bring deleted files back.
+            exec.stop_if_halted()?;
             let agreed = unless_failed(agreed, &exec.failed, &scoped);
             base::merge(&mut base, &scope, agreed);
             base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
@@ -689,8 +694,9 @@ struct Executor<'a> {
     /// path, the path must still hold it, or someone changed it during the run and the action
     /// waits for the next run (which sees the change) instead of destroying it.
     planned: Option<&'a [Tree]>,
-    /// Places already checked against `planned` (later actions there follow our own change).
-    checked: HashSet<(usize, PathBuf)>,
+    /// What this run left at a place it changed (nothing, after a move-aside or a removal):
+    /// a later action there checks against this instead of the scan.
+    left: HashMap<(usize, PathBuf), Option<Entry>>,
     job: &'a str,
 }
 
@@ -707,25 +713,37 @@ impl Executor<'_> {
             order.then(by_path)
         });
         for action in actions {
-            if self.halt.is_halted() {
-                return Err(EngineError::Cancelled {
-                    job: self.job.to_owned(),
-                });
-            }
+            self.stop_if_halted()?;
             let at = (action.replica, action.path.clone());
             if self.failed_at.contains(&at) {
                 continue;
             }
-            if let Err(error) = self.verify(&action).and_then(|()| self.apply(&action)) {
-                self.fail(&action.path, error);
-                self.failed_at.insert(at);
+            match self.verify(&action).and_then(|()| self.apply(&action)) {
+                Ok(()) => {
+                    if matches!(action.op, Op::Remove { .. } | Op::KeepAside { .. }) {
+                        self.left.insert(at, None);
+                    }
+                }
+                Err(error) => {
+                    self.fail(&action.path, error);
+                    self.failed_at.insert(at);
+                }
             }
         }
         Ok(())
     }
 
+    fn stop_if_halted(&self) -> Result<(), EngineError> {
+        if self.halt.is_halted() {
+            return Err(EngineError::Cancelled {
+                job: self.job.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Fails an action whose target changed since the scan (see `planned`).
-    fn verify(&mut self, action: &Action) -> Result<(), String> {
+    fn verify(&self, action: &Action) -> Result<(), String> {
         let Some(planned) = self.planned else {
             return Ok(());
         };
@@ -733,11 +751,14 @@ impl Executor<'_> {
             action.op,
             Op::Copy { .. } | Op::Remove { .. } | Op::KeepAside { .. }
         );
-        if !destructive || !self.checked.insert((action.replica, action.path.clone())) {
+        if !destructive {
             return Ok(());
         }
         let replica = self.replicas[action.replica];
-        let expected = planned[action.replica].get(&action.path);
+        let expected = match self.left.get(&(action.replica, action.path.clone())) {
+            Some(left) => left.as_ref(),
+            None => planned[action.replica].get(&action.path),
+        };
         let now = replica.stat(&action.path).map_err(|e| e.to_string())?;
         let unchanged = match (&now, expected) {
             (Some(now), Some(expected)) if now.is_dir() && expected.is_dir() => true,

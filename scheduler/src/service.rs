@@ -6,7 +6,7 @@
 //! service keeps its work only until its local lease deadline (monotonic clock: last successful
 //! renewal + TTL - margin), since by then another scheduler may hold the leases.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use crate::plan::run::{self, ScheduledRun};
 use crate::plan::{ProblemSlot, firing};
 use crate::store::{
     Channel, JobRow, LeaseHolder, MonitorRow, NewRun, Registration, ResourceKind, RunAttempt,
-    ScheduleRow, SchedulerRow, Store, StoreError,
+    RunRow, ScheduleRow, SchedulerRow, Store, StoreError,
 };
 
 /// How often finished runs older than `keep_runs` are deleted, and how many per statement.
@@ -46,6 +46,8 @@ pub struct Service {
     data_problem: Option<String>,
     /// When old runs were last pruned.
     pruned_at: Option<Instant>,
+    /// Runs due for another attempt, read once per tick.
+    due_retries: Vec<RunRow>,
     /// Local work must stop by then unless a renewal succeeds first.
     lease_deadline: Instant,
 }
@@ -83,6 +85,14 @@ struct MonitorWork {
     task: Task,
     stop: CancellationToken,
     problem: ProblemSlot,
+}
+
+impl Drop for MonitorWork {
+    /// A monitor whose holding is dropped (lease lost, deadline passed) stops watching: its
+    /// task would otherwise wait, halted, for its next batch with the watch still open.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The parts of a monitor whose edit needs a restart (placement fields do not).
@@ -219,6 +229,7 @@ impl Service {
             database_reachable: true,
             data_problem: None,
             pruned_at: None,
+            due_retries: Vec::new(),
         })
     }
 
@@ -252,7 +263,12 @@ impl Service {
     async fn tick(&mut self) -> Result<Duration, ServiceError> {
         // A tick that hangs on the database counts as the database being away: the deadline
         // check below must not wait for a query that may never answer.
-        let limit = self.config.lease_ttl;
+        // Past this a renewal could come too late for the halt deadline.
+        let limit = self
+            .config
+            .lease_ttl
+            .saturating_sub(self.config.heartbeat)
+            .max(self.config.heartbeat);
         let synced = match tokio::time::timeout(limit, self.sync_with_database()).await {
             Ok(synced) => synced,
             Err(_) => Err(ServiceError::Store(StoreError::Timeout(limit))),
@@ -299,6 +315,7 @@ impl Service {
         self.renew_leases().await?;
         let now = self.store.now().await?;
         let defs = Definitions::load(&self.store).await?;
+        self.due_retries = self.store.due_retries().await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
         let candidates = Candidates::new(&defs.schedulers, now, settle);
         let placements = candidates.place_all(&self.me.name, &defs.demands());
@@ -315,17 +332,19 @@ impl Service {
     }
 
     async fn renew_leases(&mut self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let deadline = self.deadline_from(started);
-        let ttl_ms = self.ttl_ms();
+        let sent = Instant::now();
+        let deadline = self.deadline_from(sent);
+        let renewed: HashSet<(String, String, i64)> = self
+            .store
+            .renew_all(&self.me, self.ttl_ms())
+            .await?
+            .into_iter()
+            .collect();
         let mut lost = Vec::new();
         for ((kind, name), holding) in &self.holdings {
-            if self
-                .store
-                .renew(*kind, name, &self.me, holding.epoch, ttl_ms)
-                .await?
-            {
+            if renewed.contains(&(kind.as_str().to_owned(), name.clone(), holding.epoch)) {
                 holding.halt.extend_until(deadline.into_std());
+                tracing::debug!(kind = %kind, name, epoch = holding.epoch, "lease renewed");
             } else {
                 lost.push((*kind, name.clone()));
             }
@@ -334,6 +353,20 @@ impl Service {
             if let Some(holding) = self.holdings.remove(&key) {
                 holding.halt.stop();
                 tracing::warn!(kind = %key.0, name = key.1, epoch = holding.epoch, "lease lost to another scheduler; stopped its work");
+            }
+        }
+        // A claim whose tick was cut short before its work started: give it back.
+        for (kind, name, epoch) in renewed {
+            let Ok(kind) = kind.parse::<ResourceKind>() else {
+                continue;
+            };
+            if self
+                .holdings
+                .get(&(kind, name.clone()))
+                .is_none_or(|h| h.epoch != epoch)
+            {
+                tracing::info!(kind = %kind, name, epoch, "releasing a lease held without work");
+                self.store.release(kind, &name, &self.me, epoch).await?;
             }
         }
         self.lease_deadline = deadline;
@@ -414,10 +447,13 @@ impl Service {
         last_error: &Option<String>,
         invalid: Option<String>,
     ) -> Result<(), StoreError> {
-        let runtime = self.holdings.get(key).and_then(|h| match &h.work {
-            Work::Schedule(work) => work.problem.get(),
-            Work::Monitor(work) => work.problem.get(),
-        });
+        let runtime = match self.holdings.get(key).map(|h| &h.work) {
+            Some(Work::Schedule(work)) => work.problem.get(),
+            Some(Work::Monitor(work)) => work.problem.get(),
+            // Only the holder knows how its work goes; the others leave its report alone.
+            None if invalid.is_none() => return Ok(()),
+            None => None,
+        };
         let problem = invalid.or(runtime);
         if problem != *last_error {
             self.store
@@ -535,7 +571,12 @@ impl Service {
             self.store.clear_run_request(&row.name, requested).await?;
             return Ok(Some((task, cursor)));
         }
-        if let Some(retry) = self.store.due_retries(&row.name).await?.into_iter().next() {
+        let due_retry = self
+            .due_retries
+            .iter()
+            .find(|r| r.schedule_name.as_deref() == Some(&row.name))
+            .cloned();
+        if let Some(retry) = due_retry {
             let task = if self
                 .store
                 .begin_retry(retry.id, retry.attempt, &self.me, epoch)
@@ -840,18 +881,19 @@ impl Service {
             leases = self.holdings.len(),
             "stopping: ending runs and releasing leases"
         );
+        // Everything halts at once: a run before its next file (and is retried by the next
+        // holder if its schedule has retries left), a monitor mid-batch (the next holder's
+        // first full scan picks up the rest). The tasks then end in parallel.
         for holding in self.holdings.values() {
-            match &holding.work {
-                // A run stops before its next file and is retried by the next holder.
-                Work::Schedule(_) => holding.halt.stop(),
-                // A monitor finishes its batch.
-                Work::Monitor(work) => work.stop.cancel(),
+            holding.halt.stop();
+            if let Work::Monitor(work) = &holding.work {
+                work.stop.cancel();
             }
         }
         let deadline = Instant::now() + STOP_DEADLINE;
         let mut released = 0;
         for ((kind, name), holding) in &mut self.holdings {
-            if !holding.finish_by(deadline).await {
+            if !holding.finished_by(deadline).await {
                 // Still writing: its lease must expire rather than let another begin beside it.
                 tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
                 continue;
@@ -864,7 +906,8 @@ impl Service {
             {
                 Ok(()) => released += 1,
                 Err(e) => {
-                    tracing::warn!(error = %e, kind = %kind, name, "could not release lease; it expires by itself")
+                    tracing::warn!(error = %e, "could not release the leases; they expire by themselves");
+                    break;
                 }
             }
         }
@@ -887,9 +930,8 @@ impl Service {
 }
 
 impl Holding {
-    /// Waits for the work to end by `deadline` (halting it when the deadline comes); false if
-    /// it is still going.
-    async fn finish_by(&mut self, deadline: Instant) -> bool {
+    /// Waits for the work to end, until `deadline` at most; false if it is still going.
+    async fn finished_by(&mut self, deadline: Instant) -> bool {
         let task = match &mut self.work {
             Work::Schedule(ScheduleWork {
                 running: Some(task),
@@ -898,14 +940,7 @@ impl Holding {
             Work::Monitor(work) => &mut work.task,
             Work::Schedule(_) => return true,
         };
-        if tokio::time::timeout_at(deadline, &mut task.handle)
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        self.halt.stop();
-        tokio::time::timeout(Duration::from_secs(2), &mut task.handle)
+        tokio::time::timeout_at(deadline, &mut task.handle)
             .await
             .is_ok()
     }

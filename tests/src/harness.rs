@@ -344,7 +344,10 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>, i64)
         if rel.starts_with(".ferry") {
             continue;
         }
-        let meta = fs::symlink_metadata(&path).expect("metadata");
+        // A temporary file may be renamed away between the listing and this look.
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         let mtime = filetime_secs(&meta);
         if meta.is_dir() {
             out.push((format!("{rel}/"), None, 0));

@@ -58,11 +58,18 @@ impl StoreError {
                         | sqlx::Error::PoolTimedOut
                         | sqlx::Error::PoolClosed
                         | sqlx::Error::WorkerCrashed
-                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")))
+                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| is_connection_code(&c)))
             }
             _ => false,
         }
     }
+}
+
+/// PostgreSQL error codes that mean "this connection or server cannot serve you now": class 08
+/// (connection), 57 (shutdown, cancelled), 53300/53400 (too many connections), 25006 (a
+/// read-only standby: the primary moved).
+fn is_connection_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57") || ["53300", "53400", "25006"].contains(&code)
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -102,6 +109,18 @@ impl ResourceKind {
         match self {
             ResourceKind::Schedule => "schedule",
             ResourceKind::Monitor => "monitor",
+        }
+    }
+}
+
+impl std::str::FromStr for ResourceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "schedule" => Ok(ResourceKind::Schedule),
+            "monitor" => Ok(ResourceKind::Monitor),
+            other => Err(format!("unknown kind {other:?}")),
         }
     }
 }
@@ -481,23 +500,20 @@ impl Store {
         Ok(row.map(|(epoch,)| epoch))
     }
 
-    /// Extends a lease this instance holds at `epoch`; false means it is lost.
-    pub async fn renew(
+    /// Extends, in one statement, every live lease this instance holds, and returns them as
+    /// (kind, name, epoch). A lease missing from the answer is lost.
+    pub async fn renew_all(
         &self,
-        kind: ResourceKind,
-        name: &str,
         me: &LeaseHolder,
-        epoch: i64,
         ttl_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<Vec<(String, String, i64)>> {
         let sql = self.sql(
-            "UPDATE leases SET expires_at = now_plus_ms($5), ttl_ms = $5 \
-             WHERE kind = $1 AND name = $2 AND holder_instance = $3 AND epoch = $4 AND expires_at >= now()",
+            "UPDATE leases SET expires_at = now_plus_ms($2), ttl_ms = $2 \
+             WHERE holder_instance = $1 AND expires_at >= now() RETURNING kind, name, epoch",
         );
-        let affected = on_pool!(self, pool => sqlx::query(sql)
-            .bind(kind.as_str()).bind(name).bind(&me.instance).bind(epoch).bind(ttl_ms)
-            .execute(pool).await.map(|r| r.rows_affected()))?;
-        Ok(affected == 1)
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(&me.instance).bind(ttl_ms).fetch_all(pool).await)?,
+        )
     }
 
     /// Gives a lease up at once so another scheduler can take it without waiting for expiry.
@@ -599,10 +615,13 @@ impl Store {
         Ok(affected)
     }
 
-    /// Runs of a schedule waiting for another attempt whose time has come.
-    pub async fn due_retries(&self, schedule: &str) -> Result<Vec<RunRow>> {
-        let sql = self.sql(run_select("WHERE schedule_name = $1 AND retry_at IS NOT NULL AND retry_at <= now() ORDER BY fire_time"));
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_all(pool).await)?)
+    /// Runs waiting for another attempt whose time has come, oldest firing first (one query
+    /// for all schedules; the caller picks those it holds).
+    pub async fn due_retries(&self) -> Result<Vec<RunRow>> {
+        let sql = self.sql(run_select(
+            "WHERE schedule_name IS NOT NULL AND retry_at IS NOT NULL AND retry_at <= now() ORDER BY fire_time",
+        ));
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
     }
 
     /// Takes a due retry for this instance: the run goes back to `running` with the next attempt
