@@ -202,6 +202,17 @@ fn kills_and_restarts_never_double_a_firing_or_a_holder() {
         Some("0"),
         "a fire time ran twice (seed {seed})"
     );
+    // The row is unique by construction; what must also hold is that no attempt of a run was
+    // started twice (by two schedulers each believing it held the schedule).
+    let restarted_attempts = env.sql_text(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM (SELECT 1 FROM run_events WHERE message LIKE 'started%' \
+         GROUP BY run_id, message HAVING COUNT(*) > 1) d",
+    );
+    assert_eq!(
+        restarted_attempts.as_deref(),
+        Some("0"),
+        "an attempt ran twice (seed {seed})"
+    );
 
     for scheduler in running.into_iter().flatten() {
         lives.push(Incarnation {
