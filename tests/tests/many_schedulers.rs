@@ -294,29 +294,34 @@ fn schedulers_ride_out_a_database_restart() {
     assert_eq!(count(&env, doubled), 0);
 }
 
+/// Starts s1 and s2 with monitor `m` on s1, freezes s1 (SIGSTOP) and waits until s2 has taken
+/// the monitor over. Returns the schedulers and the monitor's folders.
+fn freeze_the_holder(env: &Env) -> (TestScheduler, TestScheduler, PathBuf, PathBuf) {
+    let s1 = env.scheduler("s1");
+    let s2 = env.scheduler("s2");
+    let (src, dst) = monitored(env, "m", &["--prefer", "s1"]);
+    assert!(wait_until(Duration::from_secs(10), || env
+        .holder("m")
+        .as_deref()
+        == Some("s1")));
+    fs::write(src.join("first.txt"), "1").unwrap();
+    assert!(arrives(&dst.join("first.txt"), Duration::from_secs(10)));
+    s1.pause();
+    let taken = wait_until(Duration::from_secs(15), || {
+        env.holder("m").as_deref() == Some("s2")
+    });
+    assert!(taken, "s2 never took over from the frozen s1");
+    (s1, s2, src, dst)
+}
+
 #[test]
 fn a_frozen_holder_writes_nothing_after_it_resumes() {
     for backend in backends() {
         let env = Env::new(backend);
-        let s1 = env.scheduler("s1");
-        let _s2 = env.scheduler("s2");
-        let (src, dst) = monitored(&env, "m", &["--prefer", "s1"]);
-        assert!(wait_until(Duration::from_secs(10), || env
-            .holder("m")
-            .as_deref()
-            == Some("s1")));
-        fs::write(src.join("first.txt"), "1").unwrap();
-        assert!(arrives(&dst.join("first.txt"), Duration::from_secs(10)));
+        let (s1, _s2, src, dst) = freeze_the_holder(&env);
         let s1_run = env
-            .sql_text("SELECT CAST(MAX(id) AS TEXT) FROM runs WHERE monitor_name = 'm' AND scheduler = 's1'")
+            .sql_text("SELECT CAST(MIN(id) AS TEXT) FROM runs WHERE monitor_name = 'm' AND scheduler = 's1'")
             .unwrap();
-
-        s1.pause();
-        assert!(
-            wait_until(Duration::from_secs(15), || env.holder("m").as_deref()
-                == Some("s2")),
-            "{backend:?}: s2 never took over"
-        );
         fs::write(src.join("while-frozen.txt"), "2").unwrap();
         assert!(
             arrives(&dst.join("while-frozen.txt"), Duration::from_secs(10)),
@@ -451,22 +456,7 @@ fn a_frozen_holder_that_wakes_without_a_database_writes_nothing() {
     // Only the lease deadline can stop it here: it cannot learn that it lost the lease.
     let Some(server) = own_server() else { return };
     let env = Env::on_server(&server);
-    let s1 = env.scheduler("s1");
-    let _s2 = env.scheduler("s2");
-    let (src, dst) = monitored(&env, "m", &["--prefer", "s1"]);
-    assert!(wait_until(Duration::from_secs(10), || env
-        .holder("m")
-        .as_deref()
-        == Some("s1")));
-    fs::write(src.join("first.txt"), "1").unwrap();
-    assert!(arrives(&dst.join("first.txt"), Duration::from_secs(10)));
-
-    s1.pause();
-    assert!(
-        wait_until(Duration::from_secs(15), || env.holder("m").as_deref()
-            == Some("s2")),
-        "s2 never took over"
-    );
+    let (s1, _s2, src, dst) = freeze_the_holder(&env);
     env.ferry(&["monitor", "hold", "m"]).ok();
     assert!(
         wait_until(Duration::from_secs(10), || env.holder("m").is_none()),

@@ -50,6 +50,19 @@ fn schedule(name: &str, job: &str) -> ScheduleRow {
     }
 }
 
+/// A cron firing of schedule `every` (job `docs`) by scheduler `who`, lease epoch 1.
+fn cron_run(fire_time: DateTime<Utc>, who: &str) -> NewRun {
+    NewRun {
+        job_name: "docs".into(),
+        schedule_name: Some("every".into()),
+        monitor_name: None,
+        fire_time,
+        trigger: "cron",
+        holder: holder(who),
+        epoch: 1,
+    }
+}
+
 fn holder(name: &str) -> LeaseHolder {
     LeaseHolder {
         name: name.into(),
@@ -170,15 +183,7 @@ async fn a_firing_runs_once() {
             .await
             .unwrap();
         let fire_time = store.now().await.unwrap();
-        let run = |who: &str| NewRun {
-            job_name: "docs".into(),
-            schedule_name: Some("every".into()),
-            monitor_name: None,
-            fire_time,
-            trigger: "cron",
-            holder: holder(who),
-            epoch: 1,
-        };
+        let run = |who: &str| cron_run(fire_time, who);
         let id = store
             .start_run(&run("a"))
             .await
@@ -281,15 +286,7 @@ async fn orphaned_runs_are_marked_interrupted() {
             .add_schedule(&schedule("every", "docs"))
             .await
             .unwrap();
-        let run = NewRun {
-            job_name: "docs".into(),
-            schedule_name: Some("every".into()),
-            monitor_name: None,
-            fire_time: store.now().await.unwrap(),
-            trigger: "cron",
-            holder: holder("dead"),
-            epoch: 1,
-        };
+        let run = cron_run(store.now().await.unwrap(), "dead");
         store.start_run(&run).await.unwrap().unwrap();
         assert_eq!(
             store
@@ -364,15 +361,7 @@ async fn old_finished_runs_are_pruned_with_their_events() {
             .add_schedule(&schedule("every", "docs"))
             .await
             .unwrap();
-        let start = |fire_time| NewRun {
-            job_name: "docs".into(),
-            schedule_name: Some("every".into()),
-            monitor_name: None,
-            fire_time,
-            trigger: "cron",
-            holder: holder("a"),
-            epoch: 1,
-        };
+        let start = |fire_time| cron_run(fire_time, "a");
         let now = store.now().await.unwrap();
         let done = store.start_run(&start(now)).await.unwrap().unwrap();
         let running = store
