@@ -10,6 +10,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod engine;
 pub mod filter;
+pub mod frame;
 pub mod tree;
 pub mod watch;
 
