@@ -1,5 +1,6 @@
 //! `ferry`: define replication jobs, run the scheduler service, and watch what it does.
 
+mod ca;
 mod cli;
 mod config;
 mod lease;

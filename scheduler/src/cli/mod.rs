@@ -106,6 +106,30 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCommand),
+    /// A private certificate authority for mutual TLS between schedulers and agents.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create the CA (DIR/ca.pem, DIR/ca.key). Keep ca.key safe: it can issue certificates.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for a scheduler or an agent (DIR/NAME.pem, DIR/NAME.key).
+    ///
+    /// Example: ferry ca issue --dir /etc/ferry/tls nas1 --host nas1.example.com --host 10.0.0.5
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The scheduler's or agent's name (what `--name` says when it runs).
+        name: String,
+        /// Another DNS name or IP address it is reached by; repeat for several.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +317,9 @@ pub struct SchedulerRun {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Ca(command) = cli.command {
+        return certificate_authority(command);
+    }
     let store = Store::open(&cli.db)
         .await
         .map_err(|e| anyhow::anyhow!("opening database {}: {e}", redact(&cli.db)))?;
@@ -306,11 +333,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => report::status(&store, out).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
+        Command::Ca(_) => unreachable!("handled before the database is opened"),
         Command::Db(DbCommand::Migrate) => {
             println!("database {} is at the current schema", redact(&cli.db));
             Ok(())
         }
     }
+}
+
+fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init { dir } => {
+            let cert = crate::ca::init(&dir)?;
+            println!(
+                "created the CA {}; issue certificates with `ferry ca issue --dir {} NAME`",
+                cert.display(),
+                dir.display()
+            );
+        }
+        CaCommand::Issue { dir, name, hosts } => {
+            let cert = crate::ca::issue(&dir, &name, &hosts).map_err(|e| match e {
+                crate::ca::CaError::BadName(_) => invalid("NAME", e.to_string()),
+                other => other.into(),
+            })?;
+            println!(
+                "issued {} (and its key beside it) for {name}",
+                cert.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The URL without its password, for messages.
