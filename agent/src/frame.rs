@@ -22,6 +22,8 @@ pub enum FrameError {
     Malformed(#[from] rmp_serde::decode::Error),
     #[error("cannot encode a frame: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
 }
 
 /// Encodes `message` as one frame (length prefix included).

@@ -6,11 +6,15 @@
 //! what it did through [`engine::Event`]s.
 
 pub mod base;
+pub mod client;
 pub mod delta;
 pub mod endpoint;
 pub mod engine;
 pub mod filter;
 pub mod frame;
+pub mod protocol;
+pub mod server;
+pub mod tls;
 pub mod tree;
 pub mod watch;
 

@@ -1,5 +1,5 @@
-//! `ferry-agent`: today a one-shot local sync with ferry's engine; the remote agent service
-//! arrives with mutual TLS and delta transfer.
+//! `ferry-agent`: the agent service a file server runs (`run`), and a one-shot local sync with
+//! ferry's engine (`sync`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve this file server's folders to ferry schedulers and agents, over mutual TLS.
+    ///
+    /// Example: ferry-agent run --name nas1 --root /srv/docs --tls-dir /etc/ferry/tls
+    Run {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:9033")]
+        listen: String,
+        /// This agent's name: its certificate is TLS_DIR/NAME.pem (from `ferry ca issue`).
+        #[arg(long)]
+        name: String,
+        /// A folder this agent serves; repeat for several. Nothing outside them is reachable.
+        #[arg(long = "root", value_name = "DIR", required = true)]
+        roots: Vec<PathBuf>,
+        /// Folder with ca.pem, NAME.pem and NAME.key.
+        #[arg(long, value_name = "DIR")]
+        tls_dir: PathBuf,
+    },
     /// Sync local folders once with ferry's engine and print what changed.
     ///
     /// Example: ferry-agent sync --rule mirror /srv/docs /backup/docs
@@ -47,15 +64,91 @@ enum Command {
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
-    let Command::Sync {
-        rule,
-        include,
-        exclude,
-        verbose,
-        source,
-        destinations,
-    } = command;
-    let filter = match Filter::new(&include, &exclude) {
+    match command {
+        Command::Run {
+            listen,
+            name,
+            roots,
+            tls_dir,
+        } => run_agent(&listen, name, roots, &tls_dir),
+        Command::Sync {
+            rule,
+            include,
+            exclude,
+            verbose,
+            source,
+            destinations,
+        } => sync_once(rule, &include, &exclude, verbose, source, destinations),
+    }
+}
+
+fn run_agent(
+    listen: &str,
+    name: String,
+    roots: Vec<PathBuf>,
+    tls_dir: &std::path::Path,
+) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(missing) = roots.iter().find(|r| !r.is_absolute() || !r.is_dir()) {
+        eprintln!(
+            "ferry-agent: --root {}: not an existing folder given by an absolute path",
+            missing.display()
+        );
+        return ExitCode::from(2);
+    }
+    let tls = match ferry_agent::tls::server_config(tls_dir, &name) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("ferry-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("ferry-agent: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(agent = name, %address, "listening");
+        let config = ferry_agent::server::AgentConfig { name, roots, tls };
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        ferry_agent::server::serve(listener, config, shutdown).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn sync_once(
+    rule: Rule,
+    include: &[String],
+    exclude: &[String],
+    verbose: bool,
+    source: PathBuf,
+    destinations: Vec<PathBuf>,
+) -> ExitCode {
+    let filter = match Filter::new(include, exclude) {
         Ok(filter) => filter,
         Err(e) => {
             eprintln!("ferry-agent: {e}");

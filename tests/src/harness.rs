@@ -362,3 +362,69 @@ fn filetime_secs(meta: &fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
+
+/// A running `ferry-agent run` on 127.0.0.1 (a free port), SIGKILLed when dropped.
+pub struct TestAgent {
+    pub name: String,
+    /// `127.0.0.1:PORT` it listens on.
+    pub address: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl TestAgent {
+    pub fn start(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path) -> Self {
+        let log = env.path(&format!("agent-{name}.log"));
+        let log_file = fs::File::create(&log).expect("log file");
+        let mut command = Command::new(binary("ferry-agent"));
+        command
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+                "--tls-dir",
+            ])
+            .arg(tls_dir);
+        for root in roots {
+            command.arg("--root").arg(root);
+        }
+        let child = command
+            .env("FERRY_LOG", "info,ferry_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting ferry-agent run");
+        let mut agent = Self {
+            name: name.into(),
+            address: String::new(),
+            child,
+            log,
+        };
+        let found = wait_until(Duration::from_secs(20), || {
+            let log = agent.log();
+            let address = log
+                .lines()
+                .find(|l| l.contains("listening"))
+                .and_then(|l| l.split("address=").nth(1));
+            address
+                .map(|a| agent.address = a.trim().to_owned())
+                .is_some()
+        });
+        assert!(found, "agent {name} never listened:\n{}", agent.log());
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -106,9 +106,35 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Agents: the file servers that serve folders to ferry (`ferry-agent run`).
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// A private certificate authority for mutual TLS between schedulers and agents.
     #[command(subcommand)]
     Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent.
+    ///
+    /// Example: ferry agent add nas1 --address nas1.example.com:9033
+    Add {
+        name: String,
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+    },
+    List,
+    /// Connect to an agent, authenticate both ways, and report the round-trip time.
+    Test {
+        name: String,
+        /// Folder with ca.pem and this side's NAME.pem/NAME.key (from `ferry ca`).
+        #[arg(long, value_name = "DIR")]
+        tls_dir: PathBuf,
+        /// Whose certificate to present (default: this host's name, as a scheduler's).
+        #[arg(long = "as", value_name = "NAME")]
+        identity: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,6 +359,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => report::status(&store, out).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
+        Command::Agent(cmd) => report::agent(&store, out, cmd).await,
         Command::Ca(_) => unreachable!("handled before the database is opened"),
         Command::Db(DbCommand::Migrate) => {
             println!("database {} is at the current schema", redact(&cli.db));

@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::output::{or_dash, time};
-use super::{Output, SchedulerRun, invalid};
+use super::{AgentCommand, Output, SchedulerRun, invalid};
 use crate::config::ServiceConfig;
 use crate::plan::cron::CronSpec;
 use crate::plan::run::human_bytes;
@@ -272,4 +272,67 @@ pub async fn tail(store: &Store, out: Output, follow: bool, lines: i64) -> anyho
             }
         }
     }
+}
+
+pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Result<()> {
+    match cmd {
+        AgentCommand::Add { name, address } => {
+            if name.is_empty() || !address.contains(':') {
+                return Err(invalid(
+                    "--address",
+                    format!("{address:?} is not HOST:PORT"),
+                ));
+            }
+            store.add_agent(&name, &address).await?;
+            println!("added agent {name} at {address}");
+        }
+        AgentCommand::List => {
+            let agents = store.agents().await?;
+            out.list(&agents, &["name", "address", "added"], |a| {
+                vec![a.name.clone(), a.address.clone(), time(Some(a.created_at))]
+            });
+        }
+        AgentCommand::Test {
+            name,
+            tls_dir,
+            identity,
+        } => {
+            let agents = store.agents().await?;
+            let agent = agents.iter().find(|a| a.name == name).ok_or_else(|| {
+                invalid(
+                    "NAME",
+                    format!("no agent named {name:?}; add it with `ferry agent add`"),
+                )
+            })?;
+            let me = identity.unwrap_or_else(crate::lease::default_name);
+            let tls = ferry_agent::tls::client_config(&tls_dir, &me)?;
+            let mut session =
+                ferry_agent::client::Session::connect(&agent.name, &agent.address, &me, tls)
+                    .await?;
+            let mut rtts = Vec::new();
+            for _ in 0..5 {
+                rtts.push(session.ping().await?);
+            }
+            rtts.sort();
+            let report = serde_json::json!({
+                "agent": session.agent,
+                "address": agent.address,
+                "software": session.software,
+                "roots": session.roots,
+                "round_trip_ms": rtts[rtts.len() / 2].as_secs_f64() * 1000.0,
+            });
+            match out {
+                Output::Json => out.one(&report),
+                Output::Table => println!(
+                    "agent {} at {}: authenticated, ferry-agent {}, roots {}, round trip {:.2} ms",
+                    session.agent,
+                    agent.address,
+                    session.software,
+                    session.roots.join(", "),
+                    rtts[rtts.len() / 2].as_secs_f64() * 1000.0
+                ),
+            }
+        }
+    }
+    Ok(())
 }

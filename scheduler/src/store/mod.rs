@@ -396,6 +396,25 @@ impl Store {
         Ok(())
     }
 
+    pub async fn add_agent(&self, name: &str, address: &str) -> Result<()> {
+        let sql =
+            self.sql("INSERT INTO agents (name, address) VALUES ($1, $2) ON CONFLICT DO NOTHING");
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).bind(address)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::Exists {
+                what: "agent",
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRow>> {
+        let sql = self.sql("SELECT name, address, created_at FROM agents ORDER BY name");
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
     // ---- schedulers -----------------------------------------------------------------------
 
     /// Registers this process under its name, refusing while another live process has it.

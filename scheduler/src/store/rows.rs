@@ -87,6 +87,14 @@ pub struct MonitorRow {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AgentRow {
+    pub name: String,
+    /// `host:port` schedulers and other agents connect to.
+    pub address: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Who a scheduler process is.
 #[derive(Debug, Clone)]
 pub struct Registration {

@@ -1,0 +1,103 @@
+//! Agents: `ferry ca` certificates, `ferry-agent run` as a process, `ferry agent add|test`, and
+//! what an agent refuses (plain TCP, a certificate from another CA) while it goes on serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use ferry_tests::harness::{Backend, Env, TestAgent, wait_until};
+
+#[test]
+fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
+    let env = Env::new(Backend::Sqlite);
+    let (tls, other) = (env.path("tls"), env.path("other-ca"));
+    let root = env.path("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    env.ferry(&["ca", "init", "--dir", &dir(&tls)]).ok();
+    env.ferry(&[
+        "ca",
+        "issue",
+        "--dir",
+        &dir(&tls),
+        "nas1",
+        "--host",
+        "127.0.0.1",
+    ])
+    .ok();
+    env.ferry(&["ca", "issue", "--dir", &dir(&tls), "s1"]).ok();
+    env.ferry(&["ca", "init", "--dir", &dir(&other)]).ok();
+    env.ferry(&["ca", "issue", "--dir", &dir(&other), "intruder"])
+        .ok();
+    // The intruder knows our CA (so it trusts the agent) but its own certificate is not ours.
+    std::fs::copy(tls.join("ca.pem"), other.join("ca.pem")).unwrap();
+
+    let agent = TestAgent::start(&env, "nas1", &[&root], &tls);
+    env.ferry(&["agent", "add", "nas1", "--address", &agent.address])
+        .ok();
+    let test = || {
+        env.ferry(&[
+            "--output",
+            "json",
+            "agent",
+            "test",
+            "nas1",
+            "--tls-dir",
+            &dir(&tls),
+            "--as",
+            "s1",
+        ])
+    };
+    let report = test().ok().json();
+    assert_eq!(report["agent"], "nas1");
+    assert_eq!(report["roots"][0], root.to_str().unwrap());
+    assert!(
+        report["round_trip_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms < 1000.0),
+        "{report}"
+    );
+
+    // Plain TCP: the agent closes the connection.
+    let mut plain = TcpStream::connect(&agent.address).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let answered = plain.read(&mut buf).unwrap_or(0);
+    assert!(answered < buf.len(), "a plain client got a conversation");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log()
+            .contains("TLS handshake failed")),
+        "{}",
+        agent.log()
+    );
+
+    // A certificate from another CA: refused, with a message that says what to check.
+    let refused = env.ferry(&[
+        "agent",
+        "test",
+        "nas1",
+        "--tls-dir",
+        &dir(&other),
+        "--as",
+        "intruder",
+    ]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("nas1"), "{}", refused.stderr);
+
+    // ... and the agent goes on serving everyone else.
+    assert_eq!(test().ok().json()["agent"], "nas1");
+    let unknown = env.ferry(&[
+        "agent",
+        "test",
+        "nas9",
+        "--tls-dir",
+        &dir(&tls),
+        "--as",
+        "s1",
+    ]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+}
