@@ -88,6 +88,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+    use crate::test_noise as noise;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Message {
@@ -98,18 +99,6 @@ mod tests {
     #[derive(Debug, PartialEq, Deserialize)]
     enum OlderMessage {
         Hello { version: u32 },
-    }
-
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 56) as u8
-            })
-            .collect()
     }
 
     #[tokio::test]

@@ -19,3 +19,17 @@ pub mod tree;
 pub mod watch;
 
 pub use engine::{Event, Halt, JobSpec, Rule, Scope, Summary};
+
+/// Deterministic pseudo-random bytes for tests, so a failing case can be replayed from its seed.
+#[cfg(test)]
+pub(crate) fn test_noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}

@@ -86,26 +86,9 @@ async fn session(
             let reason = format!(
                 "protocol version {version} from {client}; this agent speaks {PROTOCOL_VERSION}"
             );
-            frame::write(
-                &mut tls,
-                &Response::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(FrameError::Unexpected(reason));
+            return refuse(&mut tls, reason).await;
         }
-        other => {
-            let reason = format!("expected Hello first, got {other:?}");
-            frame::write(
-                &mut tls,
-                &Response::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(FrameError::Unexpected(reason));
-        }
+        other => return refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
     }
     loop {
         let response = match frame::read::<Request>(&mut tls).await? {
@@ -114,4 +97,16 @@ async fn session(
         };
         frame::write(&mut tls, &response).await?;
     }
+}
+
+/// Tells the peer why the session ends, then ends it.
+async fn refuse(tls: &mut (impl AsyncWrite + Unpin), reason: String) -> Result<(), FrameError> {
+    frame::write(
+        tls,
+        &Response::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await?;
+    Err(FrameError::Unexpected(reason))
 }

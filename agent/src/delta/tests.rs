@@ -1,19 +1,7 @@
 use std::io::Cursor;
 
 use super::*;
-
-/// Deterministic pseudo-random bytes, so a failing case can be reproduced from its seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
-}
+use crate::test_noise as noise;
 
 /// Signs `old`, diffs `new` against it, applies the delta, and checks the result.
 fn round_trip(old: &[u8], new: &[u8]) -> Delta {

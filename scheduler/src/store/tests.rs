@@ -50,6 +50,15 @@ fn schedule(name: &str, job: &str) -> ScheduleRow {
     }
 }
 
+/// Adds job `docs` and its schedule `every`, which the run helpers below refer to.
+async fn with_every_schedule(store: &Store) {
+    store.add_job(&job("docs")).await.unwrap();
+    store
+        .add_schedule(&schedule("every", "docs"))
+        .await
+        .unwrap();
+}
+
 /// A cron firing of schedule `every` (job `docs`) by scheduler `who`, lease epoch 1.
 fn cron_run(fire_time: DateTime<Utc>, who: &str) -> NewRun {
     NewRun {
@@ -177,11 +186,7 @@ async fn an_expired_lease_goes_to_the_next_claimant() {
 #[tokio::test]
 async fn a_firing_runs_once() {
     on_each_backend(|store| async move {
-        store.add_job(&job("docs")).await.unwrap();
-        store
-            .add_schedule(&schedule("every", "docs"))
-            .await
-            .unwrap();
+        with_every_schedule(&store).await;
         let fire_time = store.now().await.unwrap();
         let run = |who: &str| cron_run(fire_time, who);
         let id = store
@@ -281,11 +286,7 @@ async fn a_firing_runs_once() {
 #[tokio::test]
 async fn orphaned_runs_are_marked_interrupted() {
     on_each_backend(|store| async move {
-        store.add_job(&job("docs")).await.unwrap();
-        store
-            .add_schedule(&schedule("every", "docs"))
-            .await
-            .unwrap();
+        with_every_schedule(&store).await;
         let run = cron_run(store.now().await.unwrap(), "dead");
         store.start_run(&run).await.unwrap().unwrap();
         assert_eq!(
@@ -339,11 +340,7 @@ async fn a_live_scheduler_name_is_refused() {
 #[tokio::test]
 async fn time_written_by_ferry_compares_with_the_databases_now() {
     on_each_backend(|store| async move {
-        store.add_job(&job("docs")).await.unwrap();
-        store
-            .add_schedule(&schedule("every", "docs"))
-            .await
-            .unwrap();
+        with_every_schedule(&store).await;
         let requested = store.request_run("every").await.unwrap();
         let now = store.now().await.unwrap();
         assert!((now - requested).num_seconds().abs() < 5);
@@ -356,11 +353,7 @@ async fn time_written_by_ferry_compares_with_the_databases_now() {
 #[tokio::test]
 async fn old_finished_runs_are_pruned_with_their_events() {
     on_each_backend(|store| async move {
-        store.add_job(&job("docs")).await.unwrap();
-        store
-            .add_schedule(&schedule("every", "docs"))
-            .await
-            .unwrap();
+        with_every_schedule(&store).await;
         let start = |fire_time| cron_run(fire_time, "a");
         let now = store.now().await.unwrap();
         let done = store.start_run(&start(now)).await.unwrap().unwrap();
