@@ -1,16 +1,18 @@
 //! Connecting to an agent: TCP with TCP_NODELAY, mutual TLS, and the `Hello` handshake.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, FrameError};
-use crate::protocol::{PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,93 +35,185 @@ pub enum ClientError {
     Frame { agent: String, source: FrameError },
 }
 
+/// How to reach an agent, and as whom.
+#[derive(Clone)]
+pub struct Dial {
+    pub agent: String,
+    pub address: String,
+    /// The connecting side's certificate name.
+    pub client: String,
+    pub tls: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dial")
+            .field("agent", &self.agent)
+            .field("address", &self.address)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An open, authenticated session with an agent.
 pub struct Session {
     stream: TlsStream<TcpStream>,
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
+    /// Bytes sent and received on the wire, frames and all.
+    wire: Arc<AtomicU64>,
 }
 
 impl Session {
-    /// Connects to `agent` at `address` as `client`; the agent's certificate must carry its name.
+    /// Connects as `dial` says, working for the lease `fence` if any; the agent's certificate
+    /// must carry its name. Bytes on the wire are added to `wire`.
     pub async fn connect(
-        agent: &str,
-        address: &str,
-        client: &str,
-        tls: Arc<ClientConfig>,
+        dial: &Dial,
+        fence: Option<Fence>,
+        wire: Arc<AtomicU64>,
     ) -> Result<Self, ClientError> {
+        let agent = &dial.agent;
         let connect_error = |source| ClientError::Connect {
-            agent: agent.into(),
-            address: address.into(),
+            agent: agent.clone(),
+            address: dial.address.clone(),
             source,
         };
-        let tcp = TcpStream::connect(address).await.map_err(connect_error)?;
+        let tcp = TcpStream::connect(&dial.address)
+            .await
+            .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
-        let name = ServerName::try_from(agent.to_owned())
+        let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
-        let mut stream = TlsConnector::from(tls)
+        let stream = TlsConnector::from(dial.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|source| ClientError::Tls {
-                agent: agent.into(),
+                agent: agent.clone(),
                 source,
             })?;
-        let frame_error = |source| ClientError::Frame {
-            agent: agent.into(),
-            source,
+        let mut session = Self {
+            stream,
+            agent: agent.clone(),
+            software: String::new(),
+            roots: Vec::new(),
+            wire,
         };
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
-            client: client.into(),
+            client: dial.client.clone(),
+            fence,
         };
-        frame::write(&mut stream, &hello)
-            .await
-            .map_err(frame_error)?;
-        match frame::read::<Response>(&mut stream)
-            .await
-            .map_err(frame_error)?
-        {
+        match session.call(&hello).await? {
             Response::Welcome {
                 agent: name,
                 software,
                 roots,
                 ..
-            } => Ok(Self {
-                stream,
-                agent: name,
-                software,
-                roots,
-            }),
+            } => {
+                session.agent = name;
+                session.software = software;
+                session.roots = roots;
+                Ok(session)
+            }
             Response::Refused { reason } => Err(ClientError::Refused {
-                agent: agent.into(),
+                agent: agent.clone(),
                 reason,
             }),
-            other => Err(frame_error(FrameError::Unexpected(format!(
-                "{other:?} instead of Welcome"
-            )))),
+            other => Err(session.unexpected(&other, "Welcome")),
         }
+    }
+
+    pub fn unexpected(&self, got: &Response, wanted: &str) -> ClientError {
+        ClientError::Frame {
+            agent: self.agent.clone(),
+            source: FrameError::Unexpected(format!("{got:?} instead of {wanted}")),
+        }
+    }
+
+    fn frame_error(&self, source: FrameError) -> ClientError {
+        ClientError::Frame {
+            agent: self.agent.clone(),
+            source,
+        }
+    }
+
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let sent = frame::write(&mut self.stream, request)
+            .await
+            .map_err(|e| self.frame_error(e))?;
+        self.wire.fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub async fn receive(&mut self) -> Result<Response, ClientError> {
+        let (response, size) = frame::read_counted(&mut self.stream)
+            .await
+            .map_err(|e| self.frame_error(e))?;
+        self.wire.fetch_add(size as u64, Ordering::Relaxed);
+        Ok(response)
+    }
+
+    /// One request, one response.
+    pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.send(request).await?;
+        self.receive().await
     }
 
     /// One request-response round trip; returns how long it took.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
-        let frame_error = |source| ClientError::Frame {
-            agent: self.agent.clone(),
-            source,
-        };
         let started = Instant::now();
         let nonce = started.elapsed().as_nanos() as u64 ^ 0x5eed;
-        frame::write(&mut self.stream, &Request::Ping { nonce })
-            .await
-            .map_err(frame_error)?;
-        match frame::read::<Response>(&mut self.stream)
-            .await
-            .map_err(frame_error)?
-        {
+        match self.call(&Request::Ping { nonce }).await? {
             Response::Pong { nonce: echoed } if echoed == nonce => Ok(started.elapsed()),
-            other => Err(frame_error(FrameError::Unexpected(format!(
-                "{other:?} instead of Pong"
-            )))),
+            other => Err(self.unexpected(&other, "Pong")),
         }
+    }
+
+    /// Separate halves, to send keep-alives while a long answer streams in.
+    pub fn split(self) -> (SessionReader, SessionWriter) {
+        let (read, write) = tokio::io::split(self.stream);
+        let reader = SessionReader {
+            read,
+            agent: self.agent.clone(),
+        };
+        let writer = SessionWriter {
+            write,
+            agent: self.agent,
+        };
+        (reader, writer)
+    }
+}
+
+pub struct SessionReader {
+    read: ReadHalf<TlsStream<TcpStream>>,
+    pub agent: String,
+}
+
+impl SessionReader {
+    pub async fn receive(&mut self) -> Result<Response, ClientError> {
+        frame::read(&mut self.read)
+            .await
+            .map_err(|source| ClientError::Frame {
+                agent: self.agent.clone(),
+                source,
+            })
+    }
+}
+
+pub struct SessionWriter {
+    write: WriteHalf<TlsStream<TcpStream>>,
+    pub agent: String,
+}
+
+impl SessionWriter {
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        frame::write(&mut self.write, request)
+            .await
+            .map(drop)
+            .map_err(|source| ClientError::Frame {
+                agent: self.agent.clone(),
+                source,
+            })
     }
 }

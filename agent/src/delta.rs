@@ -1,14 +1,21 @@
 //! Delta transfer, rsync's algorithm: the side that has an old version of a file sends a
-//! [`Signature`] (a weak rolling checksum and a strong hash per block); the side with the new
-//! version finds those blocks in it at any offset ([`delta`]) and sends only block references
-//! and the literal bytes between them; the old side rebuilds the new file ([`apply`]) and checks
-//! its BLAKE3 hash before anything is renamed into place.
+//! [`Signature`] (a weak rolling checksum and a short strong hash per block); the side with the
+//! new version finds those blocks in it at any offset ([`encode`]) and sends only block
+//! references and the literal bytes between them; the old side rebuilds the new file
+//! ([`Rebuild`]) and checks its BLAKE3 hash before anything is renamed into place.
 //!
-//! The strong hash is BLAKE3 truncated to 16 bytes (rsync uses MD4/MD5); a block match is only
-//! trusted after both hashes agree, and the whole result is verified anyway.
+//! Both sides stream: the new version is read through a window of a few hundred KiB and the
+//! rebuild writes as ops arrive, so memory does not grow with the file.
+//!
+//! The strong hash is BLAKE3 truncated to as few bytes as make a false match unlikely for the
+//! file's size (rsync's own rule, 2 to 16 bytes), which keeps signatures as small as rsync's. A
+//! false match is still possible, and is caught by the whole-file hash: the caller then sends
+//! the file whole.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,58 +23,80 @@ use serde::{Deserialize, Serialize};
 const MIN_BLOCK: u32 = 700;
 const MAX_BLOCK: u32 = 128 * 1024;
 /// Literal runs longer than this are split, so no single op is huge.
-const MAX_LITERAL: usize = 64 * 1024;
+pub const MAX_LITERAL: usize = 128 * 1024;
+/// How much of the new version is read at once.
+const READ_CHUNK: usize = 256 * 1024;
+const WEAK_LEN: usize = 4;
+const MAX_STRONG_LEN: u8 = 16;
 
-/// The blocks of the old version of a file.
+/// The blocks of the old version of a file, packed: per block the weak checksum (4 bytes, little
+/// endian) then `strong_len` bytes of its BLAKE3 hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
     pub block_size: u32,
     pub file_size: u64,
-    pub blocks: Vec<BlockSignature>,
+    pub strong_len: u8,
+    #[serde(with = "serde_bytes")]
+    pub sums: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockSignature {
-    pub weak: u32,
-    pub strong: [u8; 16],
+impl Signature {
+    pub fn blocks(&self) -> usize {
+        self.sums.len() / (WEAK_LEN + usize::from(self.strong_len))
+    }
+
+    fn sum(&self, block: usize) -> (u32, &[u8]) {
+        let width = WEAK_LEN + usize::from(self.strong_len);
+        let sum = &self.sums[block * width..(block + 1) * width];
+        let weak = u32::from_le_bytes(sum[..WEAK_LEN].try_into().expect("4 bytes"));
+        (weak, &sum[WEAK_LEN..])
+    }
+
+    fn strong(&self, bytes: &[u8]) -> [u8; MAX_STRONG_LEN as usize] {
+        let hash = blake3::hash(bytes);
+        hash.as_bytes()[..usize::from(MAX_STRONG_LEN)]
+            .try_into()
+            .expect("16 of 32 bytes")
+    }
+
+    fn matches(&self, block: usize, weak: u32, strong: &[u8]) -> bool {
+        let (w, s) = self.sum(block);
+        w == weak && s == &strong[..s.len()]
+    }
 }
 
-/// How to build the new version from the old one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delta {
-    pub ops: Vec<Op>,
-    pub result_size: u64,
-    /// BLAKE3 of the new version, checked after applying.
-    pub result_hash: [u8; 32],
-}
-
+/// One step in rebuilding the new version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Copy block `n` of the old version.
     Block(u32),
     /// Bytes the old version does not have.
-    Literal(Vec<u8>),
+    Literal(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-impl Delta {
-    /// Bytes of literal data: what must cross the wire besides the block references.
-    pub fn literal_bytes(&self) -> u64 {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                Op::Literal(bytes) => bytes.len() as u64,
-                Op::Block(_) => 0,
-            })
-            .sum()
+impl Op {
+    /// Bytes of file data this op carries (block references carry none).
+    pub fn literal_len(&self) -> usize {
+        match self {
+            Op::Literal(bytes) => bytes.len(),
+            Op::Block(_) => 0,
+        }
     }
+}
+
+/// What [`encode`] read: the new version's size and BLAKE3 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    pub size: u64,
+    pub hash: blake3::Hash,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
-    #[error("reading or writing: {0}")]
+    #[error("{0}")]
     Io(#[from] io::Error),
     #[error("the delta names block {block}, but the old version has {blocks}")]
-    NoSuchBlock { block: u32, blocks: usize },
+    NoSuchBlock { block: u32, blocks: u64 },
     #[error("the rebuilt file does not match the new version's BLAKE3 hash")]
     HashMismatch,
 }
@@ -79,136 +108,273 @@ pub fn block_size_for(file_size: u64) -> u32 {
     rounded as u32
 }
 
+/// rsync's strong-sum length: enough bits that a false block match across the whole file is
+/// unlikely (10 bits of margin), never under 2 bytes. The whole-file hash catches the rest.
+pub fn strong_len_for(file_size: u64, block_size: u32) -> u8 {
+    let log2 = |n: u64| 63 - n.max(1).leading_zeros() as i64;
+    let bits = 10 + 2 * log2(file_size) - log2(u64::from(block_size));
+    let bytes = (bits + 1 - 32 + 7) / 8;
+    bytes.clamp(2, i64::from(MAX_STRONG_LEN)) as u8
+}
+
 /// Reads the old version and returns its signature.
 pub fn signature(old: &mut impl Read, file_size: u64) -> io::Result<Signature> {
     let block_size = block_size_for(file_size);
-    let mut blocks = Vec::with_capacity(file_size.div_ceil(u64::from(block_size)) as usize);
+    let strong_len = strong_len_for(file_size, block_size);
+    let blocks = file_size.div_ceil(u64::from(block_size)) as usize;
+    let mut sig = Signature {
+        block_size,
+        file_size,
+        strong_len,
+        sums: Vec::with_capacity(blocks * (WEAK_LEN + usize::from(strong_len))),
+    };
     let mut buf = vec![0u8; block_size as usize];
+    let mut read = 0;
     loop {
         let n = read_full(old, &mut buf)?;
         if n == 0 {
             break;
         }
-        blocks.push(BlockSignature {
-            weak: Rolling::new(&buf[..n]).value(),
-            strong: strong(&buf[..n]),
-        });
+        read += n as u64;
+        sig.sums
+            .extend_from_slice(&Rolling::new(&buf[..n]).value().to_le_bytes());
+        let strong = sig.strong(&buf[..n]);
+        sig.sums
+            .extend_from_slice(&strong[..usize::from(strong_len)]);
         if n < buf.len() {
             break;
         }
     }
-    Ok(Signature {
-        block_size,
-        file_size,
-        blocks,
+    // The file changed size while it was read: describe what was actually there.
+    sig.file_size = read;
+    Ok(sig)
+}
+
+/// Streams `new` as ops against `base` (the whole file as literals when there is none), calling
+/// `emit` for each op, and returns what was read.
+pub fn encode(
+    new: &mut dyn Read,
+    base: Option<&Signature>,
+    emit: &mut dyn FnMut(Op) -> io::Result<()>,
+) -> io::Result<Encoded> {
+    let mut input = HashingReader {
+        inner: new,
+        hasher: blake3::Hasher::new(),
+        size: 0,
+    };
+    match base.filter(|sig| sig.blocks() > 0) {
+        Some(sig) => Matcher::new(sig).run(&mut input, emit)?,
+        None => loop {
+            let mut chunk = vec![0u8; MAX_LITERAL];
+            let n = read_full(&mut input, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            emit(Op::Literal(chunk))?;
+        },
+    }
+    Ok(Encoded {
+        size: input.size,
+        hash: input.hasher.finalize(),
     })
 }
 
-/// Finds the old version's blocks in `new` and returns the ops that rebuild it.
-pub fn delta(sig: &Signature, new: &[u8]) -> Delta {
-    let size = sig.block_size as usize;
-    let full_blocks = (sig.file_size / u64::from(sig.block_size)) as usize;
-    let mut by_weak: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (i, block) in sig.blocks.iter().enumerate().take(full_blocks) {
-        by_weak.entry(block.weak).or_default().push(i as u32);
+struct HashingReader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
     }
-    let mut ops = Vec::new();
-    let mut literal_from = 0;
-    let mut at = 0;
-    let mut rolling = (new.len() >= size).then(|| Rolling::new(&new[..size]));
-    while let Some(window) = rolling.as_mut() {
-        let found = by_weak.get(&window.value()).and_then(|candidates| {
-            let digest = strong(&new[at..at + size]);
-            candidates
-                .iter()
-                .copied()
-                .find(|&b| sig.blocks[b as usize].strong == digest)
-        });
-        if let Some(block) = found {
-            push_literal(&mut ops, &new[literal_from..at]);
-            ops.push(Op::Block(block));
-            at += size;
-            literal_from = at;
-            rolling = (new.len() - at >= size).then(|| Rolling::new(&new[at..at + size]));
-        } else if at + size < new.len() {
-            window.roll(new[at], new[at + size]);
-            at += 1;
-        } else {
-            rolling = None;
+}
+
+/// The rolling search for the old version's blocks in the new one, over a sliding window.
+struct Matcher<'a> {
+    sig: &'a Signature,
+    by_weak: HashMap<u32, Vec<u32>>,
+    size: usize,
+    /// Unsent bytes of the new version: `buf[..at]` is pending literal data, `buf[at..]` the
+    /// window and what follows it.
+    buf: Vec<u8>,
+    at: usize,
+    eof: bool,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(sig: &'a Signature) -> Self {
+        let full_blocks = (sig.file_size / u64::from(sig.block_size)) as usize;
+        let mut by_weak: HashMap<u32, Vec<u32>> = HashMap::new();
+        for block in 0..full_blocks.min(sig.blocks()) {
+            by_weak
+                .entry(sig.sum(block).0)
+                .or_default()
+                .push(block as u32);
+        }
+        Self {
+            sig,
+            by_weak,
+            size: sig.block_size as usize,
+            buf: Vec::with_capacity(MAX_LITERAL + READ_CHUNK),
+            at: 0,
+            eof: false,
         }
     }
-    push_tail(&mut ops, sig, &new[literal_from..]);
-    Delta {
-        ops,
-        result_size: new.len() as u64,
-        result_hash: *blake3::hash(new).as_bytes(),
-    }
-}
 
-/// The old version's last block when it is shorter than the others: it can only match the end.
-fn push_tail(ops: &mut Vec<Op>, sig: &Signature, tail: &[u8]) {
-    let short = sig.file_size % u64::from(sig.block_size);
-    if short > 0 && tail.len() as u64 >= short {
-        let last = sig.blocks.len() - 1;
-        let (head, end) = tail.split_at(tail.len() - short as usize);
-        let block = &sig.blocks[last];
-        if Rolling::new(end).value() == block.weak && strong(end) == block.strong {
-            push_literal(ops, head);
-            ops.push(Op::Block(last as u32));
-            return;
+    fn run(
+        mut self,
+        input: &mut dyn Read,
+        emit: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut rolling: Option<Rolling> = None;
+        loop {
+            // One byte past the window, to roll into.
+            self.fill(input, self.at + self.size + 1)?;
+            if self.buf.len() - self.at < self.size {
+                break;
+            }
+            let window = &self.buf[self.at..self.at + self.size];
+            let weak = rolling.get_or_insert_with(|| Rolling::new(window)).value();
+            if let Some(block) = self.find(weak, window) {
+                self.flush_literal(emit)?;
+                emit(Op::Block(block))?;
+                self.buf.drain(..self.size);
+                rolling = None;
+            } else if self.at + self.size < self.buf.len() {
+                let (out, into) = (self.buf[self.at], self.buf[self.at + self.size]);
+                rolling.as_mut().expect("set above").roll(out, into);
+                self.at += 1;
+                if self.at >= MAX_LITERAL {
+                    self.flush_literal(emit)?;
+                }
+            } else {
+                break;
+            }
         }
+        self.finish(emit)
     }
-    push_literal(ops, tail);
+
+    fn find(&self, weak: u32, window: &[u8]) -> Option<u32> {
+        let candidates = self.by_weak.get(&weak)?;
+        let strong = self.sig.strong(window);
+        candidates
+            .iter()
+            .copied()
+            .find(|&b| self.sig.matches(b as usize, weak, &strong))
+    }
+
+    /// Reads until `buf` holds `want` bytes or the input ends.
+    fn fill(&mut self, input: &mut dyn Read, want: usize) -> io::Result<()> {
+        while self.buf.len() < want && !self.eof {
+            let start = self.buf.len();
+            self.buf.resize(start + READ_CHUNK, 0);
+            let n = read_full(input, &mut self.buf[start..])?;
+            self.buf.truncate(start + n);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+
+    fn flush_literal(&mut self, emit: &mut dyn FnMut(Op) -> io::Result<()>) -> io::Result<()> {
+        if self.at > 0 {
+            emit(Op::Literal(self.buf.drain(..self.at).collect()))?;
+            self.at = 0;
+        }
+        Ok(())
+    }
+
+    /// What is left is shorter than a block; it may still end with the old version's short
+    /// last block.
+    fn finish(mut self, emit: &mut dyn FnMut(Op) -> io::Result<()>) -> io::Result<()> {
+        let short = (self.sig.file_size % u64::from(self.sig.block_size)) as usize;
+        let last = self.sig.blocks() - 1;
+        if short > 0 && self.buf.len() >= short {
+            let end = &self.buf[self.buf.len() - short..];
+            let weak = Rolling::new(end).value();
+            if self.sig.matches(last, weak, &self.sig.strong(end)) {
+                self.at = self.buf.len() - short;
+                self.flush_literal(emit)?;
+                return emit(Op::Block(last as u32));
+            }
+        }
+        for chunk in self.buf.chunks(MAX_LITERAL) {
+            emit(Op::Literal(chunk.to_vec()))?;
+        }
+        Ok(())
+    }
 }
 
-fn push_literal(ops: &mut Vec<Op>, bytes: &[u8]) {
-    for chunk in bytes.chunks(MAX_LITERAL) {
-        ops.push(Op::Literal(chunk.to_vec()));
-    }
+/// Rebuilds a new version op by op from the old version `old` (read by offset) into `out`,
+/// hashing as it goes.
+pub struct Rebuild<W> {
+    old: Option<File>,
+    block_size: u32,
+    old_size: u64,
+    out: W,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    pub written: u64,
 }
 
-/// Rebuilds the new version from `old` and `delta` into `out`, verifying its hash. On an
-/// error, what was written to `out` must be thrown away.
-pub fn apply(
-    old: &mut (impl Read + Seek),
-    sig: &Signature,
-    delta: &Delta,
-    out: &mut impl Write,
-) -> Result<(), DeltaError> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; sig.block_size as usize];
-    for op in &delta.ops {
+impl<W: Write> Rebuild<W> {
+    /// `old` and `block_size` describe the base the delta was made against, if any.
+    pub fn new(old: Option<File>, block_size: u32, out: W) -> io::Result<Self> {
+        let old_size = match &old {
+            Some(file) => file.metadata()?.len(),
+            None => 0,
+        };
+        Ok(Self {
+            old,
+            block_size,
+            old_size,
+            out,
+            hasher: blake3::Hasher::new(),
+            buf: Vec::new(),
+            written: 0,
+        })
+    }
+
+    pub fn push(&mut self, op: &Op) -> Result<(), DeltaError> {
         let bytes: &[u8] = match op {
             Op::Literal(bytes) => bytes,
             Op::Block(block) => {
-                if *block as usize >= sig.blocks.len() {
+                let offset = u64::from(*block) * u64::from(self.block_size);
+                let old = self.old.as_ref().filter(|_| offset < self.old_size);
+                let Some(old) = old else {
                     return Err(DeltaError::NoSuchBlock {
                         block: *block,
-                        blocks: sig.blocks.len(),
+                        blocks: self.old_size.div_ceil(u64::from(self.block_size.max(1))),
                     });
-                }
-                let offset = u64::from(*block) * u64::from(sig.block_size);
-                old.seek(SeekFrom::Start(offset))?;
-                let n = read_full(old, &mut buf)?;
-                &buf[..n]
+                };
+                let len = u64::from(self.block_size).min(self.old_size - offset) as usize;
+                self.buf.resize(len, 0);
+                old.read_exact_at(&mut self.buf, offset)?;
+                &self.buf
             }
         };
-        hasher.update(bytes);
-        out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
     }
-    if hasher.finalize().as_bytes() != &delta.result_hash {
-        return Err(DeltaError::HashMismatch);
-    }
-    Ok(())
-}
 
-fn strong(bytes: &[u8]) -> [u8; 16] {
-    let hash = blake3::hash(bytes);
-    hash.as_bytes()[..16].try_into().expect("16 of 32 bytes")
+    /// Checks the result against the sender's hash and hands back the output.
+    pub fn finish(self, expected: &blake3::Hash) -> Result<W, DeltaError> {
+        if &self.hasher.finalize() != expected {
+            return Err(DeltaError::HashMismatch);
+        }
+        Ok(self.out)
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns how much was read.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match input.read(&mut buf[filled..]) {

@@ -5,22 +5,25 @@
 //! flushed to disk, given its mode and mtime, then renamed over the target, so a crash never
 //! leaves a half-written file under the real name.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::borrow::Cow;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 
+use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
+use crate::protocol::Fence;
 use crate::tree::{Entry, Kind, Mtime, Tree};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]
 pub struct EndpointError {
     /// What was being done, as a verb phrase: "read folder", "write file", ….
-    pub op: &'static str,
+    pub op: Cow<'static, str>,
     /// The full path (or `agent:/path`) involved.
     pub path: String,
     #[source]
@@ -28,6 +31,26 @@ pub struct EndpointError {
 }
 
 pub type Result<T> = std::result::Result<T, EndpointError>;
+
+impl EndpointError {
+    pub fn new(
+        op: impl Into<Cow<'static, str>>,
+        path: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
+        Self {
+            op: op.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A delta that rebuilt into something other than the sender's file (a false block match,
+    /// or a base that changed meanwhile): sending the file whole fixes it.
+    pub fn is_bad_delta(&self) -> bool {
+        self.source.kind() == io::ErrorKind::InvalidData
+    }
+}
 
 /// Which part of a replica a scan covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +65,31 @@ pub enum Scope {
 pub trait Endpoint: Send + Sync {
     /// How users name this replica in messages: `/srv/docs` or `agent:/srv/docs`.
     fn display(&self) -> String;
-    /// Fails unless the root is an existing folder; `create` makes a missing one first.
-    fn check_root(&self, create: bool) -> Result<()>;
+    /// Readies the replica for a run under `fence` (the lease the run works for); fails unless
+    /// the root is an existing folder, which `create` makes first.
+    fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()>;
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
     /// What is at `rel` now (not following a final symlink), if anything.
     fn stat(&self, rel: &Path) -> Result<Option<Entry>>;
-    fn open(&self, rel: &Path) -> Result<Box<dyn Read + Send>>;
-    /// Writes `data` to `rel` crash-safely with `entry`'s mode and mtime; returns bytes written.
-    fn write_file(&self, rel: &Path, entry: &Entry, data: &mut dyn Read) -> Result<u64>;
+    /// Whether file data to or from here crosses a network, so a delta is worth computing.
+    fn is_remote(&self) -> bool;
+    /// Block signatures of the file at `rel`, the base for a delta; `None` without a file.
+    fn signature(&self, rel: &Path) -> Result<Option<Signature>>;
+    /// Streams the file at `rel` into `out` as a delta against `base` (whole without one).
+    fn send_file(
+        &self,
+        rel: &Path,
+        base: Option<&Signature>,
+        out: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> Result<Encoded>;
+    /// Starts writing `rel` crash-safely with `entry`'s mode and mtime, from ops made against
+    /// the current file's signature of `block_size` (or from literals only).
+    fn receive_file<'a>(
+        &'a self,
+        rel: &Path,
+        entry: &Entry,
+        block_size: Option<u32>,
+    ) -> Result<Box<dyn FileSink + 'a>>;
     fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()>;
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
     /// Removes a file or link, or an empty folder. A folder that is not empty is left in place
@@ -61,17 +101,42 @@ pub trait Endpoint: Send + Sync {
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Bytes this replica has moved over the network so far (0 for a local folder).
+    fn wire_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// A file being written: ops go in, and [`FileSink::commit`] checks the result against the
+/// sender's hash and renames it into place. Dropped without a commit, it leaves nothing.
+pub trait FileSink {
+    fn write(&mut self, op: Op) -> Result<()>;
+    /// Returns the size of the file now in place.
+    fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64>;
 }
 
 /// A folder on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalEndpoint {
     root: PathBuf,
+    /// Serving paths a peer names: each must stay inside the root (see [`confine`]).
+    confined: bool,
 }
 
 impl LocalEndpoint {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            confined: false,
+        }
+    }
+
+    /// A folder whose paths come from the network: each is checked to stay inside `root`.
+    pub fn confined(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            confined: true,
+        }
     }
 
     fn full(&self, rel: &Path) -> PathBuf {
@@ -84,7 +149,15 @@ impl LocalEndpoint {
 
     fn err(&self, op: &'static str, rel: &Path) -> impl FnOnce(io::Error) -> EndpointError {
         let path = self.full(rel).display().to_string();
-        move |source| EndpointError { op, path, source }
+        move |source| EndpointError::new(op, path, source)
+    }
+
+    /// The full path of `rel`, once it is known to stay inside the root.
+    fn checked(&self, rel: &Path) -> Result<PathBuf> {
+        if self.confined {
+            confine(&self.root, rel).map_err(self.err("reach", rel))?;
+        }
+        Ok(self.full(rel))
     }
 
     fn walk(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
@@ -127,7 +200,7 @@ impl LocalEndpoint {
     }
 
     fn stat_entry(&self, rel: &Path) -> Result<Option<Entry>> {
-        let full = self.full(rel);
+        let full = self.checked(rel)?;
         let meta = match fs::symlink_metadata(&full) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -141,9 +214,23 @@ impl LocalEndpoint {
         Ok(Some(Entry::from_metadata(&meta, target)))
     }
 
+    /// Opens the file at `rel` for reading, never through a symlink.
+    fn open_file(&self, rel: &Path) -> Result<Option<File>> {
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.checked(rel)?);
+        match opened {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("open", rel)(e)),
+        }
+    }
+
     /// Creates a fresh temporary path beside `rel`, making missing parent folders.
     fn temp_beside(&self, rel: &Path) -> Result<PathBuf> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        self.checked(rel)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         fs::create_dir_all(self.full(parent)).map_err(self.err("create folder", parent))?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +257,7 @@ impl Endpoint for LocalEndpoint {
         self.root.display().to_string()
     }
 
-    fn check_root(&self, create: bool) -> Result<()> {
+    fn prepare(&self, create: bool, _fence: Option<&Fence>) -> Result<()> {
         let root = Path::new("");
         if create {
             fs::create_dir_all(&self.root).map_err(self.err("create folder", root))?;
@@ -204,29 +291,63 @@ impl Endpoint for LocalEndpoint {
         self.stat_entry(rel)
     }
 
-    fn open(&self, rel: &Path) -> Result<Box<dyn Read + Send>> {
-        let file = File::open(self.full(rel)).map_err(self.err("open", rel))?;
-        Ok(Box::new(file))
+    fn is_remote(&self) -> bool {
+        false
     }
 
-    fn write_file(&self, rel: &Path, entry: &Entry, data: &mut dyn Read) -> Result<u64> {
-        let temp = self.temp_beside(rel)?;
-        let mut copied = 0;
-        let written = (|| {
-            let mut file = File::create(&temp)?;
-            copied = io::copy(data, &mut file)?;
-            file.flush()?;
-            file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
-            file.sync_all()?;
-            drop(file);
-            filetime::set_file_mtime(&temp, to_filetime(entry.mtime))
-        })();
-        self.commit_temp(&temp, rel, written)?;
-        Ok(copied)
+    fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
+        let Some(file) = self.open_file(rel)? else {
+            return Ok(None);
+        };
+        let meta = file.metadata().map_err(self.err("read", rel))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        delta::signature(&mut io::BufReader::new(file), meta.len())
+            .map(Some)
+            .map_err(self.err("read", rel))
+    }
+
+    fn send_file(
+        &self,
+        rel: &Path,
+        base: Option<&Signature>,
+        out: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> Result<Encoded> {
+        let missing = || io::Error::new(io::ErrorKind::NotFound, "vanished during the sync");
+        let mut file = self
+            .open_file(rel)?
+            .ok_or_else(|| self.err("open", rel)(missing()))?;
+        delta::encode(&mut file, base, out).map_err(self.err("read", rel))
+    }
+
+    fn receive_file<'a>(
+        &'a self,
+        rel: &Path,
+        entry: &Entry,
+        block_size: Option<u32>,
+    ) -> Result<Box<dyn FileSink + 'a>> {
+        let old = match block_size {
+            Some(_) => self.open_file(rel)?,
+            None => None,
+        };
+        let mut sink = LocalSink {
+            endpoint: self,
+            rel: rel.to_path_buf(),
+            entry: entry.clone(),
+            temp: self.temp_beside(rel)?,
+            rebuild: None,
+            committed: false,
+        };
+        let file = File::create(&sink.temp).map_err(self.err("write", rel))?;
+        let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
+            .map_err(self.err("read", rel))?;
+        sink.rebuild = Some(rebuild);
+        Ok(Box::new(sink))
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
-        let full = self.full(rel);
+        let full = self.checked(rel)?;
         match fs::create_dir_all(&full) {
             Ok(()) => fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
                 .map_err(self.err("set mode of", rel)),
@@ -250,7 +371,7 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool> {
-        let full = self.full(rel);
+        let full = self.checked(rel)?;
         let removed = if entry.is_dir() {
             fs::remove_dir(&full)
         } else {
@@ -265,19 +386,21 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        fs::rename(self.full(from), self.full(to)).map_err(self.err("rename", from))
+        fs::rename(self.checked(from)?, self.checked(to)?).map_err(self.err("rename", from))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
-        filetime::set_file_mtime(self.full(rel), to_filetime(mtime))
+        filetime::set_symlink_file_times(self.checked(rel)?, to_filetime(mtime), to_filetime(mtime))
             .map_err(self.err("set mtime of", rel))
     }
 
     fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
         let mut hasher = blake3::Hasher::new();
-        File::open(self.full(rel))
-            .and_then(|file| hasher.update_reader(file).map(drop))
-            .map_err(self.err("read", rel))?;
+        let missing = || io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let file = self
+            .open_file(rel)?
+            .ok_or_else(|| self.err("read", rel)(missing()))?;
+        hasher.update_reader(file).map_err(self.err("read", rel))?;
         Ok(hasher.finalize())
     }
 
@@ -286,11 +409,11 @@ impl Endpoint for LocalEndpoint {
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(EndpointError {
-                op: "read state",
-                path: path.display().to_string(),
-                source: e,
-            }),
+            Err(e) => Err(EndpointError::new(
+                "read state",
+                path.display().to_string(),
+                e,
+            )),
         }
     }
 
@@ -302,8 +425,95 @@ impl Endpoint for LocalEndpoint {
             mtime: now_mtime(),
             mode: 0o600,
         };
-        self.write_file(&rel, &entry, &mut &bytes[..]).map(drop)
+        let mut sink = self.receive_file(&rel, &entry, None)?;
+        sink.write(Op::Literal(bytes.to_vec()))?;
+        let sent = Encoded {
+            size: bytes.len() as u64,
+            hash: blake3::hash(bytes),
+        };
+        sink.commit(&sent).map(drop)
     }
+}
+
+/// A file being written to a temporary name beside its target.
+struct LocalSink<'a> {
+    endpoint: &'a LocalEndpoint,
+    rel: PathBuf,
+    entry: Entry,
+    temp: PathBuf,
+    rebuild: Option<Rebuild<BufWriter<File>>>,
+    committed: bool,
+}
+
+impl LocalSink<'_> {
+    fn fail(&self, e: DeltaError) -> EndpointError {
+        let source = match e {
+            DeltaError::Io(e) => e,
+            bad => io::Error::new(io::ErrorKind::InvalidData, bad.to_string()),
+        };
+        self.endpoint.err("write", &self.rel)(source)
+    }
+}
+
+impl FileSink for LocalSink<'_> {
+    fn write(&mut self, op: Op) -> Result<()> {
+        let rebuild = self.rebuild.as_mut().expect("written before commit");
+        rebuild.push(&op).map_err(|e| self.fail(e))
+    }
+
+    fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
+        let rebuild = self.rebuild.take().expect("committed once");
+        let size = rebuild.written;
+        let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;
+        let (temp, entry) = (&self.temp, &self.entry);
+        let finished = (|| {
+            let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+            file.sync_all()?;
+            drop(file);
+            filetime::set_file_mtime(temp, to_filetime(entry.mtime))
+        })();
+        self.committed = true;
+        self.endpoint.commit_temp(temp, &self.rel, finished)?;
+        Ok(size)
+    }
+}
+
+impl Drop for LocalSink<'_> {
+    /// Not committed (an error, a halt, a dropped connection): the temporary file goes.
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Checks that `rel`, a path a peer sent, stays inside `root`: only plain names (no `..`, no
+/// absolute path), and no symlink on the way (one could lead anywhere). The last name may be a
+/// symlink: it is replicated as a link, never followed.
+pub fn confine(root: &Path, rel: &Path) -> io::Result<()> {
+    let outside = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    let mut walked = root.to_path_buf();
+    let mut components = rel.components().peekable();
+    while let Some(component) = components.next() {
+        let Component::Normal(name) = component else {
+            return Err(outside(format!(
+                "{} leaves the folder ({component:?}); only plain names are served",
+                rel.display()
+            )));
+        };
+        walked.push(name);
+        if components.peek().is_some()
+            && fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(outside(format!(
+                "{} passes through the symlink {}, which may lead outside the served folder",
+                rel.display(),
+                walked.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Scoped paths come from a watcher: skip one whose parent folder the filter excludes.

@@ -12,22 +12,24 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::io::Read;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::base::{self, BaseError};
+use crate::delta::Signature;
 pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::filter::Filter;
+use crate::protocol::Fence;
 use crate::tree::{Entry, Kind, Mtime, Tree};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rule {
     Mirror,
@@ -81,7 +83,7 @@ impl fmt::Debug for JobSpec {
 }
 
 /// One thing the engine did, for the run's event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Copied {
         to: String,
@@ -104,7 +106,7 @@ pub enum Event {
 }
 
 /// What a run did, in the counters `runs` records.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub files_copied: u64,
     pub files_deleted: u64,
@@ -166,6 +168,8 @@ pub struct Halt(Arc<HaltState>);
 
 #[derive(Debug, Default)]
 struct HaltState {
+    /// The lease this work runs under, shown to agents so they can refuse a stale holder.
+    fence: Option<Fence>,
     stopped: AtomicBool,
     /// Nanoseconds after [`epoch`] at which to halt; 0 = no deadline.
     deadline: AtomicU64,
@@ -179,6 +183,18 @@ fn epoch() -> Instant {
 impl Halt {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A halt for work under the lease `fence`.
+    pub fn fenced(fence: Fence) -> Self {
+        Self(Arc::new(HaltState {
+            fence: Some(fence),
+            ..HaltState::default()
+        }))
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.0.fence.as_ref()
     }
 
     pub fn stop(&self) {
@@ -205,25 +221,6 @@ impl Halt {
     }
 }
 
-/// A reader that fails once its [`Halt`] is halted, so a long copy stops mid-file.
-struct Halting<'a> {
-    inner: Box<dyn Read + Send>,
-    halt: &'a Halt,
-}
-
-impl Read for Halting<'_> {
-    /// Checked on every read, the last (end-of-file) one included, so a copy that outlived its
-    /// lease fails before its file can be renamed into place.
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.halt.is_halted() {
-            return Err(std::io::Error::other(
-                "halted: the lease for this work is no longer held",
-            ));
-        }
-        self.inner.read(buf)
-    }
-}
-
 /// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
 /// summary; an unusable source or destination root fails the whole run before anything is
 /// written (an unreadable source must never make a mirror delete everything).
@@ -239,6 +236,7 @@ pub fn run(
     let replicas: Vec<&dyn Endpoint> = std::iter::once(spec.source.as_ref())
         .chain(spec.destinations.iter().map(|d| d.as_ref()))
         .collect();
+    let wire_before: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     let job = || spec.name.clone();
     let base_err = |source| EngineError::Base { job: job(), source };
     let mut base = match spec.rule {
@@ -251,7 +249,7 @@ pub fn run(
     let mut trees = Vec::with_capacity(replicas.len());
     for (i, replica) in replicas.iter().enumerate() {
         let scanned = replica
-            .check_root(create_missing(i))
+            .prepare(create_missing(i), halt.fence())
             .and_then(|()| replica.scan(&scope, &spec.filter));
         trees.push(scanned.map_err(|source| match i {
             0 => EngineError::Source { job: job(), source },
@@ -299,6 +297,8 @@ pub fn run(
         };
         mark_replicas(&replicas, &holds_files);
     }
+    let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
+    exec.summary.bytes_sent += wire_after - wire_before;
     Ok(exec.summary)
 }
 
@@ -821,14 +821,8 @@ impl Executor<'_> {
             }
             Kind::Symlink { .. } => to.make_symlink(path, entry)?,
             Kind::File => {
-                let inner = self.replicas[from].open(path)?;
-                let mut data = Halting {
-                    inner,
-                    halt: self.halt,
-                };
-                let bytes = to.write_file(path, entry, &mut data)?;
+                let bytes = self.copy_file(self.replicas[from], to, path, entry)?;
                 self.summary.bytes_total += bytes;
-                self.summary.bytes_sent += bytes;
             }
         }
         self.summary.files_copied += 1;
@@ -838,6 +832,73 @@ impl Executor<'_> {
             bytes: entry.size,
         });
         Ok(())
+    }
+
+    /// Copies a file's content, as a delta against what the destination holds when either side
+    /// is across a network. A delta that does not rebuild the file (a false block match, or a
+    /// destination changed meanwhile) is retried whole.
+    fn copy_file(
+        &mut self,
+        from: &dyn Endpoint,
+        to: &dyn Endpoint,
+        path: &Path,
+        entry: &Entry,
+    ) -> Result<u64, EndpointError> {
+        let local = !from.is_remote() && !to.is_remote();
+        let base = match local {
+            true => None,
+            false => to.signature(path)?,
+        };
+        let written = match self.transfer(from, to, path, entry, base.as_ref()) {
+            Err(e) if base.is_some() && e.is_bad_delta() => {
+                tracing::debug!(path = %path.display(), error = %e, "delta failed; sending whole");
+                self.transfer(from, to, path, entry, None)?
+            }
+            other => other?,
+        };
+        if local {
+            self.summary.bytes_sent += written;
+        }
+        Ok(written)
+    }
+
+    /// Streams one file from `from` into `to`, stopping mid-file once halted.
+    fn transfer(
+        &self,
+        from: &dyn Endpoint,
+        to: &dyn Endpoint,
+        path: &Path,
+        entry: &Entry,
+        base: Option<&Signature>,
+    ) -> Result<u64, EndpointError> {
+        let mut sink = to.receive_file(path, entry, base.map(|s| s.block_size))?;
+        let mut sink_error = None;
+        let sent = from.send_file(path, base, &mut |op| {
+            if self.halt.is_halted() {
+                return Err(io::Error::other(
+                    "halted: the lease for this work is no longer held",
+                ));
+            }
+            sink.write(op).map_err(|e| {
+                let message = e.to_string();
+                sink_error = Some(e);
+                io::Error::other(message)
+            })
+        });
+        let sent = match (sent, sink_error) {
+            (_, Some(e)) => return Err(e),
+            (sent, None) => sent?,
+        };
+        // Checked once more after the last byte: a copy that outlived its lease must not be
+        // renamed into place.
+        if self.halt.is_halted() {
+            return Err(EndpointError::new(
+                "write",
+                to.display(),
+                io::Error::other("halted: the lease for this work is no longer held"),
+            ));
+        }
+        sink.commit(&sent)
     }
 
     fn same_content(&self, a: usize, b: usize, path: &Path) -> bool {

@@ -26,6 +26,8 @@ pub struct FilterError {
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// The patterns as given, to hand the filter to an agent.
+    patterns: (Vec<String>, Vec<String>),
 }
 
 impl Filter {
@@ -33,7 +35,13 @@ impl Filter {
         Ok(Self {
             include: build_set(include)?,
             exclude: build_set(exclude)?,
+            patterns: (include.to_vec(), exclude.to_vec()),
         })
+    }
+
+    /// The include and exclude patterns it was built from.
+    pub fn patterns(&self) -> (&[String], &[String]) {
+        (&self.patterns.0, &self.patterns.1)
     }
 
     pub fn admits_dir(&self, rel: &Path) -> bool {

@@ -2,13 +2,26 @@
 //! MessagePack body with named fields (so a newer peer's added fields do not break an older
 //! one). A frame over the size limit, a truncated one or a body that does not decode is an
 //! error for that connection only, never a panic.
+//!
+//! Bodies worth it are zstd-compressed: the length's top bit says so. Compression is skipped
+//! for small bodies and for bodies it would not shrink (already-compressed file data), so it
+//! costs nothing where it does not pay.
+
+use std::cell::RefCell;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The largest frame accepted: a delta's literal chunks and file data travel in pieces below it.
+/// The largest frame accepted, compressed or not: a delta's literal chunks and file data travel
+/// in pieces well below it.
 pub const MAX_FRAME: u32 = 8 * 1024 * 1024;
+/// Set in the length prefix when the body is zstd-compressed.
+const COMPRESSED: u32 = 1 << 31;
+/// Bodies shorter than this go as they are: the saving would not pay for the work.
+const MIN_COMPRESS: usize = 512;
+/// zstd's fastest levels keep up with a 10 Gbit/s link on one core and still halve text.
+const ZSTD_LEVEL: i32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -20,23 +33,76 @@ pub enum FrameError {
     TooLarge(u32),
     #[error("malformed frame: {0}")]
     Malformed(#[from] rmp_serde::decode::Error),
+    #[error("malformed compressed frame: {0}")]
+    Decompress(std::io::Error),
     #[error("cannot encode a frame: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error("unexpected message: {0}")]
     Unexpected(String),
 }
 
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `body`, compressed when that makes it at least 1/16 smaller.
+fn maybe_compress(body: Vec<u8>) -> (Vec<u8>, bool) {
+    if body.len() < MIN_COMPRESS {
+        return (body, false);
+    }
+    let compressed = COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
+        };
+        compressor.compress(&body).ok()
+    });
+    match compressed {
+        Some(small) if small.len() < body.len() - body.len() / 16 => (small, true),
+        _ => (body, false),
+    }
+}
+
 /// Encodes `message` as one frame (length prefix included).
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let body = rmp_serde::to_vec_named(message)?;
+    let (body, compressed) = maybe_compress(rmp_serde::to_vec_named(message)?);
     let len = u32::try_from(body.len()).ok().filter(|&n| n <= MAX_FRAME);
     let len = len.ok_or(FrameError::TooLarge(
         u32::try_from(body.len()).unwrap_or(u32::MAX),
     ))?;
+    let prefix = if compressed { len | COMPRESSED } else { len };
     let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&prefix.to_be_bytes());
     frame.extend_from_slice(&body);
     Ok(frame)
+}
+
+/// The body's length from a prefix, checked against the limit, and whether it is compressed.
+fn body_len(prefix: [u8; 4]) -> Result<(usize, bool), FrameError> {
+    let prefix = u32::from_be_bytes(prefix);
+    let len = prefix & !COMPRESSED;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok((len as usize, prefix & COMPRESSED != 0))
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8], compressed: bool) -> Result<T, FrameError> {
+    if !compressed {
+        return Ok(rmp_serde::from_slice(body)?);
+    }
+    let plain = DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(FrameError::Decompress)?),
+        };
+        // The limit also bounds a decompression bomb.
+        decompressor
+            .decompress(body, MAX_FRAME as usize)
+            .map_err(FrameError::Decompress)
+    })?;
+    Ok(rmp_serde::from_slice(&plain)?)
 }
 
 /// Decodes one frame from the start of `bytes`: the message and how many bytes it used, or
@@ -45,42 +111,45 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<(T, usize)>, F
     let Some(prefix) = bytes.get(..4) else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    let end = 4 + len as usize;
+    let (len, compressed) = body_len(prefix.try_into().expect("4 bytes"))?;
+    let end = 4 + len;
     let Some(body) = bytes.get(4..end) else {
         return Ok(None);
     };
-    Ok(Some((rmp_serde::from_slice(body)?, end)))
+    Ok(Some((decode_body(body, compressed)?, end)))
 }
 
+/// Writes one frame; returns the bytes it took on the wire.
 pub async fn write<T: Serialize>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
-) -> Result<(), FrameError> {
-    out.write_all(&encode(message)?).await?;
-    Ok(())
+) -> Result<usize, FrameError> {
+    let frame = encode(message)?;
+    out.write_all(&frame).await?;
+    Ok(frame.len())
 }
 
 /// Reads one frame; the length is checked before any of the body is read or allocated.
 pub async fn read<T: DeserializeOwned>(
     input: &mut (impl AsyncRead + Unpin),
 ) -> Result<T, FrameError> {
+    read_counted(input).await.map(|(message, _)| message)
+}
+
+/// Reads one frame and says how many bytes it took on the wire.
+pub async fn read_counted<T: DeserializeOwned>(
+    input: &mut (impl AsyncRead + Unpin),
+) -> Result<(T, usize), FrameError> {
     let mut prefix = [0u8; 4];
     match input.read_exact(&mut prefix).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(prefix);
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = vec![0u8; len as usize];
+    let (len, compressed) = body_len(prefix)?;
+    let mut body = vec![0u8; len];
     input.read_exact(&mut body).await?;
-    Ok(rmp_serde::from_slice(&body)?)
+    Ok((decode_body(&body, compressed)?, 4 + len))
 }
 
 #[cfg(test)]
@@ -93,7 +162,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Message {
         Hello { version: u32, name: String },
-        Data(Vec<u8>),
+        Data(#[serde(with = "serde_bytes")] Vec<u8>),
     }
 
     #[derive(Debug, PartialEq, Deserialize)]
@@ -137,6 +206,30 @@ mod tests {
         let (old, used) = decode::<OlderMessage>(&frame).unwrap().unwrap();
         assert_eq!(old, OlderMessage::Hello { version: 2 });
         assert_eq!(used, frame.len());
+    }
+
+    #[test]
+    fn compressible_bodies_shrink_and_random_ones_go_as_they_are() {
+        let text = Message::Data(b"the same line again and again\n".repeat(1000));
+        let frame = encode(&text).unwrap();
+        assert!(frame.len() < 2000, "{} bytes", frame.len());
+        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, text);
+        let random = Message::Data(noise(7, 50_000));
+        let frame = encode(&random).unwrap();
+        assert_eq!(frame[0] & 0x80, 0, "not compressed");
+        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, random);
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused() {
+        let huge = vec![0u8; MAX_FRAME as usize + 1];
+        let body = zstd::bulk::compress(&huge, 1).unwrap();
+        let mut frame = ((body.len() as u32) | COMPRESSED).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::Decompress(_))
+        ));
     }
 
     #[test]

@@ -39,6 +39,10 @@ enum Command {
         /// Folder with ca.pem, NAME.pem and NAME.key.
         #[arg(long, value_name = "DIR")]
         tls_dir: PathBuf,
+        /// Folder for the agent's own state (the lease epochs it has seen, so a scheduler that
+        /// lost its lease stays refused across a restart). In memory only when not given.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Sync local folders once with ferry's engine and print what changed.
     ///
@@ -70,7 +74,8 @@ fn main() -> ExitCode {
             name,
             roots,
             tls_dir,
-        } => run_agent(&listen, name, roots, &tls_dir),
+            state_dir,
+        } => run_agent(&listen, name, roots, &tls_dir, state_dir),
         Command::Sync {
             rule,
             include,
@@ -87,6 +92,7 @@ fn run_agent(
     name: String,
     roots: Vec<PathBuf>,
     tls_dir: &std::path::Path,
+    state_dir: Option<PathBuf>,
 ) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -103,13 +109,21 @@ fn run_agent(
         );
         return ExitCode::from(2);
     }
-    let tls = match ferry_agent::tls::server_config(tls_dir, &name) {
+    let tls = ferry_agent::tls::server_config(tls_dir, &name)
+        .and_then(|server| Ok((server, ferry_agent::tls::client_config(tls_dir, &name)?)));
+    let (tls, client_tls) = match tls {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("ferry-agent: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = &state_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("ferry-agent: --state-dir {}: {e}", dir.display());
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -124,7 +138,13 @@ fn run_agent(
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(agent = name, %address, "listening");
-        let config = ferry_agent::server::AgentConfig { name, roots, tls };
+        let config = ferry_agent::server::AgentConfig {
+            name,
+            roots,
+            tls,
+            client_tls,
+            state_dir,
+        };
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -134,9 +154,16 @@ fn run_agent(
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        ferry_agent::server::serve(listener, config, shutdown).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
+        match ferry_agent::server::serve(listener, config, shutdown).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry-agent: reading the fences in --state-dir: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -1,17 +1,188 @@
 //! The messages between a scheduler (or another agent) and an agent, after the TLS handshake:
-//! the client says `Hello` with its protocol version, the agent answers `Welcome` (or
-//! `Refused` and closes), then requests and responses alternate. Documented in
-//! docs/PROTOCOL.md; new fields are added, never renamed (frames use named fields).
+//! the client says `Hello` with its protocol version (and the lease it works for, if any), the
+//! agent answers `Welcome` (or `Refused` and closes), then requests and responses alternate,
+//! except that a file's data travels as a stream of `Data` frames without an answer for each.
+//! Documented in docs/PROTOCOL.md; new fields are added, never renamed (frames use named
+//! fields).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::delta::{Op, Signature};
+use crate::engine::{Event, Rule, Summary};
+use crate::tree::{Entry, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
+/// An agent remembers the highest epoch it has seen per resource and refuses writes under an
+/// older one, so a scheduler that lost its lease cannot write any more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fence {
+    /// `schedule:NAME` or `monitor:NAME`.
+    pub resource: String,
+    pub epoch: i64,
+}
+
+/// A replica named on the wire: a folder on an agent, reached at `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFolder {
+    pub agent: String,
+    pub address: String,
+    /// An absolute path inside one of the agent's roots.
+    pub path: String,
+}
+
+/// A whole run handed to the agent that holds the job's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOrder {
+    pub job: String,
+    pub rule: Rule,
+    /// The source folder, on the agent that receives the order.
+    pub source: String,
+    pub destinations: Vec<RemoteFolder>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Paths to sync (relative to the job's folders); `None` for everything.
+    pub paths: Option<Vec<PathBuf>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Hello { version: u32, client: String },
-    Ping { nonce: u64 },
+    Hello {
+        version: u32,
+        client: String,
+        #[serde(default)]
+        fence: Option<Fence>,
+    },
+    Ping {
+        nonce: u64,
+    },
+    /// Makes `path` (absolute, inside one of the agent's roots) this session's folder; every
+    /// path below is relative to it. Fails unless it is a folder, creating it first if asked.
+    Open {
+        path: String,
+        create: bool,
+    },
+    /// Answered by `Scanned` frames, the last with `more: false`.
+    Scan {
+        paths: Option<Vec<PathBuf>>,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+    Stat {
+        path: PathBuf,
+    },
+    Signature {
+        path: PathBuf,
+    },
+    /// Answered by `Data` frames (the file as a delta against `base`, whole without one), then
+    /// `DataEnd`.
+    ReadFile {
+        path: PathBuf,
+        base: Option<Signature>,
+    },
+    /// Followed by `Data` frames and one `DataEnd`, answered once by `Written` or `Failed`.
+    /// `block_size` is that of the signature the delta was made against.
+    WriteFile {
+        path: PathBuf,
+        entry: Entry,
+        block_size: Option<u32>,
+    },
+    Data {
+        ops: Vec<Op>,
+    },
+    DataEnd {
+        #[serde(with = "serde_bytes")]
+        hash: Vec<u8>,
+    },
+    MakeDir {
+        path: PathBuf,
+        entry: Entry,
+    },
+    MakeSymlink {
+        path: PathBuf,
+        entry: Entry,
+    },
+    Remove {
+        path: PathBuf,
+        entry: Entry,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    SetMtime {
+        path: PathBuf,
+        mtime: Mtime,
+    },
+    Hash {
+        path: PathBuf,
+    },
+    ReadState {
+        name: String,
+    },
+    WriteState {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Runs a job whose source is on this agent; answered by `Progress` frames, then `RunDone`
+    /// or `Failed`. While it runs the client sends `KeepAlive` (or `Cancel`); a run whose
+    /// keep-alive lapses, or whose client disconnects, stops before its next write.
+    RunJob {
+        order: JobOrder,
+        valid_for_ms: u64,
+    },
+    KeepAlive {
+        valid_for_ms: u64,
+    },
+    Cancel,
+}
+
+impl Request {
+    /// Whether this request changes files, and so must carry a current fence.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::Open { create: true, .. }
+                | Request::WriteFile { .. }
+                | Request::MakeDir { .. }
+                | Request::MakeSymlink { .. }
+                | Request::Remove { .. }
+                | Request::Rename { .. }
+                | Request::SetMtime { .. }
+                | Request::WriteState { .. }
+                | Request::RunJob { .. }
+        )
+    }
+}
+
+/// An error from the agent, kept apart enough to rebuild an [`std::io::Error`] of the same kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What was being done: "write", "open folder", ….
+    pub op: String,
+    /// The path as the agent sees it.
+    pub path: String,
+    pub message: String,
+    pub kind: ErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    PermissionDenied,
+    StorageFull,
+    /// A delta rebuilt into something else than the sender's file: send it whole.
+    InvalidData,
+    /// A write under a lease epoch older than one the agent has seen.
+    StaleEpoch,
+    /// A path outside the agent's roots.
+    Outside,
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,5 +199,32 @@ pub enum Response {
     /// Why the agent closes the connection.
     Refused {
         reason: String,
+    },
+    Failed(WireError),
+    /// A request without a result succeeded.
+    Done,
+    Scanned {
+        entries: Vec<(PathBuf, Entry)>,
+        more: bool,
+    },
+    Stat(Option<Entry>),
+    Signature(Option<Signature>),
+    Data {
+        ops: Vec<Op>,
+    },
+    DataEnd {
+        #[serde(with = "serde_bytes")]
+        hash: Vec<u8>,
+        size: u64,
+    },
+    Written {
+        bytes: u64,
+    },
+    Removed(bool),
+    Hash(#[serde(with = "serde_bytes")] Vec<u8>),
+    State(Option<serde_bytes::ByteBuf>),
+    Progress(Event),
+    RunDone {
+        summary: Summary,
     },
 }

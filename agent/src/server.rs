@@ -1,20 +1,37 @@
-//! `ferry-agent run`: serves authenticated connections. Each connection is its own task; a
-//! peer without a valid certificate, a malformed, oversized or unexpected frame, or another
-//! protocol version closes that connection with a logged reason, and the agent goes on
-//! serving everyone else.
+//! `ferry-agent run`: serves authenticated connections. Each connection is its own session on
+//! a blocking thread (file work blocks; a file server has few peers at once); a peer without a
+//! valid certificate, a malformed, oversized or unexpected frame, or another protocol version
+//! closes that connection with a logged reason, and the agent goes on serving everyone else.
+//!
+//! Every path a peer names is checked to stay inside the agent's roots, and every write is
+//! checked against the lease fence the session presented ([`Fences`]).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client::Dial;
+use crate::delta::Op;
+use crate::endpoint::{Endpoint, EndpointError, LocalEndpoint, Scope};
+use crate::engine::{self, Halt, JobSpec};
+use crate::filter::Filter;
 use crate::frame::{self, FrameError};
-use crate::protocol::{PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
+use crate::remote::RemoteEndpoint;
+
+/// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
+const SCAN_BATCH: usize = 4096;
+const READ_BATCH_BYTES: usize = 256 * 1024;
 
 /// What an agent serves.
 #[derive(Clone)]
@@ -22,25 +39,102 @@ pub struct AgentConfig {
     pub name: String,
     pub roots: Vec<PathBuf>,
     pub tls: Arc<ServerConfig>,
+    /// For connecting to other agents when running a job handed to this one.
+    pub client_tls: Arc<ClientConfig>,
+    /// Where the fences are kept across restarts; in memory only without one.
+    pub state_dir: Option<PathBuf>,
+}
+
+struct Agent {
+    config: AgentConfig,
+    fences: Fences,
+}
+
+/// The highest lease epoch seen per resource. A write under a lower one comes from a
+/// scheduler that has lost the lease since, and is refused.
+pub struct Fences {
+    highest: Mutex<HashMap<String, i64>>,
+    file: Option<PathBuf>,
+}
+
+impl Fences {
+    /// Loads the fences kept in `dir`, if any.
+    pub fn load(dir: Option<&Path>) -> io::Result<Self> {
+        let file = dir.map(|d| d.join("fences.json"));
+        let highest = match &file {
+            Some(path) => match std::fs::read(path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
+                Err(e) => return Err(e),
+            },
+            None => HashMap::new(),
+        };
+        Ok(Self {
+            highest: Mutex::new(highest),
+            file,
+        })
+    }
+
+    /// Admits work under `fence` unless a newer epoch of its resource has been seen.
+    pub fn admit(&self, fence: &Fence) -> Result<(), String> {
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = highest.get(&fence.resource).copied();
+        match seen {
+            Some(seen) if seen > fence.epoch => Err(format!(
+                "stale lease: {} epoch {} is older than epoch {seen}, which another scheduler \
+                 holds now; this scheduler lost the lease and must not write",
+                fence.resource, fence.epoch
+            )),
+            Some(seen) if seen == fence.epoch => Ok(()),
+            _ => {
+                highest.insert(fence.resource.clone(), fence.epoch);
+                if let Some(path) = &self.file
+                    && let Err(e) = save_json(path, &*highest)
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "could not save the fences");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `value` to `path` crash-safely (temporary file, fsync, rename).
+fn save_json(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(temp, path)
 }
 
 /// Serves `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, config: AgentConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config.tls.clone());
-    let config = Arc::new(config);
+    let fences = Fences::load(config.state_dir.as_deref())?;
+    let agent = Arc::new(Agent { config, fences });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // rsync's daemon loses ~40 ms per round trip without it.
                     let _ = stream.set_nodelay(true);
-                    let (acceptor, config) = (acceptor.clone(), config.clone());
+                    let (acceptor, agent) = (acceptor.clone(), agent.clone());
                     tokio::spawn(async move {
                         match acceptor.accept(stream).await {
                             Ok(tls) => {
-                                if let Err(e) = session(tls, &config).await {
+                                let handle = tokio::runtime::Handle::current();
+                                let served = tokio::task::spawn_blocking(move || {
+                                    handle.block_on(session(tls, &agent))
+                                });
+                                if let Ok(Err(e)) = served.await {
                                     log_end(peer, &e);
                                 }
                             }
@@ -61,42 +155,485 @@ fn log_end(peer: SocketAddr, error: &FrameError) {
     }
 }
 
+/// One peer's session: the folder it opened and the lease it works for.
+struct Session<'a, S> {
+    tls: S,
+    agent: &'a Agent,
+    fence: Option<Fence>,
+    replica: Option<LocalEndpoint>,
+}
+
 async fn session(
-    mut tls: impl AsyncRead + AsyncWrite + Unpin,
-    config: &AgentConfig,
+    mut tls: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    agent: &Agent,
 ) -> Result<(), FrameError> {
-    match frame::read::<Request>(&mut tls).await? {
-        Request::Hello { version, client } if version == PROTOCOL_VERSION => {
-            tracing::info!(client, "session started");
-            let roots = config
-                .roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect();
-            let software = env!("CARGO_PKG_VERSION").to_owned();
+    let fence = match frame::read::<Request>(&mut tls).await? {
+        Request::Hello {
+            version,
+            client,
+            fence,
+        } if version == PROTOCOL_VERSION => {
+            if let Some(Err(reason)) = fence.as_ref().map(|f| agent.fences.admit(f)) {
+                tracing::warn!(client, reason, "refused a session");
+                return refuse(&mut tls, reason).await;
+            }
+            tracing::info!(client, ?fence, "session started");
             let welcome = Response::Welcome {
                 version: PROTOCOL_VERSION,
-                agent: config.name.clone(),
-                software,
-                roots,
+                agent: agent.config.name.clone(),
+                software: env!("CARGO_PKG_VERSION").to_owned(),
+                roots: agent
+                    .config
+                    .roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect(),
             };
             frame::write(&mut tls, &welcome).await?;
+            fence
         }
-        Request::Hello { version, client } => {
+        Request::Hello {
+            version, client, ..
+        } => {
             let reason = format!(
                 "protocol version {version} from {client}; this agent speaks {PROTOCOL_VERSION}"
             );
             return refuse(&mut tls, reason).await;
         }
         other => return refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
-    }
+    };
+    let mut session = Session {
+        tls,
+        agent,
+        fence,
+        replica: None,
+    };
     loop {
-        let response = match frame::read::<Request>(&mut tls).await? {
-            Request::Ping { nonce } => Response::Pong { nonce },
-            Request::Hello { .. } => return Err(FrameError::Unexpected("a second Hello".into())),
-        };
-        frame::write(&mut tls, &response).await?;
+        let request = frame::read::<Request>(&mut session.tls).await?;
+        if let Request::RunJob {
+            order,
+            valid_for_ms,
+        } = request
+        {
+            // A run ends its session: the connection carries its progress until the end.
+            return session.run_job(order, valid_for_ms).await;
+        }
+        session.serve(request).await?;
     }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
+    async fn reply(&mut self, response: &Response) -> Result<(), FrameError> {
+        frame::write(&mut self.tls, response).await.map(drop)
+    }
+
+    /// Refuses a write under a stale lease; `None` when the request may go ahead.
+    fn fenced_out(&self, request: &Request) -> Option<Response> {
+        let fence = self.fence.as_ref().filter(|_| request.writes())?;
+        let reason = self.agent.fences.admit(fence).err()?;
+        tracing::warn!(reason, "refused a write");
+        Some(failure("write", "", ErrorKind::StaleEpoch, reason))
+    }
+
+    async fn serve(&mut self, request: Request) -> Result<(), FrameError> {
+        if let Some(refusal) = self.fenced_out(&request) {
+            if matches!(request, Request::WriteFile { .. }) {
+                self.drain_file().await?;
+            }
+            return self.reply(&refusal).await;
+        }
+        if let Request::Open { path, create } = &request {
+            let response = self.open(path, *create);
+            return self.reply(&response).await;
+        }
+        if let Request::Ping { nonce } = request {
+            return self.reply(&Response::Pong { nonce }).await;
+        }
+        let Some(replica) = self.replica.clone() else {
+            if matches!(request, Request::WriteFile { .. }) {
+                self.drain_file().await?;
+            }
+            let reason = "no folder is open: send Open first".to_owned();
+            return self
+                .reply(&failure("use", "", ErrorKind::Other, reason))
+                .await;
+        };
+        let response = match request {
+            Request::Scan {
+                paths,
+                include,
+                exclude,
+            } => return self.scan(&replica, paths, &include, &exclude).await,
+            Request::ReadFile { path, base } => return self.read_file(replica, path, base).await,
+            Request::WriteFile {
+                path,
+                entry,
+                block_size,
+            } => {
+                return self.write_file(&replica, &path, &entry, block_size).await;
+            }
+            Request::Stat { path } => replica.stat(&path).map(Response::Stat),
+            Request::Signature { path } => replica.signature(&path).map(Response::Signature),
+            Request::MakeDir { path, entry } => replica.make_dir(&path, &entry).map(done),
+            Request::MakeSymlink { path, entry } => replica.make_symlink(&path, &entry).map(done),
+            Request::Remove { path, entry } => replica.remove(&path, &entry).map(Response::Removed),
+            Request::Rename { from, to } => replica.rename(&from, &to).map(done),
+            Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
+            Request::Hash { path } => replica
+                .hash(&path)
+                .map(|h| Response::Hash(h.as_bytes().to_vec())),
+            Request::ReadState { name } => replica
+                .read_state(&state_name(&name)?)
+                .map(|b| Response::State(b.map(serde_bytes::ByteBuf::from))),
+            Request::WriteState { name, bytes } => {
+                replica.write_state(&state_name(&name)?, &bytes).map(done)
+            }
+            // Outside a run there is nothing to keep alive or cancel.
+            Request::KeepAlive { .. } | Request::Cancel => return Ok(()),
+            Request::Hello { .. } => {
+                return Err(FrameError::Unexpected("a second Hello".into()));
+            }
+            Request::Data { .. } | Request::DataEnd { .. } => {
+                return Err(FrameError::Unexpected(
+                    "file data outside a WriteFile".into(),
+                ));
+            }
+            Request::Open { .. } | Request::Ping { .. } | Request::RunJob { .. } => {
+                unreachable!("handled above")
+            }
+        };
+        let response = response.unwrap_or_else(|e| wire_failure(&e));
+        self.reply(&response).await
+    }
+
+    fn open(&mut self, path: &str, create: bool) -> Response {
+        self.replica = None;
+        let root = match resolve_root(&self.agent.config.roots, path) {
+            Ok(root) => root,
+            Err(reason) => return failure("open folder", path, ErrorKind::Outside, reason),
+        };
+        let replica = LocalEndpoint::confined(root);
+        match replica.prepare(create, None) {
+            Ok(()) => {
+                self.replica = Some(replica);
+                Response::Done
+            }
+            Err(e) => wire_failure(&e),
+        }
+    }
+
+    async fn scan(
+        &mut self,
+        replica: &LocalEndpoint,
+        paths: Option<Vec<PathBuf>>,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<(), FrameError> {
+        let scope = paths.map_or(Scope::Full, Scope::Paths);
+        let scanned = Filter::new(include, exclude)
+            .map_err(|e| failure("scan", "", ErrorKind::Other, e.to_string()))
+            .and_then(|filter| replica.scan(&scope, &filter).map_err(|e| wire_failure(&e)));
+        let tree = match scanned {
+            Ok(tree) => tree,
+            Err(response) => return self.reply(&response).await,
+        };
+        let mut entries = tree.into_iter().peekable();
+        loop {
+            let batch: Vec<_> = entries.by_ref().take(SCAN_BATCH).collect();
+            let more = entries.peek().is_some();
+            self.reply(&Response::Scanned {
+                entries: batch,
+                more,
+            })
+            .await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Streams a file as a delta: the file is read on a blocking thread while batches go out.
+    async fn read_file(
+        &mut self,
+        replica: LocalEndpoint,
+        path: PathBuf,
+        base: Option<crate::delta::Signature>,
+    ) -> Result<(), FrameError> {
+        let (tx, mut rx) = mpsc::channel::<Vec<Op>>(4);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let sent = replica.send_file(&path, base.as_ref(), &mut |op| {
+                bytes += op.literal_len();
+                batch.push(op);
+                if bytes >= READ_BATCH_BYTES {
+                    bytes = 0;
+                    tx.blocking_send(std::mem::take(&mut batch))
+                        .map_err(|_| io::Error::other("the connection closed"))?;
+                }
+                Ok(())
+            });
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
+            sent
+        });
+        while let Some(ops) = rx.recv().await {
+            self.reply(&Response::Data { ops }).await?;
+        }
+        let response = match reader.await.expect("file reader panicked") {
+            Ok(sent) => Response::DataEnd {
+                hash: sent.hash.as_bytes().to_vec(),
+                size: sent.size,
+            },
+            Err(e) => wire_failure(&e),
+        };
+        self.reply(&response).await
+    }
+
+    /// Receives a file's ops until `DataEnd`, then commits it (or reports why not).
+    async fn write_file(
+        &mut self,
+        replica: &LocalEndpoint,
+        path: &Path,
+        entry: &crate::tree::Entry,
+        block_size: Option<u32>,
+    ) -> Result<(), FrameError> {
+        let mut sink = match replica.receive_file(path, entry, block_size) {
+            Ok(sink) => Some(sink),
+            Err(e) => {
+                self.drain_file().await?;
+                return self.reply(&wire_failure(&e)).await;
+            }
+        };
+        let mut error: Option<EndpointError> = None;
+        let hash = loop {
+            match frame::read::<Request>(&mut self.tls).await? {
+                Request::Data { ops } => {
+                    for op in ops {
+                        if let (Some(s), None) = (sink.as_mut(), &error)
+                            && let Err(e) = s.write(op)
+                        {
+                            error = Some(e);
+                            sink = None;
+                        }
+                    }
+                }
+                Request::DataEnd { hash } => break hash,
+                other => {
+                    return Err(FrameError::Unexpected(format!(
+                        "{other:?} in the middle of a file"
+                    )));
+                }
+            }
+        };
+        let response = match (sink, error, <[u8; 32]>::try_from(hash)) {
+            (_, Some(e), _) => wire_failure(&e),
+            (Some(sink), None, Ok(hash)) => {
+                let sent = crate::delta::Encoded {
+                    size: entry.size,
+                    hash: blake3::Hash::from_bytes(hash),
+                };
+                match sink.commit(&sent) {
+                    Ok(bytes) => Response::Written { bytes },
+                    Err(e) => wire_failure(&e),
+                }
+            }
+            _ => failure(
+                "write",
+                &path.display().to_string(),
+                ErrorKind::Other,
+                "abandoned by the sender".into(),
+            ),
+        };
+        self.reply(&response).await
+    }
+
+    /// Reads and discards a refused file's data, keeping the session in step.
+    async fn drain_file(&mut self) -> Result<(), FrameError> {
+        loop {
+            match frame::read::<Request>(&mut self.tls).await? {
+                Request::Data { .. } => {}
+                Request::DataEnd { .. } => return Ok(()),
+                other => {
+                    return Err(FrameError::Unexpected(format!(
+                        "{other:?} in the middle of a file"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Runs a job whose source is here, streaming progress to the scheduler that handed it
+    /// over; the run halts when its keep-alives stop or the scheduler goes away.
+    async fn run_job(self, order: JobOrder, valid_for_ms: u64) -> Result<(), FrameError> {
+        let halt = match &self.fence {
+            Some(fence) => Halt::fenced(fence.clone()),
+            None => Halt::new(),
+        };
+        halt.extend_until(Instant::now() + Duration::from_millis(valid_for_ms));
+        let (mut read, mut write) = tokio::io::split(self.tls);
+        let spec = match job_spec(self.agent, &order) {
+            Ok(spec) => spec,
+            Err(response) => return frame::write(&mut write, &response).await.map(drop),
+        };
+        tracing::info!(job = order.job, fence = ?self.fence, "running a job handed over");
+        let watcher = halt.clone();
+        let keep_alive = tokio::spawn(async move {
+            loop {
+                match frame::read::<Request>(&mut read).await {
+                    Ok(Request::KeepAlive { valid_for_ms }) => {
+                        watcher.extend_until(Instant::now() + Duration::from_millis(valid_for_ms))
+                    }
+                    Ok(Request::Cancel) | Err(_) => return watcher.stop(),
+                    Ok(other) => {
+                        tracing::warn!(?other, "unexpected message during a run; stopping it");
+                        return watcher.stop();
+                    }
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let scope = order.paths.clone().map_or(Scope::Full, Scope::Paths);
+        let work = tokio::task::spawn_blocking(move || {
+            engine::run(&spec, &scope, &halt, &mut |event| {
+                let _ = tx.send(event);
+            })
+        });
+        let mut connected = true;
+        while let Some(event) = rx.recv().await {
+            if connected {
+                connected = frame::write(&mut write, &Response::Progress(event))
+                    .await
+                    .is_ok();
+            }
+        }
+        keep_alive.abort();
+        let response = match work.await.expect("the sync engine panicked") {
+            Ok(summary) => Response::RunDone { summary },
+            Err(e) => failure("run", &order.job, ErrorKind::Other, e.to_string()),
+        };
+        tracing::info!(job = order.job, ?response, "run handed over ended");
+        frame::write(&mut write, &response).await.map(drop)
+    }
+}
+
+/// The engine's view of a job handed to this agent: the source here, each destination here or
+/// on another agent (reached with this agent's own certificate).
+fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
+    let config = &agent.config;
+    let here = |path: &str| {
+        resolve_root(&config.roots, path)
+            .map(|root| Arc::new(LocalEndpoint::confined(root)) as Arc<dyn Endpoint>)
+            .map_err(|reason| failure("open folder", path, ErrorKind::Outside, reason))
+    };
+    let destinations = order
+        .destinations
+        .iter()
+        .map(|folder| {
+            if folder.agent == config.name {
+                return here(&folder.path);
+            }
+            let dial = Dial {
+                agent: folder.agent.clone(),
+                address: folder.address.clone(),
+                client: config.name.clone(),
+                tls: config.client_tls.clone(),
+            };
+            Ok(Arc::new(RemoteEndpoint::new(dial, folder.path.clone())) as Arc<dyn Endpoint>)
+        })
+        .collect::<Result<_, _>>()?;
+    let filter = Filter::new(&order.include, &order.exclude)
+        .map_err(|e| failure("run", &order.job, ErrorKind::Other, e.to_string()))?;
+    Ok(JobSpec {
+        name: order.job.clone(),
+        rule: order.rule,
+        source: here(&order.source)?,
+        destinations,
+        filter,
+    })
+}
+
+/// Checks that `path` (from a peer) is an absolute path inside one of `roots`, symlinks
+/// resolved, and returns it resolved. The part that does not exist yet must be plain names.
+pub fn resolve_root(roots: &[PathBuf], path: &str) -> Result<PathBuf, String> {
+    let requested = Path::new(path);
+    if !requested.is_absolute() {
+        return Err(format!("{path} is not an absolute path"));
+    }
+    if requested
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "{path} contains '..' or '.'; name the folder directly"
+        ));
+    }
+    let mut existing = requested;
+    let mut missing = Vec::new();
+    let resolved = loop {
+        match existing.canonicalize() {
+            Ok(resolved) => break resolved,
+            Err(_) => {
+                missing.push(existing.file_name().unwrap_or_default());
+                existing = existing.parent().unwrap_or(Path::new("/"));
+            }
+        }
+    };
+    let resolved: PathBuf = std::iter::once(resolved.as_os_str())
+        .chain(missing.into_iter().rev())
+        .collect();
+    let inside = roots
+        .iter()
+        .filter_map(|root| root.canonicalize().ok())
+        .any(|root| resolved.starts_with(root));
+    if inside {
+        Ok(resolved)
+    } else {
+        let served: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(format!(
+            "{path} is outside the folders this agent serves ({}); add it with --root",
+            served.join(", ")
+        ))
+    }
+}
+
+/// A state name from a peer is a single plain file name.
+fn state_name(name: &str) -> Result<String, FrameError> {
+    let plain = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(Component::Normal(_))
+        );
+    if plain {
+        Ok(name.to_owned())
+    } else {
+        Err(FrameError::Unexpected(format!("state name {name:?}")))
+    }
+}
+
+fn done(_: impl Sized) -> Response {
+    Response::Done
+}
+
+fn failure(op: &str, path: &str, kind: ErrorKind, message: String) -> Response {
+    Response::Failed(WireError {
+        op: op.into(),
+        path: path.into(),
+        message,
+        kind,
+    })
+}
+
+fn wire_failure(e: &EndpointError) -> Response {
+    let kind = match e.source.kind() {
+        io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
+        io::ErrorKind::InvalidData => ErrorKind::InvalidData,
+        _ => ErrorKind::Other,
+    };
+    failure(&e.op, &e.path, kind, e.source.to_string())
 }
 
 /// Tells the peer why the session ends, then ends it.

@@ -1,14 +1,19 @@
-use std::io::Cursor;
+use std::io::{Cursor, Seek};
 
 use super::*;
 use crate::test_noise as noise;
 
-/// Signs `old`, diffs `new` against it, applies the delta, and checks the result.
-fn round_trip(old: &[u8], new: &[u8]) -> Delta {
+/// Signs `old`, encodes `new` against it, rebuilds, checks the result, and returns the ops.
+fn round_trip(old: &[u8], new: &[u8]) -> Vec<Op> {
     let sig = signature(&mut Cursor::new(old), old.len() as u64).unwrap();
-    let delta = delta(&sig, new);
-    let mut rebuilt = Vec::new();
-    apply(&mut Cursor::new(old), &sig, &delta, &mut rebuilt).unwrap();
+    let mut ops = Vec::new();
+    let encoded = encode(&mut Cursor::new(new), Some(&sig), &mut |op| {
+        ops.push(op);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(encoded.size, new.len() as u64);
+    let rebuilt = rebuild(old, sig.block_size, &ops, &encoded.hash).unwrap();
     assert_eq!(
         rebuilt,
         new,
@@ -16,7 +21,27 @@ fn round_trip(old: &[u8], new: &[u8]) -> Delta {
         old.len(),
         new.len()
     );
-    delta
+    ops
+}
+
+fn rebuild(
+    old: &[u8],
+    block_size: u32,
+    ops: &[Op],
+    hash: &blake3::Hash,
+) -> Result<Vec<u8>, DeltaError> {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(old).unwrap();
+    file.rewind().unwrap();
+    let mut rebuild = Rebuild::new(Some(file), block_size, Vec::new())?;
+    for op in ops {
+        rebuild.push(op)?;
+    }
+    rebuild.finish(hash)
+}
+
+fn literal_bytes(ops: &[Op]) -> u64 {
+    ops.iter().map(|op| op.literal_len() as u64).sum()
 }
 
 #[test]
@@ -29,6 +54,7 @@ fn every_kind_of_edit_round_trips() {
         (5, 701),
         (6, 10_000),
         (7, 123_457),
+        (8, 1_000_003),
     ] {
         let old = noise(seed, len);
         let mut cases: Vec<Vec<u8>> = vec![old.clone(), Vec::new(), noise(seed + 100, len)];
@@ -55,12 +81,26 @@ fn a_small_edit_in_a_large_file_sends_a_few_blocks() {
     let old = noise(42, 4 << 20);
     let mut new = old.clone();
     new[2_000_000..2_000_010].copy_from_slice(b"0123456789");
-    let delta = round_trip(&old, &new);
+    let ops = round_trip(&old, &new);
     let block = u64::from(block_size_for(old.len() as u64));
     assert!(
-        delta.literal_bytes() <= 2 * block,
+        literal_bytes(&ops) <= 2 * block,
         "{} literal bytes, block {block}",
-        delta.literal_bytes()
+        literal_bytes(&ops)
+    );
+}
+
+#[test]
+fn a_long_new_stretch_streams_in_bounded_literals() {
+    let old = noise(13, 1 << 20);
+    let mut new = old.clone();
+    new.splice(100_000..100_000, noise(14, 3 << 20));
+    let ops = round_trip(&old, &new);
+    assert!(ops.iter().all(|op| op.literal_len() <= MAX_LITERAL));
+    assert!(
+        literal_bytes(&ops) < (3 << 20) + 2 * 1024 * 2,
+        "{}",
+        literal_bytes(&ops)
     );
 }
 
@@ -69,11 +109,11 @@ fn a_shift_by_one_byte_still_finds_the_blocks() {
     let old = noise(9, 200_000);
     let mut new = vec![0xAB];
     new.extend(&old);
-    let delta = round_trip(&old, &new);
+    let ops = round_trip(&old, &new);
     assert!(
-        delta.literal_bytes() < 1000,
+        literal_bytes(&ops) < 1000,
         "{} literal bytes",
-        delta.literal_bytes()
+        literal_bytes(&ops)
     );
 }
 
@@ -82,21 +122,52 @@ fn the_short_last_block_matches_at_the_end() {
     let old = noise(11, 10_000 + 123);
     let mut new = noise(12, 50);
     new.extend(&old);
-    let delta = round_trip(&old, &new);
-    assert_eq!(delta.literal_bytes(), 50);
+    let ops = round_trip(&old, &new);
+    assert_eq!(literal_bytes(&ops), 50);
+}
+
+#[test]
+fn without_a_base_the_file_goes_whole() {
+    let new = noise(15, 300_000);
+    let mut ops = Vec::new();
+    let encoded = encode(&mut Cursor::new(&new), None, &mut |op| {
+        ops.push(op);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(literal_bytes(&ops), 300_000);
+    assert_eq!(rebuild(&[], 700, &ops, &encoded.hash).unwrap(), new);
 }
 
 #[test]
 fn a_wrong_result_is_caught() {
     let old = noise(5, 20_000);
-    let sig = signature(&mut Cursor::new(&old), old.len() as u64).unwrap();
-    let mut delta = delta(&sig, &old);
-    delta.ops.push(Op::Literal(b"tampered".to_vec()));
-    let err = apply(&mut Cursor::new(&old), &sig, &delta, &mut Vec::new()).unwrap_err();
+    let mut ops = round_trip(&old, &old);
+    let hash = blake3::hash(&old);
+    let block = block_size_for(old.len() as u64);
+    ops.push(Op::Literal(b"tampered".to_vec()));
+    let err = rebuild(&old, block, &ops, &hash).unwrap_err();
     assert!(matches!(err, DeltaError::HashMismatch));
-    delta.ops = vec![Op::Block(9999)];
-    let err = apply(&mut Cursor::new(&old), &sig, &delta, &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, DeltaError::NoSuchBlock { block: 9999, .. }));
+    let err = rebuild(&old, block, &[Op::Block(9999)], &hash).unwrap_err();
+    assert!(
+        matches!(err, DeltaError::NoSuchBlock { block: 9999, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn signatures_are_as_small_as_rsyncs() {
+    // rsync 3 sends 4 + 3 bytes per block for a 100 MiB file, 4 + 2 for a small one.
+    assert_eq!(strong_len_for(100 << 20, block_size_for(100 << 20)), 3);
+    assert_eq!(strong_len_for(10_000, 700), 2);
+    assert_eq!(strong_len_for(1 << 40, MAX_BLOCK), 6);
+    let old = noise(21, 1 << 20);
+    let sig = signature(&mut Cursor::new(&old), old.len() as u64).unwrap();
+    assert_eq!(sig.blocks(), (1 << 20) / 1024);
+    assert_eq!(
+        sig.sums.len(),
+        sig.blocks() * (4 + usize::from(sig.strong_len))
+    );
 }
 
 #[test]

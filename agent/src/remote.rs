@@ -1,0 +1,445 @@
+//! A replica on another agent: the [`Endpoint`] trait spoken over a session. The engine calls
+//! it from a blocking thread; each call waits on the session inside the tokio runtime that
+//! thread belongs to.
+//!
+//! A file's data streams as batches of delta ops without a reply for each, so a transfer costs
+//! one round trip for the signature and one for the final verdict, whatever its size.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::client::{ClientError, Dial, Session};
+use crate::delta::{Encoded, Op, Signature};
+use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope};
+use crate::filter::Filter;
+use crate::protocol::{ErrorKind, Fence, Request, Response, WireError};
+use crate::tree::{Entry, Mtime, Tree};
+
+/// Literal bytes gathered before a batch of ops is sent: large enough that frames are few,
+/// small enough that the receiver writes while the sender reads.
+const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_OPS: usize = 4096;
+
+/// A folder `path` on the agent `dial` reaches.
+pub struct RemoteEndpoint {
+    dial: Dial,
+    path: String,
+    session: Mutex<Option<Session>>,
+    wire: Arc<AtomicU64>,
+}
+
+impl RemoteEndpoint {
+    pub fn new(dial: Dial, path: impl Into<String>) -> Self {
+        Self {
+            dial,
+            path: path.into(),
+            session: Mutex::new(None),
+            wire: Arc::default(),
+        }
+    }
+
+    pub fn dial(&self) -> &Dial {
+        &self.dial
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn error(&self, op: &str, rel: &Path, source: io::Error) -> EndpointError {
+        EndpointError::new(op.to_owned(), self.place(rel), source)
+    }
+
+    /// `agent:/root/rel`, as users name it.
+    fn place(&self, rel: &Path) -> String {
+        let full = Path::new(&self.path).join(rel);
+        format!("{}:{}", self.dial.agent, full.display())
+    }
+
+    fn session(&self) -> MutexGuard<'_, Option<Session>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One request and its response. A broken connection is dropped, so the next run
+    /// reconnects.
+    fn call(&self, op: &str, rel: &Path, request: Request) -> Result<Response> {
+        let mut slot = self.session();
+        let response = on_session(&mut slot, |s| s.call(&request));
+        self.answer(op, rel, &mut slot, response)
+    }
+
+    /// Turns a response into the endpoint's result: a `Failed` answer into the agent's error,
+    /// a connection failure into an error naming the agent (and the end of this session).
+    fn answer(
+        &self,
+        op: &str,
+        rel: &Path,
+        slot: &mut Option<Session>,
+        response: std::result::Result<Response, ClientError>,
+    ) -> Result<Response> {
+        match response {
+            Ok(Response::Failed(wire)) => Err(from_wire(&self.dial.agent, wire)),
+            Ok(other) => Ok(other),
+            Err(e) => {
+                *slot = None;
+                Err(self.error(
+                    op,
+                    rel,
+                    io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),
+                ))
+            }
+        }
+    }
+
+    fn unexpected(&self, op: &str, rel: &Path, got: &Response) -> EndpointError {
+        let message = format!("the agent answered {got:?}");
+        self.error(op, rel, io::Error::new(io::ErrorKind::InvalidData, message))
+    }
+}
+
+/// Runs a session call from a blocking thread inside the runtime.
+fn on_session<'s, T, F>(
+    slot: &'s mut Option<Session>,
+    call: impl FnOnce(&'s mut Session) -> F,
+) -> std::result::Result<T, ClientError>
+where
+    F: Future<Output = std::result::Result<T, ClientError>> + 's,
+{
+    let Some(session) = slot.as_mut() else {
+        return Err(ClientError::Frame {
+            agent: String::new(),
+            source: crate::frame::FrameError::Unexpected(
+                "no session: the run did not prepare this replica".into(),
+            ),
+        });
+    };
+    block(call(session))
+}
+
+fn block<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(future)
+}
+
+/// An agent's error as an endpoint error naming the agent, its kind kept so the engine can
+/// react (a bad delta is retried whole).
+pub fn from_wire(agent: &str, wire: WireError) -> EndpointError {
+    let kind = match wire.kind {
+        ErrorKind::NotFound => io::ErrorKind::NotFound,
+        ErrorKind::PermissionDenied | ErrorKind::Outside | ErrorKind::StaleEpoch => {
+            io::ErrorKind::PermissionDenied
+        }
+        ErrorKind::StorageFull => io::ErrorKind::StorageFull,
+        ErrorKind::InvalidData => io::ErrorKind::InvalidData,
+        ErrorKind::Other => io::ErrorKind::Other,
+    };
+    EndpointError::new(
+        wire.op,
+        format!("{agent}:{}", wire.path),
+        io::Error::new(kind, wire.message),
+    )
+}
+
+impl Endpoint for RemoteEndpoint {
+    fn display(&self) -> String {
+        format!("{}:{}", self.dial.agent, self.path)
+    }
+
+    fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()> {
+        let root = Path::new("");
+        let mut slot = self.session();
+        *slot = None;
+        let session = block(Session::connect(
+            &self.dial,
+            fence.cloned(),
+            self.wire.clone(),
+        ))
+        .map_err(|e| self.error("connect to", root, io::Error::other(e.to_string())))?;
+        *slot = Some(session);
+        let open = Request::Open {
+            path: self.path.clone(),
+            create,
+        };
+        let response = on_session(&mut slot, |s| s.call(&open));
+        match self.answer("open folder", root, &mut slot, response)? {
+            Response::Done => Ok(()),
+            other => Err(self.unexpected("open folder", root, &other)),
+        }
+    }
+
+    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
+        let root = Path::new("");
+        let (include, exclude) = filter.patterns();
+        let request = Request::Scan {
+            paths: match scope {
+                Scope::Full => None,
+                Scope::Paths(paths) => Some(paths.clone()),
+            },
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        };
+        let mut tree = Tree::new();
+        let mut response = self.call("read folder", root, request)?;
+        let mut slot = self.session();
+        loop {
+            match response {
+                Response::Scanned { entries, more } => {
+                    tree.extend(entries);
+                    if !more {
+                        return Ok(tree);
+                    }
+                }
+                other => return Err(self.unexpected("read folder", root, &other)),
+            }
+            let next = on_session(&mut slot, |s| s.receive());
+            response = self.answer("read folder", root, &mut slot, next)?;
+        }
+    }
+
+    fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
+        let path = rel.to_path_buf();
+        match self.call("read", rel, Request::Stat { path })? {
+            Response::Stat(entry) => Ok(entry),
+            other => Err(self.unexpected("read", rel, &other)),
+        }
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
+        let path = rel.to_path_buf();
+        match self.call("read", rel, Request::Signature { path })? {
+            Response::Signature(sig) => Ok(sig),
+            other => Err(self.unexpected("read", rel, &other)),
+        }
+    }
+
+    fn send_file(
+        &self,
+        rel: &Path,
+        base: Option<&Signature>,
+        out: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> Result<Encoded> {
+        let request = Request::ReadFile {
+            path: rel.to_path_buf(),
+            base: base.cloned(),
+        };
+        let mut response = self.call("read", rel, request)?;
+        let mut slot = self.session();
+        // After a local failure the stream is still read to its end, keeping the session usable.
+        let mut failed: Option<io::Error> = None;
+        loop {
+            match response {
+                Response::Data { ops } => {
+                    for op in ops {
+                        if failed.is_none()
+                            && let Err(e) = out(op)
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                Response::DataEnd { hash, size } => {
+                    if let Some(e) = failed {
+                        return Err(self.error("read", rel, e));
+                    }
+                    let hash: [u8; 32] = hash
+                        .try_into()
+                        .map_err(|_| self.error("read", rel, io::Error::other("malformed hash")))?;
+                    return Ok(Encoded {
+                        size,
+                        hash: blake3::Hash::from_bytes(hash),
+                    });
+                }
+                other => return Err(self.unexpected("read", rel, &other)),
+            }
+            let next = on_session(&mut slot, |s| s.receive());
+            response = self.answer("read", rel, &mut slot, next)?;
+        }
+    }
+
+    fn receive_file<'a>(
+        &'a self,
+        rel: &Path,
+        entry: &Entry,
+        block_size: Option<u32>,
+    ) -> Result<Box<dyn FileSink + 'a>> {
+        let mut slot = self.session();
+        let request = Request::WriteFile {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+            block_size,
+        };
+        let sent = on_session(&mut slot, |s| s.send(&request));
+        if let Err(e) = sent {
+            return Err(self.answer("write", rel, &mut slot, Err(e)).unwrap_err());
+        }
+        Ok(Box::new(RemoteSink {
+            endpoint: self,
+            rel: rel.to_path_buf(),
+            slot,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            ended: false,
+        }))
+    }
+
+    fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let request = Request::MakeDir {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.expect_done("create folder", rel, request)
+    }
+
+    fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let request = Request::MakeSymlink {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.expect_done("create link", rel, request)
+    }
+
+    fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool> {
+        let request = Request::Remove {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        match self.call("remove", rel, request)? {
+            Response::Removed(removed) => Ok(removed),
+            other => Err(self.unexpected("remove", rel, &other)),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        let request = Request::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        };
+        self.expect_done("rename", from, request)
+    }
+
+    fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
+        let request = Request::SetMtime {
+            path: rel.to_path_buf(),
+            mtime,
+        };
+        self.expect_done("set mtime of", rel, request)
+    }
+
+    fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
+        let path = rel.to_path_buf();
+        match self.call("read", rel, Request::Hash { path })? {
+            Response::Hash(bytes) if bytes.len() == 32 => Ok(blake3::Hash::from_bytes(
+                bytes.try_into().expect("32 bytes"),
+            )),
+            other => Err(self.unexpected("read", rel, &other)),
+        }
+    }
+
+    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let request = Request::ReadState { name: name.into() };
+        match self.call("read state", Path::new(name), request)? {
+            Response::State(bytes) => Ok(bytes.map(|b| b.into_vec())),
+            other => Err(self.unexpected("read state", Path::new(name), &other)),
+        }
+    }
+
+    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let request = Request::WriteState {
+            name: name.into(),
+            bytes: bytes.to_vec(),
+        };
+        self.expect_done("write state", Path::new(name), request)
+    }
+
+    fn wire_bytes(&self) -> u64 {
+        self.wire.load(Ordering::Relaxed)
+    }
+}
+
+impl RemoteEndpoint {
+    fn expect_done(&self, op: &str, rel: &Path, request: Request) -> Result<()> {
+        match self.call(op, rel, request)? {
+            Response::Done => Ok(()),
+            other => Err(self.unexpected(op, rel, &other)),
+        }
+    }
+}
+
+/// A file streaming to an agent: ops go out in batches; the agent answers once, at the end.
+struct RemoteSink<'a> {
+    endpoint: &'a RemoteEndpoint,
+    rel: std::path::PathBuf,
+    /// The session stays locked while the file streams: nothing else may interleave.
+    slot: MutexGuard<'a, Option<Session>>,
+    batch: Vec<Op>,
+    batch_bytes: usize,
+    /// `DataEnd` was sent: the agent's answer is due.
+    ended: bool,
+}
+
+impl RemoteSink<'_> {
+    fn send(&mut self, request: &Request) -> Result<()> {
+        let sent = on_session(&mut self.slot, |s| s.send(request));
+        if let Err(e) = sent {
+            let (endpoint, rel) = (self.endpoint, self.rel.clone());
+            return Err(endpoint
+                .answer("write", &rel, &mut self.slot, Err(e))
+                .unwrap_err());
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.send(&Request::Data { ops })
+    }
+
+    /// Sends the end of the stream and reads the agent's verdict.
+    fn end(&mut self, hash: Vec<u8>) -> Result<Response> {
+        self.flush()?;
+        self.ended = true;
+        self.send(&Request::DataEnd { hash })?;
+        let response = on_session(&mut self.slot, |s| s.receive());
+        let (endpoint, rel) = (self.endpoint, self.rel.clone());
+        endpoint.answer("write", &rel, &mut self.slot, response)
+    }
+}
+
+impl FileSink for RemoteSink<'_> {
+    fn write(&mut self, op: Op) -> Result<()> {
+        self.batch_bytes += op.literal_len();
+        self.batch.push(op);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_OPS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
+        match self.end(sent.hash.as_bytes().to_vec())? {
+            Response::Written { bytes } => Ok(bytes),
+            other => Err(self.endpoint.unexpected("write", &self.rel, &other)),
+        }
+    }
+}
+
+impl Drop for RemoteSink<'_> {
+    /// Abandoned mid-file: an empty hash tells the agent to throw the file away, and its
+    /// answer is read so the session stays in step.
+    fn drop(&mut self) {
+        if !self.ended && self.slot.is_some() {
+            self.batch.clear();
+            let _ = self.end(Vec::new());
+        }
+    }
+}
