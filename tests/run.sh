@@ -28,5 +28,12 @@ if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] && command -v ap
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null
 fi
 
+# The agent tests compare replicas with rsync; the sync benchmark runs it as a daemon.
+if ! command -v rsync >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "tests/run.sh: installing rsync (the agent tests check replicas with it)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -68,6 +68,9 @@ pub struct JobSpec {
     pub source: Arc<dyn Endpoint>,
     pub destinations: Vec<Arc<dyn Endpoint>>,
     pub filter: Filter,
+    /// Set when the whole run belongs on the agent that holds the source: the caller hands it
+    /// over ([`crate::remote::hand_over`]) instead of running the engine itself.
+    pub handoff: Option<crate::remote::Handoff>,
 }
 
 impl fmt::Debug for JobSpec {
@@ -153,6 +156,12 @@ pub enum EngineError {
     },
     #[error("job {job}: cancelled")]
     Cancelled { job: String },
+    #[error("job {job}: on agent {agent}: {message}")]
+    Agent {
+        job: String,
+        agent: String,
+        message: String,
+    },
 }
 
 /// A file in a replica's `.ferry` folder saying ferry has synced it before: an empty replica
@@ -210,6 +219,13 @@ impl Halt {
         self.0
             .deadline
             .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Time left before the deadline; `None` without one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        let deadline = self.0.deadline.load(Ordering::SeqCst);
+        (deadline != 0)
+            .then(|| std::time::Duration::from_nanos(deadline).saturating_sub(epoch().elapsed()))
     }
 
     pub fn is_halted(&self) -> bool {

@@ -189,6 +189,7 @@ fn sync_once(
         source: local(source),
         destinations: destinations.into_iter().map(local).collect(),
         filter,
+        handoff: None,
     };
     let print = |event: Event| match event {
         Event::Failed { path, error } => eprintln!("failed {}: {error}", path.display()),

@@ -10,12 +10,14 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::client::{ClientError, Dial, Session};
 use crate::delta::{Encoded, Op, Signature};
 use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope};
+use crate::engine::{EngineError, Event, Halt, Summary};
 use crate::filter::Filter;
-use crate::protocol::{ErrorKind, Fence, Request, Response, WireError};
+use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
 use crate::tree::{Entry, Mtime, Tree};
 
 /// Literal bytes gathered before a batch of ops is sent: large enough that frames are few,
@@ -442,4 +444,96 @@ impl Drop for RemoteSink<'_> {
             let _ = self.end(Vec::new());
         }
     }
+}
+
+/// A run that belongs on the agent holding the job's source, so file data flows from agent to
+/// agent and never through the scheduler.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub dial: Dial,
+    pub order: JobOrder,
+}
+
+/// How often a run handed over is told it may go on.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// How long a run may go on unconfirmed when the halt has no deadline of its own.
+const UNBOUNDED_VALIDITY: Duration = Duration::from_secs(30);
+
+/// Hands a run over `scope` to the source's agent and follows it to its end: every event goes
+/// to `on_event`, and the agent is kept going only while `halt` allows (it stops by itself
+/// when the keep-alives stop, so a scheduler killed mid-run stops the run within a lease).
+pub async fn hand_over(
+    handoff: &Handoff,
+    scope: &Scope,
+    halt: &Halt,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> std::result::Result<Summary, EngineError> {
+    let job = handoff.order.job.clone();
+    let unreachable = |e: ClientError| EngineError::Source {
+        job: job.clone(),
+        source: EndpointError::new(
+            "reach",
+            format!("{}:{}", handoff.dial.agent, handoff.order.source),
+            io::Error::other(e.to_string()),
+        ),
+    };
+    let validity = || halt.remaining().unwrap_or(UNBOUNDED_VALIDITY);
+    let session = Session::connect(&handoff.dial, halt.fence().cloned(), Arc::default())
+        .await
+        .map_err(unreachable)?;
+    let mut order = handoff.order.clone();
+    order.paths = match scope {
+        Scope::Full => None,
+        Scope::Paths(paths) => Some(paths.clone()),
+    };
+    let (mut reader, mut writer) = session.split();
+    let request = Request::RunJob {
+        order,
+        valid_for_ms: validity().as_millis() as u64,
+    };
+    writer.send(&request).await.map_err(unreachable)?;
+    let keeper = halt.clone();
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+            let message = match keeper.is_halted() {
+                true => Request::Cancel,
+                false => Request::KeepAlive {
+                    valid_for_ms: keeper.remaining().unwrap_or(UNBOUNDED_VALIDITY).as_millis()
+                        as u64,
+                },
+            };
+            if writer.send(&message).await.is_err() || message == Request::Cancel {
+                return;
+            }
+        }
+    });
+    let outcome = loop {
+        match reader.receive().await {
+            Ok(Response::Progress(event)) => on_event(event),
+            Ok(Response::RunDone { summary }) => break Ok(summary),
+            Ok(Response::Failed(wire)) if halt.is_halted() => {
+                tracing::debug!(?wire, "run handed over stopped");
+                break Err(EngineError::Cancelled { job: job.clone() });
+            }
+            Ok(Response::Failed(wire)) => {
+                break Err(EngineError::Agent {
+                    job: job.clone(),
+                    agent: handoff.dial.agent.clone(),
+                    message: wire.message,
+                });
+            }
+            Ok(other) => {
+                let message = format!("unexpected answer {other:?}");
+                break Err(EngineError::Agent {
+                    job: job.clone(),
+                    agent: handoff.dial.agent.clone(),
+                    message,
+                });
+            }
+            Err(e) => break Err(unreachable(e)),
+        }
+    };
+    keep_alive.abort();
+    outcome
 }

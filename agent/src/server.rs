@@ -551,6 +551,7 @@ fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
         source: here(&order.source)?,
         destinations,
         filter,
+        handoff: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The scheduler service's settings: defaults, then a TOML file (`--config`), then flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +30,9 @@ pub struct ServiceConfig {
     /// an hour. Default 30 days.
     #[serde(with = "humantime_serde")]
     pub keep_runs: Duration,
+    /// Folder with `ca.pem`, `NAME.pem` and `NAME.key` (from `ferry ca`), to reach agents as
+    /// this scheduler's name. Without it, jobs on agents are reported as problems.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -41,6 +44,7 @@ impl Default for ServiceConfig {
             poll: Duration::from_secs(1),
             settle: Duration::from_secs(2),
             keep_runs: Duration::from_secs(30 * 24 * 3600),
+            tls_dir: None,
         }
     }
 }

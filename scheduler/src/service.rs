@@ -8,9 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferry_agent::protocol::Fence;
 use ferry_agent::{Halt, JobSpec};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceConfig;
 use crate::lease::{Candidates, Demand, Placement};
-use crate::plan::definitions::{self, ValidSchedule};
+use crate::plan::definitions::{self, Remotes, ValidSchedule};
 use crate::plan::monitor::{self, MonitorTask};
 use crate::plan::run::{self, ScheduledRun};
 use crate::plan::{ProblemSlot, firing};
@@ -50,6 +52,8 @@ pub struct Service {
     due_retries: Vec<RunRow>,
     /// Local work must stop by then unless a renewal succeeds first.
     lease_deadline: Instant,
+    /// This scheduler's certificate for reaching agents, if it has one.
+    identity: Option<(String, Arc<ferry_agent::tls::ClientConfig>)>,
 }
 
 struct Holding {
@@ -125,6 +129,7 @@ struct Definitions {
     schedules: Vec<ScheduleRow>,
     monitors: Vec<MonitorRow>,
     schedulers: Vec<SchedulerRow>,
+    remotes: Remotes,
 }
 
 /// The text every scheduler places a schedule or monitor by.
@@ -138,7 +143,10 @@ impl Definitions {
         let schedules = self
             .schedules
             .iter()
-            .filter(|s| !s.held && definitions::schedule(s, self.jobs.get(&s.job_name)).is_ok())
+            .filter(|s| {
+                !s.held
+                    && definitions::schedule(s, self.jobs.get(&s.job_name), &self.remotes).is_ok()
+            })
             .map(|s| {
                 (
                     demand_key(ResourceKind::Schedule, &s.name),
@@ -149,7 +157,10 @@ impl Definitions {
         let monitors = self
             .monitors
             .iter()
-            .filter(|m| !m.held && definitions::monitor(m, self.jobs.get(&m.job_name)).is_ok())
+            .filter(|m| {
+                !m.held
+                    && definitions::monitor(m, self.jobs.get(&m.job_name), &self.remotes).is_ok()
+            })
             .map(|m| {
                 (
                     demand_key(ResourceKind::Monitor, &m.name),
@@ -167,8 +178,21 @@ impl Definitions {
             .collect()
     }
 
-    async fn load(store: &Store) -> Result<Self, StoreError> {
+    async fn load(
+        store: &Store,
+        identity: &Option<(String, Arc<ferry_agent::tls::ClientConfig>)>,
+    ) -> Result<Self, StoreError> {
+        let remotes = Remotes {
+            addresses: store
+                .agents()
+                .await?
+                .into_iter()
+                .map(|a| (a.name, a.address))
+                .collect(),
+            identity: identity.clone(),
+        };
         Ok(Self {
+            remotes,
             jobs: store
                 .jobs()
                 .await?
@@ -202,6 +226,14 @@ impl Service {
         name: String,
     ) -> Result<Self, ServiceError> {
         config.validate().map_err(ServiceError::Config)?;
+        let identity = match &config.tls_dir {
+            Some(dir) => {
+                let tls = ferry_agent::tls::client_config(dir, &name)
+                    .map_err(|e| ServiceError::Config(format!("--tls-dir: {e}")))?;
+                Some((name.clone(), tls))
+            }
+            None => None,
+        };
         let registration = Registration {
             name: name.clone(),
             instance_id: uuid::Uuid::new_v4().to_string(),
@@ -230,6 +262,7 @@ impl Service {
             data_problem: None,
             pruned_at: None,
             due_retries: Vec::new(),
+            identity,
         })
     }
 
@@ -314,7 +347,7 @@ impl Service {
         }
         self.renew_leases().await?;
         let now = self.store.now().await?;
-        let defs = Definitions::load(&self.store).await?;
+        let defs = Definitions::load(&self.store, &self.identity).await?;
         self.due_retries = self.store.due_retries().await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
         let candidates = Candidates::new(&defs.schedulers, now, settle);
@@ -401,7 +434,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = (ResourceKind::Schedule, row.name.clone());
-        let valid = definitions::schedule(row, defs.jobs.get(&row.job_name));
+        let valid = definitions::schedule(row, defs.jobs.get(&row.job_name), &defs.remotes);
         let invalid = valid.as_ref().err().cloned();
         self.report_problem(&key, &row.last_error, invalid.clone())
             .await?;
@@ -489,7 +522,10 @@ impl Service {
             .await?;
         Ok(epoch.map(|epoch| {
             tracing::info!(kind = %kind, name, epoch, "claimed");
-            let halt = Halt::new();
+            let halt = Halt::fenced(Fence {
+                resource: demand_key(*kind, name),
+                epoch,
+            });
             halt.extend_until(self.deadline_from(sent).into_std());
             Claimed { epoch, halt }
         }))
@@ -672,7 +708,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = (ResourceKind::Monitor, row.name.clone());
-        let valid = definitions::monitor(row, defs.jobs.get(&row.job_name));
+        let valid = definitions::monitor(row, defs.jobs.get(&row.job_name), &defs.remotes);
         let placement = self.place(
             &key,
             row.held,
@@ -775,7 +811,7 @@ impl Service {
         let task = MonitorTask {
             name: name.to_owned(),
             spec,
-            roots: definitions::watch_roots(&definition.job),
+            roots: definitions::watch_roots(&definition.job).unwrap_or_default(),
             debounce: Duration::from_millis(definition.debounce_ms.max(0) as u64),
             rescan: Duration::from_millis(definition.rescan_ms.max(1) as u64),
             problem: problem.clone(),

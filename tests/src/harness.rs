@@ -374,19 +374,24 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path) -> Self {
+        Self::start_at(env, name, roots, tls_dir, "127.0.0.1:0")
+    }
+
+    /// Starts an agent listening on `listen` (a fixed port, to restart it where it was).
+    pub fn start_at(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path, listen: &str) -> Self {
         let log = env.path(&format!("agent-{name}.log"));
-        let log_file = fs::File::create(&log).expect("log file");
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let skip = fs::read_to_string(&log).map_or(0, |l| l.len());
         let mut command = Command::new(binary("ferry-agent"));
         command
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-                "--tls-dir",
-            ])
-            .arg(tls_dir);
+            .args(["run", "--listen", listen, "--name", name, "--tls-dir"])
+            .arg(tls_dir)
+            .arg("--state-dir")
+            .arg(env.path(&format!("agent-{name}-state")));
         for root in roots {
             command.arg("--root").arg(root);
         }
@@ -405,7 +410,7 @@ impl TestAgent {
         };
         let found = wait_until(Duration::from_secs(20), || {
             let log = agent.log();
-            let address = log
+            let address = log[skip.min(log.len())..]
                 .lines()
                 .find(|l| l.contains("listening"))
                 .and_then(|l| l.split("address=").nth(1));
@@ -419,6 +424,12 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or a power cut would stop it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -47,6 +47,7 @@ impl Fixture {
             source: endpoint(&self.roots[0]),
             destinations: self.roots[1..].iter().map(endpoint).collect(),
             filter,
+            handoff: None,
         }
     }
 

@@ -12,7 +12,7 @@ use super::{
     ScheduleCommand, invalid,
 };
 use crate::plan::cron::CronSpec;
-use crate::plan::definitions::{self, JobField};
+use crate::plan::definitions::{self, JobField, Place};
 use crate::plan::firing::Misfire;
 use crate::store::{JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow, Store};
 
@@ -69,16 +69,30 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         exclude: args.exclude,
     };
     check_name("job", &row.name)?;
-    if let Err(problem) = definitions::job_spec(&row) {
+    let checked = definitions::check_job(&row).map_err(|problem| {
         let flag = match problem.field {
             JobField::Rule => "--rule",
             JobField::Source => "--from",
             JobField::Destination => "--to",
             JobField::Filter => "--include/--exclude",
         };
-        return Err(invalid(flag, problem.to_string()));
+        invalid(flag, problem.to_string())
+    })?;
+    let agents: Vec<String> = store.agents().await?.into_iter().map(|a| a.name).collect();
+    let places = std::iter::once(("--from", &checked.source))
+        .chain(checked.destinations.iter().map(|p| ("--to", p)));
+    for (flag, place) in places {
+        if let Place::Agent { agent, .. } = place
+            && !agents.contains(agent)
+        {
+            let message = format!(
+                "agent {agent:?} is not known; add it first with `ferry agent add {agent} --address HOST:PORT`"
+            );
+            return Err(invalid(flag, message));
+        }
     }
-    if !allow_missing_source && !std::path::Path::new(&row.source).is_dir() {
+    let local_source = matches!(checked.source, Place::Local(_));
+    if local_source && !allow_missing_source && !std::path::Path::new(&row.source).is_dir() {
         let message = format!(
             "source folder {} does not exist on this machine; create it, or pass \
              --allow-missing-source if it exists only where the schedulers run",

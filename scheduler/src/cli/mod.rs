@@ -124,17 +124,31 @@ pub enum AgentCommand {
         #[arg(long, value_name = "HOST:PORT")]
         address: String,
     },
-    List,
+    /// Registered agents; with --tls-dir, also whether each is reachable, its version and
+    /// roots.
+    List {
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// Connect to an agent, authenticate both ways, and report the round-trip time.
+    ///
+    /// Example: ferry agent test nas1 --tls-dir /etc/ferry/tls
     Test {
         name: String,
-        /// Folder with ca.pem and this side's NAME.pem/NAME.key (from `ferry ca`).
-        #[arg(long, value_name = "DIR")]
-        tls_dir: PathBuf,
-        /// Whose certificate to present (default: this host's name, as a scheduler's).
-        #[arg(long = "as", value_name = "NAME")]
-        identity: Option<String>,
+        #[command(flatten)]
+        reach: Reach,
     },
+}
+
+/// How the CLI reaches agents.
+#[derive(Args)]
+pub struct Reach {
+    /// Folder with ca.pem and this side's NAME.pem/NAME.key (from `ferry ca`).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Whose certificate to present (default: this host's name, as a scheduler's).
+    #[arg(long = "as", value_name = "NAME")]
+    pub identity: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -339,6 +353,10 @@ pub struct SchedulerRun {
     /// Delete finished runs and their events older than this (default 30days).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub keep_runs: Option<Duration>,
+    /// Folder with ca.pem and this scheduler's NAME.pem/NAME.key (from `ferry ca issue NAME`),
+    /// to reach agents. Needed for jobs with `AGENT:/path` folders.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Runs a parsed command line.

@@ -7,12 +7,13 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::output::{or_dash, time};
-use super::{AgentCommand, Output, SchedulerRun, invalid};
+use super::{AgentCommand, Output, Reach, SchedulerRun, invalid};
 use crate::config::ServiceConfig;
 use crate::plan::cron::CronSpec;
 use crate::plan::run::human_bytes;
 use crate::service::Service;
 use crate::store::{Channel, RunRow, SchedulerRow, StatusRow, Store};
+use ferry_agent::client::{Dial, Session};
 
 pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
     let mut config = match &args.config {
@@ -24,6 +25,7 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
     config.heartbeat = args.heartbeat.unwrap_or(config.heartbeat);
     config.poll = args.poll.unwrap_or(config.poll);
     config.keep_runs = args.keep_runs.unwrap_or(config.keep_runs);
+    config.tls_dir = args.tls_dir.or(config.tls_dir);
     config
         .validate()
         .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;
@@ -286,17 +288,43 @@ pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Res
             store.add_agent(&name, &address).await?;
             println!("added agent {name} at {address}");
         }
-        AgentCommand::List => {
+        AgentCommand::List { reach } => {
             let agents = store.agents().await?;
-            out.list(&agents, &["name", "address", "added"], |a| {
-                vec![a.name.clone(), a.address.clone(), time(Some(a.created_at))]
+            let mut reports = Vec::new();
+            for agent in &agents {
+                let probe = match &reach.tls_dir {
+                    Some(_) => Some(probe(&reach, &agent.name, &agent.address).await),
+                    None => None,
+                };
+                reports.push(AgentReport::new(agent, probe));
+            }
+            let headers = [
+                "name",
+                "address",
+                "added",
+                "reachable",
+                "version",
+                "roots",
+                "rtt",
+            ];
+            out.list(&reports, &headers, |r| {
+                vec![
+                    r.name.clone(),
+                    r.address.clone(),
+                    time(Some(r.added)),
+                    match (&r.reachable, &r.error) {
+                        (None, _) => "- (give --tls-dir)".into(),
+                        (Some(true), _) => "yes".into(),
+                        (Some(false), e) => format!("no: {}", e.as_deref().unwrap_or("?")),
+                    },
+                    or_dash(r.software.as_deref()),
+                    r.roots.join(", "),
+                    r.round_trip_ms
+                        .map_or("-".into(), |ms| format!("{ms:.2} ms")),
+                ]
             });
         }
-        AgentCommand::Test {
-            name,
-            tls_dir,
-            identity,
-        } => {
+        AgentCommand::Test { name, reach } => {
             let agents = store.agents().await?;
             let agent = agents.iter().find(|a| a.name == name).ok_or_else(|| {
                 invalid(
@@ -304,35 +332,97 @@ pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Res
                     format!("no agent named {name:?}; add it with `ferry agent add`"),
                 )
             })?;
-            let me = identity.unwrap_or_else(crate::lease::default_name);
-            let tls = ferry_agent::tls::client_config(&tls_dir, &me)?;
-            let mut session =
-                ferry_agent::client::Session::connect(&agent.name, &agent.address, &me, tls)
-                    .await?;
-            let mut rtts = Vec::new();
-            for _ in 0..5 {
-                rtts.push(session.ping().await?);
+            if reach.tls_dir.is_none() {
+                return Err(invalid("--tls-dir", "needed to authenticate to the agent"));
             }
-            rtts.sort();
-            let report = serde_json::json!({
-                "agent": session.agent,
-                "address": agent.address,
-                "software": session.software,
-                "roots": session.roots,
-                "round_trip_ms": rtts[rtts.len() / 2].as_secs_f64() * 1000.0,
-            });
+            let report = AgentReport::new(
+                agent,
+                Some(probe(&reach, &agent.name, &agent.address).await),
+            );
+            if let Some(error) = &report.error {
+                anyhow::bail!("{error}");
+            }
             match out {
                 Output::Json => out.one(&report),
                 Output::Table => println!(
                     "agent {} at {}: authenticated, ferry-agent {}, roots {}, round trip {:.2} ms",
-                    session.agent,
-                    agent.address,
-                    session.software,
-                    session.roots.join(", "),
-                    rtts[rtts.len() / 2].as_secs_f64() * 1000.0
+                    report.name,
+                    report.address,
+                    report.software.as_deref().unwrap_or("?"),
+                    report.roots.join(", "),
+                    report.round_trip_ms.unwrap_or_default()
                 ),
             }
         }
     }
     Ok(())
+}
+
+/// An agent as `ferry agent list/test` show it.
+#[derive(Serialize)]
+struct AgentReport {
+    name: String,
+    address: String,
+    added: chrono::DateTime<Utc>,
+    /// `None` when not probed.
+    reachable: Option<bool>,
+    software: Option<String>,
+    roots: Vec<String>,
+    round_trip_ms: Option<f64>,
+    error: Option<String>,
+}
+
+impl AgentReport {
+    fn new(agent: &crate::store::AgentRow, probe: Option<anyhow::Result<(Session, f64)>>) -> Self {
+        let mut report = Self {
+            name: agent.name.clone(),
+            address: agent.address.clone(),
+            added: agent.created_at,
+            reachable: probe.as_ref().map(|p| p.is_ok()),
+            software: None,
+            roots: Vec::new(),
+            round_trip_ms: None,
+            error: None,
+        };
+        match probe {
+            Some(Ok((session, ms))) => {
+                report.software = Some(session.software);
+                report.roots = session.roots;
+                report.round_trip_ms = Some(ms);
+            }
+            Some(Err(e)) => report.error = Some(format!("{e:#}")),
+            None => {}
+        }
+        report
+    }
+}
+
+/// Connects to an agent, authenticates, and times the median of five round trips.
+async fn probe(reach: &Reach, agent: &str, address: &str) -> anyhow::Result<(Session, f64)> {
+    let dir = reach
+        .tls_dir
+        .as_deref()
+        .expect("probed only with --tls-dir");
+    let me = reach
+        .identity
+        .clone()
+        .unwrap_or_else(crate::lease::default_name);
+    let dial = Dial {
+        agent: agent.to_owned(),
+        address: address.to_owned(),
+        client: me.clone(),
+        tls: ferry_agent::tls::client_config(dir, &me)?,
+    };
+    let attempt = async {
+        let mut session = Session::connect(&dial, None, Default::default()).await?;
+        let mut rtts = Vec::new();
+        for _ in 0..5 {
+            rtts.push(session.ping().await?);
+        }
+        rtts.sort();
+        anyhow::Ok((session, rtts[rtts.len() / 2].as_secs_f64() * 1000.0))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| anyhow::anyhow!("agent {agent} at {address} did not answer within 5 s"))?
 }

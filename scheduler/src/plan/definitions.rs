@@ -2,11 +2,16 @@
 //! whatever users insert is validated here; a problem becomes the row's `last_error` (and an
 //! exit code 2 from the CLI), never a crash.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_agent::client::Dial;
 use ferry_agent::endpoint::{Endpoint, LocalEndpoint};
 use ferry_agent::filter::Filter;
+use ferry_agent::protocol::{JobOrder, RemoteFolder};
+use ferry_agent::remote::{Handoff, RemoteEndpoint};
+use ferry_agent::tls::ClientConfig;
 use ferry_agent::{JobSpec, Rule};
 
 use super::cron::CronSpec;
@@ -33,8 +38,75 @@ pub struct JobProblem {
     pub message: String,
 }
 
-/// Builds the engine's view of a job, or says what is wrong with the row.
-pub fn job_spec(job: &JobRow) -> Result<JobSpec, JobProblem> {
+/// Where a job's folder is: on this machine, or on an agent (`AGENT:/abs/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    Local(PathBuf),
+    Agent { agent: String, path: PathBuf },
+}
+
+impl Place {
+    /// Whether one place contains the other (a job must not sync a folder into itself).
+    fn overlaps(&self, other: &Place) -> bool {
+        match (self, other) {
+            (Place::Local(a), Place::Local(b)) => a.starts_with(b) || b.starts_with(a),
+            (Place::Agent { agent: x, path: a }, Place::Agent { agent: y, path: b }) => {
+                x == y && (a.starts_with(b) || b.starts_with(a))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How this process reaches agents: their addresses (the `agents` table) and its own
+/// certificate (`--tls-dir`), when it has one.
+#[derive(Clone, Default)]
+pub struct Remotes {
+    pub addresses: HashMap<String, String>,
+    pub identity: Option<(String, Arc<ClientConfig>)>,
+}
+
+impl Remotes {
+    fn dial(&self, agent: &str) -> Result<Dial, String> {
+        let address = self.addresses.get(agent).ok_or_else(|| {
+            format!("agent {agent:?} is not known; add it with `ferry agent add {agent} --address HOST:PORT`")
+        })?;
+        let (client, tls) = self.identity.clone().ok_or_else(|| {
+            format!(
+                "it names agent {agent:?}, but this scheduler has no certificate to reach agents; \
+                 start it with --tls-dir (see `ferry ca issue`)"
+            )
+        })?;
+        Ok(Dial {
+            agent: agent.to_owned(),
+            address: address.clone(),
+            client,
+            tls,
+        })
+    }
+
+    fn endpoint(&self, place: &Place) -> Result<Arc<dyn Endpoint>, String> {
+        Ok(match place {
+            Place::Local(path) => Arc::new(LocalEndpoint::new(path)),
+            Place::Agent { agent, path } => Arc::new(RemoteEndpoint::new(
+                self.dial(agent)?,
+                path.display().to_string(),
+            )),
+        })
+    }
+}
+
+/// A job row checked for everything that does not need an agent's address.
+#[derive(Debug)]
+pub struct CheckedJob {
+    pub rule: Rule,
+    pub source: Place,
+    pub destinations: Vec<Place>,
+    pub filter: Filter,
+}
+
+/// Checks a job row: rule, paths (local or on an agent), no overlaps, filters.
+pub fn check_job(job: &JobRow) -> Result<CheckedJob, JobProblem> {
     let problem = |field, message: String| JobProblem {
         job: job.name.clone(),
         field,
@@ -45,19 +117,16 @@ pub fn job_spec(job: &JobRow) -> Result<JobSpec, JobProblem> {
         .parse()
         .map_err(|e| problem(JobField::Rule, format!("rule: {e}")))?;
     let source =
-        local_path(&job.source).map_err(|e| problem(JobField::Source, format!("source: {e}")))?;
+        place(&job.source).map_err(|e| problem(JobField::Source, format!("source: {e}")))?;
     if job.destinations.is_empty() {
         let message = "no destinations: add a row to job_destinations (or use --to)".into();
         return Err(problem(JobField::Destination, message));
     }
-    let mut paths = vec![source.clone()];
+    let mut places = vec![source];
     for dest in &job.destinations {
-        let path = local_path(dest)
-            .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
-        if let Some(other) = paths
-            .iter()
-            .position(|p| p.starts_with(&path) || path.starts_with(p))
-        {
+        let here =
+            place(dest).map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
+        if let Some(other) = places.iter().position(|p| p.overlaps(&here)) {
             let message = match other {
                 0 => format!(
                     "destination {dest} overlaps the source {}: one would sync into the other",
@@ -65,56 +134,136 @@ pub fn job_spec(job: &JobRow) -> Result<JobSpec, JobProblem> {
                 ),
                 i => format!(
                     "destinations {} and {dest} overlap: one would sync into the other",
-                    paths[i].display()
+                    job.destinations[i - 1]
                 ),
             };
             return Err(problem(JobField::Destination, message));
         }
-        paths.push(path);
+        places.push(here);
     }
-    let destinations = paths[1..]
-        .iter()
-        .map(|p| Arc::new(LocalEndpoint::new(p)) as Arc<dyn Endpoint>)
-        .collect();
     let filter = Filter::new(&job.include, &job.exclude)
         .map_err(|e| problem(JobField::Filter, format!("filter: {e}")))?;
-    Ok(JobSpec {
-        name: job.name.clone(),
+    let source = places.remove(0);
+    Ok(CheckedJob {
         rule,
-        source: Arc::new(LocalEndpoint::new(source)),
-        destinations,
+        source,
+        destinations: places,
         filter,
     })
 }
 
-/// The folders a monitor watches: the source, plus every destination for the sync rule (its
-/// changes flow every way).
-pub fn watch_roots(job: &JobRow) -> Vec<PathBuf> {
-    let mut roots = vec![PathBuf::from(&job.source)];
-    if job.rule == "sync" {
-        roots.extend(job.destinations.iter().map(PathBuf::from));
-    }
-    roots
+/// Builds the engine's view of a job, or says what is wrong with the row. A job whose folders
+/// are all on agents is handed to the source's agent; otherwise this process runs it.
+pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<JobSpec, JobProblem> {
+    let checked = check_job(job)?;
+    let problem = |field, message: String| JobProblem {
+        job: job.name.clone(),
+        field,
+        message,
+    };
+    let source = remotes
+        .endpoint(&checked.source)
+        .map_err(|e| problem(JobField::Source, format!("source: {e}")))?;
+    let destinations = checked
+        .destinations
+        .iter()
+        .map(|p| remotes.endpoint(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
+    let handoff = handoff(job, &checked, remotes)
+        .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
+    Ok(JobSpec {
+        name: job.name.clone(),
+        rule: checked.rule,
+        source,
+        destinations,
+        filter: checked.filter,
+        handoff,
+    })
 }
 
-/// A path on this machine. `agent:/path` names a path on a remote agent.
-pub fn local_path(path: &str) -> Result<PathBuf, Problem> {
-    if let Some((agent, _)) = path
+/// The order for the source's agent when every folder of the job is on an agent.
+fn handoff(
+    job: &JobRow,
+    checked: &CheckedJob,
+    remotes: &Remotes,
+) -> Result<Option<Handoff>, String> {
+    let Place::Agent { agent, path } = &checked.source else {
+        return Ok(None);
+    };
+    let mut destinations = Vec::new();
+    for place in &checked.destinations {
+        let Place::Agent { agent, path } = place else {
+            return Ok(None);
+        };
+        destinations.push(RemoteFolder {
+            agent: agent.clone(),
+            address: remotes.dial(agent)?.address,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(Some(Handoff {
+        dial: remotes.dial(agent)?,
+        order: JobOrder {
+            job: job.name.clone(),
+            rule: checked.rule,
+            source: path.display().to_string(),
+            destinations,
+            include: job.include.clone(),
+            exclude: job.exclude.clone(),
+            paths: None,
+        },
+    }))
+}
+
+/// The folders a monitor watches: the source, plus every destination for the sync rule (its
+/// changes flow every way). Monitors watch folders on this machine only, for now.
+pub fn watch_roots(job: &JobRow) -> Result<Vec<PathBuf>, Problem> {
+    let mut places = vec![place(&job.source)?];
+    if job.rule == "sync" {
+        for dest in &job.destinations {
+            places.push(place(dest)?);
+        }
+    }
+    places
+        .into_iter()
+        .map(|p| match p {
+            Place::Local(path) => Ok(path),
+            Place::Agent { agent, path } => Err(format!(
+                "a monitor watches folders on the scheduler's machine, and {agent}:{} is on an \
+                 agent; use a schedule for it (e.g. --cron '* * * * *')",
+                path.display()
+            )),
+        })
+        .collect()
+}
+
+/// Parses a job path: `/abs/path` on this machine, or `agent:/abs/path` on an agent.
+pub fn place(path: &str) -> Result<Place, Problem> {
+    let (agent, local) = match path
         .split_once(':')
         .filter(|(agent, _)| !agent.contains('/'))
     {
-        return Err(format!(
-            "{path:?} names agent {agent:?}, but this ferry syncs local folders only; use an absolute local path"
-        ));
+        Some((agent, rest)) => (Some(agent), rest),
+        None => (None, path),
+    };
+    if agent.is_some_and(str::is_empty) {
+        return Err(format!("{path:?} has an empty agent name before ':'"));
     }
-    let p = Path::new(path);
+    let p = Path::new(local);
     if !p.is_absolute() {
         return Err(format!("{path:?} is not an absolute path"));
     }
     if p.components().any(|c| c == std::path::Component::ParentDir) {
         return Err(format!("{path:?} contains '..'; write the path without it"));
     }
-    Ok(p.to_path_buf())
+    Ok(match agent {
+        Some(agent) => Place::Agent {
+            agent: agent.to_owned(),
+            path: p.to_path_buf(),
+        },
+        None => Place::Local(p.to_path_buf()),
+    })
 }
 
 /// A schedule ready to fire.
@@ -125,21 +274,30 @@ pub struct ValidSchedule {
     pub spec: JobSpec,
 }
 
-pub fn schedule(row: &ScheduleRow, job: Option<&JobRow>) -> Result<ValidSchedule, Problem> {
+pub fn schedule(
+    row: &ScheduleRow,
+    job: Option<&JobRow>,
+    remotes: &Remotes,
+) -> Result<ValidSchedule, Problem> {
     let cron = CronSpec::parse(&row.cron, &row.timezone).map_err(|e| format!("cron: {e}"))?;
     let misfire = row.misfire.parse().map_err(|e| format!("misfire: {e}"))?;
     let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
     Ok(ValidSchedule {
         cron,
         misfire,
-        spec: job_spec(job).map_err(|e| e.to_string())?,
+        spec: job_spec(job, remotes).map_err(|e| e.to_string())?,
     })
 }
 
 /// A monitor's job, ready to watch and sync.
-pub fn monitor(row: &MonitorRow, job: Option<&JobRow>) -> Result<(JobRow, JobSpec), Problem> {
+pub fn monitor(
+    row: &MonitorRow,
+    job: Option<&JobRow>,
+    remotes: &Remotes,
+) -> Result<(JobRow, JobSpec), Problem> {
     let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
-    let spec = job_spec(job).map_err(|e| e.to_string())?;
+    let spec = job_spec(job, remotes).map_err(|e| e.to_string())?;
+    watch_roots(job).map_err(|e| format!("job {}: {e}", job.name))?;
     Ok((job.clone(), spec))
 }
 
@@ -160,30 +318,34 @@ mod tests {
 
     #[test]
     fn a_valid_job_builds() {
-        let spec = job_spec(&job("/srv/docs", "/backup/docs")).unwrap();
+        let spec = job_spec(&job("/srv/docs", "/backup/docs"), &Remotes::default()).unwrap();
         assert_eq!(spec.rule, Rule::Mirror);
         assert_eq!(spec.destinations[0].display(), "/backup/docs");
     }
 
     #[test]
     fn problems_name_the_job_and_field() {
-        let err = job_spec(&job("relative/docs", "/b")).unwrap_err();
+        let err = check_job(&job("relative/docs", "/b")).unwrap_err();
         assert_eq!(err.field, JobField::Source);
         assert!(err.to_string().starts_with("job docs: source:"), "{err}");
-        let err = job_spec(&job("/srv/docs", "/srv/docs/inner")).unwrap_err();
+        let err = check_job(&job("/srv/docs", "/srv/docs/inner")).unwrap_err();
         assert!(err.message.contains("overlaps"), "{err}");
         let mut nested = job("/srv/docs", "/b");
         nested.destinations.push("/b/c".into());
         assert!(
-            job_spec(&nested)
+            check_job(&nested)
                 .unwrap_err()
                 .message
                 .contains("destinations /b and /b/c overlap")
         );
-        let err = job_spec(&job("/srv/docs", "nas:/docs")).unwrap_err();
-        assert!(err.message.contains("agent \"nas\""), "{err}");
+        let err = job_spec(&job("/srv/docs", "nas:/docs"), &Remotes::default()).unwrap_err();
+        assert!(err.message.contains("agent \"nas\" is not known"), "{err}");
+        let err = check_job(&job("nas:/srv/docs", "nas:/srv/docs/inner")).unwrap_err();
+        assert!(err.message.contains("overlaps"), "{err}");
+        let err = check_job(&job("/srv/docs", "nas:docs")).unwrap_err();
+        assert!(err.message.contains("not an absolute path"), "{err}");
         let mut bad_rule = job("/a", "/b");
         bad_rule.rule = "clone".into();
-        assert_eq!(job_spec(&bad_rule).unwrap_err().field, JobField::Rule);
+        assert_eq!(check_job(&bad_rule).unwrap_err().field, JobField::Rule);
     }
 }

@@ -155,6 +155,21 @@ pub async fn sync(
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Some(handoff) = &spec.handoff {
+        let (handoff, halt) = (handoff.clone(), halt.clone());
+        let work = tokio::spawn(async move {
+            ferry_agent::remote::hand_over(&handoff, &scope, &halt, &mut |event| {
+                let _ = tx.send(event);
+            })
+            .await
+        });
+        while let Some(event) = rx.recv().await {
+            recorder.engine_event(event).await;
+        }
+        let summary = work.await.expect("following the agent's run panicked")?;
+        recorder.counters.bytes_sent += summary.bytes_sent as i64;
+        return Ok(summary);
+    }
     let (spec, halt) = (spec.clone(), halt.clone());
     let work = tokio::task::spawn_blocking(move || {
         engine::run(&spec, &scope, &halt, &mut |event| {

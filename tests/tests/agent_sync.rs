@@ -1,0 +1,493 @@
+//! Syncing between agents, as a user runs it: two `ferry-agent run` processes on 127.0.0.1 with
+//! certificates from `ferry ca`, a scheduler that hands the runs to the source agent, and the
+//! replicas checked with `rsync -anc --delete --itemize-changes` (no output: identical).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_agent::client::{ClientError, Dial, Session};
+use ferry_agent::protocol::{ErrorKind, Fence, Request, Response};
+use ferry_agent::tree::{Entry, Kind, Mtime};
+use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
+use serde_json::Value;
+
+/// A CA, two agents serving `srv1` and `srv2`, and a scheduler `s1` that can reach them.
+struct Site {
+    env: Env,
+    tls: PathBuf,
+    srv: [PathBuf; 2],
+    agents: Vec<Option<TestAgent>>,
+    scheduler: Option<TestScheduler>,
+}
+
+fn text(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+impl Site {
+    fn new() -> Self {
+        let env = Env::new(Backend::Sqlite);
+        let tls = env.path("tls");
+        env.ferry(&["ca", "init", "--dir", &text(&tls)]).ok();
+        for name in ["nas1", "nas2", "s1"] {
+            env.ferry(&[
+                "ca",
+                "issue",
+                "--dir",
+                &text(&tls),
+                name,
+                "--host",
+                "127.0.0.1",
+            ])
+            .ok();
+        }
+        let srv = [env.path("srv1"), env.path("srv2")];
+        let mut agents = Vec::new();
+        for (i, root) in srv.iter().enumerate() {
+            fs::create_dir_all(root).unwrap();
+            let name = format!("nas{}", i + 1);
+            let agent = TestAgent::start(&env, &name, &[root], &tls);
+            env.ferry(&["agent", "add", &name, "--address", &agent.address])
+                .ok();
+            agents.push(Some(agent));
+        }
+        let scheduler = TestScheduler::start(&env, "s1", &["--tls-dir", &text(&tls)]);
+        Self {
+            env,
+            tls,
+            srv,
+            agents,
+            scheduler: Some(scheduler),
+        }
+    }
+
+    /// A job from `nas1:srv1/NAME` to `nas2:srv2/NAME` with a schedule of the same name that
+    /// only fires when asked.
+    fn job(&self, name: &str, rule: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (src, dst) = (self.srv[0].join(name), self.srv[1].join(name));
+        fs::create_dir_all(&src).unwrap();
+        let from = format!("nas1:{}", text(&src));
+        let to = format!("nas2:{}", text(&dst));
+        let mut args = vec![
+            "job", "add", name, "--rule", rule, "--from", &from, "--to", &to,
+        ];
+        args.extend_from_slice(extra);
+        self.env.ferry(&args).ok();
+        self.env
+            .ferry(&[
+                "schedule",
+                "add",
+                name,
+                "--job",
+                name,
+                "--cron",
+                "0 0 1 1 *",
+            ])
+            .ok();
+        (src, dst)
+    }
+
+    fn run(&self, schedule: &str) -> Value {
+        let run = self
+            .env
+            .ferry(&["--output", "json", "schedule", "run", schedule, "--wait"]);
+        let json = run.json();
+        assert!(json.is_object(), "{run:?}");
+        json
+    }
+}
+
+/// `rsync -anc --delete --itemize-changes`: what rsync would still change; empty when the
+/// folders are identical. ferry's own `.ferry` folder is left out, and so is the time of the
+/// replica's root folder itself: it belongs to the job's folders, not to what they hold (ferry
+/// keeps its state in it, which changes its time).
+fn differences(src: &Path, dst: &Path, rule: &str) -> String {
+    let mut rsync = Command::new("rsync");
+    rsync.args(["-anc", "--itemize-changes", "--exclude=.ferry"]);
+    match rule {
+        "copy" => {}
+        "mirror" => {
+            rsync.arg("--delete");
+        }
+        // Folder times follow each side's own changes under the sync rule; ferry does not
+        // carry them.
+        _ => {
+            rsync.args(["--delete", "--omit-dir-times"]);
+        }
+    }
+    let out = rsync
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync must be installed (tests/run.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| *line != ".d..t...... ./")
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+fn write_tree(root: &Path) {
+    fs::create_dir_all(root.join("docs/deep/deeper")).unwrap();
+    fs::write(root.join("readme.txt"), "hello agents\n".repeat(100)).unwrap();
+    fs::write(root.join("docs/a.bin"), noise(1, 70_000)).unwrap();
+    fs::write(root.join("docs/deep/deeper/b.txt"), "b").unwrap();
+    fs::write(root.join("big.bin"), noise(2, 4 << 20)).unwrap();
+    fs::write(root.join("empty"), "").unwrap();
+    std::os::unix::fs::symlink("docs/a.bin", root.join("link")).unwrap();
+}
+
+#[test]
+fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
+    let site = Site::new();
+
+    // mirror: the destination becomes identical, extras deleted; a small edit in a big file
+    // sends a few KiB, not the file.
+    let (src, dst) = site.job("mirrored", "mirror", &[]);
+    write_tree(&src);
+    fs::create_dir_all(&dst).unwrap();
+    fs::write(dst.join("extra.txt"), "not in the source").unwrap();
+    let first = site.run("mirrored");
+    assert_eq!(first["state"], "succeeded", "{first:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    let big = 4u64 << 20;
+    assert!(first["bytes_total"].as_u64().unwrap() >= big, "{first:#}");
+
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("big.bin"))
+        .unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(2_000_000)).unwrap();
+    file.write_all(b"a few changed bytes").unwrap();
+    drop(file);
+    let edit = site.run("mirrored");
+    assert_eq!(edit["state"], "succeeded", "{edit:#}");
+    assert_eq!(edit["files_copied"], 1, "{edit:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    let sent = edit["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 64 * 1024,
+        "a 19-byte edit sent {sent} bytes: {edit:#}"
+    );
+
+    let unchanged = site.run("mirrored");
+    assert_eq!(unchanged["files_copied"], 0, "{unchanged:#}");
+    assert!(unchanged["bytes_sent"].as_u64().unwrap() < 16 * 1024);
+
+    // copy: new and changed files arrive, nothing is deleted.
+    let (src, dst) = site.job("copied", "copy", &[]);
+    write_tree(&src);
+    fs::create_dir_all(&dst).unwrap();
+    fs::write(dst.join("kept.txt"), "the copy rule deletes nothing").unwrap();
+    assert_eq!(site.run("copied")["state"], "succeeded");
+    assert_eq!(differences(&src, &dst, "copy"), "");
+    assert!(dst.join("kept.txt").exists());
+
+    // sync: changes flow both ways.
+    let (src, dst) = site.job("synced", "sync", &[]);
+    write_tree(&src);
+    assert_eq!(site.run("synced")["state"], "succeeded");
+    fs::write(dst.join("from-the-other-side.txt"), "new on nas2").unwrap();
+    fs::remove_file(dst.join("docs/a.bin")).unwrap();
+    fs::write(src.join("readme.txt"), "changed on nas1").unwrap();
+    let both = site.run("synced");
+    assert_eq!(both["state"], "succeeded", "{both:#}");
+    assert_eq!(differences(&src, &dst, "sync"), "");
+    assert!(src.join("from-the-other-side.txt").exists());
+    assert!(!src.join("docs/a.bin").exists());
+    assert_eq!(
+        fs::read_to_string(dst.join("readme.txt")).unwrap(),
+        "changed on nas1"
+    );
+
+    // A folder on the scheduler's machine to an agent, and back: the scheduler runs these
+    // itself, through the same engine.
+    let local = site.env.path("local");
+    write_tree(&local);
+    let there = site.srv[1].join("from-local");
+    let back = site.env.path("back");
+    for (name, from, to) in [
+        ("up", text(&local), format!("nas2:{}", text(&there))),
+        ("down", format!("nas2:{}", text(&there)), text(&back)),
+    ] {
+        site.env
+            .ferry(&[
+                "job", "add", name, "--rule", "mirror", "--from", &from, "--to", &to,
+            ])
+            .ok();
+        site.env
+            .ferry(&[
+                "schedule",
+                "add",
+                name,
+                "--job",
+                name,
+                "--cron",
+                "0 0 1 1 *",
+            ])
+            .ok();
+        let run = site.run(name);
+        assert_eq!(run["state"], "succeeded", "{name}: {run:#}");
+    }
+    assert_eq!(differences(&local, &there, "mirror"), "");
+    assert_eq!(differences(&local, &back, "mirror"), "");
+
+    // Where the data went: agent to agent, never through the scheduler's machine.
+    let log = site.agents[0].as_ref().unwrap().log();
+    assert!(log.contains("running a job handed over"), "{log}");
+}
+
+#[test]
+fn paths_outside_an_agents_roots_are_refused() {
+    let site = Site::new();
+    let outside = site.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret.txt"), "not served").unwrap();
+
+    // A job naming a folder outside the roots.
+    let from = format!("nas1:{}", text(&outside));
+    let to = format!("nas2:{}", text(&site.srv[1].join("stolen")));
+    site.env
+        .ferry(&[
+            "job", "add", "escape", "--rule", "mirror", "--from", &from, "--to", &to,
+        ])
+        .ok();
+    site.env
+        .ferry(&[
+            "schedule",
+            "add",
+            "escape",
+            "--job",
+            "escape",
+            "--cron",
+            "0 0 1 1 *",
+        ])
+        .ok();
+    let run = site.run("escape");
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("outside the folders this agent serves"),
+        "{error}"
+    );
+    assert!(error.contains(&text(&outside)), "{error}");
+
+    // A folder inside a root that is a symlink leading out of it.
+    std::os::unix::fs::symlink(&outside, site.srv[0].join("door")).unwrap();
+    let from = format!("nas1:{}", text(&site.srv[0].join("door")));
+    site.env
+        .ferry(&[
+            "job", "add", "door", "--rule", "mirror", "--from", &from, "--to", &to,
+        ])
+        .ok();
+    site.env
+        .ferry(&[
+            "schedule",
+            "add",
+            "door",
+            "--job",
+            "door",
+            "--cron",
+            "0 0 1 1 *",
+        ])
+        .ok();
+    let run = site.run("door");
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert!(
+        run["error"].as_str().unwrap().contains("outside"),
+        "{run:#}"
+    );
+    assert!(!site.srv[1].join("stolen/secret.txt").exists());
+
+    // A peer asking for a path with `..` inside a served folder.
+    let peer = Peer::new(&site);
+    let reply = peer.block(async {
+        let mut session = peer.connect(1).await.unwrap();
+        peer.open(&mut session, &site.srv[0], false).await;
+        let peek = Request::Stat {
+            path: "../outside/secret.txt".into(),
+        };
+        session.call(&peek).await.unwrap()
+    });
+    let reply = format!("{reply:?}");
+    assert!(reply.contains("leaves the folder"), "{reply}");
+}
+
+/// Speaks the agent protocol to nas1 directly, as scheduler s1 would.
+struct Peer {
+    runtime: tokio::runtime::Runtime,
+    dial: Dial,
+}
+
+impl Peer {
+    fn new(site: &Site) -> Self {
+        Self {
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            dial: Dial {
+                agent: "nas1".into(),
+                address: site.agents[0].as_ref().unwrap().address.clone(),
+                client: "s1".into(),
+                tls: ferry_agent::tls::client_config(&site.tls, "s1").unwrap(),
+            },
+        }
+    }
+
+    fn block<T>(&self, work: impl Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+
+    /// A session working for `schedule:fenced` at `epoch`.
+    async fn connect(&self, epoch: i64) -> Result<Session, ClientError> {
+        let fence = Fence {
+            resource: "schedule:fenced".into(),
+            epoch,
+        };
+        Session::connect(&self.dial, Some(fence), Arc::default()).await
+    }
+
+    async fn open(&self, session: &mut Session, folder: &Path, create: bool) {
+        let open = Request::Open {
+            path: text(folder),
+            create,
+        };
+        assert_eq!(session.call(&open).await.unwrap(), Response::Done);
+    }
+}
+
+async fn make_dir(session: &mut Session, name: &str) -> Response {
+    let mkdir = Request::MakeDir {
+        path: name.into(),
+        entry: Entry {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: Mtime { secs: 0, nanos: 0 },
+            mode: 0o755,
+        },
+    };
+    session.call(&mkdir).await.unwrap()
+}
+
+#[test]
+fn a_stale_lease_epoch_cannot_write() {
+    let site = Site::new();
+    let folder = site.srv[0].join("fenced");
+    let peer = Peer::new(&site);
+    peer.block(async {
+        let mut five = peer.connect(5).await.unwrap();
+        peer.open(&mut five, &folder, true).await;
+        assert_eq!(make_dir(&mut five, "by-epoch-5").await, Response::Done);
+        assert!(folder.join("by-epoch-5").is_dir());
+
+        // A newer holder shows up: the old session's next write is refused...
+        let mut six = peer.connect(6).await.unwrap();
+        peer.open(&mut six, &folder, false).await;
+        let late = make_dir(&mut five, "late-write").await;
+        assert!(
+            matches!(&late, Response::Failed(e) if e.kind == ErrorKind::StaleEpoch),
+            "{late:?}"
+        );
+        assert!(!folder.join("late-write").exists());
+        assert_eq!(make_dir(&mut six, "by-epoch-6").await, Response::Done);
+
+        // ... and a new session under the old epoch is refused from its first word.
+        let refused = peer.connect(5).await.err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("stale lease")),
+            "{refused:?}"
+        );
+    });
+    let log = site.agents[0].as_ref().unwrap().log();
+    assert!(log.contains("refused a write"), "{log}");
+}
+
+#[test]
+fn an_agent_killed_mid_transfer_leaves_no_partial_file_and_the_retry_completes() {
+    let mut site = Site::new();
+    let (src, dst) = site.job("large", "mirror", &[]);
+    site.env.ferry(&["schedule", "rm", "large"]).ok();
+    site.env
+        .ferry(&[
+            "schedule",
+            "add",
+            "large",
+            "--job",
+            "large",
+            "--cron",
+            "0 0 1 1 *",
+            "--retries",
+            "5",
+            "--retry-delay",
+            "1s",
+        ])
+        .ok();
+    let size = 256usize << 20;
+    let mut file = fs::File::create(src.join("large.bin")).unwrap();
+    let mut urandom = fs::File::open("/dev/urandom").unwrap();
+    std::io::copy(
+        &mut std::io::Read::take(&mut urandom, size as u64),
+        &mut file,
+    )
+    .unwrap();
+    drop(file);
+
+    site.env.ferry(&["schedule", "run", "large"]).ok();
+    let temp_seen = wait_until(Duration::from_secs(60), || {
+        fs::read_dir(&dst).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".ferry-tmp."))
+        })
+    });
+    assert!(temp_seen, "the transfer never started");
+    let nas2 = site.agents[1].take().unwrap();
+    let address = nas2.address.clone();
+    nas2.kill();
+    assert!(
+        !dst.join("large.bin").exists(),
+        "a partial file under the real name"
+    );
+
+    let restarted = TestAgent::start_at(&site.env, "nas2", &[&site.srv[1]], &site.tls, &address);
+    site.agents[1] = Some(restarted);
+    let done = wait_until(Duration::from_secs(120), || {
+        dst.join("large.bin")
+            .metadata()
+            .is_ok_and(|m| m.len() == size as u64)
+    });
+    assert!(done, "the retried run never completed");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    let leftovers: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ferry-tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let runs = site
+        .env
+        .ferry(&["--output", "json", "runs", "--job", "large"])
+        .ok()
+        .json();
+    // One run: its first attempt failed with the agent gone, a retry succeeded.
+    assert_eq!(runs[0]["state"], "succeeded", "{runs:#}");
+    assert!(runs[0]["attempt"].as_i64().unwrap() >= 2, "{runs:#}");
+    drop(site.scheduler.take());
+}
