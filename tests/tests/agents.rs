@@ -49,7 +49,8 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
         ])
     };
     let report = test().ok().json();
-    assert_eq!(report["agent"], "nas1");
+    assert_eq!(report["name"], "nas1");
+    assert_eq!(report["reachable"], true);
     assert_eq!(report["roots"][0], root.to_str().unwrap());
     assert!(
         report["round_trip_ms"]
@@ -89,7 +90,44 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
     assert!(refused.stderr.contains("nas1"), "{}", refused.stderr);
 
     // ... and the agent goes on serving everyone else.
-    assert_eq!(test().ok().json()["agent"], "nas1");
+    assert_eq!(test().ok().json()["name"], "nas1");
+    let list = env
+        .ferry(&[
+            "--output",
+            "json",
+            "agent",
+            "list",
+            "--tls-dir",
+            &dir(&tls),
+            "--as",
+            "s1",
+        ])
+        .ok()
+        .json();
+    assert_eq!(list[0]["reachable"], true, "{list:#}");
+    assert!(list[0]["software"].is_string(), "{list:#}");
+    drop(agent);
+    let list = env
+        .ferry(&[
+            "--output",
+            "json",
+            "agent",
+            "list",
+            "--tls-dir",
+            &dir(&tls),
+            "--as",
+            "s1",
+        ])
+        .ok()
+        .json();
+    assert_eq!(list[0]["reachable"], false, "{list:#}");
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach agent nas1"),
+        "{list:#}"
+    );
     let unknown = env.ferry(&[
         "agent",
         "test",
