@@ -68,8 +68,9 @@ impl Signature {
 /// One step in rebuilding the new version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Copy block `n` of the old version.
-    Block(u32),
+    /// Copy `count` blocks of the old version, starting with block `first`: an unchanged
+    /// stretch of any length costs one op.
+    Blocks { first: u32, count: u32 },
     /// Bytes the old version does not have.
     Literal(#[serde(with = "serde_bytes")] Vec<u8>),
 }
@@ -79,7 +80,7 @@ impl Op {
     pub fn literal_len(&self) -> usize {
         match self {
             Op::Literal(bytes) => bytes.len(),
-            Op::Block(_) => 0,
+            Op::Blocks { .. } => 0,
         }
     }
 }
@@ -205,6 +206,8 @@ struct Matcher<'a> {
     buf: Vec<u8>,
     at: usize,
     eof: bool,
+    /// Matched blocks not sent yet, while they keep following each other.
+    run: Option<(u32, u32)>,
 }
 
 impl<'a> Matcher<'a> {
@@ -224,6 +227,7 @@ impl<'a> Matcher<'a> {
             buf: Vec::with_capacity(MAX_LITERAL + READ_CHUNK),
             at: 0,
             eof: false,
+            run: None,
         }
     }
 
@@ -243,7 +247,7 @@ impl<'a> Matcher<'a> {
             let weak = rolling.get_or_insert_with(|| Rolling::new(window)).value();
             if let Some(block) = self.find(weak, window) {
                 self.flush_literal(emit)?;
-                emit(Op::Block(block))?;
+                self.push_block(block, emit)?;
                 self.buf.drain(..self.size);
                 rolling = None;
             } else if self.at + self.size < self.buf.len() {
@@ -281,8 +285,31 @@ impl<'a> Matcher<'a> {
         Ok(())
     }
 
+    fn push_block(
+        &mut self,
+        block: u32,
+        emit: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> io::Result<()> {
+        match &mut self.run {
+            Some((first, count)) if *first + *count == block => *count += 1,
+            _ => {
+                self.flush_run(emit)?;
+                self.run = Some((block, 1));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_run(&mut self, emit: &mut dyn FnMut(Op) -> io::Result<()>) -> io::Result<()> {
+        match self.run.take() {
+            Some((first, count)) => emit(Op::Blocks { first, count }),
+            None => Ok(()),
+        }
+    }
+
     fn flush_literal(&mut self, emit: &mut dyn FnMut(Op) -> io::Result<()>) -> io::Result<()> {
         if self.at > 0 {
+            self.flush_run(emit)?;
             emit(Op::Literal(self.buf.drain(..self.at).collect()))?;
             self.at = 0;
         }
@@ -300,9 +327,11 @@ impl<'a> Matcher<'a> {
             if self.sig.matches(last, weak, &self.sig.strong(end)) {
                 self.at = self.buf.len() - short;
                 self.flush_literal(emit)?;
-                return emit(Op::Block(last as u32));
+                self.push_block(last as u32, emit)?;
+                return self.flush_run(emit);
             }
         }
+        self.flush_run(emit)?;
         for chunk in self.buf.chunks(MAX_LITERAL) {
             emit(Op::Literal(chunk.to_vec()))?;
         }
@@ -341,23 +370,36 @@ impl<W: Write> Rebuild<W> {
     }
 
     pub fn push(&mut self, op: &Op) -> Result<(), DeltaError> {
-        let bytes: &[u8] = match op {
-            Op::Literal(bytes) => bytes,
-            Op::Block(block) => {
-                let offset = u64::from(*block) * u64::from(self.block_size);
-                let old = self.old.as_ref().filter(|_| offset < self.old_size);
-                let Some(old) = old else {
-                    return Err(DeltaError::NoSuchBlock {
-                        block: *block,
-                        blocks: self.old_size.div_ceil(u64::from(self.block_size.max(1))),
-                    });
-                };
-                let len = u64::from(self.block_size).min(self.old_size - offset) as usize;
-                self.buf.resize(len, 0);
-                old.read_exact_at(&mut self.buf, offset)?;
-                &self.buf
+        match op {
+            Op::Literal(bytes) => self.put(bytes),
+            Op::Blocks { first, count } => {
+                for block in (0..*count).map(|i| first.saturating_add(i)) {
+                    self.copy_block(block)?;
+                }
+                Ok(())
             }
+        }
+    }
+
+    fn copy_block(&mut self, block: u32) -> Result<(), DeltaError> {
+        let offset = u64::from(block) * u64::from(self.block_size);
+        let old = self.old.as_ref().filter(|_| offset < self.old_size);
+        let Some(old) = old else {
+            return Err(DeltaError::NoSuchBlock {
+                block,
+                blocks: self.old_size.div_ceil(u64::from(self.block_size.max(1))),
+            });
         };
+        let len = u64::from(self.block_size).min(self.old_size - offset) as usize;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(len, 0);
+        old.read_exact_at(&mut buf, offset)?;
+        let put = self.put(&buf);
+        self.buf = buf;
+        put
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
         self.hasher.update(bytes);
         self.out.write_all(bytes)?;
         self.written += bytes.len() as u64;

@@ -105,6 +105,15 @@ fn a_long_new_stretch_streams_in_bounded_literals() {
 }
 
 #[test]
+fn an_unchanged_stretch_is_one_op() {
+    let old = noise(31, 1 << 20);
+    let mut new = old.clone();
+    new[500_000] ^= 1;
+    let ops = round_trip(&old, &new);
+    assert!(ops.len() <= 3, "{} ops", ops.len());
+}
+
+#[test]
 fn a_shift_by_one_byte_still_finds_the_blocks() {
     let old = noise(9, 200_000);
     let mut new = vec![0xAB];
@@ -148,7 +157,11 @@ fn a_wrong_result_is_caught() {
     ops.push(Op::Literal(b"tampered".to_vec()));
     let err = rebuild(&old, block, &ops, &hash).unwrap_err();
     assert!(matches!(err, DeltaError::HashMismatch));
-    let err = rebuild(&old, block, &[Op::Block(9999)], &hash).unwrap_err();
+    let far = Op::Blocks {
+        first: 9999,
+        count: 1,
+    };
+    let err = rebuild(&old, block, &[far], &hash).unwrap_err();
     assert!(
         matches!(err, DeltaError::NoSuchBlock { block: 9999, .. }),
         "{err}"

@@ -1,0 +1,616 @@
+//! `bash bench/sync.sh [ROUNDS]`: ferry's agent-to-agent sync against rsync, same data, same
+//! run, both over loopback: ferry as two `ferry-agent run` processes (the source agent pushes
+//! to the destination agent, as when a scheduler hands it a run), rsync as a client pushing to
+//! an `rsync --daemon`, with and without `-z`.
+//!
+//! Every connection between the two ends goes through a byte-counting TCP relay, so "bytes on
+//! the wire" is measured the same way for both: everything that crossed, TLS and all for
+//! ferry. Peak memory is the sum of both ends' maximum resident set (GNU time for rsync's
+//! client and daemon, VmHWM for the agents). Each measurement starts fresh processes.
+//!
+//! Cases: the initial copy of 10,000 small files and of two 100 MiB files; a re-sync with
+//! nothing changed; a re-sync after changing 1 % of the files (small edits, 4 MiB rewritten in
+//! the middle of a large file, renames, deletions, new files). Results go to bench/RESULTS.md.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_agent::client::Dial;
+use ferry_agent::engine::{Halt, Rule, Scope};
+use ferry_agent::protocol::{JobOrder, RemoteFolder};
+use ferry_agent::remote::{Handoff, hand_over};
+use ferry_bench::{machine, replace_section, results_file, today};
+use ferry_tests::harness::{Backend, Env, binary};
+
+const SMALL_FILES: usize = 10_000;
+const LARGE_FILES: usize = 2;
+const LARGE_SIZE: usize = 100 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Ferry,
+    Rsync,
+    RsyncZ,
+}
+
+impl Tool {
+    const ALL: [Tool; 3] = [Tool::Ferry, Tool::Rsync, Tool::RsyncZ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Tool::Ferry => "ferry (2 agents, TLS, zstd)",
+            Tool::Rsync => "rsync --daemon",
+            Tool::RsyncZ => "rsync --daemon, -z",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    wire: u64,
+    memory_kib: u64,
+}
+
+struct Bench {
+    env: Env,
+    tls: PathBuf,
+    src: PathBuf,
+    /// Destination roots, one per tool.
+    dst: [PathBuf; 3],
+    runtime: tokio::runtime::Runtime,
+}
+
+fn main() -> Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let bench = Bench::new()?;
+    eprintln!("generating the data set");
+    make_small_files(&bench.src.join("small"))?;
+    make_large_files(&bench.src.join("large"))?;
+    let mut rows = Vec::new();
+
+    let case = "initial copy, 10,000 small files (1-16 KiB, half text)";
+    rows.push((
+        case,
+        bench.rounds(rounds, |b, tool, r| {
+            b.measure(tool, "small", &format!("small-{r}"))
+        })?,
+    ));
+    let case = "initial copy, 2 files of 100 MiB";
+    rows.push((
+        case,
+        bench.rounds(rounds, |b, tool, r| {
+            b.measure(tool, "large", &format!("large-{r}"))
+        })?,
+    ));
+    for tool in Tool::ALL {
+        bench.measure(tool, "", "all")?;
+    }
+    let case = "re-sync, nothing changed (10,002 files, 280 MiB)";
+    rows.push((
+        case,
+        bench.rounds(rounds, |b, tool, _| b.measure(tool, "", "all"))?,
+    ));
+    let case = "re-sync, 1 % changed (edits, 4 MiB in a large file, renames, deletions, new)";
+    let mut changed = 0;
+    rows.push((
+        case,
+        bench.rounds(rounds, |b, tool, r| {
+            if r != changed {
+                change_one_percent(&b.src, r)?;
+                changed = r;
+            }
+            b.measure(tool, "", "all")
+        })?,
+    ));
+    for tool in Tool::ALL {
+        let out = Command::new("rsync")
+            .args(["-anc", "--delete", "--itemize-changes", "--exclude=.ferry"])
+            .arg(format!("{}/", bench.src.display()))
+            .arg(format!(
+                "{}/",
+                bench.dst[tool as usize].join("all").display()
+            ))
+            .output()?;
+        let differences = String::from_utf8_lossy(&out.stdout);
+        let real: Vec<&str> = differences
+            .lines()
+            .filter(|l| *l != ".d..t...... ./")
+            .collect();
+        if !real.is_empty() {
+            bail!("{} left differences: {real:?}", tool.label());
+        }
+    }
+    write_results(rounds, &rows)
+}
+
+impl Bench {
+    fn new() -> Result<Self> {
+        let env = Env::new(Backend::Sqlite);
+        let tls = env.path("tls");
+        let dir = tls.to_str().context("utf-8")?;
+        env.ferry(&["ca", "init", "--dir", dir]).ok();
+        for name in ["nas1", "nas2", "bench"] {
+            env.ferry(&["ca", "issue", "--dir", dir, name, "--host", "127.0.0.1"])
+                .ok();
+        }
+        let src = env.path("src");
+        let dst = [env.path("ferry"), env.path("rsync"), env.path("rsync-z")];
+        for d in dst.iter().chain([&src]) {
+            fs::create_dir_all(d)?;
+        }
+        Ok(Self {
+            env,
+            tls,
+            src,
+            dst,
+            runtime: tokio::runtime::Runtime::new()?,
+        })
+    }
+
+    /// Runs `measure` `rounds` times for every tool, the tools' order turning each round so
+    /// none always goes first (with the page cache warm from another).
+    fn rounds(
+        &self,
+        rounds: usize,
+        mut measure: impl FnMut(&Self, Tool, usize) -> Result<Sample>,
+    ) -> Result<Vec<(Tool, Vec<Sample>)>> {
+        let mut samples: Vec<(Tool, Vec<Sample>)> =
+            Tool::ALL.iter().map(|t| (*t, vec![])).collect();
+        for r in 1..=rounds {
+            for i in 0..Tool::ALL.len() {
+                let tool = Tool::ALL[(i + r) % Tool::ALL.len()];
+                let sample = measure(self, tool, r)?;
+                eprintln!("round {r} {}: {sample:?}", tool.label());
+                samples[tool as usize].1.push(sample);
+            }
+        }
+        Ok(samples)
+    }
+
+    /// Syncs `src/from` to the tool's `to` folder (mirror) and measures it.
+    fn measure(&self, tool: Tool, from: &str, to: &str) -> Result<Sample> {
+        let source = if from.is_empty() {
+            self.src.clone()
+        } else {
+            self.src.join(from)
+        };
+        let target = self.dst[tool as usize].join(to);
+        match tool {
+            Tool::Ferry => self.ferry(&source, &target),
+            Tool::Rsync => self.rsync(&source, to, false),
+            Tool::RsyncZ => self.rsync(&source, to, true),
+        }
+    }
+
+    fn ferry(&self, source: &Path, target: &Path) -> Result<Sample> {
+        let nas1 = Agent::start(&self.env, "nas1", &self.src, &self.tls)?;
+        let nas2 = Agent::start(
+            &self.env,
+            "nas2",
+            &self.dst[Tool::Ferry as usize],
+            &self.tls,
+        )?;
+        let relay = Relay::start(&nas2.address)?;
+        let dial = |agent: &str, address: &str| -> Result<Dial> {
+            Ok(Dial {
+                agent: agent.into(),
+                address: address.into(),
+                client: "bench".into(),
+                tls: ferry_agent::tls::client_config(&self.tls, "bench")?,
+            })
+        };
+        let handoff = Handoff {
+            dial: dial("nas1", &nas1.address)?,
+            order: JobOrder {
+                job: "bench".into(),
+                rule: Rule::Mirror,
+                source: source.display().to_string(),
+                destinations: vec![RemoteFolder {
+                    agent: "nas2".into(),
+                    address: relay.address.clone(),
+                    path: target.display().to_string(),
+                }],
+                include: vec![],
+                exclude: vec![],
+                paths: None,
+            },
+        };
+        let started = Instant::now();
+        let summary =
+            self.runtime
+                .block_on(hand_over(&handoff, &Scope::Full, &Halt::new(), &mut |_| {}))?;
+        let wall = started.elapsed();
+        if summary.failures > 0 {
+            bail!("ferry: {summary:?}");
+        }
+        let memory_kib = nas1.peak_kib()? + nas2.peak_kib()?;
+        Ok(Sample {
+            wall,
+            wire: relay.bytes(),
+            memory_kib,
+        })
+    }
+
+    fn rsync(&self, source: &Path, to: &str, compress: bool) -> Result<Sample> {
+        let tool = if compress { Tool::RsyncZ } else { Tool::Rsync };
+        let daemon = RsyncDaemon::start(&self.env, &self.dst[tool as usize])?;
+        let relay = Relay::start(&daemon.address)?;
+        let client_memory = self.env.path("rsync-client.maxrss");
+        let mut command = Command::new("/usr/bin/time");
+        command
+            .args(["-f", "%M", "-o"])
+            .arg(&client_memory)
+            .args(["rsync", "-a", "--delete"]);
+        if compress {
+            command.arg("-z");
+        }
+        let started = Instant::now();
+        let status = command
+            .arg(format!("{}/", source.display()))
+            .arg(format!("rsync://{}/dst/{to}/", relay.address))
+            .status()?;
+        let wall = started.elapsed();
+        if !status.success() {
+            bail!("rsync failed: {status}");
+        }
+        let memory_kib = read_kib(&client_memory)? + daemon.stop()?;
+        Ok(Sample {
+            wall,
+            wire: relay.bytes(),
+            memory_kib,
+        })
+    }
+}
+
+/// A `ferry-agent run` process, stopped when dropped.
+struct Agent {
+    child: Child,
+    address: String,
+}
+
+impl Agent {
+    fn start(env: &Env, name: &str, root: &Path, tls: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new(binary("ferry-agent"))
+            .args(["run", "--listen", &address, "--name", name, "--root"])
+            .arg(root)
+            .arg("--tls-dir")
+            .arg(tls)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(env.path(&format!("{name}.log")))?)
+            .spawn()?;
+        wait_listening(&address)?;
+        Ok(Self { child, address })
+    }
+
+    fn peak_kib(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .context("no VmHWM")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("VmHWM value")?
+            .parse()?)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rsync --daemon --no-detach` serving `root` as the writable module `dst`, under GNU time.
+struct RsyncDaemon {
+    time: Child,
+    address: String,
+    memory: PathBuf,
+}
+
+impl RsyncDaemon {
+    fn start(env: &Env, root: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let config = env.path("rsyncd.conf");
+        fs::write(
+            &config,
+            format!(
+                "use chroot = no\nuid = root\ngid = root\n[dst]\npath = {}\nread only = no\n",
+                root.display()
+            ),
+        )?;
+        let memory = env.path("rsync-daemon.maxrss");
+        let time = Command::new("/usr/bin/time")
+            .args(["-f", "%M", "-o"])
+            .arg(&memory)
+            .args(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", config.display()))
+            .stdin(Stdio::null())
+            .spawn()?;
+        let address = format!("127.0.0.1:{port}");
+        wait_listening(&address)?;
+        Ok(Self {
+            time,
+            address,
+            memory,
+        })
+    }
+
+    /// Stops the daemon and returns the peak resident memory of it and its connection
+    /// processes, in KiB.
+    fn stop(mut self) -> Result<u64> {
+        let children = fs::read_to_string(format!(
+            "/proc/{pid}/task/{pid}/children",
+            pid = self.time.id()
+        ))?;
+        for pid in children.split_whitespace() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.parse()?),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+        }
+        self.time.wait()?;
+        read_kib(&self.memory)
+    }
+}
+
+fn read_kib(path: &Path) -> Result<u64> {
+    let text = fs::read_to_string(path)?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .with_context(|| format!("no number in {}: {text:?}", path.display()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(address: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(address).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("nothing listens on {address}")
+}
+
+/// Forwards connections to `target`, counting every byte in both directions.
+struct Relay {
+    address: String,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (counter, target) = (bytes.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let counter = counter.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 256 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Ok(Self { address, bytes })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A deterministic generator, so every run of the benchmark syncs the same data.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Text-like bytes: words from a small vocabulary, as documents and logs compress.
+    fn text(&mut self, len: usize) -> Vec<u8> {
+        const WORDS: [&str; 16] = [
+            "replica",
+            "schedule",
+            "monitor",
+            "lease",
+            "agent",
+            "delta",
+            "block",
+            "folder",
+            "invoice",
+            "customer",
+            "2026-11-22",
+            "total",
+            "status",
+            "ok",
+            "error",
+            "report",
+        ];
+        let mut out = Vec::with_capacity(len + 16);
+        while out.len() < len {
+            let n = self.next();
+            out.extend_from_slice(WORDS[(n % 16) as usize].as_bytes());
+            out.push(if n % 11 == 0 { b'\n' } else { b' ' });
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+fn small_file(noise: &mut Noise, i: usize) -> Vec<u8> {
+    let len = 1024 + (noise.next() % (15 * 1024)) as usize;
+    if i % 2 == 0 {
+        noise.text(len)
+    } else {
+        noise.bytes(len)
+    }
+}
+
+fn make_small_files(root: &Path) -> Result<()> {
+    let mut noise = Noise(0x5eed);
+    for i in 0..SMALL_FILES {
+        let dir = root.join(format!("d{:03}", i % 100));
+        if i < 100 {
+            fs::create_dir_all(&dir)?;
+        }
+        fs::write(dir.join(format!("f{i:05}.dat")), small_file(&mut noise, i))?;
+    }
+    Ok(())
+}
+
+fn make_large_files(root: &Path) -> Result<()> {
+    fs::create_dir_all(root)?;
+    let mut noise = Noise(0x1a7e);
+    for i in 0..LARGE_FILES {
+        let mut file = fs::File::create(root.join(format!("large{i}.bin")))?;
+        for _ in 0..LARGE_SIZE / (1 << 20) {
+            file.write_all(&noise.bytes(1 << 20))?;
+        }
+    }
+    Ok(())
+}
+
+/// Changes 1 % of the small files (40 edited in place, 20 renamed, 20 deleted, 20 new) and
+/// rewrites 4 MiB in the middle of one large file; `round` picks different files each time.
+fn change_one_percent(src: &Path, round: usize) -> Result<()> {
+    let mut noise = Noise(0xc4a9 + round as u64);
+    let small = src.join("small");
+    let path = |i: usize| {
+        small
+            .join(format!("d{:03}", i % 100))
+            .join(format!("f{i:05}.dat"))
+    };
+    let pick = |k: usize| (round * 997 + k * 101) % SMALL_FILES;
+    for k in 0..100 {
+        let i = pick(k);
+        let file = path(i);
+        if !file.exists() {
+            continue;
+        }
+        match k {
+            0..40 => {
+                let mut f = fs::OpenOptions::new().write(true).open(&file)?;
+                let len = f.metadata()?.len();
+                f.seek(SeekFrom::Start(len / 2))?;
+                f.write_all(b"edited")?;
+            }
+            40..60 => fs::rename(&file, file.with_extension(format!("moved{round}")))?,
+            60..80 => fs::remove_file(&file)?,
+            _ => fs::write(
+                file.with_extension(format!("new{round}")),
+                small_file(&mut noise, k),
+            )?,
+        }
+    }
+    let mut large = fs::OpenOptions::new().write(true).open(
+        src.join("large")
+            .join(format!("large{}.bin", round % LARGE_FILES)),
+    )?;
+    large.seek(SeekFrom::Start((LARGE_SIZE / 2) as u64))?;
+    large.write_all(&noise.bytes(4 << 20))?;
+    Ok(())
+}
+
+fn write_results(rounds: usize, rows: &[(&str, Vec<(Tool, Vec<Sample>)>)]) -> Result<()> {
+    let mut section =
+        String::from("<!-- sync:start -->\n## Sync: ferry agent to agent vs rsync daemon\n\n");
+    section.push_str(&format!(
+        "`bash bench/sync.sh {rounds}` on {}, {}: loopback, {rounds} rounds each, median (min-max). \
+         Bytes on the wire are counted by a TCP relay between the two ends, for every tool. \
+         Memory is the peak resident set of both ends added up.\n\n",
+        today(),
+        machine()
+    ));
+    section.push_str("| case | tool | wall time, s | bytes on the wire | peak memory, MiB |\n");
+    section.push_str("| --- | --- | --- | --- | --- |\n");
+    for (case, tools) in rows {
+        for (tool, samples) in tools {
+            let column = |f: &dyn Fn(&Sample) -> f64, fmt: &dyn Fn(f64) -> String| {
+                let mut values: Vec<f64> = samples.iter().map(f).collect();
+                values.sort_by(f64::total_cmp);
+                format!(
+                    "{} ({}-{})",
+                    fmt(values[values.len() / 2]),
+                    fmt(values[0]),
+                    fmt(values[values.len() - 1])
+                )
+            };
+            section.push_str(&format!(
+                "| {case} | {} | {} | {} | {} |\n",
+                tool.label(),
+                column(&|s| s.wall.as_secs_f64(), &|v| format!("{v:.2}")),
+                column(&|s| s.wire as f64, &|v| human(v as u64)),
+                column(&|s| s.memory_kib as f64 / 1024.0, &|v| format!("{v:.0}")),
+            ));
+        }
+    }
+    section.push_str("<!-- sync:end -->\n");
+    print!("{section}");
+    replace_section(&results_file(), "sync", &section)
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 10 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 10 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sync speed and bytes on the wire, ferry (two agents) against rsync --daemon:
+# bash bench/sync.sh [ROUNDS] (default 3). Installs rsync and GNU time when missing (Debian),
+# builds release binaries, writes bench/RESULTS.md. Needs about 2 GiB in the temp folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in rsync:rsync /usr/bin/time:time; do
+    if ! command -v "${tool%%:*}" >/dev/null; then
+        if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool##*:}" >/dev/null
+        else
+            echo "bench/sync.sh: install ${tool##*:} first" >&2
+            exit 1
+        fi
+    fi
+done
+cargo build --release --locked --workspace --bins
+exec ./target/release/sync "${1:-3}"
