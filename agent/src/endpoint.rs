@@ -96,6 +96,9 @@ pub trait Endpoint: Send + Sync {
     /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say).
     fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool>;
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Keeps the file at `rel` also as `to` (making its folders), before it is deleted or
+    /// overwritten: a hard link where the file system allows, else a copy.
+    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
@@ -104,6 +107,11 @@ pub trait Endpoint: Send + Sync {
     /// Bytes this replica has moved over the network so far (0 for a local folder).
     fn wire_bytes(&self) -> u64 {
         0
+    }
+    /// Waits for the verdicts on files committed without waiting, and returns the ones that
+    /// failed after all (a remote replica pipelines whole-file writes).
+    fn settle(&self) -> Vec<(PathBuf, EndpointError)> {
+        Vec::new()
     }
 }
 
@@ -247,6 +255,40 @@ impl LocalEndpoint {
         renamed.map_err(self.err("write", rel))
     }
 
+    /// Starts writing `rel` (see [`Endpoint::receive_file`]).
+    pub fn receive(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        block_size: Option<u32>,
+    ) -> Result<LocalSink<'_>> {
+        let old = match block_size {
+            Some(_) => self.open_file(rel)?,
+            None => None,
+        };
+        let mut sink = LocalSink {
+            endpoint: self,
+            rel: rel.to_path_buf(),
+            entry: entry.clone(),
+            temp: self.temp_beside(rel)?,
+            rebuild: None,
+            committed: false,
+        };
+        let file = File::create(&sink.temp).map_err(self.err("write", rel))?;
+        let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
+            .map_err(self.err("read", rel))?;
+        sink.rebuild = Some(rebuild);
+        Ok(sink)
+    }
+
+    /// Flushes every file written on this folder's file system to disk (one `syncfs`): the
+    /// durability point for a batch of [`Staged`] files.
+    pub fn flush_all(&self) -> Result<()> {
+        File::open(&self.root)
+            .and_then(|root| nix::unistd::syncfs(&root).map_err(io::Error::from))
+            .map_err(self.err("flush", Path::new("")))
+    }
+
     fn state_path(&self, name: &str) -> PathBuf {
         self.root.join(STATE_DIR).join(name)
     }
@@ -327,23 +369,7 @@ impl Endpoint for LocalEndpoint {
         entry: &Entry,
         block_size: Option<u32>,
     ) -> Result<Box<dyn FileSink + 'a>> {
-        let old = match block_size {
-            Some(_) => self.open_file(rel)?,
-            None => None,
-        };
-        let mut sink = LocalSink {
-            endpoint: self,
-            rel: rel.to_path_buf(),
-            entry: entry.clone(),
-            temp: self.temp_beside(rel)?,
-            rebuild: None,
-            committed: false,
-        };
-        let file = File::create(&sink.temp).map_err(self.err("write", rel))?;
-        let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
-            .map_err(self.err("read", rel))?;
-        sink.rebuild = Some(rebuild);
-        Ok(Box::new(sink))
+        Ok(Box::new(self.receive(rel, entry, block_size)?))
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
@@ -387,6 +413,16 @@ impl Endpoint for LocalEndpoint {
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         fs::rename(self.checked(from)?, self.checked(to)?).map_err(self.err("rename", from))
+    }
+
+    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()> {
+        let (from, kept) = (self.checked(rel)?, self.checked(to)?);
+        if let Some(parent) = kept.parent() {
+            fs::create_dir_all(parent).map_err(self.err("create folder", to))?;
+        }
+        fs::hard_link(&from, &kept)
+            .or_else(|_| fs::copy(&from, &kept).map(drop))
+            .map_err(self.err("keep a version of", rel))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
@@ -436,7 +472,7 @@ impl Endpoint for LocalEndpoint {
 }
 
 /// A file being written to a temporary name beside its target.
-struct LocalSink<'a> {
+pub struct LocalSink<'a> {
     endpoint: &'a LocalEndpoint,
     rel: PathBuf,
     entry: Entry,
@@ -461,21 +497,72 @@ impl FileSink for LocalSink<'_> {
         rebuild.push(&op).map_err(|e| self.fail(e))
     }
 
-    fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
-        let rebuild = self.rebuild.take().expect("committed once");
+    fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64> {
+        self.finish(sent, true)?.publish()
+    }
+}
+
+impl LocalSink<'_> {
+    /// Checks the file against the sender's hash and gives it its mode and mtime, still under
+    /// its temporary name; it is renamed into place by [`Staged::publish`] once it is on disk:
+    /// after its own fsync (`sync`), or after [`LocalEndpoint::flush_all`] for a batch.
+    pub fn finish(mut self, sent: &Encoded, sync: bool) -> Result<Staged> {
+        let rebuild = self.rebuild.take().expect("finished once");
         let size = rebuild.written;
         let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;
         let (temp, entry) = (&self.temp, &self.entry);
         let finished = (|| {
             let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
             file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
-            file.sync_all()?;
+            if sync {
+                file.sync_all()?;
+            }
             drop(file);
             filetime::set_file_mtime(temp, to_filetime(entry.mtime))
         })();
+        finished.map_err(self.endpoint.err("write", &self.rel))?;
         self.committed = true;
-        self.endpoint.commit_temp(temp, &self.rel, finished)?;
-        Ok(size)
+        Ok(Staged {
+            temp: self.temp.clone(),
+            target: self.endpoint.full(&self.rel),
+            size,
+            published: false,
+        })
+    }
+}
+
+/// A finished file under its temporary name, waiting to be renamed into place. Dropped
+/// unpublished, it is removed.
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+    size: u64,
+    published: bool,
+}
+
+impl Staged {
+    /// Renames the file over its target; returns its size.
+    pub fn publish(mut self) -> Result<u64> {
+        self.published = true;
+        match fs::rename(&self.temp, &self.target) {
+            Ok(()) => Ok(self.size),
+            Err(e) => {
+                let _ = fs::remove_file(&self.temp);
+                Err(EndpointError::new(
+                    "write",
+                    self.target.display().to_string(),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.temp);
+        }
     }
 }
 

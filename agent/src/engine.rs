@@ -68,9 +68,21 @@ pub struct JobSpec {
     pub source: Arc<dyn Endpoint>,
     pub destinations: Vec<Arc<dyn Endpoint>>,
     pub filter: Filter,
+    /// Guards on what a run may destroy.
+    pub guards: Guards,
     /// Set when the whole run belongs on the agent that holds the source: the caller hands it
     /// over ([`crate::remote::hand_over`]) instead of running the engine itself.
     pub handoff: Option<crate::remote::Handoff>,
+}
+
+/// What a job may destroy, and what it keeps of what it replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guards {
+    /// A run that would delete more files than this at any replica deletes nothing and fails.
+    pub max_deletes: Option<u64>,
+    /// Mirror only: a folder (relative to each destination) that receives the files a run
+    /// deletes or overwrites there, under the run's date, instead of destroying them.
+    pub versions: Option<PathBuf>,
 }
 
 impl fmt::Debug for JobSpec {
@@ -110,8 +122,11 @@ pub enum Event {
 
 /// What a run did, in the counters `runs` records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub files_copied: u64,
+    /// Old versions moved into the job's versions folder.
+    pub versions_kept: u64,
     pub files_deleted: u64,
     pub dirs_created: u64,
     pub conflicts: u64,
@@ -156,6 +171,17 @@ pub enum EngineError {
     },
     #[error("job {job}: cancelled")]
     Cancelled { job: String },
+    #[error(
+        "job {job}: the run would delete {count} files in {replica}, over the job's limit of \
+         {max} (max_deletes); nothing was deleted. If that is intended, raise the limit or run \
+         with a larger --max-deletes once"
+    )]
+    TooManyDeletes {
+        job: String,
+        replica: String,
+        count: usize,
+        max: u64,
+    },
     #[error("job {job}: on agent {agent}: {message}")]
     Agent {
         job: String,
@@ -272,6 +298,11 @@ pub fn run(
             _ => EngineError::Destination { job: job(), source },
         })?);
     }
+    if let Some(versions) = &spec.guards.versions {
+        for tree in &mut trees {
+            tree.retain(|path, _| !path.starts_with(versions));
+        }
+    }
     if scope == Scope::Full {
         refuse_vanished(spec, &replicas, &trees, &base)?;
     }
@@ -288,14 +319,28 @@ pub fn run(
     };
     match spec.rule {
         Rule::Mirror | Rule::Copy => {
-            for (d, tree) in trees.iter().enumerate().skip(1) {
-                exec.execute(plan_one_way(spec.rule, &trees[0], tree, d))?;
+            let plans: Vec<Vec<Action>> = (1..trees.len())
+                .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
+                .collect();
+            for actions in &plans {
+                guard_deletes(spec, &replicas, actions)?;
+            }
+            let stamp = chrono_like_stamp(now_secs());
+            for actions in plans {
+                let actions = match &spec.guards.versions {
+                    Some(folder) if spec.rule == Rule::Mirror => {
+                        keep_versions(actions, &folder.join(&stamp))
+                    }
+                    _ => actions,
+                };
+                exec.execute(actions)?;
             }
         }
         Rule::Sync => {
             let scoped = base::within(&base, &scope);
             let SyncPlan { actions, agreed } =
                 plan_sync(&trees, &scoped, |a, b, path| exec.same_content(a, b, path));
+            guard_deletes(spec, &replicas, &actions)?;
             exec.execute(actions)?;
             // A run that outlived its lease must not write the base either: a stale base
             // would bring deleted files back.
@@ -316,6 +361,69 @@ pub fn run(
     let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     exec.summary.bytes_sent += wire_after - wire_before;
     Ok(exec.summary)
+}
+
+/// Fails before anything is deleted when the plan deletes more files at one replica than the
+/// job allows.
+fn guard_deletes(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    actions: &[Action],
+) -> Result<(), EngineError> {
+    let Some(max) = spec.guards.max_deletes else {
+        return Ok(());
+    };
+    let mut per_replica = vec![0usize; replicas.len()];
+    for action in actions {
+        if matches!(&action.op, Op::Remove { entry } if !entry.is_dir()) {
+            per_replica[action.replica] += 1;
+        }
+    }
+    match per_replica
+        .iter()
+        .enumerate()
+        .find(|(_, n)| **n as u64 > max)
+    {
+        Some((replica, &count)) => Err(EngineError::TooManyDeletes {
+            job: spec.name.clone(),
+            replica: replicas[replica].display(),
+            count,
+            max,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Before a file at the destination is deleted or overwritten, keeps it as
+/// `versions/PATH` (the run's dated versions folder).
+fn keep_versions(mut actions: Vec<Action>, versions: &Path) -> Vec<Action> {
+    let doomed: Vec<(usize, PathBuf)> = actions
+        .iter()
+        .filter(|a| match &a.op {
+            Op::Remove { entry } => entry.kind == Kind::File,
+            Op::Copy {
+                entry, replaces, ..
+            } => entry.kind == Kind::File && *replaces,
+            _ => false,
+        })
+        .map(|a| (a.replica, a.path.clone()))
+        .collect();
+    for (replica, path) in doomed {
+        actions.push(Action {
+            replica,
+            path: path.clone(),
+            op: Op::KeepVersion {
+                to: versions.join(&path),
+            },
+        });
+    }
+    actions
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Fails when a replica that should hold files scans empty and was never marked by ferry.
@@ -397,12 +505,18 @@ enum Op {
     Copy {
         from: usize,
         entry: Entry,
+        /// The target held a file when planned: worth a delta against it.
+        replaces: bool,
     },
     Remove {
         entry: Entry,
     },
     /// Move a losing version aside to `to` before the winner is written over it.
     KeepAside {
+        to: PathBuf,
+    },
+    /// Keep the file as `to` in the versions folder before it is deleted or overwritten.
+    KeepVersion {
         to: PathBuf,
     },
     SetMtime {
@@ -427,11 +541,12 @@ impl Action {
     fn phase(&self) -> u8 {
         match &self.op {
             Op::Refuse { .. } => 0,
-            Op::Remove { entry } if !entry.is_dir() => 1,
-            Op::Remove { .. } => 2,
-            Op::KeepAside { .. } => 3,
-            Op::Copy { .. } => 4,
-            Op::SetMtime { .. } => 5,
+            Op::KeepVersion { .. } => 1,
+            Op::Remove { entry } if !entry.is_dir() => 2,
+            Op::Remove { .. } => 3,
+            Op::KeepAside { .. } => 4,
+            Op::Copy { .. } => 5,
+            Op::SetMtime { .. } => 6,
         }
     }
 }
@@ -447,6 +562,7 @@ fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<Action> {
         let copy = || Op::Copy {
             from: 0,
             entry: s.clone(),
+            replaces: dst.get(path).is_some_and(|t| t.kind == Kind::File),
         };
         match dst.get(path) {
             None => actions.push(act(path, copy())),
@@ -621,6 +737,7 @@ fn plan_sync(
                 op: Op::Copy {
                     from: winner,
                     entry: target.clone(),
+                    replaces: state.is_some_and(|s| s.kind == Kind::File) && !losers.contains(&r),
                 },
             });
         }
@@ -646,6 +763,7 @@ fn keep_aside(plan: &mut SyncPlan, replicas: usize, r: usize, path: &Path, entry
             op: Op::Copy {
                 from: r,
                 entry: entry.clone(),
+                replaces: false,
             },
         });
     }
@@ -721,7 +839,7 @@ impl Executor<'_> {
         actions.sort_by(|a, b| {
             let order = a.phase().cmp(&b.phase());
             // Folders are removed deepest first; everything else parents first.
-            let by_path = if a.phase() == 2 {
+            let by_path = if a.phase() == 3 {
                 b.path.cmp(&a.path)
             } else {
                 a.path.cmp(&b.path)
@@ -746,7 +864,20 @@ impl Executor<'_> {
                 }
             }
         }
+        self.settle();
         Ok(())
+    }
+
+    /// Collects the verdicts on writes committed without waiting; a file that failed after all
+    /// is counted and reported as failed.
+    fn settle(&mut self) {
+        for (r, replica) in self.replicas.iter().enumerate() {
+            for (path, error) in replica.settle() {
+                self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
+                self.fail(&path, error.to_string());
+                self.failed_at.insert((r, path));
+            }
+        }
     }
 
     fn stop_if_halted(&self) -> Result<(), EngineError> {
@@ -796,8 +927,12 @@ impl Executor<'_> {
         let path = &action.path;
         match &action.op {
             Op::Refuse { reason } => return Err(format!("{} {reason}", path.display())),
-            Op::Copy { from, entry } => self
-                .copy(*from, replica, path, entry)
+            Op::Copy {
+                from,
+                entry,
+                replaces,
+            } => self
+                .copy(*from, replica, path, entry, *replaces)
                 .map_err(|e| e.to_string())?,
             Op::Remove { entry } => {
                 if replica.remove(path, entry).map_err(|e| e.to_string())? && !entry.is_dir() {
@@ -818,6 +953,10 @@ impl Executor<'_> {
                 });
             }
             Op::SetMtime { mtime } => replica.set_mtime(path, *mtime).map_err(|e| e.to_string())?,
+            Op::KeepVersion { to } => {
+                replica.keep_version(path, to).map_err(|e| e.to_string())?;
+                self.summary.versions_kept += 1;
+            }
         }
         Ok(())
     }
@@ -828,6 +967,7 @@ impl Executor<'_> {
         to: &dyn Endpoint,
         path: &Path,
         entry: &Entry,
+        replaces: bool,
     ) -> Result<(), EndpointError> {
         match entry.kind {
             Kind::Dir => {
@@ -837,7 +977,7 @@ impl Executor<'_> {
             }
             Kind::Symlink { .. } => to.make_symlink(path, entry)?,
             Kind::File => {
-                let bytes = self.copy_file(self.replicas[from], to, path, entry)?;
+                let bytes = self.copy_file(self.replicas[from], to, path, entry, replaces)?;
                 self.summary.bytes_total += bytes;
             }
         }
@@ -859,11 +999,12 @@ impl Executor<'_> {
         to: &dyn Endpoint,
         path: &Path,
         entry: &Entry,
+        replaces: bool,
     ) -> Result<u64, EndpointError> {
         let local = !from.is_remote() && !to.is_remote();
-        let base = match local {
-            true => None,
-            false => to.signature(path)?,
+        let base = match replaces && !local {
+            true => to.signature(path)?,
+            false => None,
         };
         let written = match self.transfer(from, to, path, entry, base.as_ref()) {
             Err(e) if base.is_some() && e.is_bad_delta() => {

@@ -189,6 +189,7 @@ fn sync_once(
         source: local(source),
         destinations: destinations.into_iter().map(local).collect(),
         filter,
+        guards: Default::default(),
         handoff: None,
     };
     let print = |event: Event| match event {

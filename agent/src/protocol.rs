@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::delta::{Op, Signature};
-use crate::engine::{Event, Rule, Summary};
+use crate::engine::{Event, Guards, Rule, Summary};
 use crate::tree::{Entry, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
@@ -45,6 +45,8 @@ pub struct JobOrder {
     pub destinations: Vec<RemoteFolder>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    #[serde(default)]
+    pub guards: Guards,
     /// Paths to sync (relative to the job's folders); `None` for everything.
     pub paths: Option<Vec<PathBuf>>,
 }
@@ -118,6 +120,10 @@ pub enum Request {
         path: PathBuf,
         mtime: Mtime,
     },
+    KeepVersion {
+        path: PathBuf,
+        to: PathBuf,
+    },
     Hash {
         path: PathBuf,
     },
@@ -154,6 +160,7 @@ impl Request {
                 | Request::Remove { .. }
                 | Request::Rename { .. }
                 | Request::SetMtime { .. }
+                | Request::KeepVersion { .. }
                 | Request::WriteState { .. }
                 | Request::RunJob { .. }
         )

@@ -5,9 +5,11 @@
 //! A file's data streams as batches of delta ops without a reply for each, so a transfer costs
 //! one round trip for the signature and one for the final verdict, whatever its size.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,12 +27,59 @@ use crate::tree::{Entry, Mtime, Tree};
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_OPS: usize = 4096;
 
+/// Whole files written without waiting for each verdict, at most: the agent answers them in
+/// order (it commits them in batches smaller than this), so the window never stalls it.
+const PIPELINE: usize = 1024;
+
 /// A folder `path` on the agent `dial` reaches.
 pub struct RemoteEndpoint {
     dial: Dial,
     path: String,
-    session: Mutex<Option<Session>>,
+    session: Mutex<Option<Link>>,
     wire: Arc<AtomicU64>,
+}
+
+/// A session, and the files sent on it whose verdict has not been read yet.
+struct Link {
+    session: Session,
+    /// Paths of files whose `Written`/`Failed` answer is still to come, in order; `None` for
+    /// an abandoned file (its failure is expected).
+    pending: VecDeque<Option<PathBuf>>,
+    /// Files that failed after the engine moved on.
+    late: Vec<(PathBuf, WireError)>,
+}
+
+impl Link {
+    async fn send(&mut self, request: &Request) -> std::result::Result<(), ClientError> {
+        self.session.send(request).await
+    }
+
+    /// Reads the verdicts still owed, then the answer to the last request.
+    async fn answer(&mut self) -> std::result::Result<Response, ClientError> {
+        while !self.pending.is_empty() {
+            self.verdict().await?;
+        }
+        self.session.receive().await
+    }
+
+    /// Reads the oldest owed verdict.
+    async fn verdict(&mut self) -> std::result::Result<(), ClientError> {
+        let response = self.session.receive().await?;
+        let path = self.pending.pop_front().flatten();
+        match (response, path) {
+            (Response::Written { .. }, _) | (Response::Failed(_), None) => Ok(()),
+            (Response::Failed(error), Some(path)) => {
+                self.late.push((path, error));
+                Ok(())
+            }
+            (other, _) => Err(self.session.unexpected(&other, "Written")),
+        }
+    }
+
+    async fn call(&mut self, request: &Request) -> std::result::Result<Response, ClientError> {
+        self.send(request).await?;
+        self.answer().await
+    }
 }
 
 impl RemoteEndpoint {
@@ -61,7 +110,7 @@ impl RemoteEndpoint {
         format!("{}:{}", self.dial.agent, full.display())
     }
 
-    fn session(&self) -> MutexGuard<'_, Option<Session>> {
+    fn session(&self) -> MutexGuard<'_, Option<Link>> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -79,7 +128,7 @@ impl RemoteEndpoint {
         &self,
         op: &str,
         rel: &Path,
-        slot: &mut Option<Session>,
+        slot: &mut Option<Link>,
         response: std::result::Result<Response, ClientError>,
     ) -> Result<Response> {
         match response {
@@ -104,8 +153,8 @@ impl RemoteEndpoint {
 
 /// Runs a session call from a blocking thread inside the runtime.
 fn on_session<'s, T, F>(
-    slot: &'s mut Option<Session>,
-    call: impl FnOnce(&'s mut Session) -> F,
+    slot: &'s mut Option<Link>,
+    call: impl FnOnce(&'s mut Link) -> F,
 ) -> std::result::Result<T, ClientError>
 where
     F: Future<Output = std::result::Result<T, ClientError>> + 's,
@@ -159,7 +208,11 @@ impl Endpoint for RemoteEndpoint {
             self.wire.clone(),
         ))
         .map_err(|e| self.error("connect to", root, io::Error::other(e.to_string())))?;
-        *slot = Some(session);
+        *slot = Some(Link {
+            session,
+            pending: VecDeque::new(),
+            late: Vec::new(),
+        });
         let open = Request::Open {
             path: self.path.clone(),
             create,
@@ -195,7 +248,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),
             }
-            let next = on_session(&mut slot, |s| s.receive());
+            let next = on_session(&mut slot, |s| s.session.receive());
             response = self.answer("read folder", root, &mut slot, next)?;
         }
     }
@@ -259,7 +312,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read", rel, &other)),
             }
-            let next = on_session(&mut slot, |s| s.receive());
+            let next = on_session(&mut slot, |s| s.session.receive());
             response = self.answer("read", rel, &mut slot, next)?;
         }
     }
@@ -287,6 +340,8 @@ impl Endpoint for RemoteEndpoint {
             batch: Vec::new(),
             batch_bytes: 0,
             ended: false,
+            // A delta may fail to rebuild and need sending again whole: wait for its verdict.
+            pipelined: block_size.is_none(),
         }))
     }
 
@@ -323,6 +378,14 @@ impl Endpoint for RemoteEndpoint {
             to: to.to_path_buf(),
         };
         self.expect_done("rename", from, request)
+    }
+
+    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()> {
+        let request = Request::KeepVersion {
+            path: rel.to_path_buf(),
+            to: to.to_path_buf(),
+        };
+        self.expect_done("keep a version of", rel, request)
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
@@ -362,6 +425,54 @@ impl Endpoint for RemoteEndpoint {
     fn wire_bytes(&self) -> u64 {
         self.wire.load(Ordering::Relaxed)
     }
+
+    fn settle(&self) -> Vec<(PathBuf, EndpointError)> {
+        let mut slot = self.session();
+        let settled = on_session(&mut slot, |link| async move {
+            if !link.pending.is_empty() {
+                // Any request that is not a whole file makes the agent publish its batch.
+                let nonce = link.pending.len() as u64;
+                match link.call(&Request::Ping { nonce }).await? {
+                    Response::Pong { .. } => {}
+                    other => return Err(link.session.unexpected(&other, "Pong")),
+                }
+            }
+            Ok(std::mem::take(&mut link.late))
+        });
+        let late = match settled {
+            Ok(late) => late,
+            Err(e) => {
+                // The connection broke with verdicts owed: those files are not known to be in
+                // place, and count as failed.
+                let owed: Vec<PathBuf> = slot
+                    .as_mut()
+                    .map(|l| {
+                        l.pending
+                            .drain(..)
+                            .flatten()
+                            .chain(l.late.drain(..).map(|f| f.0))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                *slot = None;
+                let error = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                return owed
+                    .into_iter()
+                    .map(|p| {
+                        let e = self.error(
+                            "write",
+                            &p,
+                            io::Error::new(error.kind(), error.to_string()),
+                        );
+                        (p, e)
+                    })
+                    .collect();
+            }
+        };
+        late.into_iter()
+            .map(|(path, wire)| (path, from_wire(&self.dial.agent, wire)))
+            .collect()
+    }
 }
 
 impl RemoteEndpoint {
@@ -378,11 +489,13 @@ struct RemoteSink<'a> {
     endpoint: &'a RemoteEndpoint,
     rel: std::path::PathBuf,
     /// The session stays locked while the file streams: nothing else may interleave.
-    slot: MutexGuard<'a, Option<Session>>,
+    slot: MutexGuard<'a, Option<Link>>,
     batch: Vec<Op>,
     batch_bytes: usize,
     /// `DataEnd` was sent: the agent's answer is due.
     ended: bool,
+    /// Commit without waiting for the verdict (it comes back later, see [`Endpoint::settle`]).
+    pipelined: bool,
 }
 
 impl RemoteSink<'_> {
@@ -406,14 +519,35 @@ impl RemoteSink<'_> {
         self.send(&Request::Data { ops })
     }
 
-    /// Sends the end of the stream and reads the agent's verdict.
-    fn end(&mut self, hash: Vec<u8>) -> Result<Response> {
+    /// Sends the end of the stream; the agent's verdict is owed from then on.
+    fn end(&mut self, hash: Vec<u8>) -> Result<()> {
         self.flush()?;
         self.ended = true;
-        self.send(&Request::DataEnd { hash })?;
-        let response = on_session(&mut self.slot, |s| s.receive());
+        self.send(&Request::DataEnd { hash })
+    }
+
+    /// Reads verdicts until at most `owed` are outstanding.
+    fn collect(&mut self, owed: usize) -> Result<()> {
+        let result = on_session(&mut self.slot, |link| async move {
+            while link.pending.len() > owed {
+                link.verdict().await?;
+            }
+            Ok(())
+        });
         let (endpoint, rel) = (self.endpoint, self.rel.clone());
-        endpoint.answer("write", &rel, &mut self.slot, response)
+        endpoint.answer(
+            "write",
+            &rel,
+            &mut self.slot,
+            result.map(|()| Response::Done),
+        )?;
+        Ok(())
+    }
+
+    fn owe(&mut self, path: Option<PathBuf>) {
+        if let Some(link) = self.slot.as_mut() {
+            link.pending.push_back(path);
+        }
     }
 }
 
@@ -428,7 +562,16 @@ impl FileSink for RemoteSink<'_> {
     }
 
     fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
-        match self.end(sent.hash.as_bytes().to_vec())? {
+        self.end(sent.hash.as_bytes().to_vec())?;
+        if self.pipelined {
+            self.owe(Some(self.rel.clone()));
+            self.collect(PIPELINE)?;
+            return Ok(sent.size);
+        }
+        self.collect(0)?;
+        let response = on_session(&mut self.slot, |link| link.session.receive());
+        let (endpoint, rel) = (self.endpoint, self.rel.clone());
+        match endpoint.answer("write", &rel, &mut self.slot, response)? {
             Response::Written { bytes } => Ok(bytes),
             other => Err(self.endpoint.unexpected("write", &self.rel, &other)),
         }
@@ -441,7 +584,9 @@ impl Drop for RemoteSink<'_> {
     fn drop(&mut self) {
         if !self.ended && self.slot.is_some() {
             self.batch.clear();
-            let _ = self.end(Vec::new());
+            if self.end(Vec::new()).is_ok() {
+                self.owe(None);
+            }
         }
     }
 }

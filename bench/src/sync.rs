@@ -166,7 +166,7 @@ impl Bench {
         &self,
         rounds: usize,
         mut measure: impl FnMut(&Self, Tool, usize) -> Result<Sample>,
-    ) -> Result<Vec<(Tool, Vec<Sample>)>> {
+    ) -> Result<CaseSamples> {
         let mut samples: Vec<(Tool, Vec<Sample>)> =
             Tool::ALL.iter().map(|t| (*t, vec![])).collect();
         for r in 1..=rounds {
@@ -225,6 +225,7 @@ impl Bench {
                 }],
                 include: vec![],
                 exclude: vec![],
+                guards: Default::default(),
                 paths: None,
             },
         };
@@ -488,7 +489,7 @@ impl Noise {
         while out.len() < len {
             let n = self.next();
             out.extend_from_slice(WORDS[(n % 16) as usize].as_bytes());
-            out.push(if n % 11 == 0 { b'\n' } else { b' ' });
+            out.push(if n.is_multiple_of(11) { b'\n' } else { b' ' });
         }
         out.truncate(len);
         out
@@ -497,7 +498,7 @@ impl Noise {
 
 fn small_file(noise: &mut Noise, i: usize) -> Vec<u8> {
     let len = 1024 + (noise.next() % (15 * 1024)) as usize;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         noise.text(len)
     } else {
         noise.bytes(len)
@@ -569,7 +570,10 @@ fn change_one_percent(src: &Path, round: usize) -> Result<()> {
     Ok(())
 }
 
-fn write_results(rounds: usize, rows: &[(&str, Vec<(Tool, Vec<Sample>)>)]) -> Result<()> {
+/// Each tool's samples for one case.
+type CaseSamples = Vec<(Tool, Vec<Sample>)>;
+
+fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
     let mut section =
         String::from("<!-- sync:start -->\n## Sync: ferry agent to agent vs rsync daemon\n\n");
     section.push_str(&format!(

@@ -217,6 +217,44 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
         "changed on nas1"
     );
 
+    // Guards: a run over --max-deletes deletes nothing; --versions keeps what mirror replaces.
+    let (src, dst) = site.job(
+        "guarded",
+        "mirror",
+        &["--max-deletes", "2", "--versions", ".versions"],
+    );
+    fs::write(src.join("doc.txt"), "version 1").unwrap();
+    assert_eq!(site.run("guarded")["state"], "succeeded");
+    for i in 0..3 {
+        fs::write(dst.join(format!("extra{i}.txt")), "x").unwrap();
+    }
+    let refused = site.run("guarded");
+    assert_eq!(refused["state"], "failed", "{refused:#}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("would delete 3 files") && error.contains("nothing was deleted"),
+        "{error}"
+    );
+    assert!(dst.join("extra0.txt").exists());
+    fs::remove_file(dst.join("extra0.txt")).unwrap();
+    fs::write(src.join("doc.txt"), "version 2").unwrap();
+    let kept = site.run("guarded");
+    assert_eq!(kept["state"], "succeeded", "{kept:#}");
+    assert_eq!(
+        fs::read_to_string(dst.join("doc.txt")).unwrap(),
+        "version 2"
+    );
+    let dated: Vec<_> = fs::read_dir(dst.join(".versions"))
+        .unwrap()
+        .flatten()
+        .collect();
+    let old = dated[0].path();
+    assert_eq!(
+        fs::read_to_string(old.join("doc.txt")).unwrap(),
+        "version 1"
+    );
+    assert_eq!(fs::read_to_string(old.join("extra1.txt")).unwrap(), "x");
+
     // A folder on the scheduler's machine to an agent, and back: the scheduler runs these
     // itself, through the same engine.
     let local = site.env.path("local");

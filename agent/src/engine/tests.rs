@@ -47,6 +47,7 @@ impl Fixture {
             source: endpoint(&self.roots[0]),
             destinations: self.roots[1..].iter().map(endpoint).collect(),
             filter,
+            guards: Default::default(),
             handoff: None,
         }
     }
@@ -477,4 +478,69 @@ fn a_sync_never_overwrites_a_file_changed_during_the_run() {
         contents.contains(&"the user's edit".to_string()) && contents.contains(&"b2".to_string()),
         "{kept:?} {contents:?}"
     );
+}
+
+#[test]
+fn a_run_over_max_deletes_deletes_nothing() {
+    let fx = Fixture::new(2);
+    fx.write(0, "keep.txt", "k");
+    for i in 0..5 {
+        fx.write(1, &format!("old{i}.txt"), "o");
+    }
+    let mut spec = fx.spec(Rule::Mirror, Filter::default());
+    spec.guards.max_deletes = Some(4);
+    let err = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            EngineError::TooManyDeletes {
+                count: 5,
+                max: 4,
+                ..
+            }
+        ),
+        "{message}"
+    );
+    assert!(message.contains("nothing was deleted"), "{message}");
+    assert_eq!(fx.read(1, "old0.txt").as_deref(), Some("o"));
+    assert_eq!(fx.read(1, "keep.txt"), None, "nothing at all was done");
+
+    spec.guards.max_deletes = Some(5);
+    let summary = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+    assert_eq!(summary.files_deleted, 5);
+}
+
+#[test]
+fn mirror_keeps_deleted_and_overwritten_files_in_the_versions_folder() {
+    let fx = Fixture::new(2);
+    fx.write(0, "doc.txt", "first");
+    fx.write(0, "gone.txt", "soon deleted");
+    let mut spec = fx.spec(Rule::Mirror, Filter::default());
+    spec.guards.versions = Some(PathBuf::from(".versions"));
+    run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+
+    fx.write(0, "doc.txt", "second version");
+    fs::remove_file(fx.roots[0].join("gone.txt")).unwrap();
+    let summary = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+
+    assert_eq!(summary.versions_kept, 2);
+    assert_eq!(fx.read(1, "doc.txt").as_deref(), Some("second version"));
+    assert_eq!(fx.read(1, "gone.txt"), None);
+    let stamps: Vec<_> = fs::read_dir(fx.roots[1].join(".versions"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(stamps.len(), 1, "one dated folder per run");
+    let kept = stamps[0].path();
+    assert_eq!(fs::read_to_string(kept.join("doc.txt")).unwrap(), "first");
+    assert_eq!(
+        fs::read_to_string(kept.join("gone.txt")).unwrap(),
+        "soon deleted"
+    );
+
+    // The versions folder is the destination's own: the next run leaves it alone.
+    let again = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+    assert_eq!(again.files_deleted, 0);
+    assert!(kept.join("doc.txt").exists());
 }

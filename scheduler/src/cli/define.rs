@@ -67,6 +67,8 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         destinations: args.destinations,
         include: args.include,
         exclude: args.exclude,
+        max_deletes: args.max_deletes,
+        versions_dir: args.versions_dir,
     };
     check_name("job", &row.name)?;
     let checked = definitions::check_job(&row).map_err(|problem| {
@@ -75,6 +77,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
             JobField::Source => "--from",
             JobField::Destination => "--to",
             JobField::Filter => "--include/--exclude",
+            JobField::Guards => "--max-deletes/--versions",
         };
         invalid(flag, problem.to_string())
     })?;

@@ -218,6 +218,15 @@ pub struct JobAdd {
     /// schedulers run, or will be created later); runs fail until it exists.
     #[arg(long)]
     pub allow_missing_source: bool,
+    /// Stop a run before it deletes anything when it would delete more than N files at any
+    /// destination (an emptied source, a wrong path): a guard against mass deletion.
+    #[arg(long, value_name = "N")]
+    pub max_deletes: Option<i64>,
+    /// Mirror only: keep the files a run deletes or overwrites in this folder inside each
+    /// destination (under the run's date, e.g. .versions/20261122-020000/docs/a.txt) instead
+    /// of destroying them.
+    #[arg(long = "versions", value_name = "DIR")]
+    pub versions_dir: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ferry_agent::client::Dial;
 use ferry_agent::endpoint::{Endpoint, LocalEndpoint};
+use ferry_agent::engine::Guards;
 use ferry_agent::filter::Filter;
 use ferry_agent::protocol::{JobOrder, RemoteFolder};
 use ferry_agent::remote::{Handoff, RemoteEndpoint};
@@ -28,6 +29,7 @@ pub enum JobField {
     Source,
     Destination,
     Filter,
+    Guards,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +105,7 @@ pub struct CheckedJob {
     pub source: Place,
     pub destinations: Vec<Place>,
     pub filter: Filter,
+    pub guards: Guards,
 }
 
 /// Checks a job row: rule, paths (local or on an agent), no overlaps, filters.
@@ -143,12 +146,48 @@ pub fn check_job(job: &JobRow) -> Result<CheckedJob, JobProblem> {
     }
     let filter = Filter::new(&job.include, &job.exclude)
         .map_err(|e| problem(JobField::Filter, format!("filter: {e}")))?;
+    let guards = guards(job, rule).map_err(|e| problem(JobField::Guards, e))?;
     let source = places.remove(0);
     Ok(CheckedJob {
         rule,
         source,
         destinations: places,
         filter,
+        guards,
+    })
+}
+
+fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Problem> {
+    let max_deletes = match job.max_deletes {
+        Some(n) => Some(
+            u64::try_from(n).map_err(|_| format!("max_deletes {n} is negative; use 0 or more"))?,
+        ),
+        None => None,
+    };
+    let versions = match &job.versions_dir {
+        None => None,
+        Some(_) if rule != Rule::Mirror => {
+            return Err(format!(
+                "versions_dir keeps what a mirror deletes or overwrites; the {rule} rule does not use it"
+            ));
+        }
+        Some(dir) => {
+            let path = PathBuf::from(dir);
+            let plain = !dir.is_empty()
+                && path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(format!(
+                    "versions_dir {dir:?} must be a folder name inside each destination, like .versions"
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(Guards {
+        max_deletes,
+        versions,
     })
 }
 
@@ -178,6 +217,7 @@ pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<JobSpec, JobProblem> 
         source,
         destinations,
         filter: checked.filter,
+        guards: checked.guards,
         handoff,
     })
 }
@@ -211,6 +251,7 @@ fn handoff(
             destinations,
             include: job.include.clone(),
             exclude: job.exclude.clone(),
+            guards: checked.guards.clone(),
             paths: None,
         },
     }))
@@ -313,6 +354,7 @@ mod tests {
             destinations: vec![dest.into()],
             include: vec![],
             exclude: vec![],
+            ..Default::default()
         }
     }
 

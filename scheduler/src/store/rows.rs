@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JobRow {
     pub name: String,
     /// `mirror`, `copy` or `sync` (checked by the schema).
@@ -14,18 +14,25 @@ pub struct JobRow {
     pub destinations: Vec<String>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// A run that would delete more files than this at a replica deletes nothing and fails.
+    pub max_deletes: Option<i64>,
+    /// Mirror: the folder inside each destination that keeps deleted and overwritten files.
+    pub versions_dir: Option<String>,
 }
+
+/// A `jobs` row: name, rule, source, max_deletes, versions_dir.
+pub(super) type JobHead = (String, String, String, Option<i64>, Option<String>);
 
 impl JobRow {
     /// Joins `jobs` rows with their `job_destinations` and `job_filters` rows.
     pub(super) fn assemble(
-        heads: Vec<(String, String, String)>,
+        heads: Vec<JobHead>,
         destinations: Vec<(String, String)>,
         filters: Vec<(String, String, String)>,
     ) -> Vec<JobRow> {
         let mut jobs: BTreeMap<String, JobRow> = heads
             .into_iter()
-            .map(|(name, rule, source)| {
+            .map(|(name, rule, source, max_deletes, versions_dir)| {
                 let job = JobRow {
                     name: name.clone(),
                     rule,
@@ -33,6 +40,8 @@ impl JobRow {
                     destinations: vec![],
                     include: vec![],
                     exclude: vec![],
+                    max_deletes,
+                    versions_dir,
                 };
                 (name, job)
             })
