@@ -96,9 +96,10 @@ pub trait Endpoint: Send + Sync {
     /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say).
     fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool>;
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
-    /// Keeps the file at `rel` also as `to` (making its folders), before it is deleted or
-    /// overwritten: a hard link where the file system allows, else a copy.
-    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()>;
+    /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
+    /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,
+    /// and moves a renamed file's content without sending it.
+    fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
@@ -415,14 +416,14 @@ impl Endpoint for LocalEndpoint {
         fs::rename(self.checked(from)?, self.checked(to)?).map_err(self.err("rename", from))
     }
 
-    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()> {
+    fn duplicate(&self, rel: &Path, to: &Path) -> Result<()> {
         let (from, kept) = (self.checked(rel)?, self.checked(to)?);
         if let Some(parent) = kept.parent() {
             fs::create_dir_all(parent).map_err(self.err("create folder", to))?;
         }
         fs::hard_link(&from, &kept)
             .or_else(|_| fs::copy(&from, &kept).map(drop))
-            .map_err(self.err("keep a version of", rel))
+            .map_err(self.err("duplicate", rel))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {

@@ -327,6 +327,7 @@ pub fn run(
             }
             let stamp = chrono_like_stamp(now_secs());
             for actions in plans {
+                let actions = exec.find_moves(actions);
                 let actions = match &spec.guards.versions {
                     Some(folder) if spec.rule == Rule::Mirror => {
                         keep_versions(actions, &folder.join(&stamp))
@@ -519,6 +520,12 @@ enum Op {
     KeepVersion {
         to: PathBuf,
     },
+    /// Take the file's content from `from` on the same replica, which holds the same bytes
+    /// (the source renamed or moved it): no file data crosses.
+    LinkFrom {
+        from: PathBuf,
+        entry: Entry,
+    },
     SetMtime {
         mtime: Mtime,
     },
@@ -541,7 +548,7 @@ impl Action {
     fn phase(&self) -> u8 {
         match &self.op {
             Op::Refuse { .. } => 0,
-            Op::KeepVersion { .. } => 1,
+            Op::KeepVersion { .. } | Op::LinkFrom { .. } => 1,
             Op::Remove { entry } if !entry.is_dir() => 2,
             Op::Remove { .. } => 3,
             Op::KeepAside { .. } => 4,
@@ -868,6 +875,64 @@ impl Executor<'_> {
         Ok(())
     }
 
+    /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
+    /// of the same size and content in this run: the source renamed or moved it. Only pays
+    /// across a network, where it saves the file's bytes for two local reads.
+    fn find_moves(&self, mut actions: Vec<Action>) -> Vec<Action> {
+        let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
+        for action in &actions {
+            if let Op::Remove { entry } = &action.op
+                && entry.kind == Kind::File
+                && entry.size > 0
+            {
+                removed
+                    .entry((action.replica, entry.size))
+                    .or_default()
+                    .push(action.path.clone());
+            }
+        }
+        if removed.is_empty() {
+            return actions;
+        }
+        let mut hashes: HashMap<(usize, PathBuf), Option<blake3::Hash>> = HashMap::new();
+        let mut hash = |replica: usize, path: &Path| {
+            *hashes
+                .entry((replica, path.to_path_buf()))
+                .or_insert_with(|| self.replicas[replica].hash(path).ok())
+        };
+        for action in &mut actions {
+            let Op::Copy {
+                from,
+                entry,
+                replaces: false,
+            } = &action.op
+            else {
+                continue;
+            };
+            let remote =
+                self.replicas[*from].is_remote() || self.replicas[action.replica].is_remote();
+            let Some(candidates) = removed
+                .get(&(action.replica, entry.size))
+                .filter(|_| remote)
+            else {
+                continue;
+            };
+            let Some(wanted) = hash(*from, &action.path) else {
+                continue;
+            };
+            let same = candidates
+                .iter()
+                .find(|old| hash(action.replica, old) == Some(wanted));
+            if let Some(old) = same {
+                action.op = Op::LinkFrom {
+                    from: old.clone(),
+                    entry: entry.clone(),
+                };
+            }
+        }
+        actions
+    }
+
     /// Collects the verdicts on writes committed without waiting; a file that failed after all
     /// is counted and reported as failed.
     fn settle(&mut self) {
@@ -953,8 +1018,28 @@ impl Executor<'_> {
                 });
             }
             Op::SetMtime { mtime } => replica.set_mtime(path, *mtime).map_err(|e| e.to_string())?,
+            Op::LinkFrom { from, entry } => {
+                replica.duplicate(from, path).map_err(|e| e.to_string())?;
+                if replica
+                    .stat(path)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.mtime != entry.mtime)
+                {
+                    replica
+                        .set_mtime(path, entry.mtime)
+                        .map_err(|e| e.to_string())?;
+                }
+                self.summary.files_copied += 1;
+                self.summary.bytes_total += entry.size;
+                (self.on_event)(Event::Copied {
+                    to: replica.display(),
+                    path: path.clone(),
+                    bytes: entry.size,
+                });
+            }
             Op::KeepVersion { to } => {
-                replica.keep_version(path, to).map_err(|e| e.to_string())?;
+                replica.duplicate(path, to).map_err(|e| e.to_string())?;
                 self.summary.versions_kept += 1;
             }
         }

@@ -126,6 +126,9 @@ pub async fn write<T: Serialize>(
 ) -> Result<usize, FrameError> {
     let frame = encode(message)?;
     out.write_all(&frame).await?;
+    // TLS keeps what the socket did not take at once; without a flush it waits for the next
+    // write, which may never come while this side waits for an answer.
+    out.flush().await?;
     Ok(frame.len())
 }
 

@@ -120,8 +120,9 @@ pub enum Request {
         path: PathBuf,
         mtime: Mtime,
     },
-    KeepVersion {
-        path: PathBuf,
+    /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
+    Duplicate {
+        from: PathBuf,
         to: PathBuf,
     },
     Hash {
@@ -160,7 +161,7 @@ impl Request {
                 | Request::Remove { .. }
                 | Request::Rename { .. }
                 | Request::SetMtime { .. }
-                | Request::KeepVersion { .. }
+                | Request::Duplicate { .. }
                 | Request::WriteState { .. }
                 | Request::RunJob { .. }
         )

@@ -380,12 +380,12 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("rename", from, request)
     }
 
-    fn keep_version(&self, rel: &Path, to: &Path) -> Result<()> {
-        let request = Request::KeepVersion {
-            path: rel.to_path_buf(),
+    fn duplicate(&self, from: &Path, to: &Path) -> Result<()> {
+        let request = Request::Duplicate {
+            from: from.to_path_buf(),
             to: to.to_path_buf(),
         };
-        self.expect_done("keep a version of", rel, request)
+        self.expect_done("duplicate", from, request)
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {

@@ -309,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             Request::Remove { path, entry } => replica.remove(&path, &entry).map(Response::Removed),
             Request::Rename { from, to } => replica.rename(&from, &to).map(done),
             Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
-            Request::KeepVersion { path, to } => replica.keep_version(&path, &to).map(done),
+            Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
             Request::Hash { path } => replica
                 .hash(&path)
                 .map(|h| Response::Hash(h.as_bytes().to_vec())),

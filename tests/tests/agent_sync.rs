@@ -187,6 +187,18 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
         "a 19-byte edit sent {sent} bytes: {edit:#}"
     );
 
+    // A rename or move on the source costs no file bytes: the destination has the content.
+    fs::create_dir_all(src.join("moved")).unwrap();
+    fs::rename(src.join("big.bin"), src.join("moved/big-renamed.bin")).unwrap();
+    let moved = site.run("mirrored");
+    assert_eq!(moved["state"], "succeeded", "{moved:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    let sent = moved["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 64 * 1024,
+        "moving a 4 MiB file sent {sent} bytes: {moved:#}"
+    );
+
     let unchanged = site.run("mirrored");
     assert_eq!(unchanged["files_copied"], 0, "{unchanged:#}");
     assert!(unchanged["bytes_sent"].as_u64().unwrap() < 16 * 1024);
