@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufStream, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Dial {
 
 /// An open, authenticated session with an agent.
 pub struct Session {
-    stream: TlsStream<TcpStream>,
+    stream: BufStream<TlsStream<TcpStream>>,
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
@@ -93,7 +93,7 @@ impl Session {
                 source,
             })?;
         let mut session = Self {
-            stream,
+            stream: BufStream::new(stream),
             agent: agent.clone(),
             software: String::new(),
             roots: Vec::new(),
@@ -138,8 +138,9 @@ impl Session {
         }
     }
 
+    /// Sends a request; it leaves when this side next waits for an answer ([`Self::receive`]).
     pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        let sent = frame::write(&mut self.stream, request)
+        let sent = frame::write_buffered(&mut self.stream, request)
             .await
             .map_err(|e| self.frame_error(e))?;
         self.wire.fetch_add(sent as u64, Ordering::Relaxed);
@@ -147,6 +148,10 @@ impl Session {
     }
 
     pub async fn receive(&mut self) -> Result<Response, ClientError> {
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| self.frame_error(e.into()))?;
         let (response, size) = frame::read_counted(&mut self.stream)
             .await
             .map_err(|e| self.frame_error(e))?;
@@ -186,7 +191,7 @@ impl Session {
 }
 
 pub struct SessionReader {
-    read: ReadHalf<TlsStream<TcpStream>>,
+    read: ReadHalf<BufStream<TlsStream<TcpStream>>>,
     pub agent: String,
 }
 
@@ -202,7 +207,7 @@ impl SessionReader {
 }
 
 pub struct SessionWriter {
-    write: WriteHalf<TlsStream<TcpStream>>,
+    write: WriteHalf<BufStream<TlsStream<TcpStream>>>,
     pub agent: String,
 }
 

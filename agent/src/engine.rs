@@ -605,6 +605,24 @@ fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<Action> {
             actions.push(act(path, Op::Remove { entry: t.clone() }));
         }
     }
+    // Writing or removing inside a folder changes its time: set it again afterwards.
+    let timed: HashSet<PathBuf> = actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::SetMtime { .. }))
+        .map(|a| a.path.clone())
+        .collect();
+    let touched: BTreeSet<&Path> = actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Copy { .. } | Op::Remove { .. }))
+        .filter_map(|a| a.path.parent())
+        .filter(|parent| !parent.as_os_str().is_empty() && !timed.contains(*parent))
+        .collect();
+    let retimed: Vec<Action> = touched
+        .into_iter()
+        .filter_map(|dir| src.get(dir).filter(|s| s.is_dir()).map(|s| (dir, s.mtime)))
+        .map(|(dir, mtime)| act(dir, Op::SetMtime { mtime }))
+        .collect();
+    actions.extend(retimed);
     actions
 }
 

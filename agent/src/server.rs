@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -212,7 +212,7 @@ async fn session(
         other => return refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
     };
     let mut session = Session {
-        tls,
+        tls: BufStream::new(tls),
         agent,
         fence,
         replica: None,
@@ -220,7 +220,7 @@ async fn session(
         staged_bytes: 0,
     };
     loop {
-        let request = match frame::read::<Request>(&mut session.tls).await {
+        let request = match session.next().await {
             Ok(request) => request,
             Err(e) => {
                 // The peer is gone, but the files it sent whole are checked: put them in place.
@@ -251,8 +251,17 @@ async fn session(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
+    /// Answers into the buffer; it leaves before the next read ([`Self::next`]).
     async fn reply(&mut self, response: &Response) -> Result<(), FrameError> {
-        frame::write(&mut self.tls, response).await.map(drop)
+        frame::write_buffered(&mut self.tls, response)
+            .await
+            .map(drop)
+    }
+
+    /// Sends what is buffered, then reads the peer's next frame.
+    async fn next(&mut self) -> Result<Request, FrameError> {
+        self.tls.flush().await?;
+        frame::read(&mut self.tls).await
     }
 
     /// Refuses a write under a stale lease; `None` when the request may go ahead.
@@ -474,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         };
         let mut error: Option<EndpointError> = None;
         let hash = loop {
-            match frame::read::<Request>(&mut self.tls).await? {
+            match self.next().await? {
                 Request::Data { ops } => {
                     for op in ops {
                         if let (Some(s), None) = (sink.as_mut(), &error)
@@ -531,7 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
     /// Reads and discards a refused file's data, keeping the session in step.
     async fn drain_file(&mut self) -> Result<(), FrameError> {
         loop {
-            match frame::read::<Request>(&mut self.tls).await? {
+            match self.next().await? {
                 Request::Data { .. } => {}
                 Request::DataEnd { .. } => return Ok(()),
                 other => {
