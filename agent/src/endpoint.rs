@@ -274,8 +274,12 @@ impl LocalEndpoint {
             temp: self.temp_beside(rel)?,
             rebuild: None,
             committed: false,
+            writeback: None,
+            flushing: None,
+            flushed_at: 0,
         };
         let file = File::create(&sink.temp).map_err(self.err("write", rel))?;
+        sink.writeback = file.try_clone().ok();
         let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
             .map_err(self.err("read", rel))?;
         sink.rebuild = Some(rebuild);
@@ -472,6 +476,9 @@ impl Endpoint for LocalEndpoint {
     }
 }
 
+/// How much of a file is written between two early write-backs.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
 /// A file being written to a temporary name beside its target.
 pub struct LocalSink<'a> {
     endpoint: &'a LocalEndpoint,
@@ -480,6 +487,11 @@ pub struct LocalSink<'a> {
     temp: PathBuf,
     rebuild: Option<Rebuild<BufWriter<File>>>,
     committed: bool,
+    /// The temporary file again, to start its write-back to disk early from another thread:
+    /// the flush before the rename then has little left to do.
+    writeback: Option<File>,
+    flushing: Option<std::thread::JoinHandle<()>>,
+    flushed_at: u64,
 }
 
 impl LocalSink<'_> {
@@ -495,7 +507,17 @@ impl LocalSink<'_> {
 impl FileSink for LocalSink<'_> {
     fn write(&mut self, op: Op) -> Result<()> {
         let rebuild = self.rebuild.as_mut().expect("written before commit");
-        rebuild.push(&op).map_err(|e| self.fail(e))
+        let pushed = rebuild.push(&op);
+        let written = rebuild.written;
+        pushed.map_err(|e| self.fail(e))?;
+        let idle = self.flushing.as_ref().is_none_or(|f| f.is_finished());
+        if written - self.flushed_at >= WRITEBACK_EVERY && idle {
+            self.flushed_at = written;
+            if let Some(file) = self.writeback.as_ref().and_then(|f| f.try_clone().ok()) {
+                self.flushing = Some(std::thread::spawn(move || drop(file.sync_data())));
+            }
+        }
+        Ok(())
     }
 
     fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64> {
@@ -508,6 +530,9 @@ impl LocalSink<'_> {
     /// its temporary name; it is renamed into place by [`Staged::publish`] once it is on disk:
     /// after its own fsync (`sync`), or after [`LocalEndpoint::flush_all`] for a batch.
     pub fn finish(mut self, sent: &Encoded, sync: bool) -> Result<Staged> {
+        if let Some(flushing) = self.flushing.take() {
+            let _ = flushing.join();
+        }
         let rebuild = self.rebuild.take().expect("finished once");
         let size = rebuild.written;
         let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;

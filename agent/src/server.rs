@@ -170,6 +170,9 @@ struct Session<'a, S> {
     /// verdicts are owed to the peer in order.
     staged: Vec<Staged>,
     staged_bytes: u64,
+    /// The batch being flushed and published on another thread while more files arrive; its
+    /// verdicts, in order, when done.
+    publishing: Option<tokio::task::JoinHandle<Vec<Response>>>,
 }
 
 async fn session(
@@ -218,6 +221,7 @@ async fn session(
         replica: None,
         staged: Vec::new(),
         staged_bytes: 0,
+        publishing: None,
     };
     loop {
         let request = match session.next().await {
@@ -434,6 +438,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
     /// Makes the staged files durable with one flush, renames them into place, and sends
     /// their verdicts (unless the peer is gone).
     async fn publish_staged(&mut self, answer: bool) -> Result<(), FrameError> {
+        self.start_publishing(answer).await?;
+        self.finish_publishing(answer).await
+    }
+
+    /// Starts publishing the staged batch on another thread, once the batch before it is done.
+    async fn start_publishing(&mut self, answer: bool) -> Result<(), FrameError> {
+        self.finish_publishing(answer).await?;
         if self.staged.is_empty() {
             return Ok(());
         }
@@ -443,21 +454,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             .fence
             .as_ref()
             .and_then(|f| self.agent.fences.admit(f).err());
-        let flushed = match (&stale, &self.replica) {
-            (Some(reason), _) => Err(failure("write", "", ErrorKind::StaleEpoch, reason.clone())),
-            (None, Some(replica)) => replica.flush_all().map_err(|e| wire_failure(&e)),
-            (None, None) => Err(failure("write", "", ErrorKind::Other, "no folder".into())),
-        };
-        for file in staged {
-            let response = match &flushed {
-                Ok(()) => match file.publish() {
-                    Ok(bytes) => Response::Written { bytes },
-                    Err(e) => wire_failure(&e),
-                },
-                Err(refused) => refused.clone(),
+        let replica = self.replica.clone();
+        self.publishing = Some(tokio::task::spawn_blocking(move || {
+            let flushed = match (stale, replica) {
+                (Some(reason), _) => Err(failure("write", "", ErrorKind::StaleEpoch, reason)),
+                (None, Some(replica)) => replica.flush_all().map_err(|e| wire_failure(&e)),
+                (None, None) => Err(failure("write", "", ErrorKind::Other, "no folder".into())),
             };
-            if answer {
-                self.reply(&response).await?;
+            staged
+                .into_iter()
+                .map(|file| match &flushed {
+                    Ok(()) => match file.publish() {
+                        Ok(bytes) => Response::Written { bytes },
+                        Err(e) => wire_failure(&e),
+                    },
+                    Err(refused) => refused.clone(),
+                })
+                .collect()
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch being published and sends its verdicts.
+    async fn finish_publishing(&mut self, answer: bool) -> Result<(), FrameError> {
+        let Some(publishing) = self.publishing.take() else {
+            return Ok(());
+        };
+        let verdicts = publishing.await.expect("publishing a batch panicked");
+        if answer {
+            for verdict in &verdicts {
+                self.reply(verdict).await?;
             }
         }
         Ok(())
@@ -515,7 +541,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                         self.staged_bytes += entry.size;
                         self.staged.push(staged);
                         if self.staged.len() >= STAGE_FILES || self.staged_bytes >= STAGE_BYTES {
-                            self.publish_staged(true).await?;
+                            self.start_publishing(true).await?;
                         }
                         return Ok(());
                     }

@@ -613,8 +613,8 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
 
 fn human(bytes: u64) -> String {
     match bytes {
-        b if b >= 10 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
-        b if b >= 10 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
     }
 }
