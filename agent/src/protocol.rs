@@ -147,6 +147,9 @@ pub enum Request {
         valid_for_ms: u64,
     },
     Cancel,
+    /// Several requests in one frame (small files' writes, say), taken in order as if each
+    /// had come alone. Not nested.
+    Batch(Vec<Request>),
 }
 
 impl Request {
@@ -227,6 +230,12 @@ pub enum Response {
     },
     Written {
         bytes: u64,
+    },
+    /// The outcome of a whole file sent without waiting (in the order they were sent), which
+    /// may come before or after the answers to later requests.
+    Verdict {
+        bytes: u64,
+        error: Option<WireError>,
     },
     Removed(bool),
     Hash(#[serde(with = "serde_bytes")] Vec<u8>),

@@ -47,32 +47,88 @@ struct Link {
     pending: VecDeque<Option<PathBuf>>,
     /// Files that failed after the engine moved on.
     late: Vec<(PathBuf, WireError)>,
+    /// Small requests not sent yet: they leave together in one `Batch` frame (compressed as
+    /// one), before this side waits for anything.
+    outbox: Vec<Request>,
+    outbox_bytes: usize,
 }
 
 impl Link {
-    async fn send(&mut self, request: &Request) -> std::result::Result<(), ClientError> {
-        self.session.send(request).await
+    fn new(session: Session) -> Self {
+        Self {
+            session,
+            pending: VecDeque::new(),
+            late: Vec::new(),
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+        }
     }
 
-    /// Reads the verdicts still owed, then the answer to the last request.
-    async fn answer(&mut self) -> std::result::Result<Response, ClientError> {
-        while !self.pending.is_empty() {
-            self.verdict().await?;
+    async fn send(&mut self, request: &Request) -> std::result::Result<(), ClientError> {
+        let size = match request {
+            Request::Data { ops } => ops.iter().map(|op| op.literal_len() + 8).sum(),
+            _ => 64,
+        };
+        if size >= BATCH_BYTES {
+            self.flush().await?;
+            return self.session.send(request).await;
         }
+        self.outbox.push(request.clone());
+        self.outbox_bytes += size;
+        if self.outbox_bytes >= BATCH_BYTES || self.outbox.len() >= BATCH_OPS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the outbox: one request as it is, several as one `Batch`.
+    async fn flush(&mut self) -> std::result::Result<(), ClientError> {
+        self.outbox_bytes = 0;
+        match self.outbox.len() {
+            0 => Ok(()),
+            1 => {
+                let request = self.outbox.pop().expect("one request");
+                self.session.send(&request).await
+            }
+            _ => {
+                let batch = Request::Batch(std::mem::take(&mut self.outbox));
+                self.session.send(&batch).await
+            }
+        }
+    }
+
+    /// The next response, once everything queued has left.
+    async fn receive(&mut self) -> std::result::Result<Response, ClientError> {
+        self.flush().await?;
         self.session.receive().await
     }
 
-    /// Reads the oldest owed verdict.
+    /// The answer to the last request; verdicts on earlier files that come first are noted.
+    async fn answer(&mut self) -> std::result::Result<Response, ClientError> {
+        loop {
+            match self.receive().await? {
+                Response::Verdict { error, .. } => self.note_verdict(error),
+                answer => return Ok(answer),
+            }
+        }
+    }
+
+    /// Reads the next owed verdict.
     async fn verdict(&mut self) -> std::result::Result<(), ClientError> {
-        let response = self.session.receive().await?;
-        let path = self.pending.pop_front().flatten();
-        match (response, path) {
-            (Response::Written { .. }, _) | (Response::Failed(_), None) => Ok(()),
-            (Response::Failed(error), Some(path)) => {
-                self.late.push((path, error));
+        match self.receive().await? {
+            Response::Verdict { error, .. } => {
+                self.note_verdict(error);
                 Ok(())
             }
-            (other, _) => Err(self.session.unexpected(&other, "Written")),
+            other => Err(self.session.unexpected(&other, "Verdict")),
+        }
+    }
+
+    /// Verdicts come in the order the files were sent: this one is the oldest owed.
+    fn note_verdict(&mut self, error: Option<WireError>) {
+        let path = self.pending.pop_front().flatten();
+        if let (Some(path), Some(error)) = (path, error) {
+            self.late.push((path, error));
         }
     }
 
@@ -208,11 +264,7 @@ impl Endpoint for RemoteEndpoint {
             self.wire.clone(),
         ))
         .map_err(|e| self.error("connect to", root, io::Error::other(e.to_string())))?;
-        *slot = Some(Link {
-            session,
-            pending: VecDeque::new(),
-            late: Vec::new(),
-        });
+        *slot = Some(Link::new(session));
         let open = Request::Open {
             path: self.path.clone(),
             create,
@@ -248,7 +300,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),
             }
-            let next = on_session(&mut slot, |s| s.session.receive());
+            let next = on_session(&mut slot, |s| s.receive());
             response = self.answer("read folder", root, &mut slot, next)?;
         }
     }
@@ -312,7 +364,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read", rel, &other)),
             }
-            let next = on_session(&mut slot, |s| s.session.receive());
+            let next = on_session(&mut slot, |s| s.receive());
             response = self.answer("read", rel, &mut slot, next)?;
         }
     }
@@ -568,8 +620,7 @@ impl FileSink for RemoteSink<'_> {
             self.collect(PIPELINE)?;
             return Ok(sent.size);
         }
-        self.collect(0)?;
-        let response = on_session(&mut self.slot, |link| link.session.receive());
+        let response = on_session(&mut self.slot, |link| link.answer());
         let (endpoint, rel) = (self.endpoint, self.rel.clone());
         match endpoint.answer("write", &rel, &mut self.slot, response)? {
             Response::Written { bytes } => Ok(bytes),

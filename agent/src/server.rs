@@ -173,6 +173,8 @@ struct Session<'a, S> {
     /// The batch being flushed and published on another thread while more files arrive; its
     /// verdicts, in order, when done.
     publishing: Option<tokio::task::JoinHandle<Vec<Response>>>,
+    /// The rest of a `Batch` frame, served before the next frame is read.
+    queued: std::collections::VecDeque<Request>,
 }
 
 async fn session(
@@ -222,6 +224,7 @@ async fn session(
         staged: Vec::new(),
         staged_bytes: 0,
         publishing: None,
+        queued: Default::default(),
     };
     loop {
         let request = match session.next().await {
@@ -232,12 +235,13 @@ async fn session(
                 return Err(e);
             }
         };
+        // Whole files wait to be published in batches; a new folder does not need them.
         let pipelined = matches!(
             request,
             Request::WriteFile {
                 block_size: None,
                 ..
-            }
+            } | Request::MakeDir { .. }
         );
         if !pipelined {
             session.publish_staged(true).await?;
@@ -262,10 +266,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             .map(drop)
     }
 
-    /// Sends what is buffered, then reads the peer's next frame.
+    /// Answers a `WriteFile`: a whole file's outcome is a verdict (its sender did not wait).
+    async fn reply_to_file(
+        &mut self,
+        block_size: Option<u32>,
+        response: Response,
+    ) -> Result<(), FrameError> {
+        match block_size {
+            None => self.reply(&verdict(response)).await,
+            Some(_) => self.reply(&response).await,
+        }
+    }
+
+    /// The peer's next request: the rest of a batch, or (with what is buffered sent first)
+    /// the next frame.
     async fn next(&mut self) -> Result<Request, FrameError> {
+        if let Some(request) = self.queued.pop_front() {
+            return Ok(request);
+        }
         self.tls.flush().await?;
-        frame::read(&mut self.tls).await
+        match frame::read(&mut self.tls).await? {
+            Request::Batch(requests) => {
+                if requests.iter().any(|r| matches!(r, Request::Batch(_))) {
+                    return Err(FrameError::Unexpected("a batch inside a batch".into()));
+                }
+                self.queued.extend(requests);
+                self.queued
+                    .pop_front()
+                    .ok_or_else(|| FrameError::Unexpected("an empty batch".into()))
+            }
+            request => Ok(request),
+        }
     }
 
     /// Refuses a write under a stale lease; `None` when the request may go ahead.
@@ -278,9 +309,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
 
     async fn serve(&mut self, request: Request) -> Result<(), FrameError> {
         if let Some(refusal) = self.fenced_out(&request) {
-            if matches!(request, Request::WriteFile { .. }) {
+            if let Request::WriteFile { block_size, .. } = request {
                 self.drain_file().await?;
-                self.publish_staged(true).await?;
+                return self.reply_to_file(block_size, refusal).await;
             }
             return self.reply(&refusal).await;
         }
@@ -292,11 +323,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             return self.reply(&Response::Pong { nonce }).await;
         }
         let Some(replica) = self.replica.clone() else {
-            if matches!(request, Request::WriteFile { .. }) {
-                self.drain_file().await?;
-                self.publish_staged(true).await?;
-            }
             let reason = "no folder is open: send Open first".to_owned();
+            if let Request::WriteFile { block_size, .. } = request {
+                self.drain_file().await?;
+                let refusal = failure("use", "", ErrorKind::Other, reason);
+                return self.reply_to_file(block_size, refusal).await;
+            }
             return self
                 .reply(&failure("use", "", ErrorKind::Other, reason))
                 .await;
@@ -334,6 +366,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             }
             // Outside a run there is nothing to keep alive or cancel.
             Request::KeepAlive { .. } | Request::Cancel => return Ok(()),
+            Request::Batch(_) => {
+                return Err(FrameError::Unexpected("a batch inside a batch".into()));
+            }
             Request::Hello { .. } => {
                 return Err(FrameError::Unexpected("a second Hello".into()));
             }
@@ -465,10 +500,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                 .into_iter()
                 .map(|file| match &flushed {
                     Ok(()) => match file.publish() {
-                        Ok(bytes) => Response::Written { bytes },
-                        Err(e) => wire_failure(&e),
+                        Ok(bytes) => Response::Verdict { bytes, error: None },
+                        Err(e) => verdict(wire_failure(&e)),
                     },
-                    Err(refused) => refused.clone(),
+                    Err(refused) => verdict(refused.clone()),
                 })
                 .collect()
         }));
@@ -503,8 +538,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             Ok(sink) => Some(sink),
             Err(e) => {
                 self.drain_file().await?;
-                self.publish_staged(true).await?;
-                return self.reply(&wire_failure(&e)).await;
+                return self.reply_to_file(block_size, wire_failure(&e)).await;
             }
         };
         let mut error: Option<EndpointError> = None;
@@ -528,6 +562,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                 }
             }
         };
+        // An empty hash abandons the file: the sender owes itself a verdict either way.
+        let abandoned = hash.is_empty();
         let response = match (sink, error, <[u8; 32]>::try_from(hash)) {
             (_, Some(e), _) => wire_failure(&e),
             (Some(sink), None, Ok(hash)) => {
@@ -559,8 +595,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                 "abandoned by the sender".into(),
             ),
         };
+        // A verdict for this file must follow those of the files sent before it.
         self.publish_staged(true).await?;
-        self.reply(&response).await
+        match abandoned {
+            true => self.reply(&verdict(response)).await,
+            false => self.reply_to_file(block_size, response).await,
+        }
     }
 
     /// Reads and discards a refused file's data, keeping the session in step.
@@ -725,6 +765,18 @@ fn state_name(name: &str) -> Result<String, FrameError> {
         Ok(name.to_owned())
     } else {
         Err(FrameError::Unexpected(format!("state name {name:?}")))
+    }
+}
+
+/// A whole file's outcome as a [`Response::Verdict`].
+fn verdict(response: Response) -> Response {
+    match response {
+        Response::Failed(error) => Response::Verdict {
+            bytes: 0,
+            error: Some(error),
+        },
+        Response::Written { bytes } => Response::Verdict { bytes, error: None },
+        other => other,
     }
 }
 
