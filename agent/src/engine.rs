@@ -288,11 +288,30 @@ pub fn run(
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
+    // Replicas are scanned at the same time: a remote one mostly waits on its agent. Remote
+    // calls need the runtime this thread may belong to.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let scans: Vec<_> = std::thread::scope(|threads| {
+        let running: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, replica)| {
+                let (runtime, scope, create) = (&runtime, &scope, create_missing(i));
+                threads.spawn(move || {
+                    let _entered = runtime.as_ref().map(|r| r.enter());
+                    replica
+                        .prepare(create, halt.fence())
+                        .and_then(|()| replica.scan(scope, &spec.filter))
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|scan| scan.join().expect("a scan panicked"))
+            .collect()
+    });
     let mut trees = Vec::with_capacity(replicas.len());
-    for (i, replica) in replicas.iter().enumerate() {
-        let scanned = replica
-            .prepare(create_missing(i), halt.fence())
-            .and_then(|()| replica.scan(&scope, &spec.filter));
+    for (i, scanned) in scans.into_iter().enumerate() {
         trees.push(scanned.map_err(|source| match i {
             0 => EngineError::Source { job: job(), source },
             _ => EngineError::Destination { job: job(), source },
