@@ -72,23 +72,28 @@ impl Site {
         fs::create_dir_all(&src).unwrap();
         let from = format!("nas1:{}", text(&src));
         let to = format!("nas2:{}", text(&dst));
+        self.add(name, rule, &from, &to, extra);
+        (src, dst)
+    }
+
+    /// A job `name` from `from` to `to`, and a schedule of the same name that only fires when
+    /// asked.
+    fn add(&self, name: &str, rule: &str, from: &str, to: &str, extra: &[&str]) {
         let mut args = vec![
-            "job", "add", name, "--rule", rule, "--from", &from, "--to", &to,
+            "job", "add", name, "--rule", rule, "--from", from, "--to", to,
         ];
         args.extend_from_slice(extra);
         self.env.ferry(&args).ok();
-        self.env
-            .ferry(&[
-                "schedule",
-                "add",
-                name,
-                "--job",
-                name,
-                "--cron",
-                "0 0 1 1 *",
-            ])
-            .ok();
-        (src, dst)
+        let yearly = [
+            "schedule",
+            "add",
+            name,
+            "--job",
+            name,
+            "--cron",
+            "0 0 1 1 *",
+        ];
+        self.env.ferry(&yearly).ok();
     }
 
     fn run(&self, schedule: &str) -> Value {
@@ -277,22 +282,7 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
         ("up", text(&local), format!("nas2:{}", text(&there))),
         ("down", format!("nas2:{}", text(&there)), text(&back)),
     ] {
-        site.env
-            .ferry(&[
-                "job", "add", name, "--rule", "mirror", "--from", &from, "--to", &to,
-            ])
-            .ok();
-        site.env
-            .ferry(&[
-                "schedule",
-                "add",
-                name,
-                "--job",
-                name,
-                "--cron",
-                "0 0 1 1 *",
-            ])
-            .ok();
+        site.add(name, "mirror", &from, &to, &[]);
         let run = site.run(name);
         assert_eq!(run["state"], "succeeded", "{name}: {run:#}");
     }
@@ -314,22 +304,7 @@ fn paths_outside_an_agents_roots_are_refused() {
     // A job naming a folder outside the roots.
     let from = format!("nas1:{}", text(&outside));
     let to = format!("nas2:{}", text(&site.srv[1].join("stolen")));
-    site.env
-        .ferry(&[
-            "job", "add", "escape", "--rule", "mirror", "--from", &from, "--to", &to,
-        ])
-        .ok();
-    site.env
-        .ferry(&[
-            "schedule",
-            "add",
-            "escape",
-            "--job",
-            "escape",
-            "--cron",
-            "0 0 1 1 *",
-        ])
-        .ok();
+    site.add("escape", "mirror", &from, &to, &[]);
     let run = site.run("escape");
     assert_eq!(run["state"], "failed", "{run:#}");
     let error = run["error"].as_str().unwrap();
@@ -342,22 +317,7 @@ fn paths_outside_an_agents_roots_are_refused() {
     // A folder inside a root that is a symlink leading out of it.
     std::os::unix::fs::symlink(&outside, site.srv[0].join("door")).unwrap();
     let from = format!("nas1:{}", text(&site.srv[0].join("door")));
-    site.env
-        .ferry(&[
-            "job", "add", "door", "--rule", "mirror", "--from", &from, "--to", &to,
-        ])
-        .ok();
-    site.env
-        .ferry(&[
-            "schedule",
-            "add",
-            "door",
-            "--job",
-            "door",
-            "--cron",
-            "0 0 1 1 *",
-        ])
-        .ok();
+    site.add("door", "mirror", &from, &to, &[]);
     let run = site.run("door");
     assert_eq!(run["state"], "failed", "{run:#}");
     assert!(

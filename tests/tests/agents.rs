@@ -91,8 +91,8 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
 
     // ... and the agent goes on serving everyone else.
     assert_eq!(test().ok().json()["name"], "nas1");
-    let list = env
-        .ferry(&[
+    let agent_list = || {
+        let args = [
             "--output",
             "json",
             "agent",
@@ -101,25 +101,14 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
             &dir(&tls),
             "--as",
             "s1",
-        ])
-        .ok()
-        .json();
+        ];
+        env.ferry(&args).ok().json()
+    };
+    let list = agent_list();
     assert_eq!(list[0]["reachable"], true, "{list:#}");
     assert!(list[0]["software"].is_string(), "{list:#}");
     drop(agent);
-    let list = env
-        .ferry(&[
-            "--output",
-            "json",
-            "agent",
-            "list",
-            "--tls-dir",
-            &dir(&tls),
-            "--as",
-            "s1",
-        ])
-        .ok()
-        .json();
+    let list = agent_list();
     assert_eq!(list[0]["reachable"], false, "{list:#}");
     assert!(
         list[0]["error"]
