@@ -137,24 +137,21 @@ fn differences(src: &Path, dst: &Path, rule: &str) -> String {
         .collect()
 }
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
+/// `len` random bytes (incompressible, like most large files on a file server).
+fn noise(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
+        .unwrap();
+    bytes
 }
 
 fn write_tree(root: &Path) {
     fs::create_dir_all(root.join("docs/deep/deeper")).unwrap();
     fs::write(root.join("readme.txt"), "hello agents\n".repeat(100)).unwrap();
-    fs::write(root.join("docs/a.bin"), noise(1, 70_000)).unwrap();
+    fs::write(root.join("docs/a.bin"), noise(70_000)).unwrap();
     fs::write(root.join("docs/deep/deeper/b.txt"), "b").unwrap();
-    fs::write(root.join("big.bin"), noise(2, 4 << 20)).unwrap();
+    fs::write(root.join("big.bin"), noise(4 << 20)).unwrap();
     fs::write(root.join("empty"), "").unwrap();
     std::os::unix::fs::symlink("docs/a.bin", root.join("link")).unwrap();
 }
