@@ -496,27 +496,24 @@ impl Endpoint for RemoteEndpoint {
             Err(e) => {
                 // The connection broke with verdicts owed: those files are not known to be in
                 // place, and count as failed.
-                let owed: Vec<PathBuf> = slot
-                    .as_mut()
-                    .map(|l| {
-                        l.pending
-                            .drain(..)
-                            .flatten()
-                            .chain(l.late.drain(..).map(|f| f.0))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                *slot = None;
-                let error = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                let owed: Vec<PathBuf> = match slot.take() {
+                    Some(link) => link
+                        .pending
+                        .into_iter()
+                        .flatten()
+                        .chain(link.late.into_iter().map(|(path, _)| path))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let broken = |path: &Path| {
+                    let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                    self.error("write", path, source)
+                };
                 return owed
                     .into_iter()
-                    .map(|p| {
-                        let e = self.error(
-                            "write",
-                            &p,
-                            io::Error::new(error.kind(), error.to_string()),
-                        );
-                        (p, e)
+                    .map(|path| {
+                        let error = broken(&path);
+                        (path, error)
                     })
                     .collect();
             }
