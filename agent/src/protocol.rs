@@ -14,7 +14,7 @@ use crate::engine::{Event, Guards, Rule, Summary};
 use crate::tree::{Entry, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
 /// An agent remembers the highest epoch it has seen per resource and refuses writes under an
@@ -147,6 +147,12 @@ pub enum Request {
         valid_for_ms: u64,
     },
     Cancel,
+    /// Watches a folder under a root for changes: answered by `Done` once the watch is in
+    /// place (every later change is reported), then by `Changed` and `Lost` frames until the
+    /// client disconnects; the session ends with it. Changes nothing, so needs no fence.
+    Watch {
+        path: String,
+    },
     /// Several requests in one frame (small files' writes, say), taken in order as if each
     /// had come alone. Not nested.
     Batch(Vec<Request>),
@@ -243,5 +249,13 @@ pub enum Response {
     Progress(Event),
     RunDone {
         summary: Summary,
+    },
+    /// Paths (relative to the watched folder) that changed, during a `Watch`.
+    Changed {
+        paths: Vec<PathBuf>,
+    },
+    /// The watcher lost events (its queue overflowed, say): only a full rescan is safe.
+    Lost {
+        reason: String,
     },
 }

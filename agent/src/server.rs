@@ -28,6 +28,7 @@ use crate::filter::Filter;
 use crate::frame::{self, FrameError};
 use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
 use crate::remote::RemoteEndpoint;
+use crate::watch::{Batch, FolderWatch, WatchRoot};
 
 /// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
 const SCAN_BATCH: usize = 4096;
@@ -246,15 +247,15 @@ async fn session(
         if !pipelined {
             session.publish_staged(true).await?;
         }
-        if let Request::RunJob {
-            order,
-            valid_for_ms,
-        } = request
-        {
-            // A run ends its session: the connection carries its progress until the end.
-            return session.run_job(order, valid_for_ms).await;
+        // A run or a watch ends its session: the connection carries what it reports.
+        match request {
+            Request::RunJob {
+                order,
+                valid_for_ms,
+            } => return session.run_job(order, valid_for_ms).await,
+            Request::Watch { path } => return session.watch(&path).await,
+            request => session.serve(request).await?,
         }
-        session.serve(request).await?;
     }
 }
 
@@ -377,7 +378,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                     "file data outside a WriteFile".into(),
                 ));
             }
-            Request::Open { .. } | Request::Ping { .. } | Request::RunJob { .. } => {
+            Request::Open { .. }
+            | Request::Ping { .. }
+            | Request::RunJob { .. }
+            | Request::Watch { .. } => {
                 unreachable!("handled above")
             }
         };
@@ -670,6 +674,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         tracing::info!(job = order.job, ?response, "run handed over ended");
         frame::write(&mut write, &response).await.map(drop)
     }
+}
+
+/// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
+const WATCH_COALESCE: Duration = Duration::from_millis(5);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
+    /// Watches a folder for a scheduler's monitor and reports its changes until the scheduler
+    /// disconnects (or says anything: a watching client has nothing to say).
+    async fn watch(self, path: &str) -> Result<(), FrameError> {
+        let (read, mut write) = tokio::io::split(self.tls);
+        let folder = match resolve_root(&self.agent.config.roots, path) {
+            Ok(folder) => folder,
+            Err(reason) => {
+                let refusal = failure("watch", path, ErrorKind::Outside, reason);
+                return frame::write(&mut write, &refusal).await.map(drop);
+            }
+        };
+        let mut watch = match FolderWatch::open(&[WatchRoot::Local(folder)]).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                let kind = match e.missing {
+                    true => ErrorKind::NotFound,
+                    false => ErrorKind::Other,
+                };
+                let refusal = failure("watch", path, kind, e.message);
+                return frame::write(&mut write, &refusal).await.map(drop);
+            }
+        };
+        frame::write(&mut write, &Response::Done).await?;
+        tracing::info!(path, "watching for a monitor");
+        let closed = client_leaves(read);
+        tokio::pin!(closed);
+        loop {
+            let batch = tokio::select! {
+                () = &mut closed => break,
+                batch = watch.next_batch(WATCH_COALESCE) => batch,
+            };
+            let report = match batch {
+                Some(Batch::Paths(paths)) => Response::Changed { paths },
+                Some(Batch::Rescan) => Response::Lost {
+                    reason: "the agent's file watcher lost events".into(),
+                },
+                Some(Batch::Broken(reason)) => Response::Lost { reason },
+                None => break,
+            };
+            frame::write(&mut write, &report).await?;
+        }
+        tracing::info!(path, "stopped watching");
+        Ok(())
+    }
+}
+
+/// Resolves when a watching client disconnects or sends anything at all.
+async fn client_leaves(mut read: impl AsyncRead + Unpin) {
+    let _ = frame::read::<Request>(&mut read).await;
 }
 
 /// The engine's view of a job handed to this agent: the source here, each destination here or

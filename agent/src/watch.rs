@@ -4,14 +4,44 @@
 //! and drops events when its queue overflows, so an overflow or watcher error asks the caller
 //! for a full rescan instead of guessing.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout_at};
 
+use crate::client::{Dial, Session};
 use crate::filter::is_reserved;
+use crate::protocol::{ErrorKind, Request, Response};
+
+/// A folder to watch: on this machine, or on an agent, which watches it and streams the
+/// changes back.
+#[derive(Debug, Clone)]
+pub enum WatchRoot {
+    Local(PathBuf),
+    Agent { dial: Dial, path: String },
+}
+
+impl std::fmt::Display for WatchRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchRoot::Local(path) => write!(f, "{}", path.display()),
+            WatchRoot::Agent { dial, path } => write!(f, "{}:{path}", dial.agent),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {root}: {message}")]
+pub struct WatchError {
+    pub root: String,
+    pub message: String,
+    /// The folder does not exist (yet: a first sync may create it).
+    pub missing: bool,
+}
 
 /// What a batch asks the caller to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,40 +50,52 @@ pub enum Batch {
     Paths(Vec<PathBuf>),
     /// Events were lost; only a full rescan is safe.
     Rescan,
+    /// The watch of a folder on an agent ended (the agent stopped, the connection broke):
+    /// nothing is watched there any more, so the watch must be opened again.
+    Broken(String),
 }
 
 enum Signal {
     Changed(PathBuf),
     Lost(String),
+    Broken(String),
 }
 
-/// A recursive watch on one or more roots. Dropping it stops the watch.
+/// A recursive watch on one or more roots. Dropping it stops the watch, on agents too.
 pub struct FolderWatch {
-    _watchers: Vec<RecommendedWatcher>,
+    /// Held for their lifetime: dropping a watcher stops it.
+    watchers: Vec<RecommendedWatcher>,
+    remote: Vec<AbortHandle>,
     signals: mpsc::UnboundedReceiver<Signal>,
 }
 
-impl FolderWatch {
-    pub fn new(roots: &[PathBuf]) -> notify::Result<Self> {
-        let (tx, signals) = mpsc::unbounded_channel();
-        let mut watchers = Vec::with_capacity(roots.len());
-        for root in roots {
-            let root_for_events = root.clone();
-            let tx = tx.clone();
-            let mut watcher =
-                notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                    for signal in signals_of(&root_for_events, res) {
-                        // The receiver is gone only when the watch was dropped.
-                        let _ = tx.send(signal);
-                    }
-                })?;
-            watcher.watch(root, RecursiveMode::Recursive)?;
-            watchers.push(watcher);
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        // Ending the task closes its connection, and the agent stops watching.
+        for task in &self.remote {
+            task.abort();
         }
-        Ok(Self {
-            _watchers: watchers,
+    }
+}
+
+impl FolderWatch {
+    /// Watches every root; returns once each watch is in place, so no later change is missed.
+    pub async fn open(roots: &[WatchRoot]) -> Result<Self, WatchError> {
+        let (tx, signals) = mpsc::unbounded_channel();
+        let mut watch = Self {
+            watchers: Vec::new(),
+            remote: Vec::new(),
             signals,
-        })
+        };
+        for root in roots {
+            match root {
+                WatchRoot::Local(path) => watch.watchers.push(watch_here(path, tx.clone())?),
+                WatchRoot::Agent { dial, path } => watch
+                    .remote
+                    .push(watch_on_agent(dial, path, tx.clone()).await?),
+            }
+        }
+        Ok(watch)
     }
 
     /// Waits for the next change, then gathers everything that follows within `debounce`, so a
@@ -72,10 +114,101 @@ impl FolderWatch {
     }
 }
 
+fn watch_here(
+    root: &Path,
+    tx: mpsc::UnboundedSender<Signal>,
+) -> Result<RecommendedWatcher, WatchError> {
+    let fail = |message: String, missing| WatchError {
+        root: root.display().to_string(),
+        message,
+        missing,
+    };
+    if !root.is_dir() {
+        return Err(fail("no such folder".into(), true));
+    }
+    let root_for_events = root.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        for signal in signals_of(&root_for_events, res) {
+            // The receiver is gone only when the watch was dropped.
+            let _ = tx.send(signal);
+        }
+    })
+    .map_err(|e| fail(e.to_string(), false))?;
+    watcher
+        .watch(root, RecursiveMode::Recursive)
+        .map_err(|e| fail(e.to_string(), false))?;
+    Ok(watcher)
+}
+
+/// Asks the agent to watch `path` and forwards what it reports until the watch is dropped.
+async fn watch_on_agent(
+    dial: &Dial,
+    path: &str,
+    tx: mpsc::UnboundedSender<Signal>,
+) -> Result<AbortHandle, WatchError> {
+    let root = format!("{}:{path}", dial.agent);
+    let fail = |message: String, missing| WatchError {
+        root: root.clone(),
+        message,
+        missing,
+    };
+    let mut session = Session::connect(dial, None, Arc::default())
+        .await
+        .map_err(|e| fail(e.to_string(), false))?;
+    let request = Request::Watch { path: path.into() };
+    match session.call(&request).await {
+        Ok(Response::Done) => {}
+        Ok(Response::Failed(wire)) => {
+            return Err(fail(wire.message, wire.kind == ErrorKind::NotFound));
+        }
+        Ok(other) => return Err(fail(session.unexpected(&other, "Done").to_string(), false)),
+        Err(e) => return Err(fail(e.to_string(), false)),
+    }
+    let forward = tokio::spawn(async move {
+        let ended = loop {
+            match session.receive().await {
+                Ok(Response::Changed { paths }) => {
+                    for path in paths {
+                        if let Some(signal) = changed_on_agent(&root, path) {
+                            let _ = tx.send(signal);
+                        }
+                    }
+                }
+                Ok(Response::Lost { reason }) => {
+                    let _ = tx.send(Signal::Lost(format!("{root}: {reason}")));
+                }
+                Ok(other) => break format!("unexpected {other:?}"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = tx.send(Signal::Broken(format!(
+            "the watch of {root} ended: {ended}"
+        )));
+    });
+    Ok(forward.abort_handle())
+}
+
+/// A path an agent reports, if it is one: plain names below the watched folder, not ferry's.
+fn changed_on_agent(root: &str, path: PathBuf) -> Option<Signal> {
+    let plain = path
+        .components()
+        .all(|part| matches!(part, Component::Normal(_)));
+    if !plain || path.as_os_str().is_empty() {
+        tracing::warn!(
+            root,
+            ?path,
+            "ignoring a change the agent reported outside its folder"
+        );
+        return None;
+    }
+    (!is_reserved(&path)).then_some(Signal::Changed(path))
+}
+
 #[derive(Default)]
 struct Batching {
     paths: Vec<PathBuf>,
     lost: Option<String>,
+    broken: Option<String>,
 }
 
 impl Batching {
@@ -86,10 +219,14 @@ impl Batching {
                 tracing::warn!(%reason, "file watcher lost events; rescanning");
                 self.lost = Some(reason);
             }
+            Signal::Broken(reason) => self.broken = Some(reason),
         }
     }
 
     fn finish(mut self) -> Batch {
+        if let Some(reason) = self.broken {
+            return Batch::Broken(reason);
+        }
         if self.lost.is_some() {
             return Batch::Rescan;
         }
@@ -153,7 +290,9 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_writes_becomes_one_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let mut watch = FolderWatch::new(&[dir.path().to_path_buf()]).unwrap();
+        let mut watch = FolderWatch::open(&[WatchRoot::Local(dir.path().to_path_buf())])
+            .await
+            .unwrap();
         for i in 0..5 {
             std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
         }

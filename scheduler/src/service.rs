@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_agent::protocol::Fence;
+use ferry_agent::watch::WatchRoot;
 use ferry_agent::{Halt, JobSpec};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -718,9 +719,9 @@ impl Service {
         self.report_problem(&key, &row.last_error, valid.as_ref().err().cloned())
             .await?;
         match (placement, valid) {
-            (Placement::Here(_), Ok((job, spec))) => {
+            (Placement::Here(_), Ok(valid)) => {
                 let definition = MonitorDefinition {
-                    job,
+                    job: valid.job,
                     debounce_ms: row.debounce_ms,
                     rescan_ms: row.rescan_ms,
                 };
@@ -740,7 +741,13 @@ impl Service {
                             halt: holding.halt.clone(),
                         };
                         if let Some(fresh) = self
-                            .start_monitor(&row.name, definition, spec, &claimed, now)
+                            .start_monitor(
+                                &row.name,
+                                definition,
+                                (valid.spec, valid.roots),
+                                &claimed,
+                                now,
+                            )
                             .await?
                         {
                             let holding = self.holdings.get_mut(&key).expect("checked above");
@@ -755,7 +762,13 @@ impl Service {
                                 .interrupt_orphans(ResourceKind::Monitor, &row.name, epoch, 0)
                                 .await?;
                             if let Some(work) = self
-                                .start_monitor(&row.name, definition, spec, &claimed, now)
+                                .start_monitor(
+                                    &row.name,
+                                    definition,
+                                    (valid.spec, valid.roots),
+                                    &claimed,
+                                    now,
+                                )
                                 .await?
                             {
                                 self.holdings.insert(
@@ -785,7 +798,7 @@ impl Service {
         &self,
         name: &str,
         definition: MonitorDefinition,
-        spec: JobSpec,
+        (spec, roots): (JobSpec, Vec<WatchRoot>),
         claimed: &Claimed,
         now: DateTime<Utc>,
     ) -> Result<Option<MonitorWork>, StoreError> {
@@ -811,7 +824,7 @@ impl Service {
         let task = MonitorTask {
             name: name.to_owned(),
             spec,
-            roots: definitions::watch_roots(&definition.job).unwrap_or_default(),
+            roots,
             debounce: Duration::from_millis(definition.debounce_ms.max(0) as u64),
             rescan: Duration::from_millis(definition.rescan_ms.max(1) as u64),
             problem: problem.clone(),

@@ -498,3 +498,93 @@ fn an_agent_killed_mid_transfer_leaves_no_partial_file_and_the_retry_completes()
     assert!(runs[0]["attempt"].as_i64().unwrap() >= 2, "{runs:#}");
     drop(site.scheduler.take());
 }
+
+/// Whether `path` holds exactly `content`.
+fn holds(path: &Path, content: &str) -> bool {
+    fs::read_to_string(path).is_ok_and(|text| text == content)
+}
+
+#[test]
+fn a_monitor_on_agents_replicates_each_change_every_way_and_rewatches_a_restarted_agent() {
+    let mut site = Site::new();
+    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("before.txt"), "there before the monitor").unwrap();
+    let (from, to) = (
+        format!("nas1:{}", text(&src)),
+        format!("nas2:{}", text(&dst)),
+    );
+    let job = [
+        "job", "add", "live", "--rule", "sync", "--from", &from, "--to", &to,
+    ];
+    site.env.ferry(&job).ok();
+    // A rescan an hour away: every change below must come through the agents' watches.
+    let monitor = [
+        "monitor",
+        "add",
+        "live",
+        "--job",
+        "live",
+        "--debounce",
+        "20ms",
+    ];
+    site.env
+        .ferry(&[&monitor[..], &["--rescan", "1h"]].concat())
+        .ok();
+    let first_sync = Duration::from_secs(30);
+    assert!(
+        wait_until(first_sync, || holds(
+            &dst.join("before.txt"),
+            "there before the monitor"
+        )),
+        "the first full sync did not reach nas2"
+    );
+
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/new.txt"), "written on nas1").unwrap();
+    fs::write(dst.join("back.txt"), "written on nas2").unwrap();
+    let soon = Duration::from_secs(5);
+    assert!(
+        wait_until(soon, || holds(&dst.join("a/new.txt"), "written on nas1")),
+        "a change on the source agent was not replicated"
+    );
+    assert!(
+        wait_until(soon, || holds(&src.join("back.txt"), "written on nas2")),
+        "under the sync rule, a change on the destination agent was not replicated back"
+    );
+
+    // The source agent dies; what changes meanwhile is found when the watch comes back.
+    let nas1 = site.agents[0].take().unwrap();
+    let address = nas1.address.clone();
+    nas1.kill();
+    fs::write(src.join("while-down.txt"), "changed while nas1 was down").unwrap();
+    let restarted = TestAgent::start_at(&site.env, "nas1", &[&site.srv[0]], &site.tls, &address);
+    site.agents[0] = Some(restarted);
+    assert!(
+        wait_until(first_sync, || holds(
+            &dst.join("while-down.txt"),
+            "changed while nas1 was down"
+        )),
+        "the monitor did not come back after nas1 restarted"
+    );
+    fs::write(src.join("after.txt"), "written after the restart").unwrap();
+    assert!(
+        wait_until(soon, || holds(
+            &dst.join("after.txt"),
+            "written after the restart"
+        )),
+        "the watch on the restarted agent does not report changes"
+    );
+    assert_eq!(differences(&src, &dst, "sync"), "");
+
+    let events = site.env.ferry(&["tail", "-n", "1000"]).ok().stdout;
+    assert!(events.contains("watching nas1:"), "{events}");
+    // Whichever noticed first, the broken watch or a sync, the outage is reported.
+    let outage = events
+        .lines()
+        .any(|line| line.contains("error") && line.contains("nas1") && line.contains("retrying"));
+    assert!(outage, "{events}");
+    assert!(events.contains("changed paths"), "{events}");
+    let status = site.env.ferry(&["monitor", "list"]).ok().stdout;
+    assert!(status.contains("live"), "{status}");
+}

@@ -13,6 +13,7 @@ use ferry_agent::filter::Filter;
 use ferry_agent::protocol::{JobOrder, RemoteFolder};
 use ferry_agent::remote::{Handoff, RemoteEndpoint};
 use ferry_agent::tls::ClientConfig;
+use ferry_agent::watch::WatchRoot;
 use ferry_agent::{JobSpec, Rule};
 
 use super::cron::CronSpec;
@@ -258,8 +259,8 @@ fn handoff(
 }
 
 /// The folders a monitor watches: the source, plus every destination for the sync rule (its
-/// changes flow every way). Monitors watch folders on this machine only, for now.
-pub fn watch_roots(job: &JobRow) -> Result<Vec<PathBuf>, Problem> {
+/// changes flow every way). A folder on an agent is watched by that agent.
+pub fn watch_roots(job: &JobRow, remotes: &Remotes) -> Result<Vec<WatchRoot>, Problem> {
     let mut places = vec![place(&job.source)?];
     if job.rule == "sync" {
         for dest in &job.destinations {
@@ -269,12 +270,11 @@ pub fn watch_roots(job: &JobRow) -> Result<Vec<PathBuf>, Problem> {
     places
         .into_iter()
         .map(|p| match p {
-            Place::Local(path) => Ok(path),
-            Place::Agent { agent, path } => Err(format!(
-                "a monitor watches folders on the scheduler's machine, and {agent}:{} is on an \
-                 agent; use a schedule for it (e.g. --cron '* * * * *')",
-                path.display()
-            )),
+            Place::Local(path) => Ok(WatchRoot::Local(path)),
+            Place::Agent { agent, path } => Ok(WatchRoot::Agent {
+                dial: remotes.dial(&agent)?,
+                path: path.display().to_string(),
+            }),
         })
         .collect()
 }
@@ -331,15 +331,25 @@ pub fn schedule(
 }
 
 /// A monitor's job, ready to watch and sync.
+pub struct ValidMonitor {
+    pub job: JobRow,
+    pub spec: JobSpec,
+    pub roots: Vec<WatchRoot>,
+}
+
 pub fn monitor(
     row: &MonitorRow,
     job: Option<&JobRow>,
     remotes: &Remotes,
-) -> Result<(JobRow, JobSpec), Problem> {
+) -> Result<ValidMonitor, Problem> {
     let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
     let spec = job_spec(job, remotes).map_err(|e| e.to_string())?;
-    watch_roots(job).map_err(|e| format!("job {}: {e}", job.name))?;
-    Ok((job.clone(), spec))
+    let roots = watch_roots(job, remotes).map_err(|e| format!("job {}: {e}", job.name))?;
+    Ok(ValidMonitor {
+        job: job.clone(),
+        spec,
+        roots,
+    })
 }
 
 #[cfg(test)]

@@ -2,11 +2,10 @@
 //! debounced batches, with a periodic full rescan as the safety net (and at once when the
 //! watcher lost events). One `runs` row covers the whole holding period; each batch is an event.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_agent::engine::EngineError;
-use ferry_agent::watch::{Batch, FolderWatch};
+use ferry_agent::watch::{Batch, FolderWatch, WatchRoot};
 use ferry_agent::{Halt, JobSpec, Scope};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +20,7 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 pub struct MonitorTask {
     pub name: String,
     pub spec: JobSpec,
-    pub roots: Vec<PathBuf>,
+    pub roots: Vec<WatchRoot>,
     pub debounce: Duration,
     pub rescan: Duration,
     /// The problem that keeps it from replicating, if any, for the monitor's `last_error`.
@@ -37,7 +36,7 @@ pub async fn run(
     halt: Halt,
 ) {
     let mut recorder = Recorder::new(store, attempt);
-    let roots: Vec<String> = task.roots.iter().map(|r| r.display().to_string()).collect();
+    let roots: Vec<String> = task.roots.iter().map(ToString::to_string).collect();
     recorder
         .note("info", &format!("watching {}", roots.join(", ")))
         .await;
@@ -68,53 +67,69 @@ async fn watch_loop(
     halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<(), EngineError> {
+    // A folder the first sync creates (a destination, under the sync rule) cannot be watched
+    // before it exists: sync once, then watch.
+    let mut synced_for_missing = false;
     'restart: loop {
-        if task.roots.iter().any(|root| !root.is_dir()) {
-            // A destination the first sync creates cannot be watched before it exists.
-            match sync_or_wait(task, Scope::Full, halt, stop, recorder).await? {
-                Next::Go => {}
-                Next::Restart => continue 'restart,
+        // Watch first, then scan: a change during the initial scan is then not missed.
+        let problem = match FolderWatch::open(&task.roots).await {
+            Ok(mut watch) => match follow(task, &mut watch, stop, halt, recorder).await? {
                 Next::Stop => return Ok(()),
+                Next::Go | Next::Restart => continue 'restart,
+            },
+            Err(e) if e.missing && !synced_for_missing => {
+                synced_for_missing = true;
+                match sync_or_wait(task, Scope::Full, halt, stop, recorder).await? {
+                    Next::Stop => return Ok(()),
+                    Next::Go | Next::Restart => continue 'restart,
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        synced_for_missing = false;
+        if let Next::Stop = wait_after(task, recorder, stop, &problem).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Syncs in full, then every batch the watch reports, until asked to stop (`Stop`) or a
+/// problem asks for a new watch (`Restart`).
+async fn follow(
+    task: &MonitorTask,
+    watch: &mut FolderWatch,
+    stop: &CancellationToken,
+    halt: &Halt,
+    recorder: &mut Recorder,
+) -> Result<Next, EngineError> {
+    let mut scope = Some(Scope::Full);
+    let mut next_rescan = Instant::now() + task.rescan;
+    loop {
+        if let Some(scope) = scope.take() {
+            let full = scope == Scope::Full;
+            match sync_or_wait(task, scope, halt, stop, recorder).await? {
+                Next::Go if full => task.problem.set(None),
+                Next::Go => {}
+                other => return Ok(other),
             }
         }
-        // Watch first, then scan: a change during the initial scan is then not missed.
-        let mut watch = match FolderWatch::new(&task.roots) {
-            Ok(watch) => watch,
-            Err(e) => {
-                let problem = format!("cannot watch {}: {e}", task.spec.source.display());
-                match wait_after(task, recorder, stop, &problem).await {
-                    Next::Stop => return Ok(()),
-                    _ => continue 'restart,
-                }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(Next::Stop),
+            _ = sleep_until(next_rescan) => {
+                next_rescan = Instant::now() + task.rescan;
+                scope = Some(Scope::Full);
             }
-        };
-        let mut scope = Some(Scope::Full);
-        let mut next_rescan = Instant::now() + task.rescan;
-        loop {
-            if let Some(scope) = scope.take() {
-                let full = scope == Scope::Full;
-                match sync_or_wait(task, scope, halt, stop, recorder).await? {
-                    Next::Go if full => task.problem.set(None),
-                    Next::Go => {}
-                    Next::Restart => continue 'restart,
-                    Next::Stop => return Ok(()),
+            batch = watch.next_batch(task.debounce) => match batch {
+                Some(Batch::Paths(paths)) if paths.is_empty() => {}
+                Some(Batch::Paths(paths)) => scope = Some(Scope::Paths(paths)),
+                Some(Batch::Broken(problem)) => {
+                    return Ok(wait_after(task, recorder, stop, &problem).await);
                 }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                _ = sleep_until(next_rescan) => {
+                Some(Batch::Rescan) | None => {
                     next_rescan = Instant::now() + task.rescan;
                     scope = Some(Scope::Full);
                 }
-                batch = watch.next_batch(task.debounce) => match batch {
-                    Some(Batch::Paths(paths)) if paths.is_empty() => {}
-                    Some(Batch::Paths(paths)) => scope = Some(Scope::Paths(paths)),
-                    Some(Batch::Rescan) | None => {
-                        next_rescan = Instant::now() + task.rescan;
-                        scope = Some(Scope::Full);
-                    }
-                },
-            }
+            },
         }
     }
 }
