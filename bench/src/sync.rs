@@ -11,6 +11,9 @@
 //! Cases: the initial copy of 10,000 small files and of two 100 MiB files; a re-sync with
 //! nothing changed; a re-sync after changing 1 % of the files (small edits, 4 MiB rewritten in
 //! the middle of a large file, renames, deletions, new files). Results go to bench/RESULTS.md.
+//!
+//! `sync ROUNDS small|large|resync` runs one group of cases and prints its table without
+//! touching bench/RESULTS.md (for profiling one case).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -75,6 +78,8 @@ fn main() -> Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(3);
+    let only = std::env::args().nth(2);
+    let runs = |group: &str| only.as_deref().is_none_or(|only| only == group);
     let bench = Bench::new()?;
     eprintln!("generating the data set");
     make_small_files(&bench.src.join("small"))?;
@@ -82,19 +87,27 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
 
     let case = "initial copy, 10,000 small files (1-16 KiB, half text)";
-    rows.push((
-        case,
-        bench.rounds(rounds, |b, tool, r| {
-            b.measure(tool, "small", &format!("small-{r}"))
-        })?,
-    ));
+    if runs("small") {
+        rows.push((
+            case,
+            bench.rounds(rounds, |b, tool, r| {
+                b.measure(tool, "small", &format!("small-{r}"))
+            })?,
+        ));
+    }
     let case = "initial copy, 2 files of 100 MiB";
-    rows.push((
-        case,
-        bench.rounds(rounds, |b, tool, r| {
-            b.measure(tool, "large", &format!("large-{r}"))
-        })?,
-    ));
+    if runs("large") {
+        rows.push((
+            case,
+            bench.rounds(rounds, |b, tool, r| {
+                b.measure(tool, "large", &format!("large-{r}"))
+            })?,
+        ));
+    }
+    if !runs("resync") {
+        print!("{}", table(&rows));
+        return Ok(());
+    }
     for tool in Tool::ALL {
         bench.measure(tool, "", "all")?;
     }
@@ -132,6 +145,10 @@ fn main() -> Result<()> {
         if !real.is_empty() {
             bail!("{} left differences: {real:?}", tool.label());
         }
+    }
+    if only.is_some() {
+        print!("{}", table(&rows));
+        return Ok(());
     }
     write_results(rounds, &rows)
 }
@@ -172,6 +189,9 @@ impl Bench {
         for r in 1..=rounds {
             for i in 0..Tool::ALL.len() {
                 let tool = Tool::ALL[(i + r) % Tool::ALL.len()];
+                // What the last tool left in the page cache is written out first, so its
+                // write-back does not land in the next tool's time.
+                Command::new("sync").status()?;
                 let sample = measure(self, tool, r)?;
                 eprintln!("round {r} {}: {sample:?}", tool.label());
                 samples[tool as usize].1.push(sample);
@@ -583,8 +603,16 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
         today(),
         machine()
     ));
-    section.push_str("| case | tool | wall time, s | bytes on the wire | peak memory, MiB |\n");
-    section.push_str("| --- | --- | --- | --- | --- |\n");
+    section.push_str(&table(rows));
+    section.push_str("<!-- sync:end -->\n");
+    print!("{section}");
+    replace_section(&results_file(), "sync", &section)
+}
+
+fn table(rows: &[(&str, CaseSamples)]) -> String {
+    let mut table =
+        String::from("| case | tool | wall time, s | bytes on the wire | peak memory, MiB |\n");
+    table.push_str("| --- | --- | --- | --- | --- |\n");
     for (case, tools) in rows {
         for (tool, samples) in tools {
             let column = |f: &dyn Fn(&Sample) -> f64, fmt: &dyn Fn(f64) -> String| {
@@ -597,7 +625,7 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
                     fmt(values[values.len() - 1])
                 )
             };
-            section.push_str(&format!(
+            table.push_str(&format!(
                 "| {case} | {} | {} | {} | {} |\n",
                 tool.label(),
                 column(&|s| s.wall.as_secs_f64(), &|v| format!("{v:.2}")),
@@ -606,9 +634,7 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
             ));
         }
     }
-    section.push_str("<!-- sync:end -->\n");
-    print!("{section}");
-    replace_section(&results_file(), "sync", &section)
+    table
 }
 
 fn human(bytes: u64) -> String {
