@@ -258,4 +258,7 @@ pub enum Response {
     Lost {
         reason: String,
     },
+    /// Several answers in one frame (a published batch's verdicts), taken in order as if each
+    /// had come alone. Not nested.
+    Batch(Vec<Response>),
 }

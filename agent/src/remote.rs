@@ -51,6 +51,8 @@ struct Link {
     /// one), before this side waits for anything.
     outbox: Vec<Request>,
     outbox_bytes: usize,
+    /// The rest of a `Batch` of answers, taken one at a time.
+    inbox: VecDeque<Response>,
 }
 
 impl Link {
@@ -61,6 +63,7 @@ impl Link {
             late: Vec::new(),
             outbox: Vec::new(),
             outbox_bytes: 0,
+            inbox: VecDeque::new(),
         }
     }
 
@@ -97,10 +100,21 @@ impl Link {
         }
     }
 
-    /// The next response, once everything queued has left.
+    /// The next response: the rest of a batch, or (once everything queued has left) the next
+    /// frame.
     async fn receive(&mut self) -> std::result::Result<Response, ClientError> {
+        if let Some(response) = self.inbox.pop_front() {
+            return Ok(response);
+        }
         self.flush().await?;
-        self.session.receive().await
+        match self.session.receive().await? {
+            Response::Batch(responses) => {
+                self.inbox.extend(responses);
+                let response = self.inbox.pop_front();
+                response.ok_or_else(|| self.session.unexpected(&Response::Batch(vec![]), "answers"))
+            }
+            response => Ok(response),
+        }
     }
 
     /// The answer to the last request; verdicts on earlier files that come first are noted.

@@ -519,13 +519,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         let Some(publishing) = self.publishing.take() else {
             return Ok(());
         };
-        let verdicts = publishing.await.expect("publishing a batch panicked");
-        if answer {
-            for verdict in &verdicts {
-                self.reply(verdict).await?;
-            }
+        let mut verdicts = publishing.await.expect("publishing a batch panicked");
+        match verdicts.len() {
+            _ if !answer => Ok(()),
+            0 => Ok(()),
+            1 => self.reply(&verdicts.remove(0)).await,
+            // One frame, compressed as one: a verdict alone costs more than its content.
+            _ => self.reply(&Response::Batch(verdicts)).await,
         }
-        Ok(())
     }
 
     /// Receives a file's ops until `DataEnd`, then commits it (or reports why not). A whole
