@@ -87,6 +87,8 @@ struct ScheduleWork {
 struct MonitorWork {
     /// What the task was started with, to restart it when a user edits it.
     definition: MonitorDefinition,
+    /// Every folder is on an agent: the work is fenced there and may outlive the deadline.
+    through_agents: bool,
     task: Task,
     stop: CancellationToken,
     problem: ProblemSlot,
@@ -414,16 +416,35 @@ impl Service {
     }
 
     /// Without the database, leases cannot be renewed: past the deadline another scheduler may
-    /// hold them, so all local work stops.
+    /// hold them, so work on local paths stops. Work whose folders are all on agents goes on:
+    /// the agents fence it, refusing its writes once a newer holder has reached them, so the
+    /// replication survives a database outage without a second writer.
     fn enforce_deadline(&mut self) {
-        if Instant::now() >= self.lease_deadline && !self.holdings.is_empty() {
+        let now = Instant::now();
+        if now < self.lease_deadline {
+            return;
+        }
+        let local: Vec<Resource> = self
+            .holdings
+            .iter()
+            .filter(|(_, holding)| !holding.through_agents())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !local.is_empty() {
             tracing::error!(
-                leases = self.holdings.len(),
+                leases = local.len(),
                 "lease deadline passed without reaching the database; stopped all local work"
             );
-            for (_, holding) in self.holdings.drain() {
+        }
+        for key in local {
+            if let Some(holding) = self.holdings.remove(&key) {
                 holding.halt.stop();
             }
+        }
+        for holding in self.holdings.values() {
+            holding
+                .halt
+                .extend_until((now + self.config.lease_ttl).into_std());
         }
     }
 
@@ -821,6 +842,7 @@ impl Service {
             attempt: 1,
         };
         let problem = ProblemSlot::default();
+        let through_agents = spec.handoff.is_some();
         let task = MonitorTask {
             name: name.to_owned(),
             spec,
@@ -839,6 +861,7 @@ impl Service {
         );
         Ok(Some(MonitorWork {
             definition,
+            through_agents,
             task: Task::spawn(work),
             stop,
             problem,
@@ -979,6 +1002,15 @@ impl Service {
 }
 
 impl Holding {
+    /// Whether every folder the work writes is on an agent, which refuses a write under an
+    /// older epoch than one it has seen: such work needs no local deadline to be fenced.
+    fn through_agents(&self) -> bool {
+        match &self.work {
+            Work::Schedule(work) => work.cron.as_ref().is_some_and(|c| c.spec.handoff.is_some()),
+            Work::Monitor(work) => work.through_agents,
+        }
+    }
+
     /// Waits for the work to end, until `deadline` at most; false if it is still going.
     async fn finished_by(&mut self, deadline: Instant) -> bool {
         let task = match &mut self.work {

@@ -194,6 +194,13 @@ pub fn shared() -> Option<&'static PgServer> {
         .as_ref()
 }
 
+/// A PostgreSQL of the test's own, which it may stop and restart: `None` (after a loud skip
+/// message) when PostgreSQL cannot run here; under CI that is a failure (see [`shared`]).
+pub fn own_server() -> Option<PgServer> {
+    shared()?;
+    Some(PgServer::start().expect("a second PostgreSQL server"))
+}
+
 /// A fresh database on the shared server, or `None` when PostgreSQL is unavailable (see
 /// [`shared`]).
 pub fn fresh_database() -> Option<String> {

@@ -13,6 +13,7 @@ use ferry_agent::client::{ClientError, Dial, Session};
 use ferry_agent::protocol::{ErrorKind, Fence, Request, Response};
 use ferry_agent::tree::{Entry, Kind, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
+use ferry_tests::pg::own_server;
 use serde_json::Value;
 
 /// A CA, two agents serving `srv1` and `srv2`, and a scheduler `s1` that can reach them.
@@ -30,7 +31,10 @@ fn text(p: &Path) -> String {
 
 impl Site {
     fn new() -> Self {
-        let env = Env::new(Backend::Sqlite);
+        Self::on(Env::new(Backend::Sqlite))
+    }
+
+    fn on(env: Env) -> Self {
         let tls = env.path("tls");
         env.ferry(&["ca", "init", "--dir", &text(&tls)]).ok();
         for name in ["nas1", "nas2", "s1"] {
@@ -587,4 +591,62 @@ fn a_monitor_on_agents_replicates_each_change_every_way_and_rewatches_a_restarte
     assert!(events.contains("changed paths"), "{events}");
     let status = site.env.ferry(&["monitor", "list"]).ok().stdout;
     assert!(status.contains("live"), "{status}");
+}
+
+#[test]
+fn a_monitor_on_agents_keeps_replicating_while_the_database_is_down() {
+    let Some(server) = own_server() else { return };
+    let site = Site::on(Env::on_server(&server));
+    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
+    fs::create_dir_all(&src).unwrap();
+    let (from, to) = (
+        format!("nas1:{}", text(&src)),
+        format!("nas2:{}", text(&dst)),
+    );
+    let job = [
+        "job", "add", "live", "--rule", "mirror", "--from", &from, "--to", &to,
+    ];
+    site.env.ferry(&job).ok();
+    let monitor = [
+        "monitor",
+        "add",
+        "live",
+        "--job",
+        "live",
+        "--debounce",
+        "20ms",
+    ];
+    site.env
+        .ferry(&[&monitor[..], &["--rescan", "1h"]].concat())
+        .ok();
+    fs::write(src.join("before.txt"), "before").unwrap();
+    let soon = Duration::from_secs(10);
+    assert!(wait_until(soon, || holds(
+        &dst.join("before.txt"),
+        "before"
+    )));
+    let runs = "SELECT CAST(COUNT(*) AS TEXT) FROM runs WHERE monitor_name = 'live'";
+    assert_eq!(site.env.sql_text(runs).as_deref(), Some("1"));
+
+    server.stop().unwrap();
+    let scheduler = site.scheduler.as_ref().unwrap();
+    scheduler.wait_for_log("database unreachable", Duration::from_secs(15));
+    // Well past the lease deadline: local work would have stopped by now.
+    std::thread::sleep(Duration::from_secs(6));
+    fs::write(src.join("during.txt"), "during the outage").unwrap();
+    assert!(
+        wait_until(soon, || holds(&dst.join("during.txt"), "during the outage")),
+        "the monitor stopped with the database:\n{}",
+        scheduler.log()
+    );
+    assert!(!scheduler.log().contains("stopped all local work"));
+
+    server.restart().unwrap();
+    scheduler.wait_for_log("database reachable again", Duration::from_secs(20));
+    fs::write(src.join("after.txt"), "after").unwrap();
+    assert!(wait_until(soon, || holds(&dst.join("after.txt"), "after")));
+    // The same holding went on through the outage: no second run, no new epoch.
+    assert_eq!(site.env.sql_text(runs).as_deref(), Some("1"));
+    let epoch = "SELECT CAST(epoch AS TEXT) FROM leases WHERE name = 'live'";
+    assert_eq!(site.env.sql_text(epoch).as_deref(), Some("1"));
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_tests::harness::{Backend, Env, TestScheduler, backends, wait_until};
-use ferry_tests::pg::PgServer;
+use ferry_tests::pg::own_server;
 use serde_json::Value;
 
 /// A mirror job from `NAME-src` to `NAME-dst` with a monitor `NAME`; returns the two folders.
@@ -46,13 +46,6 @@ fn count(env: &Env, query: &str) -> i64 {
     env.sql_text(query)
         .and_then(|n| n.parse().ok())
         .unwrap_or(-1)
-}
-
-/// A PostgreSQL of the test's own, which it may stop and restart: `None` (after a loud skip
-/// message) when PostgreSQL cannot run here; under CI that is a failure.
-fn own_server() -> Option<PgServer> {
-    ferry_tests::pg::shared()?;
-    Some(PgServer::start().expect("a second PostgreSQL server"))
 }
 
 #[test]

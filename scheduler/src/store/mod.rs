@@ -524,8 +524,10 @@ impl Store {
         Ok(row.map(|(epoch,)| epoch))
     }
 
-    /// Extends, in one statement, every live lease this instance holds, and returns them as
-    /// (kind, name, epoch). A lease missing from the answer is lost.
+    /// Extends, in one statement, every lease this instance holds, and returns them as
+    /// (kind, name, epoch). A lease missing from the answer is lost: released, or claimed by
+    /// another instance. One that expired unclaimed (the database was away) is still this
+    /// instance's: a claim would have made the claimant its holder.
     pub async fn renew_all(
         &self,
         me: &LeaseHolder,
@@ -533,7 +535,7 @@ impl Store {
     ) -> Result<Vec<(String, String, i64)>> {
         let sql = self.sql(
             "UPDATE leases SET expires_at = now_plus_ms($2), ttl_ms = $2 \
-             WHERE holder_instance = $1 AND expires_at >= now() RETURNING kind, name, epoch",
+             WHERE holder_instance = $1 RETURNING kind, name, epoch",
         );
         Ok(
             on_pool!(self, pool => sqlx::query_as(sql).bind(&me.instance).bind(ttl_ms).fetch_all(pool).await)?,

@@ -185,6 +185,28 @@ async fn an_expired_lease_goes_to_the_next_claimant() {
 }
 
 #[tokio::test]
+async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
+    on_each_backend(|store| async move {
+        let kind = ResourceKind::Monitor;
+        store.ensure_lease(kind, "m").await.unwrap();
+        let epoch = store
+            .claim(kind, "m", &holder("a"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let renewed = store.renew_all(&holder("a"), 60_000).await.unwrap();
+        assert_eq!(renewed, vec![("monitor".into(), "m".into(), epoch)]);
+        assert_eq!(
+            store.claim(kind, "m", &holder("b"), 60_000).await.unwrap(),
+            None,
+            "renewed, it is live again"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_firing_runs_once() {
     on_each_backend(|store| async move {
         with_every_schedule(&store).await;
