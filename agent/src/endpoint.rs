@@ -236,15 +236,28 @@ impl LocalEndpoint {
         }
     }
 
-    /// Creates a fresh temporary path beside `rel`, making missing parent folders.
-    fn temp_beside(&self, rel: &Path) -> Result<PathBuf> {
+    /// Makes a fresh temporary entry beside `rel` with `create`. Missing parent folders are
+    /// made only when the first try finds them missing: usually they exist, and a file server
+    /// receiving many small files should not ask again for each.
+    fn create_beside<T>(
+        &self,
+        rel: &Path,
+        create: impl Fn(&Path) -> io::Result<T>,
+    ) -> Result<(PathBuf, T)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         self.checked(rel)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
-        fs::create_dir_all(self.full(parent)).map_err(self.err("create folder", parent))?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{TEMP_PREFIX}{}.{n}", std::process::id());
-        Ok(self.full(&parent.join(name)))
+        let temp = self.full(&parent.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id())));
+        let created = match create(&temp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.full(parent))
+                    .map_err(self.err("create folder", parent))?;
+                create(&temp)
+            }
+            created => created,
+        };
+        created.map(|made| (temp, made)).map_err(self.err("write", rel))
     }
 
     /// Renames a finished temporary file over `rel`, or removes it if anything failed.
@@ -267,19 +280,21 @@ impl LocalEndpoint {
             Some(_) => self.open_file(rel)?,
             None => None,
         };
+        let (temp, file) = self.create_beside(rel, |temp| File::create(temp))?;
         let mut sink = LocalSink {
             endpoint: self,
             rel: rel.to_path_buf(),
             entry: entry.clone(),
-            temp: self.temp_beside(rel)?,
+            temp,
             rebuild: None,
             committed: false,
-            writeback: None,
+            // Only a file large enough to be flushed early needs a second handle.
+            writeback: (entry.size >= WRITEBACK_EVERY)
+                .then(|| file.try_clone().ok())
+                .flatten(),
             flushing: None,
             flushed_at: 0,
         };
-        let file = File::create(&sink.temp).map_err(self.err("write", rel))?;
-        sink.writeback = file.try_clone().ok();
         let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
             .map_err(self.err("read", rel))?;
         sink.rebuild = Some(rebuild);
@@ -390,14 +405,12 @@ impl Endpoint for LocalEndpoint {
         let Kind::Symlink { target } = &entry.kind else {
             unreachable!("make_symlink called for {:?}", entry.kind);
         };
-        let temp = self.temp_beside(rel)?;
-        let written = std::os::unix::fs::symlink(target, &temp).and_then(|()| {
-            filetime::set_symlink_file_times(
-                &temp,
-                to_filetime(entry.mtime),
-                to_filetime(entry.mtime),
-            )
-        });
+        let (temp, ()) = self.create_beside(rel, |temp| std::os::unix::fs::symlink(target, temp))?;
+        let written = filetime::set_symlink_file_times(
+            &temp,
+            to_filetime(entry.mtime),
+            to_filetime(entry.mtime),
+        );
         self.commit_temp(&temp, rel, written)
     }
 
@@ -536,15 +549,15 @@ impl LocalSink<'_> {
         let rebuild = self.rebuild.take().expect("finished once");
         let size = rebuild.written;
         let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;
-        let (temp, entry) = (&self.temp, &self.entry);
+        let entry = &self.entry;
         let finished = (|| {
             let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
             file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+            filetime::set_file_handle_times(&file, None, Some(to_filetime(entry.mtime)))?;
             if sync {
                 file.sync_all()?;
             }
-            drop(file);
-            filetime::set_file_mtime(temp, to_filetime(entry.mtime))
+            Ok(())
         })();
         finished.map_err(self.endpoint.err("write", &self.rel))?;
         self.committed = true;
