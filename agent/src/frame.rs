@@ -44,8 +44,12 @@ pub enum FrameError {
     Unexpected(String),
 }
 
+type CompressorSlot = RefCell<Option<zstd::bulk::Compressor<'static>>>;
+
 thread_local! {
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static COMPRESSOR: CompressorSlot = const { RefCell::new(None) };
+    /// The fastest level: a probe only judges whether the rest is worth compressing.
+    static PROBER: CompressorSlot = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -56,36 +60,47 @@ fn maybe_compress(body: Vec<u8>) -> (Vec<u8>, bool) {
         return (body, false);
     }
     if body.len() > 4 * PROBE {
-        let (probe, _) = maybe_compress(body[..PROBE].to_vec());
-        if probe.len() >= PROBE - PROBE / 16 {
+        let probe = compress(&PROBER, 1, &body[..PROBE]);
+        if probe.is_none_or(|probe| probe.len() >= PROBE - PROBE / 16) {
             return (body, false);
         }
     }
-    let compressed = COMPRESSOR.with_borrow_mut(|slot| {
-        let compressor = match slot {
-            Some(c) => c,
-            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
-        };
-        compressor.compress(&body).ok()
-    });
-    match compressed {
+    match compress(&COMPRESSOR, ZSTD_LEVEL, &body) {
         Some(small) if small.len() < body.len() - body.len() / 16 => (small, true),
         _ => (body, false),
     }
 }
 
+fn compress(
+    slot: &'static std::thread::LocalKey<CompressorSlot>,
+    level: i32,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    slot.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(level).ok()?),
+        };
+        compressor.compress(data).ok()
+    })
+}
+
 /// Encodes `message` as one frame (length prefix included).
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let (prefix, body) = encode_parts(message)?;
+    Ok([&prefix[..], &body].concat())
+}
+
+/// A frame's length prefix and body, apart: a large body is written as it is, not copied
+/// behind its prefix first.
+fn encode_parts<T: Serialize>(message: &T) -> Result<([u8; 4], Vec<u8>), FrameError> {
     let (body, compressed) = maybe_compress(rmp_serde::to_vec_named(message)?);
     let len = u32::try_from(body.len()).ok().filter(|&n| n <= MAX_FRAME);
     let len = len.ok_or(FrameError::TooLarge(
         u32::try_from(body.len()).unwrap_or(u32::MAX),
     ))?;
     let prefix = if compressed { len | COMPRESSED } else { len };
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&prefix.to_be_bytes());
-    frame.extend_from_slice(&body);
-    Ok(frame)
+    Ok((prefix.to_be_bytes(), body))
 }
 
 /// The body's length from a prefix, checked against the limit, and whether it is compressed.
@@ -147,9 +162,10 @@ pub async fn write_buffered<T: Serialize>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
 ) -> Result<usize, FrameError> {
-    let frame = encode(message)?;
-    out.write_all(&frame).await?;
-    Ok(frame.len())
+    let (prefix, body) = encode_parts(message)?;
+    out.write_all(&prefix).await?;
+    out.write_all(&body).await?;
+    Ok(prefix.len() + body.len())
 }
 
 /// Reads one frame; the length is checked before any of the body is read or allocated.
@@ -170,8 +186,12 @@ pub async fn read_counted<T: DeserializeOwned>(
         Err(e) => return Err(e.into()),
     }
     let (len, compressed) = body_len(prefix)?;
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await?;
+    // Read into spare capacity: zeroing a large body first would cost a pass over it.
+    let mut body = Vec::with_capacity(len);
+    (&mut *input).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok((decode_body(&body, compressed)?, 4 + len))
 }
 

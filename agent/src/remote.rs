@@ -67,16 +67,16 @@ impl Link {
         }
     }
 
-    async fn send(&mut self, request: &Request) -> std::result::Result<(), ClientError> {
-        let size = match request {
+    async fn send(&mut self, request: Request) -> std::result::Result<(), ClientError> {
+        let size = match &request {
             Request::Data { ops } => ops.iter().map(|op| op.literal_len() + 8).sum(),
             _ => 64,
         };
         if size >= BATCH_BYTES {
             self.flush().await?;
-            return self.session.send(request).await;
+            return self.session.send(&request).await;
         }
-        self.outbox.push(request.clone());
+        self.outbox.push(request);
         self.outbox_bytes += size;
         if self.outbox_bytes >= BATCH_BYTES || self.outbox.len() >= BATCH_OPS {
             self.flush().await?;
@@ -146,7 +146,7 @@ impl Link {
         }
     }
 
-    async fn call(&mut self, request: &Request) -> std::result::Result<Response, ClientError> {
+    async fn call(&mut self, request: Request) -> std::result::Result<Response, ClientError> {
         self.send(request).await?;
         self.answer().await
     }
@@ -188,7 +188,7 @@ impl RemoteEndpoint {
     /// reconnects.
     fn call(&self, op: &str, rel: &Path, request: Request) -> Result<Response> {
         let mut slot = self.session();
-        let response = on_session(&mut slot, |s| s.call(&request));
+        let response = on_session(&mut slot, |s| s.call(request));
         self.answer(op, rel, &mut slot, response)
     }
 
@@ -283,7 +283,7 @@ impl Endpoint for RemoteEndpoint {
             path: self.path.clone(),
             create,
         };
-        let response = on_session(&mut slot, |s| s.call(&open));
+        let response = on_session(&mut slot, |s| s.call(open));
         match self.answer("open folder", root, &mut slot, response)? {
             Response::Done => Ok(()),
             other => Err(self.unexpected("open folder", root, &other)),
@@ -395,7 +395,7 @@ impl Endpoint for RemoteEndpoint {
             entry: entry.clone(),
             block_size,
         };
-        let sent = on_session(&mut slot, |s| s.send(&request));
+        let sent = on_session(&mut slot, |s| s.send(request));
         if let Err(e) = sent {
             return Err(self.answer("write", rel, &mut slot, Err(e)).unwrap_err());
         }
@@ -498,7 +498,7 @@ impl Endpoint for RemoteEndpoint {
             if !link.pending.is_empty() {
                 // Any request that is not a whole file makes the agent publish its batch.
                 let nonce = link.pending.len() as u64;
-                match link.call(&Request::Ping { nonce }).await? {
+                match link.call(Request::Ping { nonce }).await? {
                     Response::Pong { .. } => {}
                     other => return Err(link.session.unexpected(&other, "Pong")),
                 }
@@ -562,7 +562,7 @@ struct RemoteSink<'a> {
 }
 
 impl RemoteSink<'_> {
-    fn send(&mut self, request: &Request) -> Result<()> {
+    fn send(&mut self, request: Request) -> Result<()> {
         let sent = on_session(&mut self.slot, |s| s.send(request));
         if let Err(e) = sent {
             let (endpoint, rel) = (self.endpoint, self.rel.clone());
@@ -579,14 +579,14 @@ impl RemoteSink<'_> {
         }
         let ops = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        self.send(&Request::Data { ops })
+        self.send(Request::Data { ops })
     }
 
     /// Sends the end of the stream; the agent's verdict is owed from then on.
     fn end(&mut self, hash: Vec<u8>) -> Result<()> {
         self.flush()?;
         self.ended = true;
-        self.send(&Request::DataEnd { hash })
+        self.send(Request::DataEnd { hash })
     }
 
     /// Reads verdicts until at most `owed` are outstanding.
