@@ -2,10 +2,13 @@
 //! missing on one side could be a new file elsewhere or a deletion here; with it, the side that
 //! differs from the base is the side that changed.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use crate::endpoint::{Endpoint, EndpointError, Scope};
-use crate::tree::Tree;
+use crate::tree::{Entry, Tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -41,18 +44,55 @@ pub fn load(replica: &dyn Endpoint, job: &str) -> Result<Tree, BaseError> {
     let name = state_name(job);
     match replica.read_state(&name)? {
         None => Ok(Tree::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| BaseError::Damaged {
-            name,
-            replica: replica.display(),
-            source,
-        }),
+        Some(bytes) => {
+            let keyed: BTreeMap<String, Entry> =
+                serde_json::from_slice(&bytes).map_err(|source| BaseError::Damaged {
+                    name,
+                    replica: replica.display(),
+                    source,
+                })?;
+            Ok(keyed
+                .into_iter()
+                .map(|(key, e)| (path_of(key), e))
+                .collect())
+        }
     }
 }
 
 pub fn save(replica: &dyn Endpoint, job: &str, base: &Tree) -> Result<(), BaseError> {
-    let bytes = serde_json::to_vec(base).expect("a tree always serialises");
+    let keyed: BTreeMap<String, &Entry> = base.iter().map(|(p, e)| (key_of(p), e)).collect();
+    let bytes = serde_json::to_vec(&keyed).expect("string keys always serialise");
     replica.write_state(&state_name(job), &bytes)?;
     Ok(())
+}
+
+/// Marks a key holding the hex of a name that is not UTF-8: no path contains a NUL byte, so
+/// the mark cannot be mistaken for a name.
+const RAW_KEY: char = '\0';
+
+/// A JSON object key for a path: the path itself when it is UTF-8, its bytes in hex otherwise.
+fn key_of(path: &Path) -> String {
+    match path.to_str() {
+        Some(text) => text.to_owned(),
+        None => std::iter::once(RAW_KEY.to_string())
+            .chain(
+                path.as_os_str()
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}")),
+            )
+            .collect(),
+    }
+}
+
+fn path_of(key: String) -> PathBuf {
+    let Some(hex) = key.strip_prefix(RAW_KEY) else {
+        return PathBuf::from(key);
+    };
+    let bytes = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    PathBuf::from(OsString::from_vec(bytes))
 }
 
 /// The part of `base` a scan of `scope` covers.
@@ -83,4 +123,20 @@ pub fn covered_by(path: &Path, others: &[std::path::PathBuf]) -> bool {
     others
         .iter()
         .any(|o| o.as_path() != path && path.starts_with(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_names_that_are_not_utf8_and_leave_the_others_as_they_were() {
+        let latin1 = PathBuf::from(OsString::from_vec(b"caf\xe9/menu.txt".to_vec()));
+        let key = key_of(&latin1);
+        assert!(key.starts_with(RAW_KEY), "{key:?}");
+        assert_eq!(path_of(key), latin1);
+        let plain = Path::new("café/menu.txt");
+        assert_eq!(key_of(plain), "café/menu.txt");
+        assert_eq!(path_of(key_of(plain)), plain);
+    }
 }

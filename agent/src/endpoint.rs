@@ -251,13 +251,14 @@ impl LocalEndpoint {
         let temp = self.full(&parent.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id())));
         let created = match create(&temp) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(self.full(parent))
-                    .map_err(self.err("create folder", parent))?;
+                fs::create_dir_all(self.full(parent)).map_err(self.err("create folder", parent))?;
                 create(&temp)
             }
             created => created,
         };
-        created.map(|made| (temp, made)).map_err(self.err("write", rel))
+        created
+            .map(|made| (temp, made))
+            .map_err(self.err("write", rel))
     }
 
     /// Renames a finished temporary file over `rel`, or removes it if anything failed.
@@ -405,7 +406,8 @@ impl Endpoint for LocalEndpoint {
         let Kind::Symlink { target } = &entry.kind else {
             unreachable!("make_symlink called for {:?}", entry.kind);
         };
-        let (temp, ()) = self.create_beside(rel, |temp| std::os::unix::fs::symlink(target, temp))?;
+        let (temp, ()) =
+            self.create_beside(rel, |temp| std::os::unix::fs::symlink(target, temp))?;
         let written = filetime::set_symlink_file_times(
             &temp,
             to_filetime(entry.mtime),

@@ -102,19 +102,24 @@ impl fmt::Debug for JobSpec {
 pub enum Event {
     Copied {
         to: String,
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         bytes: u64,
     },
     Deleted {
         at: String,
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
     },
     Conflict {
         at: String,
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
+        #[serde(with = "crate::raw_path")]
         kept_as: PathBuf,
     },
     Failed {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         error: String,
     },

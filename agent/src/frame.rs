@@ -188,7 +188,10 @@ pub async fn read_counted<T: DeserializeOwned>(
     let (len, compressed) = body_len(prefix)?;
     // Read into spare capacity: zeroing a large body first would cost a pass over it.
     let mut body = Vec::with_capacity(len);
-    (&mut *input).take(len as u64).read_to_end(&mut body).await?;
+    (&mut *input)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
     if body.len() < len {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }

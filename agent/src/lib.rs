@@ -13,6 +13,7 @@ pub mod engine;
 pub mod filter;
 pub mod frame;
 pub mod protocol;
+pub mod raw_path;
 pub mod remote;
 pub mod server;
 pub mod tls;

@@ -48,6 +48,7 @@ pub struct JobOrder {
     #[serde(default)]
     pub guards: Guards,
     /// Paths to sync (relative to the job's folders); `None` for everything.
+    #[serde(with = "crate::raw_path::optional_list")]
     pub paths: Option<Vec<PathBuf>>,
 }
 
@@ -70,25 +71,30 @@ pub enum Request {
     },
     /// Answered by `Scanned` frames, the last with `more: false`.
     Scan {
+        #[serde(with = "crate::raw_path::optional_list")]
         paths: Option<Vec<PathBuf>>,
         include: Vec<String>,
         exclude: Vec<String>,
     },
     Stat {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
     },
     Signature {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
     },
     /// Answered by `Data` frames (the file as a delta against `base`, whole without one), then
     /// `DataEnd`.
     ReadFile {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         base: Option<Signature>,
     },
     /// Followed by `Data` frames and one `DataEnd`, answered once by `Written` or `Failed`.
     /// `block_size` is that of the signature the delta was made against.
     WriteFile {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
         block_size: Option<u32>,
@@ -101,31 +107,40 @@ pub enum Request {
         hash: Vec<u8>,
     },
     MakeDir {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
     },
     MakeSymlink {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
     },
     Remove {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
     },
     Rename {
+        #[serde(with = "crate::raw_path")]
         from: PathBuf,
+        #[serde(with = "crate::raw_path")]
         to: PathBuf,
     },
     SetMtime {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
         mtime: Mtime,
     },
     /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
     Duplicate {
+        #[serde(with = "crate::raw_path")]
         from: PathBuf,
+        #[serde(with = "crate::raw_path")]
         to: PathBuf,
     },
     Hash {
+        #[serde(with = "crate::raw_path")]
         path: PathBuf,
     },
     ReadState {
@@ -221,6 +236,7 @@ pub enum Response {
     /// A request without a result succeeded.
     Done,
     Scanned {
+        #[serde(with = "crate::raw_path::entries")]
         entries: Vec<(PathBuf, Entry)>,
         more: bool,
     },
@@ -252,6 +268,7 @@ pub enum Response {
     },
     /// Paths (relative to the watched folder) that changed, during a `Watch`.
     Changed {
+        #[serde(with = "crate::raw_path::list")]
         paths: Vec<PathBuf>,
     },
     /// The watcher lost events (its queue overflowed, say): only a full rescan is safe.

@@ -15,7 +15,10 @@ pub type Tree = BTreeMap<PathBuf, Entry>;
 pub enum Kind {
     File,
     Dir,
-    Symlink { target: PathBuf },
+    Symlink {
+        #[serde(with = "crate::raw_path")]
+        target: PathBuf,
+    },
 }
 
 /// Modification time with the nanoseconds the file system keeps.

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -158,6 +159,9 @@ fn write_tree(root: &Path) {
     fs::write(root.join("big.bin"), noise(4 << 20)).unwrap();
     fs::write(root.join("empty"), "").unwrap();
     std::os::unix::fs::symlink("docs/a.bin", root.join("link")).unwrap();
+    // A name in Latin-1, as an old file server may hold: bytes, not UTF-8.
+    let latin1 = std::ffi::OsStr::from_bytes(b"docs/r\xe9sum\xe9.txt");
+    fs::write(root.join(latin1), "not utf-8").unwrap();
 }
 
 #[test]

@@ -544,3 +544,24 @@ fn mirror_keeps_deleted_and_overwritten_files_in_the_versions_folder() {
     assert_eq!(again.files_deleted, 0);
     assert!(kept.join("doc.txt").exists());
 }
+
+#[test]
+fn names_that_are_not_utf8_sync_and_are_remembered() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new(2);
+    let name = OsStr::from_bytes(b"r\xe9sum\xe9.txt");
+    fs::write(fx.roots[0].join(name), "latin-1 name").unwrap();
+    let (summary, _) = fx.run(Rule::Sync);
+    assert_eq!(summary.failures, 0, "{summary:?}");
+    assert_eq!(
+        fs::read_to_string(fx.roots[1].join(name)).unwrap(),
+        "latin-1 name"
+    );
+
+    // The base remembered the name: its deletion on one side is a deletion, not a new file.
+    fs::remove_file(fx.roots[1].join(name)).unwrap();
+    let (summary, _) = fx.run(Rule::Sync);
+    assert_eq!(summary.files_deleted, 1, "{summary:?}");
+    assert!(!fx.roots[0].join(name).exists());
+}
