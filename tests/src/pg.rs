@@ -93,6 +93,45 @@ impl PgServer {
         )
     }
 
+    /// Freezes the server and its backends (SIGSTOP): connections stay open but nothing
+    /// answers, as when the network to the database drops packets without a reset.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal_all(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal_all(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))?;
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .context("empty postmaster.pid")?
+            .parse()?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent pid is the second field after the command, which is in parentheses.
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            if parent == Some(postmaster.to_string().as_str()) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        }
+        Ok(())
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn restart(&self) -> Result<()> {
         self.launch()

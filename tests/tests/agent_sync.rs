@@ -654,3 +654,61 @@ fn a_monitor_on_agents_keeps_replicating_while_the_database_is_down() {
     let epoch = "SELECT CAST(epoch AS TEXT) FROM leases WHERE name = 'live'";
     assert_eq!(site.env.sql_text(epoch).as_deref(), Some("1"));
 }
+
+#[test]
+fn a_monitor_on_agents_keeps_replicating_while_the_database_hangs() {
+    // A frozen server keeps its connections open and answers nothing: every write the
+    // scheduler tries could wait forever.
+    let Some(server) = own_server() else { return };
+    let site = Site::on(Env::on_server(&server));
+    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
+    fs::create_dir_all(&src).unwrap();
+    let (from, to) = (
+        format!("nas1:{}", text(&src)),
+        format!("nas2:{}", text(&dst)),
+    );
+    let job = [
+        "job", "add", "live", "--rule", "mirror", "--from", &from, "--to", &to,
+    ];
+    site.env.ferry(&job).ok();
+    let monitor = [
+        "monitor",
+        "add",
+        "live",
+        "--job",
+        "live",
+        "--debounce",
+        "20ms",
+    ];
+    site.env.ferry(&monitor).ok();
+    fs::write(src.join("before.txt"), "before").unwrap();
+    let soon = Duration::from_secs(10);
+    assert!(wait_until(soon, || holds(
+        &dst.join("before.txt"),
+        "before"
+    )));
+
+    server.freeze().unwrap();
+    let scheduler = site.scheduler.as_ref().unwrap();
+    scheduler.wait_for_log("database unreachable", Duration::from_secs(15));
+    // A burst of files: a scheduler that waited on the database for each file's event would
+    // be busy for a long while before it took the next change.
+    for round in 0..20 {
+        fs::write(src.join(format!("burst-{round}.txt")), "burst").unwrap();
+    }
+    let burst = |dst: &Path| (0..20).all(|r| holds(&dst.join(format!("burst-{r}.txt")), "burst"));
+    assert!(wait_until(soon, || burst(&dst)), "{}", scheduler.log());
+    fs::write(src.join("next.txt"), "right after the burst").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(8), || holds(
+            &dst.join("next.txt"),
+            "right after the burst"
+        )),
+        "the change after the burst waited on the database:\n{}",
+        scheduler.log()
+    );
+    server.thaw().unwrap();
+    scheduler.wait_for_log("database reachable again", Duration::from_secs(30));
+    fs::write(src.join("after.txt"), "after").unwrap();
+    assert!(wait_until(soon, || holds(&dst.join("after.txt"), "after")));
+}

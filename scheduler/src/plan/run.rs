@@ -2,8 +2,12 @@
 //! and counters in `runs` and `run_events`.
 //!
 //! Recording never stops the sync: when the database is unreachable the events are logged
-//! locally and the counters written at the end.
+//! locally and the counters written at the end. After a failed write the recorder stops asking
+//! the database for a few seconds, so a database that hangs costs one timeout, not one per
+//! file.
 
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_agent::engine::{self, EngineError};
@@ -11,13 +15,18 @@ use ferry_agent::{Event, Halt, JobSpec, Scope, Summary};
 use tokio::sync::mpsc;
 
 use super::ProblemSlot;
-use crate::store::{Counters, RunAttempt, RunEnd, Store};
+use crate::store::{Counters, RunAttempt, RunEnd, Store, StoreError};
 
 /// Per-file events written for one run (or one monitor batch) before the rest are only counted,
 /// so a first copy of a million files does not write a million rows.
 const EVENTS_PER_RUN: u32 = 200;
 /// How often a long run's counters are written while it goes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How long events are only logged locally after the database failed to take one.
+const OFFLINE_FOR: Duration = Duration::from_secs(5);
+/// How long one write may take: a database that hangs (frozen, partitioned without a reset)
+/// answers nothing, and the sync must not wait for it.
+const WRITE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Writes one run's events and counters.
 pub struct Recorder {
@@ -27,6 +36,8 @@ pub struct Recorder {
     written: u32,
     unwritten: u64,
     last_progress: Instant,
+    /// Until then the database is not asked: it failed to answer a moment ago.
+    offline_until: Mutex<Option<Instant>>,
 }
 
 impl Recorder {
@@ -38,18 +49,45 @@ impl Recorder {
             written: 0,
             unwritten: 0,
             last_progress: Instant::now(),
+            offline_until: Mutex::new(None),
         }
     }
 
     /// Records a run-level message.
     pub async fn note(&self, level: &str, message: &str) {
-        if let Err(e) = self
-            .store
-            .add_event(self.run.id, level, message, None)
-            .await
-        {
-            tracing::warn!(run = self.run.id, error = %e, "could not record run event: {message}");
+        self.add_event(level, message, None).await;
+    }
+
+    /// Writes an event, or (the database away) logs it here.
+    async fn add_event(&self, level: &str, message: &str, path: Option<&str>) {
+        let run = self.run.id;
+        let added = self.store.add_event(run, level, message, path);
+        if self.write(added).await.is_none() {
+            tracing::warn!(
+                run,
+                path,
+                "not recorded (database unreachable): {level}: {message}"
+            );
         }
+    }
+
+    /// Runs one write unless the database failed a moment ago; `None` if it was skipped or
+    /// failed (and then the database is left alone for a while).
+    async fn write<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Option<T> {
+        let until = *self.offline_until.lock().expect("not poisoned");
+        if until.is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        let e = match tokio::time::timeout(WRITE_PATIENCE, work).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(e)) => e,
+            Err(_) => StoreError::Timeout(WRITE_PATIENCE),
+        };
+        tracing::warn!(run = self.run.id, error = %e, "could not record the run's progress");
+        if e.is_connection() {
+            *self.offline_until.lock().expect("not poisoned") = Some(Instant::now() + OFFLINE_FOR);
+        }
+        None
     }
 
     async fn engine_event(&mut self, event: Event) {
@@ -76,13 +114,7 @@ impl Recorder {
         if self.written < EVENTS_PER_RUN || level == "error" && self.written < 2 * EVENTS_PER_RUN {
             self.written += 1;
             let path = path.to_string_lossy();
-            if let Err(e) = self
-                .store
-                .add_event(self.run.id, level, &message, Some(&path))
-                .await
-            {
-                tracing::warn!(run = self.run.id, error = %e, "could not record run event");
-            }
+            self.add_event(level, &message, Some(&path)).await;
         } else {
             self.unwritten += 1;
         }
@@ -92,10 +124,10 @@ impl Recorder {
         }
     }
 
+    /// Writes the counters so far; skipped while the database is away (the end writes them).
     pub async fn save_counters(&self) {
-        if let Err(e) = self.store.update_run(&self.run, &self.counters).await {
-            tracing::warn!(run = self.run.id, error = %e, "could not record run progress");
-        }
+        self.write(self.store.update_run(&self.run, &self.counters))
+            .await;
     }
 
     /// Starts a new batch of per-file events (a monitor records each batch in full).
@@ -131,13 +163,22 @@ impl Recorder {
             retry_in_ms,
         };
         for attempt in 1..=10u32 {
-            match self.store.finish_run(&self.run, &end).await {
-                Ok(()) => return,
-                Err(e) => {
+            let finished =
+                tokio::time::timeout(WRITE_PATIENCE, self.store.finish_run(&self.run, &end));
+            match finished.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
                     tracing::warn!(run = self.run.id, attempt, error = %e, "could not record the end of the run; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        run = self.run.id,
+                        attempt,
+                        "recording the end of the run timed out; retrying"
+                    );
                 }
             }
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }
         tracing::error!(
             run = self.run.id,
