@@ -35,6 +35,19 @@ pub enum ClientError {
     Frame { agent: String, source: FrameError },
 }
 
+/// Turns on TCP keep-alive probes: a session that waits quietly (a watch on a folder nobody
+/// changes, a long run's progress) learns within about a minute that its peer's machine
+/// crashed or the network between them went, instead of waiting forever.
+pub fn keep_alive(tcp: &TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes) {
+        tracing::warn!(error = %e, "could not turn on TCP keep-alive");
+    }
+}
+
 /// How to reach an agent, and as whom.
 #[derive(Clone)]
 pub struct Dial {
@@ -83,6 +96,7 @@ impl Session {
             .await
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
+        keep_alive(&tcp);
         let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
         let stream = TlsConnector::from(dial.tls.clone())

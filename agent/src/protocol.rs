@@ -48,7 +48,7 @@ pub struct JobOrder {
     #[serde(default)]
     pub guards: Guards,
     /// Paths to sync (relative to the job's folders); `None` for everything.
-    #[serde(with = "crate::raw_path::optional_list")]
+    #[serde(default, with = "crate::raw_path::optional_list")]
     pub paths: Option<Vec<PathBuf>>,
 }
 
@@ -71,7 +71,7 @@ pub enum Request {
     },
     /// Answered by `Scanned` frames, the last with `more: false`.
     Scan {
-        #[serde(with = "crate::raw_path::optional_list")]
+        #[serde(default, with = "crate::raw_path::optional_list")]
         paths: Option<Vec<PathBuf>>,
         include: Vec<String>,
         exclude: Vec<String>,

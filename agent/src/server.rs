@@ -53,7 +53,7 @@ pub struct AgentConfig {
 
 struct Agent {
     config: AgentConfig,
-    fences: Fences,
+    fences: Arc<Fences>,
 }
 
 /// The highest lease epoch seen per resource. A write under a lower one comes from a
@@ -122,7 +122,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config.tls.clone());
-    let fences = Fences::load(config.state_dir.as_deref())?;
+    let fences = Arc::new(Fences::load(config.state_dir.as_deref())?);
     let agent = Arc::new(Agent { config, fences });
     tokio::pin!(shutdown);
     loop {
@@ -132,6 +132,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     // rsync's daemon loses ~40 ms per round trip without it.
                     let _ = stream.set_nodelay(true);
+                    crate::client::keep_alive(&stream);
                     let (acceptor, agent) = (acceptor.clone(), agent.clone());
                     tokio::spawn(async move {
                         match acceptor.accept(stream).await {
@@ -638,9 +639,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         };
         tracing::info!(job = order.job, fence = ?self.fence, "running a job handed over");
         let watcher = halt.clone();
+        let (fences, fence) = (self.agent.fences.clone(), self.fence.clone());
         let keep_alive = tokio::spawn(async move {
             loop {
                 match frame::read::<Request>(&mut read).await {
+                    // A newer holder has reached this agent: the run is stale, however long
+                    // its scheduler keeps it alive.
+                    Ok(Request::KeepAlive { .. })
+                        if fence.as_ref().is_some_and(|f| fences.admit(f).is_err()) =>
+                    {
+                        tracing::warn!(?fence, "a newer lease holder arrived; stopping the run");
+                        return watcher.stop();
+                    }
                     Ok(Request::KeepAlive { valid_for_ms }) => {
                         watcher.extend_until(Instant::now() + Duration::from_millis(valid_for_ms))
                     }

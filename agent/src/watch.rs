@@ -67,6 +67,9 @@ pub struct FolderWatch {
     watchers: Vec<RecommendedWatcher>,
     remote: Vec<AbortHandle>,
     signals: mpsc::UnboundedReceiver<Signal>,
+    /// What the current batch has gathered. Kept here, not in `next_batch`, so a caller that
+    /// stops waiting (a `select!` with a timer) loses nothing: the next call goes on with it.
+    gathered: Batching,
 }
 
 impl Drop for FolderWatch {
@@ -86,6 +89,7 @@ impl FolderWatch {
             watchers: Vec::new(),
             remote: Vec::new(),
             signals,
+            gathered: Batching::default(),
         };
         for root in roots {
             match root {
@@ -99,18 +103,20 @@ impl FolderWatch {
     }
 
     /// Waits for the next change, then gathers everything that follows within `debounce`, so a
-    /// burst of writes becomes one batch. Returns `None` when the watch has ended.
+    /// burst of writes becomes one batch. Returns `None` when the watch has ended. Cancel-safe.
     pub async fn next_batch(&mut self, debounce: Duration) -> Option<Batch> {
-        let mut batch = Batching::default();
-        batch.add(self.signals.recv().await?);
+        if self.gathered.is_empty() {
+            let first = self.signals.recv().await?;
+            self.gathered.add(first);
+        }
         let deadline = Instant::now() + debounce;
         while let Ok(Some(signal)) = timeout_at(deadline, self.signals.recv()).await {
-            batch.add(signal);
+            self.gathered.add(signal);
         }
         while let Ok(signal) = self.signals.try_recv() {
-            batch.add(signal);
+            self.gathered.add(signal);
         }
-        Some(batch.finish())
+        Some(std::mem::take(&mut self.gathered).finish())
     }
 }
 
@@ -127,18 +133,25 @@ fn watch_here(
         return Err(fail("no such folder".into(), true));
     }
     let root_for_events = root.to_path_buf();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let on_event = move |res: notify::Result<notify::Event>| {
         for signal in signals_of(&root_for_events, res) {
             // The receiver is gone only when the watch was dropped.
             let _ = tx.send(signal);
         }
-    })
-    .map_err(|e| fail(e.to_string(), false))?;
+    };
+    // A symlink inside the folder may lead anywhere (`link -> /`): it is replicated as a link,
+    // and what it points to is not watched.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher =
+        RecommendedWatcher::new(on_event, config).map_err(|e| fail(e.to_string(), false))?;
     watcher
         .watch(root, RecursiveMode::Recursive)
         .map_err(|e| fail(e.to_string(), false))?;
     Ok(watcher)
 }
+
+/// How long an agent may take to connect and put a watch in place.
+const WATCH_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Asks the agent to watch `path` and forwards what it reports until the watch is dropped.
 async fn watch_on_agent(
@@ -152,17 +165,25 @@ async fn watch_on_agent(
         message,
         missing,
     };
-    let mut session = Session::connect(dial, None, Arc::default())
-        .await
-        .map_err(|e| fail(e.to_string(), false))?;
-    let request = Request::Watch { path: path.into() };
-    match session.call(&request).await {
-        Ok(Response::Done) => {}
-        Ok(Response::Failed(wire)) => {
+    let handshake = async {
+        let mut session = Session::connect(dial, None, Arc::default()).await?;
+        let answer = session.call(&Request::Watch { path: path.into() }).await?;
+        Ok::<_, crate::client::ClientError>((session, answer))
+    };
+    let (mut session, answer) = match tokio::time::timeout(WATCH_HANDSHAKE, handshake).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return Err(fail(e.to_string(), false)),
+        Err(_) => {
+            let silent = format!("no answer within {} s", WATCH_HANDSHAKE.as_secs());
+            return Err(fail(silent, false));
+        }
+    };
+    match answer {
+        Response::Done => {}
+        Response::Failed(wire) => {
             return Err(fail(wire.message, wire.kind == ErrorKind::NotFound));
         }
-        Ok(other) => return Err(fail(session.unexpected(&other, "Done").to_string(), false)),
-        Err(e) => return Err(fail(e.to_string(), false)),
+        other => return Err(fail(session.unexpected(&other, "Done").to_string(), false)),
     }
     let forward = tokio::spawn(async move {
         let ended = loop {
@@ -212,6 +233,10 @@ struct Batching {
 }
 
 impl Batching {
+    fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.lost.is_none() && self.broken.is_none()
+    }
+
     fn add(&mut self, signal: Signal) {
         match signal {
             Signal::Changed(path) => self.paths.push(path),
@@ -306,5 +331,26 @@ mod tests {
             panic!("{batch:?}")
         };
         assert_eq!(paths.len(), 5, "{paths:?}");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_out_of_the_folder_is_not_followed() {
+        let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let mut watch = FolderWatch::open(&[WatchRoot::Local(dir.path().to_path_buf())])
+            .await
+            .unwrap();
+        std::fs::write(outside.path().join("secret.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("inside.txt"), "x").unwrap();
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            watch.next_batch(Duration::from_millis(200)),
+        )
+        .await
+        .expect("a batch within 5 s");
+        let Some(Batch::Paths(paths)) = batch else {
+            panic!("{batch:?}")
+        };
+        assert_eq!(paths, vec![PathBuf::from("inside.txt")]);
     }
 }

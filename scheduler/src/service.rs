@@ -87,8 +87,6 @@ struct ScheduleWork {
 struct MonitorWork {
     /// What the task was started with, to restart it when a user edits it.
     definition: MonitorDefinition,
-    /// Every folder is on an agent: the work is fenced there and may outlive the deadline.
-    through_agents: bool,
     task: Task,
     stop: CancellationToken,
     problem: ProblemSlot,
@@ -112,12 +110,16 @@ struct MonitorDefinition {
 
 struct Task {
     handle: JoinHandle<()>,
+    /// Every folder it writes is on an agent, as it was started: fenced there, it may outlive
+    /// the lease deadline.
+    through_agents: bool,
 }
 
 impl Task {
-    fn spawn(work: impl Future<Output = ()> + Send + 'static) -> Self {
+    fn spawn(work: impl Future<Output = ()> + Send + 'static, through_agents: bool) -> Self {
         Self {
             handle: tokio::spawn(work),
+            through_agents,
         }
     }
 
@@ -297,6 +299,7 @@ impl Service {
     }
 
     async fn tick(&mut self) -> Result<Duration, ServiceError> {
+        self.extend_agent_work();
         // A tick that hangs on the database counts as the database being away: the deadline
         // check below must not wait for a query that may never answer.
         // Past this a renewal could come too late for the halt deadline.
@@ -420,8 +423,7 @@ impl Service {
     /// the agents fence it, refusing its writes once a newer holder has reached them, so the
     /// replication survives a database outage without a second writer.
     fn enforce_deadline(&mut self) {
-        let now = Instant::now();
-        if now < self.lease_deadline {
+        if Instant::now() < self.lease_deadline {
             return;
         }
         let local: Vec<Resource> = self
@@ -441,10 +443,15 @@ impl Service {
                 holding.halt.stop();
             }
         }
-        for holding in self.holdings.values() {
-            holding
-                .halt
-                .extend_until((now + self.config.lease_ttl).into_std());
+    }
+
+    /// Work through agents is fenced by the agents, not by the lease deadline: its halt is kept
+    /// two leases ahead at every tick, before the database is asked (it may hang), so it never
+    /// lapses while this scheduler runs. A lease found lost still stops it at once.
+    fn extend_agent_work(&self) {
+        let until = (Instant::now() + 2 * self.config.lease_ttl).into_std();
+        for holding in self.holdings.values().filter(|h| h.through_agents()) {
+            holding.halt.extend_until(until);
         }
     }
 
@@ -719,7 +726,11 @@ impl Service {
             instance: self.me.instance.clone(),
             attempt: run.attempt,
         };
-        Task::spawn(run::run_scheduled(self.store.clone(), attempt, run))
+        let through_agents = run.spec.handoff.is_some();
+        Task::spawn(
+            run::run_scheduled(self.store.clone(), attempt, run),
+            through_agents,
+        )
     }
 
     async fn reconcile_monitor(
@@ -861,8 +872,7 @@ impl Service {
         );
         Ok(Some(MonitorWork {
             definition,
-            through_agents,
-            task: Task::spawn(work),
+            task: Task::spawn(work, through_agents),
             stop,
             problem,
         }))
@@ -1006,8 +1016,8 @@ impl Holding {
     /// older epoch than one it has seen: such work needs no local deadline to be fenced.
     fn through_agents(&self) -> bool {
         match &self.work {
-            Work::Schedule(work) => work.cron.as_ref().is_some_and(|c| c.spec.handoff.is_some()),
-            Work::Monitor(work) => work.through_agents,
+            Work::Schedule(work) => work.running.as_ref().is_some_and(|t| t.through_agents),
+            Work::Monitor(work) => work.task.through_agents,
         }
     }
 

@@ -72,7 +72,11 @@ async fn watch_loop(
     let mut synced_for_missing = false;
     'restart: loop {
         // Watch first, then scan: a change during the initial scan is then not missed.
-        let problem = match FolderWatch::open(&task.roots).await {
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            opened = FolderWatch::open(&task.roots) => opened,
+        };
+        let problem = match opened {
             Ok(mut watch) => match follow(task, &mut watch, stop, halt, recorder).await? {
                 Next::Stop => return Ok(()),
                 Next::Go | Next::Restart => continue 'restart,
@@ -125,7 +129,11 @@ async fn follow(
                 Some(Batch::Broken(problem)) => {
                     return Ok(wait_after(task, recorder, stop, &problem).await);
                 }
-                Some(Batch::Rescan) | None => {
+                None => {
+                    let problem = "the watch ended";
+                    return Ok(wait_after(task, recorder, stop, problem).await);
+                }
+                Some(Batch::Rescan) => {
                     next_rescan = Instant::now() + task.rescan;
                     scope = Some(Scope::Full);
                 }
