@@ -712,3 +712,75 @@ fn a_monitor_on_agents_keeps_replicating_while_the_database_hangs() {
     fs::write(src.join("after.txt"), "after").unwrap();
     assert!(wait_until(soon, || holds(&dst.join("after.txt"), "after")));
 }
+
+#[test]
+fn a_run_handed_over_stops_once_a_newer_lease_holder_reaches_its_agent() {
+    use ferry_agent::protocol::{JobOrder, RemoteFolder};
+    use ferry_agent::remote::{Handoff, hand_over};
+    use ferry_agent::{Halt, Rule, Scope};
+
+    let site = Site::new();
+    let (src, dst) = (site.srv[0].join("stale"), site.srv[1].join("stale"));
+    fs::create_dir_all(&src).unwrap();
+    let mut urandom = fs::File::open("/dev/urandom").unwrap();
+    let mut file = fs::File::create(src.join("large.bin")).unwrap();
+    std::io::copy(&mut std::io::Read::take(&mut urandom, 512 << 20), &mut file).unwrap();
+    drop(file);
+
+    let peer = Peer::new(&site);
+    let handoff = Handoff {
+        dial: peer.dial.clone(),
+        order: JobOrder {
+            job: "stale".into(),
+            rule: Rule::Mirror,
+            source: text(&src),
+            destinations: vec![RemoteFolder {
+                agent: "nas2".into(),
+                address: site.agents[1].as_ref().unwrap().address.clone(),
+                path: text(&dst),
+            }],
+            include: vec![],
+            exclude: vec![],
+            guards: Default::default(),
+            paths: None,
+        },
+    };
+    let old_holder = Halt::fenced(Fence {
+        resource: "schedule:stale".into(),
+        epoch: 5,
+    });
+    let run = peer
+        .runtime
+        .spawn(async move { hand_over(&handoff, &Scope::Full, &old_holder, &mut |_| {}).await });
+    let started = wait_until(Duration::from_secs(60), || {
+        fs::read_dir(&dst).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".ferry-tmp."))
+        })
+    });
+    assert!(started, "the transfer never started");
+
+    // The new holder says Hello to the source's agent, and the old run goes.
+    let fence = Fence {
+        resource: "schedule:stale".into(),
+        epoch: 6,
+    };
+    let newer = peer.block(Session::connect(&peer.dial, Some(fence), Arc::default()));
+    assert!(newer.is_ok(), "{:?}", newer.err());
+    let ended = peer.block(async { tokio::time::timeout(Duration::from_secs(5), run).await });
+    let outcome = ended.expect("the stale run went on past its next keep-alive");
+    // Stopped mid-file: the file fails (or, between files, the run does).
+    if let Ok(summary) = outcome.unwrap() {
+        assert!(
+            summary.failures > 0,
+            "the stale run claims success: {summary:?}"
+        );
+    }
+    assert!(
+        !dst.join("large.bin").exists(),
+        "the stale run finished its file"
+    );
+    let log = site.agents[0].as_ref().unwrap().log();
+    assert!(log.contains("a newer lease holder arrived"), "{log}");
+}
