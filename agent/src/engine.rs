@@ -823,14 +823,14 @@ fn keep_aside(plan: &mut SyncPlan, replicas: usize, r: usize, path: &Path, entry
 /// and naming its replica, so two losers of one conflict never take the same name.
 fn conflict_name(path: &Path, mtime: Mtime, replica: usize) -> PathBuf {
     let stamp = format!("{}-r{replica}", chrono_like_stamp(mtime.secs));
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.ferry-conflict-{stamp}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.ferry-conflict-{stamp}"),
-    };
+    // Built from the name's bytes, not its text: two names in another encoding than UTF-8
+    // must not come out as the same lossy name.
+    let mut name = path.file_stem().unwrap_or_default().to_os_string();
+    name.push(format!(".ferry-conflict-{stamp}"));
+    if let Some(ext) = path.extension() {
+        name.push(".");
+        name.push(ext);
+    }
     path.with_file_name(name)
 }
 

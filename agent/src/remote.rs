@@ -20,7 +20,7 @@ use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope};
 use crate::engine::{EngineError, Event, Halt, Summary};
 use crate::filter::Filter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
-use crate::tree::{Entry, Mtime, Tree};
+use crate::tree::{Entry, Mtime, Tree, is_plain};
 
 /// Literal bytes gathered before a batch of ops is sent: large enough that frames are few,
 /// small enough that the receiver writes while the sender reads.
@@ -307,6 +307,13 @@ impl Endpoint for RemoteEndpoint {
         loop {
             match response {
                 Response::Scanned { entries, more } => {
+                    if let Some((path, _)) = entries.iter().find(|(path, _)| !is_plain(path)) {
+                        // Not to be trusted further: the session is dropped, unread.
+                        *slot = None;
+                        let outside = "the agent reported a path that leaves the folder";
+                        let refused = io::Error::new(io::ErrorKind::InvalidData, outside);
+                        return Err(self.error("read folder", path, refused));
+                    }
                     tree.extend(entries);
                     if !more {
                         return Ok(tree);

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,4 +71,13 @@ impl Entry {
             _ => false,
         }
     }
+}
+
+/// Whether `path` is made of plain names only (no `..`, no root, not empty): the only kind of
+/// path a peer may name inside a folder.
+pub fn is_plain(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|part| matches!(part, Component::Normal(_)))
 }

@@ -4,7 +4,7 @@
 //! and drops events when its queue overflows, so an overflow or watcher error asks the caller
 //! for a full rescan instead of guessing.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::client::{Dial, Session};
 use crate::filter::is_reserved;
 use crate::protocol::{ErrorKind, Request, Response};
+use crate::tree::is_plain;
 
 /// A folder to watch: on this machine, or on an agent, which watches it and streams the
 /// changes back.
@@ -211,10 +212,7 @@ async fn watch_on_agent(
 
 /// A path an agent reports, if it is one: plain names below the watched folder, not ferry's.
 fn changed_on_agent(root: &str, path: PathBuf) -> Option<Signal> {
-    let plain = path
-        .components()
-        .all(|part| matches!(part, Component::Normal(_)));
-    if !plain || path.as_os_str().is_empty() {
+    if !is_plain(&path) {
         tracing::warn!(
             root,
             ?path,

@@ -565,3 +565,23 @@ fn names_that_are_not_utf8_sync_and_are_remembered() {
     assert_eq!(summary.files_deleted, 1, "{summary:?}");
     assert!(!fx.roots[0].join(name).exists());
 }
+
+#[test]
+fn conflict_names_keep_names_that_are_not_utf8_apart() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mtime = Mtime { secs: 0, nanos: 0 };
+    let name = |bytes: &[u8]| conflict_name(Path::new(OsStr::from_bytes(bytes)), mtime, 1);
+    let (acute, grave) = (
+        name(b"docs/r\xe9sum\xe9.txt"),
+        name(b"docs/r\xe8sum\xe8.txt"),
+    );
+    assert_ne!(acute, grave);
+    assert!(
+        acute
+            .as_os_str()
+            .as_bytes()
+            .starts_with(b"docs/r\xe9sum\xe9.ferry-conflict-")
+    );
+    assert_eq!(acute.extension(), Some(OsStr::new("txt")));
+}
