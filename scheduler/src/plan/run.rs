@@ -66,7 +66,7 @@ impl Recorder {
             tracing::warn!(
                 run,
                 path,
-                "not recorded (database unreachable): {level}: {message}"
+                "not recorded, the database being away: {level}: {message}"
             );
         }
     }
