@@ -310,15 +310,13 @@ mod tests {
         assert!(matches!(signals.as_slice(), [Signal::Changed(p)] if p == Path::new("a/b.txt")));
     }
 
-    #[tokio::test]
-    async fn a_burst_of_writes_becomes_one_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut watch = FolderWatch::open(&[WatchRoot::Local(dir.path().to_path_buf())])
-            .await
-            .unwrap();
-        for i in 0..5 {
-            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
-        }
+    async fn watch_here(dir: &Path) -> FolderWatch {
+        let root = WatchRoot::Local(dir.to_path_buf());
+        FolderWatch::open(&[root]).await.unwrap()
+    }
+
+    /// The paths of the next batch, gathered over 200 ms.
+    async fn next_paths(watch: &mut FolderWatch) -> Vec<PathBuf> {
         let batch = tokio::time::timeout(
             Duration::from_secs(5),
             watch.next_batch(Duration::from_millis(200)),
@@ -328,6 +326,17 @@ mod tests {
         let Some(Batch::Paths(paths)) = batch else {
             panic!("{batch:?}")
         };
+        paths
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_becomes_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = watch_here(dir.path()).await;
+        for i in 0..5 {
+            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let paths = next_paths(&mut watch).await;
         assert_eq!(paths.len(), 5, "{paths:?}");
     }
 
@@ -335,20 +344,10 @@ mod tests {
     async fn a_symlink_out_of_the_folder_is_not_followed() {
         let (dir, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        let mut watch = FolderWatch::open(&[WatchRoot::Local(dir.path().to_path_buf())])
-            .await
-            .unwrap();
+        let mut watch = watch_here(dir.path()).await;
         std::fs::write(outside.path().join("secret.txt"), "x").unwrap();
         std::fs::write(dir.path().join("inside.txt"), "x").unwrap();
-        let batch = tokio::time::timeout(
-            Duration::from_secs(5),
-            watch.next_batch(Duration::from_millis(200)),
-        )
-        .await
-        .expect("a batch within 5 s");
-        let Some(Batch::Paths(paths)) = batch else {
-            panic!("{batch:?}")
-        };
+        let paths = next_paths(&mut watch).await;
         assert_eq!(paths, vec![PathBuf::from("inside.txt")]);
     }
 }

@@ -101,6 +101,33 @@ impl Site {
         self.env.ferry(&yearly).ok();
     }
 
+    /// A job `live` of `rule` from `nas1:srv1/live` to `nas2:srv2/live`, and a monitor of it
+    /// (debounce 20 ms, then `extra`). `before.txt` is in the source before the monitor starts.
+    fn monitor(&self, rule: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (src, dst) = (self.srv[0].join("live"), self.srv[1].join("live"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("before.txt"), "there before the monitor").unwrap();
+        let (from, to) = (
+            format!("nas1:{}", text(&src)),
+            format!("nas2:{}", text(&dst)),
+        );
+        let job = [
+            "job", "add", "live", "--rule", rule, "--from", &from, "--to", &to,
+        ];
+        self.env.ferry(&job).ok();
+        let monitor = [
+            "monitor",
+            "add",
+            "live",
+            "--job",
+            "live",
+            "--debounce",
+            "20ms",
+        ];
+        self.env.ferry(&[&monitor[..], extra].concat()).ok();
+        (src, dst)
+    }
+
     fn run(&self, schedule: &str) -> Value {
         let run = self
             .env
@@ -515,30 +542,8 @@ fn holds(path: &Path, content: &str) -> bool {
 #[test]
 fn a_monitor_on_agents_replicates_each_change_every_way_and_rewatches_a_restarted_agent() {
     let mut site = Site::new();
-    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("before.txt"), "there before the monitor").unwrap();
-    let (from, to) = (
-        format!("nas1:{}", text(&src)),
-        format!("nas2:{}", text(&dst)),
-    );
-    let job = [
-        "job", "add", "live", "--rule", "sync", "--from", &from, "--to", &to,
-    ];
-    site.env.ferry(&job).ok();
     // A rescan an hour away: every change below must come through the agents' watches.
-    let monitor = [
-        "monitor",
-        "add",
-        "live",
-        "--job",
-        "live",
-        "--debounce",
-        "20ms",
-    ];
-    site.env
-        .ferry(&[&monitor[..], &["--rescan", "1h"]].concat())
-        .ok();
+    let (src, dst) = site.monitor("sync", &["--rescan", "1h"]);
     let first_sync = Duration::from_secs(30);
     assert!(
         wait_until(first_sync, || holds(
@@ -601,33 +606,11 @@ fn a_monitor_on_agents_replicates_each_change_every_way_and_rewatches_a_restarte
 fn a_monitor_on_agents_keeps_replicating_while_the_database_is_down() {
     let Some(server) = own_server() else { return };
     let site = Site::on(Env::on_server(&server));
-    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
-    fs::create_dir_all(&src).unwrap();
-    let (from, to) = (
-        format!("nas1:{}", text(&src)),
-        format!("nas2:{}", text(&dst)),
-    );
-    let job = [
-        "job", "add", "live", "--rule", "mirror", "--from", &from, "--to", &to,
-    ];
-    site.env.ferry(&job).ok();
-    let monitor = [
-        "monitor",
-        "add",
-        "live",
-        "--job",
-        "live",
-        "--debounce",
-        "20ms",
-    ];
-    site.env
-        .ferry(&[&monitor[..], &["--rescan", "1h"]].concat())
-        .ok();
-    fs::write(src.join("before.txt"), "before").unwrap();
+    let (src, dst) = site.monitor("mirror", &["--rescan", "1h"]);
     let soon = Duration::from_secs(10);
     assert!(wait_until(soon, || holds(
         &dst.join("before.txt"),
-        "before"
+        "there before the monitor"
     )));
     let runs = "SELECT CAST(COUNT(*) AS TEXT) FROM runs WHERE monitor_name = 'live'";
     assert_eq!(site.env.sql_text(runs).as_deref(), Some("1"));
@@ -661,31 +644,11 @@ fn a_monitor_on_agents_keeps_replicating_while_the_database_hangs() {
     // scheduler tries could wait forever.
     let Some(server) = own_server() else { return };
     let site = Site::on(Env::on_server(&server));
-    let (src, dst) = (site.srv[0].join("live"), site.srv[1].join("live"));
-    fs::create_dir_all(&src).unwrap();
-    let (from, to) = (
-        format!("nas1:{}", text(&src)),
-        format!("nas2:{}", text(&dst)),
-    );
-    let job = [
-        "job", "add", "live", "--rule", "mirror", "--from", &from, "--to", &to,
-    ];
-    site.env.ferry(&job).ok();
-    let monitor = [
-        "monitor",
-        "add",
-        "live",
-        "--job",
-        "live",
-        "--debounce",
-        "20ms",
-    ];
-    site.env.ferry(&monitor).ok();
-    fs::write(src.join("before.txt"), "before").unwrap();
+    let (src, dst) = site.monitor("mirror", &[]);
     let soon = Duration::from_secs(10);
     assert!(wait_until(soon, || holds(
         &dst.join("before.txt"),
-        "before"
+        "there before the monitor"
     )));
 
     server.freeze().unwrap();
