@@ -763,6 +763,7 @@ impl Service {
                     }
                     Work::Schedule(_) => false,
                 });
+                let start = (definition, valid.spec, valid.roots);
                 match current {
                     Some(true) => {}
                     Some(false) => {
@@ -772,15 +773,8 @@ impl Service {
                             epoch: holding.epoch,
                             halt: holding.halt.clone(),
                         };
-                        if let Some(fresh) = self
-                            .start_monitor(
-                                &row.name,
-                                definition,
-                                (valid.spec, valid.roots),
-                                &claimed,
-                                now,
-                            )
-                            .await?
+                        if let Some(fresh) =
+                            self.start_monitor(&row.name, start, &claimed, now).await?
                         {
                             let holding = self.holdings.get_mut(&key).expect("checked above");
                             std::mem::replace(&mut holding.work, Work::Monitor(fresh))
@@ -793,15 +787,8 @@ impl Service {
                             self.store
                                 .interrupt_orphans(ResourceKind::Monitor, &row.name, epoch, 0)
                                 .await?;
-                            if let Some(work) = self
-                                .start_monitor(
-                                    &row.name,
-                                    definition,
-                                    (valid.spec, valid.roots),
-                                    &claimed,
-                                    now,
-                                )
-                                .await?
+                            if let Some(work) =
+                                self.start_monitor(&row.name, start, &claimed, now).await?
                             {
                                 self.holdings.insert(
                                     key,
@@ -829,8 +816,7 @@ impl Service {
     async fn start_monitor(
         &self,
         name: &str,
-        definition: MonitorDefinition,
-        (spec, roots): (JobSpec, Vec<WatchRoot>),
+        (definition, spec, roots): (MonitorDefinition, JobSpec, Vec<WatchRoot>),
         claimed: &Claimed,
         now: DateTime<Utc>,
     ) -> Result<Option<MonitorWork>, StoreError> {
