@@ -38,6 +38,8 @@ const SCAN_BATCH: usize = 4096;
 const STAGE_FILES: usize = 128;
 const STAGE_BYTES: u64 = 64 << 20;
 const READ_BATCH_BYTES: usize = 256 * 1024;
+/// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
+const WATCH_COALESCE: Duration = Duration::from_millis(5);
 
 /// What an agent serves.
 #[derive(Clone)]
@@ -520,11 +522,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         let Some(publishing) = self.publishing.take() else {
             return Ok(());
         };
-        let mut verdicts = publishing.await.expect("publishing a batch panicked");
+        let verdicts = publishing.await.expect("publishing a batch panicked");
         match verdicts.len() {
             _ if !answer => Ok(()),
             0 => Ok(()),
-            1 => self.reply(&verdicts.remove(0)).await,
+            1 => self.reply(&verdicts[0]).await,
             // One frame, compressed as one: a verdict alone costs more than its content.
             _ => self.reply(&Response::Batch(verdicts)).await,
         }
@@ -685,12 +687,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         tracing::info!(job = order.job, ?response, "run handed over ended");
         frame::write(&mut write, &response).await.map(drop)
     }
-}
 
-/// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
-const WATCH_COALESCE: Duration = Duration::from_millis(5);
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
     /// Watches a folder for a scheduler's monitor and reports its changes until the scheduler
     /// disconnects (or says anything: a watching client has nothing to say).
     async fn watch(self, path: &str) -> Result<(), FrameError> {
