@@ -29,6 +29,10 @@ const READ_CHUNK: usize = 256 * 1024;
 const WEAK_LEN: usize = 4;
 const MAX_STRONG_LEN: u8 = 16;
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The blocks of the old version of a file, packed: per block the weak checksum (4 bytes, little
 /// endian) then `strong_len` bytes of its BLAKE3 hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,15 +169,18 @@ pub fn encode(
     };
     match base.filter(|sig| sig.blocks() > 0) {
         Some(sig) => Matcher::new(sig).run(&mut input, emit)?,
-        None => loop {
-            let mut chunk = vec![0u8; MAX_LITERAL];
-            let n = read_full(&mut input, &mut chunk)?;
-            if n == 0 {
-                break;
+        None => SCRATCH.with_borrow_mut(|scratch| {
+            // Read into one zeroed buffer per thread and copy out what was read: a fresh
+            // zeroed chunk per read would cost a 128 KiB memset for every small file.
+            let scratch = scratch.get_or_insert_with(|| vec![0u8; MAX_LITERAL]);
+            loop {
+                let n = read_full(&mut input, scratch)?;
+                if n == 0 {
+                    return Ok::<_, io::Error>(());
+                }
+                emit(Op::Literal(scratch[..n].to_vec()))?;
             }
-            chunk.truncate(n);
-            emit(Op::Literal(chunk))?;
-        },
+        })?,
     }
     Ok(Encoded {
         size: input.size,

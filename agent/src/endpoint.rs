@@ -156,9 +156,13 @@ impl LocalEndpoint {
         }
     }
 
-    fn err(&self, op: &'static str, rel: &Path) -> impl FnOnce(io::Error) -> EndpointError {
-        let path = self.full(rel).display().to_string();
-        move |source| EndpointError::new(op, path, source)
+    /// Builds the error naming `rel` only when there is one: this runs for every file.
+    fn err<'a>(
+        &'a self,
+        op: &'static str,
+        rel: &'a Path,
+    ) -> impl FnOnce(io::Error) -> EndpointError + 'a {
+        move |source| EndpointError::new(op, self.full(rel).display().to_string(), source)
     }
 
     /// The full path of `rel`, once it is known to stay inside the root.

@@ -725,6 +725,24 @@ pub async fn hand_over(
     let outcome = loop {
         match reader.receive().await {
             Ok(Response::Progress(event)) => on_event(event),
+            Ok(Response::Batch(reports)) => {
+                let (events, others): (Vec<_>, Vec<_>) = reports
+                    .into_iter()
+                    .partition(|r| matches!(r, Response::Progress(_)));
+                if let Some(other) = others.first() {
+                    let message = format!("unexpected answer in a batch of progress: {other:?}");
+                    break Err(EngineError::Agent {
+                        job: job.clone(),
+                        agent: handoff.dial.agent.clone(),
+                        message,
+                    });
+                }
+                for event in events {
+                    if let Response::Progress(event) = event {
+                        on_event(event);
+                    }
+                }
+            }
             Ok(Response::RunDone { summary }) => break Ok(summary),
             Ok(Response::Failed(wire)) if halt.is_halted() => {
                 tracing::debug!(?wire, "run handed over stopped");

@@ -33,11 +33,19 @@ use crate::watch::{Batch, FolderWatch, WatchRoot};
 /// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
 const SCAN_BATCH: usize = 4096;
 /// Whole files received before one flush to disk makes them all durable and they are renamed
-/// into place: one `syncfs` instead of an fsync per file. Smaller than the client's pipeline
-/// window, so a client waiting for verdicts never waits on a batch that is not full.
+/// into place: one `syncfs` instead of an fsync per file. A batch this large starts its flush
+/// when none is under way.
 const STAGE_FILES: usize = 128;
 const STAGE_BYTES: u64 = 64 << 20;
+/// While a flush is under way the next batch grows up to this (group commit: a disk slower
+/// than the network makes batches larger, not the receiver wait). Smaller than the client's
+/// pipeline window, so a client waiting for verdicts never waits on a batch that is not full.
+const STAGE_MAX_FILES: usize = 768;
+const STAGE_MAX_BYTES: u64 = 256 << 20;
 const READ_BATCH_BYTES: usize = 256 * 1024;
+/// Progress events of a run handed over, at most, in one frame: the events that piled up
+/// while the last frame was written leave together.
+const PROGRESS_BATCH: usize = 1024;
 /// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
 const WATCH_COALESCE: Duration = Duration::from_millis(5);
 
@@ -517,6 +525,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         Ok(())
     }
 
+    /// Whether the staged files should start publishing now: a full batch when the disk is
+    /// free, an overfull one in any case.
+    fn batch_ready(&self) -> bool {
+        let (files, bytes) = (self.staged.len(), self.staged_bytes);
+        let idle = self.publishing.as_ref().is_none_or(|p| p.is_finished());
+        let full = files >= STAGE_FILES || bytes >= STAGE_BYTES;
+        let overfull = files >= STAGE_MAX_FILES || bytes >= STAGE_MAX_BYTES;
+        overfull || full && idle
+    }
+
     /// Waits for the batch being published and sends its verdicts.
     async fn finish_publishing(&mut self, answer: bool) -> Result<(), FrameError> {
         let Some(publishing) = self.publishing.take() else {
@@ -584,7 +602,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                     Ok(staged) if pipelined => {
                         self.staged_bytes += entry.size;
                         self.staged.push(staged);
-                        if self.staged.len() >= STAGE_FILES || self.staged_bytes >= STAGE_BYTES {
+                        if self.batch_ready() {
                             self.start_publishing(true).await?;
                         }
                         return Ok(());
@@ -672,11 +690,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             })
         });
         let mut connected = true;
-        while let Some(event) = rx.recv().await {
+        let mut events = Vec::new();
+        while rx.recv_many(&mut events, PROGRESS_BATCH).await > 0 {
+            let mut progress: Vec<Response> = events.drain(..).map(Response::Progress).collect();
+            let report = match progress.len() {
+                1 => progress.pop().expect("one event"),
+                _ => Response::Batch(progress),
+            };
             if connected {
-                connected = frame::write(&mut write, &Response::Progress(event))
-                    .await
-                    .is_ok();
+                connected = frame::write(&mut write, &report).await.is_ok();
             }
         }
         keep_alive.abort();

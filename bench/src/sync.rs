@@ -61,6 +61,8 @@ struct Sample {
     wall: Duration,
     wire: u64,
     memory_kib: u64,
+    /// User and system time of both ends, added up.
+    cpu: Duration,
 }
 
 struct Bench {
@@ -262,6 +264,7 @@ impl Bench {
             wall,
             wire: relay.bytes(),
             memory_kib,
+            cpu: nas1.cpu()? + nas2.cpu()?,
         })
     }
 
@@ -269,11 +272,11 @@ impl Bench {
         let tool = if compress { Tool::RsyncZ } else { Tool::Rsync };
         let daemon = RsyncDaemon::start(&self.env, &self.dst[tool as usize])?;
         let relay = Relay::start(&daemon.address)?;
-        let client_memory = self.env.path("rsync-client.maxrss");
+        let client_usage = self.env.path("rsync-client.usage");
         let mut command = Command::new("/usr/bin/time");
         command
-            .args(["-f", "%M", "-o"])
-            .arg(&client_memory)
+            .args(["-f", USAGE_FORMAT, "-o"])
+            .arg(&client_usage)
             .args(["rsync", "-a", "--delete"]);
         if compress {
             command.arg("-z");
@@ -287,11 +290,13 @@ impl Bench {
         if !status.success() {
             bail!("rsync failed: {status}");
         }
-        let memory_kib = read_kib(&client_memory)? + daemon.stop()?;
+        let client = Usage::read(&client_usage)?;
+        let daemon = daemon.stop()?;
         Ok(Sample {
             wall,
             wire: relay.bytes(),
-            memory_kib,
+            memory_kib: client.memory_kib + daemon.memory_kib,
+            cpu: client.cpu + daemon.cpu,
         })
     }
 }
@@ -331,6 +336,22 @@ impl Agent {
             .context("VmHWM value")?
             .parse()?)
     }
+
+    /// User and system time used so far.
+    fn cpu(&self) -> Result<Duration> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("malformed /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+            .context("no clock tick rate")? as u64;
+        Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
 }
 
 impl Drop for Agent {
@@ -344,7 +365,7 @@ impl Drop for Agent {
 struct RsyncDaemon {
     time: Child,
     address: String,
-    memory: PathBuf,
+    usage: PathBuf,
 }
 
 impl RsyncDaemon {
@@ -358,10 +379,10 @@ impl RsyncDaemon {
                 root.display()
             ),
         )?;
-        let memory = env.path("rsync-daemon.maxrss");
+        let usage = env.path("rsync-daemon.usage");
         let time = Command::new("/usr/bin/time")
-            .args(["-f", "%M", "-o"])
-            .arg(&memory)
+            .args(["-f", USAGE_FORMAT, "-o"])
+            .arg(&usage)
             .args(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--config={}", config.display()))
@@ -372,13 +393,12 @@ impl RsyncDaemon {
         Ok(Self {
             time,
             address,
-            memory,
+            usage,
         })
     }
 
-    /// Stops the daemon and returns the peak resident memory of it and its connection
-    /// processes, in KiB.
-    fn stop(mut self) -> Result<u64> {
+    /// Stops the daemon and returns what it and its connection processes used.
+    fn stop(mut self) -> Result<Usage> {
         let children = fs::read_to_string(format!(
             "/proc/{pid}/task/{pid}/children",
             pid = self.time.id()
@@ -390,16 +410,35 @@ impl RsyncDaemon {
             )?;
         }
         self.time.wait()?;
-        read_kib(&self.memory)
+        Usage::read(&self.usage)
     }
 }
 
-fn read_kib(path: &Path) -> Result<u64> {
-    let text = fs::read_to_string(path)?;
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .with_context(|| format!("no number in {}: {text:?}", path.display()))
+/// GNU time's report: peak resident set in KiB, user and system seconds (for a daemon, its
+/// connection processes count once they are reaped).
+const USAGE_FORMAT: &str = "%M %U %S";
+
+struct Usage {
+    memory_kib: u64,
+    cpu: Duration,
+}
+
+impl Usage {
+    /// The last line of a GNU time report (a signal notice may come before it).
+    fn read(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path)?;
+        let parsed = text.lines().rev().find_map(|line| {
+            let [memory, user, system] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            let seconds = user.parse::<f64>().ok()? + system.parse::<f64>().ok()?;
+            Some(Self {
+                memory_kib: memory.parse().ok()?,
+                cpu: Duration::from_secs_f64(seconds),
+            })
+        });
+        parsed.with_context(|| format!("no usage in {}: {text:?}", path.display()))
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -599,7 +638,8 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
     section.push_str(&format!(
         "`bash bench/sync.sh {rounds}` on {}, {}: loopback, {rounds} rounds each, median (min-max). \
          Bytes on the wire are counted by a TCP relay between the two ends, for every tool. \
-         Memory is the peak resident set of both ends added up.\n\n",
+         Memory is the peak resident set of both ends added up, CPU their user and system \
+         time added up.\n\n",
         today(),
         machine()
     ));
@@ -610,9 +650,10 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
 }
 
 fn table(rows: &[(&str, CaseSamples)]) -> String {
-    let mut table =
-        String::from("| case | tool | wall time, s | bytes on the wire | peak memory, MiB |\n");
-    table.push_str("| --- | --- | --- | --- | --- |\n");
+    let mut table = String::from(
+        "| case | tool | wall time, s | CPU, s | bytes on the wire | peak memory, MiB |\n",
+    );
+    table.push_str("| --- | --- | --- | --- | --- | --- |\n");
     for (case, tools) in rows {
         for (tool, samples) in tools {
             let column = |f: &dyn Fn(&Sample) -> f64, fmt: &dyn Fn(f64) -> String| {
@@ -626,9 +667,10 @@ fn table(rows: &[(&str, CaseSamples)]) -> String {
                 )
             };
             table.push_str(&format!(
-                "| {case} | {} | {} | {} | {} |\n",
+                "| {case} | {} | {} | {} | {} | {} |\n",
                 tool.label(),
                 column(&|s| s.wall.as_secs_f64(), &|v| format!("{v:.2}")),
+                column(&|s| s.cpu.as_secs_f64(), &|v| format!("{v:.2}")),
                 column(&|s| s.wire as f64, &|v| human(v as u64)),
                 column(&|s| s.memory_kib as f64 / 1024.0, &|v| format!("{v:.0}")),
             ));
