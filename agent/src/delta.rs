@@ -175,10 +175,13 @@ pub fn encode(
             let scratch = scratch.get_or_insert_with(|| vec![0u8; MAX_LITERAL]);
             loop {
                 let n = read_full(&mut input, scratch)?;
-                if n == 0 {
+                if n > 0 {
+                    emit(Op::Literal(scratch[..n].to_vec()))?;
+                }
+                // A short read met the end: asking again would only read nothing.
+                if n < scratch.len() {
                     return Ok::<_, io::Error>(());
                 }
-                emit(Op::Literal(scratch[..n].to_vec()))?;
             }
         })?,
     }

@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
@@ -191,14 +192,22 @@ impl LocalEndpoint {
                 let _ = fs::remove_file(self.full(&child));
                 continue;
             }
-            self.visit(&child, filter, tree)?;
+            self.visit_found(&child, filter, tree)?;
         }
         Ok(())
     }
 
-    /// Adds `rel` (and, for a folder, its contents) to `tree` if the filter admits it.
+    /// Adds `rel`, a path a peer or a watcher named, (and, for a folder, its contents) to
+    /// `tree` if the filter admits it.
     fn visit(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
-        let Some(entry) = self.stat_entry(rel)? else {
+        self.checked(rel)?;
+        self.visit_found(rel, filter, tree)
+    }
+
+    /// [`Self::visit`] for a path known to stay inside: the walk found it, and never enters a
+    /// symlink.
+    fn visit_found(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
+        let Some(entry) = self.lstat(rel)? else {
             return Ok(());
         };
         if entry.is_dir() {
@@ -212,8 +221,9 @@ impl LocalEndpoint {
         Ok(())
     }
 
-    fn stat_entry(&self, rel: &Path) -> Result<Option<Entry>> {
-        let full = self.checked(rel)?;
+    /// The entry at `rel`, not followed if it is a symlink; unchecked.
+    fn lstat(&self, rel: &Path) -> Result<Option<Entry>> {
+        let full = self.full(rel);
         let meta = match fs::symlink_metadata(&full) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -252,7 +262,7 @@ impl LocalEndpoint {
         self.checked(rel)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = self.full(&parent.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id())));
+        let temp = self.full(&parent.join(format!("{TEMP_PREFIX}{}.{n}", *PID)));
         let created = match create(&temp) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(self.full(parent)).map_err(self.err("create folder", parent))?;
@@ -285,7 +295,13 @@ impl LocalEndpoint {
             Some(_) => self.open_file(rel)?,
             None => None,
         };
-        let (temp, file) = self.create_beside(rel, |temp| File::create(temp))?;
+        let mode = entry.mode & 0o7777;
+        let create = |temp: &Path| {
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true).mode(mode);
+            options.open(temp)
+        };
+        let (temp, file) = self.create_beside(rel, create)?;
         let mut sink = LocalSink {
             endpoint: self,
             rel: rel.to_path_buf(),
@@ -355,7 +371,8 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
-        self.stat_entry(rel)
+        self.checked(rel)?;
+        self.lstat(rel)
     }
 
     fn is_remote(&self) -> bool {
@@ -495,6 +512,17 @@ impl Endpoint for LocalEndpoint {
     }
 }
 
+/// Asked once: temporary names carry it, for every file received.
+static PID: LazyLock<u32> = LazyLock::new(std::process::id);
+
+/// The process's umask, as the kernel reports it (`None` if it does not): a file created with
+/// its mode needs no `chmod` unless the umask took some of it.
+static UMASK: LazyLock<Option<u32>> = LazyLock::new(|| {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+});
+
 /// How much of a file is written between two early write-backs.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
@@ -558,7 +586,10 @@ impl LocalSink<'_> {
         let entry = &self.entry;
         let finished = (|| {
             let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-            file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+            // The file was created with its mode, less what the umask took.
+            if UMASK.is_none_or(|umask| entry.mode & 0o7777 & umask != 0) {
+                file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+            }
             filetime::set_file_handle_times(&file, None, Some(to_filetime(entry.mtime)))?;
             if sync {
                 file.sync_all()?;
@@ -667,7 +698,7 @@ fn is_orphan_temp(rel: &Path) -> bool {
     let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
         return true;
     };
-    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    pid != *PID && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn to_filetime(mtime: Mtime) -> FileTime {

@@ -43,9 +43,10 @@ const STAGE_BYTES: u64 = 64 << 20;
 const STAGE_MAX_FILES: usize = 768;
 const STAGE_MAX_BYTES: u64 = 256 << 20;
 const READ_BATCH_BYTES: usize = 256 * 1024;
-/// Progress events of a run handed over, at most, in one frame: the events that piled up
-/// while the last frame was written leave together.
+/// Progress events of a run handed over, at most, in one frame, and how long they gather
+/// between two frames.
 const PROGRESS_BATCH: usize = 1024;
+const PROGRESS_GATHER: Duration = Duration::from_millis(10);
 /// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
 const WATCH_COALESCE: Duration = Duration::from_millis(5);
 
@@ -700,6 +701,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
             if connected {
                 connected = frame::write(&mut write, &report).await.is_ok();
             }
+            // Events pile up meanwhile: a frame (and a wake-up) per file would cost more than
+            // the small files themselves.
+            tokio::time::sleep(PROGRESS_GATHER).await;
         }
         keep_alive.abort();
         let response = match work.await.expect("the sync engine panicked") {

@@ -80,6 +80,24 @@ impl Fixture {
 }
 
 #[test]
+fn modes_the_umask_would_strip_are_kept() {
+    let fx = Fixture::new(2);
+    let modes = [0o666, 0o777, 0o1755, 0o400];
+    for (i, mode) in modes.iter().enumerate() {
+        let name = format!("f{i}");
+        fx.write(0, &name, "x");
+        fs::set_permissions(fx.roots[0].join(&name), fs::Permissions::from_mode(*mode)).unwrap();
+    }
+
+    fx.run(Rule::Mirror);
+
+    for (i, mode) in modes.iter().enumerate() {
+        let meta = fs::metadata(fx.roots[1].join(format!("f{i}"))).unwrap();
+        assert_eq!(meta.mode() & 0o7777, *mode, "mode of f{i}");
+    }
+}
+
+#[test]
 fn mirror_copies_content_mtime_and_mode_then_deletes_extras() {
     let fx = Fixture::new(2);
     fx.write(0, "a.txt", "alpha");
