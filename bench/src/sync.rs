@@ -644,6 +644,13 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
         machine()
     ));
     section.push_str(&table(rows));
+    section.push_str(
+        "\nferry makes every file durable before it renames it into place (one `syncfs` per \
+         batch of files); rsync leaves its writes in the page cache, so its disk writes fall \
+         after its time. This machine's disk also has slow phases (inode allocation after many \
+         deletions) in which every tool's small-file copy takes several times longer: compare \
+         tools within one run, not across runs.\n",
+    );
     section.push_str("<!-- sync:end -->\n");
     print!("{section}");
     replace_section(&results_file(), "sync", &section)
