@@ -44,10 +44,8 @@ pub enum FrameError {
     Unexpected(String),
 }
 
-type CompressorSlot = RefCell<Option<zstd::bulk::Compressor<'static>>>;
-
 thread_local! {
-    static COMPRESSOR: CompressorSlot = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 

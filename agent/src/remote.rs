@@ -725,24 +725,16 @@ pub async fn hand_over(
     let outcome = loop {
         match reader.receive().await {
             Ok(Response::Progress(event)) => on_event(event),
-            Ok(Response::Batch(reports)) => {
-                let (events, others): (Vec<_>, Vec<_>) = reports
-                    .into_iter()
-                    .partition(|r| matches!(r, Response::Progress(_)));
-                if let Some(other) = others.first() {
-                    let message = format!("unexpected answer in a batch of progress: {other:?}");
+            Ok(Response::Batch(reports)) => match progress_of(reports) {
+                Ok(events) => events.into_iter().for_each(&mut *on_event),
+                Err(other) => {
                     break Err(EngineError::Agent {
                         job: job.clone(),
                         agent: handoff.dial.agent.clone(),
-                        message,
+                        message: format!("unexpected answer in a batch of progress: {other:?}"),
                     });
                 }
-                for event in events {
-                    if let Response::Progress(event) = event {
-                        on_event(event);
-                    }
-                }
-            }
+            },
             Ok(Response::RunDone { summary }) => break Ok(summary),
             Ok(Response::Failed(wire)) if halt.is_halted() => {
                 tracing::debug!(?wire, "run handed over stopped");
@@ -768,4 +760,15 @@ pub async fn hand_over(
     };
     keep_alive.abort();
     outcome
+}
+
+/// The events of a batch of progress reports, or the first report that is not one.
+fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
+    reports
+        .into_iter()
+        .map(|report| match report {
+            Response::Progress(event) => Ok(event),
+            other => Err(other),
+        })
+        .collect()
 }
