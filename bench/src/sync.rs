@@ -12,8 +12,8 @@
 //! nothing changed; a re-sync after changing 1 % of the files (small edits, 4 MiB rewritten in
 //! the middle of a large file, renames, deletions, new files). Results go to bench/RESULTS.md.
 //!
-//! `sync ROUNDS small|large|resync` runs one group of cases and prints its table without
-//! touching bench/RESULTS.md (for profiling one case).
+//! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z]` runs one group of cases, with every
+//! tool or one, and prints its table without touching bench/RESULTS.md (for profiling one case).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -46,6 +46,15 @@ enum Tool {
 impl Tool {
     const ALL: [Tool; 3] = [Tool::Ferry, Tool::Rsync, Tool::RsyncZ];
 
+    /// The name that picks this tool alone on the command line.
+    fn key(self) -> &'static str {
+        match self {
+            Tool::Ferry => "ferry",
+            Tool::Rsync => "rsync",
+            Tool::RsyncZ => "rsync-z",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Tool::Ferry => "ferry (2 agents, TLS, zstd)",
@@ -66,6 +75,8 @@ struct Sample {
 }
 
 struct Bench {
+    /// The tools measured, all unless the command line picks one.
+    tools: Vec<Tool>,
     env: Env,
     tls: PathBuf,
     src: PathBuf,
@@ -82,7 +93,14 @@ fn main() -> Result<()> {
         .unwrap_or(3);
     let only = std::env::args().nth(2);
     let runs = |group: &str| only.as_deref().is_none_or(|only| only == group);
-    let bench = Bench::new()?;
+    let tools = match std::env::args().nth(3) {
+        None => Tool::ALL.to_vec(),
+        Some(key) => match Tool::ALL.into_iter().find(|t| t.key() == key) {
+            Some(tool) => vec![tool],
+            None => bail!("no tool {key:?}: say ferry, rsync or rsync-z"),
+        },
+    };
+    let bench = Bench::new(tools)?;
     eprintln!("generating the data set");
     make_small_files(&bench.src.join("small"))?;
     make_large_files(&bench.src.join("large"))?;
@@ -110,7 +128,7 @@ fn main() -> Result<()> {
         print!("{}", table(&rows));
         return Ok(());
     }
-    for tool in Tool::ALL {
+    for &tool in &bench.tools {
         bench.measure(tool, "", "all")?;
     }
     let case = "re-sync, nothing changed (10,002 files, 280 MiB)";
@@ -130,7 +148,7 @@ fn main() -> Result<()> {
             b.measure(tool, "", "all")
         })?,
     ));
-    for tool in Tool::ALL {
+    for &tool in &bench.tools {
         let out = Command::new("rsync")
             .args(["-anc", "--delete", "--itemize-changes", "--exclude=.ferry"])
             .arg(format!("{}/", bench.src.display()))
@@ -156,7 +174,7 @@ fn main() -> Result<()> {
 }
 
 impl Bench {
-    fn new() -> Result<Self> {
+    fn new(tools: Vec<Tool>) -> Result<Self> {
         let env = Env::new(Backend::Sqlite);
         let tls = env.path("tls");
         let dir = tls.to_str().context("utf-8")?;
@@ -171,6 +189,7 @@ impl Bench {
             fs::create_dir_all(d)?;
         }
         Ok(Self {
+            tools,
             env,
             tls,
             src,
@@ -187,16 +206,17 @@ impl Bench {
         mut measure: impl FnMut(&Self, Tool, usize) -> Result<Sample>,
     ) -> Result<CaseSamples> {
         let mut samples: Vec<(Tool, Vec<Sample>)> =
-            Tool::ALL.iter().map(|t| (*t, vec![])).collect();
+            self.tools.iter().map(|t| (*t, vec![])).collect();
         for r in 1..=rounds {
-            for i in 0..Tool::ALL.len() {
-                let tool = Tool::ALL[(i + r) % Tool::ALL.len()];
+            for i in 0..self.tools.len() {
+                let turn = (i + r) % self.tools.len();
+                let tool = self.tools[turn];
                 // What the last tool left in the page cache is written out first, so its
                 // write-back does not land in the next tool's time.
                 Command::new("sync").status()?;
                 let sample = measure(self, tool, r)?;
                 eprintln!("round {r} {}: {sample:?}", tool.label());
-                samples[tool as usize].1.push(sample);
+                samples[turn].1.push(sample);
             }
         }
         Ok(samples)
