@@ -25,6 +25,9 @@ const MIN_COMPRESS: usize = 512;
 const ZSTD_LEVEL: i32 = 1;
 /// How much of a large body is tried first to see whether compressing it pays.
 const PROBE: usize = 16 * 1024;
+/// The trial takes its bytes from this many places spread over the body: a batch of small
+/// files whose first ones are incompressible may still be well worth compressing.
+const PROBE_SLICES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -50,13 +53,13 @@ thread_local! {
 }
 
 /// `body`, compressed when that makes it at least 1/16 smaller. A large body is first judged
-/// by its start, so already-compressed data costs one small trial, not a full pass.
+/// by a sample of it, so already-compressed data costs one small trial, not a full pass.
 fn maybe_compress(body: Vec<u8>) -> (Vec<u8>, bool) {
     if body.len() < MIN_COMPRESS {
         return (body, false);
     }
     if body.len() > 4 * PROBE {
-        let probe = compress(&body[..PROBE]);
+        let probe = compress(&probe_sample(&body));
         if probe.is_none_or(|probe| probe.len() >= PROBE - PROBE / 16) {
             return (body, false);
         }
@@ -65,6 +68,16 @@ fn maybe_compress(body: Vec<u8>) -> (Vec<u8>, bool) {
         Some(small) if small.len() < body.len() - body.len() / 16 => (small, true),
         _ => (body, false),
     }
+}
+
+/// `PROBE` bytes of `body`, in slices from its start to its end.
+fn probe_sample(body: &[u8]) -> Vec<u8> {
+    let (slice, step) = (PROBE / PROBE_SLICES, body.len() / PROBE_SLICES);
+    let mut sample = Vec::with_capacity(PROBE);
+    for start in (0..PROBE_SLICES).map(|k| k * step) {
+        sample.extend_from_slice(&body[start..start + slice]);
+    }
+    sample
 }
 
 fn compress(data: &[u8]) -> Option<Vec<u8>> {
@@ -256,6 +269,23 @@ mod tests {
         let frame = encode(&random).unwrap();
         assert_eq!(frame[0] & 0x80, 0, "not compressed");
         assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, random);
+    }
+
+    #[test]
+    fn a_batch_that_starts_incompressible_is_still_compressed() {
+        // As a batch of small files may be: a few already-compressed ones first, then text
+        // and more compressed data taking turns.
+        let mut body = noise(3, 24 * 1024);
+        for seed in 0..12 {
+            body.extend(b"status ok, report sent\n".repeat(8 * 1024 / 23));
+            body.extend(noise(seed + 10, 8 * 1024));
+        }
+        let batch = Message::Data(body);
+        let frame = encode(&batch).unwrap();
+        assert_eq!(frame[0] & 0x80, 0x80, "compressed");
+        let raw = rmp_serde::to_vec_named(&batch).unwrap().len();
+        assert!(frame.len() < raw * 3 / 4, "{} of {raw} bytes", frame.len());
+        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, batch);
     }
 
     #[test]

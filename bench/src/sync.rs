@@ -8,7 +8,8 @@
 //! ferry. Peak memory is the sum of both ends' maximum resident set (GNU time for rsync's
 //! client and daemon, VmHWM for the agents). Each measurement starts fresh processes.
 //!
-//! Cases: the initial copy of 10,000 small files and of two 100 MiB files; a re-sync with
+//! Cases: the initial copy of 10,000 small files (text and incompressible ones in turn, in 100
+//! folders) and of two 100 MiB files; a re-sync with
 //! nothing changed; a re-sync after changing 1 % of the files (small edits, 4 MiB rewritten in
 //! the middle of a large file, renames, deletions, new files). Results go to bench/RESULTS.md.
 //!
@@ -584,14 +585,19 @@ fn small_file(noise: &mut Noise, i: usize) -> Vec<u8> {
     }
 }
 
+/// Small file `i`: 100 folders, each holding text and incompressible files in turn, as real
+/// folders mix documents with images and archives.
+fn small_path(root: &Path, i: usize) -> PathBuf {
+    root.join(format!("d{:03}", i / 2 % 100))
+        .join(format!("f{i:05}.dat"))
+}
+
 fn make_small_files(root: &Path) -> Result<()> {
     let mut noise = Noise(0x5eed);
     for i in 0..SMALL_FILES {
-        let dir = root.join(format!("d{:03}", i % 100));
-        if i < 100 {
-            fs::create_dir_all(&dir)?;
-        }
-        fs::write(dir.join(format!("f{i:05}.dat")), small_file(&mut noise, i))?;
+        let path = small_path(root, i);
+        fs::create_dir_all(path.parent().context("a folder")?)?;
+        fs::write(path, small_file(&mut noise, i))?;
     }
     Ok(())
 }
@@ -613,11 +619,7 @@ fn make_large_files(root: &Path) -> Result<()> {
 fn change_one_percent(src: &Path, round: usize) -> Result<()> {
     let mut noise = Noise(0xc4a9 + round as u64);
     let small = src.join("small");
-    let path = |i: usize| {
-        small
-            .join(format!("d{:03}", i % 100))
-            .join(format!("f{i:05}.dat"))
-    };
+    let path = |i: usize| small_path(&small, i);
     let pick = |k: usize| (round * 997 + k * 101) % SMALL_FILES;
     for k in 0..100 {
         let i = pick(k);
