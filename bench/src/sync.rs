@@ -9,9 +9,9 @@
 //! client and daemon, VmHWM for the agents). Each measurement starts fresh processes.
 //!
 //! Cases: the initial copy of 10,000 small files (text and incompressible ones in turn, in 100
-//! folders) and of two 100 MiB files; a re-sync with
-//! nothing changed; a re-sync after changing 1 % of the files (small edits, 4 MiB rewritten in
-//! the middle of a large file, renames, deletions, new files). Results go to bench/RESULTS.md.
+//! folders) and of two 100 MiB files; a re-sync with nothing changed; a re-sync after changing
+//! 1 % of the files (small edits, 4 MiB rewritten in the middle of a large file, renames,
+//! deletions, new files). Results go to bench/RESULTS.md.
 //!
 //! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z]` runs one group of cases, with every
 //! tool or one, and prints its table without touching bench/RESULTS.md (for profiling one case).
