@@ -617,6 +617,10 @@ pub struct Staged {
 }
 
 impl Staged {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Renames the file over its target; returns its size.
     pub fn publish(mut self) -> Result<u64> {
         self.published = true;

@@ -14,7 +14,7 @@ use crate::engine::{Event, Guards, Rule, Summary};
 use crate::tree::{Entry, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
 /// An agent remembers the highest epoch it has seen per resource and refuses writes under an
@@ -91,8 +91,9 @@ pub enum Request {
         path: PathBuf,
         base: Option<Signature>,
     },
-    /// Followed by `Data` frames and one `DataEnd`, answered once by `Written` or `Failed`.
-    /// `block_size` is that of the signature the delta was made against.
+    /// Followed by `Data` frames and one `DataEnd`. A delta (`block_size` set: that of the
+    /// signature it was made against) is answered at once by `Written` (it rebuilt) or `Failed`
+    /// (send the file whole); every file then gets a `Verdict` once its batch is durable.
     WriteFile {
         #[serde(with = "crate::raw_path")]
         path: PathBuf,
@@ -250,11 +251,12 @@ pub enum Response {
         hash: Vec<u8>,
         size: u64,
     },
+    /// A delta rebuilt into the file sent; its `Verdict` follows with its batch.
     Written {
         bytes: u64,
     },
-    /// The outcome of a whole file sent without waiting (in the order they were sent), which
-    /// may come before or after the answers to later requests.
+    /// The outcome of a file once its batch is durable and renamed into place (in the order
+    /// the files were sent), which may come before or after the answers to later requests.
     Verdict {
         bytes: u64,
         error: Option<WireError>,

@@ -42,8 +42,8 @@ pub struct RemoteEndpoint {
 /// A session, and the files sent on it whose verdict has not been read yet.
 struct Link {
     session: Session,
-    /// Paths of files whose `Written`/`Failed` answer is still to come, in order; `None` for
-    /// an abandoned file (its failure is expected).
+    /// Paths of files whose `Verdict` is still to come, in order; `None` for an abandoned
+    /// file (its failure is expected).
     pending: VecDeque<Option<PathBuf>>,
     /// Files that failed after the engine moved on.
     late: Vec<(PathBuf, WireError)>,
@@ -614,6 +614,16 @@ impl RemoteSink<'_> {
         Ok(())
     }
 
+    /// Waits for the agent to say whether a delta rebuilt into the file sent.
+    fn rebuilt(&mut self) -> Result<u64> {
+        let response = on_session(&mut self.slot, |link| link.answer());
+        let (endpoint, rel) = (self.endpoint, self.rel.clone());
+        match endpoint.answer("write", &rel, &mut self.slot, response)? {
+            Response::Written { bytes } => Ok(bytes),
+            other => Err(self.endpoint.unexpected("write", &self.rel, &other)),
+        }
+    }
+
     fn owe(&mut self, path: Option<PathBuf>) {
         if let Some(link) = self.slot.as_mut() {
             link.pending.push_back(path);
@@ -633,17 +643,14 @@ impl FileSink for RemoteSink<'_> {
 
     fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
         self.end(sent.hash.as_bytes().to_vec())?;
-        if self.pipelined {
-            self.owe(Some(self.rel.clone()));
-            self.collect(PIPELINE)?;
-            return Ok(sent.size);
-        }
-        let response = on_session(&mut self.slot, |link| link.answer());
-        let (endpoint, rel) = (self.endpoint, self.rel.clone());
-        match endpoint.answer("write", &rel, &mut self.slot, response)? {
-            Response::Written { bytes } => Ok(bytes),
-            other => Err(self.endpoint.unexpected("write", &self.rel, &other)),
-        }
+        let bytes = match self.pipelined {
+            true => sent.size,
+            false => self.rebuilt()?,
+        };
+        // Made durable and renamed with its batch: the verdict comes later, in order.
+        self.owe(Some(self.rel.clone()));
+        self.collect(PIPELINE)?;
+        Ok(bytes)
     }
 }
 

@@ -248,13 +248,12 @@ async fn session(
                 return Err(e);
             }
         };
-        // Whole files wait to be published in batches; a new folder does not need them.
+        // Files wait to be published in batches. A file's data and a new folder do not need
+        // them in place, nor does a signature: should the file change before the delta made
+        // against it arrives, the delta does not rebuild and the file is sent whole.
         let pipelined = matches!(
             request,
-            Request::WriteFile {
-                block_size: None,
-                ..
-            } | Request::MakeDir { .. }
+            Request::WriteFile { .. } | Request::MakeDir { .. } | Request::Signature { .. }
         );
         if !pipelined {
             session.publish_staged(true).await?;
@@ -551,9 +550,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         }
     }
 
-    /// Receives a file's ops until `DataEnd`, then commits it (or reports why not). A whole
-    /// file is staged, its verdict sent when its batch is published; a delta is committed at
-    /// once (its sender waits, ready to send it whole should it not rebuild).
+    /// Receives a file's ops until `DataEnd`, then stages it (or reports why not); its verdict
+    /// is sent when its batch is published. A delta's sender also hears at once whether it
+    /// rebuilt: it waits, ready to send the file whole.
     async fn write_file(
         &mut self,
         replica: &LocalEndpoint,
@@ -598,20 +597,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                     size: entry.size,
                     hash: blake3::Hash::from_bytes(hash),
                 };
-                let pipelined = block_size.is_none();
-                match sink.finish(&sent, !pipelined) {
-                    Ok(staged) if pipelined => {
-                        self.staged_bytes += entry.size;
+                match sink.finish(&sent, false) {
+                    Ok(staged) => {
+                        let bytes = staged.size();
+                        self.staged_bytes += bytes;
                         self.staged.push(staged);
                         if self.batch_ready() {
                             self.start_publishing(true).await?;
                         }
-                        return Ok(());
+                        // A delta's sender waits to hear that it rebuilt (it sends the file
+                        // whole otherwise); like a whole file, the delta is made durable and
+                        // renamed with its batch, and its verdict comes then.
+                        return match block_size {
+                            None => Ok(()),
+                            Some(_) => self.reply(&Response::Written { bytes }).await,
+                        };
                     }
-                    Ok(staged) => match staged.publish() {
-                        Ok(bytes) => Response::Written { bytes },
-                        Err(e) => wire_failure(&e),
-                    },
                     Err(e) => wire_failure(&e),
                 }
             }
