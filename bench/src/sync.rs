@@ -1,7 +1,8 @@
 //! `bash bench/sync.sh [ROUNDS]`: ferry's agent-to-agent sync against rsync, same data, same
 //! run, both over loopback: ferry as two `ferry-agent run` processes (the source agent pushes
 //! to the destination agent, as when a scheduler hands it a run), rsync as a client pushing to
-//! an `rsync --daemon`, with and without `-z`.
+//! an `rsync --daemon`: as it is, with `-z` (compressed, as ferry), and with `--fsync` (every
+//! file flushed to disk, as ferry makes every file durable).
 //!
 //! Every connection between the two ends goes through a byte-counting TCP relay, so "bytes on
 //! the wire" is measured the same way for both: everything that crossed, TLS and all for
@@ -13,8 +14,9 @@
 //! 1 % of the files (small edits, 4 MiB rewritten in the middle of a large file, renames,
 //! deletions, new files). Results go to bench/RESULTS.md.
 //!
-//! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z]` runs one group of cases, with every
-//! tool or one, and prints its table without touching bench/RESULTS.md (for profiling one case).
+//! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z|rsync-fsync]` runs one group of cases,
+//! with every tool or one, and prints its table without touching bench/RESULTS.md (for
+//! profiling one case).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -42,10 +44,11 @@ enum Tool {
     Ferry,
     Rsync,
     RsyncZ,
+    RsyncFsync,
 }
 
 impl Tool {
-    const ALL: [Tool; 3] = [Tool::Ferry, Tool::Rsync, Tool::RsyncZ];
+    const ALL: [Tool; 4] = [Tool::Ferry, Tool::Rsync, Tool::RsyncZ, Tool::RsyncFsync];
 
     /// The name that picks this tool alone on the command line.
     fn key(self) -> &'static str {
@@ -53,6 +56,17 @@ impl Tool {
             Tool::Ferry => "ferry",
             Tool::Rsync => "rsync",
             Tool::RsyncZ => "rsync-z",
+            Tool::RsyncFsync => "rsync-fsync",
+        }
+    }
+
+    /// What this rsync run adds to `rsync -a --delete`.
+    fn rsync_options(self) -> &'static [&'static str] {
+        match self {
+            Tool::RsyncZ => &["-z"],
+            // Every file flushed to disk, as ferry makes every file durable.
+            Tool::RsyncFsync => &["--fsync"],
+            Tool::Ferry | Tool::Rsync => &[],
         }
     }
 
@@ -61,6 +75,7 @@ impl Tool {
             Tool::Ferry => "ferry (2 agents, TLS, zstd)",
             Tool::Rsync => "rsync --daemon",
             Tool::RsyncZ => "rsync --daemon, -z",
+            Tool::RsyncFsync => "rsync --daemon, --fsync",
         }
     }
 }
@@ -82,7 +97,7 @@ struct Bench {
     tls: PathBuf,
     src: PathBuf,
     /// Destination roots, one per tool.
-    dst: [PathBuf; 3],
+    dst: [PathBuf; 4],
     runtime: tokio::runtime::Runtime,
 }
 
@@ -98,7 +113,7 @@ fn main() -> Result<()> {
         None => Tool::ALL.to_vec(),
         Some(key) => match Tool::ALL.into_iter().find(|t| t.key() == key) {
             Some(tool) => vec![tool],
-            None => bail!("no tool {key:?}: say ferry, rsync or rsync-z"),
+            None => bail!("no tool {key:?}: say ferry, rsync, rsync-z or rsync-fsync"),
         },
     };
     let bench = Bench::new(tools)?;
@@ -185,7 +200,7 @@ impl Bench {
                 .ok();
         }
         let src = env.path("src");
-        let dst = [env.path("ferry"), env.path("rsync"), env.path("rsync-z")];
+        let dst = Tool::ALL.map(|tool| env.path(tool.key()));
         for d in dst.iter().chain([&src]) {
             fs::create_dir_all(d)?;
         }
@@ -233,8 +248,7 @@ impl Bench {
         let target = self.dst[tool as usize].join(to);
         match tool {
             Tool::Ferry => self.ferry(&source, &target),
-            Tool::Rsync => self.rsync(&source, to, false),
-            Tool::RsyncZ => self.rsync(&source, to, true),
+            rsync => self.rsync(&source, to, rsync),
         }
     }
 
@@ -289,8 +303,7 @@ impl Bench {
         })
     }
 
-    fn rsync(&self, source: &Path, to: &str, compress: bool) -> Result<Sample> {
-        let tool = if compress { Tool::RsyncZ } else { Tool::Rsync };
+    fn rsync(&self, source: &Path, to: &str, tool: Tool) -> Result<Sample> {
         let daemon = RsyncDaemon::start(&self.env, &self.dst[tool as usize])?;
         let relay = Relay::start(&daemon.address)?;
         let client_usage = self.env.path("rsync-client.usage");
@@ -298,10 +311,8 @@ impl Bench {
         command
             .args(["-f", USAGE_FORMAT, "-o"])
             .arg(&client_usage)
-            .args(["rsync", "-a", "--delete"]);
-        if compress {
-            command.arg("-z");
-        }
+            .args(["rsync", "-a", "--delete"])
+            .args(tool.rsync_options());
         let started = Instant::now();
         let status = command
             .arg(format!("{}/", source.display()))
@@ -668,8 +679,9 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
     section.push_str(&table(rows));
     section.push_str(
         "\nferry makes every file durable before it renames it into place (one `syncfs` per \
-         batch of files); rsync leaves its writes in the page cache, so its disk writes fall \
-         after its time. This machine's disk also has slow phases (inode allocation after many \
+         batch of files); plain rsync leaves its writes in the page cache, so its disk writes \
+         fall after its time, while `--fsync` makes rsync flush every file as it goes. This \
+         machine's disk also has slow phases (inode allocation after many \
          deletions) in which every tool's small-file copy takes several times longer: compare \
          tools within one run, not across runs. TLS 1.3 carries data in records of at most \
          16 KiB with 22 bytes of header and tag each (0.13 %): on incompressible files ferry \
