@@ -862,14 +862,13 @@ fn state_name(name: &str) -> Result<String, FrameError> {
     }
 }
 
-/// A whole file's outcome as a [`Response::Verdict`].
+/// A file's failure as its [`Response::Verdict`].
 fn verdict(response: Response) -> Response {
     match response {
         Response::Failed(error) => Response::Verdict {
             bytes: 0,
             error: Some(error),
         },
-        Response::Written { bytes } => Response::Verdict { bytes, error: None },
         other => other,
     }
 }
