@@ -1,8 +1,8 @@
 //! ferry's sync engine and file-server agent.
 //!
 //! The engine replicates a job (a rule, a source and one or more destinations) between
-//! [`endpoint::Endpoint`]s. Today every endpoint is a local folder; remote agents plug in behind
-//! the same trait. The agent never talks to the database: it is told what to sync and reports
+//! [`endpoint::Endpoint`]s: a local folder, or a folder on an agent reached over mutual TLS
+//! ([`remote`]). The agent never talks to the database: it is told what to sync and reports
 //! what it did through [`engine::Event`]s.
 
 pub mod base;
@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod filter;
 pub mod frame;
+pub mod memory;
 pub mod protocol;
 pub mod raw_path;
 pub mod remote;

@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ferry_agent::memory::keep_freed_memory();
     let Cli { command } = Cli::parse();
     match command {
         Command::Run {
