@@ -18,7 +18,7 @@ use filetime::FileTime;
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::protocol::Fence;
-use crate::tree::{Entry, Kind, Mtime, Tree};
+use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]
@@ -84,12 +84,14 @@ pub trait Endpoint: Send + Sync {
         out: &mut dyn FnMut(Op) -> io::Result<()>,
     ) -> Result<Encoded>;
     /// Starts writing `rel` crash-safely with `entry`'s mode and mtime, from ops made against
-    /// the current file's signature of `block_size` (or from literals only).
+    /// the current file's signature of `block_size` (or from literals only). With `expected`,
+    /// the file is renamed into place only if `rel` still holds what was expected.
     fn receive_file<'a>(
         &'a self,
         rel: &Path,
         entry: &Entry,
         block_size: Option<u32>,
+        expected: Option<&Expected>,
     ) -> Result<Box<dyn FileSink + 'a>>;
     fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()>;
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
@@ -223,18 +225,7 @@ impl LocalEndpoint {
 
     /// The entry at `rel`, not followed if it is a symlink; unchecked.
     fn lstat(&self, rel: &Path) -> Result<Option<Entry>> {
-        let full = self.full(rel);
-        let meta = match fs::symlink_metadata(&full) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.err("read", rel)(e)),
-        };
-        let target = if meta.file_type().is_symlink() {
-            Some(fs::read_link(&full).map_err(self.err("read link", rel))?)
-        } else {
-            None
-        };
-        Ok(Some(Entry::from_metadata(&meta, target)))
+        entry_at(&self.full(rel)).map_err(self.err("read", rel))
     }
 
     /// Opens the file at `rel` for reading, never through a symlink.
@@ -290,6 +281,7 @@ impl LocalEndpoint {
         rel: &Path,
         entry: &Entry,
         block_size: Option<u32>,
+        expected: Option<&Expected>,
     ) -> Result<LocalSink<'_>> {
         let old = match block_size {
             Some(_) => self.open_file(rel)?,
@@ -307,6 +299,7 @@ impl LocalEndpoint {
             rel: rel.to_path_buf(),
             entry: entry.clone(),
             temp,
+            expected: expected.cloned(),
             rebuild: None,
             committed: false,
             // Only a file large enough to be flushed early needs a second handle.
@@ -410,8 +403,9 @@ impl Endpoint for LocalEndpoint {
         rel: &Path,
         entry: &Entry,
         block_size: Option<u32>,
+        expected: Option<&Expected>,
     ) -> Result<Box<dyn FileSink + 'a>> {
-        Ok(Box::new(self.receive(rel, entry, block_size)?))
+        Ok(Box::new(self.receive(rel, entry, block_size, expected)?))
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
@@ -502,7 +496,7 @@ impl Endpoint for LocalEndpoint {
             mtime: now_mtime(),
             mode: 0o600,
         };
-        let mut sink = self.receive_file(&rel, &entry, None)?;
+        let mut sink = self.receive_file(&rel, &entry, None, None)?;
         sink.write(Op::Literal(bytes.to_vec()))?;
         let sent = Encoded {
             size: bytes.len() as u64,
@@ -510,6 +504,20 @@ impl Endpoint for LocalEndpoint {
         };
         sink.commit(&sent).map(drop)
     }
+}
+
+/// The entry at `full`, not followed if it is a symlink; `None` when nothing is there.
+fn entry_at(full: &Path) -> io::Result<Option<Entry>> {
+    let meta = match fs::symlink_metadata(full) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let target = match meta.file_type().is_symlink() {
+        true => Some(fs::read_link(full)?),
+        false => None,
+    };
+    Ok(Some(Entry::from_metadata(&meta, target)))
 }
 
 /// Asked once: temporary names carry it, for every file received.
@@ -532,6 +540,7 @@ pub struct LocalSink<'a> {
     rel: PathBuf,
     entry: Entry,
     temp: PathBuf,
+    expected: Option<Expected>,
     rebuild: Option<Rebuild<BufWriter<File>>>,
     committed: bool,
     /// The temporary file again, to start its write-back to disk early from another thread:
@@ -601,6 +610,7 @@ impl LocalSink<'_> {
         Ok(Staged {
             temp: self.temp.clone(),
             target: self.endpoint.full(&self.rel),
+            expected: self.expected.take(),
             size,
             published: false,
         })
@@ -612,6 +622,7 @@ impl LocalSink<'_> {
 pub struct Staged {
     temp: PathBuf,
     target: PathBuf,
+    expected: Option<Expected>,
     size: u64,
     published: bool,
 }
@@ -621,10 +632,14 @@ impl Staged {
         self.size
     }
 
-    /// Renames the file over its target; returns its size.
+    /// Renames the file over its target, if the target still holds what was expected; returns
+    /// its size.
     pub fn publish(mut self) -> Result<u64> {
         self.published = true;
-        match fs::rename(&self.temp, &self.target) {
+        let renamed = self
+            .still_expected()
+            .and_then(|()| fs::rename(&self.temp, &self.target));
+        match renamed {
             Ok(()) => Ok(self.size),
             Err(e) => {
                 let _ = fs::remove_file(&self.temp);
@@ -634,6 +649,18 @@ impl Staged {
                     e,
                 ))
             }
+        }
+    }
+
+    fn still_expected(&self) -> io::Result<()> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        match expected.is_met_by(entry_at(&self.target)?.as_ref()) {
+            true => Ok(()),
+            false => Err(io::Error::other(
+                "changed during the sync; left as it is, and synced again on the next run",
+            )),
         }
     }
 }

@@ -27,7 +27,7 @@ pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::filter::Filter;
 use crate::protocol::Fence;
-use crate::tree::{Entry, Kind, Mtime, Tree};
+use crate::tree::{Entry, Expected, Kind, Mtime, Tree, same};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -855,12 +855,10 @@ fn chrono_like_stamp(secs: i64) -> String {
     )
 }
 
-fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a.looks_unchanged(b),
-        _ => false,
-    }
+/// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
+struct Target<'p> {
+    path: &'p Path,
+    expected: Option<Expected>,
 }
 
 struct Executor<'a> {
@@ -996,29 +994,31 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Fails an action whose target changed since the scan (see `planned`).
+    /// Under the sync rule, what `action`'s path must hold before the action changes it: what
+    /// the scan saw, or what this run left there.
+    fn expected(&self, action: &Action) -> Option<Expected> {
+        let planned = self.planned?;
+        let entry = match self.left.get(&(action.replica, action.path.clone())) {
+            Some(left) => left.clone(),
+            None => planned[action.replica].get(&action.path).cloned(),
+        };
+        Some(Expected { entry })
+    }
+
+    /// Fails an action whose target changed since the scan (see `planned`). A file's copy is
+    /// checked by its replica instead, just before the rename (see [`Expected`]).
     fn verify(&self, action: &Action) -> Result<(), String> {
-        let Some(planned) = self.planned else {
+        let checked_here = match &action.op {
+            Op::Copy { entry, .. } => entry.kind != Kind::File,
+            Op::Remove { .. } | Op::KeepAside { .. } => true,
+            _ => false,
+        };
+        let Some(expected) = self.expected(action).filter(|_| checked_here) else {
             return Ok(());
         };
-        let destructive = matches!(
-            action.op,
-            Op::Copy { .. } | Op::Remove { .. } | Op::KeepAside { .. }
-        );
-        if !destructive {
-            return Ok(());
-        }
         let replica = self.replicas[action.replica];
-        let expected = match self.left.get(&(action.replica, action.path.clone())) {
-            Some(left) => left.as_ref(),
-            None => planned[action.replica].get(&action.path),
-        };
         let now = replica.stat(&action.path).map_err(|e| e.to_string())?;
-        let unchanged = match (&now, expected) {
-            (Some(now), Some(expected)) if now.is_dir() && expected.is_dir() => true,
-            (now, expected) => same(now.as_ref(), expected),
-        };
-        if unchanged {
+        if expected.is_met_by(now.as_ref()) {
             Ok(())
         } else {
             Err(format!(
@@ -1038,9 +1038,14 @@ impl Executor<'_> {
                 from,
                 entry,
                 replaces,
-            } => self
-                .copy(*from, replica, path, entry, *replaces)
-                .map_err(|e| e.to_string())?,
+            } => {
+                let target = Target {
+                    path,
+                    expected: self.expected(action),
+                };
+                self.copy(*from, replica, &target, entry, *replaces)
+                    .map_err(|e| e.to_string())?
+            }
             Op::Remove { entry } => {
                 if replica.remove(path, entry).map_err(|e| e.to_string())? && !entry.is_dir() {
                     self.summary.files_deleted += 1;
@@ -1087,10 +1092,11 @@ impl Executor<'_> {
         &mut self,
         from: usize,
         to: &dyn Endpoint,
-        path: &Path,
+        target: &Target,
         entry: &Entry,
         replaces: bool,
     ) -> Result<(), EndpointError> {
+        let path = target.path;
         match entry.kind {
             Kind::Dir => {
                 to.make_dir(path, entry)?;
@@ -1099,7 +1105,7 @@ impl Executor<'_> {
             }
             Kind::Symlink { .. } => to.make_symlink(path, entry)?,
             Kind::File => {
-                let bytes = self.copy_file(self.replicas[from], to, path, entry, replaces)?;
+                let bytes = self.copy_file(self.replicas[from], to, target, entry, replaces)?;
                 self.summary.bytes_total += bytes;
             }
         }
@@ -1119,19 +1125,20 @@ impl Executor<'_> {
         &mut self,
         from: &dyn Endpoint,
         to: &dyn Endpoint,
-        path: &Path,
+        target: &Target,
         entry: &Entry,
         replaces: bool,
     ) -> Result<u64, EndpointError> {
+        let path = target.path;
         let local = !from.is_remote() && !to.is_remote();
         let base = match replaces && !local {
             true => to.signature(path)?,
             false => None,
         };
-        let written = match self.transfer(from, to, path, entry, base.as_ref()) {
+        let written = match self.transfer(from, to, target, entry, base.as_ref()) {
             Err(e) if base.is_some() && e.is_bad_delta() => {
                 tracing::debug!(path = %path.display(), error = %e, "delta failed; sending whole");
-                self.transfer(from, to, path, entry, None)?
+                self.transfer(from, to, target, entry, None)?
             }
             other => other?,
         };
@@ -1146,11 +1153,13 @@ impl Executor<'_> {
         &self,
         from: &dyn Endpoint,
         to: &dyn Endpoint,
-        path: &Path,
+        target: &Target,
         entry: &Entry,
         base: Option<&Signature>,
     ) -> Result<u64, EndpointError> {
-        let mut sink = to.receive_file(path, entry, base.map(|s| s.block_size))?;
+        let path = target.path;
+        let block_size = base.map(|s| s.block_size);
+        let mut sink = to.receive_file(path, entry, block_size, target.expected.as_ref())?;
         let mut sink_error = None;
         let sent = from.send_file(path, base, &mut |op| {
             if self.halt.is_halted() {

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::delta::{Op, Signature};
 use crate::engine::{Event, Guards, Rule, Summary};
-use crate::tree::{Entry, Mtime};
+use crate::tree::{Entry, Expected, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
 /// An agent remembers the highest epoch it has seen per resource and refuses writes under an
@@ -99,6 +99,10 @@ pub enum Request {
         path: PathBuf,
         entry: Entry,
         block_size: Option<u32>,
+        /// Under the sync rule: what `path` must still hold when the file is renamed into
+        /// place; the file fails (and `path` is left as it is) otherwise.
+        #[serde(default)]
+        expected: Option<Expected>,
     },
     Data {
         ops: Vec<Op>,

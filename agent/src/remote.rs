@@ -20,7 +20,7 @@ use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope};
 use crate::engine::{EngineError, Event, Halt, Summary};
 use crate::filter::Filter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
-use crate::tree::{Entry, Mtime, Tree, is_plain};
+use crate::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
 /// Literal bytes gathered before a batch of ops is sent: large enough that frames are few,
 /// small enough that the receiver writes while the sender reads.
@@ -395,12 +395,14 @@ impl Endpoint for RemoteEndpoint {
         rel: &Path,
         entry: &Entry,
         block_size: Option<u32>,
+        expected: Option<&Expected>,
     ) -> Result<Box<dyn FileSink + 'a>> {
         let mut slot = self.session();
         let request = Request::WriteFile {
             path: rel.to_path_buf(),
             entry: entry.clone(),
             block_size,
+            expected: expected.cloned(),
         };
         let sent = on_session(&mut slot, |s| s.send(request));
         if let Err(e) = sent {

@@ -28,6 +28,7 @@ use crate::filter::Filter;
 use crate::frame::{self, FrameError};
 use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
 use crate::remote::RemoteEndpoint;
+use crate::tree::Expected;
 use crate::watch::{Batch, FolderWatch, WatchRoot};
 
 /// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
@@ -356,8 +357,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
                 path,
                 entry,
                 block_size,
+                expected,
             } => {
-                return self.write_file(&replica, &path, &entry, block_size).await;
+                let expected = expected.as_ref();
+                return self
+                    .write_file(&replica, &path, &entry, block_size, expected)
+                    .await;
             }
             Request::Stat { path } => replica.stat(&path).map(Response::Stat),
             Request::Signature { path } => replica.signature(&path).map(Response::Signature),
@@ -559,8 +564,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
         path: &Path,
         entry: &crate::tree::Entry,
         block_size: Option<u32>,
+        expected: Option<&Expected>,
     ) -> Result<(), FrameError> {
-        let mut sink = match replica.receive(path, entry, block_size) {
+        let mut sink = match replica.receive(path, entry, block_size, expected) {
             Ok(sink) => Some(sink),
             Err(e) => {
                 self.drain_file().await?;

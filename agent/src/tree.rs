@@ -73,6 +73,30 @@ impl Entry {
     }
 }
 
+/// What a path must still hold when a sync rule's write lands on it: what the scan saw there
+/// (`None`: nothing). Someone changed it since, and the write is refused rather than destroying
+/// that change; the next run sees it. Checked where the file is, just before the rename, so a
+/// remote replica costs no round trip per file for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expected {
+    pub entry: Option<Entry>,
+}
+
+impl Expected {
+    pub fn is_met_by(&self, now: Option<&Entry>) -> bool {
+        same(now, self.entry.as_ref())
+    }
+}
+
+/// Whether two sightings of a path (`None`: nothing there) look alike to a quick check.
+pub fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.looks_unchanged(b),
+        _ => false,
+    }
+}
+
 /// Whether `path` is made of plain names only (no `..`, no root, not empty): the only kind of
 /// path a peer may name inside a folder.
 pub fn is_plain(path: &Path) -> bool {

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_agent::client::{ClientError, Dial, Session};
+use ferry_agent::delta::encode;
 use ferry_agent::protocol::{ErrorKind, Fence, Request, Response};
-use ferry_agent::tree::{Entry, Kind, Mtime};
+use ferry_agent::tree::{Entry, Expected, Kind, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
 use ferry_tests::pg::own_server;
 use serde_json::Value;
@@ -459,6 +460,70 @@ fn a_stale_lease_epoch_cannot_write() {
     });
     let log = site.agents[0].as_ref().unwrap().log();
     assert!(log.contains("refused a write"), "{log}");
+}
+
+#[test]
+fn an_agent_refuses_a_sync_write_over_a_file_changed_since_the_scan() {
+    let site = Site::new();
+    let folder = site.srv[0].join("two-way");
+    let doc = folder.join("doc.txt");
+    fs::create_dir_all(&folder).unwrap();
+    fs::write(&doc, "as scanned").unwrap();
+    let scanned = Entry::from_metadata(&fs::symlink_metadata(&doc).unwrap(), None);
+    fs::write(&doc, "the user's edit, saved since the scan").unwrap();
+
+    let content = b"the other replica's version".as_slice();
+    let mut ops = Vec::new();
+    let sent = encode(&mut &content[..], None, &mut |op| {
+        ops.push(op);
+        Ok(())
+    })
+    .unwrap();
+    let peer = Peer::new(&site);
+    let verdict = peer.block(async {
+        let mut session = peer.connect(1).await.unwrap();
+        peer.open(&mut session, &folder, false).await;
+        let write = Request::WriteFile {
+            path: "doc.txt".into(),
+            entry: Entry {
+                kind: Kind::File,
+                size: sent.size,
+                mtime: Mtime {
+                    secs: 2_000_000_000,
+                    nanos: 0,
+                },
+                mode: 0o644,
+            },
+            block_size: None,
+            expected: Some(Expected {
+                entry: Some(scanned),
+            }),
+        };
+        session.send(&write).await.unwrap();
+        session.send(&Request::Data { ops }).await.unwrap();
+        let end = Request::DataEnd {
+            hash: sent.hash.as_bytes().to_vec(),
+        };
+        session.send(&end).await.unwrap();
+        // Anything but file data makes the agent publish what it staged: the verdict first.
+        let verdict = session.call(&Request::Ping { nonce: 7 }).await.unwrap();
+        assert_eq!(
+            session.receive().await.unwrap(),
+            Response::Pong { nonce: 7 }
+        );
+        verdict
+    });
+    assert!(
+        matches!(&verdict, Response::Verdict { error: Some(e), .. }
+            if e.message.contains("changed during the sync")),
+        "{verdict:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(&doc).unwrap(),
+        "the user's edit, saved since the scan"
+    );
+    let names: Vec<_> = fs::read_dir(&folder).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
 }
 
 #[test]

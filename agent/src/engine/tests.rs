@@ -5,6 +5,7 @@ use std::path::Path;
 use tempfile::TempDir;
 
 use super::*;
+use crate::delta::{Encoded, Op as DataOp};
 use crate::endpoint::LocalEndpoint;
 
 struct Fixture {
@@ -496,6 +497,61 @@ fn a_sync_never_overwrites_a_file_changed_during_the_run() {
         contents.contains(&"the user's edit".to_string()) && contents.contains(&"b2".to_string()),
         "{kept:?} {contents:?}"
     );
+}
+
+#[test]
+fn a_file_saved_while_its_new_version_is_written_is_not_overwritten() {
+    let fx = Fixture::new(1);
+    fx.write(0, "doc.txt", "as scanned");
+    let replica = LocalEndpoint::new(&fx.roots[0]);
+    let doc = Path::new("doc.txt");
+    let content = b"the other replica's version".to_vec();
+    let entry = Entry {
+        kind: Kind::File,
+        size: content.len() as u64,
+        mtime: Mtime {
+            secs: 2_000_000_000,
+            nanos: 0,
+        },
+        mode: 0o644,
+    };
+    let sent = Encoded {
+        size: entry.size,
+        hash: blake3::hash(&content),
+    };
+    let write = |expected: &Expected, meanwhile: &dyn Fn()| {
+        let mut sink = replica
+            .receive_file(doc, &entry, None, Some(expected))
+            .unwrap();
+        sink.write(DataOp::Literal(content.clone())).unwrap();
+        meanwhile();
+        sink.commit(&sent)
+    };
+
+    // The user saves the file after the run scanned it, while its new version is written.
+    let scanned = Expected {
+        entry: replica.stat(doc).unwrap(),
+    };
+    let error = write(&scanned, &|| fx.write(0, "doc.txt", "the user's edit")).unwrap_err();
+    assert!(
+        error.to_string().contains("changed during the sync"),
+        "{error}"
+    );
+    assert_eq!(fx.read(0, "doc.txt").as_deref(), Some("the user's edit"));
+    let names: Vec<_> = fs::read_dir(&fx.roots[0]).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+
+    // A file created where the scan saw nothing is not overwritten either.
+    let nothing = Expected { entry: None };
+    assert!(write(&nothing, &|| {}).is_err());
+    assert_eq!(fx.read(0, "doc.txt").as_deref(), Some("the user's edit"));
+
+    // Unchanged since the scan: the new version lands.
+    let scanned = Expected {
+        entry: replica.stat(doc).unwrap(),
+    };
+    write(&scanned, &|| {}).unwrap();
+    assert_eq!(fx.read(0, "doc.txt").unwrap().as_bytes(), content);
 }
 
 #[test]
