@@ -14,9 +14,10 @@
 //! 1 % of the files (small edits, 4 MiB rewritten in the middle of a large file, renames,
 //! deletions, new files). Results go to bench/RESULTS.md.
 //!
-//! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z|rsync-fsync]` runs one group of cases,
-//! with every tool or one, and prints its table without touching bench/RESULTS.md (for
-//! profiling one case).
+//! `sync ROUNDS small|large|resync [ferry|rsync|rsync-z|rsync-fsync|ferry-sync]` runs one
+//! group of cases, with every tool or one, and prints its table without touching
+//! bench/RESULTS.md (for profiling one case). `ferry-sync` is ferry under the two-way sync rule,
+//! which a full run leaves out: rsync has nothing to compare it with.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -45,10 +46,21 @@ enum Tool {
     Rsync,
     RsyncZ,
     RsyncFsync,
+    /// ferry under the two-way sync rule: run only when named (rsync has no counterpart).
+    FerrySync,
 }
 
 impl Tool {
+    /// The tools of a full run.
     const ALL: [Tool; 4] = [Tool::Ferry, Tool::Rsync, Tool::RsyncZ, Tool::RsyncFsync];
+    /// Every tool the command line can name.
+    const EVERY: [Tool; 5] = [
+        Tool::Ferry,
+        Tool::Rsync,
+        Tool::RsyncZ,
+        Tool::RsyncFsync,
+        Tool::FerrySync,
+    ];
 
     /// The name that picks this tool alone on the command line.
     fn key(self) -> &'static str {
@@ -57,6 +69,7 @@ impl Tool {
             Tool::Rsync => "rsync",
             Tool::RsyncZ => "rsync-z",
             Tool::RsyncFsync => "rsync-fsync",
+            Tool::FerrySync => "ferry-sync",
         }
     }
 
@@ -66,7 +79,7 @@ impl Tool {
             Tool::RsyncZ => &["-z"],
             // Every file flushed to disk, as ferry makes every file durable.
             Tool::RsyncFsync => &["--fsync"],
-            Tool::Ferry | Tool::Rsync => &[],
+            Tool::Ferry | Tool::Rsync | Tool::FerrySync => &[],
         }
     }
 
@@ -76,6 +89,7 @@ impl Tool {
             Tool::Rsync => "rsync --daemon",
             Tool::RsyncZ => "rsync --daemon, -z",
             Tool::RsyncFsync => "rsync --daemon, --fsync",
+            Tool::FerrySync => "ferry, sync rule (two-way)",
         }
     }
 }
@@ -97,7 +111,7 @@ struct Bench {
     tls: PathBuf,
     src: PathBuf,
     /// Destination roots, one per tool.
-    dst: [PathBuf; 4],
+    dst: [PathBuf; 5],
     runtime: tokio::runtime::Runtime,
 }
 
@@ -111,9 +125,9 @@ fn main() -> Result<()> {
     let runs = |group: &str| only.as_deref().is_none_or(|only| only == group);
     let tools = match std::env::args().nth(3) {
         None => Tool::ALL.to_vec(),
-        Some(key) => match Tool::ALL.into_iter().find(|t| t.key() == key) {
+        Some(key) => match Tool::EVERY.into_iter().find(|t| t.key() == key) {
             Some(tool) => vec![tool],
-            None => bail!("no tool {key:?}: say ferry, rsync, rsync-z or rsync-fsync"),
+            None => bail!("no tool {key:?}: say ferry, rsync, rsync-z, rsync-fsync or ferry-sync"),
         },
     };
     let bench = Bench::new(tools)?;
@@ -165,8 +179,13 @@ fn main() -> Result<()> {
         })?,
     ));
     for &tool in &bench.tools {
-        let out = Command::new("rsync")
-            .args(["-anc", "--delete", "--itemize-changes", "--exclude=.ferry"])
+        let mut rsync = Command::new("rsync");
+        rsync.args(["-anc", "--delete", "--itemize-changes", "--exclude=.ferry"]);
+        if tool == Tool::FerrySync {
+            // Folder times follow each side's own changes under the sync rule.
+            rsync.arg("--omit-dir-times");
+        }
+        let out = rsync
             .arg(format!("{}/", bench.src.display()))
             .arg(format!(
                 "{}/",
@@ -200,7 +219,7 @@ impl Bench {
                 .ok();
         }
         let src = env.path("src");
-        let dst = Tool::ALL.map(|tool| env.path(tool.key()));
+        let dst = Tool::EVERY.map(|tool| env.path(tool.key()));
         for d in dst.iter().chain([&src]) {
             fs::create_dir_all(d)?;
         }
@@ -247,19 +266,14 @@ impl Bench {
         };
         let target = self.dst[tool as usize].join(to);
         match tool {
-            Tool::Ferry => self.ferry(&source, &target),
+            Tool::Ferry | Tool::FerrySync => self.ferry(&source, &target, tool),
             rsync => self.rsync(&source, to, rsync),
         }
     }
 
-    fn ferry(&self, source: &Path, target: &Path) -> Result<Sample> {
+    fn ferry(&self, source: &Path, target: &Path, tool: Tool) -> Result<Sample> {
         let nas1 = Agent::start(&self.env, "nas1", &self.src, &self.tls)?;
-        let nas2 = Agent::start(
-            &self.env,
-            "nas2",
-            &self.dst[Tool::Ferry as usize],
-            &self.tls,
-        )?;
+        let nas2 = Agent::start(&self.env, "nas2", &self.dst[tool as usize], &self.tls)?;
         let relay = Relay::start(&nas2.address)?;
         let dial = |agent: &str, address: &str| -> Result<Dial> {
             Ok(Dial {
@@ -273,7 +287,10 @@ impl Bench {
             dial: dial("nas1", &nas1.address)?,
             order: JobOrder {
                 job: "bench".into(),
-                rule: Rule::Mirror,
+                rule: match tool {
+                    Tool::FerrySync => Rule::Sync,
+                    _ => Rule::Mirror,
+                },
                 source: source.display().to_string(),
                 destinations: vec![RemoteFolder {
                     agent: "nas2".into(),
