@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sync speed and bytes on the wire, ferry (two agents) against rsync --daemon:
 # bash bench/sync.sh [ROUNDS] (default 3). Installs rsync and GNU time when missing (Debian),
-# builds release binaries, writes bench/RESULTS.md. Needs about 2 GiB in the temp folder.
+# builds release binaries, writes bench/RESULTS.md. Needs about 1.4 GiB in the temp folder, plus
+# 1.2 GiB per round: every copy stays until the end (mass deletions slow some disks for minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in rsync:rsync /usr/bin/time:time; do

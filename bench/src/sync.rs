@@ -437,17 +437,23 @@ impl RsyncDaemon {
             .arg(format!("--config={}", config.display()))
             .stdin(Stdio::null())
             .spawn()?;
-        let address = format!("127.0.0.1:{port}");
-        wait_listening(&address)?;
-        Ok(Self {
+        let daemon = Self {
             time,
-            address,
+            address: format!("127.0.0.1:{port}"),
             usage,
-        })
+        };
+        wait_listening(&daemon.address)?;
+        Ok(daemon)
     }
 
     /// Stops the daemon and returns what it and its connection processes used.
     fn stop(mut self) -> Result<Usage> {
+        self.terminate()?;
+        Usage::read(&self.usage)
+    }
+
+    /// Asks the daemon (GNU time's child) to end, and waits for GNU time's report.
+    fn terminate(&mut self) -> Result<()> {
         let children = fs::read_to_string(format!(
             "/proc/{pid}/task/{pid}/children",
             pid = self.time.id()
@@ -459,7 +465,17 @@ impl RsyncDaemon {
             )?;
         }
         self.time.wait()?;
-        Usage::read(&self.usage)
+        Ok(())
+    }
+}
+
+impl Drop for RsyncDaemon {
+    /// A measurement that failed leaves no daemon behind: one would hold the bench's output
+    /// open, and whoever reads it would wait forever.
+    fn drop(&mut self) {
+        if matches!(self.time.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
     }
 }
 
