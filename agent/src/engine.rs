@@ -1013,7 +1013,10 @@ impl Executor<'_> {
             Op::Remove { .. } | Op::KeepAside { .. } => true,
             _ => false,
         };
-        let Some(expected) = self.expected(action).filter(|_| checked_here) else {
+        if !checked_here {
+            return Ok(());
+        }
+        let Some(expected) = self.expected(action) else {
             return Ok(());
         };
         let replica = self.replicas[action.replica];
