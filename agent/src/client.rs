@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, FrameError};
+use crate::link::LinkMeter;
 use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,8 @@ impl std::fmt::Debug for Dial {
 /// An open, authenticated session with an agent.
 pub struct Session {
     stream: BufStream<TlsStream<TcpStream>>,
+    /// Whether file data sent on `stream` goes compressed.
+    link: LinkMeter,
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
@@ -97,6 +100,7 @@ impl Session {
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
         keep_alive(&tcp);
+        let link = LinkMeter::new(&tcp);
         let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
         let stream = TlsConnector::from(dial.tls.clone())
@@ -108,6 +112,7 @@ impl Session {
             })?;
         let mut session = Self {
             stream: BufStream::new(stream),
+            link,
             agent: agent.clone(),
             software: String::new(),
             roots: Vec::new(),
@@ -154,7 +159,8 @@ impl Session {
 
     /// Sends a request; it leaves when this side next waits for an answer ([`Self::receive`]).
     pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        let sent = frame::write_buffered(&mut self.stream, request)
+        let data = self.link.data();
+        let sent = frame::write_buffered(&mut self.stream, request, data)
             .await
             .map_err(|e| self.frame_error(e))?;
         self.wire.fetch_add(sent as u64, Ordering::Relaxed);

@@ -76,7 +76,7 @@ pub enum Op {
     /// stretch of any length costs one op.
     Blocks { first: u32, count: u32 },
     /// Bytes the old version does not have.
-    Literal(#[serde(with = "serde_bytes")] Vec<u8>),
+    Literal(#[serde(with = "crate::frame::payload")] Vec<u8>),
 }
 
 impl Op {

@@ -1,33 +1,55 @@
-//! Frames on the wire between schedulers and agents: a 4-byte big-endian length, then a
-//! MessagePack body with named fields (so a newer peer's added fields do not break an older
-//! one). A frame over the size limit, a truncated one or a body that does not decode is an
+//! Frames on the wire between schedulers and agents: a 4-byte big-endian length, then the
+//! body. The body is the message, MessagePack with named fields (so a newer peer's added
+//! fields do not break an older one), and after it the file data the message carries
+//! ([`payload`] fields), if any, set apart so that each part is compressed or not on its own
+//! terms. A frame over the size limit, a truncated one or a body that does not decode is an
 //! error for that connection only, never a panic.
 //!
-//! Bodies worth it are zstd-compressed: the length's top bit says so. Compression is skipped
-//! for small bodies and for bodies it would not shrink (already-compressed file data), so it
-//! costs nothing where it does not pay.
+//! The message is zstd-compressed whenever that shrinks it: names, sizes and times shrink well
+//! and cost little to compress. File data is compressed only when the caller says the link is
+//! worth it ([`crate::link`]) and a sample of it shrinks: on a link faster than the
+//! compressor, raw data arrives sooner. A frame without file data is laid out as in earlier
+//! versions, so the handshake of mismatched versions still ends with a clear refusal.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The largest frame accepted, compressed or not: a delta's literal chunks and file data travel
-/// in pieces well below it.
+/// The largest frame accepted, compressed or not, and the largest either part may decompress
+/// to: a delta's literal chunks and file data travel in pieces well below it.
 pub const MAX_FRAME: u32 = 8 * 1024 * 1024;
-/// Set in the length prefix when the body is zstd-compressed.
-const COMPRESSED: u32 = 1 << 31;
-/// Bodies shorter than this go as they are: the saving would not pay for the work.
+/// Set in the length prefix when the message is zstd-compressed.
+const HEADER_COMPRESSED: u32 = 1 << 31;
+/// Set in the length prefix when file data follows the message: the body then starts with the
+/// message's length.
+const SPLIT: u32 = 1 << 30;
+/// Set in the length prefix when the file data is zstd-compressed.
+const PAYLOAD_COMPRESSED: u32 = 1 << 29;
+const FLAGS: u32 = HEADER_COMPRESSED | SPLIT | PAYLOAD_COMPRESSED;
+/// The length of the message, ahead of it in a body with file data.
+const HEADER_LEN: usize = 4;
+/// Parts shorter than this go as they are: the saving would not pay for the work.
 const MIN_COMPRESS: usize = 512;
 /// zstd's fastest level: it passes over incompressible data about twice as fast as the
 /// default (3), which sends only about 1 % less of the bench's mixed small files.
 const ZSTD_LEVEL: i32 = 1;
-/// How much of a large body is tried first to see whether compressing it pays.
+/// How much of a large payload is tried first to see whether compressing it pays.
 const PROBE: usize = 16 * 1024;
-/// The trial takes its bytes from this many places spread over the body: a batch of small
+/// The trial takes its bytes from this many places spread over the payload: a batch of small
 /// files whose first ones are incompressible may still be well worth compressing.
 const PROBE_SLICES: usize = 16;
+
+/// Whether a frame's file data may be compressed (its header always may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// When a sample of it shrinks: the link is slower than the compressor.
+    Compress,
+    /// Never: the link is faster than the compressor, or nothing is known of it.
+    Raw,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -39,6 +61,8 @@ pub enum FrameError {
     TooLarge(u32),
     #[error("malformed frame: {0}")]
     Malformed(#[from] rmp_serde::decode::Error),
+    #[error("malformed frame: {0}")]
+    Layout(&'static str),
     #[error("malformed compressed frame: {0}")]
     Decompress(std::io::Error),
     #[error("cannot encode a frame: {0}")]
@@ -52,30 +76,94 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// `body`, compressed when that makes it at least 1/16 smaller. A large body is first judged
-/// by a sample of it, so already-compressed data costs one small trial, not a full pass.
-fn maybe_compress(body: Vec<u8>) -> (Vec<u8>, bool) {
-    if body.len() < MIN_COMPRESS {
-        return (body, false);
+/// Serde helpers for a message's file data (`#[serde(with = "crate::frame::payload")]`): inside
+/// a frame the bytes travel in its payload and the header holds their length; anywhere else
+/// they are plain MessagePack `bin`.
+pub mod payload {
+    use std::cell::RefCell;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The payload of the frame this thread is encoding or decoding, if any.
+    pub(super) enum Channel {
+        Idle,
+        /// Bytes handed over by the fields serialized so far.
+        Encoding(Vec<u8>),
+        /// The decoded body, where the payload starts in it, and how much the fields took.
+        Decoding {
+            body: Vec<u8>,
+            start: usize,
+            taken: usize,
+        },
     }
-    if body.len() > 4 * PROBE {
-        let probe = compress(&probe_sample(&body));
-        if probe.is_none_or(|probe| probe.len() >= PROBE - PROBE / 16) {
-            return (body, false);
+
+    thread_local! {
+        pub(super) static CHANNEL: RefCell<Channel> = const { RefCell::new(Channel::Idle) };
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        let inside_frame = CHANNEL.with_borrow_mut(|channel| match channel {
+            Channel::Encoding(payload) => {
+                payload.extend_from_slice(bytes);
+                true
+            }
+            _ => false,
+        });
+        match inside_frame {
+            true => serializer.serialize_u64(bytes.len() as u64),
+            false => serializer.serialize_bytes(bytes),
         }
     }
-    match compress(&body) {
-        Some(small) if small.len() < body.len() - body.len() / 16 => (small, true),
-        _ => (body, false),
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let inside_frame =
+            CHANNEL.with_borrow(|channel| matches!(channel, Channel::Decoding { .. }));
+        if !inside_frame {
+            return serde_bytes::deserialize(deserializer);
+        }
+        let len = usize::try_from(u64::deserialize(deserializer)?).map_err(D::Error::custom)?;
+        CHANNEL.with_borrow_mut(|channel| {
+            let Channel::Decoding { body, start, taken } = channel else {
+                unreachable!("checked above");
+            };
+            let from = *start + *taken;
+            let bytes = from
+                .checked_add(len)
+                .and_then(|end| body.get(from..end))
+                .ok_or_else(|| D::Error::custom("file data past the end of the payload"))?;
+            *taken += len;
+            Ok(bytes.to_vec())
+        })
     }
 }
 
-/// `PROBE` bytes of `body`, in slices from its start to its end.
-fn probe_sample(body: &[u8]) -> Vec<u8> {
-    let (slice, step) = (PROBE / PROBE_SLICES, body.len() / PROBE_SLICES);
+use payload::{CHANNEL, Channel};
+
+/// `part`, compressed when that makes it at least 1/16 smaller. A large part is first judged
+/// by a sample of it, so already-compressed data costs one small trial, not a full pass.
+fn maybe_compress(part: Vec<u8>) -> (Vec<u8>, bool) {
+    if part.len() < MIN_COMPRESS {
+        return (part, false);
+    }
+    if part.len() > 4 * PROBE {
+        let probe = compress(&probe_sample(&part));
+        if probe.is_none_or(|probe| probe.len() >= PROBE - PROBE / 16) {
+            return (part, false);
+        }
+    }
+    match compress(&part) {
+        Some(small) if small.len() < part.len() - part.len() / 16 => (small, true),
+        _ => (part, false),
+    }
+}
+
+/// `PROBE` bytes of `part`, in slices from its start to its end.
+fn probe_sample(part: &[u8]) -> Vec<u8> {
+    let (slice, step) = (PROBE / PROBE_SLICES, part.len() / PROBE_SLICES);
     let mut sample = Vec::with_capacity(PROBE);
     for start in (0..PROBE_SLICES).map(|k| k * step) {
-        sample.extend_from_slice(&body[start..start + slice]);
+        sample.extend_from_slice(&part[start..start + slice]);
     }
     sample
 }
@@ -90,49 +178,121 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-/// Encodes `message` as one frame (length prefix included).
-pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let (prefix, body) = encode_parts(message)?;
-    Ok([&prefix[..], &body].concat())
-}
-
-/// A frame's length prefix and body, apart: a large body is written as it is, not copied
-/// behind its prefix first.
-fn encode_parts<T: Serialize>(message: &T) -> Result<([u8; 4], Vec<u8>), FrameError> {
-    let (body, compressed) = maybe_compress(rmp_serde::to_vec_named(message)?);
-    let len = u32::try_from(body.len()).ok().filter(|&n| n <= MAX_FRAME);
-    let len = len.ok_or(FrameError::TooLarge(
-        u32::try_from(body.len()).unwrap_or(u32::MAX),
-    ))?;
-    let prefix = if compressed { len | COMPRESSED } else { len };
-    Ok((prefix.to_be_bytes(), body))
-}
-
-/// The body's length from a prefix, checked against the limit, and whether it is compressed.
-fn body_len(prefix: [u8; 4]) -> Result<(usize, bool), FrameError> {
-    let prefix = u32::from_be_bytes(prefix);
-    let len = prefix & !COMPRESSED;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    Ok((len as usize, prefix & COMPRESSED != 0))
-}
-
-fn decode_body<T: DeserializeOwned>(body: &[u8], compressed: bool) -> Result<T, FrameError> {
-    if !compressed {
-        return Ok(rmp_serde::from_slice(body)?);
-    }
-    let plain = DECOMPRESSOR.with_borrow_mut(|slot| {
+fn decompress(part: &[u8]) -> Result<Vec<u8>, FrameError> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
         let decompressor = match slot {
             Some(d) => d,
             None => slot.insert(zstd::bulk::Decompressor::new().map_err(FrameError::Decompress)?),
         };
         // The limit also bounds a decompression bomb.
         decompressor
-            .decompress(body, MAX_FRAME as usize)
+            .decompress(part, MAX_FRAME as usize)
             .map_err(FrameError::Decompress)
-    })?;
-    Ok(rmp_serde::from_slice(&plain)?)
+    })
+}
+
+/// Encodes `message` as one frame (length prefix included).
+pub fn encode<T: Serialize>(message: &T, data: Data) -> Result<Vec<u8>, FrameError> {
+    let (head, payload) = encode_parts(message, data)?;
+    Ok([head, payload].concat())
+}
+
+/// The message's header and payload, apart.
+fn split<T: Serialize>(message: &T) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+    CHANNEL.set(Channel::Encoding(Vec::new()));
+    let header = rmp_serde::to_vec_named(message);
+    let payload = match CHANNEL.replace(Channel::Idle) {
+        Channel::Encoding(payload) => payload,
+        _ => unreachable!("only this function encodes on this thread"),
+    };
+    Ok((header?, payload))
+}
+
+/// A frame as its head (length prefix, the message and its length) and its payload: the
+/// payload, possibly megabytes of file data, is written as it is, not copied behind the head.
+fn encode_parts<T: Serialize>(message: &T, data: Data) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+    let (header, payload) = split(message)?;
+    let (header, header_compressed) = maybe_compress(header);
+    let (payload, payload_compressed) = match data {
+        Data::Compress => maybe_compress(payload),
+        Data::Raw => (payload, false),
+    };
+    let is_split = !payload.is_empty();
+    let header_len = if is_split { HEADER_LEN } else { 0 };
+    let len = header_len + header.len() + payload.len();
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|&n| n <= MAX_FRAME)
+        .ok_or(FrameError::TooLarge(u32::try_from(len).unwrap_or(u32::MAX)))?;
+    let flags = [
+        (header_compressed, HEADER_COMPRESSED),
+        (is_split, SPLIT),
+        (payload_compressed, PAYLOAD_COMPRESSED),
+    ];
+    let prefix = flags.iter().fold(
+        len,
+        |prefix, &(on, flag)| if on { prefix | flag } else { prefix },
+    );
+    let mut head = Vec::with_capacity(4 + header_len + header.len());
+    head.extend_from_slice(&prefix.to_be_bytes());
+    if is_split {
+        head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    }
+    head.extend_from_slice(&header);
+    Ok((head, payload))
+}
+
+/// The body's length from a prefix, checked against the limit, and its flags.
+fn body_len(prefix: [u8; 4]) -> Result<(usize, u32), FrameError> {
+    let prefix = u32::from_be_bytes(prefix);
+    let len = prefix & !FLAGS;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok((len as usize, prefix & FLAGS))
+}
+
+/// Where the message lies in a body; the file data follows it.
+fn header_range(body: &[u8], flags: u32) -> Result<Range<usize>, FrameError> {
+    if flags & SPLIT == 0 {
+        return Ok(0..body.len());
+    }
+    body.get(..HEADER_LEN)
+        .map(|len| HEADER_LEN + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
+        .filter(|&end| end <= body.len())
+        .map(|end| HEADER_LEN..end)
+        .ok_or(FrameError::Layout("message longer than the frame"))
+}
+
+fn decode_body<T: DeserializeOwned>(body: Vec<u8>, flags: u32) -> Result<T, FrameError> {
+    let range = header_range(&body, flags)?;
+    let start = range.end;
+    let header = match flags & HEADER_COMPRESSED {
+        0 => body[range].to_vec(),
+        _ => decompress(&body[range])?,
+    };
+    let (body, start) = match flags & PAYLOAD_COMPRESSED {
+        0 => (body, start),
+        _ => (decompress(&body[start..])?, 0),
+    };
+    let payload_len = body.len() - start;
+    CHANNEL.set(Channel::Decoding {
+        body,
+        start,
+        taken: 0,
+    });
+    let message = rmp_serde::from_slice(&header);
+    let taken = match CHANNEL.replace(Channel::Idle) {
+        Channel::Decoding { taken, .. } => taken,
+        _ => unreachable!("only this function decodes on this thread"),
+    };
+    match (message, taken == payload_len) {
+        (Ok(message), true) => Ok(message),
+        (Ok(_), false) => Err(FrameError::Layout(
+            "file data the message does not account for",
+        )),
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
 /// Decodes one frame from the start of `bytes`: the message and how many bytes it used, or
@@ -141,20 +301,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<(T, usize)>, F
     let Some(prefix) = bytes.get(..4) else {
         return Ok(None);
     };
-    let (len, compressed) = body_len(prefix.try_into().expect("4 bytes"))?;
+    let (len, flags) = body_len(prefix.try_into().expect("4 bytes"))?;
     let end = 4 + len;
     let Some(body) = bytes.get(4..end) else {
         return Ok(None);
     };
-    Ok(Some((decode_body(body, compressed)?, end)))
+    Ok(Some((decode_body(body.to_vec(), flags)?, end)))
 }
 
-/// Writes one frame and flushes it; returns the bytes it took on the wire.
+/// Writes one frame of a message without file data and flushes it; returns the bytes it
+/// took on the wire.
 pub async fn write<T: Serialize>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
 ) -> Result<usize, FrameError> {
-    let sent = write_buffered(out, message).await?;
+    let sent = write_buffered(out, message, Data::Raw).await?;
     // TLS (and any buffer) keeps what the socket did not take at once; without a flush it
     // waits for the next write, which may never come while this side waits for an answer.
     out.flush().await?;
@@ -166,11 +327,12 @@ pub async fn write<T: Serialize>(
 pub async fn write_buffered<T: Serialize>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
+    data: Data,
 ) -> Result<usize, FrameError> {
-    let (prefix, body) = encode_parts(message)?;
-    out.write_all(&prefix).await?;
-    out.write_all(&body).await?;
-    Ok(prefix.len() + body.len())
+    let (head, payload) = encode_parts(message, data)?;
+    out.write_all(&head).await?;
+    out.write_all(&payload).await?;
+    Ok(head.len() + payload.len())
 }
 
 /// Reads one frame; the length is checked before any of the body is read or allocated.
@@ -190,7 +352,7 @@ pub async fn read_counted<T: DeserializeOwned>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let (len, compressed) = body_len(prefix)?;
+    let (len, flags) = body_len(prefix)?;
     // Read into spare capacity: zeroing a large body first would cost a pass over it.
     let mut body = Vec::with_capacity(len);
     (&mut *input)
@@ -200,7 +362,7 @@ pub async fn read_counted<T: DeserializeOwned>(
     if body.len() < len {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }
-    Ok((decode_body(&body, compressed)?, 4 + len))
+    Ok((decode_body(body, flags)?, 4 + len))
 }
 
 #[cfg(test)]
@@ -213,12 +375,39 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Message {
         Hello { version: u32, name: String },
-        Data(#[serde(with = "serde_bytes")] Vec<u8>),
+        Data(#[serde(with = "crate::frame::payload")] Vec<u8>),
+        Files(Vec<File>),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct File {
+        name: String,
+        #[serde(with = "crate::frame::payload")]
+        data: Vec<u8>,
+    }
+
+    fn file(name: &str, data: Vec<u8>) -> File {
+        File {
+            name: name.into(),
+            data,
+        }
     }
 
     #[derive(Debug, PartialEq, Deserialize)]
     enum OlderMessage {
         Hello { version: u32 },
+    }
+
+    const HEADER_FLAG: u8 = 0x80;
+    const SPLIT_FLAG: u8 = 0x40;
+    const PAYLOAD_FLAG: u8 = 0x20;
+
+    fn round_trip(message: &Message, data: Data) -> Vec<u8> {
+        let frame = encode(message, data).unwrap();
+        let (decoded, used) = decode::<Message>(&frame).unwrap().unwrap();
+        assert_eq!(&decoded, message);
+        assert_eq!(used, frame.len());
+        frame
     }
 
     #[tokio::test]
@@ -229,13 +418,19 @@ mod tests {
                 name: "nas".into(),
             },
             Message::Data(noise(1, 100_000)),
+            Message::Files(vec![
+                file("a", b"text ".repeat(300)),
+                file("b", Vec::new()),
+                file("c", noise(2, 5000)),
+            ]),
         ];
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let sent = messages.clone();
         let writer = tokio::spawn(async move {
-            for m in &sent {
-                write(&mut a, m).await.unwrap();
+            for (m, data) in sent.iter().zip([Data::Raw, Data::Compress, Data::Compress]) {
+                write_buffered(&mut a, m, data).await.unwrap();
             }
+            a.flush().await.unwrap();
         });
         for expected in &messages {
             assert_eq!(&read::<Message>(&mut b).await.unwrap(), expected);
@@ -249,26 +444,48 @@ mod tests {
 
     #[test]
     fn an_older_peer_ignores_added_fields() {
-        let frame = encode(&Message::Hello {
-            version: 2,
-            name: "new field".into(),
-        })
+        let frame = encode(
+            &Message::Hello {
+                version: 2,
+                name: "new field".into(),
+            },
+            Data::Compress,
+        )
         .unwrap();
         let (old, used) = decode::<OlderMessage>(&frame).unwrap().unwrap();
         assert_eq!(old, OlderMessage::Hello { version: 2 });
         assert_eq!(used, frame.len());
+        // Without file data the body is the bare message, as before protocol 5: a peer of
+        // another version reads a `Hello` and answers with a clear refusal.
+        assert_eq!(frame[0], 0);
+        let bare: OlderMessage = rmp_serde::from_slice(&frame[4..]).unwrap();
+        assert_eq!(bare, OlderMessage::Hello { version: 2 });
     }
 
     #[test]
-    fn compressible_bodies_shrink_and_random_ones_go_as_they_are() {
+    fn file_data_is_compressed_only_where_the_link_is_worth_it_and_it_shrinks() {
         let text = Message::Data(b"the same line again and again\n".repeat(1000));
-        let frame = encode(&text).unwrap();
+        let frame = round_trip(&text, Data::Compress);
+        assert_eq!(frame[0] & PAYLOAD_FLAG, PAYLOAD_FLAG);
         assert!(frame.len() < 2000, "{} bytes", frame.len());
-        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, text);
+        let frame = round_trip(&text, Data::Raw);
+        assert_eq!(frame[0] & PAYLOAD_FLAG, 0);
+        assert!(frame.len() > 30_000, "{} bytes", frame.len());
         let random = Message::Data(noise(7, 50_000));
-        let frame = encode(&random).unwrap();
-        assert_eq!(frame[0] & 0x80, 0, "not compressed");
-        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, random);
+        let frame = round_trip(&random, Data::Compress);
+        assert_eq!(frame[0] & PAYLOAD_FLAG, 0, "not compressed");
+    }
+
+    #[test]
+    fn names_are_compressed_even_when_file_data_goes_raw() {
+        let files = (0..200)
+            .map(|i| file(&format!("reports/2026/day{i:03}.csv"), noise(i, 100)))
+            .collect();
+        let frame = round_trip(&Message::Files(files), Data::Raw);
+        assert_eq!(frame[0] & (HEADER_FLAG | PAYLOAD_FLAG), HEADER_FLAG);
+        assert_eq!(frame[0] & SPLIT_FLAG, SPLIT_FLAG);
+        // 20,000 bytes of file data, raw, and 200 names of 25 bytes that shrink to far less.
+        assert!(frame.len() < 22_000, "{} bytes", frame.len());
     }
 
     #[test]
@@ -280,24 +497,67 @@ mod tests {
             body.extend(b"status ok, report sent\n".repeat(8 * 1024 / 23));
             body.extend(noise(seed + 10, 8 * 1024));
         }
-        let batch = Message::Data(body);
-        let frame = encode(&batch).unwrap();
-        assert_eq!(frame[0] & 0x80, 0x80, "compressed");
-        let raw = rmp_serde::to_vec_named(&batch).unwrap().len();
+        let raw = body.len();
+        let frame = round_trip(&Message::Data(body), Data::Compress);
+        assert_eq!(frame[0] & PAYLOAD_FLAG, PAYLOAD_FLAG, "compressed");
         assert!(frame.len() < raw * 3 / 4, "{} of {raw} bytes", frame.len());
-        assert_eq!(decode::<Message>(&frame).unwrap().unwrap().0, batch);
+    }
+
+    #[test]
+    fn file_data_outside_a_frame_is_plain_bytes() {
+        let message = Message::Data(b"kept inline".to_vec());
+        let bytes = rmp_serde::to_vec_named(&message).unwrap();
+        assert!(bytes.windows(11).any(|w| w == b"kept inline"));
+        assert_eq!(rmp_serde::from_slice::<Message>(&bytes).unwrap(), message);
+    }
+
+    /// A frame with file data, of the given message and payload parts, flags and all.
+    fn frame_of(header: &[u8], payload: &[u8], flags: u32) -> Vec<u8> {
+        let len = (HEADER_LEN + header.len() + payload.len()) as u32;
+        let mut frame = (len | SPLIT | flags).to_be_bytes().to_vec();
+        frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        frame.extend_from_slice(header);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn file_data_that_does_not_match_the_header_is_refused() {
+        let (header, _) = split(&Message::Data(Vec::new())).unwrap();
+        // The header says 0 bytes of data; the payload holds 3.
+        let frame = frame_of(&header, b"xyz", 0);
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::Layout(_))
+        ));
+        let (header, _) = split(&Message::Data(vec![1; 10])).unwrap();
+        // The header says 10 bytes; the payload holds 3.
+        let frame = frame_of(&header, b"xyz", 0);
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
+        let mut frame = frame_of(&header, b"xyz", 0);
+        frame[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(matches!(
+            decode::<Message>(&frame),
+            Err(FrameError::Layout(_))
+        ));
     }
 
     #[test]
     fn a_compression_bomb_is_refused() {
-        let huge = vec![0u8; MAX_FRAME as usize + 1];
-        let body = zstd::bulk::compress(&huge, 1).unwrap();
-        let mut frame = ((body.len() as u32) | COMPRESSED).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        assert!(matches!(
-            decode::<Message>(&frame),
-            Err(FrameError::Decompress(_))
-        ));
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_FRAME as usize + 1], 1).unwrap();
+        let (header, _) = split(&Message::Data(Vec::new())).unwrap();
+        for frame in [
+            frame_of(&bomb, b"", HEADER_COMPRESSED),
+            frame_of(&header, &bomb, PAYLOAD_COMPRESSED),
+        ] {
+            assert!(matches!(
+                decode::<Message>(&frame),
+                Err(FrameError::Decompress(_))
+            ));
+        }
     }
 
     #[test]
@@ -312,10 +572,10 @@ mod tests {
 
     #[test]
     fn random_and_truncated_input_never_panics() {
-        let good = encode(&Message::Hello {
-            version: 1,
-            name: "agent".into(),
-        })
+        let good = encode(
+            &Message::Files(vec![file("agent", b"data ".repeat(200))]),
+            Data::Compress,
+        )
         .unwrap();
         for cut in 0..good.len() {
             assert!(
@@ -325,10 +585,12 @@ mod tests {
         }
         for seed in 0..20_000u64 {
             let mut bytes = noise(seed, (seed % 64) as usize);
-            if seed % 3 == 0 && bytes.len() >= 4 {
-                // A plausible length, so the body decoder sees garbage too.
-                let body_len = (bytes.len() - 4) as u32;
+            if seed % 3 == 0 && bytes.len() >= 8 {
+                // A plausible length and header length, so the decoders see garbage too.
+                let body_len = (bytes.len() - 4) as u32 | (seed as u32 % 4) << 30;
                 bytes[..4].copy_from_slice(&body_len.to_be_bytes());
+                let header_len = (seed % (bytes.len() as u64 - 7)) as u32;
+                bytes[4..8].copy_from_slice(&header_len.to_be_bytes());
             }
             let _ = decode::<Message>(&bytes);
         }

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod filter;
 pub mod frame;
+pub mod link;
 pub mod memory;
 pub mod protocol;
 pub mod raw_path;

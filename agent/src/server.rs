@@ -26,6 +26,7 @@ use crate::endpoint::{Endpoint, EndpointError, FileSink, LocalEndpoint, Scope, S
 use crate::engine::{self, Halt, JobSpec};
 use crate::filter::Filter;
 use crate::frame::{self, FrameError};
+use crate::link::LinkMeter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
 use crate::remote::RemoteEndpoint;
 use crate::tree::Expected;
@@ -146,12 +147,13 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     crate::client::keep_alive(&stream);
                     let (acceptor, agent) = (acceptor.clone(), agent.clone());
+                    let link = LinkMeter::new(&stream);
                     tokio::spawn(async move {
                         match acceptor.accept(stream).await {
                             Ok(tls) => {
                                 let handle = tokio::runtime::Handle::current();
                                 let served = tokio::task::spawn_blocking(move || {
-                                    handle.block_on(session(tls, &agent))
+                                    handle.block_on(session(tls, link, &agent))
                                 });
                                 if let Ok(Err(e)) = served.await {
                                     log_end(peer, &e);
@@ -177,6 +179,8 @@ fn log_end(peer: SocketAddr, error: &FrameError) {
 /// One peer's session: the folder it opened and the lease it works for.
 struct Session<'a, S> {
     tls: S,
+    /// Whether file data sent on `tls` goes compressed.
+    link: LinkMeter,
     agent: &'a Agent,
     fence: Option<Fence>,
     replica: Option<LocalEndpoint>,
@@ -193,6 +197,7 @@ struct Session<'a, S> {
 
 async fn session(
     mut tls: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    link: LinkMeter,
     agent: &Agent,
 ) -> Result<(), FrameError> {
     let fence = match frame::read::<Request>(&mut tls).await? {
@@ -232,6 +237,7 @@ async fn session(
     };
     let mut session = Session {
         tls: BufStream::new(tls),
+        link,
         agent,
         fence,
         replica: None,
@@ -274,7 +280,8 @@ async fn session(
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<'_, S> {
     /// Answers into the buffer; it leaves before the next read ([`Self::next`]).
     async fn reply(&mut self, response: &Response) -> Result<(), FrameError> {
-        frame::write_buffered(&mut self.tls, response)
+        let data = self.link.data();
+        frame::write_buffered(&mut self.tls, response, data)
             .await
             .map(drop)
     }
