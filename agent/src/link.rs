@@ -23,6 +23,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 pub struct Sample {
     /// The most recent delivery rate, bytes per second (0 before any data was acknowledged).
     pub delivery_rate: u64,
+    /// The sender had less to send than the link could carry while that rate was measured:
+    /// the link is faster than it shows.
+    pub rate_app_limited: bool,
     /// Microseconds, since the connection opened, the sender waited on the receiver's window.
     pub receiver_limited_us: u64,
 }
@@ -74,40 +77,52 @@ impl LinkMeter {
     }
 }
 
-/// Compress while the link delivers less than the compressor and the receiver kept up for
-/// most of the time since the last sample.
+/// Compress while the link, used to the full, delivers less than the compressor, and the
+/// receiver kept up for most of the time since the last sample.
 pub fn judge(last: &Sample, now: &Sample, elapsed: Duration) -> Data {
     let waited = now
         .receiver_limited_us
         .saturating_sub(last.receiver_limited_us);
     let receiver_bound = u128::from(waited) * 2 > elapsed.as_micros();
-    let slow_link = (1..FAST_LINK).contains(&now.delivery_rate);
+    let slow_link = (1..FAST_LINK).contains(&now.delivery_rate) && !now.rate_app_limited;
     match slow_link && !receiver_bound {
         true => Data::Compress,
         false => Data::Raw,
     }
 }
 
+/// Where `TCP_INFO` keeps what is read here (Linux's `struct tcp_info`, a stable layout that
+/// only grows at its end): read from bytes, as the `libc` crate's struct lacks the
+/// application-limited bit.
+const APP_LIMITED_BYTE: usize = 7;
+const DELIVERY_RATE: usize = 160;
+const RWND_LIMITED: usize = 176;
+const TCP_INFO_LEN: usize = 184;
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn measure(socket: RawFd) -> Option<Sample> {
-    // SAFETY: tcp_info is plain data that all-zero bytes make valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`; an
-    // older kernel fills fewer fields and leaves the rest zero.
+    let mut info = [0u8; TCP_INFO_LEN];
+    let mut len = TCP_INFO_LEN as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`.
     let status = unsafe {
         libc::getsockopt(
             socket,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            (&raw mut info).cast(),
+            info.as_mut_ptr().cast(),
             &mut len,
         )
     };
-    (status == 0).then_some(Sample {
-        delivery_rate: info.tcpi_delivery_rate,
-        receiver_limited_us: info.tcpi_rwnd_limited,
+    // An older kernel fills fewer fields: then nothing is known.
+    if status != 0 || (len as usize) < TCP_INFO_LEN {
+        return None;
+    }
+    let u64_at = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().expect("8 bytes"));
+    Some(Sample {
+        delivery_rate: u64_at(DELIVERY_RATE),
+        rate_app_limited: info[APP_LIMITED_BYTE] & 1 == 1,
+        receiver_limited_us: u64_at(RWND_LIMITED),
     })
 }
 
@@ -127,6 +142,7 @@ mod tests {
     fn sample(delivery_rate: u64, receiver_limited_us: u64) -> Sample {
         Sample {
             delivery_rate,
+            rate_app_limited: false,
             receiver_limited_us,
         }
     }
@@ -150,6 +166,12 @@ mod tests {
         assert_eq!(judge(&start, &sample(90_000_000, 80_000), tenth), Data::Raw);
         // Nothing delivered yet: nothing known.
         assert_eq!(judge(&start, &sample(0, 0), tenth), Data::Raw);
+        // The sender had too little to send: the link can carry more than it showed.
+        let idle = Sample {
+            rate_app_limited: true,
+            ..sample(20_000_000, 0)
+        };
+        assert_eq!(judge(&start, &idle, tenth), Data::Raw);
     }
 
     #[test]

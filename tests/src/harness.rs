@@ -13,6 +13,8 @@ use serde_json::Value;
 use sqlx::Connection;
 use tempfile::TempDir;
 
+use crate::netns::SlowLink;
+
 /// Which database a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -83,6 +85,8 @@ pub struct Env {
     pub dir: TempDir,
     pub db: String,
     pub backend: Backend,
+    /// Where the binaries run: loopback, or a slow link of the test's own.
+    pub network: Option<SlowLink>,
 }
 
 impl Env {
@@ -94,6 +98,7 @@ impl Env {
             dir,
             db,
             backend: Backend::Postgres,
+            network: None,
         }
     }
 
@@ -113,7 +118,20 @@ impl Env {
                 .create_database()
                 .expect("createdb"),
         };
-        Self { dir, db, backend }
+        Self {
+            dir,
+            db,
+            backend,
+            network: None,
+        }
+    }
+
+    /// One of ferry's binaries, to be run where this environment's processes run.
+    pub fn command(&self, name: &str) -> Command {
+        match &self.network {
+            Some(link) => link.command(&binary(name)),
+            None => Command::new(binary(name)),
+        }
     }
 
     /// A path inside the scratch folder.
@@ -123,7 +141,8 @@ impl Env {
 
     /// Runs `ferry --db <db> args…` and returns what it printed.
     pub fn ferry(&self, args: &[&str]) -> Run {
-        let output = Command::new(binary("ferry"))
+        let output = self
+            .command("ferry")
             .arg("--db")
             .arg(&self.db)
             .args(args)
@@ -220,7 +239,8 @@ impl TestScheduler {
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(binary("ferry"))
+        let child = env
+            .command("ferry")
             .arg("--db")
             .arg(&env.db)
             .args(["scheduler", "run", "--name", name])
@@ -386,7 +406,7 @@ impl TestAgent {
             .open(&log)
             .expect("log file");
         let skip = fs::read_to_string(&log).map_or(0, |l| l.len());
-        let mut command = Command::new(binary("ferry-agent"));
+        let mut command = env.command("ferry-agent");
         command
             .args(["run", "--listen", listen, "--name", name, "--tls-dir"])
             .arg(tls_dir)

@@ -15,6 +15,7 @@ use ferry_agent::delta::encode;
 use ferry_agent::protocol::{ErrorKind, Fence, Request, Response};
 use ferry_agent::tree::{Entry, Expected, Kind, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
+use ferry_tests::netns::SlowLink;
 use ferry_tests::pg::own_server;
 use serde_json::Value;
 
@@ -190,6 +191,65 @@ fn write_tree(root: &Path) {
     // A name in Latin-1, as an old file server may hold: bytes, not UTF-8.
     let latin1 = std::ffi::OsStr::from_bytes(b"docs/r\xe9sum\xe9.txt");
     fs::write(root.join(latin1), "not utf-8").unwrap();
+}
+
+/// Log-like text of `len` bytes: words from a small vocabulary, which zstd shrinks about
+/// fivefold.
+fn log_text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 8] = [
+        "replica",
+        "lease",
+        "agent",
+        "status",
+        "ok",
+        "error",
+        "report",
+        "2026-12-01",
+    ];
+    let mut state = seed | 1;
+    let mut text = Vec::with_capacity(len + 16);
+    while text.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.extend_from_slice(WORDS[(state % 8) as usize].as_bytes());
+        text.push(if state % 11 == 0 { b'\n' } else { b' ' });
+    }
+    text.truncate(len);
+    text
+}
+
+/// Runs a job of 8 MiB of log files between the site's agents: its bytes and bytes sent.
+fn sync_logs(site: &Site) -> (u64, u64) {
+    let (src, dst) = site.job("logs", "mirror", &[]);
+    for day in 0..8 {
+        fs::write(src.join(format!("day{day}.log")), log_text(1 << 20, day)).unwrap();
+    }
+    let run = site.run("logs");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    let bytes = |field: &str| run[field].as_u64().unwrap();
+    (bytes("bytes_total"), bytes("bytes_sent"))
+}
+
+#[test]
+fn file_data_goes_compressed_over_a_slow_link_and_raw_over_loopback() {
+    let (total, sent) = sync_logs(&Site::new());
+    assert!(
+        sent >= total,
+        "loopback is faster than the compressor, yet {sent} bytes carried {total}"
+    );
+    let Some(link) = SlowLink::new("40mbit") else {
+        return;
+    };
+    let mut env = Env::new(Backend::Sqlite);
+    env.network = Some(link);
+    let (total, sent) = sync_logs(&Site::on(env));
+    // The first 100 ms go raw, before the link is measured.
+    assert!(
+        sent < total / 2,
+        "over 40 Mbit/s, {sent} bytes carried {total} bytes of text"
+    );
 }
 
 #[test]
