@@ -35,5 +35,12 @@ if ! command -v rsync >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
 fi
 
+# A slow-link test runs agents in a network namespace of its own, rate-limited with tc.
+if { ! command -v ip >/dev/null || ! command -v tc >/dev/null; } && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "tests/run.sh: installing iproute2 (a test runs agents on a slow link of its own)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
