@@ -718,7 +718,10 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
          deletions) in which every tool's small-file copy takes several times longer: compare \
          tools within one run, not across runs. TLS 1.3 carries data in records of at most \
          16 KiB with 22 bytes of header and tag each (0.13 %): on incompressible files ferry \
-         sends that much more than rsync's plain-text protocol.\n",
+         sends that much more than rsync's plain-text protocol. ferry compresses file data \
+         only while the link is slower than zstd (it reads the connection's TCP_INFO); over \
+         loopback it sends file data raw, as plain rsync does, and compresses only the names, \
+         sizes and times around it.\n",
     );
     section.push_str("<!-- sync:end -->\n");
     print!("{section}");
