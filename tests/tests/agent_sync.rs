@@ -213,7 +213,11 @@ fn log_text(len: usize, seed: u64) -> Vec<u8> {
         state ^= state >> 7;
         state ^= state << 17;
         text.extend_from_slice(WORDS[(state % 8) as usize].as_bytes());
-        text.push(if state.is_multiple_of(11) { b'\n' } else { b' ' });
+        text.push(if state.is_multiple_of(11) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     text.truncate(len);
     text
