@@ -17,6 +17,8 @@ use crate::frame::Data;
 const FAST_LINK: u64 = 250_000_000;
 /// How often the connection's measurements are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How many samples the link's capacity is judged on: the last second's.
+const RATE_WINDOW: usize = 10;
 
 /// The kernel's measurements of a connection at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,27 +34,23 @@ pub struct Sample {
 
 /// Decides, from time to time, whether a connection's file data goes compressed.
 pub struct LinkMeter {
-    socket: Option<RawFd>,
+    socket: RawFd,
     data: Data,
     last: Option<(Instant, Sample)>,
+    /// The delivery rates of the last samples, the newest at `taken % RATE_WINDOW`.
+    rates: [u64; RATE_WINDOW],
+    taken: usize,
 }
 
 impl LinkMeter {
     /// Meters `socket`, which must outlive the meter (both belong to one session).
     pub fn new(socket: &impl AsRawFd) -> Self {
         Self {
-            socket: Some(socket.as_raw_fd()),
+            socket: socket.as_raw_fd(),
             data: Data::Raw,
             last: None,
-        }
-    }
-
-    /// A connection that is not TCP (a test's pipe): its data goes raw.
-    pub fn unmetered() -> Self {
-        Self {
-            socket: None,
-            data: Data::Raw,
-            last: None,
+            rates: [0; RATE_WINDOW],
+            taken: 0,
         }
     }
 
@@ -66,11 +64,18 @@ impl LinkMeter {
         {
             return self.data;
         }
-        let Some(sample) = self.socket.and_then(measure) else {
+        let Some(sample) = measure(self.socket) else {
             return self.data;
         };
+        self.rates[self.taken % RATE_WINDOW] = sample.delivery_rate;
+        self.taken += 1;
         if let Some((at, last)) = self.last {
-            self.data = judge(&last, &sample, now.duration_since(at));
+            let capacity = self.rates.iter().copied().max().unwrap_or(0);
+            let data = judge(&last, &sample, now.duration_since(at), capacity);
+            if data != self.data {
+                tracing::debug!(?data, capacity, ?sample, "file data compression changed");
+            }
+            self.data = data;
         }
         self.last = Some((now, sample));
         self.data
@@ -78,13 +83,14 @@ impl LinkMeter {
 }
 
 /// Compress while the link, used to the full, delivers less than the compressor, and the
-/// receiver kept up for most of the time since the last sample.
-pub fn judge(last: &Sample, now: &Sample, elapsed: Duration) -> Data {
+/// receiver kept up for most of the time since the last sample. `capacity` is the fastest
+/// the link delivered lately: a stall at either end makes one sample slow, not the link.
+pub fn judge(last: &Sample, now: &Sample, elapsed: Duration, capacity: u64) -> Data {
     let waited = now
         .receiver_limited_us
         .saturating_sub(last.receiver_limited_us);
     let receiver_bound = u128::from(waited) * 2 > elapsed.as_micros();
-    let slow_link = (1..FAST_LINK).contains(&now.delivery_rate) && !now.rate_app_limited;
+    let slow_link = (1..FAST_LINK).contains(&capacity) && !now.rate_app_limited;
     match slow_link && !receiver_bound {
         true => Data::Compress,
         false => Data::Raw,
@@ -147,31 +153,46 @@ mod tests {
         }
     }
 
+    /// What `judge` says of `now`, a sample 100 ms after one that saw nothing yet, on a link
+    /// whose fastest recent rate was `now`'s own.
+    fn judged(now: Sample) -> Data {
+        judge(
+            &sample(0, 0),
+            &now,
+            Duration::from_millis(100),
+            now.delivery_rate,
+        )
+    }
+
     #[test]
     fn only_a_slow_link_with_a_receiver_that_keeps_up_is_worth_compressing() {
-        let tenth = Duration::from_millis(100);
-        let start = sample(0, 0);
         // A 1 Gbit/s LAN, a WAN: the network is the limit.
-        assert_eq!(
-            judge(&start, &sample(117_000_000, 0), tenth),
-            Data::Compress
-        );
-        assert_eq!(
-            judge(&start, &sample(2_000_000, 10_000), tenth),
-            Data::Compress
-        );
+        assert_eq!(judged(sample(117_000_000, 0)), Data::Compress);
+        assert_eq!(judged(sample(2_000_000, 10_000)), Data::Compress);
         // Loopback, 10 Gbit/s: faster than the compressor.
-        assert_eq!(judge(&start, &sample(1_200_000_000, 0), tenth), Data::Raw);
+        assert_eq!(judged(sample(1_200_000_000, 0)), Data::Raw);
         // The receiver held the sender back for 80 of the last 100 ms: it is the slow end.
-        assert_eq!(judge(&start, &sample(90_000_000, 80_000), tenth), Data::Raw);
+        assert_eq!(judged(sample(90_000_000, 80_000)), Data::Raw);
         // Nothing delivered yet: nothing known.
-        assert_eq!(judge(&start, &sample(0, 0), tenth), Data::Raw);
+        assert_eq!(judged(sample(0, 0)), Data::Raw);
         // The sender had too little to send: the link can carry more than it showed.
         let idle = Sample {
             rate_app_limited: true,
             ..sample(20_000_000, 0)
         };
-        assert_eq!(judge(&start, &idle, tenth), Data::Raw);
+        assert_eq!(judged(idle), Data::Raw);
+    }
+
+    #[test]
+    fn a_stall_does_not_make_a_fast_link_slow() {
+        // One slow sample (an end busy flushing to disk) on a link that delivered 8 GB/s a
+        // moment ago.
+        let stalled = sample(5_000_000, 0);
+        let tenth = Duration::from_millis(100);
+        assert_eq!(
+            judge(&sample(0, 0), &stalled, tenth, 8_000_000_000),
+            Data::Raw
+        );
     }
 
     #[test]
