@@ -42,7 +42,7 @@ const PROBE: usize = 16 * 1024;
 /// files whose first ones are incompressible may still be well worth compressing.
 const PROBE_SLICES: usize = 16;
 
-/// Whether a frame's file data may be compressed (its header always may).
+/// Whether a frame's file data may be compressed (the message around it always may).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Data {
     /// When a sample of it shrinks: the link is slower than the compressor.
