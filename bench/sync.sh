@@ -16,4 +16,6 @@ for tool in rsync:rsync /usr/bin/time:time; do
     fi
 done
 cargo build --release --locked --workspace --bins
+# bench/slow-link.sh prepares through this script, then runs the benchmark itself.
+[ -n "${FERRY_BENCH_PREPARE_ONLY:-}" ] && exit 0
 exec ./target/release/sync "${1:-3}"

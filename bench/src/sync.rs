@@ -145,6 +145,9 @@ fn main() -> Result<()> {
             })?,
         ));
     }
+    if let Ok(rate) = std::env::var(SLOW_LINK) {
+        return write_slow_link_results(rounds, &rate, &rows);
+    }
     let case = "initial copy, 2 files of 100 MiB";
     if runs("large") {
         rows.push((
@@ -726,6 +729,33 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
     section.push_str("<!-- sync:end -->\n");
     print!("{section}");
     replace_section(&results_file(), "sync", &section)
+}
+
+/// Set by bench/slow-link.sh, which runs this benchmark in a network namespace whose loopback
+/// is held to this rate: only the small-file copy is measured, into a section of its own.
+const SLOW_LINK: &str = "FERRY_BENCH_LINK";
+
+fn write_slow_link_results(rounds: usize, rate: &str, rows: &[(&str, CaseSamples)]) -> Result<()> {
+    let mut section = String::from(
+        "<!-- sync-slow-link:start -->\n## Sync over a slow link: ferry agent to agent vs rsync daemon\n\n",
+    );
+    section.push_str(&format!(
+        "`bash bench/slow-link.sh {rounds} {rate}` on {}, {}: the same agents, rsync daemon and \
+         counting relay as above, inside a network namespace whose loopback `tc tbf` holds to \
+         {rate}. Every byte crosses that loopback twice (into the relay and out), so the path \
+         between the two ends carries about half of it. {rounds} rounds each, median \
+         (min-max).\n\n",
+        today(),
+        machine()
+    ));
+    section.push_str(&table(rows));
+    section.push_str(
+        "\nHere the link, not the CPU, is the bottleneck: ferry measures that (TCP_INFO) and \
+         compresses file data, as `rsync -z` does when asked; over loopback it sends it raw.\n",
+    );
+    section.push_str("<!-- sync-slow-link:end -->\n");
+    print!("{section}");
+    replace_section(&results_file(), "sync-slow-link", &section)
 }
 
 fn table(rows: &[(&str, CaseSamples)]) -> String {
