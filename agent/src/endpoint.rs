@@ -112,11 +112,33 @@ pub trait Endpoint: Send + Sync {
     fn wire_bytes(&self) -> u64 {
         0
     }
-    /// Waits for the verdicts on files committed without waiting, and returns the ones that
-    /// failed after all (a remote replica pipelines whole-file writes).
-    fn settle(&self) -> Vec<(PathBuf, EndpointError)> {
-        Vec::new()
+    /// Removes `rel` without waiting for the outcome where that saves a round trip (a remote
+    /// replica): `None` then, and the outcome comes with [`Endpoint::settle`]. A local replica
+    /// removes it at once.
+    fn remove_later(&self, rel: &Path, entry: &Entry) -> Result<Option<bool>> {
+        self.remove(rel, entry).map(Some)
     }
+    /// Sets a time without waiting for the outcome where that saves a round trip (a remote
+    /// replica): a failure then comes with [`Endpoint::settle`].
+    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
+        self.set_mtime(rel, mtime)
+    }
+    /// Waits for what was sent without waiting (a remote replica pipelines whole-file writes,
+    /// removals and times) and says what it came to.
+    fn settle(&self) -> Settled {
+        Settled::default()
+    }
+}
+
+/// What a replica's pipelined work came to (see [`Endpoint::settle`]).
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Files committed without waiting that failed after all.
+    pub failed_writes: Vec<(PathBuf, EndpointError)>,
+    /// Removals sent without waiting: whether each removed something, or why it failed.
+    pub removals: Vec<(PathBuf, Result<bool>)>,
+    /// Other changes sent without waiting that failed (a time not set).
+    pub failed_changes: Vec<(PathBuf, EndpointError)>,
 }
 
 /// A file being written: ops go in, and [`FileSink::commit`] checks the result against the

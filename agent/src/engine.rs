@@ -893,8 +893,15 @@ impl Executor<'_> {
             };
             order.then(by_path)
         });
+        let mut phase = None;
         for action in actions {
             self.stop_if_halted()?;
+            // What a phase sent without waiting is settled before the next phase starts: a
+            // file whose removal failed is not replaced by a folder, say.
+            if phase.is_some_and(|p| p != action.phase()) {
+                self.settle();
+            }
+            phase = Some(action.phase());
             let at = (action.replica, action.path.clone());
             if self.failed_at.contains(&at) {
                 continue;
@@ -973,15 +980,41 @@ impl Executor<'_> {
         actions
     }
 
-    /// Collects the verdicts on writes committed without waiting; a file that failed after all
-    /// is counted and reported as failed.
+    /// Collects what the replicas did without making the run wait: a file that failed after
+    /// all is counted and reported as failed, a removal as done or failed.
     fn settle(&mut self) {
-        for (r, replica) in self.replicas.iter().enumerate() {
-            for (path, error) in replica.settle() {
+        for r in 0..self.replicas.len() {
+            let replica = self.replicas[r];
+            let settled = replica.settle();
+            for (path, error) in settled.failed_writes {
                 self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
                 self.fail(&path, error.to_string());
                 self.failed_at.insert((r, path));
             }
+            for (path, error) in settled.failed_changes {
+                self.fail(&path, error.to_string());
+                self.failed_at.insert((r, path));
+            }
+            for (path, removed) in settled.removals {
+                match removed {
+                    Ok(removed) => self.removed(replica, path, removed),
+                    Err(error) => {
+                        self.fail(&path, error.to_string());
+                        self.failed_at.insert((r, path));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts and reports a file's removal, if there was anything to remove.
+    fn removed(&mut self, replica: &dyn Endpoint, path: PathBuf, removed: bool) {
+        if removed {
+            self.summary.files_deleted += 1;
+            (self.on_event)(Event::Deleted {
+                at: replica.display(),
+                path,
+            });
         }
     }
 
@@ -1049,13 +1082,17 @@ impl Executor<'_> {
                 self.copy(*from, replica, &target, entry, *replaces)
                     .map_err(|e| e.to_string())?
             }
+            Op::Remove { entry } if entry.is_dir() => {
+                replica.remove(path, entry).map_err(|e| e.to_string())?;
+            }
+            // Files go without waiting where that saves a round trip each; their outcomes
+            // are collected before the next phase (see `execute`).
             Op::Remove { entry } => {
-                if replica.remove(path, entry).map_err(|e| e.to_string())? && !entry.is_dir() {
-                    self.summary.files_deleted += 1;
-                    (self.on_event)(Event::Deleted {
-                        at: replica.display(),
-                        path: path.clone(),
-                    });
+                if let Some(removed) = replica
+                    .remove_later(path, entry)
+                    .map_err(|e| e.to_string())?
+                {
+                    self.removed(replica, path.clone(), removed);
                 }
             }
             Op::KeepAside { to } => {
@@ -1067,13 +1104,15 @@ impl Executor<'_> {
                     kept_as: to.clone(),
                 });
             }
-            Op::SetMtime { mtime } => replica.set_mtime(path, *mtime).map_err(|e| e.to_string())?,
+            Op::SetMtime { mtime } => replica
+                .set_mtime_later(path, *mtime)
+                .map_err(|e| e.to_string())?,
             Op::LinkFrom { from, entry } => {
                 replica.duplicate(from, path).map_err(|e| e.to_string())?;
-                // A moved file usually keeps its time; setting it anyway costs one request,
-                // as much as asking.
+                // A moved file usually keeps its time; setting it anyway costs less than
+                // asking, as it goes without waiting.
                 replica
-                    .set_mtime(path, entry.mtime)
+                    .set_mtime_later(path, entry.mtime)
                     .map_err(|e| e.to_string())?;
                 self.summary.files_copied += 1;
                 self.summary.bytes_total += entry.size;

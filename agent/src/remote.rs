@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::client::{ClientError, Dial, Session};
 use crate::delta::{Encoded, Op, Signature};
-use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope};
+use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope, Settled};
 use crate::engine::{EngineError, Event, Halt, Summary};
 use crate::filter::Filter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
@@ -47,6 +47,12 @@ struct Link {
     pending: VecDeque<Option<PathBuf>>,
     /// Files that failed after the engine moved on.
     late: Vec<(PathBuf, WireError)>,
+    /// Changes sent without waiting whose answer is still to come, in order.
+    owed: VecDeque<Owed>,
+    /// Removals answered since the last settle: whether each removed something.
+    removed: Vec<(PathBuf, std::result::Result<bool, WireError>)>,
+    /// Other changes sent without waiting that failed (a time not set).
+    failed_changes: Vec<(PathBuf, WireError)>,
     /// Small requests not sent yet: they leave together in one `Batch` frame (compressed as
     /// one), before this side waits for anything.
     outbox: Vec<Request>,
@@ -55,12 +61,31 @@ struct Link {
     inbox: VecDeque<Response>,
 }
 
+/// A change sent without waiting for its answer.
+enum Owed {
+    Removal(PathBuf),
+    /// A time set.
+    Time(PathBuf),
+}
+
+impl Owed {
+    fn describe(&self) -> (&'static str, &Path) {
+        match self {
+            Owed::Removal(path) => ("remove", path),
+            Owed::Time(path) => ("set mtime of", path),
+        }
+    }
+}
+
 impl Link {
     fn new(session: Session) -> Self {
         Self {
             session,
             pending: VecDeque::new(),
             late: Vec::new(),
+            owed: VecDeque::new(),
+            removed: Vec::new(),
+            failed_changes: Vec::new(),
             outbox: Vec::new(),
             outbox_bytes: 0,
             inbox: VecDeque::new(),
@@ -117,25 +142,77 @@ impl Link {
         }
     }
 
-    /// The answer to the last request; verdicts on earlier files that come first are noted.
+    /// The answer to the last request; verdicts on earlier files and answers to earlier
+    /// removals that come first are noted.
     async fn answer(&mut self) -> std::result::Result<Response, ClientError> {
         loop {
-            match self.receive().await? {
-                Response::Verdict { error, .. } => self.note_verdict(error),
-                answer => return Ok(answer),
+            let response = self.receive().await?;
+            if let Some(answer) = self.note(response) {
+                return Ok(answer);
             }
         }
     }
 
     /// Reads the next owed verdict.
     async fn verdict(&mut self) -> std::result::Result<(), ClientError> {
-        match self.receive().await? {
+        let owed = self.pending.len();
+        while self.pending.len() == owed {
+            let response = self.receive().await?;
+            if let Some(other) = self.note(response) {
+                return Err(self.session.unexpected(&other, "Verdict"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads answers to changes sent without waiting until at most `owed` are outstanding.
+    async fn collect_owed(&mut self, owed: usize) -> std::result::Result<(), ClientError> {
+        while self.owed.len() > owed {
+            let response = self.receive().await?;
+            if let Some(other) = self.note(response) {
+                return Err(self.session.unexpected(&other, "the answer to a change"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes a verdict, or the answer to the oldest change sent without waiting (the agent
+    /// answers requests in order); returns any other response.
+    fn note(&mut self, response: Response) -> Option<Response> {
+        let answer = match response {
             Response::Verdict { error, .. } => {
                 self.note_verdict(error);
-                Ok(())
+                return None;
             }
-            other => Err(self.session.unexpected(&other, "Verdict")),
+            answer => answer,
+        };
+        match (self.owed.pop_front(), answer) {
+            (None, answer) => return Some(answer),
+            (Some(Owed::Removal(path)), Response::Removed(removed)) => {
+                self.removed.push((path, Ok(removed)))
+            }
+            (Some(Owed::Removal(path)), Response::Failed(wire)) => {
+                self.removed.push((path, Err(wire)))
+            }
+            (Some(Owed::Time(_)), Response::Done) => {}
+            (Some(Owed::Time(path)), Response::Failed(wire)) => {
+                self.failed_changes.push((path, wire))
+            }
+            (Some(owed), other) => {
+                let (op, path) = owed.describe();
+                let wire = WireError {
+                    kind: ErrorKind::InvalidData,
+                    op: op.into(),
+                    path: path.display().to_string(),
+                    message: format!("the agent answered {other:?}"),
+                };
+                match owed {
+                    Owed::Removal(path) => self.removed.push((path, Err(wire))),
+                    Owed::Time(path) => self.failed_changes.push((path, wire)),
+                }
+            }
         }
+        None
     }
 
     /// Verdicts come in the order the files were sent: this one is the oldest owed.
@@ -447,6 +524,15 @@ impl Endpoint for RemoteEndpoint {
         }
     }
 
+    fn remove_later(&self, rel: &Path, entry: &Entry) -> Result<Option<bool>> {
+        let request = Request::Remove {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.send_later("remove", rel, request, Owed::Removal(rel.to_path_buf()))?;
+        Ok(None)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         let request = Request::Rename {
             from: from.to_path_buf(),
@@ -469,6 +555,14 @@ impl Endpoint for RemoteEndpoint {
             mtime,
         };
         self.expect_done("set mtime of", rel, request)
+    }
+
+    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
+        let request = Request::SetMtime {
+            path: rel.to_path_buf(),
+            mtime,
+        };
+        self.send_later("set mtime of", rel, request, Owed::Time(rel.to_path_buf()))
     }
 
     fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
@@ -501,53 +595,101 @@ impl Endpoint for RemoteEndpoint {
         self.wire.load(Ordering::Relaxed)
     }
 
-    fn settle(&self) -> Vec<(PathBuf, EndpointError)> {
+    fn settle(&self) -> Settled {
         let mut slot = self.session();
         let settled = on_session(&mut slot, |link| async move {
-            if !link.pending.is_empty() {
-                // Any request that is not a whole file makes the agent publish its batch.
+            if !link.pending.is_empty() || !link.owed.is_empty() {
+                // Any request that is not a whole file makes the agent publish its batch, and
+                // its answer follows those of every request before it.
                 let nonce = link.pending.len() as u64;
                 match link.call(Request::Ping { nonce }).await? {
                     Response::Pong { .. } => {}
                     other => return Err(link.session.unexpected(&other, "Pong")),
                 }
             }
-            Ok(std::mem::take(&mut link.late))
+            Ok((
+                std::mem::take(&mut link.late),
+                std::mem::take(&mut link.removed),
+                std::mem::take(&mut link.failed_changes),
+            ))
         });
-        let late = match settled {
-            Ok(late) => late,
-            Err(e) => {
-                // The connection broke with verdicts owed: those files are not known to be in
-                // place, and count as failed.
-                let owed: Vec<PathBuf> = match slot.take() {
-                    Some(link) => link
-                        .pending
-                        .into_iter()
-                        .flatten()
-                        .chain(link.late.into_iter().map(|(path, _)| path))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                let broken = |path: &Path| {
-                    let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
-                    self.error("write", path, source)
-                };
-                return owed
+        let agent = &self.dial.agent;
+        match settled {
+            Ok((late, removed, failed_changes)) => Settled {
+                failed_writes: late
                     .into_iter()
+                    .map(|(path, wire)| (path, from_wire(agent, wire)))
+                    .collect(),
+                failed_changes: failed_changes
+                    .into_iter()
+                    .map(|(path, wire)| (path, from_wire(agent, wire)))
+                    .collect(),
+                removals: removed
+                    .into_iter()
+                    .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))))
+                    .collect(),
+            },
+            // The connection broke with answers owed: those files are not known to be in
+            // place, or gone, and count as failed.
+            Err(e) => {
+                let Some(link) = slot.take() else {
+                    return Settled::default();
+                };
+                let broken = |op: &str, path: &Path| {
+                    let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                    self.error(op, path, source)
+                };
+                let writes = link.pending.into_iter().flatten();
+                let failed_writes = writes
+                    .chain(link.late.into_iter().map(|(path, _)| path))
                     .map(|path| {
-                        let error = broken(&path);
+                        let error = broken("write", &path);
                         (path, error)
                     })
                     .collect();
+                let answered = link
+                    .removed
+                    .into_iter()
+                    .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))));
+                let mut removals: Vec<_> = answered.collect();
+                let mut failed_changes: Vec<_> = link
+                    .failed_changes
+                    .into_iter()
+                    .map(|(path, wire)| (path, from_wire(agent, wire)))
+                    .collect();
+                for owed in link.owed {
+                    let (op, path) = owed.describe();
+                    let error = broken(op, path);
+                    match owed {
+                        Owed::Removal(path) => removals.push((path, Err(error))),
+                        Owed::Time(path) => failed_changes.push((path, error)),
+                    }
+                }
+                Settled {
+                    failed_writes,
+                    removals,
+                    failed_changes,
+                }
             }
-        };
-        late.into_iter()
-            .map(|(path, wire)| (path, from_wire(&self.dial.agent, wire)))
-            .collect()
+        }
     }
 }
 
 impl RemoteEndpoint {
+    /// Sends a change without waiting for its answer, which [`Endpoint::settle`] collects.
+    fn send_later(&self, op: &str, rel: &Path, request: Request, owed: Owed) -> Result<()> {
+        let mut slot = self.session();
+        let sent = on_session(&mut slot, |link| async move {
+            link.send(request).await?;
+            link.owed.push_back(owed);
+            // The answers must be read before they fill the connection: the agent stops
+            // reading while it cannot write.
+            link.collect_owed(PIPELINE).await
+        });
+        self.answer(op, rel, &mut slot, sent.map(|()| Response::Done))
+            .map(drop)
+    }
+
     fn expect_done(&self, op: &str, rel: &Path, request: Request) -> Result<()> {
         match self.call(op, rel, request)? {
             Response::Done => Ok(()),

@@ -18,6 +18,8 @@
 //! group of cases, with every tool or one, and prints its table without touching
 //! bench/RESULTS.md (for profiling one case). `ferry-sync` is ferry under the two-way sync rule,
 //! which a full run leaves out: rsync has nothing to compare it with.
+//! `FERRY_BENCH_DELAY_MS=N` makes the relay hold every byte N ms each way, as across a WAN
+//! (a round trip then takes 2N ms); it is meant for such single groups.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -551,16 +553,19 @@ impl Relay {
                         continue;
                     };
                     let counter = counter.clone();
-                    std::thread::spawn(move || {
-                        let mut buf = vec![0u8; 256 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
+                    match one_way_delay() {
+                        None => std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 256 * 1024];
+                            while let Ok(n) = from.read(&mut buf) {
+                                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
                             }
-                            counter.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        }),
+                        Some(delay) => forward_late(from, to, counter, delay),
+                    };
                 }
             }
         });
@@ -570,6 +575,47 @@ impl Relay {
     fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Set to a number of milliseconds, the relay holds every byte that long in each direction: a
+/// round trip then takes twice that, as across a WAN.
+const DELAY: &str = "FERRY_BENCH_DELAY_MS";
+
+fn one_way_delay() -> Option<Duration> {
+    let ms: u64 = std::env::var(DELAY).ok()?.parse().ok()?;
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// Forwards what `from` sends to `to`, each piece `delay` after it arrived.
+fn forward_late(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    counter: Arc<AtomicU64>,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (queue, arrivals) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0
+                || queue
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, piece) in arrivals {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&piece).is_err() {
+                break;
+            }
+            counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    })
 }
 
 /// A deterministic generator, so every run of the benchmark syncs the same data.
