@@ -118,13 +118,19 @@ pub trait Endpoint: Send + Sync {
     fn remove_later(&self, rel: &Path, entry: &Entry) -> Result<Option<bool>> {
         self.remove(rel, entry).map(Some)
     }
+    /// Duplicates `from` as `to` (a moved file) without waiting for the outcome where that
+    /// saves a round trip (a remote replica): a failure then comes with [`Endpoint::settle`],
+    /// as a failed write.
+    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
+        self.duplicate(from, to)
+    }
     /// Sets a time without waiting for the outcome where that saves a round trip (a remote
     /// replica): a failure then comes with [`Endpoint::settle`].
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
         self.set_mtime(rel, mtime)
     }
     /// Waits for what was sent without waiting (a remote replica pipelines whole-file writes,
-    /// removals and times) and says what it came to.
+    /// moves, removals and times) and says what it came to.
     fn settle(&self) -> Settled {
         Settled::default()
     }
@@ -133,7 +139,7 @@ pub trait Endpoint: Send + Sync {
 /// What a replica's pipelined work came to (see [`Endpoint::settle`]).
 #[derive(Debug, Default)]
 pub struct Settled {
-    /// Files committed without waiting that failed after all.
+    /// Files committed or moved without waiting that failed after all.
     pub failed_writes: Vec<(PathBuf, EndpointError)>,
     /// Removals sent without waiting: whether each removed something, or why it failed.
     pub removals: Vec<(PathBuf, Result<bool>)>,

@@ -992,8 +992,10 @@ impl Executor<'_> {
                 self.failed_at.insert((r, path));
             }
             for (path, error) in settled.failed_changes {
-                self.fail(&path, error.to_string());
-                self.failed_at.insert((r, path));
+                // A move that failed fails its time too: the file is reported once.
+                if self.failed_at.insert((r, path.clone())) {
+                    self.fail(&path, error.to_string());
+                }
             }
             for (path, removed) in settled.removals {
                 match removed {
@@ -1108,7 +1110,9 @@ impl Executor<'_> {
                 .set_mtime_later(path, *mtime)
                 .map_err(|e| e.to_string())?,
             Op::LinkFrom { from, entry } => {
-                replica.duplicate(from, path).map_err(|e| e.to_string())?;
+                replica
+                    .duplicate_later(from, path)
+                    .map_err(|e| e.to_string())?;
                 // A moved file usually keeps its time; setting it anyway costs less than
                 // asking, as it goes without waiting.
                 replica

@@ -66,6 +66,8 @@ enum Owed {
     Removal(PathBuf),
     /// A time set.
     Time(PathBuf),
+    /// A file placed from one the agent holds (a move): it fails as a write.
+    Copy(PathBuf),
 }
 
 impl Owed {
@@ -73,6 +75,7 @@ impl Owed {
         match self {
             Owed::Removal(path) => ("remove", path),
             Owed::Time(path) => ("set mtime of", path),
+            Owed::Copy(path) => ("duplicate", path),
         }
     }
 }
@@ -194,7 +197,8 @@ impl Link {
             (Some(Owed::Removal(path)), Response::Failed(wire)) => {
                 self.removed.push((path, Err(wire)))
             }
-            (Some(Owed::Time(_)), Response::Done) => {}
+            (Some(Owed::Time(_) | Owed::Copy(_)), Response::Done) => {}
+            (Some(Owed::Copy(path)), Response::Failed(wire)) => self.late.push((path, wire)),
             (Some(Owed::Time(path)), Response::Failed(wire)) => {
                 self.failed_changes.push((path, wire))
             }
@@ -209,6 +213,7 @@ impl Link {
                 match owed {
                     Owed::Removal(path) => self.removed.push((path, Err(wire))),
                     Owed::Time(path) => self.failed_changes.push((path, wire)),
+                    Owed::Copy(path) => self.late.push((path, wire)),
                 }
             }
         }
@@ -549,6 +554,14 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("duplicate", from, request)
     }
 
+    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
+        let request = Request::Duplicate {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        };
+        self.send_later("duplicate", to, request, Owed::Copy(to.to_path_buf()))
+    }
+
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
         let request = Request::SetMtime {
             path: rel.to_path_buf(),
@@ -640,7 +653,7 @@ impl Endpoint for RemoteEndpoint {
                     self.error(op, path, source)
                 };
                 let writes = link.pending.into_iter().flatten();
-                let failed_writes = writes
+                let mut failed_writes: Vec<_> = writes
                     .chain(link.late.into_iter().map(|(path, _)| path))
                     .map(|path| {
                         let error = broken("write", &path);
@@ -663,6 +676,7 @@ impl Endpoint for RemoteEndpoint {
                     match owed {
                         Owed::Removal(path) => removals.push((path, Err(error))),
                         Owed::Time(path) => failed_changes.push((path, error)),
+                        Owed::Copy(path) => failed_writes.push((path, error)),
                     }
                 }
                 Settled {
