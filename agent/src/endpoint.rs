@@ -112,6 +112,9 @@ pub trait Endpoint: Send + Sync {
     fn wire_bytes(&self) -> u64 {
         0
     }
+    /// The files whose [`Endpoint::signature`] the run asks for next, in order: a remote
+    /// replica asks for them ahead, so each costs no round trip of its own.
+    fn expect_signatures(&self, _paths: Vec<PathBuf>) {}
     /// Removes `rel` without waiting for the outcome where that saves a round trip (a remote
     /// replica): `None` then, and the outcome comes with [`Endpoint::settle`]. A local replica
     /// removes it at once.

@@ -559,6 +559,9 @@ enum Op {
     },
 }
 
+/// The phase in which files and folders are written.
+const COPY_PHASE: u8 = 5;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Action {
     replica: usize,
@@ -576,7 +579,7 @@ impl Action {
             Op::Remove { entry } if !entry.is_dir() => 2,
             Op::Remove { .. } => 3,
             Op::KeepAside { .. } => 4,
-            Op::Copy { .. } => 5,
+            Op::Copy { .. } => COPY_PHASE,
             Op::SetMtime { .. } => 6,
         }
     }
@@ -893,6 +896,7 @@ impl Executor<'_> {
             };
             order.then(by_path)
         });
+        let mut replaced = self.replaced_files(&actions);
         let mut phase = None;
         for action in actions {
             self.stop_if_halted()?;
@@ -900,6 +904,11 @@ impl Executor<'_> {
             // file whose removal failed is not replaced by a folder, say.
             if phase.is_some_and(|p| p != action.phase()) {
                 self.settle();
+            }
+            if phase != Some(action.phase()) && action.phase() == COPY_PHASE {
+                for (r, paths) in replaced.drain() {
+                    self.replicas[r].expect_signatures(paths);
+                }
             }
             phase = Some(action.phase());
             let at = (action.replica, action.path.clone());
@@ -920,6 +929,27 @@ impl Executor<'_> {
         }
         self.settle();
         Ok(())
+    }
+
+    /// Per replica, the files the copy phase replaces, in order: their signatures are asked
+    /// for then (see [`Endpoint::expect_signatures`]).
+    fn replaced_files(&self, actions: &[Action]) -> HashMap<usize, Vec<PathBuf>> {
+        let mut replaced: HashMap<usize, Vec<PathBuf>> = HashMap::new();
+        for action in actions {
+            if let Op::Copy {
+                entry,
+                replaces: true,
+                ..
+            } = &action.op
+                && entry.kind == Kind::File
+            {
+                replaced
+                    .entry(action.replica)
+                    .or_default()
+                    .push(action.path.clone());
+            }
+        }
+        replaced
     }
 
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file

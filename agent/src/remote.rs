@@ -5,7 +5,7 @@
 //! A file's data streams as batches of delta ops without a reply for each, so a transfer costs
 //! one round trip for the signature and one for the final verdict, whatever its size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::Path;
@@ -26,6 +26,10 @@ use crate::tree::{Entry, Expected, Mtime, Tree, is_plain};
 /// small enough that the receiver writes while the sender reads.
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_OPS: usize = 4096;
+
+/// Signatures asked for ahead of the run's need, at most: enough to cover a WAN's round trip
+/// with the files of a re-sync, few enough that unused ones cost little.
+const SIGNATURES_AHEAD: usize = 64;
 
 /// Whole files written without waiting for each verdict, at most: the agent answers them in
 /// order (it commits them in batches smaller than this), so the window never stalls it.
@@ -53,6 +57,12 @@ struct Link {
     removed: Vec<(PathBuf, std::result::Result<bool, WireError>)>,
     /// Other changes sent without waiting that failed (a time not set).
     failed_changes: Vec<(PathBuf, WireError)>,
+    /// Files whose signature the run will ask for, not asked of the agent yet.
+    upcoming: VecDeque<PathBuf>,
+    /// Signatures asked for ahead whose answer is still to come.
+    asked: HashSet<PathBuf>,
+    /// Answers to signatures asked for ahead, until the run takes them.
+    signatures: HashMap<PathBuf, Response>,
     /// Small requests not sent yet: they leave together in one `Batch` frame (compressed as
     /// one), before this side waits for anything.
     outbox: Vec<Request>,
@@ -68,6 +78,8 @@ enum Owed {
     Time(PathBuf),
     /// A file placed from one the agent holds (a move): it fails as a write.
     Copy(PathBuf),
+    /// A signature asked for ahead of the run's need.
+    Signature(PathBuf),
 }
 
 impl Owed {
@@ -76,6 +88,7 @@ impl Owed {
             Owed::Removal(path) => ("remove", path),
             Owed::Time(path) => ("set mtime of", path),
             Owed::Copy(path) => ("duplicate", path),
+            Owed::Signature(path) => ("read", path),
         }
     }
 }
@@ -89,6 +102,9 @@ impl Link {
             owed: VecDeque::new(),
             removed: Vec::new(),
             failed_changes: Vec::new(),
+            upcoming: VecDeque::new(),
+            asked: HashSet::new(),
+            signatures: HashMap::new(),
             outbox: Vec::new(),
             outbox_bytes: 0,
             inbox: VecDeque::new(),
@@ -197,6 +213,10 @@ impl Link {
             (Some(Owed::Removal(path)), Response::Failed(wire)) => {
                 self.removed.push((path, Err(wire)))
             }
+            (Some(Owed::Signature(path)), answer) => {
+                self.asked.remove(&path);
+                self.signatures.insert(path, answer);
+            }
             (Some(Owed::Time(_) | Owed::Copy(_)), Response::Done) => {}
             (Some(Owed::Copy(path)), Response::Failed(wire)) => self.late.push((path, wire)),
             (Some(Owed::Time(path)), Response::Failed(wire)) => {
@@ -214,10 +234,46 @@ impl Link {
                     Owed::Removal(path) => self.removed.push((path, Err(wire))),
                     Owed::Time(path) => self.failed_changes.push((path, wire)),
                     Owed::Copy(path) => self.late.push((path, wire)),
+                    Owed::Signature(_) => unreachable!("any answer is a signature's"),
                 }
             }
         }
         None
+    }
+
+    /// Asks for upcoming signatures until `SIGNATURES_AHEAD` are unanswered.
+    async fn ask_ahead(&mut self) -> std::result::Result<(), ClientError> {
+        while self.asked.len() < SIGNATURES_AHEAD
+            && let Some(path) = self.upcoming.pop_front()
+        {
+            let request = Request::Signature { path: path.clone() };
+            self.send(request).await?;
+            self.asked.insert(path.clone());
+            self.owed.push_back(Owed::Signature(path));
+        }
+        Ok(())
+    }
+
+    /// The agent's answer on `path`'s signature: asked for ahead, or now.
+    async fn signature(&mut self, path: &Path) -> std::result::Result<Response, ClientError> {
+        if let Some(position) = self.upcoming.iter().position(|p| p == path) {
+            // Files the run skipped are not asked for any more.
+            self.upcoming.drain(..position);
+        }
+        self.ask_ahead().await?;
+        while self.asked.contains(path) {
+            let response = self.receive().await?;
+            if let Some(other) = self.note(response) {
+                return Err(self.session.unexpected(&other, "Signature"));
+            }
+        }
+        match self.signatures.remove(path) {
+            Some(answer) => Ok(answer),
+            None => {
+                let path = path.to_path_buf();
+                self.call(Request::Signature { path }).await
+            }
+        }
     }
 
     /// Verdicts come in the order the files were sent: this one is the oldest owed.
@@ -421,10 +477,17 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
-        let path = rel.to_path_buf();
-        match self.call("read", rel, Request::Signature { path })? {
+        let mut slot = self.session();
+        let response = on_session(&mut slot, |link| link.signature(rel));
+        match self.answer("read", rel, &mut slot, response)? {
             Response::Signature(sig) => Ok(sig),
             other => Err(self.unexpected("read", rel, &other)),
+        }
+    }
+
+    fn expect_signatures(&self, paths: Vec<PathBuf>) {
+        if let Some(link) = self.session().as_mut() {
+            link.upcoming = paths.into();
         }
     }
 
@@ -620,6 +683,9 @@ impl Endpoint for RemoteEndpoint {
                     other => return Err(link.session.unexpected(&other, "Pong")),
                 }
             }
+            // Signatures asked for ahead and not used: the files the run skipped.
+            link.upcoming.clear();
+            link.signatures.clear();
             Ok((
                 std::mem::take(&mut link.late),
                 std::mem::take(&mut link.removed),
@@ -677,6 +743,7 @@ impl Endpoint for RemoteEndpoint {
                         Owed::Removal(path) => removals.push((path, Err(error))),
                         Owed::Time(path) => failed_changes.push((path, error)),
                         Owed::Copy(path) => failed_writes.push((path, error)),
+                        Owed::Signature(_) => {}
                     }
                 }
                 Settled {

@@ -391,6 +391,36 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
     assert!(log.contains("running a job handed over"), "{log}");
 }
 
+#[test]
+fn many_edited_files_each_go_as_a_delta() {
+    let site = Site::new();
+    let (src, dst) = site.job("edited", "mirror", &[]);
+    // More files than the signatures asked for ahead (64), so the window refills.
+    let files = 150;
+    for i in 0..files {
+        fs::write(src.join(format!("{i:03}.bin")), noise(64 * 1024)).unwrap();
+    }
+    assert_eq!(site.run("edited")["state"], "succeeded");
+    for i in 0..files {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(src.join(format!("{i:03}.bin")))
+            .unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(30_000)).unwrap();
+        file.write_all(b"edit").unwrap();
+    }
+    let run = site.run("edited");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["files_copied"], files, "{run:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+    // Whole, they would be 9.6 MB; as deltas, a block and the signatures' overhead each.
+    let sent = run["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < files * 8 * 1024,
+        "{sent} bytes for 150 edits: {run:#}"
+    );
+}
+
 /// Makes a file immutable (`chattr +i`), which even root cannot remove, until dropped.
 struct Immutable(PathBuf);
 
