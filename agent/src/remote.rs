@@ -162,7 +162,7 @@ impl Link {
     }
 
     /// The answer to the last request; verdicts on earlier files and answers to earlier
-    /// removals that come first are noted.
+    /// changes sent without waiting that come first are noted.
     async fn answer(&mut self) -> std::result::Result<Response, ClientError> {
         loop {
             let response = self.receive().await?;
@@ -210,18 +210,12 @@ impl Link {
             (Some(Owed::Removal(path)), Response::Removed(removed)) => {
                 self.removed.push((path, Ok(removed)))
             }
-            (Some(Owed::Removal(path)), Response::Failed(wire)) => {
-                self.removed.push((path, Err(wire)))
-            }
             (Some(Owed::Signature(path)), answer) => {
                 self.asked.remove(&path);
                 self.signatures.insert(path, answer);
             }
             (Some(Owed::Time(_) | Owed::Copy(_)), Response::Done) => {}
-            (Some(Owed::Copy(path)), Response::Failed(wire)) => self.late.push((path, wire)),
-            (Some(Owed::Time(path)), Response::Failed(wire)) => {
-                self.failed_changes.push((path, wire))
-            }
+            (Some(owed), Response::Failed(wire)) => self.note_failure(owed, wire),
             (Some(owed), other) => {
                 let (op, path) = owed.describe();
                 let wire = WireError {
@@ -230,15 +224,35 @@ impl Link {
                     path: path.display().to_string(),
                     message: format!("the agent answered {other:?}"),
                 };
-                match owed {
-                    Owed::Removal(path) => self.removed.push((path, Err(wire))),
-                    Owed::Time(path) => self.failed_changes.push((path, wire)),
-                    Owed::Copy(path) => self.late.push((path, wire)),
-                    Owed::Signature(_) => unreachable!("any answer is a signature's"),
-                }
+                self.note_failure(owed, wire);
             }
         }
         None
+    }
+
+    /// Files a change sent without waiting that failed where the engine looks for it.
+    fn note_failure(&mut self, owed: Owed, wire: WireError) {
+        match owed {
+            Owed::Removal(path) => self.removed.push((path, Err(wire))),
+            Owed::Time(path) => self.failed_changes.push((path, wire)),
+            Owed::Copy(path) => self.late.push((path, wire)),
+            Owed::Signature(path) => {
+                self.asked.remove(&path);
+                self.signatures.insert(path, Response::Failed(wire));
+            }
+        }
+    }
+
+    /// What the work sent without waiting came to since the last settle.
+    fn take_settled(&mut self, agent: &str) -> Settled {
+        let endpoint_error = |(path, wire)| (path, from_wire(agent, wire));
+        Settled {
+            failed_writes: self.late.drain(..).map(endpoint_error).collect(),
+            removals: (self.removed.drain(..))
+                .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))))
+                .collect(),
+            failed_changes: self.failed_changes.drain(..).map(endpoint_error).collect(),
+        }
     }
 
     /// Asks for upcoming signatures until `SIGNATURES_AHEAD` are unanswered.
@@ -686,73 +700,37 @@ impl Endpoint for RemoteEndpoint {
             // Signatures asked for ahead and not used: the files the run skipped.
             link.upcoming.clear();
             link.signatures.clear();
-            Ok((
-                std::mem::take(&mut link.late),
-                std::mem::take(&mut link.removed),
-                std::mem::take(&mut link.failed_changes),
-            ))
+            Ok(link.take_settled(&self.dial.agent))
         });
-        let agent = &self.dial.agent;
-        match settled {
-            Ok((late, removed, failed_changes)) => Settled {
-                failed_writes: late
-                    .into_iter()
-                    .map(|(path, wire)| (path, from_wire(agent, wire)))
-                    .collect(),
-                failed_changes: failed_changes
-                    .into_iter()
-                    .map(|(path, wire)| (path, from_wire(agent, wire)))
-                    .collect(),
-                removals: removed
-                    .into_iter()
-                    .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))))
-                    .collect(),
-            },
-            // The connection broke with answers owed: those files are not known to be in
-            // place, or gone, and count as failed.
-            Err(e) => {
-                let Some(link) = slot.take() else {
-                    return Settled::default();
-                };
-                let broken = |op: &str, path: &Path| {
-                    let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
-                    self.error(op, path, source)
-                };
-                let writes = link.pending.into_iter().flatten();
-                let mut failed_writes: Vec<_> = writes
-                    .chain(link.late.into_iter().map(|(path, _)| path))
-                    .map(|path| {
-                        let error = broken("write", &path);
-                        (path, error)
-                    })
-                    .collect();
-                let answered = link
-                    .removed
-                    .into_iter()
-                    .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))));
-                let mut removals: Vec<_> = answered.collect();
-                let mut failed_changes: Vec<_> = link
-                    .failed_changes
-                    .into_iter()
-                    .map(|(path, wire)| (path, from_wire(agent, wire)))
-                    .collect();
-                for owed in link.owed {
-                    let (op, path) = owed.describe();
-                    let error = broken(op, path);
-                    match owed {
-                        Owed::Removal(path) => removals.push((path, Err(error))),
-                        Owed::Time(path) => failed_changes.push((path, error)),
-                        Owed::Copy(path) => failed_writes.push((path, error)),
-                        Owed::Signature(_) => {}
-                    }
-                }
-                Settled {
-                    failed_writes,
-                    removals,
-                    failed_changes,
-                }
+        let e = match settled {
+            Ok(settled) => return settled,
+            Err(e) => e,
+        };
+        // The connection broke with answers owed: those files are not known to be in place,
+        // or gone, and count as failed.
+        let Some(mut link) = slot.take() else {
+            return Settled::default();
+        };
+        let mut settled = link.take_settled(&self.dial.agent);
+        let broken = |op: &str, path: &Path| {
+            let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+            self.error(op, path, source)
+        };
+        for path in link.pending.into_iter().flatten() {
+            let error = broken("write", &path);
+            settled.failed_writes.push((path, error));
+        }
+        for owed in link.owed {
+            let (op, path) = owed.describe();
+            let error = broken(op, path);
+            match owed {
+                Owed::Removal(path) => settled.removals.push((path, Err(error))),
+                Owed::Time(path) => settled.failed_changes.push((path, error)),
+                Owed::Copy(path) => settled.failed_writes.push((path, error)),
+                Owed::Signature(_) => {}
             }
         }
+        settled
     }
 }
 
