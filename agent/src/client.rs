@@ -1,4 +1,5 @@
-//! Connecting to an agent: TCP with TCP_NODELAY, mutual TLS, and the `Hello` handshake.
+//! Connecting to an agent: TCP with TCP_NODELAY, mutual TLS, the `Hello` handshake, then
+//! frames in sealed records ([`crate::seal`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncWriteExt, BufStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, FrameError};
 use crate::link::LinkMeter;
 use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response};
+use crate::seal::{Sealed, Side};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -71,7 +72,7 @@ impl std::fmt::Debug for Dial {
 
 /// An open, authenticated session with an agent.
 pub struct Session {
-    stream: BufStream<TlsStream<TcpStream>>,
+    stream: Sealed<TcpStream>,
     /// Whether file data sent on `stream` goes compressed.
     link: LinkMeter,
     pub agent: String,
@@ -103,44 +104,56 @@ impl Session {
         let link = LinkMeter::new(&tcp);
         let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
-        let stream = TlsConnector::from(dial.tls.clone())
+        let mut tls = TlsConnector::from(dial.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|source| ClientError::Tls {
                 agent: agent.clone(),
                 source,
             })?;
-        let mut session = Self {
-            stream: BufStream::new(stream),
-            link,
+        let frame_error = |source| ClientError::Frame {
             agent: agent.clone(),
-            software: String::new(),
-            roots: Vec::new(),
-            wire,
+            source,
         };
+        // The handshake goes over TLS itself, so that peers of different versions still
+        // understand each other's refusal; what follows goes in sealed records.
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             client: dial.client.clone(),
             fence,
         };
-        match session.call(&hello).await? {
+        let sent = frame::write(&mut tls, &hello).await.map_err(frame_error)?;
+        let (response, received) = frame::read_counted(&mut tls).await.map_err(frame_error)?;
+        wire.fetch_add((sent + received) as u64, Ordering::Relaxed);
+        let (software, roots, name) = match response {
             Response::Welcome {
                 agent: name,
                 software,
                 roots,
                 ..
-            } => {
-                session.agent = name;
-                session.software = software;
-                session.roots = roots;
-                Ok(session)
+            } => (software, roots, name),
+            Response::Refused { reason } => {
+                return Err(ClientError::Refused {
+                    agent: agent.clone(),
+                    reason,
+                });
             }
-            Response::Refused { reason } => Err(ClientError::Refused {
-                agent: agent.clone(),
-                reason,
-            }),
-            other => Err(session.unexpected(&other, "Welcome")),
-        }
+            other => {
+                let wanted = format!("{other:?} instead of Welcome");
+                return Err(frame_error(FrameError::Unexpected(wanted)));
+            }
+        };
+        let (tcp, connection) = tls.into_inner();
+        let stream = Sealed::new(tcp, &connection, Side::Client)
+            .map_err(|e| frame_error(FrameError::Io(e)))?;
+        Ok(Self {
+            stream,
+            link,
+            agent: name,
+            software,
+            roots,
+            wire,
+        })
     }
 
     pub fn unexpected(&self, got: &Response, wanted: &str) -> ClientError {
@@ -211,7 +224,7 @@ impl Session {
 }
 
 pub struct SessionReader {
-    read: ReadHalf<BufStream<TlsStream<TcpStream>>>,
+    read: ReadHalf<Sealed<TcpStream>>,
     pub agent: String,
 }
 
@@ -227,7 +240,7 @@ impl SessionReader {
 }
 
 pub struct SessionWriter {
-    write: WriteHalf<BufStream<TlsStream<TcpStream>>>,
+    write: WriteHalf<Sealed<TcpStream>>,
     pub agent: String,
 }
 

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod protocol;
 pub mod raw_path;
 pub mod remote;
+pub mod seal;
 pub mod server;
 pub mod tls;
 pub mod tree;

@@ -14,7 +14,7 @@ use crate::engine::{Event, Guards, Rule, Summary};
 use crate::tree::{Entry, Expected, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
 /// An agent remembers the highest epoch it has seen per resource and refuses writes under an

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
@@ -29,6 +29,7 @@ use crate::frame::{self, FrameError};
 use crate::link::LinkMeter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
 use crate::remote::RemoteEndpoint;
+use crate::seal::{Sealed, Side};
 use crate::tree::Expected;
 use crate::watch::{Batch, FolderWatch, WatchRoot};
 
@@ -196,7 +197,7 @@ struct Session<'a, S> {
 }
 
 async fn session(
-    mut tls: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
     link: LinkMeter,
     agent: &Agent,
 ) -> Result<(), FrameError> {
@@ -235,8 +236,10 @@ async fn session(
         }
         other => return refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
     };
+    // Hello and Welcome go over TLS itself; all that follows, in sealed records.
+    let (tcp, connection) = tls.into_inner();
     let mut session = Session {
-        tls: BufStream::new(tls),
+        tls: Sealed::new(tcp, &connection, Side::Agent)?,
         link,
         agent,
         fence,

@@ -1,5 +1,7 @@
 //! Mutual TLS from a `ferry ca` folder: each side presents `NAME.pem`/`NAME.key` and accepts
-//! only peers whose certificate the folder's `ca.pem` signed. There is no plain-text mode.
+//! only peers whose certificate the folder's `ca.pem` signed. There is no plain-text mode. TLS
+//! authenticates the session and agrees its keys; the frames after the handshake travel in
+//! [`crate::seal`]ed records.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,10 +61,13 @@ pub fn server_config(dir: &Path, name: &str) -> Result<Arc<ServerConfig>, TlsErr
         .build()
         .map_err(|e| file_error(&dir.join("ca.pem"), e))?;
     let (certs, key) = identity(dir, name)?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
+    // Sessions are long and few: resuming one would save little, and without tickets nothing
+    // but the handshake and `Welcome` crosses TLS before the session's records are sealed.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -70,7 +75,7 @@ pub fn server_config(dir: &Path, name: &str) -> Result<Arc<ServerConfig>, TlsErr
 pub fn client_config(dir: &Path, name: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let (certs, key) = identity(dir, name)?;
     let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(dir)?)
         .with_client_auth_cert(certs, key)?;
     Ok(Arc::new(config))

@@ -128,3 +128,77 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
     ]);
     assert_eq!(unknown.code, 2, "{unknown:?}");
 }
+
+/// A peer with a valid certificate whose records do not open after the handshake (the stream
+/// altered on its way, or a client that does not speak the protocol): the agent closes that
+/// connection with the reason, uses nothing of it, and goes on serving everyone else.
+#[test]
+fn a_record_that_does_not_open_closes_that_session_only() {
+    use ferry_agent::frame;
+    use ferry_agent::protocol::{PROTOCOL_VERSION, Request, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = Env::new(Backend::Sqlite);
+    let tls = env.path("tls");
+    let root = env.path("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tls.to_str().unwrap();
+    env.ferry(&["ca", "init", "--dir", dir]).ok();
+    env.ferry(&["ca", "issue", "--dir", dir, "nas1", "--host", "127.0.0.1"])
+        .ok();
+    env.ferry(&["ca", "issue", "--dir", dir, "s1"]).ok();
+    let agent = TestAgent::start(&env, "nas1", &[&root], &tls);
+    env.ferry(&["agent", "add", "nas1", "--address", &agent.address])
+        .ok();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answered = runtime.block_on(async {
+        let config = ferry_agent::tls::client_config(&tls, "s1").unwrap();
+        let tcp = tokio::net::TcpStream::connect(&agent.address)
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("nas1").unwrap();
+        let mut session = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: "s1".into(),
+            fence: None,
+        };
+        frame::write(&mut session, &hello).await.unwrap();
+        let welcome: Response = frame::read(&mut session).await.unwrap();
+        assert!(matches!(welcome, Response::Welcome { .. }), "{welcome:?}");
+        // Where a sealed request belongs: a well-formed record whose tag is wrong.
+        let (mut tcp, _) = session.into_inner();
+        let mut record = 48u32.to_be_bytes().to_vec();
+        record.extend_from_slice(&[0x5a; 48]);
+        tcp.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("the agent neither answered nor hung up")
+            .unwrap_or(0)
+    });
+    assert_eq!(answered, 0, "the agent answered a record that did not open");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log()
+            .contains("a record failed authentication")),
+        "{}",
+        agent.log()
+    );
+    let test = env.ferry(&[
+        "--output",
+        "json",
+        "agent",
+        "test",
+        "nas1",
+        "--tls-dir",
+        dir,
+        "--as",
+        "s1",
+    ]);
+    assert_eq!(test.ok().json()["reachable"], true);
+}
