@@ -22,9 +22,12 @@ use crate::filter::Filter;
 use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
 use crate::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
-/// Literal bytes gathered before a batch of ops is sent: large enough that frames are few,
-/// small enough that the receiver writes while the sender reads.
+/// Requests (small files' data among them) gathered before they are sent as one batch: large
+/// enough that frames are few, small enough that the receiver writes while the sender reads.
 const BATCH_BYTES: usize = 256 * 1024;
+/// A large file's data gathered before it is sent: a frame's header then costs about 100
+/// bytes a MiB.
+const FILE_DATA_BYTES: usize = 1024 * 1024;
 const BATCH_OPS: usize = 4096;
 
 /// Signatures asked for ahead of the run's need, at most: enough to cover a WAN's round trip
@@ -838,7 +841,7 @@ impl FileSink for RemoteSink<'_> {
     fn write(&mut self, op: Op) -> Result<()> {
         self.batch_bytes += op.literal_len();
         self.batch.push(op);
-        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_OPS {
+        if self.batch_bytes >= FILE_DATA_BYTES || self.batch.len() >= BATCH_OPS {
             self.flush()?;
         }
         Ok(())

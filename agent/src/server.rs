@@ -45,7 +45,8 @@ const STAGE_BYTES: u64 = 64 << 20;
 /// pipeline window, so a client waiting for verdicts never waits on a batch that is not full.
 const STAGE_MAX_FILES: usize = 768;
 const STAGE_MAX_BYTES: u64 = 256 << 20;
-const READ_BATCH_BYTES: usize = 256 * 1024;
+/// File data an agent sends in one frame when it serves a file (as `BATCH_BYTES` for a client).
+const READ_BATCH_BYTES: usize = 1024 * 1024;
 /// Progress events of a run handed over, at most, in one frame, and how long they gather
 /// between two frames.
 const PROGRESS_BATCH: usize = 1024;
