@@ -35,8 +35,8 @@ const BATCH_OPS: usize = 4096;
 const SIGNATURES_AHEAD: usize = 64;
 
 /// Whole files written without waiting for each verdict, at most: the agent answers them in
-/// order (it commits them in batches smaller than this), so the window never stalls it.
-const PIPELINE: usize = 1024;
+/// order, a batch as soon as it is on disk (its batches are smaller than this).
+pub(crate) const PIPELINE: usize = 1024;
 
 /// A folder `path` on the agent `dial` reaches.
 pub struct RemoteEndpoint {

@@ -95,6 +95,11 @@ impl<S> Sealed<S> {
         &self.inner
     }
 
+    /// Whether bytes from the peer are here, read but not handed out yet.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.plain.is_empty() || !self.raw.is_empty()
+    }
+
     fn pending_len(&self) -> usize {
         self.pending.len() - LEN
     }

@@ -765,9 +765,9 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
          fall after its time, while `--fsync` makes rsync flush every file as it goes. This \
          machine's disk also has slow phases (inode allocation after many \
          deletions) in which every tool's small-file copy takes several times longer: compare \
-         tools within one run, not across runs. TLS 1.3 carries data in records of at most \
-         16 KiB with 22 bytes of header and tag each (0.13 %): on incompressible files ferry \
-         sends that much more than rsync's plain-text protocol. ferry compresses file data \
+         tools within one run, not across runs. ferry's bytes are encrypted and rsync's are not: \
+         after the TLS 1.3 handshake ferry seals its frames in records of up to 256 KiB, 20 \
+         bytes each (TLS's own records of 16 KiB would cost 0.13 %). ferry compresses file data \
          only while the link is slower than zstd (it reads the connection's TCP_INFO); over \
          loopback it sends file data raw, as plain rsync does, and compresses only the names, \
          sizes and times around it.\n",

@@ -968,3 +968,56 @@ fn a_run_handed_over_stops_once_a_newer_lease_holder_reaches_its_agent() {
     let log = site.agents[0].as_ref().unwrap().log();
     assert!(log.contains("a newer lease holder arrived"), "{log}");
 }
+
+/// A destination whose flushes to disk take longer than files take to arrive: the sender, its
+/// window of unanswered files full, stops and waits; the agent must then hand over a batch's
+/// verdicts as soon as the batch is on disk, not when the next request comes (none will).
+#[test]
+fn a_sender_waiting_for_verdicts_of_a_slow_flush_gets_them() {
+    let site = Site::new();
+    let (src, dst) = site.job("flush", "mirror", &[]);
+    for i in 0..3000 {
+        fs::write(src.join(format!("{i:04}.txt")), format!("file {i}\n")).unwrap();
+    }
+    // Another program keeps writing to the destination's file system, so each of the agent's
+    // flushes (a `syncfs`) has all of that to write out too.
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    let finished = std::thread::scope(|threads| {
+        threads.spawn(|| {
+            let chunk = noise(8 << 20);
+            let ballast = site.srv[1].join("ballast");
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut file = fs::File::create(&ballast).unwrap();
+                for _ in 0..16 {
+                    file.write_all(&chunk).unwrap();
+                }
+            }
+            fs::remove_file(&ballast).unwrap();
+        });
+        site.env.ferry(&["schedule", "run", "flush"]).ok();
+        let finished = wait_until(Duration::from_secs(60), || {
+            let runs = site
+                .env
+                .ferry(&["--output", "json", "runs", "--job", "flush"])
+                .ok()
+                .json();
+            runs[0]["state"]
+                .as_str()
+                .is_some_and(|state| state != "running" && state != "queued")
+        });
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        finished
+    });
+    assert!(
+        finished,
+        "the run never finished: sender and agent wait for each other"
+    );
+    let runs = site
+        .env
+        .ferry(&["--output", "json", "runs", "--job", "flush"])
+        .ok()
+        .json();
+    assert_eq!(runs[0]["state"], "succeeded", "{runs:#}");
+    assert_eq!(runs[0]["files_copied"], 3000, "{runs:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
