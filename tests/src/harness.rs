@@ -285,12 +285,11 @@ impl TestScheduler {
 
     /// Waits until the log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        let waited = wait_until(timeout, || self.log().contains(needle));
-        assert!(
-            waited,
-            "scheduler {} never logged {needle:?}:\n{}",
-            self.name,
-            self.log()
+        wait_for_log(
+            &format!("scheduler {}", self.name),
+            || self.log(),
+            needle,
+            timeout,
         );
     }
 
@@ -328,6 +327,12 @@ impl Drop for TestScheduler {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits until `log()` contains `needle`; panics with the log, naming `who`, after `timeout`.
+fn wait_for_log(who: &str, log: impl Fn() -> String, needle: &str, timeout: Duration) {
+    let waited = wait_until(timeout, || log().contains(needle));
+    assert!(waited, "{who} never logged {needle:?}:\n{}", log());
 }
 
 /// Polls `done` every 50 ms until it is true or `timeout` passes; returns whether it became true.
@@ -444,6 +449,16 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        wait_for_log(
+            &format!("agent {}", self.name),
+            || self.log(),
+            needle,
+            timeout,
+        );
     }
 
     /// SIGKILL, as a crash or a power cut would stop it.

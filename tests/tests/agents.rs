@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ferry_tests::harness::{Backend, Env, TestAgent, wait_until};
+use ferry_tests::harness::{Backend, Env, TestAgent};
 
 #[test]
 fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
@@ -68,13 +68,7 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
     let mut buf = [0u8; 64];
     let answered = plain.read(&mut buf).unwrap_or(0);
     assert!(answered < buf.len(), "a plain client got a conversation");
-    assert!(
-        wait_until(Duration::from_secs(5), || agent
-            .log()
-            .contains("TLS handshake failed")),
-        "{}",
-        agent.log()
-    );
+    agent.wait_for_log("TLS handshake failed", Duration::from_secs(5));
 
     // A certificate from another CA: refused, with a message that says what to check.
     let refused = env.ferry(&[
@@ -182,13 +176,7 @@ fn a_record_that_does_not_open_closes_that_session_only() {
             .unwrap_or(0)
     });
     assert_eq!(answered, 0, "the agent answered a record that did not open");
-    assert!(
-        wait_until(Duration::from_secs(5), || agent
-            .log()
-            .contains("a record failed authentication")),
-        "{}",
-        agent.log()
-    );
+    agent.wait_for_log("a record failed authentication", Duration::from_secs(5));
     let test = env.ferry(&[
         "--output",
         "json",
