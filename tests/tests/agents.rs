@@ -5,7 +5,24 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ferry_tests::harness::{Backend, Env, TestAgent};
+use ferry_tests::harness::{Backend, Env, Run, TestAgent};
+
+/// `ferry agent test nas1` as the scheduler `s1`, whose certificate is in `tls`.
+fn test_nas1(env: &Env, tls: &std::path::Path) -> Run {
+    let tls = tls.to_str().unwrap();
+    let args = [
+        "--output",
+        "json",
+        "agent",
+        "test",
+        "nas1",
+        "--tls-dir",
+        tls,
+        "--as",
+        "s1",
+    ];
+    env.ferry(&args)
+}
 
 #[test]
 fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
@@ -35,19 +52,7 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
     let agent = TestAgent::start(&env, "nas1", &[&root], &tls);
     env.ferry(&["agent", "add", "nas1", "--address", &agent.address])
         .ok();
-    let test = || {
-        env.ferry(&[
-            "--output",
-            "json",
-            "agent",
-            "test",
-            "nas1",
-            "--tls-dir",
-            &dir(&tls),
-            "--as",
-            "s1",
-        ])
-    };
+    let test = || test_nas1(&env, &tls);
     let report = test().ok().json();
     assert_eq!(report["name"], "nas1");
     assert_eq!(report["reachable"], true);
@@ -177,16 +182,5 @@ fn a_record_that_does_not_open_closes_that_session_only() {
     });
     assert_eq!(answered, 0, "the agent answered a record that did not open");
     agent.wait_for_log("a record failed authentication", Duration::from_secs(5));
-    let test = env.ferry(&[
-        "--output",
-        "json",
-        "agent",
-        "test",
-        "nas1",
-        "--tls-dir",
-        dir,
-        "--as",
-        "s1",
-    ]);
-    assert_eq!(test.ok().json()["reachable"], true);
+    assert_eq!(test_nas1(&env, &tls).ok().json()["reachable"], true);
 }
