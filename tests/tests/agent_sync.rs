@@ -130,6 +130,12 @@ impl Site {
         (src, dst)
     }
 
+    /// `ferry runs --job JOB`, newest first.
+    fn runs(&self, job: &str) -> Value {
+        let args = ["--output", "json", "runs", "--job", job];
+        self.env.ferry(&args).ok().json()
+    }
+
     fn run(&self, schedule: &str) -> Value {
         let run = self
             .env
@@ -744,11 +750,7 @@ fn an_agent_killed_mid_transfer_leaves_no_partial_file_and_the_retry_completes()
         .filter(|e| e.file_name().to_string_lossy().starts_with(".ferry-tmp."))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let runs = site
-        .env
-        .ferry(&["--output", "json", "runs", "--job", "large"])
-        .ok()
-        .json();
+    let runs = site.runs("large");
     // One run: its first attempt failed with the agent gone, a retry succeeded.
     assert_eq!(runs[0]["state"], "succeeded", "{runs:#}");
     assert!(runs[0]["attempt"].as_i64().unwrap() >= 2, "{runs:#}");
@@ -996,11 +998,7 @@ fn a_sender_waiting_for_verdicts_of_a_slow_flush_gets_them() {
         });
         site.env.ferry(&["schedule", "run", "flush"]).ok();
         let finished = wait_until(Duration::from_secs(60), || {
-            let runs = site
-                .env
-                .ferry(&["--output", "json", "runs", "--job", "flush"])
-                .ok()
-                .json();
+            let runs = site.runs("flush");
             runs[0]["state"]
                 .as_str()
                 .is_some_and(|state| state != "running" && state != "queued")
@@ -1012,11 +1010,7 @@ fn a_sender_waiting_for_verdicts_of_a_slow_flush_gets_them() {
         finished,
         "the run never finished: sender and agent wait for each other"
     );
-    let runs = site
-        .env
-        .ferry(&["--output", "json", "runs", "--job", "flush"])
-        .ok()
-        .json();
+    let runs = site.runs("flush");
     assert_eq!(runs[0]["state"], "succeeded", "{runs:#}");
     assert_eq!(runs[0]["files_copied"], 3000, "{runs:#}");
     assert_eq!(differences(&src, &dst, "mirror"), "");
