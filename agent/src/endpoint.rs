@@ -132,8 +132,8 @@ pub trait Endpoint: Send + Sync {
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
         self.set_mtime(rel, mtime)
     }
-    /// Waits for what was sent without waiting (a remote replica pipelines whole-file writes,
-    /// moves, removals and times) and says what it came to.
+    /// Waits for what was sent without waiting (a remote replica pipelines file writes, moves,
+    /// removals and times) and says what it came to.
     fn settle(&self) -> Settled {
         Settled::default()
     }
@@ -142,7 +142,8 @@ pub trait Endpoint: Send + Sync {
 /// What a replica's pipelined work came to (see [`Endpoint::settle`]).
 #[derive(Debug, Default)]
 pub struct Settled {
-    /// Files committed or moved without waiting that failed after all.
+    /// Files committed or moved without waiting that failed after all; a delta that did not
+    /// rebuild the file fails as [`EndpointError::is_bad_delta`].
     pub failed_writes: Vec<(PathBuf, EndpointError)>,
     /// Removals sent without waiting: whether each removed something, or why it failed.
     pub removals: Vec<(PathBuf, Result<bool>)>,

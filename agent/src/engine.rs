@@ -339,6 +339,7 @@ pub fn run(
         failed_at: HashSet::new(),
         planned: (spec.rule == Rule::Sync).then_some(trees.as_slice()),
         left: HashMap::new(),
+        deltas: HashMap::new(),
         job: &spec.name,
     };
     match spec.rule {
@@ -881,7 +882,17 @@ struct Executor<'a> {
     /// What this run left at a place it changed (nothing, after a move-aside or a removal):
     /// a later action there checks against this instead of the scan.
     left: HashMap<(usize, PathBuf), Option<Entry>>,
+    /// Files sent to a remote replica as a delta, by replica and path, until their verdicts
+    /// settle: one that did not rebuild is sent again whole then.
+    deltas: HashMap<(usize, PathBuf), Resend>,
     job: &'a str,
+}
+
+/// What sending a file again whole needs.
+struct Resend {
+    from: usize,
+    entry: Entry,
+    expected: Option<Expected>,
 }
 
 impl Executor<'_> {
@@ -1011,32 +1022,60 @@ impl Executor<'_> {
     }
 
     /// Collects what the replicas did without making the run wait: a file that failed after
-    /// all is counted and reported as failed, a removal as done or failed.
+    /// all is counted and reported as failed, a removal as done or failed. A delta that did not
+    /// rebuild is sent again whole, and settled in turn.
     fn settle(&mut self) {
-        for r in 0..self.replicas.len() {
-            let replica = self.replicas[r];
-            let settled = replica.settle();
-            for (path, error) in settled.failed_writes {
-                self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
-                self.fail(&path, error.to_string());
-                self.failed_at.insert((r, path));
-            }
-            for (path, error) in settled.failed_changes {
-                // A move that failed fails its time too: the file is reported once.
-                if self.failed_at.insert((r, path.clone())) {
-                    self.fail(&path, error.to_string());
+        loop {
+            let mut deltas = std::mem::take(&mut self.deltas);
+            let mut resends = Vec::new();
+            for r in 0..self.replicas.len() {
+                let replica = self.replicas[r];
+                let settled = replica.settle();
+                for (path, error) in settled.failed_writes {
+                    let at = (r, path);
+                    match deltas.remove(&at).filter(|_| error.is_bad_delta()) {
+                        Some(resend) => resends.push((at, resend)),
+                        None => self.write_failed(at, error.to_string()),
+                    }
                 }
-            }
-            for (path, removed) in settled.removals {
-                match removed {
-                    Ok(removed) => self.removed(replica, path, removed),
-                    Err(error) => {
+                for (path, error) in settled.failed_changes {
+                    // A move that failed fails its time too: the file is reported once.
+                    if self.failed_at.insert((r, path.clone())) {
                         self.fail(&path, error.to_string());
-                        self.failed_at.insert((r, path));
+                    }
+                }
+                for (path, removed) in settled.removals {
+                    match removed {
+                        Ok(removed) => self.removed(replica, path, removed),
+                        Err(error) => {
+                            self.fail(&path, error.to_string());
+                            self.failed_at.insert((r, path));
+                        }
                     }
                 }
             }
+            if resends.is_empty() {
+                return;
+            }
+            for ((r, path), resend) in resends {
+                tracing::debug!(path = %path.display(), "delta did not rebuild; sending whole");
+                let target = Target {
+                    path: &path,
+                    expected: resend.expected,
+                };
+                let (from, to) = (self.replicas[resend.from], self.replicas[r]);
+                if let Err(e) = self.transfer(from, to, &target, &resend.entry, None) {
+                    self.write_failed((r, path), e.to_string());
+                }
+            }
         }
+    }
+
+    /// A file counted as copied failed after all.
+    fn write_failed(&mut self, at: (usize, PathBuf), error: String) {
+        self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
+        self.fail(&at.1, error);
+        self.failed_at.insert(at);
     }
 
     /// Counts and reports a file's removal, if there was anything to remove.
@@ -1112,7 +1151,16 @@ impl Executor<'_> {
                     expected: self.expected(action),
                 };
                 self.copy(*from, replica, &target, entry, *replaces)
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                // Its verdict, which says whether a delta rebuilt, comes when it settles.
+                if *replaces && entry.kind == Kind::File && replica.is_remote() {
+                    let resend = Resend {
+                        from: *from,
+                        entry: entry.clone(),
+                        expected: target.expected,
+                    };
+                    self.deltas.insert((action.replica, path.clone()), resend);
+                }
             }
             Op::Remove { entry } if entry.is_dir() => {
                 replica.remove(path, entry).map_err(|e| e.to_string())?;
@@ -1196,7 +1244,8 @@ impl Executor<'_> {
 
     /// Copies a file's content, as a delta against what the destination holds when either side
     /// is across a network. A delta that does not rebuild the file (a false block match, or a
-    /// destination changed meanwhile) is retried whole.
+    /// destination changed meanwhile) is retried whole: at once here, or when its verdict
+    /// settles for a remote destination (see `deltas`).
     fn copy_file(
         &mut self,
         from: &dyn Endpoint,

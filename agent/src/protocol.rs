@@ -14,7 +14,7 @@ use crate::engine::{Event, Guards, Rule, Summary};
 use crate::tree::{Entry, Expected, Mtime};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
 /// An agent remembers the highest epoch it has seen per resource and refuses writes under an
@@ -91,9 +91,9 @@ pub enum Request {
         path: PathBuf,
         base: Option<Signature>,
     },
-    /// Followed by `Data` frames and one `DataEnd`. A delta (`block_size` set: that of the
-    /// signature it was made against) is answered at once by `Written` (it rebuilt) or `Failed`
-    /// (send the file whole); every file then gets a `Verdict` once its batch is durable.
+    /// Followed by `Data` frames and one `DataEnd`. Every file gets a `Verdict` once its batch
+    /// is durable; a delta (`block_size` set: that of the signature it was made against) that
+    /// did not rebuild the file fails with `InvalidData`, and its sender sends it whole.
     WriteFile {
         #[serde(with = "crate::raw_path")]
         path: PathBuf,
@@ -254,10 +254,6 @@ pub enum Response {
         #[serde(with = "serde_bytes")]
         hash: Vec<u8>,
         size: u64,
-    },
-    /// A delta rebuilt into the file sent; its `Verdict` follows with its batch.
-    Written {
-        bytes: u64,
     },
     /// The outcome of a file once its batch is durable and renamed into place (in the order
     /// the files were sent), which may come before or after the answers to later requests.

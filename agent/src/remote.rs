@@ -577,8 +577,6 @@ impl Endpoint for RemoteEndpoint {
             batch: Vec::new(),
             batch_bytes: 0,
             ended: false,
-            // A delta may fail to rebuild and need sending again whole: wait for its verdict.
-            pipelined: block_size.is_none(),
         }))
     }
 
@@ -770,8 +768,6 @@ struct RemoteSink<'a> {
     batch_bytes: usize,
     /// `DataEnd` was sent: the agent's answer is due.
     ended: bool,
-    /// Commit without waiting for the verdict (it comes back later, see [`Endpoint::settle`]).
-    pipelined: bool,
 }
 
 impl RemoteSink<'_> {
@@ -820,16 +816,6 @@ impl RemoteSink<'_> {
         Ok(())
     }
 
-    /// Waits for the agent to say whether a delta rebuilt into the file sent.
-    fn rebuilt(&mut self) -> Result<u64> {
-        let response = on_session(&mut self.slot, |link| link.answer());
-        let (endpoint, rel) = (self.endpoint, self.rel.clone());
-        match endpoint.answer("write", &rel, &mut self.slot, response)? {
-            Response::Written { bytes } => Ok(bytes),
-            other => Err(self.endpoint.unexpected("write", &self.rel, &other)),
-        }
-    }
-
     fn owe(&mut self, path: Option<PathBuf>) {
         if let Some(link) = self.slot.as_mut() {
             link.pending.push_back(path);
@@ -849,14 +835,11 @@ impl FileSink for RemoteSink<'_> {
 
     fn commit(mut self: Box<Self>, sent: &Encoded) -> Result<u64> {
         self.end(sent.hash.as_bytes().to_vec())?;
-        let bytes = match self.pipelined {
-            true => sent.size,
-            false => self.rebuilt()?,
-        };
-        // Made durable and renamed with its batch: the verdict comes later, in order.
+        // Made durable and renamed with its batch: the verdict comes later, in order. A delta
+        // that did not rebuild fails there as a bad delta (see `Endpoint::settle`).
         self.owe(Some(self.rel.clone()));
         self.collect(PIPELINE)?;
-        Ok(bytes)
+        Ok(sent.size)
     }
 }
 

@@ -294,18 +294,6 @@ impl Session<'_> {
             .map(drop)
     }
 
-    /// Answers a `WriteFile`: a whole file's outcome is a verdict (its sender did not wait).
-    async fn reply_to_file(
-        &mut self,
-        block_size: Option<u32>,
-        response: Response,
-    ) -> Result<(), FrameError> {
-        match block_size {
-            None => self.reply(&verdict(response)).await,
-            Some(_) => self.reply(&response).await,
-        }
-    }
-
     /// The peer's next request: the rest of a batch, or (with what is buffered sent first)
     /// the next frame.
     async fn next(&mut self) -> Result<Request, FrameError> {
@@ -338,9 +326,9 @@ impl Session<'_> {
 
     async fn serve(&mut self, request: Request) -> Result<(), FrameError> {
         if let Some(refusal) = self.fenced_out(&request) {
-            if let Request::WriteFile { block_size, .. } = request {
+            if let Request::WriteFile { .. } = request {
                 self.drain_file().await?;
-                return self.reply_to_file(block_size, refusal).await;
+                return self.reply(&verdict(refusal)).await;
             }
             return self.reply(&refusal).await;
         }
@@ -353,10 +341,10 @@ impl Session<'_> {
         }
         let Some(replica) = self.replica.clone() else {
             let reason = "no folder is open: send Open first".to_owned();
-            if let Request::WriteFile { block_size, .. } = request {
+            if let Request::WriteFile { .. } = request {
                 self.drain_file().await?;
                 let refusal = failure("use", "", ErrorKind::Other, reason);
-                return self.reply_to_file(block_size, refusal).await;
+                return self.reply(&verdict(refusal)).await;
             }
             return self
                 .reply(&failure("use", "", ErrorKind::Other, reason))
@@ -605,8 +593,8 @@ impl Session<'_> {
     }
 
     /// Receives a file's ops until `DataEnd`, then stages it (or reports why not); its verdict
-    /// is sent when its batch is published. A delta's sender also hears at once whether it
-    /// rebuilt: it waits, ready to send the file whole.
+    /// is sent when its batch is published. No sender waits for it: one whose delta did not
+    /// rebuild hears so in the verdict and sends the file again, whole.
     async fn write_file(
         &mut self,
         replica: &LocalEndpoint,
@@ -619,7 +607,7 @@ impl Session<'_> {
             Ok(sink) => Some(sink),
             Err(e) => {
                 self.drain_file().await?;
-                return self.reply_to_file(block_size, wire_failure(&e)).await;
+                return self.reply(&verdict(wire_failure(&e))).await;
             }
         };
         let mut error: Option<EndpointError> = None;
@@ -644,7 +632,6 @@ impl Session<'_> {
             }
         };
         // An empty hash abandons the file: the sender owes itself a verdict either way.
-        let abandoned = hash.is_empty();
         let response = match (sink, error, <[u8; 32]>::try_from(hash)) {
             (_, Some(e), _) => wire_failure(&e),
             (Some(sink), None, Ok(hash)) => {
@@ -660,13 +647,7 @@ impl Session<'_> {
                         if self.batch_ready() {
                             self.start_publishing(true).await?;
                         }
-                        // A delta's sender waits to hear that it rebuilt (it sends the file
-                        // whole otherwise); like a whole file, the delta is made durable and
-                        // renamed with its batch, and its verdict comes then.
-                        return match block_size {
-                            None => Ok(()),
-                            Some(_) => self.reply(&Response::Written { bytes }).await,
-                        };
+                        return Ok(());
                     }
                     Err(e) => wire_failure(&e),
                 }
@@ -680,10 +661,7 @@ impl Session<'_> {
         };
         // A verdict for this file must follow those of the files sent before it.
         self.publish_staged(true).await?;
-        match abandoned {
-            true => self.reply(&verdict(response)).await,
-            false => self.reply_to_file(block_size, response).await,
-        }
+        self.reply(&verdict(response)).await
     }
 
     /// Reads and discards a refused file's data, keeping the session in step.

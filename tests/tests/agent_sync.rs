@@ -427,6 +427,52 @@ fn many_edited_files_each_go_as_a_delta() {
     );
 }
 
+#[test]
+fn a_delta_that_does_not_rebuild_the_file_is_sent_again_whole() {
+    let site = Site::new();
+    let (src, dst) = site.job("collided", "mirror", &[]);
+    let old = false_match_base();
+    fs::write(src.join("f.bin"), &old).unwrap();
+    assert_eq!(site.run("collided")["state"], "succeeded");
+    // A new version whose first block the old one's signature cannot tell from its own: the
+    // delta says "old block 0", which rebuilds the old bytes, and the whole-file hash refuses.
+    let new = false_match_of(&old);
+    fs::write(src.join("f.bin"), &new).unwrap();
+    let run = site.run("collided");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["files_copied"], 1, "{run:#}");
+    assert_eq!(fs::read(dst.join("f.bin")).unwrap(), new);
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
+/// Two blocks of bytes in 64..192, so that any byte may move by one either way.
+fn false_match_base() -> Vec<u8> {
+    noise(1400).iter().map(|b| 64 + b % 128).collect()
+}
+
+/// `old` with its first block changed so that its signature entry stays the same. Adding 1, -2
+/// and 1 to three bytes in a row keeps both of rsync's running sums; the strong hash is only 2
+/// bytes long for a file this small, so among 2^20 such changes one matches it too.
+fn false_match_of(old: &[u8]) -> Vec<u8> {
+    let signature = |bytes: &[u8]| ferry_agent::delta::signature(&mut &bytes[..], 1400).unwrap();
+    let wanted = signature(old);
+    assert_eq!((wanted.block_size, wanted.strong_len), (700, 2));
+    let first_block = 4 + usize::from(wanted.strong_len);
+    for n in 1u32..1 << 20 {
+        let mut new = old.to_vec();
+        for bit in (0..20).filter(|bit| n & 1 << bit != 0) {
+            let at = bit * 3;
+            new[at] += 1;
+            new[at + 1] -= 2;
+            new[at + 2] += 1;
+        }
+        if signature(&new).sums[..first_block] == wanted.sums[..first_block] {
+            return new;
+        }
+    }
+    panic!("no false match among 2^20 candidates: the signature is stronger than rsync's");
+}
+
 /// Makes a file immutable (`chattr +i`), which even root cannot remove, until dropped.
 struct Immutable(PathBuf);
 
