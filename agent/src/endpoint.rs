@@ -105,6 +105,11 @@ pub trait Endpoint: Send + Sync {
     fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
+    /// The hashes of several files, each or why not, in order: a remote replica asks for all
+    /// of them before it reads an answer, instead of a round trip each.
+    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>> {
+        rels.iter().map(|rel| self.hash(rel)).collect()
+    }
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;

@@ -982,36 +982,18 @@ impl Executor<'_> {
         if removed.is_empty() {
             return actions;
         }
-        let mut hashes: HashMap<(usize, PathBuf), Option<blake3::Hash>> = HashMap::new();
-        let mut hash = |replica: usize, path: &Path| {
-            *hashes
-                .entry((replica, path.to_path_buf()))
-                .or_insert_with(|| self.replicas[replica].hash(path).ok())
-        };
+        let hashes = self.hashes_for_moves(&actions, &removed);
         for action in &mut actions {
-            let Op::Copy {
-                from,
-                entry,
-                replaces: false,
-            } = &action.op
-            else {
+            let Some((from, candidates)) = self.move_candidates(action, &removed) else {
                 continue;
             };
-            let remote =
-                self.replicas[*from].is_remote() || self.replicas[action.replica].is_remote();
-            let Some(candidates) = removed
-                .get(&(action.replica, entry.size))
-                .filter(|_| remote)
-            else {
-                continue;
-            };
-            let Some(wanted) = hash(*from, &action.path) else {
+            let Some(content) = hashes.get(&(from, action.path.clone())) else {
                 continue;
             };
             let same = candidates
                 .iter()
-                .find(|old| hash(action.replica, old) == Some(wanted));
-            if let Some(old) = same {
+                .find(|old| hashes.get(&(action.replica, old.to_path_buf())) == Some(content));
+            if let (Some(old), Op::Copy { entry, .. }) = (same, &action.op) {
                 action.op = Op::LinkFrom {
                     from: old.clone(),
                     entry: entry.clone(),
@@ -1019,6 +1001,59 @@ impl Executor<'_> {
             }
         }
         actions
+    }
+
+    /// Every hash [`Self::find_moves`] compares, asked of each replica at once: across a
+    /// network one by one they would cost a round trip each. A file that cannot be read has
+    /// none (it is copied, not moved).
+    fn hashes_for_moves(
+        &self,
+        actions: &[Action],
+        removed: &HashMap<(usize, u64), Vec<PathBuf>>,
+    ) -> HashMap<(usize, PathBuf), blake3::Hash> {
+        let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
+        for action in actions {
+            if let Some((from, candidates)) = self.move_candidates(action, removed) {
+                wanted.entry(from).or_default().insert(action.path.clone());
+                wanted
+                    .entry(action.replica)
+                    .or_default()
+                    .extend(candidates.iter().cloned());
+            }
+        }
+        let mut hashes = HashMap::new();
+        for (replica, paths) in wanted {
+            let paths: Vec<PathBuf> = paths.into_iter().collect();
+            let found = self.replicas[replica].hashes(&paths);
+            for (path, hash) in paths.into_iter().zip(found) {
+                if let Ok(hash) = hash {
+                    hashes.insert((replica, path), hash);
+                }
+            }
+        }
+        hashes
+    }
+
+    /// For the copy of a file new at its replica, across a network: the replica it comes from,
+    /// and the files of its size the run deletes there (each may be it, moved).
+    fn move_candidates<'r>(
+        &self,
+        action: &Action,
+        removed: &'r HashMap<(usize, u64), Vec<PathBuf>>,
+    ) -> Option<(usize, &'r [PathBuf])> {
+        let Op::Copy {
+            from,
+            entry,
+            replaces: false,
+        } = &action.op
+        else {
+            return None;
+        };
+        let remote = self.replicas[*from].is_remote() || self.replicas[action.replica].is_remote();
+        let candidates = removed
+            .get(&(action.replica, entry.size))
+            .filter(|_| remote)?;
+        Some((*from, candidates))
     }
 
     /// Collects what the replicas did without making the run wait: a file that failed after

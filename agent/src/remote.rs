@@ -305,6 +305,27 @@ impl Link {
         self.send(request).await?;
         self.answer().await
     }
+
+    /// Several requests and their answers, in order, with up to `PIPELINE` unanswered: more
+    /// could fill both directions' buffers while neither side reads.
+    async fn call_many(
+        &mut self,
+        requests: Vec<Request>,
+    ) -> std::result::Result<Vec<Response>, ClientError> {
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut sent = 0;
+        for request in requests {
+            if sent - answers.len() == PIPELINE {
+                answers.push(self.answer().await?);
+            }
+            self.send(request).await?;
+            sent += 1;
+        }
+        while answers.len() < sent {
+            answers.push(self.answer().await?);
+        }
+        Ok(answers)
+    }
 }
 
 impl RemoteEndpoint {
@@ -367,6 +388,16 @@ impl RemoteEndpoint {
                     io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),
                 ))
             }
+        }
+    }
+
+    /// A file's hash, out of the agent's answer.
+    fn hash_in(&self, rel: &Path, response: Result<Response>) -> Result<blake3::Hash> {
+        match response? {
+            Response::Hash(bytes) if bytes.len() == 32 => Ok(blake3::Hash::from_bytes(
+                bytes.try_into().expect("32 bytes"),
+            )),
+            other => Err(self.unexpected("read", rel, &other)),
         }
     }
 
@@ -658,11 +689,33 @@ impl Endpoint for RemoteEndpoint {
 
     fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
         let path = rel.to_path_buf();
-        match self.call("read", rel, Request::Hash { path })? {
-            Response::Hash(bytes) if bytes.len() == 32 => Ok(blake3::Hash::from_bytes(
-                bytes.try_into().expect("32 bytes"),
-            )),
-            other => Err(self.unexpected("read", rel, &other)),
+        let response = self.call("read", rel, Request::Hash { path });
+        self.hash_in(rel, response)
+    }
+
+    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>> {
+        let requests = rels
+            .iter()
+            .map(|rel| Request::Hash { path: rel.clone() })
+            .collect();
+        let mut slot = self.session();
+        match on_session(&mut slot, |link| link.call_many(requests)) {
+            Ok(answers) => (rels.iter().zip(answers))
+                .map(|(rel, answer)| {
+                    let response = self.answer("read", rel, &mut slot, Ok(answer));
+                    self.hash_in(rel, response)
+                })
+                .collect(),
+            Err(e) => {
+                // The session is broken: the next run reconnects.
+                *slot = None;
+                (rels.iter())
+                    .map(|rel| {
+                        let source = io::Error::new(io::ErrorKind::BrokenPipe, e.to_string());
+                        Err(self.error("read", rel, source))
+                    })
+                    .collect()
+            }
         }
     }
 
