@@ -19,7 +19,8 @@
 //! bench/RESULTS.md (for profiling one case). `ferry-sync` is ferry under the two-way sync rule,
 //! which a full run leaves out: rsync has nothing to compare it with.
 //! `FERRY_BENCH_DELAY_MS=N` makes the relay hold every byte N ms each way, as across a WAN
-//! (a round trip then takes 2N ms); it is meant for such single groups.
+//! (a round trip then takes 2N ms). The group `wan` (what `bash bench/wan.sh` runs) is the
+//! re-syncs under such a delay, written to a section of bench/RESULTS.md of its own.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -124,7 +125,11 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(3);
     let only = std::env::args().nth(2);
-    let runs = |group: &str| only.as_deref().is_none_or(|only| only == group);
+    // Across a WAN only the re-syncs are measured: round trips are what it adds.
+    let wan = only.as_deref() == Some("wan");
+    let runs = |group: &str| {
+        only.as_deref().is_none_or(|only| only == group) || (wan && group == "resync")
+    };
     let tools = match std::env::args().nth(3) {
         None => Tool::ALL.to_vec(),
         Some(key) => match Tool::EVERY.into_iter().find(|t| t.key() == key) {
@@ -205,6 +210,9 @@ fn main() -> Result<()> {
         if !real.is_empty() {
             bail!("{} left differences: {real:?}", tool.label());
         }
+    }
+    if wan {
+        return write_wan_results(rounds, &rows);
     }
     if only.is_some() {
         print!("{}", table(&rows));
@@ -782,26 +790,56 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
 const SLOW_LINK: &str = "FERRY_BENCH_LINK";
 
 fn write_slow_link_results(rounds: usize, rate: &str, rows: &[(&str, CaseSamples)]) -> Result<()> {
-    let mut section = String::from(
-        "<!-- sync-slow-link:start -->\n## Sync over a slow link: ferry agent to agent vs rsync daemon\n\n",
-    );
-    section.push_str(&format!(
+    let intro = format!(
         "`bash bench/slow-link.sh {rounds} {rate}` on {}, {}: the same agents, rsync daemon and \
          counting relay as above, inside a network namespace whose loopback `tc tbf` holds to \
          {rate}. Every byte crosses that loopback twice (into the relay and out), so the path \
          between the two ends carries about half of it. {rounds} rounds each, median \
-         (min-max).\n\n",
+         (min-max).",
         today(),
         machine()
-    ));
-    section.push_str(&table(rows));
-    section.push_str(
-        "\nHere the link, not the CPU, is the bottleneck: ferry measures that (TCP_INFO) and \
-         compresses file data, as `rsync -z` does when asked; over loopback it sends it raw.\n",
     );
-    section.push_str("<!-- sync-slow-link:end -->\n");
+    let outro = "Here the link, not the CPU, is the bottleneck: ferry measures that (TCP_INFO) \
+                 and compresses file data, as `rsync -z` does when asked; over loopback it sends \
+                 it raw.";
+    let title = "Sync over a slow link: ferry agent to agent vs rsync daemon";
+    write_section("sync-slow-link", title, &intro, rows, outro)
+}
+
+/// The `wan` group, run by bench/wan.sh with the relay delaying every byte: the re-syncs, into
+/// a section of their own.
+fn write_wan_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
+    let rtt = one_way_delay().unwrap_or_default() * 2;
+    let intro = format!(
+        "`bash bench/wan.sh {rounds} {}` on {}, {}: the same agents, rsync daemon and counting \
+         relay as above, the relay holding every byte {:?} each way, so the two ends are a \
+         {rtt:?} round trip apart (bandwidth unlimited). {rounds} rounds each, median \
+         (min-max).",
+        rtt.as_millis(),
+        today(),
+        machine(),
+        rtt / 2,
+    );
+    let outro = "Every answer a sender waits for costs a round trip here: ferry pipelines file \
+                 data, deltas, removals, moves and times, and asks for signatures ahead.";
+    let title = "Re-syncs across a WAN round trip: ferry agent to agent vs rsync daemon";
+    write_section("sync-wan", title, &intro, rows, outro)
+}
+
+/// Writes the section `key` of bench/RESULTS.md: a title, what was run, the table, a note.
+fn write_section(
+    key: &str,
+    title: &str,
+    intro: &str,
+    rows: &[(&str, CaseSamples)],
+    outro: &str,
+) -> Result<()> {
+    let section = format!(
+        "<!-- {key}:start -->\n## {title}\n\n{intro}\n\n{}\n{outro}\n<!-- {key}:end -->\n",
+        table(rows)
+    );
     print!("{section}");
-    replace_section(&results_file(), "sync-slow-link", &section)
+    replace_section(&results_file(), key, &section)
 }
 
 fn table(rows: &[(&str, CaseSamples)]) -> String {
