@@ -4,9 +4,14 @@
 //! zstd's fastest level compresses text at roughly 300 MB/s on one core. Over loopback or a
 //! 10 Gbit/s LAN raw data arrives sooner, and the CPU spent compressing is taken from reading,
 //! hashing and encrypting; over 1 Gbit/s or a WAN compressed data arrives sooner. The kernel
-//! measures each TCP connection (`TCP_INFO`): the rate it recently delivered data at, and how
-//! long the sender waited for the receiver to make room (then the receiver is the slow end,
-//! and compressing would only make it decompress too).
+//! counts, per TCP connection (`TCP_INFO`), the bytes the peer acknowledged and how long the
+//! sender waited for the receiver to make room (then the receiver is the slow end, and
+//! compressing would only make it decompress too).
+//!
+//! The link's rate is what it delivered between two readings, 100 ms or more apart, not the
+//! kernel's own delivery rate: that one is measured over a few packets, and a token bucket
+//! (a rate-limited line, a policer) lets a burst of them through at full speed after every
+//! pause, which made a 40 Mbit/s link look faster than the compressor.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -23,10 +28,10 @@ const RATE_WINDOW: usize = 10;
 /// The kernel's measurements of a connection at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
-    /// The most recent delivery rate, bytes per second (0 before any data was acknowledged).
-    pub delivery_rate: u64,
-    /// The sender had less to send than the link could carry while that rate was measured:
-    /// the link is faster than it shows.
+    /// Bytes the peer acknowledged since the connection opened.
+    pub bytes_acked: u64,
+    /// The sender had less to send than the link could carry lately: the link is faster
+    /// than it shows.
     pub rate_app_limited: bool,
     /// Microseconds, since the connection opened, the sender waited on the receiver's window.
     pub receiver_limited_us: u64,
@@ -37,7 +42,8 @@ pub struct LinkMeter {
     socket: RawFd,
     data: Data,
     last: Option<(Instant, Sample)>,
-    /// The delivery rates of the last samples, the newest at `taken % RATE_WINDOW`.
+    /// What the link delivered, bytes per second, between the last readings, the newest at
+    /// `taken % RATE_WINDOW`.
     rates: [u64; RATE_WINDOW],
     taken: usize,
 }
@@ -67,11 +73,14 @@ impl LinkMeter {
         let Some(sample) = measure(self.socket) else {
             return self.data;
         };
-        self.rates[self.taken % RATE_WINDOW] = sample.delivery_rate;
-        self.taken += 1;
         if let Some((at, last)) = self.last {
-            let capacity = self.rates.iter().copied().max().unwrap_or(0);
-            let data = judge(&last, &sample, now.duration_since(at), capacity);
+            let elapsed = now.duration_since(at);
+            let delivered = sample.bytes_acked.saturating_sub(last.bytes_acked);
+            let rate = u128::from(delivered) * 1_000_000 / elapsed.as_micros().max(1);
+            self.rates[self.taken % RATE_WINDOW] = u64::try_from(rate).unwrap_or(u64::MAX);
+            self.taken += 1;
+            let capacity = self.capacity();
+            let data = judge(&last, &sample, elapsed, capacity);
             if data != self.data {
                 tracing::debug!(?data, capacity, ?sample, "file data compression changed");
             }
@@ -80,11 +89,17 @@ impl LinkMeter {
         self.last = Some((now, sample));
         self.data
     }
+
+    /// The most the link delivered between two readings in the last second.
+    fn capacity(&self) -> u64 {
+        self.rates.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// Compress while the link, used to the full, delivers less than the compressor, and the
-/// receiver kept up for most of the time since the last sample. `capacity` is the fastest
-/// the link delivered lately: a stall at either end makes one sample slow, not the link.
+/// receiver kept up for most of the time since the last sample. `capacity` is the most the
+/// link delivered between two readings lately: a stall at either end makes one interval
+/// slow, not the link.
 pub fn judge(last: &Sample, now: &Sample, elapsed: Duration, capacity: u64) -> Data {
     let waited = now
         .receiver_limited_us
@@ -101,7 +116,7 @@ pub fn judge(last: &Sample, now: &Sample, elapsed: Duration, capacity: u64) -> D
 /// only grows at its end): read from bytes, as the `libc` crate's struct lacks the
 /// application-limited bit.
 const APP_LIMITED_BYTE: usize = 7;
-const DELIVERY_RATE: usize = 160;
+const BYTES_ACKED: usize = 120;
 const RWND_LIMITED: usize = 176;
 const TCP_INFO_LEN: usize = 184;
 
@@ -126,7 +141,7 @@ fn measure(socket: RawFd) -> Option<Sample> {
     }
     let u64_at = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().expect("8 bytes"));
     Some(Sample {
-        delivery_rate: u64_at(DELIVERY_RATE),
+        bytes_acked: u64_at(BYTES_ACKED),
         rate_app_limited: info[APP_LIMITED_BYTE] & 1 == 1,
         receiver_limited_us: u64_at(RWND_LIMITED),
     })
@@ -145,54 +160,46 @@ mod tests {
 
     use super::*;
 
-    fn sample(delivery_rate: u64, receiver_limited_us: u64) -> Sample {
+    fn waited(receiver_limited_us: u64) -> Sample {
         Sample {
-            delivery_rate,
+            bytes_acked: 0,
             rate_app_limited: false,
             receiver_limited_us,
         }
     }
 
-    /// What `judge` says of `now`, a sample 100 ms after one that saw nothing yet, on a link
-    /// whose fastest recent rate was `now`'s own.
-    fn judged(now: Sample) -> Data {
-        judge(
-            &sample(0, 0),
-            &now,
-            Duration::from_millis(100),
-            now.delivery_rate,
-        )
+    /// What `judge` says after 100 ms in which the link delivered `rate` bytes per second and
+    /// the sender waited `now`'s time on the receiver.
+    fn judged(rate: u64, now: Sample) -> Data {
+        judge(&waited(0), &now, Duration::from_millis(100), rate)
     }
 
     #[test]
     fn only_a_slow_link_with_a_receiver_that_keeps_up_is_worth_compressing() {
         // A 1 Gbit/s LAN, a WAN: the network is the limit.
-        assert_eq!(judged(sample(117_000_000, 0)), Data::Compress);
-        assert_eq!(judged(sample(2_000_000, 10_000)), Data::Compress);
+        assert_eq!(judged(117_000_000, waited(0)), Data::Compress);
+        assert_eq!(judged(2_000_000, waited(10_000)), Data::Compress);
         // Loopback, 10 Gbit/s: faster than the compressor.
-        assert_eq!(judged(sample(1_200_000_000, 0)), Data::Raw);
+        assert_eq!(judged(1_200_000_000, waited(0)), Data::Raw);
         // The receiver held the sender back for 80 of the last 100 ms: it is the slow end.
-        assert_eq!(judged(sample(90_000_000, 80_000)), Data::Raw);
+        assert_eq!(judged(90_000_000, waited(80_000)), Data::Raw);
         // Nothing delivered yet: nothing known.
-        assert_eq!(judged(sample(0, 0)), Data::Raw);
+        assert_eq!(judged(0, waited(0)), Data::Raw);
         // The sender had too little to send: the link can carry more than it showed.
         let idle = Sample {
             rate_app_limited: true,
-            ..sample(20_000_000, 0)
+            ..waited(0)
         };
-        assert_eq!(judged(idle), Data::Raw);
+        assert_eq!(judged(20_000_000, idle), Data::Raw);
     }
 
     #[test]
     fn a_stall_does_not_make_a_fast_link_slow() {
-        // One slow sample (an end busy flushing to disk) on a link that delivered 8 GB/s a
-        // moment ago.
-        let stalled = sample(5_000_000, 0);
-        let tenth = Duration::from_millis(100);
-        assert_eq!(
-            judge(&sample(0, 0), &stalled, tenth, 8_000_000_000),
-            Data::Raw
-        );
+        // The meter's last interval was slow (an end busy flushing to disk), on a link that
+        // delivered 8 GB/s a moment ago: capacity is the window's best.
+        let mut meter = LinkMeter::new(&TcpListener::bind("127.0.0.1:0").unwrap());
+        meter.rates = [8_000_000_000, 5_000_000, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(judged(meter.capacity(), waited(0)), Data::Raw);
     }
 
     #[test]
@@ -215,7 +222,7 @@ mod tests {
         drop(socket);
         assert!(reader.join().unwrap() > 0);
         let measured = meter.last.expect("TCP_INFO is readable on Linux").1;
-        assert!(measured.delivery_rate > 0, "{measured:?}");
+        assert!(measured.bytes_acked > 0, "{measured:?}");
         assert_eq!(decisions.last(), Some(&Data::Raw), "{measured:?}");
     }
 }
