@@ -132,6 +132,12 @@ pub trait Endpoint: Send + Sync {
     fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
         self.duplicate(from, to)
     }
+    /// Makes a folder without waiting for the outcome where that saves a round trip (a remote
+    /// replica, which makes folders and writes files in the order sent): a failure then
+    /// comes with [`Endpoint::settle`].
+    fn make_dir_later(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        self.make_dir(rel, entry)
+    }
     /// Sets a time without waiting for the outcome where that saves a round trip (a remote
     /// replica): a failure then comes with [`Endpoint::settle`].
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
@@ -154,6 +160,8 @@ pub struct Settled {
     pub removals: Vec<(PathBuf, Result<bool>)>,
     /// Other changes sent without waiting that failed (a time not set).
     pub failed_changes: Vec<(PathBuf, EndpointError)>,
+    /// Folders made without waiting that failed.
+    pub failed_dirs: Vec<(PathBuf, EndpointError)>,
 }
 
 /// A file being written: ops go in, and [`FileSink::commit`] checks the result against the

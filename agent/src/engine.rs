@@ -932,10 +932,7 @@ impl Executor<'_> {
                         self.left.insert(at, None);
                     }
                 }
-                Err(error) => {
-                    self.fail(&action.path, error);
-                    self.failed_at.insert(at);
-                }
+                Err(error) => self.failed_there(at, error),
             }
         }
         self.settle();
@@ -1061,34 +1058,7 @@ impl Executor<'_> {
     /// rebuild is sent again whole, and settled in turn.
     fn settle(&mut self) {
         loop {
-            let mut deltas = std::mem::take(&mut self.deltas);
-            let mut resends = Vec::new();
-            for r in 0..self.replicas.len() {
-                let replica = self.replicas[r];
-                let settled = replica.settle();
-                for (path, error) in settled.failed_writes {
-                    let at = (r, path);
-                    match deltas.remove(&at).filter(|_| error.is_bad_delta()) {
-                        Some(resend) => resends.push((at, resend)),
-                        None => self.write_failed(at, error.to_string()),
-                    }
-                }
-                for (path, error) in settled.failed_changes {
-                    // A move that failed fails its time too: the file is reported once.
-                    if self.failed_at.insert((r, path.clone())) {
-                        self.fail(&path, error.to_string());
-                    }
-                }
-                for (path, removed) in settled.removals {
-                    match removed {
-                        Ok(removed) => self.removed(replica, path, removed),
-                        Err(error) => {
-                            self.fail(&path, error.to_string());
-                            self.failed_at.insert((r, path));
-                        }
-                    }
-                }
-            }
+            let resends = self.settle_once();
             if resends.is_empty() {
                 return;
             }
@@ -1106,9 +1076,48 @@ impl Executor<'_> {
         }
     }
 
+    /// Settles every replica once; returns the deltas that did not rebuild.
+    fn settle_once(&mut self) -> Vec<((usize, PathBuf), Resend)> {
+        let mut deltas = std::mem::take(&mut self.deltas);
+        let mut resends = Vec::new();
+        for r in 0..self.replicas.len() {
+            let replica = self.replicas[r];
+            let settled = replica.settle();
+            for (path, error) in settled.failed_writes {
+                let at = (r, path);
+                match deltas.remove(&at).filter(|_| error.is_bad_delta()) {
+                    Some(resend) => resends.push((at, resend)),
+                    None => self.write_failed(at, error.to_string()),
+                }
+            }
+            for (path, error) in settled.failed_dirs {
+                self.summary.dirs_created = self.summary.dirs_created.saturating_sub(1);
+                self.failed_there((r, path), error.to_string());
+            }
+            for (path, error) in settled.failed_changes {
+                // A move that failed fails its time too: the file is reported once.
+                if !self.failed_at.contains(&(r, path.clone())) {
+                    self.failed_there((r, path), error.to_string());
+                }
+            }
+            for (path, removed) in settled.removals {
+                match removed {
+                    Ok(removed) => self.removed(replica, path, removed),
+                    Err(error) => self.failed_there((r, path), error.to_string()),
+                }
+            }
+        }
+        resends
+    }
+
     /// A file counted as copied failed after all.
     fn write_failed(&mut self, at: (usize, PathBuf), error: String) {
         self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
+        self.failed_there(at, error);
+    }
+
+    /// An action at a replica's path failed: later ones there are skipped.
+    fn failed_there(&mut self, at: (usize, PathBuf), error: String) {
         self.fail(&at.1, error);
         self.failed_at.insert(at);
     }
@@ -1258,7 +1267,7 @@ impl Executor<'_> {
         let path = target.path;
         match entry.kind {
             Kind::Dir => {
-                to.make_dir(path, entry)?;
+                to.make_dir_later(path, entry)?;
                 self.summary.dirs_created += 1;
                 return Ok(());
             }

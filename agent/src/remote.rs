@@ -60,6 +60,8 @@ struct Link {
     removed: Vec<(PathBuf, std::result::Result<bool, WireError>)>,
     /// Other changes sent without waiting that failed (a time not set).
     failed_changes: Vec<(PathBuf, WireError)>,
+    /// Folders made without waiting that failed.
+    failed_dirs: Vec<(PathBuf, WireError)>,
     /// Files whose signature the run will ask for, not asked of the agent yet.
     upcoming: VecDeque<PathBuf>,
     /// Signatures asked for ahead whose answer is still to come.
@@ -79,6 +81,8 @@ enum Owed {
     Removal(PathBuf),
     /// A time set.
     Time(PathBuf),
+    /// A folder made.
+    Dir(PathBuf),
     /// A file placed from one the agent holds (a move): it fails as a write.
     Copy(PathBuf),
     /// A signature asked for ahead of the run's need.
@@ -90,6 +94,7 @@ impl Owed {
         match self {
             Owed::Removal(path) => ("remove", path),
             Owed::Time(path) => ("set mtime of", path),
+            Owed::Dir(path) => ("create folder", path),
             Owed::Copy(path) => ("duplicate", path),
             Owed::Signature(path) => ("read", path),
         }
@@ -105,6 +110,7 @@ impl Link {
             owed: VecDeque::new(),
             removed: Vec::new(),
             failed_changes: Vec::new(),
+            failed_dirs: Vec::new(),
             upcoming: VecDeque::new(),
             asked: HashSet::new(),
             signatures: HashMap::new(),
@@ -217,7 +223,7 @@ impl Link {
                 self.asked.remove(&path);
                 self.signatures.insert(path, answer);
             }
-            (Some(Owed::Time(_) | Owed::Copy(_)), Response::Done) => {}
+            (Some(Owed::Time(_) | Owed::Copy(_) | Owed::Dir(_)), Response::Done) => {}
             (Some(owed), Response::Failed(wire)) => self.note_failure(owed, wire),
             (Some(owed), other) => {
                 let (op, path) = owed.describe();
@@ -238,6 +244,7 @@ impl Link {
         match owed {
             Owed::Removal(path) => self.removed.push((path, Err(wire))),
             Owed::Time(path) => self.failed_changes.push((path, wire)),
+            Owed::Dir(path) => self.failed_dirs.push((path, wire)),
             Owed::Copy(path) => self.late.push((path, wire)),
             Owed::Signature(path) => {
                 self.asked.remove(&path);
@@ -255,6 +262,7 @@ impl Link {
                 .map(|(path, outcome)| (path, outcome.map_err(|wire| from_wire(agent, wire))))
                 .collect(),
             failed_changes: self.failed_changes.drain(..).map(endpoint_error).collect(),
+            failed_dirs: self.failed_dirs.drain(..).map(endpoint_error).collect(),
         }
     }
 
@@ -619,6 +627,14 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("create folder", rel, request)
     }
 
+    fn make_dir_later(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let request = Request::MakeDir {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.send_later("create folder", rel, request, Owed::Dir(rel.to_path_buf()))
+    }
+
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()> {
         let request = Request::MakeSymlink {
             path: rel.to_path_buf(),
@@ -780,6 +796,7 @@ impl Endpoint for RemoteEndpoint {
             match owed {
                 Owed::Removal(path) => settled.removals.push((path, Err(error))),
                 Owed::Time(path) => settled.failed_changes.push((path, error)),
+                Owed::Dir(path) => settled.failed_dirs.push((path, error)),
                 Owed::Copy(path) => settled.failed_writes.push((path, error)),
                 Owed::Signature(_) => {}
             }

@@ -328,7 +328,7 @@ impl Session<'_> {
         if let Some(refusal) = self.fenced_out(&request) {
             if let Request::WriteFile { .. } = request {
                 self.drain_file().await?;
-                return self.reply(&verdict(refusal)).await;
+                return self.refuse_file(refusal).await;
             }
             return self.reply(&refusal).await;
         }
@@ -344,7 +344,7 @@ impl Session<'_> {
             if let Request::WriteFile { .. } = request {
                 self.drain_file().await?;
                 let refusal = failure("use", "", ErrorKind::Other, reason);
-                return self.reply(&verdict(refusal)).await;
+                return self.refuse_file(refusal).await;
             }
             return self
                 .reply(&failure("use", "", ErrorKind::Other, reason))
@@ -607,7 +607,7 @@ impl Session<'_> {
             Ok(sink) => Some(sink),
             Err(e) => {
                 self.drain_file().await?;
-                return self.reply(&verdict(wire_failure(&e))).await;
+                return self.refuse_file(wire_failure(&e)).await;
             }
         };
         let mut error: Option<EndpointError> = None;
@@ -659,9 +659,15 @@ impl Session<'_> {
                 "abandoned by the sender".into(),
             ),
         };
-        // A verdict for this file must follow those of the files sent before it.
+        self.refuse_file(response).await
+    }
+
+    /// Answers a file that is not staged with its failure. Its verdict must follow those of
+    /// the files sent before it, which are published first: the sender matches verdicts to
+    /// files by their order.
+    async fn refuse_file(&mut self, failure: Response) -> Result<(), FrameError> {
         self.publish_staged(true).await?;
-        self.reply(&verdict(response)).await
+        self.reply(&verdict(failure)).await
     }
 
     /// Reads and discards a refused file's data, keeping the session in step.

@@ -540,6 +540,44 @@ fn removals_on_an_agent_go_without_waiting_and_each_is_accounted_for() {
 }
 
 #[test]
+fn a_folder_an_agent_cannot_make_fails_with_its_files_and_nothing_else() {
+    let site = Site::new();
+    let (src, dst) = site.job("walled", "mirror", &[]);
+    fs::create_dir_all(src.join("sealed")).unwrap();
+    assert_eq!(site.run("walled")["state"], "succeeded");
+    // Folders go without waiting for their answers: a failed one is still told apart.
+    fs::create_dir_all(src.join("sealed/new/inner")).unwrap();
+    fs::write(src.join("sealed/new/inner/a.txt"), "cannot land").unwrap();
+    fs::write(src.join("other.txt"), "lands").unwrap();
+    let Some(wall) = Immutable::new(&dst.join("sealed")) else {
+        return;
+    };
+    let run = site.run("walled");
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(run["files_copied"], 1, "only other.txt: {run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("create folder") && error.contains("sealed/new"),
+        "{run:#}"
+    );
+    assert_eq!(fs::read_to_string(dst.join("other.txt")).unwrap(), "lands");
+    // Each failure names its own file: verdicts are matched to files by their order.
+    let tail = site.env.ferry(&["tail"]).stdout;
+    let failed = |name: &str| {
+        tail.lines()
+            .any(|line| line.contains(" error ") && line.contains(&format!("{name}: ")))
+    };
+    assert!(
+        failed("sealed/new/inner/a.txt") && !failed("other.txt"),
+        "{tail}"
+    );
+    drop(wall);
+    let again = site.run("walled");
+    assert_eq!(again["state"], "succeeded", "{again:#}");
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
+#[test]
 fn paths_outside_an_agents_roots_are_refused() {
     let site = Site::new();
     let outside = site.env.path("outside");

@@ -195,6 +195,22 @@ pub async fn sync(
     halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
+    let before = recorder.counters;
+    let summary = follow(spec, scope, halt, recorder).await?;
+    // A file sent without waiting that failed after all was counted when it went: the
+    // engine's own count is the truth.
+    recorder.counters.files_copied = before.files_copied + summary.files_copied as i64;
+    recorder.counters.bytes_sent += summary.bytes_sent as i64;
+    Ok(summary)
+}
+
+/// Runs the engine, here or on the source's agent, recording its events as they come.
+async fn follow(
+    spec: &JobSpec,
+    scope: Scope,
+    halt: &Halt,
+    recorder: &mut Recorder,
+) -> Result<Summary, EngineError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Some(handoff) = &spec.handoff {
         let (handoff, halt) = (handoff.clone(), halt.clone());
@@ -207,9 +223,7 @@ pub async fn sync(
         while let Some(event) = rx.recv().await {
             recorder.engine_event(event).await;
         }
-        let summary = work.await.expect("following the agent's run panicked")?;
-        recorder.counters.bytes_sent += summary.bytes_sent as i64;
-        return Ok(summary);
+        return work.await.expect("following the agent's run panicked");
     }
     let (spec, halt) = (spec.clone(), halt.clone());
     let work = tokio::task::spawn_blocking(move || {
@@ -221,9 +235,7 @@ pub async fn sync(
     while let Some(event) = rx.recv().await {
         recorder.engine_event(event).await;
     }
-    let summary = work.await.expect("the sync engine panicked")?;
-    recorder.counters.bytes_sent += summary.bytes_sent as i64;
-    Ok(summary)
+    work.await.expect("the sync engine panicked")
 }
 
 /// One line for a summary: "3 copied, 1 deleted, 2 conflicts, 12.0 KiB".
