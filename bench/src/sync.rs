@@ -118,13 +118,33 @@ struct Bench {
     runtime: tokio::runtime::Runtime,
 }
 
+const USAGE: &str = "usage: sync [ROUNDS] [small|large|resync|wan] \
+    [ferry|rsync|rsync-z|rsync-fsync|ferry-sync]\n\
+    Without a group: every case and tool, written to bench/RESULTS.md (bash bench/sync.sh).\n\
+    With a group: its table only, printed; `wan` (bash bench/wan.sh) writes its own section \
+    when no tool is named. FERRY_BENCH_DELAY_MS=N delays every byte N ms each way.";
+
 fn main() -> Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|n| n.parse())
-        .transpose()?
-        .unwrap_or(3);
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let rounds: usize = match std::env::args().nth(1).map(|n| n.parse()) {
+        None => 3,
+        Some(Ok(rounds)) => rounds,
+        Some(Err(_)) => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let only = std::env::args().nth(2);
+    if only
+        .as_deref()
+        .is_some_and(|group| !["small", "large", "resync", "wan"].contains(&group))
+    {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    }
     // Across a WAN only the re-syncs are measured: round trips are what it adds.
     let wan = only.as_deref() == Some("wan");
     let runs = |group: &str| {
@@ -211,7 +231,7 @@ fn main() -> Result<()> {
             bail!("{} left differences: {real:?}", tool.label());
         }
     }
-    if wan {
+    if wan && bench.tools.len() > 1 {
         return write_wan_results(rounds, &rows);
     }
     if only.is_some() {
