@@ -93,11 +93,15 @@ pub trait Endpoint: Send + Sync {
         block_size: Option<u32>,
         expected: Option<&Expected>,
     ) -> Result<Box<dyn FileSink + 'a>>;
-    fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()>;
+    /// With `expected`, fails instead if `rel` no longer holds what was expected (see
+    /// [`Expected`]), as [`Endpoint::remove`] does.
+    fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
     /// Removes a file or link, or an empty folder. A folder that is not empty is left in place
-    /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say).
-    fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool>;
+    /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say). With
+    /// `expected`, `rel` is checked first where it is, so a remote replica costs no round trip
+    /// for it.
+    fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool>;
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
     /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,
@@ -123,8 +127,13 @@ pub trait Endpoint: Send + Sync {
     /// Removes `rel` without waiting for the outcome where that saves a round trip (a remote
     /// replica): `None` then, and the outcome comes with [`Endpoint::settle`]. A local replica
     /// removes it at once.
-    fn remove_later(&self, rel: &Path, entry: &Entry) -> Result<Option<bool>> {
-        self.remove(rel, entry).map(Some)
+    fn remove_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        expected: Option<&Expected>,
+    ) -> Result<Option<bool>> {
+        self.remove(rel, entry, expected).map(Some)
     }
     /// Duplicates `from` as `to` (a moved file) without waiting for the outcome where that
     /// saves a round trip (a remote replica): a failure then comes with [`Endpoint::settle`],
@@ -135,8 +144,8 @@ pub trait Endpoint: Send + Sync {
     /// Makes a folder without waiting for the outcome where that saves a round trip (a remote
     /// replica, which makes folders and writes files in the order sent): a failure then
     /// comes with [`Endpoint::settle`].
-    fn make_dir_later(&self, rel: &Path, entry: &Entry) -> Result<()> {
-        self.make_dir(rel, entry)
+    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
+        self.make_dir(rel, entry, expected)
     }
     /// Sets a time without waiting for the outcome where that saves a round trip (a remote
     /// replica): a failure then comes with [`Endpoint::settle`].
@@ -453,8 +462,9 @@ impl Endpoint for LocalEndpoint {
         Ok(Box::new(self.receive(rel, entry, block_size, expected)?))
     }
 
-    fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
+    fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
         let full = self.checked(rel)?;
+        still_holds(&full, expected).map_err(self.err("create folder", rel))?;
         match fs::create_dir_all(&full) {
             Ok(()) => fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
                 .map_err(self.err("set mode of", rel)),
@@ -476,8 +486,9 @@ impl Endpoint for LocalEndpoint {
         self.commit_temp(&temp, rel, written)
     }
 
-    fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool> {
+    fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
         let full = self.checked(rel)?;
+        still_holds(&full, expected).map_err(self.err("remove", rel))?;
         let removed = if entry.is_dir() {
             fs::remove_dir(&full)
         } else {
@@ -698,15 +709,7 @@ impl Staged {
     }
 
     fn still_expected(&self) -> io::Result<()> {
-        let Some(expected) = &self.expected else {
-            return Ok(());
-        };
-        match expected.is_met_by(entry_at(&self.target)?.as_ref()) {
-            true => Ok(()),
-            false => Err(io::Error::other(
-                "changed during the sync; left as it is, and synced again on the next run",
-            )),
-        }
+        still_holds(&self.target, self.expected.as_ref())
     }
 }
 
@@ -724,6 +727,17 @@ impl Drop for LocalSink<'_> {
         if !self.committed {
             let _ = fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// Under the sync rule: fails when `full` no longer holds what the run's scan saw there
+/// (someone changed it during the run), so the change is left for the next run to see.
+fn still_holds(full: &Path, expected: Option<&Expected>) -> io::Result<()> {
+    match expected {
+        Some(expected) if !expected.is_met_by(entry_at(full)?.as_ref()) => Err(io::Error::other(
+            "changed during the sync; left as it is, and synced again on the next run",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -1153,12 +1153,13 @@ impl Executor<'_> {
         Some(Expected { entry })
     }
 
-    /// Fails an action whose target changed since the scan (see `planned`). A file's copy is
-    /// checked by its replica instead, just before the rename (see [`Expected`]).
+    /// Fails an action whose target changed since the scan (see `planned`). A file's or a
+    /// folder's copy and a removal are checked by their replica instead, where the path is
+    /// (see [`Expected`]): across a network that costs no round trip each.
     fn verify(&self, action: &Action) -> Result<(), String> {
         let checked_here = match &action.op {
-            Op::Copy { entry, .. } => entry.kind != Kind::File,
-            Op::Remove { .. } | Op::KeepAside { .. } => true,
+            Op::Copy { entry, .. } => matches!(entry.kind, Kind::Symlink { .. }),
+            Op::KeepAside { .. } => true,
             _ => false,
         };
         if !checked_here {
@@ -1207,13 +1208,17 @@ impl Executor<'_> {
                 }
             }
             Op::Remove { entry } if entry.is_dir() => {
-                replica.remove(path, entry).map_err(|e| e.to_string())?;
+                let expected = self.expected(action);
+                replica
+                    .remove(path, entry, expected.as_ref())
+                    .map_err(|e| e.to_string())?;
             }
             // Files go without waiting where that saves a round trip each; their outcomes
             // are collected before the next phase (see `execute`).
             Op::Remove { entry } => {
+                let expected = self.expected(action);
                 if let Some(removed) = replica
-                    .remove_later(path, entry)
+                    .remove_later(path, entry, expected.as_ref())
                     .map_err(|e| e.to_string())?
                 {
                     self.removed(replica, path.clone(), removed);
@@ -1267,7 +1272,7 @@ impl Executor<'_> {
         let path = target.path;
         match entry.kind {
             Kind::Dir => {
-                to.make_dir_later(path, entry)?;
+                to.make_dir_later(path, entry, target.expected.as_ref())?;
                 self.summary.dirs_created += 1;
                 return Ok(());
             }

@@ -111,20 +111,26 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         hash: Vec<u8>,
     },
+    /// Under the sync rule `expected` is what `path` must still hold (as for `WriteFile`).
     MakeDir {
         #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
+        #[serde(default)]
+        expected: Option<Expected>,
     },
     MakeSymlink {
         #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
     },
+    /// Under the sync rule `expected` is what `path` must still hold (as for `WriteFile`).
     Remove {
         #[serde(with = "crate::raw_path")]
         path: PathBuf,
         entry: Entry,
+        #[serde(default)]
+        expected: Option<Expected>,
     },
     Rename {
         #[serde(with = "crate::raw_path")]

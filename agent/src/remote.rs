@@ -619,18 +619,20 @@ impl Endpoint for RemoteEndpoint {
         }))
     }
 
-    fn make_dir(&self, rel: &Path, entry: &Entry) -> Result<()> {
+    fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
         let request = Request::MakeDir {
             path: rel.to_path_buf(),
             entry: entry.clone(),
+            expected: expected.cloned(),
         };
         self.expect_done("create folder", rel, request)
     }
 
-    fn make_dir_later(&self, rel: &Path, entry: &Entry) -> Result<()> {
+    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
         let request = Request::MakeDir {
             path: rel.to_path_buf(),
             entry: entry.clone(),
+            expected: expected.cloned(),
         };
         self.send_later("create folder", rel, request, Owed::Dir(rel.to_path_buf()))
     }
@@ -643,10 +645,11 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("create link", rel, request)
     }
 
-    fn remove(&self, rel: &Path, entry: &Entry) -> Result<bool> {
+    fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
         let request = Request::Remove {
             path: rel.to_path_buf(),
             entry: entry.clone(),
+            expected: expected.cloned(),
         };
         match self.call("remove", rel, request)? {
             Response::Removed(removed) => Ok(removed),
@@ -654,10 +657,16 @@ impl Endpoint for RemoteEndpoint {
         }
     }
 
-    fn remove_later(&self, rel: &Path, entry: &Entry) -> Result<Option<bool>> {
+    fn remove_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        expected: Option<&Expected>,
+    ) -> Result<Option<bool>> {
         let request = Request::Remove {
             path: rel.to_path_buf(),
             entry: entry.clone(),
+            expected: expected.cloned(),
         };
         self.send_later("remove", rel, request, Owed::Removal(rel.to_path_buf()))?;
         Ok(None)

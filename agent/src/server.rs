@@ -370,9 +370,19 @@ impl Session<'_> {
             }
             Request::Stat { path } => replica.stat(&path).map(Response::Stat),
             Request::Signature { path } => replica.signature(&path).map(Response::Signature),
-            Request::MakeDir { path, entry } => replica.make_dir(&path, &entry).map(done),
+            Request::MakeDir {
+                path,
+                entry,
+                expected,
+            } => replica.make_dir(&path, &entry, expected.as_ref()).map(done),
             Request::MakeSymlink { path, entry } => replica.make_symlink(&path, &entry).map(done),
-            Request::Remove { path, entry } => replica.remove(&path, &entry).map(Response::Removed),
+            Request::Remove {
+                path,
+                entry,
+                expected,
+            } => replica
+                .remove(&path, &entry, expected.as_ref())
+                .map(Response::Removed),
             Request::Rename { from, to } => replica.rename(&from, &to).map(done),
             Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
             Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),

@@ -673,6 +673,7 @@ async fn make_dir(session: &mut Session, name: &str) -> Response {
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o755,
         },
+        expected: None,
     };
     session.call(&mkdir).await.unwrap()
 }
@@ -774,6 +775,49 @@ fn an_agent_refuses_a_sync_write_over_a_file_changed_since_the_scan() {
     );
     let names: Vec<_> = fs::read_dir(&folder).unwrap().collect();
     assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+}
+
+#[test]
+fn an_agent_refuses_a_sync_removal_of_a_file_changed_since_the_scan() {
+    let site = Site::new();
+    let folder = site.srv[0].join("two-way");
+    fs::create_dir_all(&folder).unwrap();
+    let scanned_at = |name: &str| {
+        let path = folder.join(name);
+        fs::write(&path, "as scanned").unwrap();
+        Entry::from_metadata(&fs::symlink_metadata(&path).unwrap(), None)
+    };
+    let (edited, untouched) = (scanned_at("edited.txt"), scanned_at("untouched.txt"));
+    fs::write(
+        folder.join("edited.txt"),
+        "the user's edit, saved since the scan",
+    )
+    .unwrap();
+    let remove = |name: &str, scanned: Entry| Request::Remove {
+        path: name.into(),
+        entry: scanned.clone(),
+        expected: Some(Expected {
+            entry: Some(scanned),
+        }),
+    };
+    let peer = Peer::new(&site);
+    let (refused, removed) = peer.block(async {
+        let mut session = peer.connect(1).await.unwrap();
+        peer.open(&mut session, &folder, false).await;
+        let refused = session.call(&remove("edited.txt", edited)).await.unwrap();
+        let removed = session.call(&remove("untouched.txt", untouched)).await;
+        (refused, removed.unwrap())
+    });
+    assert!(
+        matches!(&refused, Response::Failed(e) if e.message.contains("changed during the sync")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(folder.join("edited.txt")).unwrap(),
+        "the user's edit, saved since the scan"
+    );
+    assert_eq!(removed, Response::Removed(true));
+    assert!(!folder.join("untouched.txt").exists());
 }
 
 #[test]
