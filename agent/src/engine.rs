@@ -763,9 +763,15 @@ fn plan_sync(
             }
             if losers.contains(&r) && state.is_some() {
                 keep_aside(&mut plan, trees.len(), r, path, state.unwrap());
-            } else if state
-                .is_some_and(|s| equivalent(r, winner) && s.mtime != target.mtime && !s.is_dir())
-            {
+            } else if state.is_some_and(|s| {
+                // A replica that did not change since the last run just holds the old
+                // version: the new one goes as a delta, as rsync would send it, rather than
+                // after reading both files whole to compare them.
+                changed.contains(&r)
+                    && equivalent(r, winner)
+                    && s.mtime != target.mtime
+                    && !s.is_dir()
+            }) {
                 plan.actions.push(Action {
                     replica: r,
                     path: path.clone(),
