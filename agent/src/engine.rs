@@ -364,8 +364,11 @@ pub fn run(
         }
         Rule::Sync => {
             let scoped = base::within(&base, &scope);
-            let SyncPlan { actions, agreed } =
-                plan_sync(&trees, &scoped, |a, b, path| exec.same_content(a, b, path));
+            let hashes = exec.hashes_to_compare(&trees, &scoped);
+            let SyncPlan { actions, agreed } = plan_sync(&trees, &scoped, |a, b, path| {
+                let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
+                hash(a).is_some_and(|x| hash(b) == Some(x))
+            });
             guard_deletes(spec, &replicas, &actions)?;
             exec.execute(actions)?;
             // A run that outlived its lease must not write the base either: a stale base
@@ -894,6 +897,9 @@ struct Executor<'a> {
     job: &'a str,
 }
 
+/// Content hashes by replica and path.
+type Hashes = HashMap<(usize, PathBuf), blake3::Hash>;
+
 /// What sending a file again whole needs.
 struct Resend {
     from: usize,
@@ -1013,7 +1019,7 @@ impl Executor<'_> {
         &self,
         actions: &[Action],
         removed: &HashMap<(usize, u64), Vec<PathBuf>>,
-    ) -> HashMap<(usize, PathBuf), blake3::Hash> {
+    ) -> Hashes {
         let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
         for action in actions {
             if let Some((from, candidates)) = self.move_candidates(action, removed) {
@@ -1024,6 +1030,36 @@ impl Executor<'_> {
                     .extend(candidates.iter().cloned());
             }
         }
+        self.fetch_hashes(wanted)
+    }
+
+    /// The hashes the sync planner may compare (see [`plan_sync`]), asked of each replica at
+    /// once: files of one size but different times at a path where two or more replicas
+    /// changed since the last run (a first sync, say, of copies whose times were not kept).
+    fn hashes_to_compare(&self, trees: &[Tree], base: &Tree) -> Hashes {
+        let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
+        let paths: BTreeSet<&PathBuf> = trees.iter().flat_map(|t| t.keys()).collect();
+        for path in paths {
+            let was = base.get(path);
+            let changed: Vec<(usize, &Entry)> = (trees.iter().enumerate())
+                .filter_map(|(r, tree)| tree.get(path).map(|entry| (r, entry)))
+                .filter(|(_, entry)| entry.kind == Kind::File && !same(Some(entry), was))
+                .collect();
+            for (r, entry) in &changed {
+                let alike = |(other, them): &(usize, &Entry)| {
+                    other != r && them.size == entry.size && them.mtime != entry.mtime
+                };
+                if changed.iter().any(alike) {
+                    wanted.entry(*r).or_default().insert(path.clone());
+                }
+            }
+        }
+        self.fetch_hashes(wanted)
+    }
+
+    /// The hashes of files on several replicas, each replica asked once; a file that cannot
+    /// be read has none.
+    fn fetch_hashes(&self, wanted: HashMap<usize, BTreeSet<PathBuf>>) -> Hashes {
         let mut hashes = HashMap::new();
         for (replica, paths) in wanted {
             let paths: Vec<PathBuf> = paths.into_iter().collect();
@@ -1367,13 +1403,6 @@ impl Executor<'_> {
             ));
         }
         sink.commit(&sent)
-    }
-
-    fn same_content(&self, a: usize, b: usize, path: &Path) -> bool {
-        match (self.replicas[a].hash(path), self.replicas[b].hash(path)) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => false,
-        }
     }
 
     fn fail(&mut self, path: &Path, error: String) {

@@ -398,6 +398,32 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
 }
 
 #[test]
+fn a_first_sync_of_identical_copies_with_other_times_keeps_one_version_each() {
+    let site = Site::new();
+    let (src, dst) = site.job("seeded", "sync", &[]);
+    fs::create_dir_all(&dst).unwrap();
+    // Copies made without their times, on both agents before the job's first run: the same
+    // content is no conflict, and no file's data needs to cross.
+    let files = 40;
+    for i in 0..files {
+        let content = log_text(8 * 1024, i);
+        fs::write(src.join(format!("{i}.log")), &content).unwrap();
+        fs::write(dst.join(format!("{i}.log")), &content).unwrap();
+        let old = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+        filetime::set_file_mtime(dst.join(format!("{i}.log")), old).unwrap();
+    }
+    let run = site.run("seeded");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["files_copied"], 0, "{run:#}");
+    let names: Vec<String> = (fs::read_dir(&dst).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != ".ferry")
+        .collect();
+    assert_eq!(names.len(), files as usize, "no conflict copies: {names:?}");
+    assert_eq!(differences(&src, &dst, "sync"), "");
+}
+
+#[test]
 fn many_edited_files_each_go_as_a_delta() {
     let site = Site::new();
     let (src, dst) = site.job("edited", "mirror", &[]);
