@@ -4,14 +4,18 @@
 //! zstd's fastest level compresses text at roughly 300 MB/s on one core. Over loopback or a
 //! 10 Gbit/s LAN raw data arrives sooner, and the CPU spent compressing is taken from reading,
 //! hashing and encrypting; over 1 Gbit/s or a WAN compressed data arrives sooner. The kernel
-//! counts, per TCP connection (`TCP_INFO`), the bytes the peer acknowledged and how long the
-//! sender waited for the receiver to make room (then the receiver is the slow end, and
-//! compressing would only make it decompress too).
+//! keeps, per TCP connection (`TCP_INFO`), the bytes the peer acknowledged, how long the
+//! connection had data in flight (busy), and how long of that the sender waited for the
+//! receiver to make room (then the receiver is the slow end, and compressing would only make it
+//! decompress too).
 //!
-//! The link's rate is what it delivered between two readings, 100 ms or more apart, not the
-//! kernel's own delivery rate: that one is measured over a few packets, and a token bucket
-//! (a rate-limited line, a policer) lets a burst of them through at full speed after every
-//! pause, which made a 40 Mbit/s link look faster than the compressor.
+//! Between two readings, 100 ms or more apart, the link was the limit when the connection was
+//! busy most of the time and the receiver did not hold it back; what it delivered then is what
+//! the link carries. The kernel's own delivery rate is not used: it is measured over a few
+//! packets, and a token bucket (a rate-limited line, a policer) lets a burst of them through
+//! at full speed after every pause, which made a 40 Mbit/s link look faster than the
+//! compressor. Nor is what a connection delivers while the sender is busy elsewhere (reading,
+//! hashing): that measures the sender, and over loopback it is below the compressor's speed.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -22,17 +26,16 @@ use crate::frame::Data;
 const FAST_LINK: u64 = 250_000_000;
 /// How often the connection's measurements are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// How many samples the link's capacity is judged on: the last second's.
+/// How many intervals the link's capacity is judged on: the last second's.
 const RATE_WINDOW: usize = 10;
 
-/// The kernel's measurements of a connection at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kernel's counters of a connection at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Sample {
     /// Bytes the peer acknowledged since the connection opened.
     pub bytes_acked: u64,
-    /// The sender had less to send than the link could carry lately: the link is faster
-    /// than it shows.
-    pub rate_app_limited: bool,
+    /// Microseconds, since the connection opened, it had data in flight.
+    pub busy_us: u64,
     /// Microseconds, since the connection opened, the sender waited on the receiver's window.
     pub receiver_limited_us: u64,
 }
@@ -42,8 +45,8 @@ pub struct LinkMeter {
     socket: RawFd,
     data: Data,
     last: Option<(Instant, Sample)>,
-    /// What the link delivered, bytes per second, between the last readings, the newest at
-    /// `taken % RATE_WINDOW`.
+    /// What the link delivered, bytes per second, in the last intervals it was the limit (0
+    /// for the others), the newest at `taken % RATE_WINDOW`.
     rates: [u64; RATE_WINDOW],
     taken: usize,
 }
@@ -74,15 +77,13 @@ impl LinkMeter {
             return self.data;
         };
         if let Some((at, last)) = self.last {
-            let elapsed = now.duration_since(at);
-            let delivered = sample.bytes_acked.saturating_sub(last.bytes_acked);
-            let rate = u128::from(delivered) * 1_000_000 / elapsed.as_micros().max(1);
-            self.rates[self.taken % RATE_WINDOW] = u64::try_from(rate).unwrap_or(u64::MAX);
+            let interval = Interval::between(&last, &sample, now.duration_since(at));
+            self.rates[self.taken % RATE_WINDOW] = interval.link_rate().unwrap_or(0);
             self.taken += 1;
             let capacity = self.capacity();
-            let data = judge(&last, &sample, elapsed, capacity);
+            let data = judge(&interval, capacity);
             if data != self.data {
-                tracing::debug!(?data, capacity, ?sample, "file data compression changed");
+                tracing::debug!(?data, capacity, ?interval, "file data compression changed");
             }
             self.data = data;
         }
@@ -90,33 +91,60 @@ impl LinkMeter {
         self.data
     }
 
-    /// The most the link delivered between two readings in the last second.
+    /// The most the link delivered in an interval it was the limit, in the last second.
     fn capacity(&self) -> u64 {
         self.rates.iter().copied().max().unwrap_or(0)
     }
 }
 
-/// Compress while the link, used to the full, delivers less than the compressor, and the
-/// receiver kept up for most of the time since the last sample. `capacity` is the most the
-/// link delivered between two readings lately: a stall at either end makes one interval
-/// slow, not the link.
-pub fn judge(last: &Sample, now: &Sample, elapsed: Duration, capacity: u64) -> Data {
-    let waited = now
-        .receiver_limited_us
-        .saturating_sub(last.receiver_limited_us);
-    let receiver_bound = u128::from(waited) * 2 > elapsed.as_micros();
-    let slow_link = (1..FAST_LINK).contains(&capacity) && !now.rate_app_limited;
-    match slow_link && !receiver_bound {
+/// What a connection did between two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    /// Bytes per second the peer acknowledged.
+    pub rate: u64,
+    /// Of the time between the readings, the share with data in flight and the share the
+    /// receiver held the sender back, in thousandths.
+    pub busy: u64,
+    pub receiver_bound: u64,
+}
+
+impl Interval {
+    pub fn between(last: &Sample, now: &Sample, elapsed: Duration) -> Self {
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let per_mille = |after: u64, before: u64| after.saturating_sub(before) * 1000 / micros;
+        let acked = u128::from(now.bytes_acked.saturating_sub(last.bytes_acked));
+        Self {
+            rate: u64::try_from(acked * 1_000_000 / u128::from(micros)).unwrap_or(u64::MAX),
+            busy: per_mille(now.busy_us, last.busy_us),
+            receiver_bound: per_mille(now.receiver_limited_us, last.receiver_limited_us),
+        }
+    }
+
+    /// What the link carried, if it was the limit: data was in flight most of the time and
+    /// the receiver kept up.
+    fn link_rate(&self) -> Option<u64> {
+        (self.busy > 500 && self.receiver_bound <= 500).then_some(self.rate)
+    }
+}
+
+/// Compress while the link is the limit and carries less than the compressor. `capacity` is
+/// the most it carried in an interval it was the limit lately: a burst at a slow moment does
+/// not make a fast link slow.
+pub fn judge(interval: &Interval, capacity: u64) -> Data {
+    let slow_link = (1..FAST_LINK).contains(&capacity);
+    match slow_link && interval.link_rate().is_some() {
         true => Data::Compress,
         false => Data::Raw,
     }
 }
 
 /// Where `TCP_INFO` keeps what is read here (Linux's `struct tcp_info`, a stable layout that
-/// only grows at its end): read from bytes, as the `libc` crate's struct lacks the
-/// application-limited bit.
-const APP_LIMITED_BYTE: usize = 7;
+/// only grows at its end): read from bytes, as the `libc` crate's struct lacks the newer
+/// fields.
 const BYTES_ACKED: usize = 120;
+const BUSY_TIME: usize = 168;
 const RWND_LIMITED: usize = 176;
 const TCP_INFO_LEN: usize = 184;
 
@@ -142,7 +170,7 @@ fn measure(socket: RawFd) -> Option<Sample> {
     let u64_at = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().expect("8 bytes"));
     Some(Sample {
         bytes_acked: u64_at(BYTES_ACKED),
-        rate_app_limited: info[APP_LIMITED_BYTE] & 1 == 1,
+        busy_us: u64_at(BUSY_TIME),
         receiver_limited_us: u64_at(RWND_LIMITED),
     })
 }
@@ -160,46 +188,61 @@ mod tests {
 
     use super::*;
 
-    fn waited(receiver_limited_us: u64) -> Sample {
-        Sample {
-            bytes_acked: 0,
-            rate_app_limited: false,
-            receiver_limited_us,
+    fn interval(rate: u64, busy: u64, receiver_bound: u64) -> Interval {
+        Interval {
+            rate,
+            busy,
+            receiver_bound,
         }
     }
 
-    /// What `judge` says after 100 ms in which the link delivered `rate` bytes per second and
-    /// the sender waited `now`'s time on the receiver.
-    fn judged(rate: u64, now: Sample) -> Data {
-        judge(&waited(0), &now, Duration::from_millis(100), rate)
+    /// What `judge` says of an interval, the link's capacity being what it carried then.
+    fn judged(interval: Interval) -> Data {
+        judge(&interval, interval.link_rate().unwrap_or(0))
     }
 
     #[test]
-    fn only_a_slow_link_with_a_receiver_that_keeps_up_is_worth_compressing() {
-        // A 1 Gbit/s LAN, a WAN: the network is the limit.
-        assert_eq!(judged(117_000_000, waited(0)), Data::Compress);
-        assert_eq!(judged(2_000_000, waited(10_000)), Data::Compress);
+    fn only_a_slow_link_that_is_the_limit_is_worth_compressing() {
+        // A 1 Gbit/s LAN, a WAN: data in flight all the time, the network is the limit.
+        assert_eq!(judged(interval(117_000_000, 1000, 0)), Data::Compress);
+        assert_eq!(judged(interval(2_000_000, 990, 100)), Data::Compress);
         // Loopback, 10 Gbit/s: faster than the compressor.
-        assert_eq!(judged(1_200_000_000, waited(0)), Data::Raw);
-        // The receiver held the sender back for 80 of the last 100 ms: it is the slow end.
-        assert_eq!(judged(90_000_000, waited(80_000)), Data::Raw);
+        assert_eq!(judged(interval(1_200_000_000, 1000, 0)), Data::Raw);
+        // The receiver held the sender back for 800 of every 1000: it is the slow end.
+        assert_eq!(judged(interval(90_000_000, 1000, 800)), Data::Raw);
         // Nothing delivered yet: nothing known.
-        assert_eq!(judged(0, waited(0)), Data::Raw);
-        // The sender had too little to send: the link can carry more than it showed.
-        let idle = Sample {
-            rate_app_limited: true,
-            ..waited(0)
+        assert_eq!(judged(interval(0, 0, 0)), Data::Raw);
+        // The sender was busy reading and hashing most of the time (loopback): what went
+        // says how fast the sender is, not the link.
+        assert_eq!(judged(interval(200_000_000, 100, 0)), Data::Raw);
+    }
+
+    #[test]
+    fn an_interval_is_read_from_the_kernels_counters() {
+        let last = Sample {
+            bytes_acked: 1_000,
+            busy_us: 10_000,
+            receiver_limited_us: 0,
         };
-        assert_eq!(judged(20_000_000, idle), Data::Raw);
+        let now = Sample {
+            bytes_acked: 501_000,
+            busy_us: 90_000,
+            receiver_limited_us: 20_000,
+        };
+        let between = Interval::between(&last, &now, Duration::from_millis(100));
+        assert_eq!(between, interval(5_000_000, 800, 200));
     }
 
     #[test]
     fn a_stall_does_not_make_a_fast_link_slow() {
-        // The meter's last interval was slow (an end busy flushing to disk), on a link that
-        // delivered 8 GB/s a moment ago: capacity is the window's best.
+        // The link carried 8 GB/s a moment ago; after a stall (an end busy flushing to disk)
+        // it is the limit again at 5 MB/s for one interval.
         let mut meter = LinkMeter::new(&TcpListener::bind("127.0.0.1:0").unwrap());
         meter.rates = [8_000_000_000, 5_000_000, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(judged(meter.capacity(), waited(0)), Data::Raw);
+        assert_eq!(
+            judge(&interval(5_000_000, 1000, 0), meter.capacity()),
+            Data::Raw
+        );
     }
 
     #[test]
