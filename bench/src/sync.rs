@@ -266,8 +266,8 @@ impl Bench {
         })
     }
 
-    /// Runs `measure` `rounds` times for every tool, the tools' order turning each round so
-    /// none always goes first (with the page cache warm from another).
+    /// Runs `measure` `rounds` times for every tool, in an order that changes each round (see
+    /// [`round_order`]).
     fn rounds(
         &self,
         rounds: usize,
@@ -276,8 +276,7 @@ impl Bench {
         let mut samples: Vec<(Tool, Vec<Sample>)> =
             self.tools.iter().map(|t| (*t, vec![])).collect();
         for r in 1..=rounds {
-            for i in 0..self.tools.len() {
-                let turn = (i + r) % self.tools.len();
+            for turn in round_order(self.tools.len(), r) {
                 let tool = self.tools[turn];
                 // What the last tool left in the page cache is written out first, so its
                 // write-back does not land in the next tool's time.
@@ -772,6 +771,20 @@ fn change_one_percent(src: &Path, round: usize) -> Result<()> {
     Ok(())
 }
 
+/// The order of `tools` tools in round `round`: the rows of a balanced Latin square, so that
+/// over the rounds each tool runs first once and right after each other tool once. Turning one
+/// order instead kept each tool behind the same one every round, and a tool's run slows the
+/// next on some disks (rsync --fsync's ten thousand journal commits did ferry's).
+fn round_order(tools: usize, round: usize) -> Vec<usize> {
+    (0..tools)
+        .map(|i| match i % 2 {
+            1 => i.div_ceil(2),
+            _ => (tools - i / 2) % tools,
+        })
+        .map(|first| (first + round) % tools)
+        .collect()
+}
+
 /// Each tool's samples for one case.
 type CaseSamples = Vec<(Tool, Vec<Sample>)>;
 
@@ -899,5 +912,33 @@ fn human(bytes: u64) -> String {
         b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::round_order;
+
+    #[test]
+    fn over_the_rounds_each_tool_goes_first_once_and_follows_each_other_once() {
+        for tools in [2, 4, 6] {
+            let orders: Vec<Vec<usize>> = (0..tools).map(|r| round_order(tools, r)).collect();
+            for order in &orders {
+                let mut sorted = order.clone();
+                sorted.sort();
+                assert_eq!(sorted, (0..tools).collect::<Vec<_>>(), "{orders:?}");
+            }
+            let firsts: HashSet<usize> = orders.iter().map(|order| order[0]).collect();
+            assert_eq!(firsts.len(), tools, "{orders:?}");
+            let pairs: Vec<(usize, usize)> = orders
+                .iter()
+                .flat_map(|order| order.windows(2).map(|w| (w[0], w[1])))
+                .collect();
+            let distinct: HashSet<&(usize, usize)> = pairs.iter().collect();
+            assert_eq!(pairs.len(), tools * (tools - 1), "{orders:?}");
+            assert_eq!(distinct.len(), pairs.len(), "a pair repeats: {orders:?}");
+        }
     }
 }
