@@ -804,9 +804,9 @@ fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
         "\nferry makes every file durable before it renames it into place (one `syncfs` per \
          batch of files); plain rsync leaves its writes in the page cache, so its disk writes \
          fall after its time, while `--fsync` makes rsync flush every file as it goes. On a \
-         fresh ext4 file system (loop-mounted, no other writes) ferry's flushes cost it \
-         about 0.1 s of this machine's 2 cores in the small-file copy: there ferry took 0.45 s \
-         against plain rsync's 0.35 s. This machine's own file system is mounted with online \
+         fresh ext4 file system (loop-mounted, no other writes) the small-file copy took \
+         ferry 0.37-0.42 s and plain rsync 0.34-0.36 s in 5 rounds each: the flushes' \
+         write-back shares this machine's 2 cores with both ends. This machine's own file system is mounted with online \
          discard, and after mass deletions every tool's small-file copy is several times \
          slower for minutes: compare tools within one run, not across runs. ferry's bytes are encrypted and rsync's are not: \
          after the TLS 1.3 handshake ferry seals its frames in records of up to 256 KiB, 20 \
