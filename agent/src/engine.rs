@@ -1038,8 +1038,13 @@ impl Executor<'_> {
     /// changed since the last run (a first sync, say, of copies whose times were not kept).
     fn hashes_to_compare(&self, trees: &[Tree], base: &Tree) -> Hashes {
         let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
-        let paths: BTreeSet<&PathBuf> = trees.iter().flat_map(|t| t.keys()).collect();
-        for path in paths {
+        // Each path held by two replicas or more (a comparison needs two), taken once from the
+        // first tree that has it: no set of every path is built, as the planner builds one.
+        let paths = (trees.iter().enumerate())
+            .flat_map(|(t, tree)| tree.keys().map(move |path| (t, path)))
+            .filter(|&(t, path)| !trees[..t].iter().any(|earlier| earlier.contains_key(path)))
+            .filter(|&(t, path)| trees[t + 1..].iter().any(|later| later.contains_key(path)));
+        for (_, path) in paths {
             let was = base.get(path);
             let changed: Vec<(usize, &Entry)> = (trees.iter().enumerate())
                 .filter_map(|(r, tree)| tree.get(path).map(|entry| (r, entry)))

@@ -415,6 +415,22 @@ impl RemoteEndpoint {
     }
 }
 
+fn make_dir_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Request {
+    Request::MakeDir {
+        path: rel.to_path_buf(),
+        entry: entry.clone(),
+        expected: expected.cloned(),
+    }
+}
+
+fn remove_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Request {
+    Request::Remove {
+        path: rel.to_path_buf(),
+        entry: entry.clone(),
+        expected: expected.cloned(),
+    }
+}
+
 /// Runs a session call from a blocking thread inside the runtime.
 fn on_session<'s, T, F>(
     slot: &'s mut Option<Link>,
@@ -620,20 +636,12 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
-        let request = Request::MakeDir {
-            path: rel.to_path_buf(),
-            entry: entry.clone(),
-            expected: expected.cloned(),
-        };
+        let request = make_dir_request(rel, entry, expected);
         self.expect_done("create folder", rel, request)
     }
 
     fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
-        let request = Request::MakeDir {
-            path: rel.to_path_buf(),
-            entry: entry.clone(),
-            expected: expected.cloned(),
-        };
+        let request = make_dir_request(rel, entry, expected);
         self.send_later("create folder", rel, request, Owed::Dir(rel.to_path_buf()))
     }
 
@@ -646,11 +654,7 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
-        let request = Request::Remove {
-            path: rel.to_path_buf(),
-            entry: entry.clone(),
-            expected: expected.cloned(),
-        };
+        let request = remove_request(rel, entry, expected);
         match self.call("remove", rel, request)? {
             Response::Removed(removed) => Ok(removed),
             other => Err(self.unexpected("remove", rel, &other)),
@@ -663,11 +667,7 @@ impl Endpoint for RemoteEndpoint {
         entry: &Entry,
         expected: Option<&Expected>,
     ) -> Result<Option<bool>> {
-        let request = Request::Remove {
-            path: rel.to_path_buf(),
-            entry: entry.clone(),
-            expected: expected.cloned(),
-        };
+        let request = remove_request(rel, entry, expected);
         self.send_later("remove", rel, request, Owed::Removal(rel.to_path_buf()))?;
         Ok(None)
     }
