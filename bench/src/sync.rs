@@ -32,12 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_agent::client::Dial;
-use ferry_agent::engine::{Halt, Rule, Scope};
-use ferry_agent::protocol::{JobOrder, RemoteFolder};
-use ferry_agent::remote::{Handoff, hand_over};
 use ferry_bench::{machine, replace_section, results_file, today};
+use ferry_engine::{Halt, Rule, Scope};
 use ferry_tests::harness::{Backend, Env, binary};
+use ferry_wire::client::Dial;
+use ferry_wire::handoff::{Handoff, hand_over};
+use ferry_wire::protocol::{JobOrder, RemoteFolder};
 
 const SMALL_FILES: usize = 10_000;
 const LARGE_FILES: usize = 2;
@@ -312,7 +312,7 @@ impl Bench {
                 agent: agent.into(),
                 address: address.into(),
                 client: "bench".into(),
-                tls: ferry_agent::tls::client_config(&self.tls, "bench")?,
+                tls: ferry_wire::tls::client_config(&self.tls, "bench")?,
             })
         };
         let handoff = Handoff {

@@ -20,7 +20,7 @@ use crate::store::StoreError;
 const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
-    ferry_agent::memory::keep_freed_memory();
+    ferry_engine::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");

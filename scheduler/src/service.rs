@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_agent::protocol::Fence;
-use ferry_agent::watch::WatchRoot;
-use ferry_agent::{Halt, JobSpec};
+use ferry_engine::{Fence, Halt};
+use ferry_wire::tls::ClientConfig;
+use ferry_wire::watch::WatchRoot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceConfig;
 use crate::lease::{Candidates, Demand, Placement};
-use crate::plan::definitions::{self, Remotes, ValidSchedule};
+use crate::plan::definitions::{self, Execution, Remotes, ValidSchedule};
 use crate::plan::monitor::{self, MonitorTask};
 use crate::plan::run::{self, ScheduledRun};
 use crate::plan::{ProblemSlot, firing};
@@ -54,7 +54,7 @@ pub struct Service {
     /// Local work must stop by then unless a renewal succeeds first.
     lease_deadline: Instant,
     /// This scheduler's certificate for reaching agents, if it has one.
-    identity: Option<(String, Arc<ferry_agent::tls::ClientConfig>)>,
+    identity: Option<(String, Arc<ClientConfig>)>,
 }
 
 struct Holding {
@@ -185,7 +185,7 @@ impl Definitions {
 
     async fn load(
         store: &Store,
-        identity: &Option<(String, Arc<ferry_agent::tls::ClientConfig>)>,
+        identity: &Option<(String, Arc<ClientConfig>)>,
     ) -> Result<Self, StoreError> {
         let remotes = Remotes {
             addresses: store
@@ -233,7 +233,7 @@ impl Service {
         config.validate().map_err(ServiceError::Config)?;
         let identity = match &config.tls_dir {
             Some(dir) => {
-                let tls = ferry_agent::tls::client_config(dir, &name)
+                let tls = ferry_wire::tls::client_config(dir, &name)
                     .map_err(|e| ServiceError::Config(format!("--tls-dir: {e}")))?;
                 Some((name.clone(), tls))
             }
@@ -620,7 +620,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<Option<(Option<Task>, DateTime<Utc>)>, StoreError> {
         let scheduled = |attempt, trigger| ScheduledRun {
-            spec: valid.spec.clone(),
+            execution: valid.execution.clone(),
             attempt,
             retries: row.retries,
             retry_delay_ms: row.retry_delay_ms,
@@ -726,7 +726,7 @@ impl Service {
             instance: self.me.instance.clone(),
             attempt: run.attempt,
         };
-        let through_agents = run.spec.handoff.is_some();
+        let through_agents = run.execution.handoff.is_some();
         Task::spawn(
             run::run_scheduled(self.store.clone(), attempt, run),
             through_agents,
@@ -763,7 +763,7 @@ impl Service {
                     }
                     Work::Schedule(_) => false,
                 });
-                let start = (definition, valid.spec, valid.roots);
+                let start = (definition, valid.execution, valid.roots);
                 match current {
                     Some(true) => {}
                     Some(false) => {
@@ -816,7 +816,7 @@ impl Service {
     async fn start_monitor(
         &self,
         name: &str,
-        (definition, spec, roots): (MonitorDefinition, JobSpec, Vec<WatchRoot>),
+        (definition, execution, roots): (MonitorDefinition, Execution, Vec<WatchRoot>),
         claimed: &Claimed,
         now: DateTime<Utc>,
     ) -> Result<Option<MonitorWork>, StoreError> {
@@ -839,10 +839,10 @@ impl Service {
             attempt: 1,
         };
         let problem = ProblemSlot::default();
-        let through_agents = spec.handoff.is_some();
+        let through_agents = execution.handoff.is_some();
         let task = MonitorTask {
             name: name.to_owned(),
-            spec,
+            execution,
             roots,
             debounce: Duration::from_millis(definition.debounce_ms.max(0) as u64),
             rescan: Duration::from_millis(definition.rescan_ms.max(1) as u64),

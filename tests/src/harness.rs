@@ -421,7 +421,10 @@ impl TestAgent {
             command.arg("--root").arg(root);
         }
         let child = command
-            .env("FERRY_LOG", "info,ferry_agent=debug")
+            .env(
+                "FERRY_LOG",
+                "info,ferry_agent=debug,ferry_wire=debug,ferry_engine=debug",
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)

@@ -10,13 +10,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_agent::client::{ClientError, Dial, Session};
-use ferry_agent::delta::encode;
-use ferry_agent::protocol::{ErrorKind, Fence, Request, Response};
-use ferry_agent::tree::{Entry, Expected, Kind, Mtime};
+use ferry_engine::delta::encode;
+use ferry_engine::tree::{Entry, Expected, Kind, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
 use ferry_tests::netns::SlowLink;
 use ferry_tests::pg::own_server;
+use ferry_wire::client::{ClientError, Dial, Session};
+use ferry_wire::protocol::{DataOp, ErrorKind, Fence, Request, Response};
 use serde_json::Value;
 
 /// A CA, two agents serving `srv1` and `srv2`, and a scheduler `s1` that can reach them.
@@ -481,7 +481,7 @@ fn false_match_base() -> Vec<u8> {
 /// bytes long for a file this small, so among 2^20 such changes one matches it too.
 fn false_match_of(old: &[u8]) -> Vec<u8> {
     let signature =
-        |bytes: &[u8]| ferry_agent::delta::signature(&mut &bytes[..], bytes.len() as u64).unwrap();
+        |bytes: &[u8]| ferry_engine::delta::signature(&mut &bytes[..], bytes.len() as u64).unwrap();
     let wanted = signature(old);
     assert_eq!((wanted.block_size, wanted.strong_len), (700, 2));
     let first_block = &old[..700];
@@ -663,7 +663,7 @@ impl Peer {
                 agent: "nas1".into(),
                 address: site.agents[0].as_ref().unwrap().address.clone(),
                 client: "s1".into(),
-                tls: ferry_agent::tls::client_config(&site.tls, "s1").unwrap(),
+                tls: ferry_wire::tls::client_config(&site.tls, "s1").unwrap(),
             },
         }
     }
@@ -777,6 +777,7 @@ fn an_agent_refuses_a_sync_write_over_a_file_changed_since_the_scan() {
             }),
         };
         session.send(&write).await.unwrap();
+        let ops = ops.into_iter().map(DataOp::from).collect();
         session.send(&Request::Data { ops }).await.unwrap();
         let end = Request::DataEnd {
             hash: sent.hash.as_bytes().to_vec(),
@@ -1059,9 +1060,9 @@ fn a_monitor_on_agents_keeps_replicating_while_the_database_hangs() {
 
 #[test]
 fn a_run_handed_over_stops_once_a_newer_lease_holder_reaches_its_agent() {
-    use ferry_agent::protocol::{JobOrder, RemoteFolder};
-    use ferry_agent::remote::{Handoff, hand_over};
-    use ferry_agent::{Halt, Rule, Scope};
+    use ferry_engine::{Halt, Rule, Scope};
+    use ferry_wire::handoff::{Handoff, hand_over};
+    use ferry_wire::protocol::{JobOrder, RemoteFolder};
 
     let site = Site::new();
     let (src, dst) = (site.srv[0].join("stale"), site.srv[1].join("stale"));

@@ -13,7 +13,7 @@ use crate::plan::cron::CronSpec;
 use crate::plan::run::human_bytes;
 use crate::service::Service;
 use crate::store::{Channel, RunRow, SchedulerRow, StatusRow, Store};
-use ferry_agent::client::{Dial, Session};
+use ferry_wire::client::{Dial, Session};
 
 pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
     let mut config = match &args.config {
@@ -411,7 +411,7 @@ async fn probe(reach: &Reach, agent: &str, address: &str) -> anyhow::Result<(Ses
         agent: agent.to_owned(),
         address: address.to_owned(),
         client: me.clone(),
-        tls: ferry_agent::tls::client_config(dir, &me)?,
+        tls: ferry_wire::tls::client_config(dir, &me)?,
     };
     let attempt = async {
         let mut session = Session::connect(&dial, None, Default::default()).await?;

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_agent::client::Dial;
-use ferry_agent::endpoint::{Endpoint, LocalEndpoint};
-use ferry_agent::engine::Guards;
-use ferry_agent::filter::Filter;
-use ferry_agent::protocol::{JobOrder, RemoteFolder};
-use ferry_agent::remote::{Handoff, RemoteEndpoint};
-use ferry_agent::tls::ClientConfig;
-use ferry_agent::watch::WatchRoot;
-use ferry_agent::{JobSpec, Rule};
+use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
+use ferry_engine::filter::Filter;
+use ferry_engine::{Guards, JobSpec, Rule};
+use ferry_wire::client::Dial;
+use ferry_wire::handoff::Handoff;
+use ferry_wire::protocol::{JobOrder, RemoteFolder};
+use ferry_wire::remote::RemoteEndpoint;
+use ferry_wire::tls::ClientConfig;
+use ferry_wire::watch::WatchRoot;
 
 use super::cron::CronSpec;
 use super::firing::Misfire;
@@ -94,6 +94,7 @@ impl Remotes {
             Place::Agent { agent, path } => Arc::new(RemoteEndpoint::new(
                 self.dial(agent)?,
                 path.display().to_string(),
+                tokio::runtime::Handle::current(),
             )),
         })
     }
@@ -192,9 +193,17 @@ fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Problem> {
     })
 }
 
+/// A job as this scheduler carries it out: the engine's view of it, and, when every folder is
+/// on an agent, the order that hands each run to the source's agent instead.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub spec: JobSpec,
+    pub handoff: Option<Handoff>,
+}
+
 /// Builds the engine's view of a job, or says what is wrong with the row. A job whose folders
 /// are all on agents is handed to the source's agent; otherwise this process runs it.
-pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<JobSpec, JobProblem> {
+pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<Execution, JobProblem> {
     let checked = check_job(job)?;
     let problem = |field, message: String| JobProblem {
         job: job.name.clone(),
@@ -212,15 +221,15 @@ pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<JobSpec, JobProblem> 
         .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
     let handoff = handoff(job, &checked, remotes)
         .map_err(|e| problem(JobField::Destination, format!("destination: {e}")))?;
-    Ok(JobSpec {
+    let spec = JobSpec {
         name: job.name.clone(),
         rule: checked.rule,
         source,
         destinations,
         filter: checked.filter,
         guards: checked.guards,
-        handoff,
-    })
+    };
+    Ok(Execution { spec, handoff })
 }
 
 /// The order for the source's agent when every folder of the job is on an agent.
@@ -312,7 +321,7 @@ pub fn place(path: &str) -> Result<Place, Problem> {
 pub struct ValidSchedule {
     pub cron: CronSpec,
     pub misfire: Misfire,
-    pub spec: JobSpec,
+    pub execution: Execution,
 }
 
 pub fn schedule(
@@ -326,14 +335,14 @@ pub fn schedule(
     Ok(ValidSchedule {
         cron,
         misfire,
-        spec: job_spec(job, remotes).map_err(|e| e.to_string())?,
+        execution: job_spec(job, remotes).map_err(|e| e.to_string())?,
     })
 }
 
 /// A monitor's job, ready to watch and sync.
 pub struct ValidMonitor {
     pub job: JobRow,
-    pub spec: JobSpec,
+    pub execution: Execution,
     pub roots: Vec<WatchRoot>,
 }
 
@@ -343,11 +352,11 @@ pub fn monitor(
     remotes: &Remotes,
 ) -> Result<ValidMonitor, Problem> {
     let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
-    let spec = job_spec(job, remotes).map_err(|e| e.to_string())?;
+    let execution = job_spec(job, remotes).map_err(|e| e.to_string())?;
     let roots = watch_roots(job, remotes).map_err(|e| format!("job {}: {e}", job.name))?;
     Ok(ValidMonitor {
         job: job.clone(),
-        spec,
+        execution,
         roots,
     })
 }
@@ -370,7 +379,9 @@ mod tests {
 
     #[test]
     fn a_valid_job_builds() {
-        let spec = job_spec(&job("/srv/docs", "/backup/docs"), &Remotes::default()).unwrap();
+        let spec = job_spec(&job("/srv/docs", "/backup/docs"), &Remotes::default())
+            .unwrap()
+            .spec;
         assert_eq!(spec.rule, Rule::Mirror);
         assert_eq!(spec.destinations[0].display(), "/backup/docs");
     }

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use ferry_agent::engine::EngineError;
-use ferry_agent::watch::{Batch, FolderWatch, WatchRoot};
-use ferry_agent::{Halt, JobSpec, Scope};
+use ferry_engine::run::EngineError;
+use ferry_engine::{Halt, Scope};
+use ferry_wire::watch::{Batch, FolderWatch, WatchRoot};
+
+use crate::plan::definitions::Execution;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +21,7 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
 pub struct MonitorTask {
     pub name: String,
-    pub spec: JobSpec,
+    pub execution: Execution,
     pub roots: Vec<WatchRoot>,
     pub debounce: Duration,
     pub rescan: Duration,
@@ -192,7 +194,7 @@ async fn sync_batch(
         Scope::Paths(paths) => format!("{} changed paths", paths.len()),
     };
     recorder.next_batch();
-    let summary = sync(&task.spec, scope, halt, recorder).await?;
+    let summary = sync(&task.execution, scope, halt, recorder).await?;
     recorder.flush_unwritten().await;
     let changed =
         summary.files_copied + summary.files_deleted + summary.conflicts + summary.failures > 0;

@@ -10,8 +10,10 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_agent::engine::{self, EngineError};
-use ferry_agent::{Event, Halt, JobSpec, Scope, Summary};
+use ferry_engine::run::EngineError;
+use ferry_engine::{Event, Halt, Scope, Summary};
+
+use crate::plan::definitions::Execution;
 use tokio::sync::mpsc;
 
 use super::ProblemSlot;
@@ -190,13 +192,13 @@ impl Recorder {
 
 /// Runs the engine once over `scope`, recording as it goes.
 pub async fn sync(
-    spec: &JobSpec,
+    execution: &Execution,
     scope: Scope,
     halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
     let before = recorder.counters;
-    let summary = follow(spec, scope, halt, recorder).await?;
+    let summary = follow(execution, scope, halt, recorder).await?;
     // A file sent without waiting that failed after all was counted when it went: the
     // engine's own count is the truth.
     recorder.counters.files_copied = before.files_copied + summary.files_copied as i64;
@@ -206,16 +208,16 @@ pub async fn sync(
 
 /// Runs the engine, here or on the source's agent, recording its events as they come.
 async fn follow(
-    spec: &JobSpec,
+    execution: &Execution,
     scope: Scope,
     halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Some(handoff) = &spec.handoff {
+    if let Some(handoff) = &execution.handoff {
         let (handoff, halt) = (handoff.clone(), halt.clone());
         let work = tokio::spawn(async move {
-            ferry_agent::remote::hand_over(&handoff, &scope, &halt, &mut |event| {
+            ferry_wire::handoff::hand_over(&handoff, &scope, &halt, &mut |event| {
                 let _ = tx.send(event);
             })
             .await
@@ -225,9 +227,9 @@ async fn follow(
         }
         return work.await.expect("following the agent's run panicked");
     }
-    let (spec, halt) = (spec.clone(), halt.clone());
-    let work = tokio::task::spawn_blocking(move || {
-        engine::run(&spec, &scope, &halt, &mut |event| {
+    let (spec, halt) = (execution.spec.clone(), halt.clone());
+    let work = ferry_wire::blocking::spawn(move || {
+        ferry_engine::run::run(&spec, &scope, &halt, &mut |event| {
             // The receiver lives until this closure is dropped.
             let _ = tx.send(event);
         })
@@ -271,7 +273,7 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// How a scheduled run is carried out.
 pub struct ScheduledRun {
-    pub spec: JobSpec,
+    pub execution: Execution,
     pub attempt: i32,
     pub retries: i32,
     pub retry_delay_ms: i64,
@@ -292,7 +294,7 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
         )
         .await;
     let began = Instant::now();
-    let outcome = sync(&run.spec, Scope::Full, &run.halt, &mut recorder).await;
+    let outcome = sync(&run.execution, Scope::Full, &run.halt, &mut recorder).await;
     let took = format!("{:.1} s", began.elapsed().as_secs_f64());
     let can_retry = run.attempt <= run.retries;
     let retry = |failed: bool| (failed && can_retry).then_some(run.retry_delay_ms);

@@ -1,5 +1,6 @@
 //! Connecting to an agent: TCP with TCP_NODELAY, mutual TLS, the `Hello` handshake, then
-//! frames in sealed records ([`crate::seal`]).
+//! frames. [`Session::start`] runs the handshake over any [`Stream`], so the session is tested
+//! over in-memory pipes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,10 +12,10 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::frame::{self, FrameError};
+use crate::frame::{self, Data, FrameError};
 use crate::link::LinkMeter;
 use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response};
-use crate::seal::{Sealed, Side};
+use crate::transport::{self, Connection, Stream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,19 +36,10 @@ pub enum ClientError {
     Refused { agent: String, reason: String },
     #[error("agent {agent}: {source}")]
     Frame { agent: String, source: FrameError },
-}
-
-/// Turns on TCP keep-alive probes: a session that waits quietly (a watch on a folder nobody
-/// changes, a long run's progress) learns within about a minute that its peer's machine
-/// crashed or the network between them went, instead of waiting forever.
-pub fn keep_alive(tcp: &TcpStream) {
-    let probes = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes) {
-        tracing::warn!(error = %e, "could not turn on TCP keep-alive");
-    }
+    #[error("agent {agent}: no session: the run did not prepare this replica")]
+    NoSession { agent: String },
+    #[error(transparent)]
+    WrongContext(#[from] crate::blocking::WrongContext),
 }
 
 /// How to reach an agent, and as whom.
@@ -72,9 +64,9 @@ impl std::fmt::Debug for Dial {
 
 /// An open, authenticated session with an agent.
 pub struct Session {
-    stream: Sealed<TcpStream>,
-    /// Whether file data sent on `stream` goes compressed.
-    link: LinkMeter,
+    stream: Connection,
+    /// Whether file data sent on `stream` goes compressed; `None` when it is not a socket.
+    link: Option<LinkMeter>,
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
@@ -100,60 +92,71 @@ impl Session {
             .await
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
-        keep_alive(&tcp);
+        transport::keep_alive(&tcp);
         let link = LinkMeter::new(&tcp);
         let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
-        let mut tls = TlsConnector::from(dial.tls.clone())
+        let tls = TlsConnector::from(dial.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|source| ClientError::Tls {
                 agent: agent.clone(),
                 source,
             })?;
+        let mut session = Self::start(tls, &dial.client, fence, agent, wire).await?;
+        session.link = Some(link);
+        Ok(session)
+    }
+
+    /// Says `Hello` over `stream` as `client` (working for the lease `fence`, if any) to the
+    /// agent named `agent`, and waits for its `Welcome`.
+    pub async fn start(
+        stream: impl Stream + 'static,
+        client: &str,
+        fence: Option<Fence>,
+        agent: &str,
+        wire: Arc<AtomicU64>,
+    ) -> Result<Self, ClientError> {
+        let mut stream = transport::buffered(stream);
         let frame_error = |source| ClientError::Frame {
-            agent: agent.clone(),
+            agent: agent.to_owned(),
             source,
         };
-        // The handshake goes over TLS itself, so that peers of different versions still
-        // understand each other's refusal; what follows goes in sealed records.
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
-            client: dial.client.clone(),
+            client: client.to_owned(),
             fence,
         };
-        let sent = frame::write(&mut tls, &hello).await.map_err(frame_error)?;
-        let (response, received) = frame::read_counted(&mut tls).await.map_err(frame_error)?;
+        let sent = frame::write(&mut stream, &hello)
+            .await
+            .map_err(frame_error)?;
+        let (response, received) = frame::read_counted(&mut stream)
+            .await
+            .map_err(frame_error)?;
         wire.fetch_add((sent + received) as u64, Ordering::Relaxed);
-        let (software, roots, name) = match response {
+        match response {
             Response::Welcome {
                 agent: name,
                 software,
                 roots,
                 ..
-            } => (software, roots, name),
-            Response::Refused { reason } => {
-                return Err(ClientError::Refused {
-                    agent: agent.clone(),
-                    reason,
-                });
-            }
+            } => Ok(Self {
+                stream,
+                link: None,
+                agent: name,
+                software,
+                roots,
+                wire,
+            }),
+            Response::Refused { reason } => Err(ClientError::Refused {
+                agent: agent.to_owned(),
+                reason,
+            }),
             other => {
                 let wanted = format!("{other:?} instead of Welcome");
-                return Err(frame_error(FrameError::Unexpected(wanted)));
+                Err(frame_error(FrameError::Unexpected(wanted)))
             }
-        };
-        let (tcp, connection) = tls.into_inner();
-        let stream = Sealed::new(tcp, &connection, Side::Client)
-            .map_err(|e| frame_error(FrameError::Io(e)))?;
-        Ok(Self {
-            stream,
-            link,
-            agent: name,
-            software,
-            roots,
-            wire,
-        })
+        }
     }
 
     pub fn unexpected(&self, got: &Response, wanted: &str) -> ClientError {
@@ -172,7 +175,7 @@ impl Session {
 
     /// Sends a request; it leaves when this side next waits for an answer ([`Self::receive`]).
     pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        let data = self.link.data();
+        let data = self.link.as_mut().map_or(Data::Raw, LinkMeter::data);
         let sent = frame::write_buffered(&mut self.stream, request, data)
             .await
             .map_err(|e| self.frame_error(e))?;
@@ -224,7 +227,7 @@ impl Session {
 }
 
 pub struct SessionReader {
-    read: ReadHalf<Sealed<TcpStream>>,
+    read: ReadHalf<Connection>,
     pub agent: String,
 }
 
@@ -240,7 +243,7 @@ impl SessionReader {
 }
 
 pub struct SessionWriter {
-    write: WriteHalf<Sealed<TcpStream>>,
+    write: WriteHalf<Connection>,
     pub agent: String,
 }
 

@@ -1,7 +1,7 @@
 //! Frames on the wire between schedulers and agents: a 4-byte big-endian length, then the
 //! body. The body is the message, MessagePack with named fields (so a newer peer's added
 //! fields do not break an older one), and after it the file data the message carries
-//! ([`payload`] fields), if any, set apart so that each part is compressed or not on its own
+//! ([`Attached`] fields, listed by its [`Framed`] impl), if any, set apart so that each part is compressed or not on its own
 //! terms. A frame over the size limit, a truncated one or a body that does not decode is an
 //! error for that connection only, never a panic.
 //!
@@ -76,69 +76,69 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Serde helpers for a message's file data (`#[serde(with = "crate::frame::payload")]`): inside
-/// a frame the bytes travel in its payload and the header holds their length; anywhere else
-/// they are plain MessagePack `bin`.
-pub mod payload {
-    use std::cell::RefCell;
+/// File bytes a message carries. In a frame the message's MessagePack holds only their length
+/// and the bytes follow the message in the frame's payload, so that each part is compressed
+/// or not on its own terms; the message's [`Framed`] impl says where its attachments are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    bytes: Vec<u8>,
+    /// Bytes a decoded message still awaits from its frame's payload: 0 once
+    /// [`decode_body`] has filled them in, and always 0 in a message built to be sent.
+    missing: usize,
+}
 
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// The payload of the frame this thread is encoding or decoding, if any.
-    pub(super) enum Channel {
-        Idle,
-        /// Bytes handed over by the fields serialized so far.
-        Encoding(Vec<u8>),
-        /// The decoded body, where the payload starts in it, and how much the fields took.
-        Decoding {
-            body: Vec<u8>,
-            start: usize,
-            taken: usize,
-        },
+impl Attached {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes, missing: 0 }
     }
 
-    thread_local! {
-        pub(super) static CHANNEL: RefCell<Channel> = const { RefCell::new(Channel::Idle) };
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        let inside_frame = CHANNEL.with_borrow_mut(|channel| match channel {
-            Channel::Encoding(payload) => {
-                payload.extend_from_slice(bytes);
-                true
-            }
-            _ => false,
-        });
-        match inside_frame {
-            true => serializer.serialize_u64(bytes.len() as u64),
-            false => serializer.serialize_bytes(bytes),
-        }
+    pub fn len(&self) -> usize {
+        self.bytes.len()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let inside_frame =
-            CHANNEL.with_borrow(|channel| matches!(channel, Channel::Decoding { .. }));
-        if !inside_frame {
-            return serde_bytes::deserialize(deserializer);
-        }
-        let len = usize::try_from(u64::deserialize(deserializer)?).map_err(D::Error::custom)?;
-        CHANNEL.with_borrow_mut(|channel| {
-            let Channel::Decoding { body, start, taken } = channel else {
-                unreachable!("checked above");
-            };
-            let from = *start + *taken;
-            let bytes = from
-                .checked_add(len)
-                .and_then(|end| body.get(from..end))
-                .ok_or_else(|| D::Error::custom("file data past the end of the payload"))?;
-            *taken += len;
-            Ok(bytes.to_vec())
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl Serialize for Attached {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.bytes.len() as u64)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Attached {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let len = u64::deserialize(deserializer)?;
+        let missing = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= MAX_FRAME as usize)
+            .ok_or_else(|| D::Error::custom("file data longer than a frame"))?;
+        Ok(Self {
+            bytes: Vec::new(),
+            missing,
         })
     }
 }
 
-use payload::{CHANNEL, Channel};
+/// A message that can travel in a frame: its MessagePack, and the file bytes it carries in
+/// the frame's payload, in the order [`Framed::attachments`] lists them.
+pub trait Framed: Serialize + DeserializeOwned {
+    /// The message's file bytes, in the order its MessagePack names their lengths.
+    fn attachments(&self) -> Vec<&Attached> {
+        Vec::new()
+    }
+
+    /// The same, to fill in after decoding.
+    fn attachments_mut(&mut self) -> Vec<&mut Attached> {
+        Vec::new()
+    }
+}
 
 /// `part`, compressed when that makes it at least 1/16 smaller. A large part is first judged
 /// by a sample of it, so already-compressed data costs one small trial, not a full pass.
@@ -192,25 +192,25 @@ fn decompress(part: &[u8]) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Encodes `message` as one frame (length prefix included).
-pub fn encode<T: Serialize>(message: &T, data: Data) -> Result<Vec<u8>, FrameError> {
+pub fn encode<T: Framed>(message: &T, data: Data) -> Result<Vec<u8>, FrameError> {
     let (head, payload) = encode_parts(message, data)?;
     Ok([head, payload].concat())
 }
 
 /// The message's header and payload, apart.
-fn split<T: Serialize>(message: &T) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
-    CHANNEL.set(Channel::Encoding(Vec::new()));
-    let header = rmp_serde::to_vec_named(message);
-    let payload = match CHANNEL.replace(Channel::Idle) {
-        Channel::Encoding(payload) => payload,
-        _ => unreachable!("only this function encodes on this thread"),
-    };
-    Ok((header?, payload))
+fn split<T: Framed>(message: &T) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+    let header = rmp_serde::to_vec_named(message)?;
+    let payload = message
+        .attachments()
+        .iter()
+        .flat_map(|attached| attached.bytes.iter().copied())
+        .collect();
+    Ok((header, payload))
 }
 
 /// A frame as its head (length prefix, the message and its length) and its payload: the
 /// payload, possibly megabytes of file data, is written as it is, not copied behind the head.
-fn encode_parts<T: Serialize>(message: &T, data: Data) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+fn encode_parts<T: Framed>(message: &T, data: Data) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
     let (header, payload) = split(message)?;
     let (header, header_compressed) = maybe_compress(header);
     let (payload, payload_compressed) = match data {
@@ -264,7 +264,7 @@ fn header_range(body: &[u8], flags: u32) -> Result<Range<usize>, FrameError> {
         .ok_or(FrameError::Layout("message longer than the frame"))
 }
 
-fn decode_body<T: DeserializeOwned>(body: Vec<u8>, flags: u32) -> Result<T, FrameError> {
+fn decode_body<T: Framed>(body: Vec<u8>, flags: u32) -> Result<T, FrameError> {
     let range = header_range(&body, flags)?;
     let start = range.end;
     let header = match flags & HEADER_COMPRESSED {
@@ -275,29 +275,27 @@ fn decode_body<T: DeserializeOwned>(body: Vec<u8>, flags: u32) -> Result<T, Fram
         0 => (body, start),
         _ => (decompress(&body[start..])?, 0),
     };
-    let payload_len = body.len() - start;
-    CHANNEL.set(Channel::Decoding {
-        body,
-        start,
-        taken: 0,
-    });
-    let message = rmp_serde::from_slice(&header);
-    let taken = match CHANNEL.replace(Channel::Idle) {
-        Channel::Decoding { taken, .. } => taken,
-        _ => unreachable!("only this function decodes on this thread"),
-    };
-    match (message, taken == payload_len) {
-        (Ok(message), true) => Ok(message),
-        (Ok(_), false) => Err(FrameError::Layout(
+    let mut message: T = rmp_serde::from_slice(&header)?;
+    let mut at = start;
+    for attached in message.attachments_mut() {
+        let bytes = at
+            .checked_add(attached.missing)
+            .and_then(|end| body.get(at..end))
+            .ok_or(FrameError::Layout("file data past the end of the payload"))?;
+        attached.bytes = bytes.to_vec();
+        at += std::mem::take(&mut attached.missing);
+    }
+    match at == body.len() {
+        true => Ok(message),
+        false => Err(FrameError::Layout(
             "file data the message does not account for",
         )),
-        (Err(e), _) => Err(e.into()),
     }
 }
 
 /// Decodes one frame from the start of `bytes`: the message and how many bytes it used, or
 /// `None` when `bytes` does not hold a whole frame yet.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<(T, usize)>, FrameError> {
+pub fn decode<T: Framed>(bytes: &[u8]) -> Result<Option<(T, usize)>, FrameError> {
     let Some(prefix) = bytes.get(..4) else {
         return Ok(None);
     };
@@ -311,7 +309,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<(T, usize)>, F
 
 /// Writes one frame of a message without file data and flushes it; returns the bytes it
 /// took on the wire.
-pub async fn write<T: Serialize>(
+pub async fn write<T: Framed>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
 ) -> Result<usize, FrameError> {
@@ -324,7 +322,7 @@ pub async fn write<T: Serialize>(
 
 /// Writes one frame into `out`'s buffer: many small frames then leave in a few packets. The
 /// caller flushes before it waits for the peer.
-pub async fn write_buffered<T: Serialize>(
+pub async fn write_buffered<T: Framed>(
     out: &mut (impl AsyncWrite + Unpin),
     message: &T,
     data: Data,
@@ -336,14 +334,12 @@ pub async fn write_buffered<T: Serialize>(
 }
 
 /// Reads one frame; the length is checked before any of the body is read or allocated.
-pub async fn read<T: DeserializeOwned>(
-    input: &mut (impl AsyncRead + Unpin),
-) -> Result<T, FrameError> {
+pub async fn read<T: Framed>(input: &mut (impl AsyncRead + Unpin)) -> Result<T, FrameError> {
     read_counted(input).await.map(|(message, _)| message)
 }
 
 /// Reads one frame and says how many bytes it took on the wire.
-pub async fn read_counted<T: DeserializeOwned>(
+pub async fn read_counted<T: Framed>(
     input: &mut (impl AsyncRead + Unpin),
 ) -> Result<(T, usize), FrameError> {
     let mut prefix = [0u8; 4];
@@ -370,33 +366,56 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::test_noise as noise;
+    use ferry_engine::testing::noise;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     enum Message {
         Hello { version: u32, name: String },
-        Data(#[serde(with = "crate::frame::payload")] Vec<u8>),
+        Data(Attached),
         Files(Vec<File>),
+    }
+
+    impl Framed for Message {
+        fn attachments(&self) -> Vec<&Attached> {
+            match self {
+                Message::Hello { .. } => vec![],
+                Message::Data(data) => vec![data],
+                Message::Files(files) => files.iter().map(|f| &f.data).collect(),
+            }
+        }
+
+        fn attachments_mut(&mut self) -> Vec<&mut Attached> {
+            match self {
+                Message::Hello { .. } => vec![],
+                Message::Data(data) => vec![data],
+                Message::Files(files) => files.iter_mut().map(|f| &mut f.data).collect(),
+            }
+        }
+    }
+
+    fn data_message(bytes: Vec<u8>) -> Message {
+        Message::Data(Attached::new(bytes))
     }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct File {
         name: String,
-        #[serde(with = "crate::frame::payload")]
-        data: Vec<u8>,
+        data: Attached,
     }
 
     fn file(name: &str, data: Vec<u8>) -> File {
         File {
             name: name.into(),
-            data,
+            data: Attached::new(data),
         }
     }
 
-    #[derive(Debug, PartialEq, Deserialize)]
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
     enum OlderMessage {
         Hello { version: u32 },
     }
+
+    impl Framed for OlderMessage {}
 
     const HEADER_FLAG: u8 = 0x80;
     const SPLIT_FLAG: u8 = 0x40;
@@ -417,7 +436,7 @@ mod tests {
                 version: 1,
                 name: "nas".into(),
             },
-            Message::Data(noise(1, 100_000)),
+            data_message(noise(1, 100_000)),
             Message::Files(vec![
                 file("a", b"text ".repeat(300)),
                 file("b", Vec::new()),
@@ -464,14 +483,14 @@ mod tests {
 
     #[test]
     fn file_data_is_compressed_only_where_the_link_is_worth_it_and_it_shrinks() {
-        let text = Message::Data(b"the same line again and again\n".repeat(1000));
+        let text = data_message(b"the same line again and again\n".repeat(1000));
         let frame = round_trip(&text, Data::Compress);
         assert_eq!(frame[0] & PAYLOAD_FLAG, PAYLOAD_FLAG);
         assert!(frame.len() < 2000, "{} bytes", frame.len());
         let frame = round_trip(&text, Data::Raw);
         assert_eq!(frame[0] & PAYLOAD_FLAG, 0);
         assert!(frame.len() > 30_000, "{} bytes", frame.len());
-        let random = Message::Data(noise(7, 50_000));
+        let random = data_message(noise(7, 50_000));
         let frame = round_trip(&random, Data::Compress);
         assert_eq!(frame[0] & PAYLOAD_FLAG, 0, "not compressed");
     }
@@ -498,17 +517,9 @@ mod tests {
             body.extend(noise(seed + 10, 8 * 1024));
         }
         let raw = body.len();
-        let frame = round_trip(&Message::Data(body), Data::Compress);
+        let frame = round_trip(&data_message(body), Data::Compress);
         assert_eq!(frame[0] & PAYLOAD_FLAG, PAYLOAD_FLAG, "compressed");
         assert!(frame.len() < raw * 3 / 4, "{} of {raw} bytes", frame.len());
-    }
-
-    #[test]
-    fn file_data_outside_a_frame_is_plain_bytes() {
-        let message = Message::Data(b"kept inline".to_vec());
-        let bytes = rmp_serde::to_vec_named(&message).unwrap();
-        assert!(bytes.windows(11).any(|w| w == b"kept inline"));
-        assert_eq!(rmp_serde::from_slice::<Message>(&bytes).unwrap(), message);
     }
 
     /// A frame with file data, of the given message and payload parts, flags and all.
@@ -523,19 +534,19 @@ mod tests {
 
     #[test]
     fn file_data_that_does_not_match_the_header_is_refused() {
-        let (header, _) = split(&Message::Data(Vec::new())).unwrap();
+        let (header, _) = split(&data_message(Vec::new())).unwrap();
         // The header says 0 bytes of data; the payload holds 3.
         let frame = frame_of(&header, b"xyz", 0);
         assert!(matches!(
             decode::<Message>(&frame),
             Err(FrameError::Layout(_))
         ));
-        let (header, _) = split(&Message::Data(vec![1; 10])).unwrap();
+        let (header, _) = split(&data_message(vec![1; 10])).unwrap();
         // The header says 10 bytes; the payload holds 3.
         let frame = frame_of(&header, b"xyz", 0);
         assert!(matches!(
             decode::<Message>(&frame),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::Layout("file data past the end of the payload"))
         ));
         let mut frame = frame_of(&header, b"xyz", 0);
         frame[4..8].copy_from_slice(&1000u32.to_be_bytes());
@@ -548,7 +559,7 @@ mod tests {
     #[test]
     fn a_compression_bomb_is_refused() {
         let bomb = zstd::bulk::compress(&vec![0u8; MAX_FRAME as usize + 1], 1).unwrap();
-        let (header, _) = split(&Message::Data(Vec::new())).unwrap();
+        let (header, _) = split(&data_message(Vec::new())).unwrap();
         for frame in [
             frame_of(&bomb, b"", HEADER_COMPRESSED),
             frame_of(&header, &bomb, PAYLOAD_COMPRESSED),

@@ -49,7 +49,6 @@ impl Fixture {
             destinations: self.roots[1..].iter().map(endpoint).collect(),
             filter,
             guards: Default::default(),
-            handoff: None,
         }
     }
 

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use filetime::FileTime;
 
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
+use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
-use crate::protocol::Fence;
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
 
 #[derive(Debug, thiserror::Error)]

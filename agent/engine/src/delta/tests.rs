@@ -1,7 +1,7 @@
 use std::io::{Cursor, Seek};
 
 use super::*;
-use crate::test_noise as noise;
+use crate::testing::noise;
 
 /// Signs `old`, encodes `new` against it, rebuilds, checks the result, and returns the ops.
 fn round_trip(old: &[u8], new: &[u8]) -> Vec<Op> {

@@ -15,23 +15,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client::Dial;
-use crate::delta::Op;
-use crate::endpoint::{Endpoint, EndpointError, FileSink, LocalEndpoint, Scope, Staged};
-use crate::engine::{self, Halt, JobSpec};
-use crate::filter::Filter;
-use crate::frame::{self, FrameError};
-use crate::link::LinkMeter;
-use crate::protocol::{ErrorKind, Fence, JobOrder, PROTOCOL_VERSION, Request, Response, WireError};
-use crate::remote::RemoteEndpoint;
-use crate::seal::{Sealed, Side};
-use crate::tree::Expected;
-use crate::watch::{Batch, FolderWatch, WatchRoot};
+use ferry_engine::delta::{Encoded, Op, Signature};
+use ferry_engine::endpoint::{Endpoint, EndpointError, FileSink, LocalEndpoint, Scope, Staged};
+use ferry_engine::filter::Filter;
+use ferry_engine::tree::{Entry, Expected};
+use ferry_engine::{Fence, Halt, JobSpec};
+use ferry_wire::client::Dial;
+use ferry_wire::frame::{self, Data, FrameError};
+use ferry_wire::link::LinkMeter;
+use ferry_wire::protocol::{
+    DataOp, ErrorKind, JobOrder, PROTOCOL_VERSION, Request, Response, WireError,
+};
+use ferry_wire::remote::RemoteEndpoint;
+use ferry_wire::transport::{self, Connection};
+use ferry_wire::watch::{Batch, FolderWatch, WatchRoot};
 
 /// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
 const SCAN_BATCH: usize = 4096;
@@ -48,7 +50,7 @@ const STAGE_MAX_FILES: usize = 768;
 const STAGE_MAX_BYTES: u64 = 256 << 20;
 // A client stops sending once `PIPELINE` files wait for their verdicts: a batch that is not
 // full must never hold that many, or it would wait for files that do not come.
-const _: () = assert!(STAGE_MAX_FILES < crate::remote::PIPELINE);
+const _: () = assert!(STAGE_MAX_FILES < ferry_wire::remote::PIPELINE);
 /// File data an agent sends in one frame when it serves a file (as `BATCH_BYTES` for a client).
 const READ_BATCH_BYTES: usize = 1024 * 1024;
 /// Progress events of a run handed over, at most, in one frame, and how long they gather
@@ -151,15 +153,16 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     // rsync's daemon loses ~40 ms per round trip without it.
                     let _ = stream.set_nodelay(true);
-                    crate::client::keep_alive(&stream);
+                    transport::keep_alive(&stream);
                     let (acceptor, agent) = (acceptor.clone(), agent.clone());
                     let link = LinkMeter::new(&stream);
                     tokio::spawn(async move {
                         match acceptor.accept(stream).await {
                             Ok(tls) => {
                                 let handle = tokio::runtime::Handle::current();
+                                let stream = transport::buffered(tls);
                                 let served = tokio::task::spawn_blocking(move || {
-                                    handle.block_on(session(tls, link, &agent))
+                                    handle.block_on(session(stream, Some(link), &agent))
                                 });
                                 if let Ok(Err(e)) = served.await {
                                     log_end(peer, &e);
@@ -184,9 +187,9 @@ fn log_end(peer: SocketAddr, error: &FrameError) {
 
 /// One peer's session: the folder it opened and the lease it works for.
 struct Session<'a> {
-    tls: Sealed<TcpStream>,
-    /// Whether file data sent on `tls` goes compressed.
-    link: LinkMeter,
+    stream: Connection,
+    /// Whether file data sent on `stream` goes compressed; `None` when it is not a socket.
+    link: Option<LinkMeter>,
     agent: &'a Agent,
     fence: Option<Fence>,
     replica: Option<LocalEndpoint>,
@@ -202,8 +205,8 @@ struct Session<'a> {
 }
 
 async fn session(
-    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
-    link: LinkMeter,
+    mut tls: Connection,
+    link: Option<LinkMeter>,
     agent: &Agent,
 ) -> Result<(), FrameError> {
     let fence = match frame::read::<Request>(&mut tls).await? {
@@ -241,10 +244,8 @@ async fn session(
         }
         other => return refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
     };
-    // Hello and Welcome go over TLS itself; all that follows, in sealed records.
-    let (tcp, connection) = tls.into_inner();
     let mut session = Session {
-        tls: Sealed::new(tcp, &connection, Side::Agent)?,
+        stream: tls,
         link,
         agent,
         fence,
@@ -288,8 +289,8 @@ async fn session(
 impl Session<'_> {
     /// Answers into the buffer; it leaves before the next read ([`Self::next`]).
     async fn reply(&mut self, response: &Response) -> Result<(), FrameError> {
-        let data = self.link.data();
-        frame::write_buffered(&mut self.tls, response, data)
+        let data = self.link.as_mut().map_or(Data::Raw, LinkMeter::data);
+        frame::write_buffered(&mut self.stream, response, data)
             .await
             .map(drop)
     }
@@ -300,9 +301,9 @@ impl Session<'_> {
         if let Some(request) = self.queued.pop_front() {
             return Ok(request);
         }
-        self.tls.flush().await?;
+        self.stream.flush().await?;
         self.await_request().await?;
-        match frame::read(&mut self.tls).await? {
+        match frame::read(&mut self.stream).await? {
             Request::Batch(requests) => {
                 if requests.iter().any(|r| matches!(r, Request::Batch(_))) {
                     return Err(FrameError::Unexpected("a batch inside a batch".into()));
@@ -470,7 +471,7 @@ impl Session<'_> {
         &mut self,
         replica: LocalEndpoint,
         path: PathBuf,
-        base: Option<crate::delta::Signature>,
+        base: Option<Signature>,
     ) -> Result<(), FrameError> {
         let (tx, mut rx) = mpsc::channel::<Vec<Op>>(4);
         let reader = tokio::task::spawn_blocking(move || {
@@ -492,6 +493,7 @@ impl Session<'_> {
             sent
         });
         while let Some(ops) = rx.recv().await {
+            let ops = ops.into_iter().map(DataOp::from).collect();
             self.reply(&Response::Data { ops }).await?;
         }
         let response = match reader.await.expect("file reader panicked") {
@@ -579,14 +581,13 @@ impl Session<'_> {
     /// published as soon as it is on disk: a peer whose window of unanswered files is full
     /// sends nothing more until it has them.
     async fn await_request(&mut self) -> Result<(), FrameError> {
-        while !self.tls.has_buffered_input() {
+        loop {
             let Some(publishing) = self.publishing.as_mut() else {
                 return Ok(());
             };
-            let mut probe = [0u8; 1];
             let published = tokio::select! {
-                // Peeking takes nothing from the connection, so losing the race costs nothing.
-                arrived = self.tls.get_ref().peek(&mut probe) => {
+                // A buffered read takes nothing when it loses the race.
+                arrived = self.stream.fill_buf() => {
                     arrived?;
                     None
                 }
@@ -597,9 +598,8 @@ impl Session<'_> {
             };
             self.publishing = None;
             self.send_verdicts(verdicts).await?;
-            self.tls.flush().await?;
+            self.stream.flush().await?;
         }
-        Ok(())
     }
 
     /// Receives a file's ops until `DataEnd`, then stages it (or reports why not); its verdict
@@ -609,7 +609,7 @@ impl Session<'_> {
         &mut self,
         replica: &LocalEndpoint,
         path: &Path,
-        entry: &crate::tree::Entry,
+        entry: &Entry,
         block_size: Option<u32>,
         expected: Option<&Expected>,
     ) -> Result<(), FrameError> {
@@ -626,7 +626,7 @@ impl Session<'_> {
                 Request::Data { ops } => {
                     for op in ops {
                         if let (Some(s), None) = (sink.as_mut(), &error)
-                            && let Err(e) = s.write(op)
+                            && let Err(e) = s.write(op.into())
                         {
                             error = Some(e);
                             sink = None;
@@ -645,7 +645,7 @@ impl Session<'_> {
         let response = match (sink, error, <[u8; 32]>::try_from(hash)) {
             (_, Some(e), _) => wire_failure(&e),
             (Some(sink), None, Ok(hash)) => {
-                let sent = crate::delta::Encoded {
+                let sent = Encoded {
                     size: entry.size,
                     hash: blake3::Hash::from_bytes(hash),
                 };
@@ -703,7 +703,7 @@ impl Session<'_> {
             None => Halt::new(),
         };
         halt.extend_until(Instant::now() + Duration::from_millis(valid_for_ms));
-        let (mut read, mut write) = tokio::io::split(self.tls);
+        let (mut read, mut write) = tokio::io::split(self.stream);
         let spec = match job_spec(self.agent, &order) {
             Ok(spec) => spec,
             Err(response) => return frame::write(&mut write, &response).await.map(drop),
@@ -735,8 +735,8 @@ impl Session<'_> {
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
         let scope = order.paths.clone().map_or(Scope::Full, Scope::Paths);
-        let work = tokio::task::spawn_blocking(move || {
-            engine::run(&spec, &scope, &halt, &mut |event| {
+        let work = ferry_wire::blocking::spawn(move || {
+            ferry_engine::run::run(&spec, &scope, &halt, &mut |event| {
                 let _ = tx.send(event);
             })
         });
@@ -767,7 +767,7 @@ impl Session<'_> {
     /// Watches a folder for a scheduler's monitor and reports its changes until the scheduler
     /// disconnects (or says anything: a watching client has nothing to say).
     async fn watch(self, path: &str) -> Result<(), FrameError> {
-        let (read, mut write) = tokio::io::split(self.tls);
+        let (read, mut write) = tokio::io::split(self.stream);
         let folder = match resolve_root(&self.agent.config.roots, path) {
             Ok(folder) => folder,
             Err(reason) => {
@@ -837,7 +837,9 @@ fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
                 client: config.name.clone(),
                 tls: config.client_tls.clone(),
             };
-            Ok(Arc::new(RemoteEndpoint::new(dial, folder.path.clone())) as Arc<dyn Endpoint>)
+            let runtime = tokio::runtime::Handle::current();
+            let endpoint = RemoteEndpoint::new(dial, folder.path.clone(), runtime);
+            Ok(Arc::new(endpoint) as Arc<dyn Endpoint>)
         })
         .collect::<Result<_, _>>()?;
     let filter = Filter::new(&order.include, &order.exclude)
@@ -849,7 +851,6 @@ fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
         destinations,
         filter,
         guards: order.guards.clone(),
-        handoff: None,
     })
 }
 

@@ -9,21 +9,106 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delta::{Op, Signature};
-use crate::engine::{Event, Guards, Rule, Summary};
-use crate::tree::{Entry, Expected, Mtime};
+pub use ferry_engine::Fence;
+use ferry_engine::delta::{Op, Signature};
+use ferry_engine::tree::{Entry, Expected, Mtime};
+use ferry_engine::{Event, Guards, Rule, Summary};
+
+use crate::frame::{Attached, Framed};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
-/// The lease a session works for: a schedule or monitor, and the epoch its holder won it at.
-/// An agent remembers the highest epoch it has seen per resource and refuses writes under an
-/// older one, so a scheduler that lost its lease cannot write any more.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Fence {
-    /// `schedule:NAME` or `monitor:NAME`.
-    pub resource: String,
-    pub epoch: i64,
+/// One step in rebuilding a file, as it travels: a literal's bytes go in the frame's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataOp {
+    /// Copy `count` blocks of the old version, starting with block `first`.
+    Blocks { first: u32, count: u32 },
+    /// Bytes the old version does not have.
+    Literal(Attached),
+}
+
+impl From<Op> for DataOp {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Blocks { first, count } => DataOp::Blocks { first, count },
+            Op::Literal(bytes) => DataOp::Literal(Attached::new(bytes)),
+        }
+    }
+}
+
+impl From<DataOp> for Op {
+    fn from(op: DataOp) -> Self {
+        match op {
+            DataOp::Blocks { first, count } => Op::Blocks { first, count },
+            DataOp::Literal(bytes) => Op::Literal(bytes.into_bytes()),
+        }
+    }
+}
+
+impl DataOp {
+    /// Bytes of file data this op carries (block references carry none).
+    pub fn literal_len(&self) -> usize {
+        match self {
+            DataOp::Literal(bytes) => bytes.len(),
+            DataOp::Blocks { .. } => 0,
+        }
+    }
+}
+
+/// The attachments of a list of ops, in order.
+fn literals(ops: &[DataOp]) -> impl Iterator<Item = &Attached> {
+    ops.iter().filter_map(|op| match op {
+        DataOp::Literal(bytes) => Some(bytes),
+        DataOp::Blocks { .. } => None,
+    })
+}
+
+fn literals_mut(ops: &mut [DataOp]) -> impl Iterator<Item = &mut Attached> {
+    ops.iter_mut().filter_map(|op| match op {
+        DataOp::Literal(bytes) => Some(bytes),
+        DataOp::Blocks { .. } => None,
+    })
+}
+
+impl Framed for Request {
+    fn attachments(&self) -> Vec<&Attached> {
+        match self {
+            Request::Data { ops } => literals(ops).collect(),
+            Request::Batch(requests) => requests.iter().flat_map(|r| r.attachments()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn attachments_mut(&mut self) -> Vec<&mut Attached> {
+        match self {
+            Request::Data { ops } => literals_mut(ops).collect(),
+            Request::Batch(requests) => (requests.iter_mut())
+                .flat_map(|r| r.attachments_mut())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Framed for Response {
+    fn attachments(&self) -> Vec<&Attached> {
+        match self {
+            Response::Data { ops } => literals(ops).collect(),
+            Response::Batch(responses) => responses.iter().flat_map(|r| r.attachments()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn attachments_mut(&mut self) -> Vec<&mut Attached> {
+        match self {
+            Response::Data { ops } => literals_mut(ops).collect(),
+            Response::Batch(responses) => (responses.iter_mut())
+                .flat_map(|r| r.attachments_mut())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A replica named on the wire: a folder on an agent, reached at `address`.
@@ -48,7 +133,7 @@ pub struct JobOrder {
     #[serde(default)]
     pub guards: Guards,
     /// Paths to sync (relative to the job's folders); `None` for everything.
-    #[serde(default, with = "crate::raw_path::optional_list")]
+    #[serde(default, with = "ferry_engine::raw_path::optional_list")]
     pub paths: Option<Vec<PathBuf>>,
 }
 
@@ -71,23 +156,23 @@ pub enum Request {
     },
     /// Answered by `Scanned` frames, the last with `more: false`.
     Scan {
-        #[serde(default, with = "crate::raw_path::optional_list")]
+        #[serde(default, with = "ferry_engine::raw_path::optional_list")]
         paths: Option<Vec<PathBuf>>,
         include: Vec<String>,
         exclude: Vec<String>,
     },
     Stat {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
     },
     Signature {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
     },
     /// Answered by `Data` frames (the file as a delta against `base`, whole without one), then
     /// `DataEnd`.
     ReadFile {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         base: Option<Signature>,
     },
@@ -95,7 +180,7 @@ pub enum Request {
     /// is durable; a delta (`block_size` set: that of the signature it was made against) that
     /// did not rebuild the file fails with `InvalidData`, and its sender sends it whole.
     WriteFile {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         entry: Entry,
         block_size: Option<u32>,
@@ -105,7 +190,7 @@ pub enum Request {
         expected: Option<Expected>,
     },
     Data {
-        ops: Vec<Op>,
+        ops: Vec<DataOp>,
     },
     DataEnd {
         #[serde(with = "serde_bytes")]
@@ -113,45 +198,45 @@ pub enum Request {
     },
     /// Under the sync rule `expected` is what `path` must still hold (as for `WriteFile`).
     MakeDir {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         entry: Entry,
         #[serde(default)]
         expected: Option<Expected>,
     },
     MakeSymlink {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         entry: Entry,
     },
     /// Under the sync rule `expected` is what `path` must still hold (as for `WriteFile`).
     Remove {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         entry: Entry,
         #[serde(default)]
         expected: Option<Expected>,
     },
     Rename {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         from: PathBuf,
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         to: PathBuf,
     },
     SetMtime {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         mtime: Mtime,
     },
     /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
     Duplicate {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         from: PathBuf,
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         to: PathBuf,
     },
     Hash {
-        #[serde(with = "crate::raw_path")]
+        #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
     },
     ReadState {
@@ -247,14 +332,14 @@ pub enum Response {
     /// A request without a result succeeded.
     Done,
     Scanned {
-        #[serde(with = "crate::raw_path::entries")]
+        #[serde(with = "ferry_engine::raw_path::entries")]
         entries: Vec<(PathBuf, Entry)>,
         more: bool,
     },
     Stat(Option<Entry>),
     Signature(Option<Signature>),
     Data {
-        ops: Vec<Op>,
+        ops: Vec<DataOp>,
     },
     DataEnd {
         #[serde(with = "serde_bytes")]
@@ -276,7 +361,7 @@ pub enum Response {
     },
     /// Paths (relative to the watched folder) that changed, during a `Watch`.
     Changed {
-        #[serde(with = "crate::raw_path::list")]
+        #[serde(with = "ferry_engine::raw_path::list")]
         paths: Vec<PathBuf>,
     },
     /// The watcher lost events (its queue overflowed, say): only a full rescan is safe.

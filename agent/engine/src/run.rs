@@ -15,9 +15,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +23,8 @@ use crate::base::{self, BaseError};
 use crate::delta::Signature;
 pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError};
+pub use crate::fence::Halt;
 use crate::filter::Filter;
-use crate::protocol::Fence;
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, same};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +68,6 @@ pub struct JobSpec {
     pub filter: Filter,
     /// Guards on what a run may destroy.
     pub guards: Guards,
-    /// Set when the whole run belongs on the agent that holds the source: the caller hands it
-    /// over ([`crate::remote::hand_over`]) instead of running the engine itself.
-    pub handoff: Option<crate::remote::Handoff>,
 }
 
 /// What a job may destroy, and what it keeps of what it replaces.
@@ -199,75 +194,6 @@ pub enum EngineError {
 /// without it is more likely an unmounted disk than a folder emptied on purpose.
 pub const MARKER: &str = "replica";
 
-/// Tells a running sync to stop before its next write: when [`Halt::stop`] is called, or when
-/// the deadline set by [`Halt::extend_until`] passes (a scheduler's lease deadline: past it,
-/// another scheduler may hold the work). Checked before every action and while copying, so a
-/// process frozen past its deadline writes nothing once it resumes.
-#[derive(Debug, Clone, Default)]
-pub struct Halt(Arc<HaltState>);
-
-#[derive(Debug, Default)]
-struct HaltState {
-    /// The lease this work runs under, shown to agents so they can refuse a stale holder.
-    fence: Option<Fence>,
-    stopped: AtomicBool,
-    /// Nanoseconds after [`epoch`] at which to halt; 0 = no deadline.
-    deadline: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl Halt {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A halt for work under the lease `fence`.
-    pub fn fenced(fence: Fence) -> Self {
-        Self(Arc::new(HaltState {
-            fence: Some(fence),
-            ..HaltState::default()
-        }))
-    }
-
-    pub fn fence(&self) -> Option<&Fence> {
-        self.0.fence.as_ref()
-    }
-
-    pub fn stop(&self) {
-        self.0.stopped.store(true, Ordering::SeqCst);
-    }
-
-    /// Allows work until `deadline` (replacing an earlier deadline).
-    pub fn extend_until(&self, deadline: Instant) {
-        let nanos = deadline
-            .saturating_duration_since(epoch())
-            .as_nanos()
-            .max(1);
-        self.0
-            .deadline
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::SeqCst);
-    }
-
-    /// Time left before the deadline; `None` without one.
-    pub fn remaining(&self) -> Option<std::time::Duration> {
-        let deadline = self.0.deadline.load(Ordering::SeqCst);
-        (deadline != 0)
-            .then(|| std::time::Duration::from_nanos(deadline).saturating_sub(epoch().elapsed()))
-    }
-
-    pub fn is_halted(&self) -> bool {
-        if self.0.stopped.load(Ordering::SeqCst) {
-            return true;
-        }
-        let deadline = self.0.deadline.load(Ordering::SeqCst);
-        deadline != 0 && epoch().elapsed().as_nanos() >= u128::from(deadline)
-    }
-}
-
 /// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
 /// summary; an unusable source or destination root fails the whole run before anything is
 /// written (an unreadable source must never make a mirror delete everything).
@@ -293,17 +219,14 @@ pub fn run(
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
-    // Replicas are scanned at the same time: a remote one mostly waits on its agent. Remote
-    // calls need the runtime this thread may belong to.
-    let runtime = tokio::runtime::Handle::try_current().ok();
+    // Replicas are scanned at the same time: a remote one mostly waits on its agent.
     let scans: Vec<_> = std::thread::scope(|threads| {
         let running: Vec<_> = replicas
             .iter()
             .enumerate()
             .map(|(i, replica)| {
-                let (runtime, scope, create) = (&runtime, &scope, create_missing(i));
+                let (scope, create) = (&scope, create_missing(i));
                 threads.spawn(move || {
-                    let _entered = runtime.as_ref().map(|r| r.enter());
                     replica
                         .prepare(create, halt.fence())
                         .and_then(|()| replica.scan(scope, &spec.filter))

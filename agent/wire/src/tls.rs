@@ -1,7 +1,5 @@
 //! Mutual TLS from a `ferry ca` folder: each side presents `NAME.pem`/`NAME.key` and accepts
-//! only peers whose certificate the folder's `ca.pem` signed. There is no plain-text mode. TLS
-//! authenticates the session and agrees its keys; the frames after the handshake travel in
-//! [`crate::seal`]ed records.
+//! only peers whose certificate the folder's `ca.pem` signed. There is no plain-text mode.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,8 +63,7 @@ pub fn server_config(dir: &Path, name: &str) -> Result<Arc<ServerConfig>, TlsErr
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
-    // Sessions are long and few: resuming one would save little, and without tickets nothing
-    // but the handshake and `Welcome` crosses TLS before the session's records are sealed.
+    // Sessions are long and few: resuming one would save little.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

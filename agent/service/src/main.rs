@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ferry_agent::endpoint::{Endpoint, LocalEndpoint};
-use ferry_agent::filter::Filter;
-use ferry_agent::{Event, JobSpec, Rule, Scope};
+use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
+use ferry_engine::filter::Filter;
+use ferry_engine::{Event, Halt, JobSpec, Rule, Scope};
+
+mod server;
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +69,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    ferry_agent::memory::keep_freed_memory();
+    ferry_engine::memory::keep_freed_memory();
     let Cli { command } = Cli::parse();
     match command {
         Command::Run {
@@ -110,8 +112,8 @@ fn run_agent(
         );
         return ExitCode::from(2);
     }
-    let tls = ferry_agent::tls::server_config(tls_dir, &name)
-        .and_then(|server| Ok((server, ferry_agent::tls::client_config(tls_dir, &name)?)));
+    let tls = ferry_wire::tls::server_config(tls_dir, &name)
+        .and_then(|server| Ok((server, ferry_wire::tls::client_config(tls_dir, &name)?)));
     let (tls, client_tls) = match tls {
         Ok(tls) => tls,
         Err(e) => {
@@ -139,7 +141,7 @@ fn run_agent(
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(agent = name, %address, "listening");
-        let config = ferry_agent::server::AgentConfig {
+        let config = server::AgentConfig {
             name,
             roots,
             tls,
@@ -155,7 +157,7 @@ fn run_agent(
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        match ferry_agent::server::serve(listener, config, shutdown).await {
+        match server::serve(listener, config, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -191,19 +193,13 @@ fn sync_once(
         destinations: destinations.into_iter().map(local).collect(),
         filter,
         guards: Default::default(),
-        handoff: None,
     };
     let print = |event: Event| match event {
         Event::Failed { path, error } => eprintln!("failed {}: {error}", path.display()),
         other if verbose => println!("{other:?}"),
         _ => {}
     };
-    match ferry_agent::engine::run(
-        &spec,
-        &Scope::Full,
-        &ferry_agent::engine::Halt::new(),
-        &mut { print },
-    ) {
+    match ferry_engine::run::run(&spec, &Scope::Full, &Halt::new(), &mut { print }) {
         Ok(summary) => {
             println!(
                 "{} copied, {} deleted, {} conflicts, {} bytes, {} failed",

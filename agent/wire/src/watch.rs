@@ -14,9 +14,9 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::client::{Dial, Session};
-use crate::filter::is_reserved;
 use crate::protocol::{ErrorKind, Request, Response};
-use crate::tree::is_plain;
+use ferry_engine::filter::is_reserved;
+use ferry_engine::tree::is_plain;
 
 /// A folder to watch: on this machine, or on an agent, which watches it and streams the
 /// changes back.

@@ -1,6 +1,6 @@
 //! A replica on another agent: the [`Endpoint`] trait spoken over a session. The engine calls
-//! it from a blocking thread; each call waits on the session inside the tokio runtime that
-//! thread belongs to.
+//! it from a blocking thread; each call waits on the session's futures through
+//! [`crate::blocking`], the one place that may.
 //!
 //! A file's data streams as batches of delta ops without a reply for each, so a transfer costs
 //! one round trip for the signature and one for the final verdict, whatever its size.
@@ -12,15 +12,16 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
+use tokio::runtime::Handle;
+
+use crate::blocking;
 use crate::client::{ClientError, Dial, Session};
-use crate::delta::{Encoded, Op, Signature};
-use crate::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope, Settled};
-use crate::engine::{EngineError, Event, Halt, Summary};
-use crate::filter::Filter;
-use crate::protocol::{ErrorKind, Fence, JobOrder, Request, Response, WireError};
-use crate::tree::{Entry, Expected, Mtime, Tree, is_plain};
+use crate::protocol::{DataOp, ErrorKind, Fence, Request, Response, WireError};
+use ferry_engine::delta::{Encoded, Op, Signature};
+use ferry_engine::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope, Settled};
+use ferry_engine::filter::Filter;
+use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
 /// Requests (small files' data among them) gathered before they are sent as one batch: large
 /// enough that frames are few, small enough that the receiver writes while the sender reads.
@@ -36,11 +37,13 @@ const SIGNATURES_AHEAD: usize = 64;
 
 /// Whole files written without waiting for each verdict, at most: the agent answers them in
 /// order, a batch as soon as it is on disk (its batches are smaller than this).
-pub(crate) const PIPELINE: usize = 1024;
+pub const PIPELINE: usize = 1024;
 
 /// A folder `path` on the agent `dial` reaches.
 pub struct RemoteEndpoint {
     dial: Dial,
+    /// The runtime the session's futures run on.
+    runtime: Handle,
     path: String,
     session: Mutex<Option<Link>>,
     wire: Arc<AtomicU64>,
@@ -337,9 +340,11 @@ impl Link {
 }
 
 impl RemoteEndpoint {
-    pub fn new(dial: Dial, path: impl Into<String>) -> Self {
+    /// A folder on an agent, reached through sessions on `runtime`.
+    pub fn new(dial: Dial, path: impl Into<String>, runtime: Handle) -> Self {
         Self {
             dial,
+            runtime,
             path: path.into(),
             session: Mutex::new(None),
             wire: Arc::default(),
@@ -364,6 +369,23 @@ impl RemoteEndpoint {
         format!("{}:{}", self.dial.agent, full.display())
     }
 
+    /// Runs a session call from the engine's blocking thread ([`crate::blocking`]).
+    fn on_session<'s, T, F>(
+        &self,
+        slot: &'s mut Option<Link>,
+        call: impl FnOnce(&'s mut Link) -> F,
+    ) -> std::result::Result<T, ClientError>
+    where
+        F: Future<Output = std::result::Result<T, ClientError>> + 's,
+    {
+        let Some(session) = slot.as_mut() else {
+            return Err(ClientError::NoSession {
+                agent: self.dial.agent.clone(),
+            });
+        };
+        blocking::wait(&self.runtime, call(session))?
+    }
+
     fn session(&self) -> MutexGuard<'_, Option<Link>> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -372,7 +394,7 @@ impl RemoteEndpoint {
     /// reconnects.
     fn call(&self, op: &str, rel: &Path, request: Request) -> Result<Response> {
         let mut slot = self.session();
-        let response = on_session(&mut slot, |s| s.call(request));
+        let response = self.on_session(&mut slot, |s| s.call(request));
         self.answer(op, rel, &mut slot, response)
     }
 
@@ -431,29 +453,6 @@ fn remove_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Req
     }
 }
 
-/// Runs a session call from a blocking thread inside the runtime.
-fn on_session<'s, T, F>(
-    slot: &'s mut Option<Link>,
-    call: impl FnOnce(&'s mut Link) -> F,
-) -> std::result::Result<T, ClientError>
-where
-    F: Future<Output = std::result::Result<T, ClientError>> + 's,
-{
-    let Some(session) = slot.as_mut() else {
-        return Err(ClientError::Frame {
-            agent: String::new(),
-            source: crate::frame::FrameError::Unexpected(
-                "no session: the run did not prepare this replica".into(),
-            ),
-        });
-    };
-    block(call(session))
-}
-
-fn block<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Handle::current().block_on(future)
-}
-
 /// An agent's error as an endpoint error naming the agent, its kind kept so the engine can
 /// react (a bad delta is retried whole).
 pub fn from_wire(agent: &str, wire: WireError) -> EndpointError {
@@ -482,18 +481,17 @@ impl Endpoint for RemoteEndpoint {
         let root = Path::new("");
         let mut slot = self.session();
         *slot = None;
-        let session = block(Session::connect(
-            &self.dial,
-            fence.cloned(),
-            self.wire.clone(),
-        ))
-        .map_err(|e| self.error("connect to", root, io::Error::other(e.to_string())))?;
+        let connect = Session::connect(&self.dial, fence.cloned(), self.wire.clone());
+        let session = blocking::wait(&self.runtime, connect)
+            .map_err(ClientError::from)
+            .and_then(|connected| connected)
+            .map_err(|e| self.error("connect to", root, io::Error::other(e.to_string())))?;
         *slot = Some(Link::new(session));
         let open = Request::Open {
             path: self.path.clone(),
             create,
         };
-        let response = on_session(&mut slot, |s| s.call(open));
+        let response = self.on_session(&mut slot, |s| s.call(open));
         match self.answer("open folder", root, &mut slot, response)? {
             Response::Done => Ok(()),
             other => Err(self.unexpected("open folder", root, &other)),
@@ -531,7 +529,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),
             }
-            let next = on_session(&mut slot, |s| s.receive());
+            let next = self.on_session(&mut slot, |s| s.receive());
             response = self.answer("read folder", root, &mut slot, next)?;
         }
     }
@@ -550,7 +548,7 @@ impl Endpoint for RemoteEndpoint {
 
     fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
         let mut slot = self.session();
-        let response = on_session(&mut slot, |link| link.signature(rel));
+        let response = self.on_session(&mut slot, |link| link.signature(rel));
         match self.answer("read", rel, &mut slot, response)? {
             Response::Signature(sig) => Ok(sig),
             other => Err(self.unexpected("read", rel, &other)),
@@ -582,7 +580,7 @@ impl Endpoint for RemoteEndpoint {
                 Response::Data { ops } => {
                     for op in ops {
                         if failed.is_none()
-                            && let Err(e) = out(op)
+                            && let Err(e) = out(op.into())
                         {
                             failed = Some(e);
                         }
@@ -602,7 +600,7 @@ impl Endpoint for RemoteEndpoint {
                 }
                 other => return Err(self.unexpected("read", rel, &other)),
             }
-            let next = on_session(&mut slot, |s| s.receive());
+            let next = self.on_session(&mut slot, |s| s.receive());
             response = self.answer("read", rel, &mut slot, next)?;
         }
     }
@@ -621,7 +619,7 @@ impl Endpoint for RemoteEndpoint {
             block_size,
             expected: expected.cloned(),
         };
-        let sent = on_session(&mut slot, |s| s.send(request));
+        let sent = self.on_session(&mut slot, |s| s.send(request));
         if let Err(e) = sent {
             return Err(self.answer("write", rel, &mut slot, Err(e)).unwrap_err());
         }
@@ -724,7 +722,7 @@ impl Endpoint for RemoteEndpoint {
             .map(|rel| Request::Hash { path: rel.clone() })
             .collect();
         let mut slot = self.session();
-        match on_session(&mut slot, |link| link.call_many(requests)) {
+        match self.on_session(&mut slot, |link| link.call_many(requests)) {
             Ok(answers) => (rels.iter().zip(answers))
                 .map(|(rel, answer)| {
                     let response = self.answer("read", rel, &mut slot, Ok(answer));
@@ -766,7 +764,7 @@ impl Endpoint for RemoteEndpoint {
 
     fn settle(&self) -> Settled {
         let mut slot = self.session();
-        let settled = on_session(&mut slot, |link| async move {
+        let settled = self.on_session(&mut slot, |link| async move {
             if !link.pending.is_empty() || !link.owed.is_empty() {
                 // Any request that is not a whole file makes the agent publish its batch, and
                 // its answer follows those of every request before it.
@@ -818,7 +816,7 @@ impl RemoteEndpoint {
     /// Sends a change without waiting for its answer, which [`Endpoint::settle`] collects.
     fn send_later(&self, op: &str, rel: &Path, request: Request, owed: Owed) -> Result<()> {
         let mut slot = self.session();
-        let sent = on_session(&mut slot, |link| async move {
+        let sent = self.on_session(&mut slot, |link| async move {
             link.send(request).await?;
             link.owed.push_back(owed);
             // The answers must be read before they fill the connection: the agent stops
@@ -851,7 +849,9 @@ struct RemoteSink<'a> {
 
 impl RemoteSink<'_> {
     fn send(&mut self, request: Request) -> Result<()> {
-        let sent = on_session(&mut self.slot, |s| s.send(request));
+        let sent = self
+            .endpoint
+            .on_session(&mut self.slot, |s| s.send(request));
         if let Err(e) = sent {
             let (endpoint, rel) = (self.endpoint, self.rel.clone());
             return Err(endpoint
@@ -867,6 +867,7 @@ impl RemoteSink<'_> {
         }
         let ops = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
+        let ops = ops.into_iter().map(DataOp::from).collect();
         self.send(Request::Data { ops })
     }
 
@@ -879,7 +880,7 @@ impl RemoteSink<'_> {
 
     /// Reads verdicts until at most `owed` are outstanding.
     fn collect(&mut self, owed: usize) -> Result<()> {
-        let result = on_session(&mut self.slot, |link| async move {
+        let result = self.endpoint.on_session(&mut self.slot, |link| async move {
             while link.pending.len() > owed {
                 link.verdict().await?;
             }
@@ -933,117 +934,4 @@ impl Drop for RemoteSink<'_> {
             }
         }
     }
-}
-
-/// A run that belongs on the agent holding the job's source, so file data flows from agent to
-/// agent and never through the scheduler.
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    pub dial: Dial,
-    pub order: JobOrder,
-}
-
-/// How often a run handed over is told it may go on.
-const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
-/// How long a run may go on unconfirmed when the halt has no deadline of its own.
-const UNBOUNDED_VALIDITY: Duration = Duration::from_secs(30);
-
-/// Hands a run over `scope` to the source's agent and follows it to its end: every event goes
-/// to `on_event`, and the agent is kept going only while `halt` allows (it stops by itself
-/// when the keep-alives stop, so a scheduler killed mid-run stops the run within a lease).
-pub async fn hand_over(
-    handoff: &Handoff,
-    scope: &Scope,
-    halt: &Halt,
-    on_event: &mut (dyn FnMut(Event) + Send),
-) -> std::result::Result<Summary, EngineError> {
-    let job = handoff.order.job.clone();
-    let unreachable = |e: ClientError| EngineError::Source {
-        job: job.clone(),
-        source: EndpointError::new(
-            "reach",
-            format!("{}:{}", handoff.dial.agent, handoff.order.source),
-            io::Error::other(e.to_string()),
-        ),
-    };
-    let validity = || halt.remaining().unwrap_or(UNBOUNDED_VALIDITY);
-    let session = Session::connect(&handoff.dial, halt.fence().cloned(), Arc::default())
-        .await
-        .map_err(unreachable)?;
-    let mut order = handoff.order.clone();
-    order.paths = match scope {
-        Scope::Full => None,
-        Scope::Paths(paths) => Some(paths.clone()),
-    };
-    let (mut reader, mut writer) = session.split();
-    let request = Request::RunJob {
-        order,
-        valid_for_ms: validity().as_millis() as u64,
-    };
-    writer.send(&request).await.map_err(unreachable)?;
-    let keeper = halt.clone();
-    let keep_alive = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(KEEP_ALIVE_EVERY).await;
-            let message = match keeper.is_halted() {
-                true => Request::Cancel,
-                false => Request::KeepAlive {
-                    valid_for_ms: keeper.remaining().unwrap_or(UNBOUNDED_VALIDITY).as_millis()
-                        as u64,
-                },
-            };
-            if writer.send(&message).await.is_err() || message == Request::Cancel {
-                return;
-            }
-        }
-    });
-    let outcome = loop {
-        match reader.receive().await {
-            Ok(Response::Progress(event)) => on_event(event),
-            Ok(Response::Batch(reports)) => match progress_of(reports) {
-                Ok(events) => events.into_iter().for_each(&mut *on_event),
-                Err(other) => {
-                    break Err(EngineError::Agent {
-                        job: job.clone(),
-                        agent: handoff.dial.agent.clone(),
-                        message: format!("unexpected answer in a batch of progress: {other:?}"),
-                    });
-                }
-            },
-            Ok(Response::RunDone { summary }) => break Ok(summary),
-            Ok(Response::Failed(wire)) if halt.is_halted() => {
-                tracing::debug!(?wire, "run handed over stopped");
-                break Err(EngineError::Cancelled { job: job.clone() });
-            }
-            Ok(Response::Failed(wire)) => {
-                break Err(EngineError::Agent {
-                    job: job.clone(),
-                    agent: handoff.dial.agent.clone(),
-                    message: wire.message,
-                });
-            }
-            Ok(other) => {
-                let message = format!("unexpected answer {other:?}");
-                break Err(EngineError::Agent {
-                    job: job.clone(),
-                    agent: handoff.dial.agent.clone(),
-                    message,
-                });
-            }
-            Err(e) => break Err(unreachable(e)),
-        }
-    };
-    keep_alive.abort();
-    outcome
-}
-
-/// The events of a batch of progress reports, or the first report that is not one.
-fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
-    reports
-        .into_iter()
-        .map(|report| match report {
-            Response::Progress(event) => Ok(event),
-            other => Err(other),
-        })
-        .collect()
 }

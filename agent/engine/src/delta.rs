@@ -70,13 +70,13 @@ impl Signature {
 }
 
 /// One step in rebuilding the new version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Copy `count` blocks of the old version, starting with block `first`: an unchanged
     /// stretch of any length costs one op.
     Blocks { first: u32, count: u32 },
     /// Bytes the old version does not have.
-    Literal(#[serde(with = "crate::frame::payload")] Vec<u8>),
+    Literal(Vec<u8>),
 }
 
 impl Op {

@@ -1,0 +1,127 @@
+//! Hand-over: a whole run given to the agent that holds the job's source, so file data flows
+//! from agent to agent and never through the caller. The caller follows the run's events and
+//! keeps it alive while its lease allows.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_engine::endpoint::EndpointError;
+use ferry_engine::run::EngineError;
+use ferry_engine::{Event, Halt, Scope, Summary};
+
+use crate::client::{ClientError, Dial, Session};
+use crate::protocol::{JobOrder, Request, Response};
+
+/// A run that belongs on the agent holding the job's source, so file data flows from agent to
+/// agent and never through the scheduler.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub dial: Dial,
+    pub order: JobOrder,
+}
+
+/// How often a run handed over is told it may go on.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// How long a run may go on unconfirmed when the halt has no deadline of its own.
+const UNBOUNDED_VALIDITY: Duration = Duration::from_secs(30);
+
+/// Hands a run over `scope` to the source's agent and follows it to its end: every event goes
+/// to `on_event`, and the agent is kept going only while `halt` allows (it stops by itself
+/// when the keep-alives stop, so a scheduler killed mid-run stops the run within a lease).
+pub async fn hand_over(
+    handoff: &Handoff,
+    scope: &Scope,
+    halt: &Halt,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> std::result::Result<Summary, EngineError> {
+    let job = handoff.order.job.clone();
+    let unreachable = |e: ClientError| EngineError::Source {
+        job: job.clone(),
+        source: EndpointError::new(
+            "reach",
+            format!("{}:{}", handoff.dial.agent, handoff.order.source),
+            io::Error::other(e.to_string()),
+        ),
+    };
+    let validity = || halt.remaining().unwrap_or(UNBOUNDED_VALIDITY);
+    let session = Session::connect(&handoff.dial, halt.fence().cloned(), Arc::default())
+        .await
+        .map_err(unreachable)?;
+    let mut order = handoff.order.clone();
+    order.paths = match scope {
+        Scope::Full => None,
+        Scope::Paths(paths) => Some(paths.clone()),
+    };
+    let (mut reader, mut writer) = session.split();
+    let request = Request::RunJob {
+        order,
+        valid_for_ms: validity().as_millis() as u64,
+    };
+    writer.send(&request).await.map_err(unreachable)?;
+    let keeper = halt.clone();
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+            let message = match keeper.is_halted() {
+                true => Request::Cancel,
+                false => Request::KeepAlive {
+                    valid_for_ms: keeper.remaining().unwrap_or(UNBOUNDED_VALIDITY).as_millis()
+                        as u64,
+                },
+            };
+            if writer.send(&message).await.is_err() || message == Request::Cancel {
+                return;
+            }
+        }
+    });
+    let outcome = loop {
+        match reader.receive().await {
+            Ok(Response::Progress(event)) => on_event(event),
+            Ok(Response::Batch(reports)) => match progress_of(reports) {
+                Ok(events) => events.into_iter().for_each(&mut *on_event),
+                Err(other) => {
+                    break Err(EngineError::Agent {
+                        job: job.clone(),
+                        agent: handoff.dial.agent.clone(),
+                        message: format!("unexpected answer in a batch of progress: {other:?}"),
+                    });
+                }
+            },
+            Ok(Response::RunDone { summary }) => break Ok(summary),
+            Ok(Response::Failed(wire)) if halt.is_halted() => {
+                tracing::debug!(?wire, "run handed over stopped");
+                break Err(EngineError::Cancelled { job: job.clone() });
+            }
+            Ok(Response::Failed(wire)) => {
+                break Err(EngineError::Agent {
+                    job: job.clone(),
+                    agent: handoff.dial.agent.clone(),
+                    message: wire.message,
+                });
+            }
+            Ok(other) => {
+                let message = format!("unexpected answer {other:?}");
+                break Err(EngineError::Agent {
+                    job: job.clone(),
+                    agent: handoff.dial.agent.clone(),
+                    message,
+                });
+            }
+            Err(e) => break Err(unreachable(e)),
+        }
+    };
+    keep_alive.abort();
+    outcome
+}
+
+/// The events of a batch of progress reports, or the first report that is not one.
+fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
+    reports
+        .into_iter()
+        .map(|report| match report {
+            Response::Progress(event) => Ok(event),
+            other => Err(other),
+        })
+        .collect()
+}
