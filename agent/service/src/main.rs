@@ -10,7 +10,10 @@ use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_engine::filter::Filter;
 use ferry_engine::{Event, Halt, JobSpec, Rule, Scope};
 
-mod server;
+mod fences;
+mod roots;
+mod serve;
+mod session;
 
 #[derive(Parser)]
 #[command(
@@ -141,10 +144,9 @@ fn run_agent(
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(agent = name, %address, "listening");
-        let config = server::AgentConfig {
+        let config = serve::AgentConfig {
             name,
             roots,
-            tls,
             client_tls,
             state_dir,
         };
@@ -157,7 +159,7 @@ fn run_agent(
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        match server::serve(listener, config, shutdown).await {
+        match serve::serve(listener, tls, config, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

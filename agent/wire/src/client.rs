@@ -2,6 +2,8 @@
 //! frames. [`Session::start`] runs the handshake over any [`Stream`], so the session is tested
 //! over in-memory pipes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +61,29 @@ impl std::fmt::Debug for Dial {
             .field("address", &self.address)
             .field("client", &self.client)
             .finish_non_exhaustive()
+    }
+}
+
+/// Opens sessions with one agent, for the lease given (if any), counting their bytes in the
+/// counter given: over TCP and TLS in use ([`Dial::connector`]), over any other [`Stream`] in
+/// tests.
+pub type Connector = Arc<
+    dyn Fn(
+            Option<Fence>,
+            Arc<AtomicU64>,
+        ) -> Pin<Box<dyn Future<Output = Result<Session, ClientError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl Dial {
+    /// Connects over TCP and TLS as this dial says.
+    pub fn connector(&self) -> Connector {
+        let dial = self.clone();
+        Arc::new(move |fence, wire| {
+            let dial = dial.clone();
+            Box::pin(async move { Session::connect(&dial, fence, wire).await })
+        })
     }
 }
 

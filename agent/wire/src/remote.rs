@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::runtime::Handle;
 
 use crate::blocking;
-use crate::client::{ClientError, Dial, Session};
+use crate::client::{ClientError, Connector, Dial, Session};
 use crate::protocol::{DataOp, ErrorKind, Fence, Request, Response, WireError};
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{Endpoint, EndpointError, FileSink, Result, Scope, Settled};
@@ -42,6 +42,7 @@ pub const PIPELINE: usize = 1024;
 /// A folder `path` on the agent `dial` reaches.
 pub struct RemoteEndpoint {
     dial: Dial,
+    connect: Connector,
     /// The runtime the session's futures run on.
     runtime: Handle,
     path: String,
@@ -340,10 +341,22 @@ impl Link {
 }
 
 impl RemoteEndpoint {
-    /// A folder on an agent, reached through sessions on `runtime`.
+    /// A folder on the agent `dial` reaches, through sessions on `runtime`.
     pub fn new(dial: Dial, path: impl Into<String>, runtime: Handle) -> Self {
+        let connect = dial.connector();
+        Self::with_connector(dial, connect, path, runtime)
+    }
+
+    /// The same, with sessions opened by `connect`.
+    pub fn with_connector(
+        dial: Dial,
+        connect: Connector,
+        path: impl Into<String>,
+        runtime: Handle,
+    ) -> Self {
         Self {
             dial,
+            connect,
             runtime,
             path: path.into(),
             session: Mutex::new(None),
@@ -481,7 +494,7 @@ impl Endpoint for RemoteEndpoint {
         let root = Path::new("");
         let mut slot = self.session();
         *slot = None;
-        let connect = Session::connect(&self.dial, fence.cloned(), self.wire.clone());
+        let connect = (self.connect)(fence.cloned(), self.wire.clone());
         let session = blocking::wait(&self.runtime, connect)
             .map_err(ClientError::from)
             .and_then(|connected| connected)

@@ -4,9 +4,11 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
+use super::plan::*;
 use super::*;
 use crate::delta::{Encoded, Op as DataOp};
 use crate::endpoint::LocalEndpoint;
+use crate::tree::{Entry, Expected, Mtime};
 
 struct Fixture {
     _dir: TempDir,
@@ -387,7 +389,7 @@ fn conflict_names_carry_the_losers_time() {
         conflict_name(Path::new("a/report.txt"), Mtime { secs: 0, nanos: 0 }, 2),
         Path::new("a/report.ferry-conflict-19700101-000000-r2.txt")
     );
-    assert_eq!(chrono_like_stamp(951_782_400), "20000229-000000");
+    assert_eq!(utc_stamp(951_782_400), "20000229-000000");
 }
 
 #[test]

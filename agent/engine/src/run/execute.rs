@@ -1,0 +1,441 @@
+//! Execution: carries out a plan's actions phase by phase through the endpoints, checking the
+//! halt before each, settling what was sent without waiting at the end of each phase, and
+//! resending whole the deltas that did not rebuild.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::plan::{Action, Op, Phase};
+use super::{EngineError, Event, Summary};
+use crate::delta::Signature;
+use crate::endpoint::{Endpoint, EndpointError};
+use crate::fence::Halt;
+use crate::tree::{Entry, Expected, Kind, Tree};
+
+/// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
+pub(super) struct Target<'p> {
+    path: &'p Path,
+    expected: Option<Expected>,
+}
+
+pub(super) struct Executor<'a> {
+    pub(super) replicas: &'a [&'a dyn Endpoint],
+    pub(super) halt: &'a Halt,
+    pub(super) on_event: &'a mut dyn FnMut(Event),
+    pub(super) summary: Summary,
+    /// Paths with at least one failed action in this run.
+    pub(super) failed: HashSet<PathBuf>,
+    /// Where an action failed: later actions there are skipped (a failed move-aside must not be
+    /// followed by writing the winner over the only copy of the loser).
+    pub(super) failed_at: HashSet<(usize, PathBuf)>,
+    /// For a sync, what each replica held when planned: before the first write or removal at a
+    /// path, the path must still hold it, or someone changed it during the run and the action
+    /// waits for the next run (which sees the change) instead of destroying it.
+    pub(super) planned: Option<&'a [Tree]>,
+    /// What this run left at a place it changed (nothing, after a move-aside or a removal):
+    /// a later action there checks against this instead of the scan.
+    pub(super) left: HashMap<(usize, PathBuf), Option<Entry>>,
+    /// Files sent to a remote replica as a delta, by replica and path, until their verdicts
+    /// settle: one that did not rebuild is sent again whole then.
+    pub(super) deltas: HashMap<(usize, PathBuf), Resend>,
+    pub(super) job: &'a str,
+}
+
+/// Content hashes by replica and path.
+pub(super) type Hashes = HashMap<(usize, PathBuf), blake3::Hash>;
+
+/// What sending a file again whole needs.
+pub(super) struct Resend {
+    from: usize,
+    entry: Entry,
+    expected: Option<Expected>,
+}
+
+impl Executor<'_> {
+    pub(super) fn execute(&mut self, mut actions: Vec<Action>) -> Result<(), EngineError> {
+        actions.sort_by(|a, b| {
+            let order = a.phase().cmp(&b.phase());
+            // Folders are removed deepest first; everything else parents first.
+            let by_path = if a.phase() == Phase::RemoveFolders {
+                b.path.cmp(&a.path)
+            } else {
+                a.path.cmp(&b.path)
+            };
+            order.then(by_path)
+        });
+        let mut replaced = self.replaced_files(&actions);
+        let mut phase = None;
+        for action in actions {
+            self.stop_if_halted()?;
+            // What a phase sent without waiting is settled before the next phase starts: a
+            // file whose removal failed is not replaced by a folder, say.
+            if phase.is_some_and(|p| p != action.phase()) {
+                self.settle();
+            }
+            if phase != Some(action.phase()) && action.phase() == Phase::Write {
+                for (r, paths) in replaced.drain() {
+                    self.replicas[r].expect_signatures(paths);
+                }
+            }
+            phase = Some(action.phase());
+            let at = (action.replica, action.path.clone());
+            if self.failed_at.contains(&at) {
+                continue;
+            }
+            match self.verify(&action).and_then(|()| self.apply(&action)) {
+                Ok(()) => {
+                    if matches!(action.op, Op::Remove { .. } | Op::KeepAside { .. }) {
+                        self.left.insert(at, None);
+                    }
+                }
+                Err(error) => self.failed_there(at, error),
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Per replica, the files the copy phase replaces, in order: their signatures are asked
+    /// for then (see [`Endpoint::expect_signatures`]).
+    fn replaced_files(&self, actions: &[Action]) -> HashMap<usize, Vec<PathBuf>> {
+        let mut replaced: HashMap<usize, Vec<PathBuf>> = HashMap::new();
+        for action in actions {
+            if let Op::Copy {
+                entry,
+                replaces: true,
+                ..
+            } = &action.op
+                && entry.kind == Kind::File
+            {
+                replaced
+                    .entry(action.replica)
+                    .or_default()
+                    .push(action.path.clone());
+            }
+        }
+        replaced
+    }
+
+    /// Collects what the replicas did without making the run wait: a file that failed after
+    /// all is counted and reported as failed, a removal as done or failed. A delta that did not
+    /// rebuild is sent again whole, and settled in turn.
+    fn settle(&mut self) {
+        loop {
+            let resends = self.settle_once();
+            if resends.is_empty() {
+                return;
+            }
+            for ((r, path), resend) in resends {
+                tracing::debug!(path = %path.display(), "delta did not rebuild; sending whole");
+                let target = Target {
+                    path: &path,
+                    expected: resend.expected,
+                };
+                let (from, to) = (self.replicas[resend.from], self.replicas[r]);
+                if let Err(e) = self.transfer(from, to, &target, &resend.entry, None) {
+                    self.write_failed((r, path), e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Settles every replica once; returns the deltas that did not rebuild.
+    fn settle_once(&mut self) -> Vec<((usize, PathBuf), Resend)> {
+        let mut deltas = std::mem::take(&mut self.deltas);
+        let mut resends = Vec::new();
+        for r in 0..self.replicas.len() {
+            let replica = self.replicas[r];
+            let settled = replica.settle();
+            for (path, error) in settled.failed_writes {
+                let at = (r, path);
+                match deltas.remove(&at).filter(|_| error.is_bad_delta()) {
+                    Some(resend) => resends.push((at, resend)),
+                    None => self.write_failed(at, error.to_string()),
+                }
+            }
+            for (path, error) in settled.failed_dirs {
+                self.summary.dirs_created = self.summary.dirs_created.saturating_sub(1);
+                self.failed_there((r, path), error.to_string());
+            }
+            for (path, error) in settled.failed_changes {
+                // A move that failed fails its time too: the file is reported once.
+                if !self.failed_at.contains(&(r, path.clone())) {
+                    self.failed_there((r, path), error.to_string());
+                }
+            }
+            for (path, removed) in settled.removals {
+                match removed {
+                    Ok(removed) => self.removed(replica, path, removed),
+                    Err(error) => self.failed_there((r, path), error.to_string()),
+                }
+            }
+        }
+        resends
+    }
+
+    /// A file counted as copied failed after all.
+    fn write_failed(&mut self, at: (usize, PathBuf), error: String) {
+        self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
+        self.failed_there(at, error);
+    }
+
+    /// An action at a replica's path failed: later ones there are skipped.
+    fn failed_there(&mut self, at: (usize, PathBuf), error: String) {
+        self.fail(&at.1, error);
+        self.failed_at.insert(at);
+    }
+
+    /// Counts and reports a file's removal, if there was anything to remove.
+    fn removed(&mut self, replica: &dyn Endpoint, path: PathBuf, removed: bool) {
+        if removed {
+            self.summary.files_deleted += 1;
+            (self.on_event)(Event::Deleted {
+                at: replica.display(),
+                path,
+            });
+        }
+    }
+
+    pub(super) fn stop_if_halted(&self) -> Result<(), EngineError> {
+        if self.halt.is_halted() {
+            return Err(EngineError::Cancelled {
+                job: self.job.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Under the sync rule, what `action`'s path must hold before the action changes it: what
+    /// the scan saw, or what this run left there.
+    fn expected(&self, action: &Action) -> Option<Expected> {
+        let planned = self.planned?;
+        let entry = match self.left.get(&(action.replica, action.path.clone())) {
+            Some(left) => left.clone(),
+            None => planned[action.replica].get(&action.path).cloned(),
+        };
+        Some(Expected { entry })
+    }
+
+    /// Fails an action whose target changed since the scan (see `planned`). A file's or a
+    /// folder's copy and a removal are checked by their replica instead, where the path is
+    /// (see [`Expected`]): across a network that costs no round trip each.
+    fn verify(&self, action: &Action) -> Result<(), String> {
+        let checked_here = match &action.op {
+            Op::Copy { entry, .. } => matches!(entry.kind, Kind::Symlink { .. }),
+            Op::KeepAside { .. } => true,
+            _ => false,
+        };
+        if !checked_here {
+            return Ok(());
+        }
+        let Some(expected) = self.expected(action) else {
+            return Ok(());
+        };
+        let replica = self.replicas[action.replica];
+        let now = replica.stat(&action.path).map_err(|e| e.to_string())?;
+        if expected.is_met_by(now.as_ref()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} changed in {} during the sync; it is synced again on the next run",
+                action.path.display(),
+                replica.display()
+            ))
+        }
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), String> {
+        let replica = self.replicas[action.replica];
+        let path = &action.path;
+        match &action.op {
+            Op::Refuse { reason } => return Err(format!("{} {reason}", path.display())),
+            Op::Copy {
+                from,
+                entry,
+                replaces,
+            } => {
+                let target = Target {
+                    path,
+                    expected: self.expected(action),
+                };
+                self.copy(*from, replica, &target, entry, *replaces)
+                    .map_err(|e| e.to_string())?;
+                // Its verdict, which says whether a delta rebuilt, comes when it settles.
+                if *replaces && entry.kind == Kind::File && replica.is_remote() {
+                    let resend = Resend {
+                        from: *from,
+                        entry: entry.clone(),
+                        expected: target.expected,
+                    };
+                    self.deltas.insert((action.replica, path.clone()), resend);
+                }
+            }
+            Op::Remove { entry } if entry.is_dir() => {
+                let expected = self.expected(action);
+                replica
+                    .remove(path, entry, expected.as_ref())
+                    .map_err(|e| e.to_string())?;
+            }
+            // Files go without waiting where that saves a round trip each; their outcomes
+            // are collected before the next phase (see `execute`).
+            Op::Remove { entry } => {
+                let expected = self.expected(action);
+                if let Some(removed) = replica
+                    .remove_later(path, entry, expected.as_ref())
+                    .map_err(|e| e.to_string())?
+                {
+                    self.removed(replica, path.clone(), removed);
+                }
+            }
+            Op::KeepAside { to } => {
+                replica.rename(path, to).map_err(|e| e.to_string())?;
+                self.summary.conflicts += 1;
+                (self.on_event)(Event::Conflict {
+                    at: replica.display(),
+                    path: path.clone(),
+                    kept_as: to.clone(),
+                });
+            }
+            Op::SetMtime { mtime } => replica
+                .set_mtime_later(path, *mtime)
+                .map_err(|e| e.to_string())?,
+            Op::LinkFrom { from, entry } => {
+                replica
+                    .duplicate_later(from, path)
+                    .map_err(|e| e.to_string())?;
+                // A moved file usually keeps its time; setting it anyway costs less than
+                // asking, as it goes without waiting.
+                replica
+                    .set_mtime_later(path, entry.mtime)
+                    .map_err(|e| e.to_string())?;
+                self.summary.files_copied += 1;
+                self.summary.bytes_total += entry.size;
+                (self.on_event)(Event::Copied {
+                    to: replica.display(),
+                    path: path.clone(),
+                    bytes: entry.size,
+                });
+            }
+            Op::KeepVersion { to } => {
+                replica.duplicate(path, to).map_err(|e| e.to_string())?;
+                self.summary.versions_kept += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(
+        &mut self,
+        from: usize,
+        to: &dyn Endpoint,
+        target: &Target,
+        entry: &Entry,
+        replaces: bool,
+    ) -> Result<(), EndpointError> {
+        let path = target.path;
+        match entry.kind {
+            Kind::Dir => {
+                to.make_dir_later(path, entry, target.expected.as_ref())?;
+                self.summary.dirs_created += 1;
+                return Ok(());
+            }
+            Kind::Symlink { .. } => to.make_symlink(path, entry)?,
+            Kind::File => {
+                let bytes = self.copy_file(self.replicas[from], to, target, entry, replaces)?;
+                self.summary.bytes_total += bytes;
+            }
+        }
+        self.summary.files_copied += 1;
+        (self.on_event)(Event::Copied {
+            to: to.display(),
+            path: path.to_path_buf(),
+            bytes: entry.size,
+        });
+        Ok(())
+    }
+
+    /// Copies a file's content, as a delta against what the destination holds when either side
+    /// is across a network. A delta that does not rebuild the file (a false block match, or a
+    /// destination changed meanwhile) is retried whole: at once here, or when its verdict
+    /// settles for a remote destination (see `deltas`).
+    fn copy_file(
+        &mut self,
+        from: &dyn Endpoint,
+        to: &dyn Endpoint,
+        target: &Target,
+        entry: &Entry,
+        replaces: bool,
+    ) -> Result<u64, EndpointError> {
+        let path = target.path;
+        let local = !from.is_remote() && !to.is_remote();
+        let base = match replaces && !local {
+            true => to.signature(path)?,
+            false => None,
+        };
+        let written = match self.transfer(from, to, target, entry, base.as_ref()) {
+            Err(e) if base.is_some() && e.is_bad_delta() => {
+                tracing::debug!(path = %path.display(), error = %e, "delta failed; sending whole");
+                self.transfer(from, to, target, entry, None)?
+            }
+            other => other?,
+        };
+        if local {
+            self.summary.bytes_sent += written;
+        }
+        Ok(written)
+    }
+
+    /// Streams one file from `from` into `to`, stopping mid-file once halted.
+    fn transfer(
+        &self,
+        from: &dyn Endpoint,
+        to: &dyn Endpoint,
+        target: &Target,
+        entry: &Entry,
+        base: Option<&Signature>,
+    ) -> Result<u64, EndpointError> {
+        let path = target.path;
+        let block_size = base.map(|s| s.block_size);
+        let mut sink = to.receive_file(path, entry, block_size, target.expected.as_ref())?;
+        let mut sink_error = None;
+        let sent = from.send_file(path, base, &mut |op| {
+            if self.halt.is_halted() {
+                return Err(io::Error::other(
+                    "halted: the lease for this work is no longer held",
+                ));
+            }
+            sink.write(op).map_err(|e| {
+                let message = e.to_string();
+                sink_error = Some(e);
+                io::Error::other(message)
+            })
+        });
+        let sent = match (sent, sink_error) {
+            (_, Some(e)) => return Err(e),
+            (sent, None) => sent?,
+        };
+        // Checked once more after the last byte: a copy that outlived its lease must not be
+        // renamed into place.
+        if self.halt.is_halted() {
+            return Err(EndpointError::new(
+                "write",
+                to.display(),
+                io::Error::other("halted: the lease for this work is no longer held"),
+            ));
+        }
+        sink.commit(&sent)
+    }
+
+    fn fail(&mut self, path: &Path, error: String) {
+        self.summary.failures += 1;
+        self.summary
+            .first_failure
+            .get_or_insert_with(|| error.clone());
+        self.failed.insert(path.to_path_buf());
+        (self.on_event)(Event::Failed {
+            path: path.to_path_buf(),
+            error,
+        });
+    }
+}

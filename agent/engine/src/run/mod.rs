@@ -1,0 +1,462 @@
+//! The sync engine: compares replicas, plans the operations a rule calls for, and carries them
+//! out through [`Endpoint`]s, reporting each step as an [`Event`].
+//!
+//! Rules: **mirror** makes every destination identical to the source (extras deleted), **copy**
+//! brings new and changed files across and deletes nothing, **sync** lets changes and deletions
+//! flow every way, telling a deletion from a new file by the tree all replicas agreed on last
+//! time ([`crate::base`]); when two replicas changed a file differently the newer one wins and
+//! the other is kept beside it as a conflict copy.
+//!
+//! A failure on one path is reported and the run goes on; the sync base keeps that path's old
+//! state so the next run retries it instead of mistaking the stale copy for a change.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::{self, BaseError};
+
+pub use crate::endpoint::Scope;
+use crate::endpoint::{Endpoint, EndpointError};
+pub use crate::fence::Halt;
+use crate::filter::Filter;
+use crate::tree::{Kind, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    Mirror,
+    Copy,
+    Sync,
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mirror" => Ok(Rule::Mirror),
+            "copy" => Ok(Rule::Copy),
+            "sync" => Ok(Rule::Sync),
+            other => Err(format!("unknown rule {other:?}: use mirror, copy or sync")),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::Mirror => "mirror",
+            Rule::Copy => "copy",
+            Rule::Sync => "sync",
+        })
+    }
+}
+
+/// Everything the engine needs to run one job.
+#[derive(Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub rule: Rule,
+    pub source: Arc<dyn Endpoint>,
+    pub destinations: Vec<Arc<dyn Endpoint>>,
+    pub filter: Filter,
+    /// Guards on what a run may destroy.
+    pub guards: Guards,
+}
+
+/// What a job may destroy, and what it keeps of what it replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guards {
+    /// A run that would delete more files than this at any replica deletes nothing and fails.
+    pub max_deletes: Option<u64>,
+    /// Mirror only: a folder (relative to each destination) that receives the files a run
+    /// deletes or overwrites there, under the run's date, instead of destroying them.
+    pub versions: Option<PathBuf>,
+}
+
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let destinations: Vec<String> = self.destinations.iter().map(|d| d.display()).collect();
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("rule", &self.rule)
+            .field("source", &self.source.display())
+            .field("destinations", &destinations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One thing the engine did, for the run's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Copied {
+        to: String,
+        #[serde(with = "crate::raw_path")]
+        path: PathBuf,
+        bytes: u64,
+    },
+    Deleted {
+        at: String,
+        #[serde(with = "crate::raw_path")]
+        path: PathBuf,
+    },
+    Conflict {
+        at: String,
+        #[serde(with = "crate::raw_path")]
+        path: PathBuf,
+        #[serde(with = "crate::raw_path")]
+        kept_as: PathBuf,
+    },
+    Failed {
+        #[serde(with = "crate::raw_path")]
+        path: PathBuf,
+        error: String,
+    },
+}
+
+/// What a run did, in the counters `runs` records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub files_copied: u64,
+    /// Old versions moved into the job's versions folder.
+    pub versions_kept: u64,
+    pub files_deleted: u64,
+    pub dirs_created: u64,
+    pub conflicts: u64,
+    /// Logical bytes of the files written.
+    pub bytes_total: u64,
+    /// Bytes that crossed from source to destination (all of them, for local folders).
+    pub bytes_sent: u64,
+    pub failures: u64,
+    /// The first failure, to show beside the counts.
+    pub first_failure: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("job {job}: source {source}")]
+    Source {
+        job: String,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("job {job}: destination {source}")]
+    Destination {
+        job: String,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("job {job}: {source}")]
+    Base {
+        job: String,
+        #[source]
+        source: BaseError,
+    },
+    #[error(
+        "job {job}: {replica} is empty and carries no mark of an earlier ferry run, while {why}; \
+         refusing to treat that as everything deleted (an unmounted disk looks the same). If it \
+         is empty on purpose, create the file {replica}/.ferry/{MARKER} and run again"
+    )]
+    Vanished {
+        job: String,
+        replica: String,
+        why: &'static str,
+    },
+    #[error("job {job}: cancelled")]
+    Cancelled { job: String },
+    #[error(
+        "job {job}: the run would delete {count} files in {replica}, over the job's limit of \
+         {max} (max_deletes); nothing was deleted. If that is intended, raise the limit or run \
+         with a larger --max-deletes once"
+    )]
+    TooManyDeletes {
+        job: String,
+        replica: String,
+        count: usize,
+        max: u64,
+    },
+    #[error("job {job}: on agent {agent}: {message}")]
+    Agent {
+        job: String,
+        agent: String,
+        message: String,
+    },
+}
+
+/// A file in a replica's `.ferry` folder saying ferry has synced it before: an empty replica
+/// without it is more likely an unmounted disk than a folder emptied on purpose.
+pub const MARKER: &str = "replica";
+
+/// Runs `spec` over `scope` and returns what it did. Per-path failures are counted in the
+/// summary; an unusable source or destination root fails the whole run before anything is
+/// written (an unreadable source must never make a mirror delete everything).
+pub fn run(
+    spec: &JobSpec,
+    scope: &Scope,
+    halt: &Halt,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary, EngineError> {
+    let lock = job_lock(&spec.name);
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let scope = normalise(scope);
+    let replicas: Vec<&dyn Endpoint> = std::iter::once(spec.source.as_ref())
+        .chain(spec.destinations.iter().map(|d| d.as_ref()))
+        .collect();
+    let wire_before: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
+    let job = || spec.name.clone();
+    let base_err = |source| EngineError::Base { job: job(), source };
+    let mut base = match spec.rule {
+        Rule::Sync => base::load(replicas[0], &spec.name).map_err(base_err)?,
+        Rule::Mirror | Rule::Copy => Tree::new(),
+    };
+    // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
+    // its root is only created on the first run, before anything was agreed.
+    let create_missing = |i: usize| i > 0 && base.is_empty();
+    // Replicas are scanned at the same time: a remote one mostly waits on its agent.
+    let scans: Vec<_> = std::thread::scope(|threads| {
+        let running: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, replica)| {
+                let (scope, create) = (&scope, create_missing(i));
+                threads.spawn(move || {
+                    replica
+                        .prepare(create, halt.fence())
+                        .and_then(|()| replica.scan(scope, &spec.filter))
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|scan| scan.join().expect("a scan panicked"))
+            .collect()
+    });
+    let mut trees = Vec::with_capacity(replicas.len());
+    for (i, scanned) in scans.into_iter().enumerate() {
+        trees.push(scanned.map_err(|source| match i {
+            0 => EngineError::Source { job: job(), source },
+            _ => EngineError::Destination { job: job(), source },
+        })?);
+    }
+    if let Some(versions) = &spec.guards.versions {
+        for tree in &mut trees {
+            tree.retain(|path, _| !path.starts_with(versions));
+        }
+    }
+    if scope == Scope::Full {
+        refuse_vanished(spec, &replicas, &trees, &base)?;
+    }
+    let mut exec = Executor {
+        replicas: &replicas,
+        halt,
+        on_event,
+        summary: Summary::default(),
+        failed: HashSet::new(),
+        failed_at: HashSet::new(),
+        planned: (spec.rule == Rule::Sync).then_some(trees.as_slice()),
+        left: HashMap::new(),
+        deltas: HashMap::new(),
+        job: &spec.name,
+    };
+    match spec.rule {
+        Rule::Mirror | Rule::Copy => {
+            let plans: Vec<Vec<Action>> = (1..trees.len())
+                .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
+                .collect();
+            for actions in &plans {
+                guard_deletes(spec, &replicas, actions)?;
+            }
+            let stamp = utc_stamp(now_secs());
+            for actions in plans {
+                let actions = exec.find_moves(actions);
+                let actions = match &spec.guards.versions {
+                    Some(folder) if spec.rule == Rule::Mirror => {
+                        keep_versions(actions, &folder.join(&stamp))
+                    }
+                    _ => actions,
+                };
+                exec.execute(actions)?;
+            }
+        }
+        Rule::Sync => {
+            let scoped = base::within(&base, &scope);
+            let hashes = exec.hashes_to_compare(&trees, &scoped);
+            let SyncPlan { actions, agreed } = plan_sync(&trees, &scoped, |a, b, path| {
+                let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
+                hash(a).is_some_and(|x| hash(b) == Some(x))
+            });
+            guard_deletes(spec, &replicas, &actions)?;
+            exec.execute(actions)?;
+            // A run that outlived its lease must not write the base either: a stale base
+            // would bring deleted files back.
+            exec.stop_if_halted()?;
+            let agreed = unless_failed(agreed, &exec.failed, &scoped);
+            base::merge(&mut base, &scope, agreed);
+            base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
+        }
+    }
+    if scope == Scope::Full {
+        let holds_files = match spec.rule {
+            Rule::Mirror => vec![!trees[0].is_empty()],
+            Rule::Sync => vec![!base.is_empty(); replicas.len()],
+            Rule::Copy => vec![],
+        };
+        mark_replicas(&replicas, &holds_files);
+    }
+    let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
+    exec.summary.bytes_sent += wire_after - wire_before;
+    Ok(exec.summary)
+}
+
+/// Fails before anything is deleted when the plan deletes more files at one replica than the
+/// job allows.
+fn guard_deletes(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    actions: &[Action],
+) -> Result<(), EngineError> {
+    let Some(max) = spec.guards.max_deletes else {
+        return Ok(());
+    };
+    let mut per_replica = vec![0usize; replicas.len()];
+    for action in actions {
+        if matches!(&action.op, Op::Remove { entry } if !entry.is_dir()) {
+            per_replica[action.replica] += 1;
+        }
+    }
+    match per_replica
+        .iter()
+        .enumerate()
+        .find(|(_, n)| **n as u64 > max)
+    {
+        Some((replica, &count)) => Err(EngineError::TooManyDeletes {
+            job: spec.name.clone(),
+            replica: replicas[replica].display(),
+            count,
+            max,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Before a file at the destination is deleted or overwritten, keeps it as
+/// `versions/PATH` (the run's dated versions folder).
+fn keep_versions(mut actions: Vec<Action>, versions: &Path) -> Vec<Action> {
+    let doomed: Vec<(usize, PathBuf)> = actions
+        .iter()
+        .filter(|a| match &a.op {
+            Op::Remove { entry } => entry.kind == Kind::File,
+            Op::Copy {
+                entry, replaces, ..
+            } => entry.kind == Kind::File && *replaces,
+            _ => false,
+        })
+        .map(|a| (a.replica, a.path.clone()))
+        .collect();
+    for (replica, path) in doomed {
+        actions.push(Action {
+            replica,
+            path: path.clone(),
+            op: Op::KeepVersion {
+                to: versions.join(&path),
+            },
+        });
+    }
+    actions
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Fails when a replica that should hold files scans empty and was never marked by ferry.
+fn refuse_vanished(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    trees: &[Tree],
+    base: &Tree,
+) -> Result<(), EngineError> {
+    let unmarked_empty =
+        |i: usize| trees[i].is_empty() && !matches!(replicas[i].read_state(MARKER), Ok(Some(_)));
+    let vanished = match spec.rule {
+        Rule::Mirror if trees[1..].iter().any(|t| !t.is_empty()) => {
+            unmarked_empty(0).then_some((0, "the destinations hold files a mirror would delete"))
+        }
+        Rule::Sync if !base.is_empty() => (0..replicas.len())
+            .find(|&i| unmarked_empty(i))
+            .map(|i| (i, "the last sync agreed on files there")),
+        _ => None,
+    };
+    match vanished {
+        Some((i, why)) => Err(EngineError::Vanished {
+            job: spec.name.clone(),
+            replica: replicas[i].display(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Marks the replicas a later run must find again (`holds_files[i]` for replica `i`): the
+/// source of a mirror, every replica of a sync. Best effort: a read-only source goes without.
+fn mark_replicas(replicas: &[&dyn Endpoint], holds_files: &[bool]) {
+    for (replica, _) in replicas
+        .iter()
+        .zip(holds_files)
+        .filter(|(_, holds)| **holds)
+    {
+        if !matches!(replica.read_state(MARKER), Ok(Some(_)))
+            && let Err(e) = replica.write_state(MARKER, b"ferry synced this folder\n")
+        {
+            tracing::debug!(replica = replica.display(), error = %e, "could not mark replica");
+        }
+    }
+}
+
+/// Serialises runs of the same job in this process (a monitor and a schedule may share one).
+fn job_lock(job: &str) -> Arc<Mutex<()>> {
+    static LOCKS: Mutex<Option<HashMap<String, Arc<Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks
+        .get_or_insert_with(HashMap::new)
+        .entry(job.to_owned())
+        .or_default()
+        .clone()
+}
+
+/// Drops duplicate and nested paths: `a` covers `a/b`.
+fn normalise(scope: &Scope) -> Scope {
+    match scope {
+        Scope::Full => Scope::Full,
+        Scope::Paths(paths) if paths.iter().any(|p| p.as_os_str().is_empty()) => Scope::Full,
+        Scope::Paths(paths) => {
+            let unique: BTreeSet<&PathBuf> = paths.iter().collect();
+            let list: Vec<PathBuf> = unique.iter().map(|p| (*p).clone()).collect();
+            Scope::Paths(
+                list.iter()
+                    .filter(|p| !base::covered_by(p, &list))
+                    .cloned()
+                    .collect(),
+            )
+        }
+    }
+}
+
+mod execute;
+mod moves;
+mod plan;
+
+use execute::Executor;
+use plan::{Action, Op, SyncPlan, plan_one_way, plan_sync, unless_failed, utc_stamp};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Content hashes the engine asks replicas for: to turn a new file into a local duplicate of
+//! one the same replica deletes (a rename or move costs no file bytes), and to tell the sync
+//! planner whether two changed files hold the same bytes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use super::execute::{Executor, Hashes};
+use super::plan::{Action, Op};
+use crate::tree::{Entry, Kind, Tree, same};
+
+impl Executor<'_> {
+    /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
+    /// of the same size and content in this run: the source renamed or moved it. Only pays
+    /// across a network, where it saves the file's bytes for two local reads.
+    pub(super) fn find_moves(&self, mut actions: Vec<Action>) -> Vec<Action> {
+        let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
+        for action in &actions {
+            if let Op::Remove { entry } = &action.op
+                && entry.kind == Kind::File
+                && entry.size > 0
+            {
+                removed
+                    .entry((action.replica, entry.size))
+                    .or_default()
+                    .push(action.path.clone());
+            }
+        }
+        if removed.is_empty() {
+            return actions;
+        }
+        let hashes = self.hashes_for_moves(&actions, &removed);
+        for action in &mut actions {
+            let Some((from, candidates)) = self.move_candidates(action, &removed) else {
+                continue;
+            };
+            let Some(content) = hashes.get(&(from, action.path.clone())) else {
+                continue;
+            };
+            let same = candidates
+                .iter()
+                .find(|old| hashes.get(&(action.replica, old.to_path_buf())) == Some(content));
+            if let (Some(old), Op::Copy { entry, .. }) = (same, &action.op) {
+                action.op = Op::LinkFrom {
+                    from: old.clone(),
+                    entry: entry.clone(),
+                };
+            }
+        }
+        actions
+    }
+
+    /// Every hash [`Self::find_moves`] compares, asked of each replica at once: across a
+    /// network one by one they would cost a round trip each. A file that cannot be read has
+    /// none (it is copied, not moved).
+    pub(super) fn hashes_for_moves(
+        &self,
+        actions: &[Action],
+        removed: &HashMap<(usize, u64), Vec<PathBuf>>,
+    ) -> Hashes {
+        let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
+        for action in actions {
+            if let Some((from, candidates)) = self.move_candidates(action, removed) {
+                wanted.entry(from).or_default().insert(action.path.clone());
+                wanted
+                    .entry(action.replica)
+                    .or_default()
+                    .extend(candidates.iter().cloned());
+            }
+        }
+        self.fetch_hashes(wanted)
+    }
+
+    /// The hashes the sync planner may compare (see [`plan_sync`]), asked of each replica at
+    /// once: files of one size but different times at a path where two or more replicas
+    /// changed since the last run (a first sync, say, of copies whose times were not kept).
+    pub(super) fn hashes_to_compare(&self, trees: &[Tree], base: &Tree) -> Hashes {
+        let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
+        // Each path held by two replicas or more (a comparison needs two), taken once from the
+        // first tree that has it: no set of every path is built, as the planner builds one.
+        let paths = (trees.iter().enumerate())
+            .flat_map(|(t, tree)| tree.keys().map(move |path| (t, path)))
+            .filter(|&(t, path)| !trees[..t].iter().any(|earlier| earlier.contains_key(path)))
+            .filter(|&(t, path)| trees[t + 1..].iter().any(|later| later.contains_key(path)));
+        for (_, path) in paths {
+            let was = base.get(path);
+            let changed: Vec<(usize, &Entry)> = (trees.iter().enumerate())
+                .filter_map(|(r, tree)| tree.get(path).map(|entry| (r, entry)))
+                .filter(|(_, entry)| entry.kind == Kind::File && !same(Some(entry), was))
+                .collect();
+            for (r, entry) in &changed {
+                let alike = |(other, them): &(usize, &Entry)| {
+                    other != r && them.size == entry.size && them.mtime != entry.mtime
+                };
+                if changed.iter().any(alike) {
+                    wanted.entry(*r).or_default().insert(path.clone());
+                }
+            }
+        }
+        self.fetch_hashes(wanted)
+    }
+
+    /// The hashes of files on several replicas, each replica asked once; a file that cannot
+    /// be read has none.
+    pub(super) fn fetch_hashes(&self, wanted: HashMap<usize, BTreeSet<PathBuf>>) -> Hashes {
+        let mut hashes = HashMap::new();
+        for (replica, paths) in wanted {
+            let paths: Vec<PathBuf> = paths.into_iter().collect();
+            let found = self.replicas[replica].hashes(&paths);
+            for (path, hash) in paths.into_iter().zip(found) {
+                if let Ok(hash) = hash {
+                    hashes.insert((replica, path), hash);
+                }
+            }
+        }
+        hashes
+    }
+
+    /// For the copy of a file new at its replica, across a network: the replica it comes from,
+    /// and the files of its size the run deletes there (each may be it, moved).
+    pub(super) fn move_candidates<'r>(
+        &self,
+        action: &Action,
+        removed: &'r HashMap<(usize, u64), Vec<PathBuf>>,
+    ) -> Option<(usize, &'r [PathBuf])> {
+        let Op::Copy {
+            from,
+            entry,
+            replaces: false,
+        } = &action.op
+        else {
+            return None;
+        };
+        let remote = self.replicas[*from].is_remote() || self.replicas[action.replica].is_remote();
+        let candidates = removed
+            .get(&(action.replica, entry.size))
+            .filter(|_| remote)?;
+        Some((*from, candidates))
+    }
+}

@@ -1,0 +1,369 @@
+//! Planning: what each rule makes of the replicas' trees, as [`Action`]s in [`Phase`]s. Pure
+//! functions of the trees (and, for the sync rule, of the base and content comparisons): no
+//! endpoint is called here.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::Rule;
+use crate::tree::{Entry, Kind, Mtime, Tree, same};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Op {
+    /// Write the entry (file, link or folder) found at replica `from`.
+    Copy {
+        from: usize,
+        entry: Entry,
+        /// The target held a file when planned: worth a delta against it.
+        replaces: bool,
+    },
+    Remove {
+        entry: Entry,
+    },
+    /// Move a losing version aside to `to` before the winner is written over it.
+    KeepAside {
+        to: PathBuf,
+    },
+    /// Keep the file as `to` in the versions folder before it is deleted or overwritten.
+    KeepVersion {
+        to: PathBuf,
+    },
+    /// Take the file's content from `from` on the same replica, which holds the same bytes
+    /// (the source renamed or moved it): no file data crosses.
+    LinkFrom {
+        from: PathBuf,
+        entry: Entry,
+    },
+    SetMtime {
+        mtime: Mtime,
+    },
+    /// Report a path that cannot be handled automatically.
+    Refuse {
+        reason: String,
+    },
+}
+
+/// When an action runs. Phases run in this order, and what one phase sent without waiting
+/// settles before the next starts: a file whose removal failed is not replaced by a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Phase {
+    /// Paths that cannot be handled automatically are reported first.
+    Refuse,
+    /// Old versions kept and moved files taken, before anything is removed or overwritten.
+    KeepOld,
+    RemoveFiles,
+    /// Deepest first, once their files are gone.
+    RemoveFolders,
+    /// Losing versions moved aside before the winners are written over them.
+    KeepAside,
+    /// Files, links and folders, parents first.
+    Write,
+    /// Folder times last: the writes change them.
+    SetTimes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Action {
+    pub(super) replica: usize,
+    pub(super) path: PathBuf,
+    pub(super) op: Op,
+}
+
+impl Action {
+    pub(super) fn phase(&self) -> Phase {
+        match &self.op {
+            Op::Refuse { .. } => Phase::Refuse,
+            Op::KeepVersion { .. } | Op::LinkFrom { .. } => Phase::KeepOld,
+            Op::Remove { entry } if !entry.is_dir() => Phase::RemoveFiles,
+            Op::Remove { .. } => Phase::RemoveFolders,
+            Op::KeepAside { .. } => Phase::KeepAside,
+            Op::Copy { .. } => Phase::Write,
+            Op::SetMtime { .. } => Phase::SetTimes,
+        }
+    }
+}
+
+pub(super) fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let act = |path: &Path, op| Action {
+        replica: d,
+        path: path.to_path_buf(),
+        op,
+    };
+    for (path, s) in src {
+        let copy = || Op::Copy {
+            from: 0,
+            entry: s.clone(),
+            replaces: dst.get(path).is_some_and(|t| t.kind == Kind::File),
+        };
+        match dst.get(path) {
+            None => actions.push(act(path, copy())),
+            Some(t) if s.looks_unchanged(t) => {
+                if s.is_dir() && s.mtime != t.mtime {
+                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+            }
+            Some(t) if t.is_dir() != s.is_dir() && rule == Rule::Copy => {
+                let reason = format!(
+                    "is a {} at the destination but a {} at the source, and the copy rule deletes nothing",
+                    kind_name(&t.kind),
+                    kind_name(&s.kind)
+                );
+                actions.push(act(path, Op::Refuse { reason }));
+            }
+            Some(t) => {
+                if t.is_dir() != s.is_dir() {
+                    actions.push(act(path, Op::Remove { entry: t.clone() }));
+                }
+                actions.push(act(path, copy()));
+                if s.is_dir() {
+                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+            }
+        }
+        if s.is_dir() && !dst.contains_key(path) {
+            actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+        }
+    }
+    if rule == Rule::Mirror {
+        for (path, t) in dst.iter().filter(|(path, _)| !src.contains_key(*path)) {
+            actions.push(act(path, Op::Remove { entry: t.clone() }));
+        }
+    }
+    // Writing or removing inside a folder changes its time: set it again afterwards.
+    let timed: HashSet<PathBuf> = actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::SetMtime { .. }))
+        .map(|a| a.path.clone())
+        .collect();
+    let touched: BTreeSet<&Path> = actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Copy { .. } | Op::Remove { .. }))
+        .filter_map(|a| a.path.parent())
+        .filter(|parent| !parent.as_os_str().is_empty() && !timed.contains(*parent))
+        .collect();
+    let retimed: Vec<Action> = touched
+        .into_iter()
+        .filter_map(|dir| src.get(dir).filter(|s| s.is_dir()).map(|s| (dir, s.mtime)))
+        .map(|(dir, mtime)| act(dir, Op::SetMtime { mtime }))
+        .collect();
+    actions.extend(retimed);
+    actions
+}
+
+pub(super) fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::File => "file",
+        Kind::Dir => "folder",
+        Kind::Symlink { .. } => "link",
+    }
+}
+
+pub(super) struct SyncPlan {
+    pub(super) actions: Vec<Action>,
+    /// The tree every replica holds once all actions succeed.
+    pub(super) agreed: Tree,
+}
+
+/// The new base: what was agreed, except that a path whose action failed keeps its old state,
+/// so the next run sees the change again rather than taking the stale replica for a new change.
+pub(super) fn unless_failed(mut agreed: Tree, failed: &HashSet<PathBuf>, old: &Tree) -> Tree {
+    for path in failed {
+        match old.get(path) {
+            Some(entry) => agreed.insert(path.clone(), entry.clone()),
+            None => agreed.remove(path),
+        };
+    }
+    agreed
+}
+
+/// Plans a multi-way sync. `same_content(a, b, path)` compares a path's file contents on two
+/// replicas; it is only asked when both changed to the same size.
+pub(super) fn plan_sync(
+    trees: &[Tree],
+    base: &Tree,
+    mut same_content: impl FnMut(usize, usize, &Path) -> bool,
+) -> SyncPlan {
+    let mut plan = SyncPlan {
+        actions: Vec::new(),
+        agreed: Tree::new(),
+    };
+    let paths: BTreeSet<&PathBuf> = trees
+        .iter()
+        .flat_map(|t| t.keys())
+        .chain(base.keys())
+        .collect();
+    for path in paths {
+        let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
+        let was = base.get(path);
+        let changed: Vec<usize> = (0..states.len())
+            .filter(|&i| !same(states[i], was))
+            .collect();
+        let Some(&first) = changed.first() else {
+            if let Some(entry) = was {
+                plan.agreed.insert(path.clone(), entry.clone());
+            }
+            continue;
+        };
+        let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
+            (Some(x), Some(y))
+                if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size =>
+            {
+                x.mtime == y.mtime || same_content(a, b, path)
+            }
+            (x, y) => same(x, y),
+        };
+        let winner = changed
+            .iter()
+            .copied()
+            .filter(|&i| states[i].is_some())
+            .max_by_key(|&i| states[i].map(|e| e.mtime))
+            .unwrap_or(first);
+        let losers: Vec<usize> = changed
+            .iter()
+            .copied()
+            .filter(|&i| !equivalent(i, winner))
+            .collect();
+        let target = states[winner];
+        if losers
+            .iter()
+            .any(|&i| states[i].is_some_and(|e| e.is_dir() != target.is_some_and(Entry::is_dir)))
+        {
+            plan.actions.push(Action {
+                replica: winner,
+                path: path.clone(),
+                op: Op::Refuse {
+                    reason: "is a folder on one side and a file on another; rename one of them"
+                        .into(),
+                },
+            });
+            if let Some(entry) = was {
+                plan.agreed.insert(path.clone(), entry.clone());
+            }
+            continue;
+        }
+        for (r, state) in states.iter().enumerate() {
+            let Some(target) = target else {
+                if let Some(entry) = state {
+                    plan.actions.push(Action {
+                        replica: r,
+                        path: path.clone(),
+                        op: Op::Remove {
+                            entry: (*entry).clone(),
+                        },
+                    });
+                }
+                continue;
+            };
+            if r == winner {
+                continue;
+            }
+            if losers.contains(&r) && state.is_some() {
+                keep_aside(&mut plan, trees.len(), r, path, state.unwrap());
+            } else if state.is_some_and(|s| {
+                // A replica that did not change since the last run just holds the old
+                // version: the new one goes as a delta, as rsync would send it, rather than
+                // after reading both files whole to compare them.
+                changed.contains(&r)
+                    && equivalent(r, winner)
+                    && s.mtime != target.mtime
+                    && !s.is_dir()
+            }) {
+                plan.actions.push(Action {
+                    replica: r,
+                    path: path.clone(),
+                    op: Op::SetMtime {
+                        mtime: target.mtime,
+                    },
+                });
+                continue;
+            } else if state.is_some_and(|s| same(Some(s), Some(target))) {
+                continue;
+            }
+            if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir()) {
+                plan.actions.push(Action {
+                    replica: r,
+                    path: path.clone(),
+                    op: Op::Remove { entry: s.clone() },
+                });
+            }
+            plan.actions.push(Action {
+                replica: r,
+                path: path.clone(),
+                op: Op::Copy {
+                    from: winner,
+                    entry: target.clone(),
+                    replaces: state.is_some_and(|s| s.kind == Kind::File) && !losers.contains(&r),
+                },
+            });
+        }
+        if let Some(target) = target {
+            plan.agreed.insert(path.clone(), target.clone());
+        }
+    }
+    plan
+}
+
+/// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
+pub(super) fn keep_aside(
+    plan: &mut SyncPlan,
+    replicas: usize,
+    r: usize,
+    path: &Path,
+    entry: &Entry,
+) {
+    let aside = conflict_name(path, entry.mtime, r);
+    plan.actions.push(Action {
+        replica: r,
+        path: path.to_path_buf(),
+        op: Op::KeepAside { to: aside.clone() },
+    });
+    for other in (0..replicas).filter(|&o| o != r) {
+        plan.actions.push(Action {
+            replica: other,
+            path: aside.clone(),
+            op: Op::Copy {
+                from: r,
+                entry: entry.clone(),
+                replaces: false,
+            },
+        });
+    }
+    plan.agreed.insert(aside, entry.clone());
+}
+
+/// `report.txt` → `report.ferry-conflict-20261122-083000-r1.txt`: dated by the losing version
+/// and naming its replica, so two losers of one conflict never take the same name.
+pub(super) fn conflict_name(path: &Path, mtime: Mtime, replica: usize) -> PathBuf {
+    let stamp = format!("{}-r{replica}", utc_stamp(mtime.secs));
+    // Built from the name's bytes, not its text: two names in another encoding than UTF-8
+    // must not come out as the same lossy name.
+    let mut name = path.file_stem().unwrap_or_default().to_os_string();
+    name.push(format!(".ferry-conflict-{stamp}"));
+    if let Some(ext) = path.extension() {
+        name.push(".");
+        name.push(ext);
+    }
+    path.with_file_name(name)
+}
+
+/// UTC `YYYYMMDD-HHMMSS` without a date library (civil-from-days, Howard Hinnant).
+pub(super) fn utc_stamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,372 @@
+//! One peer's session: the `Hello` handshake, then requests until the peer leaves or the
+//! agent stops. Each concern has its own file: [`files`] (scans and reads), [`staging`]
+//! (received files, made durable and put in place in batches), [`run_job`] (a run handed
+//! over by a scheduler) and [`watch`] (changes reported to a monitor). Sessions run over any
+//! [`Connection`], so they are tested over in-memory pipes.
+//!
+//! Every path a peer names is checked to stay inside the agent's roots, and every write is
+//! checked against the lease fence the session presented.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Component, Path};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch::Receiver;
+
+use ferry_engine::Fence;
+use ferry_engine::endpoint::{Endpoint, EndpointError, LocalEndpoint};
+use ferry_wire::frame::{self, Data, FrameError};
+use ferry_wire::link::LinkMeter;
+use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError};
+use ferry_wire::transport::Connection;
+
+use crate::roots::resolve_root;
+use crate::serve::Agent;
+use staging::Stager;
+
+mod files;
+mod run_job;
+mod staging;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+/// One peer's session: the folder it opened and the lease it works for.
+struct Session<'a> {
+    stream: Connection,
+    /// Whether file data sent on `stream` goes compressed; `None` when it is not a socket.
+    link: Option<LinkMeter>,
+    agent: &'a Agent,
+    fence: Option<Fence>,
+    replica: Option<LocalEndpoint>,
+    stager: Stager,
+    /// The rest of a `Batch` frame, served before the next frame is read.
+    queued: VecDeque<Request>,
+    /// Turns true when the agent stops: the session ends before its next request.
+    stop: Receiver<bool>,
+}
+
+/// Runs a session over `stream` until the peer leaves or the agent stops.
+pub async fn run(
+    mut stream: Connection,
+    link: Option<LinkMeter>,
+    agent: &Agent,
+    stop: Receiver<bool>,
+) -> Result<(), FrameError> {
+    let Some(fence) = handshake(&mut stream, agent).await? else {
+        return Ok(());
+    };
+    let mut session = Session {
+        stream,
+        link,
+        agent,
+        fence,
+        replica: None,
+        stager: Stager::default(),
+        queued: VecDeque::new(),
+        stop,
+    };
+    loop {
+        let request = match session.next().await {
+            Ok(request) => request,
+            Err(e) => {
+                // The peer is gone, or the agent stops, but the files it sent whole are
+                // checked: put them in place.
+                let stopping = *session.stop.borrow();
+                session.publish_staged(stopping).await?;
+                if stopping {
+                    session.stream.flush().await?;
+                    tracing::info!("session ended: the agent is stopping");
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        // Files wait to be published in batches. A file's data and a new folder do not need
+        // them in place, nor does a signature: should the file change before the delta made
+        // against it arrives, the delta does not rebuild and the file is sent whole.
+        let pipelined = matches!(
+            request,
+            Request::WriteFile { .. } | Request::MakeDir { .. } | Request::Signature { .. }
+        );
+        if !pipelined {
+            session.publish_staged(true).await?;
+        }
+        // A run or a watch ends its session: the connection carries what it reports.
+        match request {
+            Request::RunJob {
+                order,
+                valid_for_ms,
+            } => return session.run_job(order, valid_for_ms).await,
+            Request::Watch { path } => return session.watch(&path).await,
+            request => session.serve(request).await?,
+        }
+    }
+}
+
+/// Reads the peer's `Hello` and welcomes it; the lease it works for, or `None` when it was
+/// refused (and told why).
+async fn handshake(
+    stream: &mut Connection,
+    agent: &Agent,
+) -> Result<Option<Option<Fence>>, FrameError> {
+    match frame::read::<Request>(stream).await? {
+        Request::Hello {
+            version,
+            client,
+            fence,
+        } if version == PROTOCOL_VERSION => {
+            if let Some(Err(reason)) = fence.as_ref().map(|f| agent.fences.admit(f)) {
+                tracing::warn!(client, reason, "refused a session");
+                return refuse(stream, reason).await.map(|()| None);
+            }
+            tracing::info!(client, ?fence, "session started");
+            let welcome = Response::Welcome {
+                version: PROTOCOL_VERSION,
+                agent: agent.config.name.clone(),
+                software: env!("CARGO_PKG_VERSION").to_owned(),
+                roots: agent
+                    .config
+                    .roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect(),
+            };
+            frame::write(stream, &welcome).await?;
+            Ok(Some(fence))
+        }
+        Request::Hello {
+            version, client, ..
+        } => {
+            let reason = format!(
+                "protocol version {version} from {client}; this agent speaks {PROTOCOL_VERSION}"
+            );
+            refuse(stream, reason).await.map(|()| None)
+        }
+        other => refuse(stream, format!("expected Hello first, got {other:?}"))
+            .await
+            .map(|()| None),
+    }
+}
+
+impl Session<'_> {
+    /// Answers into the buffer; it leaves before the next read ([`Self::next`]).
+    async fn reply(&mut self, response: &Response) -> Result<(), FrameError> {
+        let data = self.link.as_mut().map_or(Data::Raw, LinkMeter::data);
+        frame::write_buffered(&mut self.stream, response, data)
+            .await
+            .map(drop)
+    }
+
+    /// The peer's next request: the rest of a batch, or (with what is buffered sent first)
+    /// the next frame.
+    async fn next(&mut self) -> Result<Request, FrameError> {
+        if let Some(request) = self.queued.pop_front() {
+            return Ok(request);
+        }
+        self.stream.flush().await?;
+        self.await_request().await?;
+        let read = tokio::select! {
+            read = frame::read(&mut self.stream) => read?,
+            () = stopping(&mut self.stop) => return Err(FrameError::Closed),
+        };
+        match read {
+            Request::Batch(requests) => {
+                if requests.iter().any(|r| matches!(r, Request::Batch(_))) {
+                    return Err(FrameError::Unexpected("a batch inside a batch".into()));
+                }
+                self.queued.extend(requests);
+                self.queued
+                    .pop_front()
+                    .ok_or_else(|| FrameError::Unexpected("an empty batch".into()))
+            }
+            request => Ok(request),
+        }
+    }
+
+    /// Refuses a write under a stale lease; `None` when the request may go ahead.
+    fn fenced_out(&self, request: &Request) -> Option<Response> {
+        let fence = self.fence.as_ref().filter(|_| request.writes())?;
+        let reason = self.agent.fences.admit(fence).err()?;
+        tracing::warn!(reason, "refused a write");
+        Some(failure("write", "", ErrorKind::StaleEpoch, reason))
+    }
+
+    async fn serve(&mut self, request: Request) -> Result<(), FrameError> {
+        if let Some(refusal) = self.fenced_out(&request) {
+            if let Request::WriteFile { .. } = request {
+                self.drain_file().await?;
+                return self.refuse_file(refusal).await;
+            }
+            return self.reply(&refusal).await;
+        }
+        if let Request::Open { path, create } = &request {
+            let response = self.open(path, *create);
+            return self.reply(&response).await;
+        }
+        if let Request::Ping { nonce } = request {
+            return self.reply(&Response::Pong { nonce }).await;
+        }
+        let Some(replica) = self.replica.clone() else {
+            let reason = "no folder is open: send Open first".to_owned();
+            if let Request::WriteFile { .. } = request {
+                self.drain_file().await?;
+                let refusal = failure("use", "", ErrorKind::Other, reason);
+                return self.refuse_file(refusal).await;
+            }
+            return self
+                .reply(&failure("use", "", ErrorKind::Other, reason))
+                .await;
+        };
+        let response = match request {
+            Request::Scan {
+                paths,
+                include,
+                exclude,
+            } => return self.scan(&replica, paths, &include, &exclude).await,
+            Request::ReadFile { path, base } => return self.read_file(replica, path, base).await,
+            Request::WriteFile {
+                path,
+                entry,
+                block_size,
+                expected,
+            } => {
+                let expected = expected.as_ref();
+                return self
+                    .write_file(&replica, &path, &entry, block_size, expected)
+                    .await;
+            }
+            Request::Stat { path } => replica.stat(&path).map(Response::Stat),
+            Request::Signature { path } => replica.signature(&path).map(Response::Signature),
+            Request::MakeDir {
+                path,
+                entry,
+                expected,
+            } => replica.make_dir(&path, &entry, expected.as_ref()).map(done),
+            Request::MakeSymlink { path, entry } => replica.make_symlink(&path, &entry).map(done),
+            Request::Remove {
+                path,
+                entry,
+                expected,
+            } => replica
+                .remove(&path, &entry, expected.as_ref())
+                .map(Response::Removed),
+            Request::Rename { from, to } => replica.rename(&from, &to).map(done),
+            Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
+            Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
+            Request::Hash { path } => replica
+                .hash(&path)
+                .map(|h| Response::Hash(h.as_bytes().to_vec())),
+            Request::ReadState { name } => replica
+                .read_state(&state_name(&name)?)
+                .map(|b| Response::State(b.map(serde_bytes::ByteBuf::from))),
+            Request::WriteState { name, bytes } => {
+                replica.write_state(&state_name(&name)?, &bytes).map(done)
+            }
+            // Outside a run there is nothing to keep alive or cancel.
+            Request::KeepAlive { .. } | Request::Cancel => return Ok(()),
+            Request::Batch(_) => {
+                return Err(FrameError::Unexpected("a batch inside a batch".into()));
+            }
+            Request::Hello { .. } => {
+                return Err(FrameError::Unexpected("a second Hello".into()));
+            }
+            Request::Data { .. } | Request::DataEnd { .. } => {
+                return Err(FrameError::Unexpected(
+                    "file data outside a WriteFile".into(),
+                ));
+            }
+            Request::Open { .. }
+            | Request::Ping { .. }
+            | Request::RunJob { .. }
+            | Request::Watch { .. } => {
+                unreachable!("handled above")
+            }
+        };
+        let response = response.unwrap_or_else(|e| wire_failure(&e));
+        self.reply(&response).await
+    }
+
+    fn open(&mut self, path: &str, create: bool) -> Response {
+        self.replica = None;
+        let root = match resolve_root(&self.agent.config.roots, path) {
+            Ok(root) => root,
+            Err(reason) => return failure("open folder", path, ErrorKind::Outside, reason),
+        };
+        let replica = LocalEndpoint::confined(root);
+        match replica.prepare(create, None) {
+            Ok(()) => {
+                self.replica = Some(replica);
+                Response::Done
+            }
+            Err(e) => wire_failure(&e),
+        }
+    }
+}
+
+/// Resolves once the agent stops.
+async fn stopping(stop: &mut Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        // The agent is gone without saying so: nothing will ever stop this session.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A state name from a peer is a single plain file name.
+fn state_name(name: &str) -> Result<String, FrameError> {
+    let plain = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(Component::Normal(_))
+        );
+    if plain {
+        Ok(name.to_owned())
+    } else {
+        Err(FrameError::Unexpected(format!("state name {name:?}")))
+    }
+}
+
+/// A file's failure as its [`Response::Verdict`].
+fn verdict(response: Response) -> Response {
+    match response {
+        Response::Failed(error) => Response::Verdict {
+            bytes: 0,
+            error: Some(error),
+        },
+        other => other,
+    }
+}
+
+fn done(_: impl Sized) -> Response {
+    Response::Done
+}
+
+fn failure(op: &str, path: &str, kind: ErrorKind, message: String) -> Response {
+    Response::Failed(WireError {
+        op: op.into(),
+        path: path.into(),
+        message,
+        kind,
+    })
+}
+
+fn wire_failure(e: &EndpointError) -> Response {
+    let kind = match e.source.kind() {
+        io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
+        io::ErrorKind::InvalidData => ErrorKind::InvalidData,
+        _ => ErrorKind::Other,
+    };
+    failure(&e.op, &e.path, kind, e.source.to_string())
+}
+
+/// Tells the peer why the session ends.
+async fn refuse(stream: &mut (impl AsyncWrite + Unpin), reason: String) -> Result<(), FrameError> {
+    tracing::warn!(reason, "refused a session");
+    frame::write(stream, &Response::Refused { reason })
+        .await
+        .map(drop)
+}

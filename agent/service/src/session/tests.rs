@@ -1,0 +1,341 @@
+//! Sessions over in-memory pipes: the real session code on one end, a client (or a peer
+//! writing raw bytes) on the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use ferry_engine::Scope;
+use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
+use ferry_engine::filter::Filter;
+use ferry_engine::tree::{Entry, Kind, Mtime};
+use ferry_wire::client::{ClientError, Dial, Session as Client};
+use ferry_wire::frame::{self, Attached, FrameError};
+use ferry_wire::protocol::{DataOp, PROTOCOL_VERSION, Request, Response};
+use ferry_wire::remote::RemoteEndpoint;
+use ferry_wire::transport;
+
+use super::run;
+use crate::fences::Fences;
+use crate::serve::{Agent, AgentConfig};
+
+/// A TLS configuration with no identity: sessions in memory never use it.
+fn unused_tls() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// An agent serving one temporary folder, and sessions with it over in-memory pipes.
+struct TestAgent {
+    agent: Arc<Agent>,
+    root: tempfile::TempDir,
+    stopping: watch::Sender<bool>,
+}
+
+impl TestAgent {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            name: "nas1".into(),
+            roots: vec![root.path().to_path_buf()],
+            client_tls: unused_tls(),
+            state_dir: None,
+        };
+        let fences = Arc::new(Fences::load(None).unwrap());
+        let agent = Arc::new(Agent { config, fences });
+        Self {
+            agent,
+            root,
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    fn folder(&self) -> String {
+        self.root.path().display().to_string()
+    }
+
+    /// Starts a session; returns the peer's end of the pipe and the session's outcome.
+    fn serve(&self) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let (agent, stop) = (self.agent.clone(), self.stopping.subscribe());
+        let served =
+            tokio::spawn(async move { run(transport::buffered(far), None, &agent, stop).await });
+        (near, served)
+    }
+
+    /// A client session with the folder open.
+    async fn client(&self) -> (Client, JoinHandle<Result<(), FrameError>>) {
+        let (near, served) = self.serve();
+        let mut client = Client::start(near, "s1", None, "nas1", Arc::default())
+            .await
+            .unwrap();
+        let open = Request::Open {
+            path: self.folder(),
+            create: false,
+        };
+        assert_eq!(client.call(&open).await.unwrap(), Response::Done);
+        (client, served)
+    }
+}
+
+fn file_entry(size: u64) -> Entry {
+    Entry {
+        kind: Kind::File,
+        size,
+        mtime: Mtime {
+            secs: 2_000_000_000,
+            nanos: 0,
+        },
+        mode: 0o644,
+    }
+}
+
+/// The requests that send `bytes` as the whole file `name`.
+fn file_requests(name: &str, bytes: &[u8]) -> [Request; 3] {
+    let write = Request::WriteFile {
+        path: name.into(),
+        entry: file_entry(bytes.len() as u64),
+        block_size: None,
+        expected: None,
+    };
+    let ops = vec![DataOp::Literal(Attached::new(bytes.to_vec()))];
+    let hash = blake3::hash(bytes).as_bytes().to_vec();
+    [write, Request::Data { ops }, Request::DataEnd { hash }]
+}
+
+/// Sends `bytes` as the whole file `name`, without waiting for its verdict.
+async fn send_file(client: &mut Client, name: &str, bytes: &[u8]) {
+    for request in file_requests(name, bytes) {
+        client.send(&request).await.unwrap();
+    }
+}
+
+/// A session opened by hand over the raw pipe, for peers that misbehave.
+async fn raw_session(agent: &TestAgent) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
+    let (mut near, served) = agent.serve();
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        client: "s1".into(),
+        fence: None,
+    };
+    frame::write(&mut near, &hello).await.unwrap();
+    let welcome: Response = frame::read(&mut near).await.unwrap();
+    assert!(matches!(welcome, Response::Welcome { .. }), "{welcome:?}");
+    let open = Request::Open {
+        path: agent.folder(),
+        create: false,
+    };
+    frame::write(&mut near, &open).await.unwrap();
+    assert_eq!(
+        frame::read::<Response>(&mut near).await.unwrap(),
+        Response::Done
+    );
+    (near, served)
+}
+
+async fn outcome(served: JoinHandle<Result<(), FrameError>>) -> Result<(), FrameError> {
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the session neither ended nor hung up")
+        .expect("the session panicked")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_whole_is_put_in_place_and_its_verdict_comes_before_the_next_answer() {
+    let agent = TestAgent::new();
+    let (mut client, _served) = agent.client().await;
+    send_file(&mut client, "report.txt", b"quarterly numbers\n").await;
+    client.send(&Request::Ping { nonce: 7 }).await.unwrap();
+    let verdict = client.receive().await.unwrap();
+    assert_eq!(
+        verdict,
+        Response::Verdict {
+            bytes: 18,
+            error: None
+        }
+    );
+    assert_eq!(client.receive().await.unwrap(), Response::Pong { nonce: 7 });
+    let written = std::fs::read(agent.root.path().join("report.txt")).unwrap();
+    assert_eq!(written, b"quarterly numbers\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_before_hello_is_refused_with_the_reason() {
+    let agent = TestAgent::new();
+    let (mut near, served) = agent.serve();
+    frame::write(&mut near, &Request::Ping { nonce: 1 })
+        .await
+        .unwrap();
+    let answer: Response = frame::read(&mut near).await.unwrap();
+    let Response::Refused { reason } = answer else {
+        panic!("{answer:?}");
+    };
+    assert!(reason.contains("expected Hello first"), "{reason}");
+    outcome(served).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_protocol_version_is_refused_by_number() {
+    let agent = TestAgent::new();
+    let (mut near, served) = agent.serve();
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION + 1,
+        client: "s9".into(),
+        fence: None,
+    };
+    frame::write(&mut near, &hello).await.unwrap();
+    let answer: Response = frame::read(&mut near).await.unwrap();
+    let Response::Refused { reason } = answer else {
+        panic!("{answer:?}");
+    };
+    assert!(
+        reason.contains(&format!("speaks {PROTOCOL_VERSION}")),
+        "{reason}"
+    );
+    outcome(served).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_handshake_ends_that_session_with_an_error() {
+    let agent = TestAgent::new();
+    let (mut near, served) = raw_session(&agent).await;
+    // A plausible length, then bytes that are no message.
+    near.write_all(&[0, 0, 0, 12]).await.unwrap();
+    near.write_all(&[0xc1; 12]).await.unwrap();
+    let ended = outcome(served).await;
+    assert!(matches!(ended, Err(FrameError::Malformed(_))), "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_mid_frame_ends_the_session_and_its_checked_files_stay() {
+    let agent = TestAgent::new();
+    let (mut near, served) = raw_session(&agent).await;
+    for request in file_requests("kept.txt", b"checked before the peer went") {
+        frame::write(&mut near, &request).await.unwrap();
+    }
+    // Half of a frame, then the peer is gone.
+    let request = frame::encode(&Request::Ping { nonce: 3 }, frame::Data::Raw).unwrap();
+    near.write_all(&request[..request.len() / 2]).await.unwrap();
+    drop(near);
+    let ended = outcome(served).await;
+    assert!(
+        matches!(&ended, Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+        "{ended:?}"
+    );
+    let kept = std::fs::read(agent.root.path().join("kept.txt")).unwrap();
+    assert_eq!(kept, b"checked before the peer went");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_inside_a_batch_is_refused() {
+    let agent = TestAgent::new();
+    let (mut client, served) = agent.client().await;
+    let nested = Request::Batch(vec![Request::Batch(vec![Request::Ping { nonce: 1 }])]);
+    client.send(&nested).await.unwrap();
+    assert!(client.receive().await.is_err(), "the session ends");
+    let ended = outcome(served).await;
+    assert!(
+        matches!(&ended, Err(FrameError::Unexpected(m)) if m.contains("batch inside a batch")),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_ends_an_idle_session_after_putting_its_files_in_place() {
+    let agent = TestAgent::new();
+    let (mut near, served) = raw_session(&agent).await;
+    for request in file_requests("late.txt", b"sent just before the stop") {
+        frame::write(&mut near, &request).await.unwrap();
+    }
+    // Give the session time to take the file in before the stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.stopping.send(true).unwrap();
+    outcome(served).await.unwrap();
+    assert_eq!(
+        frame::read::<Response>(&mut near).await.unwrap(),
+        Response::Verdict {
+            bytes: 25,
+            error: None
+        }
+    );
+    let kept = std::fs::read(agent.root.path().join("late.txt")).unwrap();
+    assert_eq!(kept, b"sent just before the stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_something_else_than_welcome_fails_with_what_it_got() {
+    let (near, mut far) = tokio::io::duplex(1 << 16);
+    let agent = tokio::spawn(async move {
+        let _hello: Request = frame::read(&mut far).await.unwrap();
+        frame::write(&mut far, &Response::Pong { nonce: 0 })
+            .await
+            .unwrap();
+    });
+    let started = Client::start(near, "s1", None, "nas1", Arc::default()).await;
+    assert!(
+        matches!(&started, Err(ClientError::Frame { source: FrameError::Unexpected(m), .. }) if m.contains("Pong")),
+        "{:?}",
+        started.err()
+    );
+    agent.await.unwrap();
+}
+
+/// The remote endpoint and the agent's session, end to end in memory: the engine mirrors a
+/// local folder into the agent's folder through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_mirrors_into_an_agent_through_a_remote_endpoint_in_memory() {
+    let agent = TestAgent::new();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::create_dir(source.path().join("docs")).unwrap();
+    for i in 0..300 {
+        let text = format!("file {i}\n").repeat(i + 1);
+        std::fs::write(source.path().join(format!("docs/{i}.txt")), text).unwrap();
+    }
+    let shared = Arc::new(agent);
+    let serving = shared.clone();
+    let connect: ferry_wire::client::Connector = Arc::new(move |fence, wire| {
+        let serving = serving.clone();
+        Box::pin(async move {
+            let (near, _served) = serving.serve();
+            Client::start(near, "s1", fence, "nas1", wire).await
+        })
+    });
+    let dial = Dial {
+        agent: "nas1".into(),
+        address: "in memory".into(),
+        client: "s1".into(),
+        tls: unused_tls(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let destination = RemoteEndpoint::with_connector(dial, connect, shared.folder(), runtime);
+    let spec = ferry_engine::JobSpec {
+        name: "docs".into(),
+        rule: ferry_engine::Rule::Mirror,
+        source: Arc::new(LocalEndpoint::new(source.path())),
+        destinations: vec![Arc::new(destination)],
+        filter: Filter::default(),
+        guards: Default::default(),
+    };
+    let summary = ferry_wire::blocking::spawn(move || {
+        let halt = ferry_engine::Halt::new();
+        ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(summary.files_copied, 300);
+    assert_eq!(summary.failures, 0, "{:?}", summary.first_failure);
+    let replica = LocalEndpoint::new(shared.root.path());
+    let copied = replica.scan(&Scope::Full, &Filter::default()).unwrap();
+    assert_eq!(copied.len(), 301, "the folder and its 300 files");
+    let last = std::fs::read_to_string(shared.root.path().join("docs/299.txt")).unwrap();
+    assert_eq!(last, "file 299\n".repeat(300));
+}

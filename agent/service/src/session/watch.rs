@@ -1,0 +1,70 @@
+//! Changes reported to a scheduler's monitor: the agent watches a folder and streams the
+//! paths that change until the scheduler disconnects or the agent stops.
+
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+
+use ferry_wire::frame::{self, FrameError};
+use ferry_wire::protocol::{ErrorKind, Request, Response};
+use ferry_wire::watch::{Batch, FolderWatch, WatchRoot};
+
+use super::{Session, failure, stopping};
+use crate::roots::resolve_root;
+
+/// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
+const WATCH_COALESCE: Duration = Duration::from_millis(5);
+
+impl Session<'_> {
+    /// Watches a folder for a scheduler's monitor and reports its changes until the scheduler
+    /// disconnects (or says anything: a watching client has nothing to say).
+    pub(super) async fn watch(self, path: &str) -> Result<(), FrameError> {
+        let (read, mut write) = tokio::io::split(self.stream);
+        let folder = match resolve_root(&self.agent.config.roots, path) {
+            Ok(folder) => folder,
+            Err(reason) => {
+                let refusal = failure("watch", path, ErrorKind::Outside, reason);
+                return frame::write(&mut write, &refusal).await.map(drop);
+            }
+        };
+        let mut watch = match FolderWatch::open(&[WatchRoot::Local(folder)]).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                let kind = match e.missing {
+                    true => ErrorKind::NotFound,
+                    false => ErrorKind::Other,
+                };
+                let refusal = failure("watch", path, kind, e.message);
+                return frame::write(&mut write, &refusal).await.map(drop);
+            }
+        };
+        frame::write(&mut write, &Response::Done).await?;
+        tracing::info!(path, "watching for a monitor");
+        let closed = client_leaves(read);
+        tokio::pin!(closed);
+        let mut stop = self.stop;
+        loop {
+            let batch = tokio::select! {
+                () = &mut closed => break,
+                () = stopping(&mut stop) => break,
+                batch = watch.next_batch(WATCH_COALESCE) => batch,
+            };
+            let report = match batch {
+                Some(Batch::Paths(paths)) => Response::Changed { paths },
+                Some(Batch::Rescan) => Response::Lost {
+                    reason: "the agent's file watcher lost events".into(),
+                },
+                Some(Batch::Broken(reason)) => Response::Lost { reason },
+                None => break,
+            };
+            frame::write(&mut write, &report).await?;
+        }
+        tracing::info!(path, "stopped watching");
+        Ok(())
+    }
+}
+
+/// Resolves when a watching client disconnects or sends anything at all.
+async fn client_leaves(mut read: impl AsyncRead + Unpin) {
+    let _ = frame::read::<Request>(&mut read).await;
+}
