@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::plan::{Action, Op, Phase};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
-use crate::endpoint::{Endpoint, EndpointError};
+use crate::endpoint::{Changes, Endpoint, EndpointError};
 use crate::fence::Halt;
 use crate::tree::{Entry, Expected, Kind, Tree};
 
@@ -262,7 +262,7 @@ impl Executor<'_> {
                 self.copy(*from, replica, &target, entry, *replaces)
                     .map_err(|e| e.to_string())?;
                 // Its verdict, which says whether a delta rebuilt, comes when it settles.
-                if *replaces && entry.kind == Kind::File && replica.is_remote() {
+                if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
                     let resend = Resend {
                         from: *from,
                         entry: entry.clone(),
@@ -368,7 +368,7 @@ impl Executor<'_> {
         replaces: bool,
     ) -> Result<u64, EndpointError> {
         let path = target.path;
-        let local = !from.is_remote() && !to.is_remote();
+        let local = !from.capabilities().across_network && !to.capabilities().across_network;
         let base = match replaces && !local {
             true => to.signature(path)?,
             false => None,

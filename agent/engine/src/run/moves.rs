@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::execute::{Executor, Hashes};
 use super::plan::{Action, Op};
+use crate::endpoint::Changes;
 use crate::tree::{Entry, Kind, Tree, same};
 
 impl Executor<'_> {
@@ -131,7 +132,8 @@ impl Executor<'_> {
         else {
             return None;
         };
-        let remote = self.replicas[*from].is_remote() || self.replicas[action.replica].is_remote();
+        let remote = self.replicas[*from].capabilities().across_network
+            || self.replicas[action.replica].capabilities().across_network;
         let candidates = removed
             .get(&(action.replica, entry.size))
             .filter(|_| remote)?;

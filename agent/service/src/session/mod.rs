@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch::Receiver;
 
 use ferry_engine::Fence;
-use ferry_engine::endpoint::{Endpoint, EndpointError, LocalEndpoint};
+use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, LocalEndpoint};
 use ferry_wire::frame::{self, Data, FrameError};
 use ferry_wire::link::LinkMeter;
 use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError};
@@ -353,11 +353,13 @@ fn failure(op: &str, path: &str, kind: ErrorKind, message: String) -> Response {
 }
 
 fn wire_failure(e: &EndpointError) -> Response {
-    let kind = match e.source.kind() {
-        io::ErrorKind::NotFound => ErrorKind::NotFound,
-        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
-        io::ErrorKind::InvalidData => ErrorKind::InvalidData,
+    let kind = match (e.failure, e.source.kind()) {
+        (Failure::BadDelta, _) => ErrorKind::InvalidData,
+        (Failure::StaleLease, _) => ErrorKind::StaleEpoch,
+        (Failure::Outside, _) => ErrorKind::Outside,
+        (_, io::ErrorKind::NotFound) => ErrorKind::NotFound,
+        (_, io::ErrorKind::PermissionDenied) => ErrorKind::PermissionDenied,
+        (_, io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => ErrorKind::StorageFull,
         _ => ErrorKind::Other,
     };
     failure(&e.op, &e.path, kind, e.source.to_string())

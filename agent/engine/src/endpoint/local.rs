@@ -1,11 +1,5 @@
-//! Where a replica lives. The engine only talks to the [`Endpoint`] trait, so a folder on this
-//! machine and a folder behind a remote agent are synced by the same code.
-//!
-//! Every write is crash-safe: a file is written under a temporary name in its destination folder,
-//! flushed to disk, given its mode and mtime, then renamed over the target, so a crash never
-//! leaves a half-written file under the real name.
+//! A replica on this machine: a folder, read and written through the file system.
 
-use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -15,171 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 
+use super::{Endpoint, EndpointError, Failure, FileSink, Result, Scope};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
-
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {path}: {source}")]
-pub struct EndpointError {
-    /// What was being done, as a verb phrase: "read folder", "write file", ….
-    pub op: Cow<'static, str>,
-    /// The full path (or `agent:/path`) involved.
-    pub path: String,
-    #[source]
-    pub source: io::Error,
-}
-
-pub type Result<T> = std::result::Result<T, EndpointError>;
-
-impl EndpointError {
-    pub fn new(
-        op: impl Into<Cow<'static, str>>,
-        path: impl Into<String>,
-        source: io::Error,
-    ) -> Self {
-        Self {
-            op: op.into(),
-            path: path.into(),
-            source,
-        }
-    }
-
-    /// A delta that rebuilt into something other than the sender's file (a false block match,
-    /// or a base that changed meanwhile): sending the file whole fixes it.
-    pub fn is_bad_delta(&self) -> bool {
-        self.source.kind() == io::ErrorKind::InvalidData
-    }
-}
-
-/// Which part of a replica a scan covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Everything under the root.
-    Full,
-    /// These paths (relative to the root) and, for folders, everything under them.
-    Paths(Vec<PathBuf>),
-}
-
-/// One replica of a job: a folder, local or remote, that the engine reads and writes.
-pub trait Endpoint: Send + Sync {
-    /// How users name this replica in messages: `/srv/docs` or `agent:/srv/docs`.
-    fn display(&self) -> String;
-    /// Readies the replica for a run under `fence` (the lease the run works for); fails unless
-    /// the root is an existing folder, which `create` makes first.
-    fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()>;
-    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
-    /// What is at `rel` now (not following a final symlink), if anything.
-    fn stat(&self, rel: &Path) -> Result<Option<Entry>>;
-    /// Whether file data to or from here crosses a network, so a delta is worth computing.
-    fn is_remote(&self) -> bool;
-    /// Block signatures of the file at `rel`, the base for a delta; `None` without a file.
-    fn signature(&self, rel: &Path) -> Result<Option<Signature>>;
-    /// Streams the file at `rel` into `out` as a delta against `base` (whole without one).
-    fn send_file(
-        &self,
-        rel: &Path,
-        base: Option<&Signature>,
-        out: &mut dyn FnMut(Op) -> io::Result<()>,
-    ) -> Result<Encoded>;
-    /// Starts writing `rel` crash-safely with `entry`'s mode and mtime, from ops made against
-    /// the current file's signature of `block_size` (or from literals only). With `expected`,
-    /// the file is renamed into place only if `rel` still holds what was expected.
-    fn receive_file<'a>(
-        &'a self,
-        rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
-    ) -> Result<Box<dyn FileSink + 'a>>;
-    /// With `expected`, fails instead if `rel` no longer holds what was expected (see
-    /// [`Expected`]), as [`Endpoint::remove`] does.
-    fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
-    fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
-    /// Removes a file or link, or an empty folder. A folder that is not empty is left in place
-    /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say). With
-    /// `expected`, `rel` is checked first where it is, so a remote replica costs no round trip
-    /// for it.
-    fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool>;
-    fn rename(&self, from: &Path, to: &Path) -> Result<()>;
-    /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
-    /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,
-    /// and moves a renamed file's content without sending it.
-    fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
-    fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
-    fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
-    /// The hashes of several files, each or why not, in order: a remote replica asks for all
-    /// of them before it reads an answer, instead of a round trip each.
-    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>> {
-        rels.iter().map(|rel| self.hash(rel)).collect()
-    }
-    /// ferry's own state for this replica (a sync job's last agreed tree), by name.
-    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
-    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;
-    /// Bytes this replica has moved over the network so far (0 for a local folder).
-    fn wire_bytes(&self) -> u64 {
-        0
-    }
-    /// The files whose [`Endpoint::signature`] the run asks for next, in order: a remote
-    /// replica asks for them ahead, so each costs no round trip of its own.
-    fn expect_signatures(&self, _paths: Vec<PathBuf>) {}
-    /// Removes `rel` without waiting for the outcome where that saves a round trip (a remote
-    /// replica): `None` then, and the outcome comes with [`Endpoint::settle`]. A local replica
-    /// removes it at once.
-    fn remove_later(
-        &self,
-        rel: &Path,
-        entry: &Entry,
-        expected: Option<&Expected>,
-    ) -> Result<Option<bool>> {
-        self.remove(rel, entry, expected).map(Some)
-    }
-    /// Duplicates `from` as `to` (a moved file) without waiting for the outcome where that
-    /// saves a round trip (a remote replica): a failure then comes with [`Endpoint::settle`],
-    /// as a failed write.
-    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
-        self.duplicate(from, to)
-    }
-    /// Makes a folder without waiting for the outcome where that saves a round trip (a remote
-    /// replica, which makes folders and writes files in the order sent): a failure then
-    /// comes with [`Endpoint::settle`].
-    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
-        self.make_dir(rel, entry, expected)
-    }
-    /// Sets a time without waiting for the outcome where that saves a round trip (a remote
-    /// replica): a failure then comes with [`Endpoint::settle`].
-    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
-        self.set_mtime(rel, mtime)
-    }
-    /// Waits for what was sent without waiting (a remote replica pipelines file writes, moves,
-    /// removals and times) and says what it came to.
-    fn settle(&self) -> Settled {
-        Settled::default()
-    }
-}
-
-/// What a replica's pipelined work came to (see [`Endpoint::settle`]).
-#[derive(Debug, Default)]
-pub struct Settled {
-    /// Files committed or moved without waiting that failed after all; a delta that did not
-    /// rebuild the file fails as [`EndpointError::is_bad_delta`].
-    pub failed_writes: Vec<(PathBuf, EndpointError)>,
-    /// Removals sent without waiting: whether each removed something, or why it failed.
-    pub removals: Vec<(PathBuf, Result<bool>)>,
-    /// Other changes sent without waiting that failed (a time not set).
-    pub failed_changes: Vec<(PathBuf, EndpointError)>,
-    /// Folders made without waiting that failed.
-    pub failed_dirs: Vec<(PathBuf, EndpointError)>,
-}
-
-/// A file being written: ops go in, and [`FileSink::commit`] checks the result against the
-/// sender's hash and renames it into place. Dropped without a commit, it leaves nothing.
-pub trait FileSink {
-    fn write(&mut self, op: Op) -> Result<()>;
-    /// Returns the size of the file now in place.
-    fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64>;
-}
 
 /// A folder on this machine.
 #[derive(Debug, Clone)]
@@ -225,7 +59,8 @@ impl LocalEndpoint {
     /// The full path of `rel`, once it is known to stay inside the root.
     fn checked(&self, rel: &Path) -> Result<PathBuf> {
         if self.confined {
-            confine(&self.root, rel).map_err(self.err("reach", rel))?;
+            confine(&self.root, rel)
+                .map_err(|e| self.err("reach", rel)(e).meaning(Failure::Outside))?;
         }
         Ok(self.full(rel))
     }
@@ -422,10 +257,6 @@ impl Endpoint for LocalEndpoint {
         self.lstat(rel)
     }
 
-    fn is_remote(&self) -> bool {
-        false
-    }
-
     fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
         let Some(file) = self.open_file(rel)? else {
             return Ok(None);
@@ -608,11 +439,12 @@ pub struct LocalSink<'a> {
 
 impl LocalSink<'_> {
     fn fail(&self, e: DeltaError) -> EndpointError {
-        let source = match e {
-            DeltaError::Io(e) => e,
-            bad => io::Error::new(io::ErrorKind::InvalidData, bad.to_string()),
-        };
-        self.endpoint.err("write", &self.rel)(source)
+        let error = self.endpoint.err("write", &self.rel);
+        match e {
+            DeltaError::Io(e) => error(e),
+            bad => error(io::Error::new(io::ErrorKind::InvalidData, bad.to_string()))
+                .meaning(Failure::BadDelta),
+        }
     }
 }
 

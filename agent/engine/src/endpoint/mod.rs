@@ -1,0 +1,271 @@
+//! Where a replica lives. The engine only talks to the [`Endpoint`] trait, so a folder on this
+//! machine ([`LocalEndpoint`]) and a folder behind a remote agent (in `ferry-wire`) are synced
+//! by the same code. A new kind of replica implements [`Endpoint`], says what more it can do
+//! in its [`Capabilities`], and may offer a [`Pipeline`] of changes sent without waiting.
+//!
+//! Every write is crash-safe: a file is written under a temporary name in its destination
+//! folder, flushed to disk, given its mode and mtime, then renamed over the target, so a crash
+//! never leaves a half-written file under the real name.
+
+use std::borrow::Cow;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::delta::{Encoded, Op, Signature};
+use crate::fence::Fence;
+use crate::filter::Filter;
+use crate::tree::{Entry, Expected, Mtime, Tree};
+
+mod local;
+
+pub use local::{LocalEndpoint, LocalSink, Staged, confine};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct EndpointError {
+    /// What was being done, as a verb phrase: "read folder", "write file", ….
+    pub op: Cow<'static, str>,
+    /// The full path (or `agent:/path`) involved.
+    pub path: String,
+    /// What the failure means to the engine; the I/O error says what happened.
+    pub failure: Failure,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The failures the engine (or an agent's peer) reacts to differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An error of the file system at the replica.
+    Io,
+    /// A delta rebuilt into something other than the sender's file (a false block match, or
+    /// a base that changed meanwhile): sending the file whole fixes it.
+    BadDelta,
+    /// The lease this work runs under is no longer current where the replica is.
+    StaleLease,
+    /// The path is outside what the endpoint may touch.
+    Outside,
+    /// The replica could not be reached, or its connection broke.
+    Unreachable,
+}
+
+pub type Result<T> = std::result::Result<T, EndpointError>;
+
+impl EndpointError {
+    pub fn new(
+        op: impl Into<Cow<'static, str>>,
+        path: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
+        Self {
+            op: op.into(),
+            path: path.into(),
+            failure: Failure::Io,
+            source,
+        }
+    }
+
+    /// The same error, meaning `failure` to the engine.
+    pub fn meaning(self, failure: Failure) -> Self {
+        Self { failure, ..self }
+    }
+
+    /// See [`Failure::BadDelta`].
+    pub fn is_bad_delta(&self) -> bool {
+        self.failure == Failure::BadDelta
+    }
+}
+
+/// Which part of a replica a scan covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything under the root.
+    Full,
+    /// These paths (relative to the root) and, for folders, everything under them.
+    Paths(Vec<PathBuf>),
+}
+
+/// One replica of a job: a folder, local or remote, that the engine reads and writes.
+pub trait Endpoint: Send + Sync {
+    /// How users name this replica in messages: `/srv/docs` or `agent:/srv/docs`.
+    fn display(&self) -> String;
+    /// Readies the replica for a run under `fence` (the lease the run works for); fails unless
+    /// the root is an existing folder, which `create` makes first.
+    fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()>;
+    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
+    /// What is at `rel` now (not following a final symlink), if anything.
+    fn stat(&self, rel: &Path) -> Result<Option<Entry>>;
+    /// What this kind of replica can do beyond these calls; nothing more by default.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    /// Its way of sending changes without waiting for each outcome, if it has one.
+    fn pipeline(&self) -> Option<&dyn Pipeline> {
+        None
+    }
+    /// Block signatures of the file at `rel`, the base for a delta; `None` without a file.
+    fn signature(&self, rel: &Path) -> Result<Option<Signature>>;
+    /// Streams the file at `rel` into `out` as a delta against `base` (whole without one).
+    fn send_file(
+        &self,
+        rel: &Path,
+        base: Option<&Signature>,
+        out: &mut dyn FnMut(Op) -> io::Result<()>,
+    ) -> Result<Encoded>;
+    /// Starts writing `rel` crash-safely with `entry`'s mode and mtime, from ops made against
+    /// the current file's signature of `block_size` (or from literals only). With `expected`,
+    /// the file is renamed into place only if `rel` still holds what was expected.
+    fn receive_file<'a>(
+        &'a self,
+        rel: &Path,
+        entry: &Entry,
+        block_size: Option<u32>,
+        expected: Option<&Expected>,
+    ) -> Result<Box<dyn FileSink + 'a>>;
+    /// With `expected`, fails instead if `rel` no longer holds what was expected (see
+    /// [`Expected`]), as [`Endpoint::remove`] does.
+    fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
+    fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
+    /// Removes a file or link, or an empty folder. A folder that is not empty is left in place
+    /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say). With
+    /// `expected`, `rel` is checked first where it is, so a remote replica costs no round trip
+    /// for it.
+    fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool>;
+    fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
+    /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,
+    /// and moves a renamed file's content without sending it.
+    fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
+    fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
+    /// ferry's own state for this replica (a sync job's last agreed tree), by name.
+    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Bytes this replica has moved over the network so far (0 for a local folder).
+    fn wire_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// What a kind of replica can do, so the engine plans for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// File data to or from it crosses a network: a delta against the old version, or a
+    /// local duplicate of a moved file, saves bytes there.
+    pub across_network: bool,
+}
+
+/// Changes sent without waiting for each outcome, where that saves round trips (a replica on
+/// an agent): the outcomes come with [`Pipeline::settle`]. The engine reaches it through
+/// [`Changes`], which falls back to the plain calls for a replica without one.
+pub trait Pipeline {
+    /// The files whose [`Endpoint::signature`] the run asks for next, in order: they are
+    /// asked for ahead, so each costs no round trip of its own.
+    fn expect_signatures(&self, paths: Vec<PathBuf>);
+    /// The hashes of several files, each or why not, in order, asked for all at once.
+    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>>;
+    /// Removes `rel` without waiting: the outcome comes with [`Pipeline::settle`].
+    fn remove_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
+    /// Duplicates `from` as `to` (a moved file) without waiting: a failure comes with
+    /// [`Pipeline::settle`], as a failed write.
+    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Makes a folder without waiting (folders and files are made in the order sent): a
+    /// failure comes with [`Pipeline::settle`].
+    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
+    /// Sets a time without waiting: a failure comes with [`Pipeline::settle`].
+    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    /// Waits for what was sent without waiting and says what it came to.
+    fn settle(&self) -> Settled;
+}
+
+/// The engine's calls that use a replica's [`Pipeline`] when it has one and the plain,
+/// waiting calls when not.
+pub trait Changes {
+    fn expect_signatures(&self, paths: Vec<PathBuf>);
+    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>>;
+    /// `Some(removed)` when done at once, `None` when the outcome comes with `settle`.
+    fn remove_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        expected: Option<&Expected>,
+    ) -> Result<Option<bool>>;
+    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()>;
+    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
+    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    fn settle(&self) -> Settled;
+}
+
+impl Changes for dyn Endpoint + '_ {
+    fn expect_signatures(&self, paths: Vec<PathBuf>) {
+        if let Some(pipeline) = self.pipeline() {
+            pipeline.expect_signatures(paths);
+        }
+    }
+
+    fn hashes(&self, rels: &[PathBuf]) -> Vec<Result<blake3::Hash>> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.hashes(rels),
+            None => rels.iter().map(|rel| self.hash(rel)).collect(),
+        }
+    }
+
+    fn remove_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        expected: Option<&Expected>,
+    ) -> Result<Option<bool>> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.remove_later(rel, entry, expected).map(|()| None),
+            None => self.remove(rel, entry, expected).map(Some),
+        }
+    }
+
+    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.duplicate_later(from, to),
+            None => self.duplicate(from, to),
+        }
+    }
+
+    fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.make_dir_later(rel, entry, expected),
+            None => self.make_dir(rel, entry, expected),
+        }
+    }
+
+    fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.set_mtime_later(rel, mtime),
+            None => self.set_mtime(rel, mtime),
+        }
+    }
+
+    fn settle(&self) -> Settled {
+        self.pipeline().map(Pipeline::settle).unwrap_or_default()
+    }
+}
+
+/// What a replica's pipelined work came to (see [`Pipeline::settle`]).
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Files committed or moved without waiting that failed after all; a delta that did not
+    /// rebuild the file fails as [`EndpointError::is_bad_delta`].
+    pub failed_writes: Vec<(PathBuf, EndpointError)>,
+    /// Removals sent without waiting: whether each removed something, or why it failed.
+    pub removals: Vec<(PathBuf, Result<bool>)>,
+    /// Other changes sent without waiting that failed (a time not set).
+    pub failed_changes: Vec<(PathBuf, EndpointError)>,
+    /// Folders made without waiting that failed.
+    pub failed_dirs: Vec<(PathBuf, EndpointError)>,
+}
+
+/// A file being written: ops go in, and [`FileSink::commit`] checks the result against the
+/// sender's hash and renames it into place. Dropped without a commit, it leaves nothing.
+pub trait FileSink {
+    fn write(&mut self, op: Op) -> Result<()>;
+    /// Returns the size of the file now in place.
+    fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64>;
+}
