@@ -340,6 +340,7 @@ pub fn schedule(
 }
 
 /// A monitor's job, ready to watch and sync.
+#[derive(Clone)]
 pub struct ValidMonitor {
     pub job: JobRow,
     pub execution: Execution,
@@ -359,6 +360,102 @@ pub fn monitor(
         execution,
         roots,
     })
+}
+
+/// Definitions compiled from the rows, kept while what each was compiled from stays the same:
+/// a job's filters and endpoints are built once per change, not at every tick.
+#[derive(Default)]
+pub struct Compiled {
+    schedules: HashMap<String, Entry<ScheduleInputs, ValidSchedule>>,
+    monitors: HashMap<String, Entry<MonitorInputs, ValidMonitor>>,
+}
+
+struct Entry<I, V> {
+    inputs: I,
+    compiled: Result<V, Problem>,
+}
+
+/// What a schedule is compiled from (its other columns change as it fires).
+#[derive(PartialEq)]
+struct ScheduleInputs {
+    cron: String,
+    timezone: String,
+    misfire: String,
+    job: Option<JobRow>,
+    agents: HashMap<String, String>,
+}
+
+#[derive(PartialEq)]
+struct MonitorInputs {
+    job_name: String,
+    job: Option<JobRow>,
+    agents: HashMap<String, String>,
+}
+
+impl Compiled {
+    /// `row` compiled, from this cache while its inputs are unchanged.
+    pub fn schedule(
+        &mut self,
+        row: &ScheduleRow,
+        job: Option<&JobRow>,
+        remotes: &Remotes,
+    ) -> &Result<ValidSchedule, Problem> {
+        let inputs = ScheduleInputs {
+            cron: row.cron.clone(),
+            timezone: row.timezone.clone(),
+            misfire: row.misfire.clone(),
+            job: job.cloned(),
+            agents: remotes.addresses.clone(),
+        };
+        let entry = self.schedules.entry(row.name.clone());
+        cached(entry, inputs, || schedule(row, job, remotes))
+    }
+
+    pub fn monitor(
+        &mut self,
+        row: &MonitorRow,
+        job: Option<&JobRow>,
+        remotes: &Remotes,
+    ) -> &Result<ValidMonitor, Problem> {
+        let inputs = MonitorInputs {
+            job_name: row.job_name.clone(),
+            job: job.cloned(),
+            agents: remotes.addresses.clone(),
+        };
+        let entry = self.monitors.entry(row.name.clone());
+        cached(entry, inputs, || monitor(row, job, remotes))
+    }
+
+    /// Forgets what was compiled for rows that are gone.
+    pub fn keep_only(&mut self, schedules: &[ScheduleRow], monitors: &[MonitorRow]) {
+        self.schedules
+            .retain(|name, _| schedules.iter().any(|s| &s.name == name));
+        self.monitors
+            .retain(|name, _| monitors.iter().any(|m| &m.name == name));
+    }
+}
+
+fn cached<I: PartialEq, V>(
+    entry: std::collections::hash_map::Entry<'_, String, Entry<I, V>>,
+    inputs: I,
+    compile: impl FnOnce() -> Result<V, Problem>,
+) -> &Result<V, Problem> {
+    use std::collections::hash_map::Entry as Slot;
+    let entry = match entry {
+        Slot::Occupied(slot) if slot.get().inputs == inputs => slot.into_mut(),
+        Slot::Occupied(mut slot) => {
+            slot.insert(Entry {
+                compiled: compile(),
+                inputs,
+            });
+            slot.into_mut()
+        }
+        Slot::Vacant(slot) => slot.insert(Entry {
+            compiled: compile(),
+            inputs,
+        }),
+    };
+    &entry.compiled
 }
 
 #[cfg(test)]
@@ -410,5 +507,55 @@ mod tests {
         let mut bad_rule = job("/a", "/b");
         bad_rule.rule = "clone".into();
         assert_eq!(check_job(&bad_rule).unwrap_err().field, JobField::Rule);
+    }
+
+    fn schedule_row(cron: &str) -> ScheduleRow {
+        ScheduleRow {
+            name: "nightly".into(),
+            job_name: "docs".into(),
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            preferred: None,
+            fallback_any: true,
+            held: false,
+            retries: 0,
+            retry_delay_ms: 0,
+            misfire: "run_once".into(),
+            run_requested_at: None,
+            fired_until: None,
+            last_error: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_definition_is_compiled_again_only_when_what_it_is_made_of_changes() {
+        let mut compiled = Compiled::default();
+        let remotes = Remotes::default();
+        let docs = job("/srv/docs", "/backup/docs");
+        let source = |compiled: &mut Compiled, row: &ScheduleRow, job: &JobRow| {
+            let valid = compiled
+                .schedule(row, Some(job), &remotes)
+                .as_ref()
+                .unwrap();
+            valid.execution.spec.source.clone()
+        };
+        let mut row = schedule_row("0 2 * * *");
+        let first = source(&mut compiled, &row, &docs);
+        // Firing moves these columns at every run: nothing to compile again.
+        row.fired_until = Some(chrono::Utc::now());
+        row.last_error = Some("a slow disk".into());
+        assert!(Arc::ptr_eq(&first, &source(&mut compiled, &row, &docs)));
+        row.cron = "0 3 * * *".into();
+        let recron = source(&mut compiled, &row, &docs);
+        assert!(!Arc::ptr_eq(&first, &recron), "a new cron is compiled");
+        let moved = job("/srv/papers", "/backup/docs");
+        let rejob = source(&mut compiled, &row, &moved);
+        assert_eq!(rejob.display(), "/srv/papers", "an edited job is compiled");
+        compiled.keep_only(&[], &[]);
+        assert!(
+            compiled.schedules.is_empty(),
+            "a deleted schedule is forgotten"
+        );
     }
 }

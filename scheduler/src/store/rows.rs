@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::ResourceKind;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JobRow {
     pub name: String,
@@ -224,4 +226,12 @@ pub struct StatusRow {
     pub fallback_any: bool,
     pub epoch: i64,
     pub last_error: Option<String>,
+}
+
+/// A lease this scheduler instance still holds after a renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RenewedLease {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub epoch: i64,
 }

@@ -145,7 +145,12 @@ async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
             let (store, who) = (store.clone(), who.clone());
             async move { store.renew_all(&who, 60_000).await.unwrap() }
         };
-        assert_eq!(held(&a).await, vec![("schedule".into(), "s".into(), epoch)]);
+        let renewed = RenewedLease {
+            kind,
+            name: "s".into(),
+            epoch,
+        };
+        assert_eq!(held(&a).await, vec![renewed]);
         assert!(held(&b).await.is_empty());
 
         store.release(kind, "s", &a, epoch).await.unwrap();
@@ -196,7 +201,12 @@ async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let renewed = store.renew_all(&holder("a"), 60_000).await.unwrap();
-        assert_eq!(renewed, vec![("monitor".into(), "m".into(), epoch)]);
+        let monitor = RenewedLease {
+            kind: ResourceKind::Monitor,
+            name: "m".into(),
+            epoch,
+        };
+        assert_eq!(renewed, vec![monitor]);
         assert_eq!(
             store.claim(kind, "m", &holder("b"), 60_000).await.unwrap(),
             None,

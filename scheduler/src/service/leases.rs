@@ -1,0 +1,162 @@
+//! Lease keeping: renewing every lease held at each tick (a lease missing from the answer is
+//! lost, and its work stops at once), claiming what placement gives here, giving leases back at
+//! a safe point, and the local deadline that stops local work when the database is away.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferry_engine::{Fence, Halt};
+use tokio::time::Instant;
+
+use super::Service;
+use super::snapshot::{Definitions, demand_key};
+use super::work::{Claimed, Resource, Task, Work};
+use crate::store::{RenewedLease, ResourceKind, StoreError};
+
+impl Service {
+    pub(super) async fn renew_leases(&mut self) -> Result<(), StoreError> {
+        let sent = Instant::now();
+        let deadline = self.deadline_from(sent);
+        let renewed: HashSet<RenewedLease> = self
+            .store
+            .renew_all(&self.me, self.ttl_ms())
+            .await?
+            .into_iter()
+            .collect();
+        let mut lost = Vec::new();
+        for ((kind, name), holding) in &self.holdings {
+            let lease = RenewedLease {
+                kind: *kind,
+                name: name.clone(),
+                epoch: holding.epoch,
+            };
+            if renewed.contains(&lease) {
+                holding.halt.extend_until(deadline.into_std());
+                tracing::debug!(kind = %kind, name, epoch = holding.epoch, "lease renewed");
+            } else {
+                lost.push((*kind, name.clone()));
+            }
+        }
+        for key in lost {
+            if let Some(holding) = self.holdings.remove(&key) {
+                holding.halt.stop();
+                tracing::warn!(kind = %key.0, name = key.1, epoch = holding.epoch, "lease lost to another scheduler; stopped its work");
+            }
+        }
+        // A claim whose tick was cut short before its work started: give it back.
+        for RenewedLease { kind, name, epoch } in renewed {
+            if self
+                .holdings
+                .get(&(kind, name.clone()))
+                .is_none_or(|h| h.epoch != epoch)
+            {
+                tracing::info!(kind = %kind, name, epoch, "releasing a lease held without work");
+                self.store.release(kind, &name, &self.me, epoch).await?;
+            }
+        }
+        self.lease_deadline = deadline;
+        Ok(())
+    }
+
+    /// The local deadline of a lease renewed (or claimed) by a statement sent at `sent`.
+    pub(super) fn deadline_from(&self, sent: Instant) -> Instant {
+        let margin = (self.config.heartbeat / 2).min(Duration::from_millis(500));
+        sent + self.config.lease_ttl - margin
+    }
+
+    /// Without the database, leases cannot be renewed: past the deadline another scheduler may
+    /// hold them, so work on local paths stops. Work whose folders are all on agents goes on:
+    /// the agents fence it, refusing its writes once a newer holder has reached them, so the
+    /// replication survives a database outage without a second writer.
+    pub(super) fn enforce_deadline(&mut self) {
+        if Instant::now() < self.lease_deadline {
+            return;
+        }
+        let local: Vec<Resource> = self
+            .holdings
+            .iter()
+            .filter(|(_, holding)| !holding.through_agents())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !local.is_empty() {
+            tracing::error!(
+                leases = local.len(),
+                "lease deadline passed without reaching the database; stopped all local work"
+            );
+        }
+        for key in local {
+            if let Some(holding) = self.holdings.remove(&key) {
+                holding.halt.stop();
+            }
+        }
+    }
+
+    /// Work through agents is fenced by the agents, not by the lease deadline: its halt is kept
+    /// two leases ahead at every tick, before the database is asked (it may hang), so it never
+    /// lapses while this scheduler runs. A lease found lost still stops it at once.
+    pub(super) fn extend_agent_work(&self) {
+        let until = (Instant::now() + 2 * self.config.lease_ttl).into_std();
+        for holding in self.holdings.values().filter(|h| h.through_agents()) {
+            holding.halt.extend_until(until);
+        }
+    }
+
+    pub(super) async fn claim(
+        &self,
+        (kind, name): &Resource,
+    ) -> Result<Option<Claimed>, StoreError> {
+        self.store.ensure_lease(*kind, name).await?;
+        let sent = Instant::now();
+        let epoch = self
+            .store
+            .claim(*kind, name, &self.me, self.ttl_ms())
+            .await?;
+        Ok(epoch.map(|epoch| {
+            tracing::info!(kind = %kind, name, epoch, "claimed");
+            let halt = Halt::fenced(Fence {
+                resource: demand_key(*kind, name),
+                epoch,
+            });
+            halt.extend_until(self.deadline_from(sent).into_std());
+            Claimed { epoch, halt }
+        }))
+    }
+
+    /// Gives a lease back once its work reaches a safe point (a run ended, a batch finished).
+    pub(super) async fn release_when_idle(&mut self, key: &Resource) -> Result<(), StoreError> {
+        let idle = match &self.holdings[key].work {
+            Work::Schedule(work) => work.running.as_ref().is_none_or(Task::is_finished),
+            Work::Monitor(work) => {
+                work.stop.cancel();
+                work.task.is_finished()
+            }
+        };
+        if idle {
+            let holding = self.holdings.remove(key).expect("checked by the caller");
+            // Logged before the release: once released, another holder may begin at once.
+            tracing::info!(kind = %key.0, name = key.1, epoch = holding.epoch, "releasing");
+            holding.halt.stop();
+            self.store
+                .release(key.0, &key.1, &self.me, holding.epoch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Releases what was deleted from the database.
+    pub(super) async fn release_vanished(&mut self, defs: &Definitions) -> Result<(), StoreError> {
+        let vanished: Vec<Resource> = self
+            .holdings
+            .keys()
+            .filter(|(kind, name)| match kind {
+                ResourceKind::Schedule => !defs.schedules.iter().any(|s| &s.name == name),
+                ResourceKind::Monitor => !defs.monitors.iter().any(|m| &m.name == name),
+            })
+            .cloned()
+            .collect();
+        for key in vanished {
+            self.release_when_idle(&key).await?;
+        }
+        Ok(())
+    }
+}

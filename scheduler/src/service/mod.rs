@@ -1,0 +1,358 @@
+//! `ferry scheduler run`: the service. Each tick it heartbeats, renews its leases
+//! ([`leases`]), reads the definitions ([`snapshot`]), claims what placement gives it, fires
+//! due schedules ([`schedules`]) and keeps its monitors running ([`monitors`]), and releases
+//! what it should no longer hold at a safe point (between runs, between a monitor's batches).
+//! These steps run in this order in one tick, because their order is the lease invariant: a
+//! schedule fires only under a lease renewed moments before. Duties that need no lease run as
+//! [`worker`]s of their own beside the tick ([`prune`]).
+//!
+//! A lease that cannot be renewed stops its work at once. When the database is unreachable the
+//! service keeps its work only until its local lease deadline (monotonic clock: last successful
+//! renewal + TTL - margin), since by then another scheduler may hold the leases.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_wire::tls::ClientConfig;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceConfig;
+use crate::lease::{Candidates, Placement};
+use crate::plan::definitions::Compiled;
+use crate::store::{Channel, LeaseHolder, Registration, RunRow, Store, StoreError};
+use snapshot::{Definitions, demand_key};
+use work::{Holding, Resource, ScheduleWork, Work};
+
+mod leases;
+mod monitors;
+mod prune;
+mod schedules;
+mod snapshot;
+mod work;
+mod worker;
+
+/// How long a graceful stop waits for runs to record their end before leaving anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Service {
+    store: Store,
+    config: ServiceConfig,
+    me: LeaseHolder,
+    holdings: HashMap<Resource, Holding>,
+    /// The definitions compiled from the rows, kept until the rows change.
+    compiled: Compiled,
+    database_reachable: bool,
+    /// The last error the database answered with (not a lost connection), logged once.
+    data_problem: Option<String>,
+    /// Runs due for another attempt, read once per tick.
+    due_retries: Vec<RunRow>,
+    /// Local work must stop by then unless a renewal succeeds first.
+    lease_deadline: Instant,
+    /// This scheduler's certificate for reaching agents, if it has one.
+    identity: Option<(String, Arc<ClientConfig>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "scheduler {0}: another process registered this name after this one was taken for dead; stopping"
+    )]
+    IdentityLost(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Service {
+    /// Registers this scheduler; fails if a live scheduler already has the name.
+    pub async fn start(
+        store: Store,
+        config: ServiceConfig,
+        name: String,
+    ) -> Result<Self, ServiceError> {
+        config.validate().map_err(ServiceError::Config)?;
+        let identity = match &config.tls_dir {
+            Some(dir) => {
+                let tls = ferry_wire::tls::client_config(dir, &name)
+                    .map_err(|e| ServiceError::Config(format!("--tls-dir: {e}")))?;
+                Some((name.clone(), tls))
+            }
+            None => None,
+        };
+        let registration = Registration {
+            name: name.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            host: crate::lease::default_name(),
+            pid: i64::from(std::process::id()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            lease_ttl_ms: config.lease_ttl.as_millis() as i64,
+        };
+        store.register_scheduler(&registration).await?;
+        tracing::info!(
+            scheduler = name,
+            instance = registration.instance_id,
+            "registered"
+        );
+        let me = LeaseHolder {
+            name,
+            instance: registration.instance_id,
+        };
+        Ok(Self {
+            store,
+            lease_deadline: Instant::now() + config.lease_ttl,
+            config,
+            me,
+            holdings: HashMap::new(),
+            compiled: Compiled::default(),
+            database_reachable: true,
+            data_problem: None,
+            due_retries: Vec::new(),
+            identity,
+        })
+    }
+
+    /// Runs until `shutdown` completes, then stops cleanly: runs are interrupted and recorded,
+    /// monitors finish their batch, and every lease is released at once for the others.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let mut notifications = self
+            .store
+            .notifications(Channel::Definitions)
+            .await
+            .ok()
+            .flatten();
+        let stop_workers = CancellationToken::new();
+        let pruner = prune::Pruner {
+            store: self.store.clone(),
+            keep_runs: self.config.keep_runs,
+        };
+        let pruning = tokio::spawn(worker::run(pruner, stop_workers.clone()));
+        tokio::pin!(shutdown);
+        let outcome = loop {
+            let wait = match self.tick().await {
+                Ok(wait) => wait,
+                Err(fatal) => break Err(fatal),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+                _ = next_notification(&mut notifications) => {}
+            }
+        };
+        // The listener holds a pooled connection; closing the pool waits for it.
+        drop(notifications);
+        stop_workers.cancel();
+        if pruning.await.is_err() {
+            tracing::warn!("the pruning worker panicked");
+        }
+        self.stop().await;
+        outcome
+    }
+
+    async fn tick(&mut self) -> Result<Duration, ServiceError> {
+        self.extend_agent_work();
+        // A tick that hangs on the database counts as the database being away: the deadline
+        // check below must not wait for a query that may never answer.
+        // Past this a renewal could come too late for the halt deadline.
+        let limit = self
+            .config
+            .lease_ttl
+            .saturating_sub(self.config.heartbeat)
+            .max(self.config.heartbeat);
+        let synced = match tokio::time::timeout(limit, self.sync_with_database()).await {
+            Ok(synced) => synced,
+            Err(_) => Err(ServiceError::Store(StoreError::Timeout(limit))),
+        };
+        match synced {
+            Ok(wait) => {
+                if !self.database_reachable {
+                    tracing::info!("database reachable again");
+                    self.database_reachable = true;
+                }
+                self.data_problem = None;
+                Ok(wait)
+            }
+            Err(ServiceError::Store(e)) if !e.is_connection() => {
+                // The database answered, but with something ferry cannot use (a row it cannot
+                // read, say): say so once per distinct problem, and keep the leases.
+                let problem = e.to_string();
+                if self.data_problem.as_ref() != Some(&problem) {
+                    tracing::error!(error = %problem, "could not use what the database returned; retrying every heartbeat");
+                    self.data_problem = Some(problem);
+                }
+                Ok(self.config.heartbeat)
+            }
+            Err(ServiceError::Store(e)) => {
+                if self.database_reachable {
+                    tracing::error!(error = %e, "database unreachable; retrying every heartbeat, local work stops at the lease deadline");
+                    self.database_reachable = false;
+                }
+                self.enforce_deadline();
+                Ok(self.config.heartbeat)
+            }
+            Err(fatal) => Err(fatal),
+        }
+    }
+
+    async fn sync_with_database(&mut self) -> Result<Duration, ServiceError> {
+        if !self
+            .store
+            .heartbeat(&self.me.name, &self.me.instance)
+            .await?
+        {
+            return Err(ServiceError::IdentityLost(self.me.name.clone()));
+        }
+        self.renew_leases().await?;
+        let now = self.store.now().await?;
+        let defs = Definitions::load(&self.store, &self.identity).await?;
+        self.due_retries = self.store.due_retries().await?;
+        let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
+        let candidates = Candidates::new(&defs.schedulers, now, settle);
+        self.compiled.keep_only(&defs.schedules, &defs.monitors);
+        let placements = candidates.place_all(&self.me.name, &defs.demands(&mut self.compiled));
+        for row in &defs.schedules {
+            self.reconcile_schedule(row, &defs, &placements, now)
+                .await?;
+        }
+        for row in &defs.monitors {
+            self.reconcile_monitor(row, &defs, &placements, now).await?;
+        }
+        self.release_vanished(&defs).await?;
+        Ok(self.next_wake(now))
+    }
+
+    /// Writes the row's `last_error` if it changed: the definition's problem, else the one its
+    /// running work reported.
+    async fn report_problem(
+        &self,
+        key: &Resource,
+        last_error: &Option<String>,
+        invalid: Option<String>,
+    ) -> Result<(), StoreError> {
+        let runtime = match self.holdings.get(key).map(|h| &h.work) {
+            Some(Work::Schedule(work)) => work.problem.get(),
+            Some(Work::Monitor(work)) => work.problem.get(),
+            // Only the holder knows how its work goes; the others leave its report alone.
+            None if invalid.is_none() => return Ok(()),
+            None => None,
+        };
+        let problem = invalid.or(runtime);
+        if problem != *last_error {
+            self.store
+                .set_last_error(key.0, &key.1, problem.as_deref())
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn place(
+        &self,
+        key: &Resource,
+        held: bool,
+        problem: Option<&str>,
+        placements: &HashMap<String, Placement>,
+    ) -> Placement {
+        if held {
+            return Placement::Waiting("held".into());
+        }
+        if let Some(problem) = problem {
+            return Placement::Waiting(problem.to_owned());
+        }
+        let placed = placements.get(&demand_key(key.0, &key.1)).cloned();
+        placed.unwrap_or_else(|| Placement::Waiting("not placed".into()))
+    }
+
+    /// Sleeps until the next heartbeat or poll, or the next cron time of a schedule held here,
+    /// whichever is first.
+    fn next_wake(&self, now: DateTime<Utc>) -> Duration {
+        let mut wait = self.config.heartbeat.min(self.config.poll);
+        for holding in self.holdings.values() {
+            if let Work::Schedule(ScheduleWork {
+                cursor,
+                cron: Some(valid),
+                running: None,
+                ..
+            }) = &holding.work
+                && let Some(next) = valid.cron.next_after(*cursor)
+            {
+                let until = (next - now).to_std().unwrap_or_default();
+                wait = wait.min(until.max(Duration::from_millis(5)));
+            }
+        }
+        wait
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.config.lease_ttl.as_millis() as i64
+    }
+
+    async fn stop(mut self) {
+        tracing::info!(
+            leases = self.holdings.len(),
+            "stopping: ending runs and releasing leases"
+        );
+        // Everything halts at once: a run before its next file (and is retried by the next
+        // holder if its schedule has retries left), a monitor mid-batch (the next holder's
+        // first full scan picks up the rest). The tasks then end in parallel.
+        for holding in self.holdings.values() {
+            holding.halt.stop();
+            if let Work::Monitor(work) = &holding.work {
+                work.stop.cancel();
+            }
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        let mut released = 0;
+        for ((kind, name), holding) in &mut self.holdings {
+            if !holding.finished_by(deadline).await {
+                // Still writing: its lease must expire rather than let another begin beside it.
+                tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
+                continue;
+            }
+            tracing::info!(kind = %kind, name, epoch = holding.epoch, "releasing");
+            match self
+                .store
+                .release(*kind, name, &self.me, holding.epoch)
+                .await
+            {
+                Ok(()) => released += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leases; they expire by themselves");
+                    break;
+                }
+            }
+        }
+        tracing::info!(released, "leases released");
+        if let Err(e) = self
+            .store
+            .deregister(&self.me.name, &self.me.instance)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the stop");
+        }
+        if tokio::time::timeout(Duration::from_secs(2), self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("database connections still busy at exit");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// The next notification, or never when there is no listener (SQLite). A lost listener
+/// connection waits a moment; PgListener reconnects on the next call.
+async fn next_notification(notifications: &mut Option<crate::store::Notifications>) {
+    match notifications {
+        Some(listener) => {
+            if let Err(e) = listener.recv().await {
+                tracing::debug!(error = %e, "notification listener lost its connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

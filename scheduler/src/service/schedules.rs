@@ -1,0 +1,296 @@
+//! Schedules held here: claimed when placement gives them here, fired at their cron times (a
+//! requested run first, then a due retry, then the cron), never overlapping themselves, and
+//! given back between runs when placement moves them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use ferry_engine::Halt;
+
+use super::Service;
+use super::snapshot::Definitions;
+use super::work::{Claimed, Holding, Resource, ScheduleWork, Task, Work};
+use crate::lease::Placement;
+use crate::plan::definitions::ValidSchedule;
+use crate::plan::run::{self, ScheduledRun};
+use crate::plan::{ProblemSlot, firing};
+use crate::store::{NewRun, ResourceKind, RunAttempt, ScheduleRow, StoreError};
+
+/// What an idle schedule held here fires with.
+struct Firing<'a> {
+    row: &'a ScheduleRow,
+    valid: &'a ValidSchedule,
+    epoch: i64,
+    /// Every cron time up to here is fired or accounted for.
+    cursor: DateTime<Utc>,
+    problem: &'a ProblemSlot,
+    halt: &'a Halt,
+}
+
+/// What firing did: the run it started, if any, and where the schedule's cursor now stands.
+struct Fired {
+    task: Option<Task>,
+    cursor: DateTime<Utc>,
+}
+
+impl Firing<'_> {
+    fn run(&self, attempt: i32, trigger: &'static str) -> ScheduledRun {
+        ScheduledRun {
+            execution: self.valid.execution.clone(),
+            attempt,
+            retries: self.row.retries,
+            retry_delay_ms: self.row.retry_delay_ms,
+            trigger,
+            problem: self.problem.clone(),
+            halt: self.halt.clone(),
+        }
+    }
+
+    /// Nothing started; the cursor moves to `cursor`.
+    fn nothing(&self, cursor: DateTime<Utc>) -> Fired {
+        Fired { task: None, cursor }
+    }
+}
+
+impl Service {
+    pub(super) async fn reconcile_schedule(
+        &mut self,
+        row: &ScheduleRow,
+        defs: &Definitions,
+        placements: &HashMap<String, Placement>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = (ResourceKind::Schedule, row.name.clone());
+        let job = defs.jobs.get(&row.job_name);
+        let valid = self.compiled.schedule(row, job, &defs.remotes).clone();
+        let invalid = valid.as_ref().err().cloned();
+        self.report_problem(&key, &row.last_error, invalid.clone())
+            .await?;
+        let placement = self.place(&key, row.held, invalid.as_deref(), placements);
+        match (placement, self.holdings.contains_key(&key)) {
+            (Placement::Here(_), false) => {
+                if self.take_schedule(&key, row).await? {
+                    self.fire_due(&key, row, valid.ok(), now).await?;
+                }
+            }
+            (Placement::Here(_), true) => self.fire_due(&key, row, valid.ok(), now).await?,
+            (_, true) => self.release_when_idle(&key).await?,
+            (_, false) => {}
+        }
+        Ok(())
+    }
+
+    /// Claims a schedule placement gives here; whether this scheduler now holds it. Runs its
+    /// last holder left running are marked interrupted (and retried if it has retries).
+    async fn take_schedule(
+        &mut self,
+        key: &Resource,
+        row: &ScheduleRow,
+    ) -> Result<bool, StoreError> {
+        let Some(Claimed { epoch, halt }) = self.claim(key).await? else {
+            return Ok(false);
+        };
+        self.store
+            .interrupt_orphans(ResourceKind::Schedule, &row.name, epoch, row.retries)
+            .await?;
+        let work = ScheduleWork {
+            cursor: self.schedule_cursor(row).await?,
+            cron: None,
+            running: None,
+            problem: ProblemSlot::default(),
+        };
+        let work = Work::Schedule(work);
+        self.holdings
+            .insert(key.clone(), Holding { epoch, halt, work });
+        Ok(true)
+    }
+
+    /// Where a newly held schedule resumes firing.
+    async fn schedule_cursor(&self, row: &ScheduleRow) -> Result<DateTime<Utc>, StoreError> {
+        let last_fired = self.store.last_cron_fire(&row.name).await?;
+        Ok([row.fired_until, last_fired, Some(row.created_at)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(row.created_at))
+    }
+
+    async fn fire_due(
+        &mut self,
+        key: &Resource,
+        row: &ScheduleRow,
+        valid: Option<ValidSchedule>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let holding = &self.holdings[key];
+        let (epoch, halt) = (holding.epoch, holding.halt.clone());
+        let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
+            return Ok(());
+        };
+        work.cron = valid.clone().map(Box::new);
+        if work.running.as_ref().is_some_and(Task::is_finished) {
+            work.running = None;
+        }
+        let Some(valid) = valid else { return Ok(()) };
+        if work.running.is_some() {
+            // A schedule never overlaps itself; times passing meanwhile follow its misfire policy.
+            return Ok(());
+        }
+        let (cursor, problem) = (work.cursor, work.problem.clone());
+        let firing = Firing {
+            row,
+            valid: &valid,
+            epoch,
+            cursor,
+            problem: &problem,
+            halt: &halt,
+        };
+        let Some(fired) = self.start_next_run(&firing, now).await? else {
+            return Ok(());
+        };
+        let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
+            return Ok(());
+        };
+        work.running = fired.task;
+        if fired.cursor > work.cursor {
+            work.cursor = fired.cursor;
+            self.store.set_fired_until(&row.name, fired.cursor).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts whatever is due for an idle schedule: a requested run, a retry, or a cron
+    /// firing; `None` when nothing is.
+    async fn start_next_run(
+        &self,
+        firing: &Firing<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fired>, StoreError> {
+        if let Some(requested) = firing.row.run_requested_at {
+            let task = self.start_requested(firing, requested).await?;
+            return Ok(Some(Fired {
+                task,
+                cursor: firing.cursor,
+            }));
+        }
+        let row_name = Some(firing.row.name.as_str());
+        let due_retry = (self.due_retries.iter())
+            .find(|r| r.schedule_name.as_deref() == row_name)
+            .cloned();
+        if let Some(retry) = due_retry {
+            let retried = self
+                .store
+                .begin_retry(retry.id, retry.attempt, &self.me, firing.epoch);
+            let task = retried.await?.then(|| {
+                let attempt = retry.attempt + 1;
+                tracing::info!(
+                    schedule = firing.row.name,
+                    run = retry.id,
+                    attempt,
+                    "retrying"
+                );
+                self.spawn_run(retry.id, firing.run(attempt, "retry"))
+            });
+            return Ok(Some(Fired {
+                task,
+                cursor: firing.cursor,
+            }));
+        }
+        self.start_cron(firing, now).await
+    }
+
+    /// A run a user asked for (`ferry schedule run`).
+    async fn start_requested(
+        &self,
+        firing: &Firing<'_>,
+        requested: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        let id = self
+            .start_run(firing.row, requested, "manual", firing.epoch)
+            .await?;
+        let task = id.map(|id| self.spawn_run(id, firing.run(1, "manual")));
+        self.store
+            .clear_run_request(&firing.row.name, requested)
+            .await?;
+        Ok(task)
+    }
+
+    /// The oldest cron time due, under the schedule's misfire policy.
+    async fn start_cron(
+        &self,
+        firing: &Firing<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fired>, StoreError> {
+        let (row, valid) = (firing.row, firing.valid);
+        let grace = chrono::Duration::from_std(self.config.lease_ttl * 2).unwrap_or_default();
+        let Some(due) = firing::due(&valid.cron, firing.cursor, now, valid.misfire, grace) else {
+            return Ok(None);
+        };
+        let Some(&fire_time) = due.fire.first() else {
+            tracing::info!(
+                schedule = row.name,
+                skipped = due.skipped,
+                "missed fire times skipped by the misfire policy"
+            );
+            return Ok(Some(firing.nothing(due.cursor)));
+        };
+        if due.skipped > 0 {
+            tracing::info!(
+                schedule = row.name,
+                skipped = due.skipped,
+                policy = row.misfire,
+                "missed fire times not run"
+            );
+        }
+        // Run the oldest due time now; the rest are found again from the new cursor.
+        let cursor = if due.fire.len() > 1 {
+            fire_time
+        } else {
+            due.cursor
+        };
+        let id = self.start_run(row, fire_time, "cron", firing.epoch).await?;
+        let task = id.map(|id| self.spawn_run(id, firing.run(1, "cron")));
+        Ok(Some(Fired { task, cursor }))
+    }
+
+    async fn start_run(
+        &self,
+        row: &ScheduleRow,
+        fire_time: DateTime<Utc>,
+        trigger: &'static str,
+        epoch: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let run = NewRun {
+            job_name: row.job_name.clone(),
+            schedule_name: Some(row.name.clone()),
+            monitor_name: None,
+            fire_time,
+            trigger,
+            holder: self.me.clone(),
+            epoch,
+        };
+        let id = self.store.start_run(&run).await?;
+        match id {
+            Some(id) => {
+                tracing::info!(schedule = row.name, run = id, %fire_time, trigger, "run started")
+            }
+            None => {
+                tracing::debug!(schedule = row.name, %fire_time, "firing already recorded; not run again")
+            }
+        }
+        Ok(id)
+    }
+
+    fn spawn_run(&self, id: i64, run: ScheduledRun) -> Task {
+        let attempt = RunAttempt {
+            id,
+            instance: self.me.instance.clone(),
+            attempt: run.attempt,
+        };
+        let through_agents = run.execution.handoff.is_some();
+        Task::spawn(
+            run::run_scheduled(self.store.clone(), attempt, run),
+            through_agents,
+        )
+    }
+}

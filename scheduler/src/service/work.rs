@@ -1,0 +1,126 @@
+//! What a scheduler holds: per lease, its epoch, the halt its work obeys, and the work itself
+//! (a schedule's firing state and run, or a monitor's task).
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use ferry_engine::Halt;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::ProblemSlot;
+use crate::plan::definitions::ValidSchedule;
+use crate::store::{JobRow, ResourceKind};
+
+/// A schedule or monitor, by kind and name.
+pub(super) type Resource = (ResourceKind, String);
+
+pub(super) struct Holding {
+    pub(super) epoch: i64,
+    /// Halts this lease's local work at the lease deadline unless a renewal extends it, and at
+    /// once when the lease is lost: fencing for work on local paths.
+    pub(super) halt: Halt,
+    pub(super) work: Work,
+}
+
+/// A lease just won: its epoch, and the halt its work obeys.
+pub(super) struct Claimed {
+    pub(super) epoch: i64,
+    pub(super) halt: Halt,
+}
+
+pub(super) enum Work {
+    Schedule(ScheduleWork),
+    Monitor(MonitorWork),
+}
+
+pub(super) struct ScheduleWork {
+    /// Every cron time up to here is fired or accounted for.
+    pub(super) cursor: DateTime<Utc>,
+    pub(super) cron: Option<Box<ValidSchedule>>,
+    pub(super) running: Option<Task>,
+    pub(super) problem: ProblemSlot,
+}
+
+pub(super) struct MonitorWork {
+    /// What the task was started with, to restart it when a user edits it.
+    pub(super) definition: MonitorDefinition,
+    pub(super) task: Task,
+    pub(super) stop: CancellationToken,
+    pub(super) problem: ProblemSlot,
+}
+
+impl Drop for MonitorWork {
+    /// A monitor whose holding is dropped (lease lost, deadline passed) stops watching: its
+    /// task would otherwise wait, halted, for its next batch with the watch still open.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The parts of a monitor whose edit needs a restart (placement fields do not).
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct MonitorDefinition {
+    pub(super) job: JobRow,
+    pub(super) debounce_ms: i64,
+    pub(super) rescan_ms: i64,
+}
+
+pub(super) struct Task {
+    pub(super) handle: JoinHandle<()>,
+    /// Every folder it writes is on an agent, as it was started: fenced there, it may outlive
+    /// the lease deadline.
+    pub(super) through_agents: bool,
+}
+
+impl Task {
+    pub(super) fn spawn(
+        work: impl Future<Output = ()> + Send + 'static,
+        through_agents: bool,
+    ) -> Self {
+        Self {
+            handle: tokio::spawn(work),
+            through_agents,
+        }
+    }
+
+    pub(super) fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl Holding {
+    /// Whether every folder the work writes is on an agent, which refuses a write under an
+    /// older epoch than one it has seen: such work needs no local deadline to be fenced.
+    pub(super) fn through_agents(&self) -> bool {
+        match &self.work {
+            Work::Schedule(work) => work.running.as_ref().is_some_and(|t| t.through_agents),
+            Work::Monitor(work) => work.task.through_agents,
+        }
+    }
+
+    /// Waits for the work to end, until `deadline` at most; false if it is still going.
+    pub(super) async fn finished_by(&mut self, deadline: Instant) -> bool {
+        let task = match &mut self.work {
+            Work::Schedule(ScheduleWork {
+                running: Some(task),
+                ..
+            }) => task,
+            Work::Monitor(work) => &mut work.task,
+            Work::Schedule(_) => return true,
+        };
+        tokio::time::timeout_at(deadline, &mut task.handle)
+            .await
+            .is_ok()
+    }
+}
+
+impl Work {
+    /// Stops after the current batch (monitors) or run (schedules).
+    pub(super) fn stop_at_safe_point(&self) {
+        if let Work::Monitor(work) = self {
+            work.stop.cancel();
+        }
+    }
+}
