@@ -6,11 +6,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::endpoint::EndpointError;
+use ferry_engine::endpoint::{EndpointError, Failure};
 use ferry_engine::run::EngineError;
 use ferry_engine::{Event, Halt, Scope, Summary};
 
-use crate::client::{ClientError, Dial, Session};
+use crate::client::{ClientError, Dial, Session, SessionReader, SessionWriter};
 use crate::protocol::{JobOrder, Request, Response};
 
 /// A run that belongs on the agent holding the job's source, so file data flows from agent to
@@ -35,16 +35,7 @@ pub async fn hand_over(
     halt: &Halt,
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> std::result::Result<Summary, EngineError> {
-    let job = handoff.order.job.clone();
-    let unreachable = |e: ClientError| EngineError::Source {
-        job: job.clone(),
-        source: EndpointError::new(
-            "reach",
-            format!("{}:{}", handoff.dial.agent, handoff.order.source),
-            io::Error::other(e.to_string()),
-        ),
-    };
-    let validity = || halt.remaining().unwrap_or(UNBOUNDED_VALIDITY);
+    let unreachable = |e| unreachable(handoff, e);
     let session = Session::connect(&handoff.dial, halt.fence().cloned(), Arc::default())
         .await
         .map_err(unreachable)?;
@@ -56,26 +47,57 @@ pub async fn hand_over(
     let (mut reader, mut writer) = session.split();
     let request = Request::RunJob {
         order,
-        valid_for_ms: validity().as_millis() as u64,
+        valid_for_ms: validity(halt).as_millis() as u64,
     };
     writer.send(&request).await.map_err(unreachable)?;
-    let keeper = halt.clone();
-    let keep_alive = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(KEEP_ALIVE_EVERY).await;
-            let message = match keeper.is_halted() {
-                true => Request::Cancel,
-                false => Request::KeepAlive {
-                    valid_for_ms: keeper.remaining().unwrap_or(UNBOUNDED_VALIDITY).as_millis()
-                        as u64,
-                },
-            };
-            if writer.send(&message).await.is_err() || message == Request::Cancel {
-                return;
-            }
+    let keep_alive = tokio::spawn(keep_alive(writer, halt.clone()));
+    let outcome = follow(handoff, &mut reader, halt, on_event).await;
+    keep_alive.abort();
+    outcome
+}
+
+/// The events of a batch of progress reports, or the first report that is not one.
+fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
+    reports
+        .into_iter()
+        .map(|report| match report {
+            Response::Progress(event) => Ok(event),
+            other => Err(other),
+        })
+        .collect()
+}
+
+/// Tells the agent at every [`KEEP_ALIVE_EVERY`] how much longer the run may go on, or to
+/// cancel it once `halt` says stop.
+async fn keep_alive(mut writer: SessionWriter, halt: Halt) {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+        let message = match halt.is_halted() {
+            true => Request::Cancel,
+            false => Request::KeepAlive {
+                valid_for_ms: validity(&halt).as_millis() as u64,
+            },
+        };
+        if writer.send(&message).await.is_err() || message == Request::Cancel {
+            return;
         }
-    });
-    let outcome = loop {
+    }
+}
+
+/// How long the agent may run on without hearing from its caller again.
+fn validity(halt: &Halt) -> Duration {
+    halt.remaining().unwrap_or(UNBOUNDED_VALIDITY)
+}
+
+/// Follows a run's progress to its end.
+async fn follow(
+    handoff: &Handoff,
+    reader: &mut SessionReader,
+    halt: &Halt,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> std::result::Result<Summary, EngineError> {
+    let job = handoff.order.job.clone();
+    loop {
         match reader.receive().await {
             Ok(Response::Progress(event)) => on_event(event),
             Ok(Response::Batch(reports)) => match progress_of(reports) {
@@ -108,20 +130,17 @@ pub async fn hand_over(
                     message,
                 });
             }
-            Err(e) => break Err(unreachable(e)),
+            Err(e) => break Err(unreachable(handoff, e)),
         }
-    };
-    keep_alive.abort();
-    outcome
+    }
 }
 
-/// The events of a batch of progress reports, or the first report that is not one.
-fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
-    reports
-        .into_iter()
-        .map(|report| match report {
-            Response::Progress(event) => Ok(event),
-            other => Err(other),
-        })
-        .collect()
+/// The error for a source agent that cannot be reached, or whose session broke.
+fn unreachable(handoff: &Handoff, e: ClientError) -> EngineError {
+    let source = format!("{}:{}", handoff.dial.agent, handoff.order.source);
+    let error = EndpointError::new("reach", source, io::Error::other(e.to_string()));
+    EngineError::Source {
+        job: handoff.order.job.clone(),
+        source: error.meaning(Failure::Unreachable),
+    }
 }

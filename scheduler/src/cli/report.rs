@@ -140,49 +140,51 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
     };
     match out {
         Output::Json => out.one(&status),
-        Output::Table => {
-            println!("SCHEDULERS");
-            out.list(
-                &status.schedulers,
-                &["name", "alive", "host", "started", "heartbeat", "leases"],
-                scheduler_line,
-            );
-            println!();
-            out.list(
-                &status.definitions,
-                &[
-                    "kind",
-                    "name",
-                    "job",
-                    "state",
-                    "holder",
-                    "why",
-                    "next fire",
-                    "last run",
-                    "last error",
-                ],
-                |l| {
-                    let last = l
-                        .last_run
-                        .as_ref()
-                        .map(|r| format!("{} {}", r.state, time(Some(r.started_at))))
-                        .unwrap_or_else(|| "-".into());
-                    vec![
-                        l.row.kind.clone(),
-                        l.row.name.clone(),
-                        l.row.job_name.clone(),
-                        l.row.state.clone(),
-                        or_dash(l.row.holder.as_deref()),
-                        l.placement.clone(),
-                        time(l.next_fire),
-                        last,
-                        or_dash(l.row.last_error.as_deref()),
-                    ]
-                },
-            );
-        }
+        Output::Table => print_status(&status, out),
     }
     Ok(())
+}
+
+fn print_status(status: &Status, out: Output) {
+    println!("SCHEDULERS");
+    out.list(
+        &status.schedulers,
+        &["name", "alive", "host", "started", "heartbeat", "leases"],
+        scheduler_line,
+    );
+    println!();
+    out.list(
+        &status.definitions,
+        &[
+            "kind",
+            "name",
+            "job",
+            "state",
+            "holder",
+            "why",
+            "next fire",
+            "last run",
+            "last error",
+        ],
+        |l| {
+            let last = l
+                .last_run
+                .as_ref()
+                .map(|r| format!("{} {}", r.state, time(Some(r.started_at))))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                l.row.kind.clone(),
+                l.row.name.clone(),
+                l.row.job_name.clone(),
+                l.row.state.clone(),
+                or_dash(l.row.holder.as_deref()),
+                l.placement.clone(),
+                time(l.next_fire),
+                last,
+                or_dash(l.row.last_error.as_deref()),
+            ]
+        },
+    );
 }
 
 pub async fn runs(store: &Store, out: Output, job: Option<&str>, limit: i64) -> anyhow::Result<()> {

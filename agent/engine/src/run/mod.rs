@@ -219,32 +219,7 @@ pub fn run(
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
-    // Replicas are scanned at the same time: a remote one mostly waits on its agent.
-    let scans: Vec<_> = std::thread::scope(|threads| {
-        let running: Vec<_> = replicas
-            .iter()
-            .enumerate()
-            .map(|(i, replica)| {
-                let (scope, create) = (&scope, create_missing(i));
-                threads.spawn(move || {
-                    replica
-                        .prepare(create, halt.fence())
-                        .and_then(|()| replica.scan(scope, &spec.filter))
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|scan| scan.join().expect("a scan panicked"))
-            .collect()
-    });
-    let mut trees = Vec::with_capacity(replicas.len());
-    for (i, scanned) in scans.into_iter().enumerate() {
-        trees.push(scanned.map_err(|source| match i {
-            0 => EngineError::Source { job: job(), source },
-            _ => EngineError::Destination { job: job(), source },
-        })?);
-    }
+    let mut trees = scan_replicas(spec, &replicas, &scope, halt, create_missing)?;
     if let Some(versions) = &spec.guards.versions {
         for tree in &mut trees {
             tree.retain(|path, _| !path.starts_with(versions));
@@ -266,38 +241,10 @@ pub fn run(
         job: &spec.name,
     };
     match spec.rule {
-        Rule::Mirror | Rule::Copy => {
-            let plans: Vec<Vec<Action>> = (1..trees.len())
-                .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
-                .collect();
-            for actions in &plans {
-                guard_deletes(spec, &replicas, actions)?;
-            }
-            let stamp = utc_stamp(now_secs());
-            for actions in plans {
-                let actions = exec.find_moves(actions);
-                let actions = match &spec.guards.versions {
-                    Some(folder) if spec.rule == Rule::Mirror => {
-                        keep_versions(actions, &folder.join(&stamp))
-                    }
-                    _ => actions,
-                };
-                exec.execute(actions)?;
-            }
-        }
+        Rule::Mirror | Rule::Copy => one_way(spec, &mut exec, &trees)?,
         Rule::Sync => {
             let scoped = base::within(&base, &scope);
-            let hashes = exec.hashes_to_compare(&trees, &scoped);
-            let SyncPlan { actions, agreed } = plan_sync(&trees, &scoped, |a, b, path| {
-                let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
-                hash(a).is_some_and(|x| hash(b) == Some(x))
-            });
-            guard_deletes(spec, &replicas, &actions)?;
-            exec.execute(actions)?;
-            // A run that outlived its lease must not write the base either: a stale base
-            // would bring deleted files back.
-            exec.stop_if_halted()?;
-            let agreed = unless_failed(agreed, &exec.failed, &scoped);
+            let agreed = sync(spec, &mut exec, &trees, &scoped)?;
             base::merge(&mut base, &scope, agreed);
             base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
         }
@@ -313,6 +260,87 @@ pub fn run(
     let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     exec.summary.bytes_sent += wire_after - wire_before;
     Ok(exec.summary)
+}
+
+/// Prepares and scans every replica at the same time (a remote one mostly waits on its
+/// agent); the source's failure or a destination's fails the run.
+fn scan_replicas(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    scope: &Scope,
+    halt: &Halt,
+    create_missing: impl Fn(usize) -> bool,
+) -> Result<Vec<Tree>, EngineError> {
+    let scans: Vec<_> = std::thread::scope(|threads| {
+        let running: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, replica)| {
+                let create = create_missing(i);
+                threads.spawn(move || {
+                    replica
+                        .prepare(create, halt.fence())
+                        .and_then(|()| replica.scan(scope, &spec.filter))
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|scan| scan.join().expect("a scan panicked"))
+            .collect()
+    });
+    let job = || spec.name.clone();
+    (scans.into_iter().enumerate())
+        .map(|(i, scanned)| {
+            scanned.map_err(|source| match i {
+                0 => EngineError::Source { job: job(), source },
+                _ => EngineError::Destination { job: job(), source },
+            })
+        })
+        .collect()
+}
+
+/// Mirror and copy: each destination is planned against the source, then brought in line.
+fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
+    let plans: Vec<Vec<Action>> = (1..trees.len())
+        .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
+        .collect();
+    for actions in &plans {
+        guard_deletes(spec, exec.replicas, actions)?;
+    }
+    let stamp = utc_stamp(now_secs());
+    for actions in plans {
+        let actions = exec.find_moves(actions);
+        let actions = match &spec.guards.versions {
+            Some(folder) if spec.rule == Rule::Mirror => {
+                keep_versions(actions, &folder.join(&stamp))
+            }
+            _ => actions,
+        };
+        exec.execute(actions)?;
+    }
+    Ok(())
+}
+
+/// The sync rule over `base` (the last agreed tree, within the run's scope): every replica
+/// is planned against every other; returns the tree they now agree on.
+fn sync(
+    spec: &JobSpec,
+    exec: &mut Executor,
+    trees: &[Tree],
+    base: &Tree,
+) -> Result<Tree, EngineError> {
+    let hashes = exec.hashes_to_compare(trees, base);
+    let SyncPlan { actions, agreed } = plan_sync(trees, base, |a, b, path| {
+        let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
+        hash(a).is_some_and(|x| hash(b) == Some(x))
+    });
+    guard_deletes(spec, exec.replicas, &actions)?;
+    exec.execute(actions)?;
+    // A run that outlived its lease must not write the base either: a stale base would bring
+    // deleted files back.
+    exec.stop_if_halted()?;
+    Ok(unless_failed(agreed, &exec.failed, base))
 }
 
 /// Fails before anything is deleted when the plan deletes more files at one replica than the

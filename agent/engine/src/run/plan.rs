@@ -195,113 +195,136 @@ pub(super) fn plan_sync(
         .collect();
     for path in paths {
         let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
-        let was = base.get(path);
-        let changed: Vec<usize> = (0..states.len())
-            .filter(|&i| !same(states[i], was))
-            .collect();
-        let Some(&first) = changed.first() else {
-            if let Some(entry) = was {
-                plan.agreed.insert(path.clone(), entry.clone());
-            }
-            continue;
-        };
-        let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
-            (Some(x), Some(y))
-                if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size =>
-            {
-                x.mtime == y.mtime || same_content(a, b, path)
-            }
-            (x, y) => same(x, y),
-        };
-        let winner = changed
-            .iter()
-            .copied()
-            .filter(|&i| states[i].is_some())
-            .max_by_key(|&i| states[i].map(|e| e.mtime))
-            .unwrap_or(first);
-        let losers: Vec<usize> = changed
-            .iter()
-            .copied()
-            .filter(|&i| !equivalent(i, winner))
-            .collect();
-        let target = states[winner];
-        if losers
-            .iter()
-            .any(|&i| states[i].is_some_and(|e| e.is_dir() != target.is_some_and(Entry::is_dir)))
-        {
-            plan.actions.push(Action {
-                replica: winner,
-                path: path.clone(),
-                op: Op::Refuse {
-                    reason: "is a folder on one side and a file on another; rename one of them"
-                        .into(),
-                },
-            });
-            if let Some(entry) = was {
-                plan.agreed.insert(path.clone(), entry.clone());
-            }
-            continue;
-        }
-        for (r, state) in states.iter().enumerate() {
-            let Some(target) = target else {
-                if let Some(entry) = state {
-                    plan.actions.push(Action {
-                        replica: r,
-                        path: path.clone(),
-                        op: Op::Remove {
-                            entry: (*entry).clone(),
-                        },
-                    });
-                }
-                continue;
-            };
-            if r == winner {
-                continue;
-            }
-            if losers.contains(&r) && state.is_some() {
-                keep_aside(&mut plan, trees.len(), r, path, state.unwrap());
-            } else if state.is_some_and(|s| {
-                // A replica that did not change since the last run just holds the old
-                // version: the new one goes as a delta, as rsync would send it, rather than
-                // after reading both files whole to compare them.
-                changed.contains(&r)
-                    && equivalent(r, winner)
-                    && s.mtime != target.mtime
-                    && !s.is_dir()
-            }) {
-                plan.actions.push(Action {
-                    replica: r,
-                    path: path.clone(),
-                    op: Op::SetMtime {
-                        mtime: target.mtime,
-                    },
-                });
-                continue;
-            } else if state.is_some_and(|s| same(Some(s), Some(target))) {
-                continue;
-            }
-            if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir()) {
-                plan.actions.push(Action {
-                    replica: r,
-                    path: path.clone(),
-                    op: Op::Remove { entry: s.clone() },
-                });
-            }
-            plan.actions.push(Action {
-                replica: r,
-                path: path.clone(),
-                op: Op::Copy {
-                    from: winner,
-                    entry: target.clone(),
-                    replaces: state.is_some_and(|s| s.kind == Kind::File) && !losers.contains(&r),
-                },
-            });
-        }
-        if let Some(target) = target {
-            plan.agreed.insert(path.clone(), target.clone());
-        }
+        plan_path(&mut plan, path, &states, base.get(path), &mut same_content);
     }
     plan
+}
+
+/// Plans one path of a sync from what each replica holds there (`states`) and what they
+/// agreed on last time (`was`): the newest change wins; a different change elsewhere is a
+/// conflict, kept aside as a conflict copy.
+fn plan_path(
+    plan: &mut SyncPlan,
+    path: &PathBuf,
+    states: &[Option<&Entry>],
+    was: Option<&Entry>,
+    same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
+) {
+    let changed: Vec<usize> = (0..states.len())
+        .filter(|&i| !same(states[i], was))
+        .collect();
+    let Some(&first) = changed.first() else {
+        if let Some(entry) = was {
+            plan.agreed.insert(path.clone(), entry.clone());
+        }
+        return;
+    };
+    let winner = (changed.iter().copied())
+        .filter(|&i| states[i].is_some())
+        .max_by_key(|&i| states[i].map(|e| e.mtime))
+        .unwrap_or(first);
+    let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
+        (Some(x), Some(y)) if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size => {
+            x.mtime == y.mtime || same_content(a, b, path)
+        }
+        (x, y) => same(x, y),
+    };
+    // Whether each replica changed to what the winner holds; the others that changed lose.
+    let like_winner: Vec<bool> = (0..states.len())
+        .map(|r| changed.contains(&r) && equivalent(r, winner))
+        .collect();
+    let losers: Vec<usize> = (changed.iter().copied())
+        .filter(|&i| !like_winner[i])
+        .collect();
+    let Some(target) = states[winner] else {
+        // Deleted where it won: removed everywhere.
+        for (r, entry) in states.iter().enumerate() {
+            if let Some(entry) = entry {
+                let op = Op::Remove {
+                    entry: (*entry).clone(),
+                };
+                plan.actions.push(action(r, path, op));
+            }
+        }
+        return;
+    };
+    if (losers.iter()).any(|&i| states[i].is_some_and(|e| e.is_dir() != target.is_dir())) {
+        let reason = "is a folder on one side and a file on another; rename one of them";
+        let op = Op::Refuse {
+            reason: reason.into(),
+        };
+        plan.actions.push(action(winner, path, op));
+        if let Some(entry) = was {
+            plan.agreed.insert(path.clone(), entry.clone());
+        }
+        return;
+    }
+    let winning = Winning {
+        path,
+        replicas: states.len(),
+        winner,
+        target,
+    };
+    for (r, state) in states.iter().enumerate().filter(|(r, _)| *r != winner) {
+        winning.bring(plan, r, *state, like_winner[r], losers.contains(&r));
+    }
+    plan.agreed.insert(path.clone(), target.clone());
+}
+
+fn action(replica: usize, path: &Path, op: Op) -> Action {
+    Action {
+        replica,
+        path: path.to_path_buf(),
+        op,
+    }
+}
+
+/// The version of a path that won a sync, to bring every other replica to.
+struct Winning<'a> {
+    path: &'a PathBuf,
+    replicas: usize,
+    winner: usize,
+    target: &'a Entry,
+}
+
+impl Winning<'_> {
+    /// Plans replica `r`, which holds `state`, to hold the winning version; a `loser`'s own
+    /// version is kept aside first.
+    fn bring(
+        &self,
+        plan: &mut SyncPlan,
+        r: usize,
+        state: Option<&Entry>,
+        like_winner: bool,
+        loser: bool,
+    ) {
+        let (path, target) = (self.path, self.target);
+        if let Some(losing) = state.filter(|_| loser) {
+            keep_aside(plan, self.replicas, r, path, losing);
+        } else if state.is_some_and(|s| like_winner && s.mtime != target.mtime && !s.is_dir()) {
+            // Changed to the same content under another time: only the time changes. A
+            // replica that did not change since the last run just holds the old version: the
+            // new one goes to it as a delta, as rsync would send it, rather than after reading
+            // both files whole to compare them.
+            let op = Op::SetMtime {
+                mtime: target.mtime,
+            };
+            plan.actions.push(action(r, path, op));
+            return;
+        } else if state.is_some_and(|s| same(Some(s), Some(target))) {
+            return;
+        }
+        if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir()) {
+            let op = Op::Remove { entry: s.clone() };
+            plan.actions.push(action(r, path, op));
+        }
+        let op = Op::Copy {
+            from: self.winner,
+            entry: target.clone(),
+            replaces: state.is_some_and(|s| s.kind == Kind::File) && !loser,
+        };
+        plan.actions.push(action(r, path, op));
+    }
 }
 
 /// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
