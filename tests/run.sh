@@ -42,5 +42,17 @@ if { ! command -v ip >/dev/null || ! command -v tc >/dev/null; } && command -v a
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
 
+# The crates' one-way dependencies (docs/ARCHITECTURE.md): the engine knows nothing of networks,
+# databases or async runtimes, and the scheduler does not build the agent service.
+engine_deps=$(cargo tree --locked -p ferry-engine -e normal --prefix none)
+if grep -E '^(tokio|tokio-rustls|rustls|sqlx|socket2|mio|hyper|ferry-wire) ' <<<"$engine_deps"; then
+    echo "tests/run.sh: ferry-engine must not depend on the crates above" >&2
+    exit 1
+fi
+if cargo tree --locked -p ferry-scheduler -e normal --prefix none | grep -E '^ferry-agent '; then
+    echo "tests/run.sh: the scheduler must not depend on the agent service (ferry-agent)" >&2
+    exit 1
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

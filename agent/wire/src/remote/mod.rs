@@ -26,6 +26,8 @@ use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
 mod pipeline;
 mod sink;
+#[cfg(test)]
+mod tests;
 
 use pipeline::{Link, Owed};
 use sink::RemoteSink;
