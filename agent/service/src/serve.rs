@@ -106,13 +106,16 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     transport::keep_alive(&stream);
     let link = LinkMeter::new(&stream);
-    let tls = match acceptor.accept(stream).await {
+    let mut tls = match acceptor.accept(transport::socket(stream)).await {
         Ok(tls) => tls,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refused connection: TLS handshake failed");
             return;
         }
     };
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(transport::TLS_SEND_BUFFER));
     let handle = tokio::runtime::Handle::current();
     let stream = transport::buffered(tls);
     let served = tokio::task::spawn_blocking(move || {

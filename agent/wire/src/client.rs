@@ -121,13 +121,16 @@ impl Session {
         let link = LinkMeter::new(&tcp);
         let name = ServerName::try_from(agent.clone())
             .map_err(|e| connect_error(std::io::Error::other(e)))?;
-        let tls = TlsConnector::from(dial.tls.clone())
-            .connect(name, tcp)
+        let mut tls = TlsConnector::from(dial.tls.clone())
+            .connect(name, transport::socket(tcp))
             .await
             .map_err(|source| ClientError::Tls {
                 agent: agent.clone(),
                 source,
             })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(transport::TLS_SEND_BUFFER));
         let mut session = Self::start(tls, &dial.client, fence, agent, wire).await?;
         session.link = Some(link);
         Ok(session)

@@ -200,11 +200,11 @@ pub fn encode<T: Framed>(message: &T, data: Data) -> Result<Vec<u8>, FrameError>
 /// The message's header and payload, apart.
 fn split<T: Framed>(message: &T) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
     let header = rmp_serde::to_vec_named(message)?;
-    let payload = message
-        .attachments()
-        .iter()
-        .flat_map(|attached| attached.bytes.iter().copied())
-        .collect();
+    let attachments = message.attachments();
+    let mut payload = Vec::with_capacity(attachments.iter().map(|a| a.len()).sum());
+    for attached in attachments {
+        payload.extend_from_slice(&attached.bytes);
+    }
     Ok((header, payload))
 }
 

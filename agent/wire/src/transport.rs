@@ -4,14 +4,22 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufStream};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufStream};
 use tokio::net::TcpStream;
 
 /// Frames gathered before they go to TLS: many small frames then leave as a few full records
 /// and packets. The caller flushes before it waits for the peer.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Encrypted bytes TLS may hold for the socket: a whole write buffer, so that it leaves in one
+/// system call, as a burst. (rustls's default, 64 KiB, spreads it over four: more calls, and
+/// data in flight more of the time, which [`crate::link`] would read as a busy link.)
+pub const TLS_SEND_BUFFER: usize = WRITE_BUFFER;
 /// Bytes read ahead: a batch of small requests is taken in a few reads.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// Bytes read from the socket at once, below TLS: rustls asks for 4 KiB at a time, which on a
+/// busy connection would cost several system calls per 16 KiB record.
+const SOCKET_READ_AHEAD: usize = 256 * 1024;
 
 /// Anything a session can run over.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -24,6 +32,11 @@ pub type Connection = BufStream<Box<dyn Stream>>;
 
 pub fn buffered(stream: impl Stream + 'static) -> Connection {
     BufStream::with_capacity(READ_BUFFER, WRITE_BUFFER, Box::new(stream))
+}
+
+/// A connected socket with reads buffered, for TLS to run over.
+pub fn socket(tcp: TcpStream) -> BufReader<TcpStream> {
+    BufReader::with_capacity(SOCKET_READ_AHEAD, tcp)
 }
 
 /// Turns on TCP keep-alive probes: a session that waits quietly (a watch on a folder nobody

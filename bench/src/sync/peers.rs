@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// `FERRY_BENCH_AGENT_LOG=FILTER` logs the agents at that level (`FERRY_LOG`'s syntax) into
+/// `ferry-bench-NAME.log` in the temporary folder, kept after the run, to see what they decided.
+const AGENT_LOG: &str = "FERRY_BENCH_AGENT_LOG";
+
+fn agent_log(env: &Env, name: &str) -> Result<fs::File> {
+    let path = match std::env::var_os(AGENT_LOG) {
+        Some(_) => std::env::temp_dir().join(format!("ferry-bench-{name}.log")),
+        None => env.path(&format!("{name}.log")),
+    };
+    let log = fs::OpenOptions::new().create(true).append(true).open(&path);
+    log.with_context(|| format!("{}", path.display()))
+}
+
 /// A `ferry-agent run` process, stopped when dropped.
 pub(crate) struct Agent {
     pub(crate) child: Child,
@@ -17,9 +30,12 @@ impl Agent {
             .arg(root)
             .arg("--tls-dir")
             .arg(tls)
-            .env("FERRY_LOG", "warn")
+            .env(
+                "FERRY_LOG",
+                std::env::var(AGENT_LOG).unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
-            .stderr(fs::File::create(env.path(&format!("{name}.log")))?)
+            .stderr(agent_log(env, name)?)
             .spawn()?;
         wait_listening(&address)?;
         Ok(Self { child, address })

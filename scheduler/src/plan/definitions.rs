@@ -20,8 +20,25 @@ use super::cron::CronSpec;
 use super::firing::Misfire;
 use crate::store::{JobRow, MonitorRow, ScheduleRow};
 
-/// A problem with a definition, phrased for the user: it names the thing and what to do.
-pub type Problem = String;
+/// What is wrong with a schedule or a monitor, phrased for the user (it names the thing and
+/// what to do): written to the row's `last_error`, and the row waits until it is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("cron: {0}")]
+    Cron(String),
+    #[error("misfire: {0}")]
+    Misfire(String),
+    #[error("job {0:?} does not exist")]
+    MissingJob(String),
+    #[error(transparent)]
+    Job(#[from] JobProblem),
+    /// A folder a monitor watches cannot be watched.
+    #[error("job {job}: {message}")]
+    Watch { job: String, message: String },
+}
+
+/// A problem with one field of a definition, phrased for the user.
+type Message = String;
 
 /// The part of a job row a problem is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +176,7 @@ pub fn check_job(job: &JobRow) -> Result<CheckedJob, JobProblem> {
     })
 }
 
-fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Problem> {
+fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Message> {
     let max_deletes = match job.max_deletes {
         Some(n) => Some(
             u64::try_from(n).map_err(|_| format!("max_deletes {n} is negative; use 0 or more"))?,
@@ -269,9 +286,9 @@ fn handoff(
 
 /// The folders a monitor watches: the source, plus every destination for the sync rule (its
 /// changes flow every way). A folder on an agent is watched by that agent.
-pub fn watch_roots(job: &JobRow, remotes: &Remotes) -> Result<Vec<WatchRoot>, Problem> {
+pub fn watch_roots(job: &JobRow, remotes: &Remotes) -> Result<Vec<WatchRoot>, Message> {
     let mut places = vec![place(&job.source)?];
-    if job.rule == "sync" {
+    if job.rule.parse() == Ok(Rule::Sync) {
         for dest in &job.destinations {
             places.push(place(dest)?);
         }
@@ -289,7 +306,7 @@ pub fn watch_roots(job: &JobRow, remotes: &Remotes) -> Result<Vec<WatchRoot>, Pr
 }
 
 /// Parses a job path: `/abs/path` on this machine, or `agent:/abs/path` on an agent.
-pub fn place(path: &str) -> Result<Place, Problem> {
+pub fn place(path: &str) -> Result<Place, Message> {
     let (agent, local) = match path
         .split_once(':')
         .filter(|(agent, _)| !agent.contains('/'))
@@ -329,13 +346,13 @@ pub fn schedule(
     job: Option<&JobRow>,
     remotes: &Remotes,
 ) -> Result<ValidSchedule, Problem> {
-    let cron = CronSpec::parse(&row.cron, &row.timezone).map_err(|e| format!("cron: {e}"))?;
-    let misfire = row.misfire.parse().map_err(|e| format!("misfire: {e}"))?;
-    let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
+    let cron = CronSpec::parse(&row.cron, &row.timezone).map_err(Problem::Cron)?;
+    let misfire = row.misfire.parse().map_err(Problem::Misfire)?;
+    let job = job.ok_or_else(|| Problem::MissingJob(row.job_name.clone()))?;
     Ok(ValidSchedule {
         cron,
         misfire,
-        execution: job_spec(job, remotes).map_err(|e| e.to_string())?,
+        execution: job_spec(job, remotes)?,
     })
 }
 
@@ -352,9 +369,12 @@ pub fn monitor(
     job: Option<&JobRow>,
     remotes: &Remotes,
 ) -> Result<ValidMonitor, Problem> {
-    let job = job.ok_or_else(|| format!("job {:?} does not exist", row.job_name))?;
-    let execution = job_spec(job, remotes).map_err(|e| e.to_string())?;
-    let roots = watch_roots(job, remotes).map_err(|e| format!("job {}: {e}", job.name))?;
+    let job = job.ok_or_else(|| Problem::MissingJob(row.job_name.clone()))?;
+    let execution = job_spec(job, remotes)?;
+    let roots = watch_roots(job, remotes).map_err(|message| Problem::Watch {
+        job: job.name.clone(),
+        message,
+    })?;
     Ok(ValidMonitor {
         job: job.clone(),
         execution,

@@ -51,7 +51,7 @@ impl Service {
         let key = (ResourceKind::Monitor, row.name.clone());
         let job = defs.jobs.get(&row.job_name);
         let valid = self.compiled.monitor(row, job, &defs.remotes).clone();
-        let invalid = valid.as_ref().err().cloned();
+        let invalid = valid.as_ref().err().map(ToString::to_string);
         let placement = self.place(&key, row.held, invalid.as_deref(), placements);
         self.report_problem(&key, &row.last_error, invalid).await?;
         match (placement, valid) {

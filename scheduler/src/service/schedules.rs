@@ -63,7 +63,7 @@ impl Service {
         let key = (ResourceKind::Schedule, row.name.clone());
         let job = defs.jobs.get(&row.job_name);
         let valid = self.compiled.schedule(row, job, &defs.remotes).clone();
-        let invalid = valid.as_ref().err().cloned();
+        let invalid = valid.as_ref().err().map(ToString::to_string);
         self.report_problem(&key, &row.last_error, invalid.clone())
             .await?;
         let placement = self.place(&key, row.held, invalid.as_deref(), placements);

@@ -141,6 +141,14 @@ async fn raw_session(agent: &TestAgent) -> (DuplexStream, JoinHandle<Result<(), 
     (near, served)
 }
 
+/// The reason of the `Refused` the agent answers.
+async fn refusal(near: &mut DuplexStream) -> String {
+    match frame::read(near).await.unwrap() {
+        Response::Refused { reason } => reason,
+        other => panic!("{other:?} instead of Refused"),
+    }
+}
+
 async fn outcome(served: JoinHandle<Result<(), FrameError>>) -> Result<(), FrameError> {
     tokio::time::timeout(Duration::from_secs(10), served)
         .await
@@ -174,10 +182,7 @@ async fn a_request_before_hello_is_refused_with_the_reason() {
     frame::write(&mut near, &Request::Ping { nonce: 1 })
         .await
         .unwrap();
-    let answer: Response = frame::read(&mut near).await.unwrap();
-    let Response::Refused { reason } = answer else {
-        panic!("{answer:?}");
-    };
+    let reason = refusal(&mut near).await;
     assert!(reason.contains("expected Hello first"), "{reason}");
     outcome(served).await.unwrap();
 }
@@ -192,10 +197,7 @@ async fn another_protocol_version_is_refused_by_number() {
         fence: None,
     };
     frame::write(&mut near, &hello).await.unwrap();
-    let answer: Response = frame::read(&mut near).await.unwrap();
-    let Response::Refused { reason } = answer else {
-        panic!("{answer:?}");
-    };
+    let reason = refusal(&mut near).await;
     assert!(
         reason.contains(&format!("speaks {PROTOCOL_VERSION}")),
         "{reason}"
