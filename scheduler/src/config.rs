@@ -15,15 +15,15 @@ pub struct ServiceConfig {
     /// this long. Default 3s; raise it on a database far away.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// How often the scheduler heartbeats and renews its leases. Keep it at a third of
-    /// `lease_ttl` or less. Default 1s.
+    /// How often the scheduler heartbeats and renews its leases. At most half of `lease_ttl`
+    /// (checked); a third or less leaves room for one renewal that comes late. Default 1s.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// How often definitions are re-read (SQLite; PostgreSQL also wakes on NOTIFY). Default 1s.
     #[serde(with = "humantime_serde")]
     pub poll: Duration,
-    /// How long a restarted scheduler must stay alive before work returns to it. Default two
-    /// heartbeats.
+    /// How long a restarted scheduler must stay alive before work returns to it. Default 2s;
+    /// set in the config file only (there is no flag).
     #[serde(with = "humantime_serde")]
     pub settle: Duration,
     /// How long finished runs (and their events) are kept; older ones are deleted about once
