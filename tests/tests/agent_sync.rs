@@ -932,7 +932,8 @@ fn a_monitor_on_agents_replicates_each_change_every_way_and_rewatches_a_restarte
             &dst.join("before.txt"),
             "there before the monitor"
         )),
-        "the first full sync did not reach nas2"
+        "the first full sync did not reach nas2: {:#}",
+        site.runs("live")
     );
 
     fs::create_dir_all(src.join("a")).unwrap();

@@ -8,6 +8,7 @@
 //! implements [`endpoint::Endpoint`] for it. Every call here blocks its thread.
 
 pub mod base;
+pub mod beneath;
 pub mod delta;
 pub mod endpoint;
 pub mod fence;

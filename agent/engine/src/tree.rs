@@ -97,6 +97,37 @@ pub fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
     }
 }
 
+/// Checks that every entry lies in a folder of the same tree: a scan listing `a` as a file or a
+/// symlink and `a/x` under it would have a writer follow `a` (rsync's CVE-2024-12087), so it
+/// is refused whoever made it. A scan of the whole tree must list every folder above an entry;
+/// a scan of some paths (`whole: false`) need not list them.
+pub fn check_parents(tree: &Tree, whole: bool) -> Result<(), String> {
+    for path in tree.keys() {
+        let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        match tree.get(parent) {
+            Some(entry) if entry.is_dir() => {}
+            None if !whole => {}
+            Some(_) => {
+                return Err(format!(
+                    "the scan lists {} under {}, which is not a folder",
+                    path.display(),
+                    parent.display()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "the scan lists {} without the folder {} it is in",
+                    path.display(),
+                    parent.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` is made of plain names only (no `..`, no root, not empty): the only kind of
 /// path a peer may name inside a folder.
 pub fn is_plain(path: &Path) -> bool {

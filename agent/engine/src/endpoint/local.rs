@@ -1,49 +1,100 @@
-//! A replica on this machine: a folder, read and written through the file system.
+//! A replica on this machine: a folder, read and written through the file system, every path
+//! resolved beneath the folder's open handle and never through a symlink ([`Root`]).
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, BufWriter};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
-use std::sync::LazyLock;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use filetime::FileTime;
+use rustix::fs::FileType;
 
 use super::{Endpoint, EndpointError, Failure, FileSink, Result, Scope};
+use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
 
 /// A folder on this machine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalEndpoint {
-    root: PathBuf,
-    /// Serving paths a peer names: each must stay inside the root (see [`confine`]).
-    confined: bool,
+    /// Where the replica is, as users name it.
+    path: PathBuf,
+    /// The folder it lies in and must stay beneath: trusted configuration (an agent's root,
+    /// a folder a scheduler may use) or the replica itself. It is opened as given; the rest of
+    /// `path` is resolved beneath it without following a symlink.
+    anchor: PathBuf,
+    /// The replica's folder, opened by [`Endpoint::prepare`] (or on first use) and held: a
+    /// folder swapped for a symlink meanwhile cannot move the replica.
+    root: RwLock<Option<Arc<Root>>>,
+}
+
+impl Clone for LocalEndpoint {
+    fn clone(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            anchor: self.anchor.clone(),
+            root: RwLock::new(self.held()),
+        }
+    }
 }
 
 impl LocalEndpoint {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// The folder `path`, as given (an administrator named it).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
         Self {
-            root: root.into(),
-            confined: false,
+            anchor: path.clone(),
+            path,
+            root: RwLock::default(),
         }
     }
 
-    /// A folder whose paths come from the network: each is checked to stay inside `root`.
-    pub fn confined(root: impl Into<PathBuf>) -> Self {
+    /// The folder `path` inside `anchor`: no symlink between them is followed. `path` must
+    /// start with `anchor`.
+    pub fn beneath(anchor: impl Into<PathBuf>, path: impl Into<PathBuf>) -> Self {
+        let (anchor, path) = (anchor.into(), path.into());
+        debug_assert!(path.starts_with(&anchor), "{path:?} is not in {anchor:?}");
         Self {
-            root: root.into(),
-            confined: true,
+            anchor,
+            path,
+            root: RwLock::default(),
+        }
+    }
+
+    fn held(&self) -> Option<Arc<Root>> {
+        self.root.read().expect("root lock").clone()
+    }
+
+    fn open(&self, create: bool) -> io::Result<Arc<Root>> {
+        let below = self
+            .path
+            .strip_prefix(&self.anchor)
+            .unwrap_or(Path::new(""));
+        let root = Arc::new(Root::open(&self.anchor, below, create)?);
+        *self.root.write().expect("root lock") = Some(root.clone());
+        Ok(root)
+    }
+
+    /// The replica's open folder.
+    fn root(&self) -> Result<Arc<Root>> {
+        match self.held() {
+            Some(root) => Ok(root),
+            None => self
+                .open(false)
+                .map_err(self.err("open folder", Path::new(""))),
         }
     }
 
     fn full(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
-            self.root.clone()
+            self.path.clone()
         } else {
-            self.root.join(rel)
+            self.path.join(rel)
         }
     }
 
@@ -53,22 +104,12 @@ impl LocalEndpoint {
         op: &'static str,
         rel: &'a Path,
     ) -> impl FnOnce(io::Error) -> EndpointError + 'a {
-        move |source| EndpointError::new(op, self.full(rel).display().to_string(), source)
+        move |source| endpoint_error(op, self.full(rel), source)
     }
 
-    /// The full path of `rel`, once it is known to stay inside the root.
-    fn checked(&self, rel: &Path) -> Result<PathBuf> {
-        if self.confined {
-            confine(&self.root, rel)
-                .map_err(|e| self.err("reach", rel)(e).meaning(Failure::Outside))?;
-        }
-        Ok(self.full(rel))
-    }
-
-    fn walk(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
-        let dir = self.full(rel);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
+    fn walk(&self, root: &Root, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
+        let folder = match root.folder(rel) {
+            Ok(folder) => folder,
             // A folder deleted while we walked: the next scan sees the truth. The root itself
             // vanishing is an error, never an empty tree.
             Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
@@ -76,35 +117,34 @@ impl LocalEndpoint {
             }
             Err(e) => return Err(self.err("read folder", rel)(e)),
         };
-        for dirent in entries {
-            let dirent = dirent.map_err(self.err("read folder", rel))?;
-            let child = rel.join(dirent.file_name());
-            if is_orphan_temp(&child) {
-                let _ = fs::remove_file(self.full(&child));
+        for name in folder.names().map_err(self.err("read folder", rel))? {
+            let child = rel.join(&name);
+            if is_orphan_temp(&name) {
+                let _ = folder.remove_file(&name);
                 continue;
             }
-            self.visit_found(&child, filter, tree)?;
+            let found = folder.stat(&name).map_err(self.err("read", &child))?;
+            let Some(entry) = self.entry(found, &child, || folder.read_link(&name))? else {
+                continue;
+            };
+            self.add(root, &child, entry, filter, tree)?;
         }
         Ok(())
     }
 
-    /// Adds `rel`, a path a peer or a watcher named, (and, for a folder, its contents) to
-    /// `tree` if the filter admits it.
-    fn visit(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
-        self.checked(rel)?;
-        self.visit_found(rel, filter, tree)
-    }
-
-    /// [`Self::visit`] for a path known to stay inside: the walk found it, and never enters a
-    /// symlink.
-    fn visit_found(&self, rel: &Path, filter: &Filter, tree: &mut Tree) -> Result<()> {
-        let Some(entry) = self.lstat(rel)? else {
-            return Ok(());
-        };
+    /// Adds `rel` (and, for a folder, its contents) to `tree` if the filter admits it.
+    fn add(
+        &self,
+        root: &Root,
+        rel: &Path,
+        entry: Entry,
+        filter: &Filter,
+        tree: &mut Tree,
+    ) -> Result<()> {
         if entry.is_dir() {
             if filter.admits_dir(rel) {
                 tree.insert(rel.to_path_buf(), entry);
-                self.walk(rel, filter, tree)?;
+                self.walk(root, rel, filter, tree)?;
             }
         } else if filter.admits_file(rel) {
             tree.insert(rel.to_path_buf(), entry);
@@ -112,40 +152,58 @@ impl LocalEndpoint {
         Ok(())
     }
 
-    /// The entry at `rel`, not followed if it is a symlink; unchecked.
-    fn lstat(&self, rel: &Path) -> Result<Option<Entry>> {
-        entry_at(&self.full(rel)).map_err(self.err("read", rel))
-    }
-
-    /// Opens the file at `rel` for reading, never through a symlink.
-    fn open_file(&self, rel: &Path) -> Result<Option<File>> {
-        let opened = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.checked(rel)?);
-        match opened {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err("open", rel)(e)),
+    /// The entry for what a scan found at `rel`; `None` for nothing, or for a special file
+    /// (a FIFO, a socket, a device), which is never opened and so never synced.
+    fn entry(
+        &self,
+        found: Option<Found>,
+        rel: &Path,
+        read_link: impl FnOnce() -> io::Result<PathBuf>,
+    ) -> Result<Option<Entry>> {
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        match entry_from(found, read_link).map_err(self.err("read", rel))? {
+            Ok(entry) => Ok(Some(entry)),
+            Err(special) => {
+                tracing::warn!(
+                    path = %self.full(rel).display(),
+                    "skipped {}: ferry syncs files, folders and symlinks only",
+                    beneath::describe(special)
+                );
+                Ok(None)
+            }
         }
     }
 
-    /// Makes a fresh temporary entry beside `rel` with `create`. Missing parent folders are
-    /// made only when the first try finds them missing: usually they exist, and a file server
-    /// receiving many small files should not ask again for each.
+    /// The entry at `rel`, not followed if it is a symlink.
+    fn lstat(&self, root: &Root, rel: &Path) -> Result<Option<Entry>> {
+        let found = root.stat(rel).map_err(self.err("read", rel))?;
+        self.entry(found, rel, || root.read_link(rel))
+    }
+
+    /// Opens the regular file at `rel` for reading, never through a symlink.
+    fn open_file(&self, rel: &Path) -> Result<Option<File>> {
+        self.root()?.open_file(rel).map_err(self.err("open", rel))
+    }
+
+    /// Makes a fresh temporary entry beside `rel` with `create`; returns its path. Missing
+    /// parent folders are made only when the first try finds them missing: usually they
+    /// exist, and a file server receiving many small files should not ask again for each.
     fn create_beside<T>(
         &self,
+        root: &Root,
         rel: &Path,
         create: impl Fn(&Path) -> io::Result<T>,
     ) -> Result<(PathBuf, T)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        self.checked(rel)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = self.full(&parent.join(format!("{TEMP_PREFIX}{}.{n}", *PID)));
+        let temp = parent.join(format!("{TEMP_PREFIX}{}.{n}", *PID));
         let created = match create(&temp) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(self.full(parent)).map_err(self.err("create folder", parent))?;
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !parent.as_os_str().is_empty() => {
+                root.make_dirs(parent, 0o777)
+                    .map_err(self.err("create folder", parent))?;
                 create(&temp)
             }
             created => created,
@@ -155,11 +213,17 @@ impl LocalEndpoint {
             .map_err(self.err("write", rel))
     }
 
-    /// Renames a finished temporary file over `rel`, or removes it if anything failed.
-    fn commit_temp(&self, temp: &Path, rel: &Path, written: io::Result<()>) -> Result<()> {
-        let renamed = written.and_then(|()| fs::rename(temp, self.full(rel)));
+    /// Renames a finished temporary entry over `rel`, or removes it if anything failed.
+    fn commit_temp(
+        &self,
+        root: &Root,
+        temp: &Path,
+        rel: &Path,
+        written: io::Result<()>,
+    ) -> Result<()> {
+        let renamed = written.and_then(|()| root.rename(temp, rel));
         if renamed.is_err() {
-            let _ = fs::remove_file(temp);
+            let _ = root.remove_file(temp);
         }
         renamed.map_err(self.err("write", rel))
     }
@@ -172,19 +236,16 @@ impl LocalEndpoint {
         block_size: Option<u32>,
         expected: Option<&Expected>,
     ) -> Result<LocalSink<'_>> {
+        let root = self.root()?;
         let old = match block_size {
             Some(_) => self.open_file(rel)?,
             None => None,
         };
-        let mode = entry.mode & 0o7777;
-        let create = |temp: &Path| {
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true).mode(mode);
-            options.open(temp)
-        };
-        let (temp, file) = self.create_beside(rel, create)?;
+        let mode = file_mode(entry.mode);
+        let (temp, file) = self.create_beside(&root, rel, |temp| root.create_new(temp, mode))?;
         let mut sink = LocalSink {
             endpoint: self,
+            root,
             rel: rel.to_path_buf(),
             entry: entry.clone(),
             temp,
@@ -207,44 +268,69 @@ impl LocalEndpoint {
     /// Flushes every file written on this folder's file system to disk (one `syncfs`): the
     /// durability point for a batch of [`Staged`] files.
     pub fn flush_all(&self) -> Result<()> {
-        File::open(&self.root)
-            .and_then(|root| nix::unistd::syncfs(&root).map_err(io::Error::from))
+        self.root()?
+            .flush_all()
             .map_err(self.err("flush", Path::new("")))
     }
 
-    fn state_path(&self, name: &str) -> PathBuf {
-        self.root.join(STATE_DIR).join(name)
+    fn state_path(name: &str) -> PathBuf {
+        Path::new(STATE_DIR).join(name)
+    }
+
+    /// Puts a copy of the file at `from` under a temporary name beside `to`.
+    fn copy_beside(&self, root: &Root, from: &Path, to: &Path) -> Result<PathBuf> {
+        let linked = self.create_beside(root, to, |temp| root.hard_link(from, temp));
+        if let Ok((temp, ())) = linked {
+            return Ok(temp);
+        }
+        // No hard link here (another file system's rules, a link count at its limit): copy,
+        // reading only a regular file and writing only a new one.
+        let missing = || io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let mut source = root
+            .open_file(from)
+            .and_then(|file| file.ok_or_else(missing))
+            .map_err(self.err("duplicate", from))?;
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &source
+                .metadata()
+                .map_err(self.err("duplicate", from))?
+                .permissions(),
+        );
+        let (temp, mut copy) =
+            self.create_beside(root, to, |temp| root.create_new(temp, file_mode(mode)))?;
+        match io::copy(&mut source, &mut copy) {
+            Ok(_) => Ok(temp),
+            Err(e) => {
+                let _ = root.remove_file(&temp);
+                Err(self.err("duplicate", from)(e))
+            }
+        }
     }
 }
 
 impl Endpoint for LocalEndpoint {
     fn display(&self) -> String {
-        self.root.display().to_string()
+        self.path.display().to_string()
     }
 
     fn prepare(&self, create: bool, _fence: Option<&Fence>) -> Result<()> {
-        let root = Path::new("");
-        if create {
-            fs::create_dir_all(&self.root).map_err(self.err("create folder", root))?;
-        }
-        match fs::metadata(&self.root) {
-            Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => Err(self.err("use as a folder", root)(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                "it is not a folder",
-            ))),
-            Err(e) => Err(self.err("open folder", root)(e)),
-        }
+        self.open(create)
+            .map(drop)
+            .map_err(self.err("open folder", Path::new("")))
     }
 
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
+        let root = self.root()?;
         let mut tree = Tree::new();
         match scope {
-            Scope::Full => self.walk(Path::new(""), filter, &mut tree)?,
+            Scope::Full => self.walk(&root, Path::new(""), filter, &mut tree)?,
             Scope::Paths(paths) => {
                 for rel in paths {
-                    if ancestors_admitted(rel, filter) {
-                        self.visit(rel, filter, &mut tree)?;
+                    if !ancestors_admitted(rel, filter) {
+                        continue;
+                    }
+                    if let Some(entry) = self.lstat(&root, rel)? {
+                        self.add(&root, rel, entry, filter, &mut tree)?;
                     }
                 }
             }
@@ -253,19 +339,15 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
-        self.checked(rel)?;
-        self.lstat(rel)
+        self.lstat(&*self.root()?, rel)
     }
 
     fn signature(&self, rel: &Path) -> Result<Option<Signature>> {
         let Some(file) = self.open_file(rel)? else {
             return Ok(None);
         };
-        let meta = file.metadata().map_err(self.err("read", rel))?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
-        delta::signature(&mut io::BufReader::new(file), meta.len())
+        let size = file.metadata().map_err(self.err("read", rel))?.len();
+        delta::signature(&mut io::BufReader::new(file), size)
             .map(Some)
             .map_err(self.err("read", rel))
     }
@@ -294,36 +376,40 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
-        let full = self.checked(rel)?;
-        still_holds(&full, expected).map_err(self.err("create folder", rel))?;
-        match fs::create_dir_all(&full) {
-            Ok(()) => fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
-                .map_err(self.err("set mode of", rel)),
-            Err(e) => Err(self.err("create folder", rel)(e)),
+        let root = self.root()?;
+        still_holds(&root, rel, expected).map_err(self.err("create folder", rel))?;
+        // A symlink where the folder goes is replaced, as rsync does: never followed.
+        if let Some(Entry {
+            kind: Kind::Symlink { .. },
+            ..
+        }) = self.lstat(&root, rel)?
+        {
+            root.remove_file(rel)
+                .map_err(self.err("replace the symlink", rel))?;
         }
+        root.make_dirs(rel, 0o700)
+            .map_err(self.err("create folder", rel))?;
+        root.set_dir_mode(rel, entry.mode)
+            .map_err(self.err("set mode of", rel))
     }
 
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()> {
         let Kind::Symlink { target } = &entry.kind else {
             unreachable!("make_symlink called for {:?}", entry.kind);
         };
-        let (temp, ()) =
-            self.create_beside(rel, |temp| std::os::unix::fs::symlink(target, temp))?;
-        let written = filetime::set_symlink_file_times(
-            &temp,
-            to_filetime(entry.mtime),
-            to_filetime(entry.mtime),
-        );
-        self.commit_temp(&temp, rel, written)
+        let root = self.root()?;
+        let (temp, ()) = self.create_beside(&root, rel, |temp| root.symlink(target, temp))?;
+        let written = root.set_times(&temp, entry.mtime, Some(entry.mtime));
+        self.commit_temp(&root, &temp, rel, written)
     }
 
     fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
-        let full = self.checked(rel)?;
-        still_holds(&full, expected).map_err(self.err("remove", rel))?;
+        let root = self.root()?;
+        still_holds(&root, rel, expected).map_err(self.err("remove", rel))?;
         let removed = if entry.is_dir() {
-            fs::remove_dir(&full)
+            root.remove_dir(rel)
         } else {
-            fs::remove_file(&full)
+            root.remove_file(rel)
         };
         match removed {
             Ok(()) => Ok(true),
@@ -334,21 +420,20 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        fs::rename(self.checked(from)?, self.checked(to)?).map_err(self.err("rename", from))
+        self.root()?
+            .rename(from, to)
+            .map_err(self.err("rename", from))
     }
 
     fn duplicate(&self, rel: &Path, to: &Path) -> Result<()> {
-        let (from, kept) = (self.checked(rel)?, self.checked(to)?);
-        if let Some(parent) = kept.parent() {
-            fs::create_dir_all(parent).map_err(self.err("create folder", to))?;
-        }
-        fs::hard_link(&from, &kept)
-            .or_else(|_| fs::copy(&from, &kept).map(drop))
-            .map_err(self.err("duplicate", rel))
+        let root = self.root()?;
+        let temp = self.copy_beside(&root, rel, to)?;
+        self.commit_temp(&root, &temp, to, Ok(()))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
-        filetime::set_symlink_file_times(self.checked(rel)?, to_filetime(mtime), to_filetime(mtime))
+        self.root()?
+            .set_times(rel, mtime, Some(mtime))
             .map_err(self.err("set mtime of", rel))
     }
 
@@ -363,20 +448,17 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.state_path(name);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(EndpointError::new(
-                "read state",
-                path.display().to_string(),
-                e,
-            )),
-        }
+        let rel = Self::state_path(name);
+        let Some(mut file) = self.open_file(&rel)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes).map_err(self.err("read state", &rel))?;
+        Ok(Some(bytes))
     }
 
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let rel = Path::new(STATE_DIR).join(name);
+        let rel = Self::state_path(name);
         let entry = Entry {
             kind: Kind::File,
             size: bytes.len() as u64,
@@ -393,18 +475,21 @@ impl Endpoint for LocalEndpoint {
     }
 }
 
-/// The entry at `full`, not followed if it is a symlink; `None` when nothing is there.
-fn entry_at(full: &Path) -> io::Result<Option<Entry>> {
-    let meta = match fs::symlink_metadata(full) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+/// The error for `op` on `full`; a path that would have led outside the folder is
+/// [`Failure::Outside`].
+fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> EndpointError {
+    let failure = match beneath::is_outside(&source) {
+        true => Failure::Outside,
+        false => Failure::Io,
     };
-    let target = match meta.file_type().is_symlink() {
-        true => Some(fs::read_link(full)?),
-        false => None,
-    };
-    Ok(Some(Entry::from_metadata(&meta, target)))
+    EndpointError::new(op, full.display().to_string(), source).meaning(failure)
+}
+
+/// The permission bits a received file gets: setuid and setgid are dropped, since the file
+/// belongs to whoever runs ferry here, not to its owner at the source (a user's setuid
+/// program would otherwise become a root one).
+fn file_mode(mode: u32) -> u32 {
+    mode & 0o1777
 }
 
 /// Asked once: temporary names carry it, for every file received.
@@ -424,6 +509,7 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 /// A file being written to a temporary name beside its target.
 pub struct LocalSink<'a> {
     endpoint: &'a LocalEndpoint,
+    root: Arc<Root>,
     rel: PathBuf,
     entry: Entry,
     temp: PathBuf,
@@ -484,8 +570,9 @@ impl LocalSink<'_> {
         let finished = (|| {
             let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
             // The file was created with its mode, less what the umask took.
-            if UMASK.is_none_or(|umask| entry.mode & 0o7777 & umask != 0) {
-                file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+            let mode = file_mode(entry.mode);
+            if UMASK.is_none_or(|umask| mode & umask != 0) {
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
             }
             filetime::set_file_handle_times(&file, None, Some(to_filetime(entry.mtime)))?;
             if sync {
@@ -496,8 +583,9 @@ impl LocalSink<'_> {
         finished.map_err(self.endpoint.err("write", &self.rel))?;
         self.committed = true;
         Ok(Staged {
+            root: self.root.clone(),
             temp: self.temp.clone(),
-            target: self.endpoint.full(&self.rel),
+            target: self.rel.clone(),
             expected: self.expected.take(),
             size,
             published: false,
@@ -508,6 +596,7 @@ impl LocalSink<'_> {
 /// A finished file under its temporary name, waiting to be renamed into place. Dropped
 /// unpublished, it is removed.
 pub struct Staged {
+    root: Arc<Root>,
     temp: PathBuf,
     target: PathBuf,
     expected: Option<Expected>,
@@ -526,29 +615,26 @@ impl Staged {
         self.published = true;
         let renamed = self
             .still_expected()
-            .and_then(|()| fs::rename(&self.temp, &self.target));
+            .and_then(|()| self.root.rename(&self.temp, &self.target));
         match renamed {
             Ok(()) => Ok(self.size),
             Err(e) => {
-                let _ = fs::remove_file(&self.temp);
-                Err(EndpointError::new(
-                    "write",
-                    self.target.display().to_string(),
-                    e,
-                ))
+                let _ = self.root.remove_file(&self.temp);
+                let full = self.root.path().join(&self.target);
+                Err(endpoint_error("write", full, e))
             }
         }
     }
 
     fn still_expected(&self) -> io::Result<()> {
-        still_holds(&self.target, self.expected.as_ref())
+        still_holds(&self.root, &self.target, self.expected.as_ref())
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.published {
-            let _ = fs::remove_file(&self.temp);
+            let _ = self.root.remove_file(&self.temp);
         }
     }
 }
@@ -557,48 +643,49 @@ impl Drop for LocalSink<'_> {
     /// Not committed (an error, a halt, a dropped connection): the temporary file goes.
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_file(&self.temp);
+            let _ = self.root.remove_file(&self.temp);
         }
     }
 }
 
-/// Under the sync rule: fails when `full` no longer holds what the run's scan saw there
+/// The entry for `found`; `Err` with its type for a special file, which ferry never syncs.
+fn entry_from(
+    found: Found,
+    read_link: impl FnOnce() -> io::Result<PathBuf>,
+) -> io::Result<std::result::Result<Entry, FileType>> {
+    let kind = match found.file_type {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink {
+            target: read_link()?,
+        },
+        special => return Ok(Err(special)),
+    };
+    Ok(Ok(Entry {
+        size: if kind == Kind::File { found.size } else { 0 },
+        kind,
+        mtime: found.mtime,
+        mode: found.mode,
+    }))
+}
+
+/// Under the sync rule: fails when `rel` no longer holds what the run's scan saw there
 /// (someone changed it during the run), so the change is left for the next run to see.
-fn still_holds(full: &Path, expected: Option<&Expected>) -> io::Result<()> {
-    match expected {
-        Some(expected) if !expected.is_met_by(entry_at(full)?.as_ref()) => Err(io::Error::other(
-            "changed during the sync; left as it is, and synced again on the next run",
-        )),
-        _ => Ok(()),
+fn still_holds(root: &Root, rel: &Path, expected: Option<&Expected>) -> io::Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let now = match root.stat(rel)? {
+        Some(found) => entry_from(found, || root.read_link(rel))?.ok(),
+        None => None,
+    };
+    let special_now = now.is_none() && root.stat(rel)?.is_some();
+    if !special_now && expected.is_met_by(now.as_ref()) {
+        return Ok(());
     }
-}
-
-/// Checks that `rel`, a path a peer sent, stays inside `root`: only plain names (no `..`, no
-/// absolute path), and no symlink on the way (one could lead anywhere). The last name may be a
-/// symlink: it is replicated as a link, never followed.
-pub fn confine(root: &Path, rel: &Path) -> io::Result<()> {
-    let outside = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
-    let mut walked = root.to_path_buf();
-    let mut components = rel.components().peekable();
-    while let Some(component) = components.next() {
-        let Component::Normal(name) = component else {
-            return Err(outside(format!(
-                "{} leaves the folder ({component:?}); only plain names are served",
-                rel.display()
-            )));
-        };
-        walked.push(name);
-        if components.peek().is_some()
-            && fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink())
-        {
-            return Err(outside(format!(
-                "{} passes through the symlink {}, which may lead outside the served folder",
-                rel.display(),
-                walked.display()
-            )));
-        }
-    }
-    Ok(())
+    Err(io::Error::other(
+        "changed during the sync; left as it is, and synced again on the next run",
+    ))
 }
 
 /// Scoped paths come from a watcher: skip one whose parent folder the filter excludes.
@@ -610,8 +697,8 @@ fn ancestors_admitted(rel: &Path, filter: &Filter) -> bool {
 }
 
 /// A temporary file left by a writer that no longer runs (it crashed mid-transfer).
-fn is_orphan_temp(rel: &Path) -> bool {
-    let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+fn is_orphan_temp(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
         return false;
     };
     let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {

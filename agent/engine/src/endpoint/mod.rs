@@ -18,7 +18,7 @@ use crate::tree::{Entry, Expected, Mtime, Tree};
 
 mod local;
 
-pub use local::{LocalEndpoint, LocalSink, Staged, confine};
+pub use local::{LocalEndpoint, LocalSink, Staged};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]

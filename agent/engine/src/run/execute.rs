@@ -66,6 +66,7 @@ impl Executor<'_> {
         });
         let mut replaced = self.replaced_files(&actions);
         let mut phase = None;
+        let mut skipped: HashMap<(usize, PathBuf), u64> = HashMap::new();
         for action in actions {
             self.stop_if_halted()?;
             // What a phase sent without waiting is settled before the next phase starts: a
@@ -80,7 +81,10 @@ impl Executor<'_> {
             }
             phase = Some(action.phase());
             let at = (action.replica, action.path.clone());
-            if self.failed_at.contains(&at) {
+            if let Some(failed) = self.failed_at_or_above(&at) {
+                if failed != at.1 {
+                    *skipped.entry((at.0, failed)).or_default() += 1;
+                }
                 continue;
             }
             match self.verify(&action).and_then(|()| self.apply(&action)) {
@@ -93,7 +97,22 @@ impl Executor<'_> {
             }
         }
         self.settle();
+        for ((_, folder), count) in skipped {
+            let why = format!("{count} entries under it were skipped: it failed, see above");
+            self.fail(&folder, why);
+        }
         Ok(())
+    }
+
+    /// The path at `at`, or the folder above it, where an action of this run failed: nothing
+    /// more is done there or below (a folder that could not be made, or that is refused as a
+    /// symlink, must not receive its files some other way).
+    fn failed_at_or_above(&self, at: &(usize, PathBuf)) -> Option<PathBuf> {
+        let (replica, path) = at;
+        path.ancestors()
+            .take_while(|a| !a.as_os_str().is_empty())
+            .find(|a| self.failed_at.contains(&(*replica, a.to_path_buf())))
+            .map(Path::to_path_buf)
     }
 
     /// Per replica, the files the copy phase replaces, in order: their signatures are asked

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::io;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -22,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::base::{self, BaseError};
 
 pub use crate::endpoint::Scope;
-use crate::endpoint::{Endpoint, EndpointError};
+use crate::endpoint::{Endpoint, EndpointError, Failure};
 pub use crate::fence::Halt;
 use crate::filter::Filter;
-use crate::tree::{Kind, Tree};
+use crate::tree::{Kind, Tree, check_parents};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -281,6 +282,7 @@ fn scan_replicas(
                     replica
                         .prepare(create, halt.fence())
                         .and_then(|()| replica.scan(scope, &spec.filter))
+                        .and_then(|tree| checked(*replica, tree, scope))
                 })
             })
             .collect();
@@ -298,6 +300,17 @@ fn scan_replicas(
             })
         })
         .collect()
+}
+
+/// `tree`, once it is known to list nothing under a non-folder (see [`check_parents`]).
+fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, EndpointError> {
+    match check_parents(&tree, *scope == Scope::Full) {
+        Ok(()) => Ok(tree),
+        Err(why) => {
+            let refused = io::Error::new(io::ErrorKind::InvalidData, format!("{why}; refused"));
+            Err(EndpointError::new("scan", replica.display(), refused).meaning(Failure::Outside))
+        }
+    }
 }
 
 /// Mirror and copy: each destination is planned against the source, then brought in line.

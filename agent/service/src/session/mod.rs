@@ -21,7 +21,7 @@ use ferry_wire::link::LinkMeter;
 use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError};
 use ferry_wire::transport::Connection;
 
-use crate::roots::resolve_root;
+use crate::roots;
 use crate::serve::Agent;
 use staging::Stager;
 
@@ -291,11 +291,10 @@ impl Session<'_> {
 
     fn open(&mut self, path: &str, create: bool) -> Response {
         self.replica = None;
-        let root = match resolve_root(&self.agent.config.roots, path) {
-            Ok(root) => root,
+        let replica = match roots::replica(&self.agent.config.roots, path) {
+            Ok(replica) => replica,
             Err(reason) => return failure("open folder", path, ErrorKind::Outside, reason),
         };
-        let replica = LocalEndpoint::confined(root);
         match replica.prepare(create, None) {
             Ok(()) => {
                 self.replica = Some(replica);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use ferry_engine::endpoint::{Endpoint, LocalEndpoint, Scope};
+use ferry_engine::endpoint::{Endpoint, Scope};
 use ferry_engine::filter::Filter;
 use ferry_engine::{Halt, JobSpec};
 use ferry_wire::client::Dial;
@@ -16,7 +16,7 @@ use ferry_wire::protocol::{ErrorKind, JobOrder, Request, Response};
 use ferry_wire::remote::RemoteEndpoint;
 
 use super::{Session, failure, stopping};
-use crate::roots::resolve_root;
+use crate::roots;
 use crate::serve::Agent;
 
 /// Progress events of a run handed over, at most, in one frame, and how long they gather
@@ -112,8 +112,8 @@ impl Session<'_> {
 fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
     let config = &agent.config;
     let here = |path: &str| {
-        resolve_root(&config.roots, path)
-            .map(|root| Arc::new(LocalEndpoint::confined(root)) as Arc<dyn Endpoint>)
+        roots::replica(&config.roots, path)
+            .map(|replica| Arc::new(replica) as Arc<dyn Endpoint>)
             .map_err(|reason| failure("open folder", path, ErrorKind::Outside, reason))
     };
     let destinations = order

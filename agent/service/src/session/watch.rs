@@ -1,16 +1,18 @@
 //! Changes reported to a scheduler's monitor: the agent watches a folder and streams the
 //! paths that change until the scheduler disconnects or the agent stops.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
 
+use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_wire::frame::{self, FrameError};
 use ferry_wire::protocol::{ErrorKind, Request, Response};
 use ferry_wire::watch::{Batch, FolderWatch, WatchRoot};
 
 use super::{Session, failure, stopping};
-use crate::roots::resolve_root;
+use crate::roots;
 
 /// How long the agent gathers changes before sending them: a burst of writes becomes one frame.
 const WATCH_COALESCE: Duration = Duration::from_millis(5);
@@ -20,7 +22,7 @@ impl Session<'_> {
     /// disconnects (or says anything: a watching client has nothing to say).
     pub(super) async fn watch(self, path: &str) -> Result<(), FrameError> {
         let (read, mut write) = tokio::io::split(self.stream);
-        let folder = match resolve_root(&self.agent.config.roots, path) {
+        let folder = match watched_folder(&self.agent.config.roots, path) {
             Ok(folder) => folder,
             Err(reason) => {
                 let refusal = failure("watch", path, ErrorKind::Outside, reason);
@@ -67,4 +69,14 @@ impl Session<'_> {
 /// Resolves when a watching client disconnects or sends anything at all.
 async fn client_leaves(mut read: impl AsyncRead + Unpin) {
     let _ = frame::read::<Request>(&mut read).await;
+}
+
+/// The folder at `path` (from a peer), once it is known to open beneath its root with no
+/// symlink on the way. A folder not there yet is the watcher's to report.
+fn watched_folder(served: &[PathBuf], path: &str) -> Result<PathBuf, String> {
+    let (root, folder) = roots::locate(served, path)?;
+    match LocalEndpoint::beneath(root, &folder).prepare(false, None) {
+        Err(e) if e.source.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(folder),
+    }
 }
