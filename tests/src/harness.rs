@@ -203,6 +203,32 @@ impl Env {
         .expect("SQL query")
     }
 
+    /// A `ferry ca` folder (`tls` in this environment) with a certificate for each agent
+    /// (also valid for 127.0.0.1) and each scheduler, in its role.
+    pub fn tls_folder(&self, agents: &[&str], schedulers: &[&str]) -> PathBuf {
+        let tls = self.path("tls");
+        let dir = tls.to_str().expect("a UTF-8 path");
+        self.ferry(&["ca", "init", "--dir", dir]).ok();
+        for agent in agents {
+            let issue = ["ca", "issue", "--dir", dir, "--role", "agent", agent];
+            self.ferry(&[&issue[..], &["--host", "127.0.0.1"]].concat())
+                .ok();
+        }
+        for scheduler in schedulers {
+            let issue = [
+                "ca",
+                "issue",
+                "--dir",
+                dir,
+                "--role",
+                "scheduler",
+                scheduler,
+            ];
+            self.ferry(&issue).ok();
+        }
+        tls
+    }
+
     /// Starts `ferry scheduler run --name NAME` with fast test timings.
     pub fn scheduler(&self, name: &str) -> TestScheduler {
         TestScheduler::start(self, name, &[])

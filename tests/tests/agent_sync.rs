@@ -38,20 +38,7 @@ impl Site {
     }
 
     fn on(env: Env) -> Self {
-        let tls = env.path("tls");
-        env.ferry(&["ca", "init", "--dir", &text(&tls)]).ok();
-        for name in ["nas1", "nas2", "s1"] {
-            env.ferry(&[
-                "ca",
-                "issue",
-                "--dir",
-                &text(&tls),
-                name,
-                "--host",
-                "127.0.0.1",
-            ])
-            .ok();
-        }
+        let tls = env.tls_folder(&["nas1", "nas2"], &["s1"]);
         let srv = [env.path("srv1"), env.path("srv2")];
         let mut agents = Vec::new();
         for (i, root) in srv.iter().enumerate() {

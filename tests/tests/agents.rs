@@ -31,21 +31,10 @@ fn an_agent_serves_authenticated_peers_and_refuses_the_rest() {
     let root = env.path("srv");
     std::fs::create_dir_all(&root).unwrap();
     let dir = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    env.ferry(&["ca", "init", "--dir", &dir(&tls)]).ok();
-    env.ferry(&[
-        "ca",
-        "issue",
-        "--dir",
-        &dir(&tls),
-        "nas1",
-        "--host",
-        "127.0.0.1",
-    ])
-    .ok();
-    env.ferry(&["ca", "issue", "--dir", &dir(&tls), "s1"]).ok();
+    assert_eq!(env.tls_folder(&["nas1"], &["s1"]), tls);
     env.ferry(&["ca", "init", "--dir", &dir(&other)]).ok();
-    env.ferry(&["ca", "issue", "--dir", &dir(&other), "intruder"])
-        .ok();
+    let intruder = ["ca", "issue", "--dir", &dir(&other), "--role", "scheduler"];
+    env.ferry(&[&intruder[..], &["intruder"]].concat()).ok();
     // The intruder knows our CA (so it trusts the agent) but its own certificate is not ours.
     std::fs::copy(tls.join("ca.pem"), other.join("ca.pem")).unwrap();
 
@@ -141,11 +130,7 @@ fn a_record_that_does_not_open_closes_that_session_only() {
     let tls = env.path("tls");
     let root = env.path("srv");
     std::fs::create_dir_all(&root).unwrap();
-    let dir = tls.to_str().unwrap();
-    env.ferry(&["ca", "init", "--dir", dir]).ok();
-    env.ferry(&["ca", "issue", "--dir", dir, "nas1", "--host", "127.0.0.1"])
-        .ok();
-    env.ferry(&["ca", "issue", "--dir", dir, "s1"]).ok();
+    assert_eq!(env.tls_folder(&["nas1"], &["s1"]), tls);
     let agent = TestAgent::start(&env, "nas1", &[&root], &tls);
     env.ferry(&["agent", "add", "nas1", "--address", &agent.address])
         .ok();

@@ -45,6 +45,27 @@ pub struct Signature {
 }
 
 impl Signature {
+    /// Checks a signature another party made: a block size within rsync's bounds, a strong
+    /// sum no longer than ours, and one sum per block of the file, exactly. A peer's block size
+    /// decides how much a reader holds in memory, and one of 0 would divide by zero.
+    pub fn check(&self) -> Result<(), DeltaError> {
+        check_block_size(self.block_size)?;
+        let width = WEAK_LEN + usize::from(self.strong_len);
+        let blocks = self.file_size.div_ceil(u64::from(self.block_size));
+        let fits = (1..=MAX_STRONG_LEN).contains(&self.strong_len)
+            && self.sums.len().is_multiple_of(width)
+            && self.blocks() as u64 == blocks;
+        if fits {
+            Ok(())
+        } else {
+            Err(DeltaError::BadSignature(format!(
+                "{} bytes of sums of {}-byte strong hashes for {blocks} blocks",
+                self.sums.len(),
+                self.strong_len
+            )))
+        }
+    }
+
     pub fn blocks(&self) -> usize {
         self.sums.len() / (WEAK_LEN + usize::from(self.strong_len))
     }
@@ -104,6 +125,22 @@ pub enum DeltaError {
     NoSuchBlock { block: u32, blocks: u64 },
     #[error("the rebuilt file does not match the new version's BLAKE3 hash")]
     HashMismatch,
+    #[error("a signature that does not describe a file: {0}")]
+    BadSignature(String),
+}
+
+fn invalid(e: DeltaError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Checks a block size another party chose, against rsync's bounds.
+pub fn check_block_size(block_size: u32) -> Result<(), DeltaError> {
+    if (MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
+        return Ok(());
+    }
+    Err(DeltaError::BadSignature(format!(
+        "a block size of {block_size} bytes, outside {MIN_BLOCK}..={MAX_BLOCK}"
+    )))
 }
 
 /// About the square root of the file size, as rsync picks it, in multiples of 8.
@@ -162,6 +199,9 @@ pub fn encode(
     base: Option<&Signature>,
     emit: &mut dyn FnMut(Op) -> io::Result<()>,
 ) -> io::Result<Encoded> {
+    if let Some(base) = base {
+        base.check().map_err(invalid)?;
+    }
     let mut input = HashingReader {
         inner: new,
         hasher: blake3::Hasher::new(),
@@ -365,7 +405,10 @@ impl<W: Write> Rebuild<W> {
     /// `old` and `block_size` describe the base the delta was made against, if any.
     pub fn new(old: Option<File>, block_size: u32, out: W) -> io::Result<Self> {
         let old_size = match &old {
-            Some(file) => file.metadata()?.len(),
+            Some(file) => {
+                check_block_size(block_size).map_err(invalid)?;
+                file.metadata()?.len()
+            }
             None => 0,
         };
         Ok(Self {

@@ -10,6 +10,9 @@ use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_engine::filter::Filter;
 use ferry_engine::{Event, Halt, JobSpec, Rule, Scope};
 
+use config::{FileConfig, ServedRoot};
+
+mod config;
 mod fences;
 mod roots;
 mod serve;
@@ -30,25 +33,15 @@ struct Cli {
 enum Command {
     /// Serve this file server's folders to ferry schedulers and agents, over mutual TLS.
     ///
+    /// Each peer is who its certificate says (`ferry ca issue --role`). With --root, every
+    /// scheduler may read and write the folder and every agent may write into it as the
+    /// destination of a run handed over to it; a --config file can narrow that per root and
+    /// set limits (see docs/SECURITY.md).
+    ///
     /// Example: ferry-agent run --name nas1 --root /srv/docs --tls-dir /etc/ferry/tls
-    Run {
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:9033")]
-        listen: String,
-        /// This agent's name: its certificate is TLS_DIR/NAME.pem (from `ferry ca issue`).
-        #[arg(long)]
-        name: String,
-        /// A folder this agent serves; repeat for several. Nothing outside them is reachable.
-        #[arg(long = "root", value_name = "DIR", required = true)]
-        roots: Vec<PathBuf>,
-        /// Folder with ca.pem, NAME.pem and NAME.key.
-        #[arg(long, value_name = "DIR")]
-        tls_dir: PathBuf,
-        /// Folder for the agent's own state (the lease epochs it has seen, so a scheduler that
-        /// lost its lease stays refused across a restart). In memory only when not given.
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-    },
+    ///
+    /// Example: ferry-agent run --config /etc/ferry/agent.toml
+    Run(RunArgs),
     /// Sync local folders once with ferry's engine and print what changed.
     ///
     /// Example: ferry-agent sync --rule mirror /srv/docs /backup/docs
@@ -71,17 +64,89 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A TOML file with this agent's name, roots and who may use each, peers and limits;
+    /// the flags below add to it or override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:9033].
+    #[arg(long)]
+    listen: Option<String>,
+    /// This agent's name: its certificate is TLS_DIR/NAME.pem (from `ferry ca issue`).
+    #[arg(long)]
+    name: Option<String>,
+    /// A folder this agent serves; repeat for several. Nothing outside them is reachable.
+    #[arg(long = "root", value_name = "DIR")]
+    roots: Vec<PathBuf>,
+    /// Folder with ca.pem, NAME.pem and NAME.key (and ca.crl, once a certificate is revoked).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Folder for the agent's own state (the lease epochs it has seen, so a scheduler that
+    /// lost its lease stays refused across a restart). In memory only when not given.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// What `ferry-agent run` needs, from the file and the flags together.
+struct Settings {
+    listen: String,
+    name: String,
+    tls_dir: PathBuf,
+    state_dir: Option<PathBuf>,
+    roots: Vec<ServedRoot>,
+    peers: std::collections::BTreeMap<String, String>,
+    limits: config::Limits,
+}
+
+impl RunArgs {
+    fn settings(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let missing = |what: &str| format!("no {what}: give --{what} or set it in --config");
+        let roots: Vec<ServedRoot> = (file.roots.into_iter())
+            .chain(self.roots.into_iter().map(ServedRoot::open_to_all))
+            .collect();
+        if roots.is_empty() {
+            return Err("no folder to serve: give --root DIR or [[root]] in --config".into());
+        }
+        if let Some(bad) = roots
+            .iter()
+            .find(|r| !r.path.is_absolute() || !r.path.is_dir())
+        {
+            return Err(format!(
+                "root {}: not an existing folder given by an absolute path",
+                bad.path.display()
+            ));
+        }
+        Ok(Settings {
+            listen: (self.listen.or(file.listen)).unwrap_or_else(|| "0.0.0.0:9033".into()),
+            name: self.name.or(file.name).ok_or_else(|| missing("name"))?,
+            tls_dir: self
+                .tls_dir
+                .or(file.tls_dir)
+                .ok_or_else(|| missing("tls-dir"))?,
+            state_dir: self.state_dir.or(file.state_dir),
+            roots,
+            peers: file.peers,
+            limits: file.limits,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     ferry_engine::memory::keep_freed_memory();
     let Cli { command } = Cli::parse();
     match command {
-        Command::Run {
-            listen,
-            name,
-            roots,
-            tls_dir,
-            state_dir,
-        } => run_agent(&listen, name, roots, &tls_dir, state_dir),
+        Command::Run(args) => match args.settings() {
+            Ok(settings) => run_agent(settings),
+            Err(e) => {
+                eprintln!("ferry-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Sync {
             rule,
             include,
@@ -93,13 +158,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_agent(
-    listen: &str,
-    name: String,
-    roots: Vec<PathBuf>,
-    tls_dir: &std::path::Path,
-    state_dir: Option<PathBuf>,
-) -> ExitCode {
+fn run_agent(settings: Settings) -> ExitCode {
+    let Settings {
+        listen,
+        name,
+        tls_dir,
+        state_dir,
+        roots,
+        peers,
+        limits,
+    } = settings;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -108,15 +176,8 @@ fn run_agent(
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(missing) = roots.iter().find(|r| !r.is_absolute() || !r.is_dir()) {
-        eprintln!(
-            "ferry-agent: --root {}: not an existing folder given by an absolute path",
-            missing.display()
-        );
-        return ExitCode::from(2);
-    }
-    let tls = ferry_wire::tls::server_config(tls_dir, &name)
-        .and_then(|server| Ok((server, ferry_wire::tls::client_config(tls_dir, &name)?)));
+    let tls = ferry_wire::tls::server_config(&tls_dir, &name)
+        .and_then(|server| Ok((server, ferry_wire::tls::client_config(&tls_dir, &name)?)));
     let (tls, client_tls) = match tls {
         Ok(tls) => tls,
         Err(e) => {
@@ -132,7 +193,7 @@ fn run_agent(
     }
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("ferry-agent: cannot listen on {listen}: {e}");
@@ -147,6 +208,8 @@ fn run_agent(
         let config = serve::AgentConfig {
             name,
             roots,
+            peers,
+            limits,
             client_tls,
             state_dir,
         };

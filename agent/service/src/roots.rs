@@ -8,15 +8,24 @@ use std::path::{Component, Path, PathBuf};
 
 use ferry_engine::endpoint::LocalEndpoint;
 
-/// The replica at `path` (from a peer), which must be an absolute path inside one of `roots`.
-pub fn replica(roots: &[PathBuf], path: &str) -> Result<LocalEndpoint, String> {
-    let (root, path) = locate(roots, path)?;
-    Ok(LocalEndpoint::beneath(root, path))
+use crate::config::ServedRoot;
+
+/// The replica at `path` (from a peer), which must be an absolute path inside one of `roots`,
+/// and the root it is in.
+pub fn replica<'a>(
+    roots: &'a [ServedRoot],
+    path: &str,
+) -> Result<(LocalEndpoint, &'a ServedRoot), String> {
+    let (root, anchor, path) = locate(roots, path)?;
+    Ok((LocalEndpoint::beneath(anchor, path), root))
 }
 
-/// The root `path` lies in, and `path` itself, checked by name: absolute, plain names only,
-/// inside a root as configured or as its symlinks resolve.
-pub fn locate(roots: &[PathBuf], path: &str) -> Result<(PathBuf, PathBuf), String> {
+/// The root `path` lies in, that root's path as matched, and `path` itself, checked by name:
+/// absolute, plain names only, inside a root as configured or as its symlinks resolve.
+pub fn locate<'a>(
+    roots: &'a [ServedRoot],
+    path: &str,
+) -> Result<(&'a ServedRoot, PathBuf, PathBuf), String> {
     let requested = Path::new(path);
     if !requested.is_absolute() {
         return Err(format!("{path} is not an absolute path"));
@@ -29,14 +38,16 @@ pub fn locate(roots: &[PathBuf], path: &str) -> Result<(PathBuf, PathBuf), Strin
             "{path} contains '..' or '.'; name the folder directly"
         ));
     }
-    let as_configured = roots.iter().cloned();
-    let resolved = roots.iter().filter_map(|root| root.canonicalize().ok());
+    let as_configured = roots.iter().map(|root| (root, root.path.clone()));
+    let resolved = roots
+        .iter()
+        .filter_map(|root| Some((root, root.path.canonicalize().ok()?)));
     as_configured
         .chain(resolved)
-        .find(|root| requested.starts_with(root))
-        .map(|root| (root, requested.to_path_buf()))
+        .find(|(_, anchor)| requested.starts_with(anchor))
+        .map(|(root, anchor)| (root, anchor, requested.to_path_buf()))
         .ok_or_else(|| {
-            let served: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            let served: Vec<String> = roots.iter().map(|r| r.path.display().to_string()).collect();
             format!(
                 "{path} is outside the folders this agent serves ({}); add it with --root",
                 served.join(", ")
@@ -50,12 +61,10 @@ mod tests {
 
     #[test]
     fn only_absolute_plain_paths_inside_a_root_are_located() {
-        let roots = [PathBuf::from("/srv/share")];
-        let (root, path) = locate(&roots, "/srv/share/docs").unwrap();
-        assert_eq!(
-            (root.as_path(), path.as_path()),
-            (Path::new("/srv/share"), Path::new("/srv/share/docs"))
-        );
+        let roots = [ServedRoot::open_to_all("/srv/share".into())];
+        let (_, anchor, path) = locate(&roots, "/srv/share/docs").unwrap();
+        assert_eq!(anchor, Path::new("/srv/share"));
+        assert_eq!(path, Path::new("/srv/share/docs"));
         for refused in [
             "srv/share/docs",
             "/srv/share/../etc",

@@ -2,13 +2,16 @@
 //! a blocking thread (file work blocks; a file server has few peers at once). A peer without a
 //! valid certificate, a malformed, oversized or unexpected frame, or another protocol version
 //! closes that connection with a logged reason, and the agent goes on serving everyone else.
-//! A graceful stop ends idle sessions at once and waits for busy ones up to a deadline.
+//! Connections are capped in all and per address, and a handshake that does not finish in
+//! time is dropped, so idle sockets cannot use up the agent. A graceful stop ends idle
+//! sessions at once and waits for busy ones up to a deadline.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
@@ -18,9 +21,11 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use ferry_wire::frame::FrameError;
+use ferry_wire::identity::{self, Peer};
 use ferry_wire::link::LinkMeter;
 use ferry_wire::transport;
 
+use crate::config::{Limits, ServedRoot};
 use crate::fences::Fences;
 use crate::session;
 
@@ -29,10 +34,14 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// A pause after a failed accept (out of descriptors, say): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What an agent serves.
+/// What an agent serves, and to whom.
 pub struct AgentConfig {
     pub name: String,
-    pub roots: Vec<PathBuf>,
+    pub roots: Vec<ServedRoot>,
+    /// The agents a run handed over here may push to, by name, and their addresses; empty:
+    /// the addresses the scheduler's order names (each checked by its certificate's name).
+    pub peers: BTreeMap<String, String>,
+    pub limits: Limits,
     /// For connecting to other agents when running a job handed to this one.
     pub client_tls: Arc<ClientConfig>,
     /// Where the fences are kept across restarts; in memory only without one.
@@ -43,6 +52,70 @@ pub struct AgentConfig {
 pub struct Agent {
     pub config: AgentConfig,
     pub fences: Arc<Fences>,
+    /// Folder watches open now, per peer name.
+    pub watches: Counts<String>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, fences: Fences) -> Self {
+        Self {
+            config,
+            fences: Arc::new(fences),
+            watches: Counts::default(),
+        }
+    }
+}
+
+/// Things open now, counted per key, each released when its [`Held`] drops.
+pub struct Counts<K> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Self {
+            open: Arc::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
+    /// One more for `key`, unless it has `limit` already; `None` then.
+    pub fn take(&self, key: &K, limit: usize) -> Option<Held<K>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            open: self.open.clone(),
+            key: key.clone(),
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().sum()
+    }
+}
+
+/// One of the things [`Counts`] counts, released when dropped.
+pub struct Held<K: std::hash::Hash + Eq> {
+    open: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Serves `listener` to peers that present a certificate `tls` accepts until `shutdown`
@@ -54,8 +127,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let fences = Arc::new(Fences::load(config.state_dir.as_deref())?);
-    let agent = Arc::new(Agent { config, fences });
+    let fences = Fences::load(config.state_dir.as_deref())?;
+    let agent = Arc::new(Agent::new(config, fences));
+    let connections = Counts::<IpAddr>::default();
     let (stopping, stop) = watch::channel(false);
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
@@ -65,8 +139,14 @@ pub async fn serve(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(held) = admit(&connections, peer, &agent.config.limits) else {
+                        continue;
+                    };
                     let connection = connect(stream, peer, acceptor.clone(), agent.clone(), stop.clone());
-                    sessions.spawn(connection);
+                    sessions.spawn(async move {
+                        connection.await;
+                        drop(held);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -78,6 +158,20 @@ pub async fn serve(
     let _ = stopping.send(true);
     drain(sessions).await;
     Ok(())
+}
+
+/// Counts a new connection from `peer` in, or refuses it (by dropping it) when the agent or
+/// that address has as many as the limits allow.
+fn admit(connections: &Counts<IpAddr>, peer: SocketAddr, limits: &Limits) -> Option<Held<IpAddr>> {
+    if connections.total() >= limits.max_connections {
+        tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: the agent has as many as it takes");
+        return None;
+    }
+    let held = connections.take(&peer.ip(), limits.max_connections_per_address);
+    if held.is_none() {
+        tracing::warn!(%peer, limit = limits.max_connections_per_address, "refused a connection: that address has as many as it may");
+    }
+    held
 }
 
 /// Waits for the sessions to end, up to the deadline.
@@ -106,10 +200,23 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     transport::keep_alive(&stream);
     let link = LinkMeter::new(&stream);
-    let mut tls = match acceptor.accept(transport::socket(stream)).await {
-        Ok(tls) => tls,
-        Err(e) => {
+    let deadline = agent.config.limits.handshake_deadline();
+    let accepted = tokio::time::timeout(deadline, acceptor.accept(transport::socket(stream)));
+    let mut tls = match accepted.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "refused connection: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "refused connection: no TLS handshake within {deadline:?}");
+            return;
+        }
+    };
+    let identity = match certified(&tls) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::warn!(%peer, why, "refused connection: its certificate names no ferry peer");
             return;
         }
     };
@@ -119,11 +226,19 @@ async fn connect(
     let handle = tokio::runtime::Handle::current();
     let stream = transport::buffered(tls);
     let served = tokio::task::spawn_blocking(move || {
-        handle.block_on(session::run(stream, Some(link), &agent, stop))
+        handle.block_on(session::run(stream, Some(link), &agent, identity, stop))
     });
     if let Ok(Err(e)) = served.await {
         log_end(peer, &e);
     }
+}
+
+/// Who the peer of an accepted connection is, by the certificate it presented.
+fn certified<IO>(tls: &tokio_rustls::server::TlsStream<IO>) -> Result<Peer, String> {
+    let certificate = (tls.get_ref().1.peer_certificates())
+        .and_then(|chain| chain.first())
+        .ok_or("no certificate")?;
+    identity::of(certificate)
 }
 
 fn log_end(peer: SocketAddr, error: &FrameError) {

@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::frame::{self, Data, FrameError};
 use crate::link::LinkMeter;
-use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response, brief};
 use crate::transport::{self, Connection, Stream};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,7 @@ impl Session {
                 reason,
             }),
             other => {
-                let wanted = format!("{other:?} instead of Welcome");
+                let wanted = format!("{} instead of Welcome", brief(&other));
                 Err(frame_error(FrameError::Unexpected(wanted)))
             }
         }

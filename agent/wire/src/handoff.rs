@@ -11,7 +11,7 @@ use ferry_engine::run::EngineError;
 use ferry_engine::{Event, Halt, Scope, Summary};
 
 use crate::client::{ClientError, Dial, Session, SessionReader, SessionWriter};
-use crate::protocol::{JobOrder, Request, Response};
+use crate::protocol::{JobOrder, Request, Response, brief};
 
 /// A run that belongs on the agent holding the job's source, so file data flows from agent to
 /// agent and never through the scheduler.
@@ -106,7 +106,10 @@ async fn follow(
                     break Err(EngineError::Agent {
                         job: job.clone(),
                         agent: handoff.dial.agent.clone(),
-                        message: format!("unexpected answer in a batch of progress: {other:?}"),
+                        message: format!(
+                            "unexpected answer in a batch of progress: {}",
+                            brief(&other)
+                        ),
                     });
                 }
             },
@@ -123,7 +126,7 @@ async fn follow(
                 });
             }
             Ok(other) => {
-                let message = format!("unexpected answer {other:?}");
+                let message = format!("unexpected answer {}", brief(&other));
                 break Err(EngineError::Agent {
                     job: job.clone(),
                     agent: handoff.dial.agent.clone(),

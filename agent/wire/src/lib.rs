@@ -14,6 +14,7 @@ pub mod blocking;
 pub mod client;
 pub mod frame;
 pub mod handoff;
+pub mod identity;
 pub mod link;
 pub mod protocol;
 pub mod remote;

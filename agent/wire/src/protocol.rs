@@ -17,7 +17,12 @@ use ferry_engine::{Event, Guards, Rule, Summary};
 use crate::frame::{Attached, Framed};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
+
+/// Messages in one `Batch`, and ops in one `Data`, at most. A frame is bounded in bytes, but a
+/// few compressed bytes of tiny messages would otherwise decode into millions of them, held in
+/// memory at once.
+pub const MAX_BATCH: usize = 4096;
 
 /// One step in rebuilding a file, as it travels: a literal's bytes go in the frame's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +195,7 @@ pub enum Request {
         expected: Option<Expected>,
     },
     Data {
+        #[serde(deserialize_with = "at_most")]
         ops: Vec<DataOp>,
     },
     DataEnd {
@@ -266,7 +272,7 @@ pub enum Request {
     },
     /// Several requests in one frame (small files' writes, say), taken in order as if each
     /// had come alone. Not nested.
-    Batch(Vec<Request>),
+    Batch(#[serde(deserialize_with = "at_most")] Vec<Request>),
 }
 
 impl Request {
@@ -339,6 +345,7 @@ pub enum Response {
     Stat(Option<Entry>),
     Signature(Option<Signature>),
     Data {
+        #[serde(deserialize_with = "at_most")]
         ops: Vec<DataOp>,
     },
     DataEnd {
@@ -370,5 +377,70 @@ pub enum Response {
     },
     /// Several answers in one frame (a published batch's verdicts), taken in order as if each
     /// had come alone. Not nested.
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "at_most")] Vec<Response>),
+}
+
+/// At most [`BRIEF_LIMIT`] characters of a message's debug form, for a log line or an error:
+/// a peer's message can be as large as a frame, and printing it whole would let a few bytes
+/// on the wire become megabytes of log.
+pub fn brief(message: &impl std::fmt::Debug) -> String {
+    use std::fmt::Write;
+    let mut out = Capped(String::new());
+    if write!(out, "{message:?}").is_err() {
+        out.0.push('…');
+    }
+    out.0
+}
+
+/// See [`brief`].
+pub const BRIEF_LIMIT: usize = 160;
+
+struct Capped(String);
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = BRIEF_LIMIT.saturating_sub(self.0.len());
+        if s.len() <= room {
+            self.0.push_str(s);
+            return Ok(());
+        }
+        let cut = (0..=room)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        self.0.push_str(&s[..cut]);
+        Err(std::fmt::Error)
+    }
+}
+
+/// A list of at most [`MAX_BATCH`] items, refused as soon as it has one more.
+fn at_most<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct AtMost<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for AtMost<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH} items")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_BATCH {
+                    return Err(serde::de::Error::custom(format!(
+                        "a list of more than {MAX_BATCH} items"
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_seq(AtMost(std::marker::PhantomData))
 }

@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::client::{Dial, Session};
-use crate::protocol::{ErrorKind, Request, Response};
+use crate::protocol::{ErrorKind, Request, Response, brief};
 use ferry_engine::filter::is_reserved;
 use ferry_engine::tree::is_plain;
 
@@ -199,7 +199,7 @@ async fn watch_on_agent(
                 Ok(Response::Lost { reason }) => {
                     let _ = tx.send(Signal::Lost(format!("{root}: {reason}")));
                 }
-                Ok(other) => break format!("unexpected {other:?}"),
+                Ok(other) => break format!("unexpected {}", brief(&other)),
                 Err(e) => break e.to_string(),
             }
         };

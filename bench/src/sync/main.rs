@@ -265,13 +265,7 @@ impl Bench {
 
     fn new(tools: Vec<Tool>) -> Result<Self> {
         let env = Env::new(Backend::Sqlite);
-        let tls = env.path("tls");
-        let dir = tls.to_str().context("utf-8")?;
-        env.ferry(&["ca", "init", "--dir", dir]).ok();
-        for name in ["nas1", "nas2", "bench"] {
-            env.ferry(&["ca", "issue", "--dir", dir, name, "--host", "127.0.0.1"])
-                .ok();
-        }
+        let tls = env.tls_folder(&["nas1", "nas2"], &["bench"]);
         let src = env.path("src");
         let dst = Tool::EVERY.map(|tool| env.path(tool.key()));
         for d in dst.iter().chain([&src]) {

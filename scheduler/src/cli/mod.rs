@@ -158,17 +158,41 @@ pub enum CaCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Issue a certificate for a scheduler or an agent (DIR/NAME.pem, DIR/NAME.key).
+    /// Issue a certificate for a scheduler or an agent (NAME.pem, NAME.key and a copy of
+    /// ca.pem in OUT, or in DIR without --out).
     ///
-    /// Example: ferry ca issue --dir /etc/ferry/tls nas1 --host nas1.example.com --host 10.0.0.5
+    /// The role is written into the certificate: an agent serves schedulers only what their
+    /// role allows, and agents can never act as schedulers. Keep the CA's folder (with ca.key)
+    /// on the machine that signs, and give each node only its own OUT folder.
+    ///
+    /// Example: ferry ca issue --dir /root/ferry-ca --out /etc/ferry/tls --role agent nas1 --host nas1.example.com
     Issue {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// scheduler or agent.
+        #[arg(long)]
+        role: ferry_wire::identity::Role,
         /// The scheduler's or agent's name (what `--name` says when it runs).
         name: String,
         /// Another DNS name or IP address it is reached by; repeat for several.
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Where the certificate, its key and ca.pem go (default: DIR).
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke the certificate last issued to NAME: DIR/ca.crl is rewritten. Copy ca.crl into
+    /// every scheduler's and agent's TLS folder; they read it again within seconds, and
+    /// refuse the certificate from then on.
+    ///
+    /// Example: ferry ca revoke --dir /root/ferry-ca nas2
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        name: String,
     },
 }
 
@@ -405,14 +429,35 @@ fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        CaCommand::Issue { dir, name, hosts } => {
-            let cert = crate::ca::issue(&dir, &name, &hosts).map_err(|e| match e {
+        CaCommand::Issue {
+            dir,
+            role,
+            name,
+            hosts,
+            days,
+            out,
+        } => {
+            let order = crate::ca::Order {
+                name: &name,
+                role,
+                hosts: &hosts,
+                days,
+                out: out.as_deref().unwrap_or(&dir),
+            };
+            let cert = crate::ca::issue(&dir, &order).map_err(|e| match e {
                 crate::ca::CaError::BadName(_) => invalid("NAME", e.to_string()),
                 other => other.into(),
             })?;
             println!(
-                "issued {} (and its key beside it) for {name}",
+                "issued {} (and its key beside it) for {role} {name}, valid {days} days",
                 cert.display()
+            );
+        }
+        CaCommand::Revoke { dir, name } => {
+            let crl = crate::ca::revoke(&dir, &name)?;
+            println!(
+                "revoked {name}'s certificate; copy {} into every node's TLS folder",
+                crl.display()
             );
         }
     }

@@ -203,3 +203,43 @@ fn block_sizes_follow_the_square_root() {
     assert_eq!(block_size_for(1 << 20), 1024);
     assert_eq!(block_size_for(1 << 40), 128 * 1024);
 }
+
+#[test]
+fn signatures_and_block_sizes_a_peer_chose_are_checked_before_use() {
+    let new = crate::testing::noise(7, 50_000);
+    let good = signature(&mut &new[..], new.len() as u64).unwrap();
+    let mut refused = Vec::new();
+    for block_size in [0, 1, 699, 128 * 1024 + 1, u32::MAX] {
+        refused.push(Signature {
+            block_size,
+            ..good.clone()
+        });
+    }
+    refused.push(Signature {
+        strong_len: 0,
+        ..good.clone()
+    });
+    refused.push(Signature {
+        strong_len: 200,
+        ..good.clone()
+    });
+    refused.push(Signature {
+        file_size: u64::MAX,
+        ..good.clone()
+    });
+    let mut short = good.clone();
+    short.sums.pop();
+    refused.push(short);
+    for sig in refused {
+        let encoded = encode(&mut &new[..], Some(&sig), &mut |_| Ok(()));
+        let e = encoded.expect_err(&format!("{sig:?} was used"));
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    }
+    encode(&mut &new[..], Some(&good), &mut |_| Ok(())).unwrap();
+
+    let old = tempfile::tempfile().unwrap();
+    for block_size in [0, u32::MAX] {
+        let rebuild = Rebuild::new(Some(old.try_clone().unwrap()), block_size, Vec::new());
+        assert!(rebuild.is_err(), "a block size of {block_size} was taken");
+    }
+}

@@ -10,7 +10,7 @@ use ferry_engine::delta::{Op, Signature};
 use ferry_engine::endpoint::{Endpoint, LocalEndpoint, Scope};
 use ferry_engine::filter::Filter;
 use ferry_wire::frame::FrameError;
-use ferry_wire::protocol::{DataOp, ErrorKind, Response};
+use ferry_wire::protocol::{DataOp, ErrorKind, MAX_BATCH, Response};
 
 use super::{Session, failure, wire_failure};
 
@@ -64,7 +64,7 @@ impl Session<'_> {
             let sent = replica.send_file(&path, base.as_ref(), &mut |op| {
                 bytes += op.literal_len();
                 batch.push(op);
-                if bytes >= READ_BATCH_BYTES {
+                if bytes >= READ_BATCH_BYTES || batch.len() >= MAX_BATCH {
                     bytes = 0;
                     tx.blocking_send(std::mem::take(&mut batch))
                         .map_err(|_| io::Error::other("the connection closed"))?;

@@ -4,8 +4,10 @@
 //! over by a scheduler) and [`watch`] (changes reported to a monitor). Sessions run over any
 //! [`Connection`], so they are tested over in-memory pipes.
 //!
-//! Every path a peer names is checked to stay inside the agent's roots, and every write is
-//! checked against the lease fence the session presented.
+//! The peer is who its certificate says ([`Peer`]); its `Hello` must say the same. Every
+//! path it names is opened beneath one of the agent's roots, if that root lets the peer read
+//! it (and write it, for a write: [`crate::config`]), and every write is checked against the
+//! lease fence the session presented: a session without one cannot write.
 
 use std::collections::VecDeque;
 use std::io;
@@ -17,10 +19,12 @@ use tokio::sync::watch::Receiver;
 use ferry_engine::Fence;
 use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, LocalEndpoint};
 use ferry_wire::frame::{self, Data, FrameError};
+use ferry_wire::identity::Peer;
 use ferry_wire::link::LinkMeter;
-use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError};
+use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError, brief};
 use ferry_wire::transport::Connection;
 
+use crate::config::Rights;
 use crate::roots;
 use crate::serve::Agent;
 use staging::Stager;
@@ -31,6 +35,8 @@ mod staging;
 mod watch;
 
 #[cfg(test)]
+mod attacks;
+#[cfg(test)]
 mod tests;
 
 /// One peer's session: the folder it opened and the lease it works for.
@@ -39,8 +45,12 @@ struct Session<'a> {
     /// Whether file data sent on `stream` goes compressed; `None` when it is not a socket.
     link: Option<LinkMeter>,
     agent: &'a Agent,
+    /// Who the peer is, by its certificate.
+    peer: Peer,
     fence: Option<Fence>,
     replica: Option<LocalEndpoint>,
+    /// What the peer may do in the open folder.
+    rights: Rights,
     stager: Stager,
     /// The rest of a `Batch` frame, served before the next frame is read.
     queued: VecDeque<Request>,
@@ -53,17 +63,26 @@ pub async fn run(
     mut stream: Connection,
     link: Option<LinkMeter>,
     agent: &Agent,
+    peer: Peer,
     stop: Receiver<bool>,
 ) -> Result<(), FrameError> {
-    let Some(fence) = handshake(&mut stream, agent).await? else {
+    let deadline = agent.config.limits.handshake_deadline();
+    let Ok(said) = tokio::time::timeout(deadline, handshake(&mut stream, agent, &peer)).await
+    else {
+        tracing::warn!(%peer, "refused a session: no Hello within {deadline:?}");
+        return Ok(());
+    };
+    let Some(fence) = said? else {
         return Ok(());
     };
     let mut session = Session {
         stream,
         link,
         agent,
+        peer,
         fence,
         replica: None,
+        rights: Rights::default(),
         stager: Stager::default(),
         queued: VecDeque::new(),
         stop,
@@ -111,6 +130,7 @@ pub async fn run(
 async fn handshake(
     stream: &mut Connection,
     agent: &Agent,
+    peer: &Peer,
 ) -> Result<Option<Option<Fence>>, FrameError> {
     match frame::read::<Request>(stream).await? {
         Request::Hello {
@@ -118,11 +138,18 @@ async fn handshake(
             client,
             fence,
         } if version == PROTOCOL_VERSION => {
-            if let Some(Err(reason)) = fence.as_ref().map(|f| agent.fences.admit(f)) {
-                tracing::warn!(client, reason, "refused a session");
+            if client != peer.name {
+                let reason = format!(
+                    "the Hello names {}, but the certificate is {peer}'s",
+                    brief(&client)
+                );
                 return refuse(stream, reason).await.map(|()| None);
             }
-            tracing::info!(client, ?fence, "session started");
+            if let Some(Err(reason)) = fence.as_ref().map(|f| agent.fences.admit(peer.role, f)) {
+                tracing::warn!(%peer, reason, "refused a session");
+                return refuse(stream, reason).await.map(|()| None);
+            }
+            tracing::info!(%peer, ?fence, "session started");
             let welcome = Response::Welcome {
                 version: PROTOCOL_VERSION,
                 agent: agent.config.name.clone(),
@@ -131,23 +158,24 @@ async fn handshake(
                     .config
                     .roots
                     .iter()
-                    .map(|r| r.display().to_string())
+                    .map(|r| r.path.display().to_string())
                     .collect(),
             };
             frame::write(stream, &welcome).await?;
             Ok(Some(fence))
         }
-        Request::Hello {
-            version, client, ..
-        } => {
+        Request::Hello { version, .. } => {
             let reason = format!(
-                "protocol version {version} from {client}; this agent speaks {PROTOCOL_VERSION}"
+                "protocol version {version} from {peer}; this agent speaks {PROTOCOL_VERSION}"
             );
             refuse(stream, reason).await.map(|()| None)
         }
-        other => refuse(stream, format!("expected Hello first, got {other:?}"))
-            .await
-            .map(|()| None),
+        other => refuse(
+            stream,
+            format!("expected Hello first, got {}", brief(&other)),
+        )
+        .await
+        .map(|()| None),
     }
 }
 
@@ -186,12 +214,37 @@ impl Session<'_> {
         }
     }
 
-    /// Refuses a write under a stale lease; `None` when the request may go ahead.
+    /// Refuses a write without a lease, under a stale lease, or where the peer may not
+    /// write; `None` when the request may go ahead. (Opening a folder to create it is checked
+    /// when it is opened.)
     fn fenced_out(&self, request: &Request) -> Option<Response> {
-        let fence = self.fence.as_ref().filter(|_| request.writes())?;
-        let reason = self.agent.fences.admit(fence).err()?;
-        tracing::warn!(reason, "refused a write");
-        Some(failure("write", "", ErrorKind::StaleEpoch, reason))
+        if !request.writes() || matches!(request, Request::Open { .. }) {
+            return None;
+        }
+        if let Some(refusal) = self.fence_refusal() {
+            return Some(refusal);
+        }
+        if self.replica.is_some() && !self.rights.write {
+            let reason = format!(
+                "{} may not write here; see the root's write and handover lists in the \
+                 agent's configuration",
+                self.peer,
+            );
+            return Some(failure("write", "", ErrorKind::PermissionDenied, reason));
+        }
+        None
+    }
+
+    /// Refuses a write without a lease or under a stale one.
+    fn fence_refusal(&self) -> Option<Response> {
+        let refused = match &self.fence {
+            None => "a write without a lease: every write carries the fence of the schedule or \
+                     monitor it is for"
+                .to_owned(),
+            Some(fence) => self.agent.fences.admit(self.peer.role, fence).err()?,
+        };
+        tracing::warn!(peer = %self.peer, reason = refused, "refused a write");
+        Some(failure("write", "", ErrorKind::StaleEpoch, refused))
     }
 
     async fn serve(&mut self, request: Request) -> Result<(), FrameError> {
@@ -291,10 +344,29 @@ impl Session<'_> {
 
     fn open(&mut self, path: &str, create: bool) -> Response {
         self.replica = None;
-        let replica = match roots::replica(&self.agent.config.roots, path) {
-            Ok(replica) => replica,
+        self.rights = Rights::default();
+        let (replica, root) = match roots::replica(&self.agent.config.roots, path) {
+            Ok(found) => found,
             Err(reason) => return failure("open folder", path, ErrorKind::Outside, reason),
         };
+        let rights = root.rights(&self.peer);
+        let refused = match (rights, create) {
+            (Rights { read: false, .. }, _) => Some("use"),
+            (Rights { write: false, .. }, true) => Some("create"),
+            _ => None,
+        };
+        if let Some(verb) = refused {
+            let reason = format!(
+                "{} may not {verb} {path}; see the root's read, write and handover lists in the \
+                 agent's configuration",
+                self.peer
+            );
+            return failure("open folder", path, ErrorKind::PermissionDenied, reason);
+        }
+        if let Some(refusal) = self.fence_refusal().filter(|_| create) {
+            return refusal;
+        }
+        self.rights = rights;
         match replica.prepare(create, None) {
             Ok(()) => {
                 self.replica = Some(replica);

@@ -12,7 +12,8 @@ use ferry_engine::filter::Filter;
 use ferry_engine::{Halt, JobSpec};
 use ferry_wire::client::Dial;
 use ferry_wire::frame::{self, FrameError};
-use ferry_wire::protocol::{ErrorKind, JobOrder, Request, Response};
+use ferry_wire::identity::{Peer, Role};
+use ferry_wire::protocol::{ErrorKind, JobOrder, Request, Response, brief};
 use ferry_wire::remote::RemoteEndpoint;
 
 use super::{Session, failure, stopping};
@@ -37,8 +38,9 @@ impl Session<'_> {
             None => Halt::new(),
         };
         halt.extend_until(Instant::now() + Duration::from_millis(valid_for_ms));
+        let refused = self.fence_refusal();
         let (mut read, mut write) = tokio::io::split(self.stream);
-        let spec = match job_spec(self.agent, &order) {
+        let spec = match refused.map_or_else(|| job_spec(self.agent, &self.peer, &order), Err) {
             Ok(spec) => spec,
             Err(response) => return frame::write(&mut write, &response).await.map(drop),
         };
@@ -59,7 +61,9 @@ impl Session<'_> {
                     // A newer holder has reached this agent: the run is stale, however long
                     // its scheduler keeps it alive.
                     Ok(Request::KeepAlive { .. })
-                        if fence.as_ref().is_some_and(|f| fences.admit(f).is_err()) =>
+                        if fence
+                            .as_ref()
+                            .is_some_and(|f| fences.admit(Role::Scheduler, f).is_err()) =>
                     {
                         tracing::warn!(?fence, "a newer lease holder arrived; stopping the run");
                         return watcher.stop();
@@ -69,7 +73,10 @@ impl Session<'_> {
                     }
                     Ok(Request::Cancel) | Err(_) => return watcher.stop(),
                     Ok(other) => {
-                        tracing::warn!(?other, "unexpected message during a run; stopping it");
+                        tracing::warn!(
+                            message = brief(&other),
+                            "unexpected message during a run; stopping it"
+                        );
                         return watcher.stop();
                     }
                 }
@@ -107,25 +114,60 @@ impl Session<'_> {
     }
 }
 
-/// The engine's view of a job handed to this agent: the source here, each destination here or
-/// on another agent (reached with this agent's own certificate).
-fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
+/// The engine's view of a job a scheduler (`peer`) handed to this agent: the source here,
+/// each destination here or on another agent (reached with this agent's own certificate, at
+/// the address this agent's peer list gives, or the order's when it has none).
+fn job_spec(agent: &Agent, peer: &Peer, order: &JobOrder) -> Result<JobSpec, Response> {
     let config = &agent.config;
-    let here = |path: &str| {
-        roots::replica(&config.roots, path)
-            .map(|replica| Arc::new(replica) as Arc<dyn Endpoint>)
-            .map_err(|reason| failure("open folder", path, ErrorKind::Outside, reason))
+    if peer.role != Role::Scheduler {
+        let reason = format!("only a scheduler hands runs over, and {peer} is not one");
+        return Err(failure(
+            "run",
+            &order.job,
+            ErrorKind::PermissionDenied,
+            reason,
+        ));
+    }
+    let here = |path: &str, writes: bool| {
+        let (replica, root) = roots::replica(&config.roots, path)
+            .map_err(|reason| failure("open folder", path, ErrorKind::Outside, reason))?;
+        let rights = root.rights(peer);
+        if !rights.read || (writes && !rights.write) {
+            let verb = if writes { "write" } else { "read" };
+            let reason = format!(
+                "{peer} may not {verb} {path}; see the root's read and write lists in the \
+                 agent's configuration"
+            );
+            return Err(failure(
+                "open folder",
+                path,
+                ErrorKind::PermissionDenied,
+                reason,
+            ));
+        }
+        Ok(Arc::new(replica) as Arc<dyn Endpoint>)
     };
     let destinations = order
         .destinations
         .iter()
         .map(|folder| {
             if folder.agent == config.name {
-                return here(&folder.path);
+                return here(&folder.path, true);
             }
+            let address = match config.peers.is_empty() {
+                true => folder.address.clone(),
+                false => config.peers.get(&folder.agent).cloned().ok_or_else(|| {
+                    let reason = format!(
+                        "{} is not among this agent's peers; add it under [peers] in its \
+                         configuration to let runs push to it",
+                        folder.agent
+                    );
+                    failure("run", &order.job, ErrorKind::PermissionDenied, reason)
+                })?,
+            };
             let dial = Dial {
                 agent: folder.agent.clone(),
-                address: folder.address.clone(),
+                address,
                 client: config.name.clone(),
                 tls: config.client_tls.clone(),
             };
@@ -139,7 +181,7 @@ fn job_spec(agent: &Agent, order: &JobOrder) -> Result<JobSpec, Response> {
     Ok(JobSpec {
         name: order.job.clone(),
         rule: order.rule,
-        source: here(&order.source)?,
+        source: here(&order.source, false)?,
         destinations,
         filter,
         guards: order.guards.clone(),

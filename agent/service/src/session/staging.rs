@@ -12,7 +12,7 @@ use ferry_engine::delta::Encoded;
 use ferry_engine::endpoint::{EndpointError, FileSink, LocalEndpoint, Staged};
 use ferry_engine::tree::{Entry, Expected};
 use ferry_wire::frame::FrameError;
-use ferry_wire::protocol::{ErrorKind, Request, Response};
+use ferry_wire::protocol::{ErrorKind, Request, Response, brief};
 
 use super::{Session, failure, verdict, wire_failure};
 
@@ -106,9 +106,7 @@ impl Session<'_> {
     /// Starts publishing the staged batch on another thread, once the batch before it is done.
     async fn start_publishing(&mut self, answer: bool) -> Result<(), FrameError> {
         self.finish_publishing(answer).await?;
-        let stale = (self.fence.as_ref())
-            .and_then(|f| self.agent.fences.admit(f).err())
-            .map(|reason| failure("write", "", ErrorKind::StaleEpoch, reason));
+        let stale = self.fence_refusal();
         self.stager.start(stale, self.replica.clone());
         Ok(())
     }
@@ -190,7 +188,8 @@ impl Session<'_> {
                 Request::DataEnd { hash } => break hash,
                 other => {
                     return Err(FrameError::Unexpected(format!(
-                        "{other:?} in the middle of a file"
+                        "{} in the middle of a file",
+                        brief(&other)
                     )));
                 }
             }
@@ -240,7 +239,8 @@ impl Session<'_> {
                 Request::DataEnd { .. } => return Ok(()),
                 other => {
                     return Err(FrameError::Unexpected(format!(
-                        "{other:?} in the middle of a file"
+                        "{} in the middle of a file",
+                        brief(&other)
                     )));
                 }
             }

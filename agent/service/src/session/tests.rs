@@ -18,12 +18,16 @@ use ferry_wire::protocol::{DataOp, PROTOCOL_VERSION, Request, Response};
 use ferry_wire::remote::RemoteEndpoint;
 use ferry_wire::transport;
 
+use ferry_engine::Fence;
+use ferry_wire::identity::{Peer, Role};
+
 use super::run;
+use crate::config::{Limits, ServedRoot};
 use crate::fences::Fences;
 use crate::serve::{Agent, AgentConfig};
 
 /// A TLS configuration with no identity: sessions in memory never use it.
-fn unused_tls() -> Arc<rustls::ClientConfig> {
+pub(super) fn unused_tls() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -34,47 +38,64 @@ fn unused_tls() -> Arc<rustls::ClientConfig> {
 }
 
 /// An agent serving one temporary folder, and sessions with it over in-memory pipes.
-struct TestAgent {
-    agent: Arc<Agent>,
-    root: tempfile::TempDir,
+pub(super) struct TestAgent {
+    pub(super) agent: Arc<Agent>,
+    pub(super) root: tempfile::TempDir,
     stopping: watch::Sender<bool>,
 }
 
 impl TestAgent {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
+        Self::serving(ServedRoot::open_to_all(root.path().to_path_buf()), root)
+    }
+
+    /// An agent serving `root` (whose folder is `dir`) as configured there.
+    pub(super) fn serving(root: ServedRoot, dir: tempfile::TempDir) -> Self {
         let config = AgentConfig {
             name: "nas1".into(),
-            roots: vec![root.path().to_path_buf()],
+            roots: vec![root],
+            peers: Default::default(),
+            limits: Limits::default(),
             client_tls: unused_tls(),
             state_dir: None,
         };
-        let fences = Arc::new(Fences::load(None).unwrap());
-        let agent = Arc::new(Agent { config, fences });
+        let agent = Arc::new(Agent::new(config, Fences::load(None).unwrap()));
         Self {
             agent,
-            root,
+            root: dir,
             stopping: watch::channel(false).0,
         }
     }
 
-    fn folder(&self) -> String {
+    pub(super) fn folder(&self) -> String {
         self.root.path().display().to_string()
     }
 
-    /// Starts a session; returns the peer's end of the pipe and the session's outcome.
-    fn serve(&self) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
+    /// Starts a session with scheduler s1; returns the peer's end of the pipe and the
+    /// session's outcome.
+    pub(super) fn serve(&self) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
+        self.serve_to(scheduler("s1"))
+    }
+
+    /// Starts a session with `peer`, as its certificate would name it.
+    pub(super) fn serve_to(
+        &self,
+        peer: Peer,
+    ) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
         let (near, far) = tokio::io::duplex(1 << 20);
         let (agent, stop) = (self.agent.clone(), self.stopping.subscribe());
         let served =
-            tokio::spawn(async move { run(transport::buffered(far), None, &agent, stop).await });
+            tokio::spawn(
+                async move { run(transport::buffered(far), None, &agent, peer, stop).await },
+            );
         (near, served)
     }
 
-    /// A client session with the folder open.
-    async fn client(&self) -> (Client, JoinHandle<Result<(), FrameError>>) {
+    /// A client session of scheduler s1, under a lease, with the folder open.
+    pub(super) async fn client(&self) -> (Client, JoinHandle<Result<(), FrameError>>) {
         let (near, served) = self.serve();
-        let mut client = Client::start(near, "s1", None, "nas1", Arc::default())
+        let mut client = Client::start(near, "s1", Some(lease()), "nas1", Arc::default())
             .await
             .unwrap();
         let open = Request::Open {
@@ -86,7 +107,22 @@ impl TestAgent {
     }
 }
 
-fn file_entry(size: u64) -> Entry {
+pub(super) fn scheduler(name: &str) -> Peer {
+    Peer {
+        name: name.into(),
+        role: Role::Scheduler,
+    }
+}
+
+/// The lease the test sessions work under.
+pub(super) fn lease() -> Fence {
+    Fence {
+        resource: "schedule:docs".into(),
+        epoch: 1,
+    }
+}
+
+pub(super) fn file_entry(size: u64) -> Entry {
     Entry {
         kind: Kind::File,
         size,
@@ -99,7 +135,7 @@ fn file_entry(size: u64) -> Entry {
 }
 
 /// The requests that send `bytes` as the whole file `name`.
-fn file_requests(name: &str, bytes: &[u8]) -> [Request; 3] {
+pub(super) fn file_requests(name: &str, bytes: &[u8]) -> [Request; 3] {
     let write = Request::WriteFile {
         path: name.into(),
         entry: file_entry(bytes.len() as u64),
@@ -112,19 +148,21 @@ fn file_requests(name: &str, bytes: &[u8]) -> [Request; 3] {
 }
 
 /// Sends `bytes` as the whole file `name`, without waiting for its verdict.
-async fn send_file(client: &mut Client, name: &str, bytes: &[u8]) {
+pub(super) async fn send_file(client: &mut Client, name: &str, bytes: &[u8]) {
     for request in file_requests(name, bytes) {
         client.send(&request).await.unwrap();
     }
 }
 
 /// A session opened by hand over the raw pipe, for peers that misbehave.
-async fn raw_session(agent: &TestAgent) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
+pub(super) async fn raw_session(
+    agent: &TestAgent,
+) -> (DuplexStream, JoinHandle<Result<(), FrameError>>) {
     let (mut near, served) = agent.serve();
     let hello = Request::Hello {
         version: PROTOCOL_VERSION,
         client: "s1".into(),
-        fence: None,
+        fence: Some(lease()),
     };
     frame::write(&mut near, &hello).await.unwrap();
     let welcome: Response = frame::read(&mut near).await.unwrap();
@@ -142,14 +180,14 @@ async fn raw_session(agent: &TestAgent) -> (DuplexStream, JoinHandle<Result<(), 
 }
 
 /// The reason of the `Refused` the agent answers.
-async fn refusal(near: &mut DuplexStream) -> String {
+pub(super) async fn refusal(near: &mut DuplexStream) -> String {
     match frame::read(near).await.unwrap() {
         Response::Refused { reason } => reason,
         other => panic!("{other:?} instead of Refused"),
     }
 }
 
-async fn outcome(served: JoinHandle<Result<(), FrameError>>) -> Result<(), FrameError> {
+pub(super) async fn outcome(served: JoinHandle<Result<(), FrameError>>) -> Result<(), FrameError> {
     tokio::time::timeout(Duration::from_secs(10), served)
         .await
         .expect("the session neither ended nor hung up")
@@ -327,7 +365,7 @@ async fn the_engine_mirrors_into_an_agent_through_a_remote_endpoint_in_memory() 
         guards: Default::default(),
     };
     let summary = ferry_wire::blocking::spawn(move || {
-        let halt = ferry_engine::Halt::new();
+        let halt = ferry_engine::Halt::fenced(lease());
         ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
     })
     .await

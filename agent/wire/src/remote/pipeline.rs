@@ -9,12 +9,12 @@ use ferry_engine::endpoint::Settled;
 
 use super::from_wire;
 use crate::client::{ClientError, Session};
-use crate::protocol::{ErrorKind, Request, Response, WireError};
+use crate::protocol::{ErrorKind, Request, Response, WireError, brief};
 
 /// Requests (small files' data among them) gathered before they are sent as one batch: large
 /// enough that frames are few, small enough that the receiver writes while the sender reads.
 const BATCH_BYTES: usize = 256 * 1024;
-pub(super) const BATCH_OPS: usize = 4096;
+pub(super) const BATCH_OPS: usize = crate::protocol::MAX_BATCH;
 
 /// Signatures asked for ahead of the run's need, at most: enough to cover a WAN's round trip
 /// with the files of a re-sync, few enough that unused ones cost little.
@@ -212,7 +212,7 @@ impl Link {
                     kind: ErrorKind::Other,
                     op: op.into(),
                     path: path.display().to_string(),
-                    message: format!("the agent answered {other:?}"),
+                    message: format!("the agent answered {}", brief(&other)),
                 };
                 self.note_failure(owed, wire);
             }
