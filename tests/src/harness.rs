@@ -430,6 +430,31 @@ impl TestAgent {
 
     /// Starts an agent listening on `listen` (a fixed port, to restart it where it was).
     pub fn start_at(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path, listen: &str) -> Self {
+        Self::launch(env, name, roots, tls_dir, listen, &[], None)
+    }
+
+    /// Starts an agent with more `ferry-agent run` arguments (`--config FILE`, say) and, when
+    /// given, at most `open_files` file descriptors.
+    pub fn start_with(
+        env: &Env,
+        name: &str,
+        roots: &[&Path],
+        tls_dir: &Path,
+        extra: &[&str],
+        open_files: Option<u32>,
+    ) -> Self {
+        Self::launch(env, name, roots, tls_dir, "127.0.0.1:0", extra, open_files)
+    }
+
+    fn launch(
+        env: &Env,
+        name: &str,
+        roots: &[&Path],
+        tls_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        open_files: Option<u32>,
+    ) -> Self {
         let log = env.path(&format!("agent-{name}.log"));
         let log_file = fs::OpenOptions::new()
             .create(true)
@@ -437,7 +462,17 @@ impl TestAgent {
             .open(&log)
             .expect("log file");
         let skip = fs::read_to_string(&log).map_or(0, |l| l.len());
-        let mut command = env.command("ferry-agent");
+        let mut command = match open_files {
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(binary("ferry-agent"));
+                prlimit
+            }
+            None => env.command("ferry-agent"),
+        };
         command
             .args(["run", "--listen", listen, "--name", name, "--tls-dir"])
             .arg(tls_dir)
@@ -446,6 +481,7 @@ impl TestAgent {
         for root in roots {
             command.arg("--root").arg(root);
         }
+        command.args(extra);
         let child = command
             .env(
                 "FERRY_LOG",
