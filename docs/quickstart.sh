@@ -30,4 +30,4 @@ Try, in another terminal:
 Ctrl-C stops the scheduler (its leases are released at once).
 
 TEXT
-exec "$ferry" scheduler run --name quickstart
+exec "$ferry" scheduler run --name quickstart --allow "$demo"

@@ -33,6 +33,10 @@ pub struct ServiceConfig {
     /// Folder with `ca.pem`, `NAME.pem` and `NAME.key` (from `ferry ca`), to reach agents as
     /// this scheduler's name. Without it, jobs on agents are reported as problems.
     pub tls_dir: Option<PathBuf>,
+    /// The folders on this machine its jobs may read and write (`--allow`): a job naming a
+    /// local path outside them fails, and nothing is touched. None by default; `/` only when
+    /// named. Anyone who can write job rows can make a scheduler use these folders.
+    pub allow: Vec<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -45,6 +49,7 @@ impl Default for ServiceConfig {
             settle: Duration::from_secs(2),
             keep_runs: Duration::from_secs(30 * 24 * 3600),
             tls_dir: None,
+            allow: Vec::new(),
         }
     }
 }
@@ -60,6 +65,12 @@ impl ServiceConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat.is_zero() || self.lease_ttl.is_zero() || self.poll.is_zero() {
             return Err("lease-ttl, heartbeat and poll must be greater than zero".into());
+        }
+        if let Some(relative) = self.allow.iter().find(|dir| !dir.is_absolute()) {
+            return Err(format!(
+                "allow {}: name the folder by its absolute path",
+                relative.display()
+            ));
         }
         if self.heartbeat * 2 > self.lease_ttl {
             return Err(format!(

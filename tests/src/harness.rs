@@ -271,6 +271,11 @@ impl TestScheduler {
             .arg(&env.db)
             .args(["scheduler", "run", "--name", name])
             .args(extra)
+            // Every folder of a test is in its scratch folder, unless the test says otherwise.
+            .args(match extra.contains(&"--allow") {
+                true => vec![],
+                false => vec!["--allow".as_ref(), env.dir.path().as_os_str()],
+            })
             .env("FERRY_LOG", "info,ferry=debug")
             .envs(vars.iter().copied())
             .stdin(Stdio::null())

@@ -55,9 +55,9 @@ fn silent_sockets_beyond_the_agents_descriptors_are_dropped_and_a_good_client_is
 
     // Every one is dropped, the first within the handshake deadline, the rest as descriptors
     // come free.
-    let dropped = silent
-        .iter_mut()
-        .filter(|socket| hung_up(socket, Duration::from_secs(30)))
+    let dropped = (silent.iter_mut())
+        .map(|socket| hung_up(socket, Duration::from_secs(30)))
+        .filter(|&dropped| dropped)
         .count();
     assert_eq!(dropped, silent.len(), "silent sockets held open");
     let took = started.elapsed();
@@ -93,11 +93,53 @@ fn a_peer_that_finishes_tls_but_never_says_hello_is_dropped() {
         let started = Instant::now();
         let mut rest = Vec::new();
         let read = session.read_to_end(&mut rest);
-        tokio::time::timeout(Duration::from_secs(10), read)
+        // The end of the stream, or a reset: either way, the agent hung up.
+        let _ = tokio::time::timeout(Duration::from_secs(10), read)
             .await
             .expect("the agent kept a silent peer");
         started.elapsed()
     });
     assert!(waited < Duration::from_secs(5), "dropped after {waited:?}");
     agent.wait_for_log("no Hello within", Duration::from_secs(5));
+}
+
+/// The review's attack: whoever can write job rows points a job at a folder the scheduler's
+/// host holds dear. A scheduler touches only the folders it was allowed.
+#[test]
+fn a_job_naming_a_local_folder_outside_the_allowed_ones_touches_nothing() {
+    use ferry_tests::harness::TestScheduler;
+
+    let env = Env::new(Backend::Sqlite);
+    let (allowed, precious) = (env.path("allowed"), env.path("precious"));
+    std::fs::create_dir_all(allowed.join("src")).unwrap();
+    std::fs::write(allowed.join("src/one.txt"), "one").unwrap();
+    std::fs::create_dir_all(&precious).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(precious.join(name), "keep me").unwrap();
+    }
+    let text = |p: &Path| p.to_str().unwrap().to_owned();
+    let allow = text(&allowed);
+    let _scheduler = TestScheduler::start(&env, "s1", &["--allow", &allow]);
+
+    let (from, to) = (text(&allowed.join("src")), text(&precious));
+    let job = ["job", "add", "steal", "--rule", "mirror", "--from", &from, "--to", &to];
+    env.ferry(&job).ok();
+    let yearly = ["schedule", "add", "steal", "--job", "steal", "--cron", "0 0 1 1 *"];
+    env.ferry(&yearly).ok();
+    env.ferry(&["schedule", "run", "steal"]).ok();
+
+    let problem = || env.sql_text("SELECT last_error FROM schedules WHERE name = 'steal'");
+    let reported = wait_until(Duration::from_secs(20), || problem().is_some());
+    let problem = problem().unwrap_or_default();
+    assert!(reported, "no problem reported");
+    assert!(
+        problem.contains("outside the folders this scheduler may use") && problem.contains(&to),
+        "{problem}"
+    );
+    for name in ["a", "b", "c"] {
+        let kept = std::fs::read_to_string(precious.join(name)).unwrap();
+        assert_eq!(kept, "keep me", "{name} was touched");
+    }
+    let runs = env.sql_text("SELECT CAST(count(*) AS TEXT) FROM runs");
+    assert_eq!(runs.as_deref(), Some("0"), "a run started");
 }

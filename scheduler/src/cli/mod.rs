@@ -390,6 +390,11 @@ pub struct SchedulerRun {
     /// to reach agents. Needed for jobs with `AGENT:/path` folders.
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// A folder on this machine whose jobs this scheduler may run (read and write); repeat
+    /// for several. A job naming a local path outside them fails with that in its last_error,
+    /// and nothing is touched. Jobs on agents need none.
+    #[arg(long = "allow", value_name = "DIR")]
+    pub allow: Vec<PathBuf>,
 }
 
 /// Runs a parsed command line.
@@ -464,15 +469,28 @@ fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
-            let user_end = url[scheme + 3..at].find(':').unwrap() + scheme + 3;
-            format!("{}:***{}", &url[..user_end], &url[at..])
-        }
-        _ => url.to_owned(),
+/// The database URL without its secrets, for messages: the password in the user part and
+/// any parameter whose name says it is one (`password=`, `sslpassword=`). A SQLite file path is
+/// not a URL and is printed as it is.
+fn redact(db: &str) -> String {
+    let Ok(mut url) = url::Url::parse(db) else {
+        return db.to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    if url.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| match secret(&key) {
+                true => (key.into_owned(), "***".to_owned()),
+                false => (key.into_owned(), value.into_owned()),
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -490,6 +508,14 @@ mod tests {
             "postgres://ferry@db/ferry"
         );
         assert_eq!(redact("ferry.db"), "ferry.db");
+        assert_eq!(
+            redact("postgres://ferry@127.0.0.1:1/ferry?password=hunter2&sslmode=verify-full"),
+            "postgres://ferry@127.0.0.1:1/ferry?password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redact("postgres://u:p%40ss@db/ferry?sslpassword=x"),
+            "postgres://u:***@db/ferry?sslpassword=***"
+        );
     }
 
     #[test]

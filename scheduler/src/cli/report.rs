@@ -26,6 +26,7 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
     config.poll = args.poll.unwrap_or(config.poll);
     config.keep_runs = args.keep_runs.unwrap_or(config.keep_runs);
     config.tls_dir = args.tls_dir.or(config.tls_dir);
+    config.allow.extend(args.allow);
     config
         .validate()
         .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;

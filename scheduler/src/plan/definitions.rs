@@ -78,12 +78,14 @@ impl Place {
     }
 }
 
-/// How this process reaches agents: their addresses (the `agents` table) and its own
-/// certificate (`--tls-dir`), when it has one.
+/// How this process reaches folders: agents at their addresses (the `agents` table) with its
+/// own certificate (`--tls-dir`), when it has one, and the folders on this machine it may use
+/// (`--allow`).
 #[derive(Clone, Default)]
 pub struct Remotes {
     pub addresses: HashMap<String, String>,
     pub identity: Option<(String, Arc<ClientConfig>)>,
+    pub allowed: Vec<PathBuf>,
 }
 
 impl Remotes {
@@ -105,9 +107,33 @@ impl Remotes {
         })
     }
 
+    /// The allowed folder `path` lies in (as named, or as its symlinks resolve).
+    fn allowed_folder(&self, path: &Path) -> Result<PathBuf, String> {
+        let as_named = self.allowed.iter().cloned();
+        let resolved = self.allowed.iter().filter_map(|dir| dir.canonicalize().ok());
+        as_named
+            .chain(resolved)
+            .find(|dir| path.starts_with(dir))
+            .ok_or_else(|| {
+                let allowed: Vec<String> =
+                    self.allowed.iter().map(|d| d.display().to_string()).collect();
+                format!(
+                    "{} is outside the folders this scheduler may use ({}); start it with \
+                     --allow DIR (or allow = [...] in its config file) to let it",
+                    path.display(),
+                    match allowed.is_empty() {
+                        true => "none are allowed".to_owned(),
+                        false => allowed.join(", "),
+                    }
+                )
+            })
+    }
+
     fn endpoint(&self, place: &Place) -> Result<Arc<dyn Endpoint>, String> {
         Ok(match place {
-            Place::Local(path) => Arc::new(LocalEndpoint::new(path)),
+            Place::Local(path) => {
+                Arc::new(LocalEndpoint::beneath(self.allowed_folder(path)?, path))
+            }
             Place::Agent { agent, path } => Arc::new(RemoteEndpoint::new(
                 self.dial(agent)?,
                 path.display().to_string(),
@@ -296,7 +322,10 @@ pub fn watch_roots(job: &JobRow, remotes: &Remotes) -> Result<Vec<WatchRoot>, Me
     places
         .into_iter()
         .map(|p| match p {
-            Place::Local(path) => Ok(WatchRoot::Local(path)),
+            Place::Local(path) => {
+                remotes.allowed_folder(&path)?;
+                Ok(WatchRoot::Local(path))
+            }
             Place::Agent { agent, path } => Ok(WatchRoot::Agent {
                 dial: remotes.dial(&agent)?,
                 path: path.display().to_string(),
@@ -482,6 +511,29 @@ fn cached<I: PartialEq, V>(
 mod tests {
     use super::*;
 
+    /// A scheduler allowed every local folder.
+    fn allowing_all() -> Remotes {
+        Remotes {
+            allowed: vec!["/".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn local_folders_outside_the_allowed_ones_are_refused_by_name() {
+        let remotes = Remotes {
+            allowed: vec!["/srv".into()],
+            ..Default::default()
+        };
+        assert!(job_spec(&job("/srv/docs", "/srv/backup"), &remotes).is_ok());
+        for (source, dest) in [("/srv/docs", "/etc/cron.d"), ("/srvx/docs", "/srv/b"), ("/root", "/srv/b")] {
+            let err = job_spec(&job(source, dest), &remotes).unwrap_err();
+            assert!(err.message.contains("outside the folders this scheduler may use"), "{err}");
+        }
+        let none = job_spec(&job("/srv/docs", "/srv/backup"), &Remotes::default()).unwrap_err();
+        assert!(none.message.contains("none are allowed"), "{none}");
+    }
+
     fn job(source: &str, dest: &str) -> JobRow {
         JobRow {
             name: "docs".into(),
@@ -496,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_valid_job_builds() {
-        let spec = job_spec(&job("/srv/docs", "/backup/docs"), &Remotes::default())
+        let spec = job_spec(&job("/srv/docs", "/backup/docs"), &allowing_all())
             .unwrap()
             .spec;
         assert_eq!(spec.rule, Rule::Mirror);
@@ -518,7 +570,7 @@ mod tests {
                 .message
                 .contains("destinations /b and /b/c overlap")
         );
-        let err = job_spec(&job("/srv/docs", "nas:/docs"), &Remotes::default()).unwrap_err();
+        let err = job_spec(&job("/srv/docs", "nas:/docs"), &allowing_all()).unwrap_err();
         assert!(err.message.contains("agent \"nas\" is not known"), "{err}");
         let err = check_job(&job("nas:/srv/docs", "nas:/srv/docs/inner")).unwrap_err();
         assert!(err.message.contains("overlaps"), "{err}");
@@ -551,7 +603,7 @@ mod tests {
     #[test]
     fn a_definition_is_compiled_again_only_when_what_it_is_made_of_changes() {
         let mut compiled = Compiled::default();
-        let remotes = Remotes::default();
+        let remotes = allowing_all();
         let docs = job("/srv/docs", "/backup/docs");
         let source = |compiled: &mut Compiled, row: &ScheduleRow, job: &JobRow| {
             let valid = compiled

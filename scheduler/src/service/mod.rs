@@ -208,7 +208,7 @@ impl Service {
         }
         self.renew_leases().await?;
         let now = self.store.now().await?;
-        let defs = Definitions::load(&self.store, &self.identity).await?;
+        let defs = Definitions::load(&self.store, &self.identity, &self.config.allow).await?;
         self.due_retries = self.store.due_retries().await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
         let candidates = Candidates::new(&defs.schedulers, now, settle);

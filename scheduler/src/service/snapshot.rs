@@ -2,6 +2,7 @@
 //! and from them the schedules and monitors that want a scheduler.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_wire::tls::ClientConfig;
@@ -62,6 +63,7 @@ impl Definitions {
     pub(super) async fn load(
         store: &Store,
         identity: &Option<(String, Arc<ClientConfig>)>,
+        allowed: &[PathBuf],
     ) -> Result<Self, StoreError> {
         let remotes = Remotes {
             addresses: store
@@ -71,6 +73,7 @@ impl Definitions {
                 .map(|a| (a.name, a.address))
                 .collect(),
             identity: identity.clone(),
+            allowed: allowed.to_vec(),
         };
         Ok(Self {
             remotes,
