@@ -61,7 +61,10 @@ fn silent_sockets_beyond_the_agents_descriptors_are_dropped_and_a_good_client_is
         .count();
     assert_eq!(dropped, silent.len(), "silent sockets held open");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(30), "dropping them took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "dropping them took {took:?}"
+    );
 
     // The agent serves a good client, and did not flood its log meanwhile.
     let tls_dir = tls.to_str().unwrap();
@@ -69,7 +72,11 @@ fn silent_sockets_beyond_the_agents_descriptors_are_dropped_and_a_good_client_is
     let served = wait_until(Duration::from_secs(20), || env.ferry(&test).code == 0);
     assert!(served, "a good client was not served:\n{}", agent.log());
     let logged = agent.log().len() - log_before;
-    assert!(logged < 1 << 20, "{logged} bytes of log for {} sockets", silent.len());
+    assert!(
+        logged < 1 << 20,
+        "{logged} bytes of log for {} sockets",
+        silent.len()
+    );
 }
 
 #[test]
@@ -84,7 +91,9 @@ fn a_peer_that_finishes_tls_but_never_says_hello_is_dropped() {
     let waited = runtime.block_on(async {
         use tokio::io::AsyncReadExt;
         let config: Arc<_> = ferry_wire::tls::client_config(&tls, "s1").unwrap();
-        let tcp = tokio::net::TcpStream::connect(&agent.address).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(&agent.address)
+            .await
+            .unwrap();
         let name = rustls::pki_types::ServerName::try_from("nas1").unwrap();
         let mut session = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
@@ -122,9 +131,19 @@ fn a_job_naming_a_local_folder_outside_the_allowed_ones_touches_nothing() {
     let _scheduler = TestScheduler::start(&env, "s1", &["--allow", &allow]);
 
     let (from, to) = (text(&allowed.join("src")), text(&precious));
-    let job = ["job", "add", "steal", "--rule", "mirror", "--from", &from, "--to", &to];
+    let job = [
+        "job", "add", "steal", "--rule", "mirror", "--from", &from, "--to", &to,
+    ];
     env.ferry(&job).ok();
-    let yearly = ["schedule", "add", "steal", "--job", "steal", "--cron", "0 0 1 1 *"];
+    let yearly = [
+        "schedule",
+        "add",
+        "steal",
+        "--job",
+        "steal",
+        "--cron",
+        "0 0 1 1 *",
+    ];
     env.ferry(&yearly).ok();
     env.ferry(&["schedule", "run", "steal"]).ok();
 

@@ -110,13 +110,19 @@ impl Remotes {
     /// The allowed folder `path` lies in (as named, or as its symlinks resolve).
     fn allowed_folder(&self, path: &Path) -> Result<PathBuf, String> {
         let as_named = self.allowed.iter().cloned();
-        let resolved = self.allowed.iter().filter_map(|dir| dir.canonicalize().ok());
+        let resolved = self
+            .allowed
+            .iter()
+            .filter_map(|dir| dir.canonicalize().ok());
         as_named
             .chain(resolved)
             .find(|dir| path.starts_with(dir))
             .ok_or_else(|| {
-                let allowed: Vec<String> =
-                    self.allowed.iter().map(|d| d.display().to_string()).collect();
+                let allowed: Vec<String> = self
+                    .allowed
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
                 format!(
                     "{} is outside the folders this scheduler may use ({}); start it with \
                      --allow DIR (or allow = [...] in its config file) to let it",
@@ -526,9 +532,17 @@ mod tests {
             ..Default::default()
         };
         assert!(job_spec(&job("/srv/docs", "/srv/backup"), &remotes).is_ok());
-        for (source, dest) in [("/srv/docs", "/etc/cron.d"), ("/srvx/docs", "/srv/b"), ("/root", "/srv/b")] {
+        for (source, dest) in [
+            ("/srv/docs", "/etc/cron.d"),
+            ("/srvx/docs", "/srv/b"),
+            ("/root", "/srv/b"),
+        ] {
             let err = job_spec(&job(source, dest), &remotes).unwrap_err();
-            assert!(err.message.contains("outside the folders this scheduler may use"), "{err}");
+            assert!(
+                err.message
+                    .contains("outside the folders this scheduler may use"),
+                "{err}"
+            );
         }
         let none = job_spec(&job("/srv/docs", "/srv/backup"), &Remotes::default()).unwrap_err();
         assert!(none.message.contains("none are allowed"), "{none}");

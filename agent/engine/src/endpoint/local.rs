@@ -721,3 +721,6 @@ fn now_mtime() -> Mtime {
         nanos: now.nanoseconds(),
     }
 }
+
+#[cfg(test)]
+mod tests;
