@@ -19,6 +19,11 @@ pub enum Kind {
         #[serde(with = "crate::raw_path")]
         target: PathBuf,
     },
+    /// A FIFO, a socket or a device (`what` says which, as users name it). Never opened and
+    /// never synced: a run leaves it out, with a warning event.
+    Special {
+        what: String,
+    },
 }
 
 /// Modification time with the nanoseconds the file system keeps.

@@ -261,6 +261,9 @@ fn sync_once(
     };
     let print = |event: Event| match event {
         Event::Failed { path, error } => eprintln!("failed {}: {error}", path.display()),
+        Event::Skipped { at, path, why } => {
+            eprintln!("skipped {} in {at}: {why}", path.display())
+        }
         other if verbose => println!("{other:?}"),
         _ => {}
     };

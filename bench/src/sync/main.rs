@@ -351,9 +351,12 @@ impl Bench {
             },
         };
         let started = Instant::now();
-        let summary =
-            self.runtime
-                .block_on(hand_over(&handoff, &Scope::Full, &Halt::new(), &mut |_| {}))?;
+        let summary = self.runtime.block_on(hand_over(
+            &handoff,
+            &Scope::Full,
+            &bench_lease(),
+            &mut |_| {},
+        ))?;
         let wall = started.elapsed();
         if summary.failures > 0 {
             bail!("ferry: {summary:?}");
@@ -413,3 +416,11 @@ fn round_order(tools: usize, round: usize) -> Vec<usize> {
 
 /// Each tool's samples for one case.
 type CaseSamples = Vec<(Tool, Vec<Sample>)>;
+
+/// The lease the benchmark's runs work under: every write to an agent carries one.
+fn bench_lease() -> Halt {
+    Halt::fenced(ferry_engine::Fence {
+        resource: "schedule:bench".into(),
+        epoch: 1,
+    })
+}

@@ -112,6 +112,7 @@ impl Recorder {
                 path,
             ),
             Event::Failed { path, error } => ("error", error.clone(), path),
+            Event::Skipped { at, path, why } => ("warn", format!("skipped in {at}: {why}"), path),
         };
         if self.written < EVENTS_PER_RUN || level == "error" && self.written < 2 * EVENTS_PER_RUN {
             self.written += 1;

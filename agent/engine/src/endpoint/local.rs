@@ -152,8 +152,7 @@ impl LocalEndpoint {
         Ok(())
     }
 
-    /// The entry for what a scan found at `rel`; `None` for nothing, or for a special file
-    /// (a FIFO, a socket, a device), which is never opened and so never synced.
+    /// The entry for what a scan found at `rel`; `None` for nothing.
     fn entry(
         &self,
         found: Option<Found>,
@@ -163,17 +162,9 @@ impl LocalEndpoint {
         let Some(found) = found else {
             return Ok(None);
         };
-        match entry_from(found, read_link).map_err(self.err("read", rel))? {
-            Ok(entry) => Ok(Some(entry)),
-            Err(special) => {
-                tracing::warn!(
-                    path = %self.full(rel).display(),
-                    "skipped {}: ferry syncs files, folders and symlinks only",
-                    beneath::describe(special)
-                );
-                Ok(None)
-            }
-        }
+        entry_from(found, read_link)
+            .map(Some)
+            .map_err(self.err("read", rel))
     }
 
     /// The entry at `rel`, not followed if it is a symlink.
@@ -648,25 +639,24 @@ impl Drop for LocalSink<'_> {
     }
 }
 
-/// The entry for `found`; `Err` with its type for a special file, which ferry never syncs.
-fn entry_from(
-    found: Found,
-    read_link: impl FnOnce() -> io::Result<PathBuf>,
-) -> io::Result<std::result::Result<Entry, FileType>> {
+/// The entry for `found`.
+fn entry_from(found: Found, read_link: impl FnOnce() -> io::Result<PathBuf>) -> io::Result<Entry> {
     let kind = match found.file_type {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink {
             target: read_link()?,
         },
-        special => return Ok(Err(special)),
+        special => Kind::Special {
+            what: beneath::describe(special).to_owned(),
+        },
     };
-    Ok(Ok(Entry {
+    Ok(Entry {
         size: if kind == Kind::File { found.size } else { 0 },
         kind,
         mtime: found.mtime,
         mode: found.mode,
-    }))
+    })
 }
 
 /// Under the sync rule: fails when `rel` no longer holds what the run's scan saw there
@@ -676,11 +666,10 @@ fn still_holds(root: &Root, rel: &Path, expected: Option<&Expected>) -> io::Resu
         return Ok(());
     };
     let now = match root.stat(rel)? {
-        Some(found) => entry_from(found, || root.read_link(rel))?.ok(),
+        Some(found) => Some(entry_from(found, || root.read_link(rel))?),
         None => None,
     };
-    let special_now = now.is_none() && root.stat(rel)?.is_some();
-    if !special_now && expected.is_met_by(now.as_ref()) {
+    if expected.is_met_by(now.as_ref()) {
         return Ok(());
     }
     Err(io::Error::other(

@@ -364,6 +364,15 @@ impl Executor<'_> {
                 let bytes = self.copy_file(self.replicas[from], to, target, entry, replaces)?;
                 self.summary.bytes_total += bytes;
             }
+            // Left out after the scan (see `skip_special_files`); never copied, whoever asks.
+            Kind::Special { .. } => {
+                let never = io::Error::other("a special file is never synced");
+                return Err(EndpointError::new(
+                    "copy",
+                    path.display().to_string(),
+                    never,
+                ));
+            }
         }
         self.summary.files_copied += 1;
         (self.on_event)(Event::Copied {

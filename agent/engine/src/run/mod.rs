@@ -119,6 +119,13 @@ pub enum Event {
         path: PathBuf,
         error: String,
     },
+    /// Something a run leaves alone on purpose (a FIFO, a socket, a device), and why.
+    Skipped {
+        at: String,
+        #[serde(with = "crate::raw_path")]
+        path: PathBuf,
+        why: String,
+    },
 }
 
 /// What a run did, in the counters `runs` records.
@@ -221,6 +228,7 @@ pub fn run(
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
     let mut trees = scan_replicas(spec, &replicas, &scope, halt, create_missing)?;
+    skip_special_files(&replicas, &mut trees, on_event);
     if let Some(versions) = &spec.guards.versions {
         for tree in &mut trees {
             tree.retain(|path, _| !path.starts_with(versions));
@@ -300,6 +308,30 @@ fn scan_replicas(
             })
         })
         .collect()
+}
+
+/// Leaves FIFOs, sockets and devices out of every replica's tree, each with a warning event:
+/// ferry never opens one (a FIFO would block a reader), and so never syncs one.
+fn skip_special_files(
+    replicas: &[&dyn Endpoint],
+    trees: &mut [Tree],
+    on_event: &mut dyn FnMut(Event),
+) {
+    for (replica, tree) in replicas.iter().zip(trees) {
+        tree.retain(|path, entry| {
+            let Kind::Special { what } = &entry.kind else {
+                return true;
+            };
+            on_event(Event::Skipped {
+                at: replica.display(),
+                path: path.clone(),
+                why: format!(
+                    "{what}: ferry syncs files, folders and symlinks, and never opens one"
+                ),
+            });
+            false
+        });
+    }
 }
 
 /// `tree`, once it is known to list nothing under a non-folder (see [`check_parents`]).

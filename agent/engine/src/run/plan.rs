@@ -156,6 +156,7 @@ pub(super) fn kind_name(kind: &Kind) -> &'static str {
         Kind::File => "file",
         Kind::Dir => "folder",
         Kind::Symlink { .. } => "link",
+        Kind::Special { .. } => "special file",
     }
 }
 

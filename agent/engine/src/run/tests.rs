@@ -737,12 +737,16 @@ fn a_fifo_in_the_source_is_skipped_without_being_opened() {
         };
         let _ = done.send(fx.run(Rule::Mirror));
     });
-    let (summary, _) = finished
+    let (summary, events) = finished
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("the run hung on the FIFO");
 
     assert_eq!(summary.failures, 0);
     assert_eq!(fx.listing(1), ["before.txt", "zafter.txt"]);
+    let warned = events.iter().any(|e| {
+        matches!(e, Event::Skipped { path, why, .. } if path == Path::new("pipe") && why.contains("FIFO"))
+    });
+    assert!(warned, "no warning event: {events:?}");
 }
 
 /// A replica whose scans another party forges (a compromised agent, say); everything else

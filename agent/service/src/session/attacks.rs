@@ -491,3 +491,38 @@ async fn a_huge_unexpected_request_is_not_echoed_back_or_logged_whole() {
     assert!(reason.len() < 400, "a refusal of {} bytes", reason.len());
     outcome(served).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pushes_only_to_the_agents_this_one_lists_as_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(ServedRoot::open_to_all(dir.path().to_path_buf()));
+    config.peers.insert("nas2".into(), "127.0.0.1:1".into());
+    let agent = TestAgent::configured(config, dir);
+    let folder = agent.folder();
+    let (mut s1, _served) = agent.client().await;
+    let order = JobOrder {
+        job: "probe".into(),
+        rule: ferry_engine::Rule::Mirror,
+        source: folder,
+        destinations: vec![RemoteFolder {
+            agent: "intranet-db".into(),
+            address: "127.0.0.1:5432".into(),
+            path: "/srv".into(),
+        }],
+        include: vec![],
+        exclude: vec![],
+        guards: Default::default(),
+        paths: None,
+    };
+    let run = Request::RunJob {
+        order,
+        valid_for_ms: 10_000,
+    };
+    let answer = s1.call(&run).await.unwrap();
+    let refusal = failed(&answer);
+    assert_eq!(refusal.kind, ErrorKind::PermissionDenied, "{answer:?}");
+    assert!(
+        refusal.message.contains("not among this agent's peers"),
+        "{answer:?}"
+    );
+}

@@ -52,14 +52,11 @@ impl TestAgent {
 
     /// An agent serving `root` (whose folder is `dir`) as configured there.
     pub(super) fn serving(root: ServedRoot, dir: tempfile::TempDir) -> Self {
-        let config = AgentConfig {
-            name: "nas1".into(),
-            roots: vec![root],
-            peers: Default::default(),
-            limits: Limits::default(),
-            client_tls: unused_tls(),
-            state_dir: None,
-        };
+        Self::configured(config(root), dir)
+    }
+
+    /// An agent as `config` says, serving the folder `dir`.
+    pub(super) fn configured(config: AgentConfig, dir: tempfile::TempDir) -> Self {
         let agent = Arc::new(Agent::new(config, Fences::load(None).unwrap()));
         Self {
             agent,
@@ -104,6 +101,18 @@ impl TestAgent {
         };
         assert_eq!(client.call(&open).await.unwrap(), Response::Done);
         (client, served)
+    }
+}
+
+/// Agent nas1's configuration, serving `root` and nothing else.
+pub(super) fn config(root: ServedRoot) -> AgentConfig {
+    AgentConfig {
+        name: "nas1".into(),
+        roots: vec![root],
+        peers: Default::default(),
+        limits: Limits::default(),
+        client_tls: unused_tls(),
+        state_dir: None,
     }
 }
 
