@@ -56,6 +56,28 @@ fn failed(response: &Response) -> &WireError {
     }
 }
 
+/// A run of `folder` handed over to nas1, pushing to `agent` at `address`.
+fn run_to(folder: &str, agent: &str, address: &str) -> Request {
+    let order = JobOrder {
+        job: "handed-over".into(),
+        rule: ferry_engine::Rule::Mirror,
+        source: folder.into(),
+        destinations: vec![RemoteFolder {
+            agent: agent.into(),
+            address: address.into(),
+            path: "/srv".into(),
+        }],
+        include: vec![],
+        exclude: vec![],
+        guards: Default::default(),
+        paths: None,
+    };
+    Request::RunJob {
+        order,
+        valid_for_ms: 10_000,
+    }
+}
+
 fn make_dir(path: &str, mode: u32) -> Request {
     Request::MakeDir {
         path: path.into(),
@@ -147,24 +169,7 @@ async fn an_agent_certificate_cannot_act_as_a_scheduler() {
     let mut nas2 = session_as(&agent, self::agent("nas2"), Some(lease()), &folder)
         .await
         .unwrap();
-    let order = JobOrder {
-        job: "stolen".into(),
-        rule: ferry_engine::Rule::Mirror,
-        source: folder.clone(),
-        destinations: vec![RemoteFolder {
-            agent: "nas2".into(),
-            address: "127.0.0.1:1".into(),
-            path: "/srv".into(),
-        }],
-        include: vec![],
-        exclude: vec![],
-        guards: Default::default(),
-        paths: None,
-    };
-    let run = Request::RunJob {
-        order,
-        valid_for_ms: 10_000,
-    };
+    let run = run_to(&folder, "nas2", "127.0.0.1:1");
     let answer = nas2.call(&run).await.unwrap();
     assert!(
         failed(&answer).message.contains("only a scheduler"),
@@ -500,24 +505,7 @@ async fn a_run_pushes_only_to_the_agents_this_one_lists_as_peers() {
     let agent = TestAgent::configured(config, dir);
     let folder = agent.folder();
     let (mut s1, _served) = agent.client().await;
-    let order = JobOrder {
-        job: "probe".into(),
-        rule: ferry_engine::Rule::Mirror,
-        source: folder,
-        destinations: vec![RemoteFolder {
-            agent: "intranet-db".into(),
-            address: "127.0.0.1:5432".into(),
-            path: "/srv".into(),
-        }],
-        include: vec![],
-        exclude: vec![],
-        guards: Default::default(),
-        paths: None,
-    };
-    let run = Request::RunJob {
-        order,
-        valid_for_ms: 10_000,
-    };
+    let run = run_to(&folder, "intranet-db", "127.0.0.1:5432");
     let answer = s1.call(&run).await.unwrap();
     let refusal = failed(&answer);
     assert_eq!(refusal.kind, ErrorKind::PermissionDenied, "{answer:?}");
