@@ -18,7 +18,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{
-    AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps, UTIME_OMIT,
+    AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, StatxFlags, Timespec, Timestamps,
+    UTIME_OMIT,
 };
 
 use crate::tree::Mtime;
@@ -280,6 +281,22 @@ impl Root {
         let (from_at, from_name) = self.parent(from)?;
         let (to_at, to_name) = self.parent(to)?;
         rustix::fs::renameat(&from_at, from_name, &to_at, to_name).map_err(io::Error::from)
+    }
+
+    /// Renames `from` to `to`, which must not exist: nothing is ever replaced.
+    pub fn rename_new(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from_at, from_name) = self.parent(from)?;
+        let (to_at, to_name) = self.parent(to)?;
+        let renamed =
+            rustix::fs::renameat_with(&from_at, from_name, &to_at, to_name, RenameFlags::NOREPLACE);
+        match renamed {
+            // A file system without RENAME_NOREPLACE: link then unlink never replaces either.
+            Err(rustix::io::Errno::INVAL) => {
+                rustix::fs::linkat(&from_at, from_name, &to_at, to_name, AtFlags::empty())?;
+                rustix::fs::unlinkat(&from_at, from_name, AtFlags::empty()).map_err(io::Error::from)
+            }
+            renamed => renamed.map_err(io::Error::from),
+        }
     }
 
     /// Links the file at `from` (a symlink is linked as itself) as the new name `to`.

@@ -412,7 +412,7 @@ impl Endpoint for LocalEndpoint {
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         self.root()?
-            .rename(from, to)
+            .rename_new(from, to)
             .map_err(self.err("rename", from))
     }
 

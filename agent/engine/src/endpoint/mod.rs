@@ -131,6 +131,8 @@ pub trait Endpoint: Send + Sync {
     /// `expected`, `rel` is checked first where it is, so a remote replica costs no round trip
     /// for it.
     fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool>;
+    /// Renames `from` to `to`, which must not exist: a rename never replaces anything (it
+    /// moves a losing version aside, next to files that may be a user's).
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
     /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,

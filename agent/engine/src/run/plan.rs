@@ -196,7 +196,14 @@ pub(super) fn plan_sync(
         .collect();
     for path in paths {
         let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
-        plan_path(&mut plan, path, &states, base.get(path), &mut same_content);
+        plan_path(
+            &mut plan,
+            trees,
+            path,
+            &states,
+            base.get(path),
+            &mut same_content,
+        );
     }
     plan
 }
@@ -206,6 +213,7 @@ pub(super) fn plan_sync(
 /// conflict, kept aside as a conflict copy.
 fn plan_path(
     plan: &mut SyncPlan,
+    trees: &[Tree],
     path: &PathBuf,
     states: &[Option<&Entry>],
     was: Option<&Entry>,
@@ -262,7 +270,7 @@ fn plan_path(
     }
     let winning = Winning {
         path,
-        replicas: states.len(),
+        trees,
         winner,
         target,
     };
@@ -283,7 +291,8 @@ fn action(replica: usize, path: &Path, op: Op) -> Action {
 /// The version of a path that won a sync, to bring every other replica to.
 struct Winning<'a> {
     path: &'a PathBuf,
-    replicas: usize,
+    /// What every replica holds: a conflict copy's name must be free in all of them.
+    trees: &'a [Tree],
     winner: usize,
     target: &'a Entry,
 }
@@ -301,7 +310,7 @@ impl Winning<'_> {
     ) {
         let (path, target) = (self.path, self.target);
         if let Some(losing) = state.filter(|_| loser) {
-            keep_aside(plan, self.replicas, r, path, losing);
+            keep_aside(plan, self.trees, r, path, losing);
         } else if state.is_some_and(|s| like_winner && s.mtime != target.mtime && !s.is_dir()) {
             // Changed to the same content under another time: only the time changes. A
             // replica that did not change since the last run just holds the old version: the
@@ -331,12 +340,16 @@ impl Winning<'_> {
 /// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
 pub(super) fn keep_aside(
     plan: &mut SyncPlan,
-    replicas: usize,
+    trees: &[Tree],
     r: usize,
     path: &Path,
     entry: &Entry,
 ) {
-    let aside = conflict_name(path, entry.mtime, r);
+    let replicas = trees.len();
+    let taken = |name: &Path| {
+        plan.agreed.contains_key(name) || trees.iter().any(|tree| tree.contains_key(name))
+    };
+    let aside = free_conflict_name(path, entry.mtime, r, taken);
     plan.actions.push(Action {
         replica: r,
         path: path.to_path_buf(),
@@ -356,19 +369,51 @@ pub(super) fn keep_aside(
     plan.agreed.insert(aside, entry.clone());
 }
 
+/// The longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
 /// `report.txt` → `report.ferry-conflict-20261122-083000-r1.txt`: dated by the losing version
-/// and naming its replica, so two losers of one conflict never take the same name.
-pub(super) fn conflict_name(path: &Path, mtime: Mtime, replica: usize) -> PathBuf {
+/// and naming its replica, so two losers of one conflict never take the same name; made unique
+/// where it is taken (`taken`: by a file of any replica, or by another conflict copy of this
+/// run) with `-2`, `-3`, …, and shortened to fit `NAME_MAX`. So a conflict copy never replaces
+/// a file, and never fails for its name's length. Built from the name's bytes, not its text:
+/// two names in another encoding than UTF-8 must not come out as the same lossy name.
+pub(super) fn free_conflict_name(
+    path: &Path,
+    mtime: Mtime,
+    replica: usize,
+    taken: impl Fn(&Path) -> bool,
+) -> PathBuf {
     let stamp = format!("{}-r{replica}", utc_stamp(mtime.secs));
-    // Built from the name's bytes, not its text: two names in another encoding than UTF-8
-    // must not come out as the same lossy name.
-    let mut name = path.file_stem().unwrap_or_default().to_os_string();
-    name.push(format!(".ferry-conflict-{stamp}"));
+    (1..)
+        .map(|n| match n {
+            1 => stamped(path, &stamp),
+            n => stamped(path, &format!("{stamp}-{n}")),
+        })
+        .find(|name| !taken(name))
+        .expect("some number is free")
+}
+
+/// `path` with `.ferry-conflict-STAMP` before its extension, its stem shortened (at a
+/// character boundary, when it is UTF-8) so that the name fits `NAME_MAX`.
+fn stamped(path: &Path, stamp: &str) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let stem = path.file_stem().unwrap_or_default().as_bytes();
+    let mut tail = format!(".ferry-conflict-{stamp}").into_bytes();
     if let Some(ext) = path.extension() {
-        name.push(".");
-        name.push(ext);
+        tail.push(b'.');
+        tail.extend_from_slice(ext.as_bytes());
     }
-    path.with_file_name(name)
+    let room = NAME_MAX.saturating_sub(tail.len());
+    let mut keep = stem.len().min(room);
+    if let Ok(text) = std::str::from_utf8(stem) {
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+    }
+    let mut name = stem[..keep].to_vec();
+    name.extend_from_slice(&tail);
+    path.with_file_name(std::ffi::OsString::from_vec(name))
 }
 
 /// UTC `YYYYMMDD-HHMMSS` without a date library (civil-from-days, Howard Hinnant).

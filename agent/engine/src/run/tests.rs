@@ -387,7 +387,12 @@ fn symlinks_are_copied_as_links() {
 #[test]
 fn conflict_names_carry_the_losers_time() {
     assert_eq!(
-        conflict_name(Path::new("a/report.txt"), Mtime { secs: 0, nanos: 0 }, 2),
+        free_conflict_name(
+            Path::new("a/report.txt"),
+            Mtime { secs: 0, nanos: 0 },
+            2,
+            |_| false
+        ),
         Path::new("a/report.ferry-conflict-19700101-000000-r2.txt")
     );
     assert_eq!(utc_stamp(951_782_400), "20000229-000000");
@@ -440,23 +445,32 @@ fn sync_refuses_an_empty_replica_that_lost_its_mark() {
 #[test]
 fn a_failed_move_aside_keeps_the_losing_version() {
     let fx = Fixture::new(2);
-    let long = format!("{}.txt", "n".repeat(240));
-    fx.write(0, &long, "base");
+    fx.write(0, "f.txt", "base");
     fx.run(Rule::Sync);
-    fx.write(0, &long, "older edit");
-    fx.set_mtime(0, &long, 2_000_000_000);
-    fx.write(1, &long, "newer edit!");
-    fx.set_mtime(1, &long, 2_000_000_100);
+    fx.write(0, "f.txt", "older edit");
+    fx.set_mtime(0, "f.txt", 2_000_000_000);
+    fx.write(1, "f.txt", "newer edit!");
+    fx.set_mtime(1, "f.txt", 2_000_000_100);
+    // A file of the user's where the conflict copy would go, which the scan does not see
+    // (excluded): moving the loser aside must fail rather than replace it.
+    let mtime = Mtime {
+        secs: 2_000_000_000,
+        nanos: 0,
+    };
+    let aside = free_conflict_name(Path::new("f.txt"), mtime, 0, |_| false);
+    fx.write(0, aside.to_str().unwrap(), "a user's file");
+    let hidden = Filter::new(&[], &["*.ferry-conflict-*".into()]).unwrap();
 
-    // The conflict name is too long for the file system, so moving the loser aside fails.
-    let (summary, _) = fx.run(Rule::Sync);
+    let (summary, _) = fx.run_scoped(Rule::Sync, hidden, &Scope::Full).unwrap();
 
     assert!(summary.failures >= 1);
     assert_eq!(
-        fx.read(0, &long).as_deref(),
+        fx.read(0, "f.txt").as_deref(),
         Some("older edit"),
         "the loser must survive"
     );
+    let kept = fx.read(0, aside.to_str().unwrap());
+    assert_eq!(kept.as_deref(), Some("a user's file"));
 }
 
 #[test]
@@ -647,7 +661,8 @@ fn conflict_names_keep_names_that_are_not_utf8_apart() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let mtime = Mtime { secs: 0, nanos: 0 };
-    let name = |bytes: &[u8]| conflict_name(Path::new(OsStr::from_bytes(bytes)), mtime, 1);
+    let name =
+        |bytes: &[u8]| free_conflict_name(Path::new(OsStr::from_bytes(bytes)), mtime, 1, |_| false);
     let (acute, grave) = (
         name(b"docs/r\xe9sum\xe9.txt"),
         name(b"docs/r\xe8sum\xe8.txt"),
@@ -862,4 +877,68 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
     assert!(error.contains("not a folder"), "{error}");
     assert!(!elsewhere.path().join("pwned").exists());
     assert!(fx.listing(1).is_empty());
+}
+
+/// The shrunk case: two conflicts of one file within the same second.
+#[test]
+fn a_second_conflict_within_the_same_second_keeps_both_losing_versions() {
+    let fx = Fixture::new(2);
+    fx.write(0, "f.txt", "base");
+    fx.run(Rule::Sync);
+    let at = |replica: usize, content: &str, nanos: u32| {
+        fx.write(replica, "f.txt", content);
+        let time = filetime::FileTime::from_unix_time(1_780_000_000, nanos);
+        filetime::set_file_mtime(fx.roots[replica].join("f.txt"), time).unwrap();
+    };
+    at(0, "first-loser", 100_000_000);
+    at(1, "first-winner", 200_000_000);
+    fx.run(Rule::Sync);
+    at(0, "second-loser", 300_000_000);
+    at(1, "second-winner", 400_000_000);
+    fx.run(Rule::Sync);
+
+    for replica in 0..2 {
+        let contents: Vec<String> = fx
+            .listing(replica)
+            .iter()
+            .filter_map(|name| fx.read(replica, name))
+            .collect();
+        for version in ["first-loser", "second-loser", "second-winner"] {
+            assert!(
+                contents.iter().any(|c| c == version),
+                "{version} lost at r{replica}: {contents:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_conflict_copy_never_takes_a_users_file_or_an_overlong_name() {
+    let mtime = Mtime { secs: 0, nanos: 0 };
+    let plain = free_conflict_name(Path::new("r.txt"), mtime, 1, |_| false);
+    let taken = |p: &Path| p == plain;
+    let other = free_conflict_name(Path::new("r.txt"), mtime, 1, taken);
+    assert_eq!(
+        other,
+        Path::new("r.ferry-conflict-19700101-000000-r1-2.txt")
+    );
+    let long = "é".repeat(120) + ".txt";
+    let name = free_conflict_name(Path::new(&long), mtime, 1, |_| false);
+    let bytes = name.as_os_str().len();
+    assert!(bytes <= 255, "{bytes} bytes");
+    assert!(
+        name.to_str().is_some_and(|n| n.ends_with("-r1.txt")),
+        "{name:?}"
+    );
+}
+
+#[test]
+fn a_rename_never_replaces_what_is_at_its_target() {
+    let fx = Fixture::new(1);
+    fx.write(0, "from", "moving");
+    fx.write(0, "to", "a user's file");
+    let replica = LocalEndpoint::new(&fx.roots[0]);
+    assert!(replica.rename(Path::new("from"), Path::new("to")).is_err());
+    assert_eq!(fx.read(0, "to").as_deref(), Some("a user's file"));
+    assert_eq!(fx.read(0, "from").as_deref(), Some("moving"));
 }
