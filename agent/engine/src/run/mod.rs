@@ -26,7 +26,7 @@ pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError, Failure};
 pub use crate::fence::Halt;
 use crate::filter::Filter;
-use crate::tree::{Kind, Tree, check_parents};
+use crate::tree::{Kind, Mtime, Tree, check_parents};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -265,6 +265,9 @@ pub fn run(
             Rule::Copy => vec![],
         };
         mark_replicas(&replicas, &holds_files);
+        if spec.rule != Rule::Sync {
+            match_root_times(&replicas);
+        }
     }
     let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     exec.summary.bytes_sent += wire_after - wire_before;
@@ -347,9 +350,10 @@ fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, En
 
 /// Mirror and copy: each destination is planned against the source, then brought in line.
 fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
-    let plans: Vec<Vec<Action>> = (1..trees.len())
+    let mut plans: Vec<Vec<Action>> = (1..trees.len())
         .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
         .collect();
+    retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
     for actions in &plans {
         guard_deletes(spec, exec.replicas, actions)?;
     }
@@ -481,6 +485,67 @@ fn refuse_vanished(
 
 /// Marks the replicas a later run must find again (`holds_files[i]` for replica `i`): the
 /// source of a mirror, every replica of a sync. Best effort: a read-only source goes without.
+/// Folders a plan writes or removes in that its scan did not list (the replica root, and under
+/// a scoped run the folders above its paths) change their time too: it is asked of the source
+/// once per folder and set again after the writes, as for the folders the scan listed.
+fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>]) {
+    let mut times: HashMap<PathBuf, Option<Mtime>> = HashMap::new();
+    for actions in plans.iter_mut() {
+        let Some(replica) = actions.first().map(|a| a.replica) else {
+            continue;
+        };
+        let timed: HashSet<PathBuf> = (actions.iter())
+            .filter(|a| matches!(a.op, Op::SetMtime { .. }))
+            .map(|a| a.path.clone())
+            .collect();
+        let unlisted: BTreeSet<PathBuf> = (actions.iter())
+            .filter(|a| {
+                matches!(
+                    a.op,
+                    Op::Copy { .. } | Op::Remove { .. } | Op::LinkFrom { .. }
+                )
+            })
+            .filter_map(|a| a.path.parent())
+            .filter(|dir| !src.contains_key(*dir) && !timed.contains(*dir))
+            .map(Path::to_path_buf)
+            .collect();
+        for dir in unlisted {
+            let mtime = *times.entry(dir.clone()).or_insert_with(|| {
+                let found = source.stat(&dir).ok().flatten();
+                found
+                    .filter(|entry| entry.is_dir())
+                    .map(|entry| entry.mtime)
+            });
+            if let Some(mtime) = mtime {
+                actions.push(Action {
+                    replica,
+                    path: dir,
+                    op: Op::SetMtime { mtime },
+                });
+            }
+        }
+    }
+}
+
+/// Gives every destination root the source root's time, last (ferry's own mark in `.ferry/`
+/// may have changed it), as rsync does for the top folder.
+fn match_root_times(replicas: &[&dyn Endpoint]) {
+    let root = Path::new("");
+    let Ok(Some(source)) = replicas[0].stat(root) else {
+        return;
+    };
+    for replica in &replicas[1..] {
+        let differs = replica
+            .stat(root)
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.mtime != source.mtime);
+        if differs && let Err(e) = replica.set_mtime(root, source.mtime) {
+            tracing::debug!(replica = replica.display(), error = %e, "could not set the root's time");
+        }
+    }
+}
+
 fn mark_replicas(replicas: &[&dyn Endpoint], holds_files: &[bool]) {
     for (replica, _) in replicas
         .iter()

@@ -942,3 +942,37 @@ fn a_rename_never_replaces_what_is_at_its_target() {
     assert_eq!(fx.read(0, "to").as_deref(), Some("a user's file"));
     assert_eq!(fx.read(0, "from").as_deref(), Some("moving"));
 }
+
+fn mtime_of(path: &Path) -> filetime::FileTime {
+    filetime::FileTime::from_last_modification_time(&fs::metadata(path).unwrap())
+}
+
+#[test]
+fn folder_times_match_the_source_after_a_run_the_roots_and_a_scoped_runs_too() {
+    let fx = Fixture::new(2);
+    fx.write(0, "sub/a.txt", "a");
+    fx.set_mtime(0, "sub", 1_000_000);
+    fx.set_mtime(0, "", 2_000_000);
+
+    fx.run(Rule::Mirror);
+    assert_eq!(mtime_of(&fx.roots[1]), mtime_of(&fx.roots[0]), "the root");
+    assert_eq!(
+        mtime_of(&fx.roots[1].join("sub")),
+        mtime_of(&fx.roots[0].join("sub"))
+    );
+
+    // A monitor's batch: only the new file is scanned, not the folder it is in.
+    fx.write(0, "sub/b.txt", "b");
+    fx.set_mtime(0, "sub", 3_000_000);
+    fx.write(0, "top.txt", "t");
+    fx.set_mtime(0, "", 4_000_000);
+    let scope = Scope::Paths(vec!["sub/b.txt".into(), "top.txt".into()]);
+    fx.run_scoped(Rule::Mirror, Filter::default(), &scope)
+        .unwrap();
+    assert_eq!(fx.read(1, "sub/b.txt").as_deref(), Some("b"));
+    assert_eq!(
+        mtime_of(&fx.roots[1].join("sub")),
+        mtime_of(&fx.roots[0].join("sub"))
+    );
+    assert_eq!(mtime_of(&fx.roots[1]), mtime_of(&fx.roots[0]), "the root");
+}
