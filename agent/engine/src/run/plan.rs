@@ -196,14 +196,8 @@ pub(super) fn plan_sync(
         .collect();
     for path in paths {
         let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
-        plan_path(
-            &mut plan,
-            trees,
-            path,
-            &states,
-            base.get(path),
-            &mut same_content,
-        );
+        let seen = Seen { trees, base };
+        plan_path(&mut plan, seen, path, &states, &mut same_content);
     }
     plan
 }
@@ -213,12 +207,12 @@ pub(super) fn plan_sync(
 /// conflict, kept aside as a conflict copy.
 fn plan_path(
     plan: &mut SyncPlan,
-    trees: &[Tree],
+    seen: Seen<'_>,
     path: &PathBuf,
     states: &[Option<&Entry>],
-    was: Option<&Entry>,
     same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
 ) {
+    let (trees, was) = (seen.trees, seen.base.get(path));
     let changed: Vec<usize> = (0..states.len())
         .filter(|&i| !same(states[i], was))
         .collect();
@@ -228,10 +222,13 @@ fn plan_path(
         }
         return;
     };
-    let winner = (changed.iter().copied())
+    let newest = (changed.iter().copied())
         .filter(|&i| states[i].is_some())
         .max_by_key(|&i| states[i].map(|e| e.mtime))
         .unwrap_or(first);
+    let winner = seen
+        .folder_over_file(path, states, newest)
+        .unwrap_or(newest);
     let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
         (Some(x), Some(y)) if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size => {
             x.mtime == y.mtime || same_content(a, b, path)
@@ -257,17 +254,6 @@ fn plan_path(
         }
         return;
     };
-    if (losers.iter()).any(|&i| states[i].is_some_and(|e| e.is_dir() != target.is_dir())) {
-        let reason = "is a folder on one side and a file on another; rename one of them";
-        let op = Op::Refuse {
-            reason: reason.into(),
-        };
-        plan.actions.push(action(winner, path, op));
-        if let Some(entry) = was {
-            plan.agreed.insert(path.clone(), entry.clone());
-        }
-        return;
-    }
     let winning = Winning {
         path,
         trees,
@@ -278,6 +264,53 @@ fn plan_path(
         winning.bring(plan, r, *state, like_winner[r], losers.contains(&r));
     }
     plan.agreed.insert(path.clone(), target.clone());
+}
+
+/// What a sync's replicas hold now, and what they agreed on last time.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    trees: &'a [Tree],
+    base: &'a Tree,
+}
+
+impl Seen<'_> {
+    /// A folder on one replica where the newest change put a file (or a link) on another: the
+    /// folder wins when it is new or anything under it changed, so that nothing written in it
+    /// is lost; the file is kept aside as a conflict copy. (Letting the file win would remove a
+    /// folder that is not empty, and every run after would fail the same way.) Returns the
+    /// replica whose folder wins, if one must.
+    fn folder_over_file(
+        &self,
+        path: &PathBuf,
+        states: &[Option<&Entry>],
+        newest: usize,
+    ) -> Option<usize> {
+        if states[newest].is_none_or(Entry::is_dir) {
+            return None;
+        }
+        (0..states.len())
+            .filter(|&r| states[r].is_some_and(Entry::is_dir))
+            .filter(|&r| !same(states[r], self.base.get(path)) || self.changed_under(r, path))
+            .max_by_key(|&r| states[r].map(|e| e.mtime))
+    }
+
+    /// Whether anything under the folder `path` of replica `r` differs from what was agreed.
+    fn changed_under(&self, r: usize, path: &PathBuf) -> bool {
+        let under = |tree: &Tree| -> Vec<PathBuf> {
+            let after = (
+                std::ops::Bound::Excluded(path.clone()),
+                std::ops::Bound::Unbounded,
+            );
+            (tree.range(after))
+                .take_while(|(p, _)| p.starts_with(path))
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        let tree = &self.trees[r];
+        let now = under(tree);
+        now.len() != under(self.base).len()
+            || now.iter().any(|p| !same(tree.get(p), self.base.get(p)))
+    }
 }
 
 fn action(replica: usize, path: &Path, op: Op) -> Action {
@@ -324,7 +357,8 @@ impl Winning<'_> {
         } else if state.is_some_and(|s| same(Some(s), Some(target))) {
             return;
         }
-        if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir()) {
+        // A loser's version is already aside; anything else of the other kind goes.
+        if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir() && !loser) {
             let op = Op::Remove { entry: s.clone() };
             plan.actions.push(action(r, path, op));
         }
