@@ -69,6 +69,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         exclude: args.exclude,
         max_deletes: args.max_deletes,
         versions_dir: args.versions_dir,
+        checksum: args.checksum,
     };
     check_name("job", &row.name)?;
     let checked = definitions::check_job(&row).map_err(|problem| {

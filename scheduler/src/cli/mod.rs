@@ -251,6 +251,11 @@ pub struct JobAdd {
     /// of destroying them.
     #[arg(long = "versions", value_name = "DIR")]
     pub versions_dir: Option<String>,
+    /// Mirror and copy: also compare the content (BLAKE3, on both sides) of files whose size
+    /// and modification time agree, and copy those that differ, as `rsync --checksum` does.
+    /// Every run then reads every file on both sides.
+    #[arg(long)]
+    pub checksum: bool,
 }
 
 #[derive(Subcommand)]

@@ -236,9 +236,16 @@ fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Message> {
             Some(path)
         }
     };
+    if job.checksum && rule == Rule::Sync {
+        return Err(
+            "checksum compares what a mirror or a copy would skip; the sync rule does not use it"
+                .into(),
+        );
+    }
     Ok(Guards {
         max_deletes,
         versions,
+        checksum: job.checksum,
     })
 }
 

@@ -195,11 +195,11 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(self.sql(
-                "INSERT INTO jobs (name, rule, source, max_deletes, versions_dir) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO jobs (name, rule, source, max_deletes, versions_dir, checksum) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             ))
                 .bind(&job.name).bind(&job.rule).bind(&job.source)
-                .bind(job.max_deletes).bind(&job.versions_dir)
+                .bind(job.max_deletes).bind(&job.versions_dir).bind(job.checksum)
                 .execute(&mut *tx).await?;
             for path in &job.destinations {
                 sqlx::query(self.sql("INSERT INTO job_destinations (job_name, path) VALUES ($1, $2)"))
@@ -223,7 +223,7 @@ impl Store {
 
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
         let sql = self
-            .sql("SELECT name, rule, source, max_deletes, versions_dir FROM jobs ORDER BY name");
+            .sql("SELECT name, rule, source, max_deletes, versions_dir, checksum FROM jobs ORDER BY name");
         let heads: Vec<rows::JobHead> =
             on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
         let sql = self.sql("SELECT job_name, path FROM job_destinations ORDER BY job_name, path");

@@ -20,10 +20,12 @@ pub struct JobRow {
     pub max_deletes: Option<i64>,
     /// Mirror: the folder inside each destination that keeps deleted and overwritten files.
     pub versions_dir: Option<String>,
+    /// Mirror and copy: compare the content of files whose size and time agree.
+    pub checksum: bool,
 }
 
-/// A `jobs` row: name, rule, source, max_deletes, versions_dir.
-pub(super) type JobHead = (String, String, String, Option<i64>, Option<String>);
+/// A `jobs` row: name, rule, source, max_deletes, versions_dir, checksum.
+pub(super) type JobHead = (String, String, String, Option<i64>, Option<String>, bool);
 
 impl JobRow {
     /// Joins `jobs` rows with their `job_destinations` and `job_filters` rows.
@@ -34,19 +36,22 @@ impl JobRow {
     ) -> Vec<JobRow> {
         let mut jobs: BTreeMap<String, JobRow> = heads
             .into_iter()
-            .map(|(name, rule, source, max_deletes, versions_dir)| {
-                let job = JobRow {
-                    name: name.clone(),
-                    rule,
-                    source,
-                    destinations: vec![],
-                    include: vec![],
-                    exclude: vec![],
-                    max_deletes,
-                    versions_dir,
-                };
-                (name, job)
-            })
+            .map(
+                |(name, rule, source, max_deletes, versions_dir, checksum)| {
+                    let job = JobRow {
+                        name: name.clone(),
+                        rule,
+                        source,
+                        destinations: vec![],
+                        include: vec![],
+                        exclude: vec![],
+                        max_deletes,
+                        versions_dir,
+                        checksum,
+                    };
+                    (name, job)
+                },
+            )
             .collect();
         for (name, path) in destinations {
             if let Some(job) = jobs.get_mut(&name) {

@@ -28,6 +28,7 @@ fn job(name: &str) -> JobRow {
         destinations: vec!["/backup/a".into(), "/backup/b".into()],
         include: vec!["*.doc".into()],
         exclude: vec!["*.tmp".into()],
+        checksum: true,
         ..Default::default()
     }
 }

@@ -79,6 +79,10 @@ pub struct Guards {
     /// Mirror only: a folder (relative to each destination) that receives the files a run
     /// deletes or overwrites there, under the run's date, instead of destroying them.
     pub versions: Option<PathBuf>,
+    /// Mirror and copy: files whose size and time agree are compared by content too, and
+    /// copied when it differs (`rsync --checksum`).
+    #[serde(default)]
+    pub checksum: bool,
 }
 
 impl fmt::Debug for JobSpec {
@@ -351,7 +355,13 @@ fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, En
 /// Mirror and copy: each destination is planned against the source, then brought in line.
 fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
     let mut plans: Vec<Vec<Action>> = (1..trees.len())
-        .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d))
+        .map(|d| {
+            let differ = match spec.guards.checksum {
+                true => exec.content_differs(&trees[0], &trees[d], d),
+                false => HashSet::new(),
+            };
+            plan_one_way(spec.rule, &trees[0], &trees[d], d, &differ)
+        })
         .collect();
     retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
     for actions in &plans {

@@ -1,8 +1,9 @@
 //! Content hashes the engine asks replicas for: to turn a new file into a local duplicate of
-//! one the same replica deletes (a rename or move costs no file bytes), and to tell the sync
-//! planner whether two changed files hold the same bytes.
+//! one the same replica deletes (a rename or move costs no file bytes), to tell the sync
+//! planner whether two changed files hold the same bytes, and, with `--checksum`, which files
+//! that look unchanged are not.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use super::execute::{Executor, Hashes};
@@ -11,6 +12,30 @@ use crate::endpoint::Changes;
 use crate::tree::{Entry, Kind, Tree, same};
 
 impl Executor<'_> {
+    /// The files of destination `d` that look like the source's (same size and time) but hold
+    /// other bytes: `--checksum` copies them. Both sides' hashes are asked at once; a file
+    /// that cannot be read on one side counts as different.
+    pub(super) fn content_differs(&self, src: &Tree, dst: &Tree, d: usize) -> HashSet<PathBuf> {
+        let alike: BTreeSet<PathBuf> = (src.iter())
+            .filter(|(path, s)| {
+                s.kind == Kind::File && dst.get(*path).is_some_and(|t| s.looks_unchanged(t))
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        if alike.is_empty() {
+            return HashSet::new();
+        }
+        let hashes = self.fetch_hashes(HashMap::from([(0, alike.clone()), (d, alike.clone())]));
+        let differs = |path: &PathBuf| {
+            let (at_source, there) = (
+                hashes.get(&(0, path.clone())),
+                hashes.get(&(d, path.clone())),
+            );
+            at_source.is_none() || at_source != there
+        };
+        alike.into_iter().filter(differs).collect()
+    }
+
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
     /// of the same size and content in this run: the source renamed or moved it. Only pays
     /// across a network, where it saves the file's bytes for two local reads.

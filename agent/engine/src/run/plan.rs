@@ -83,7 +83,15 @@ impl Action {
     }
 }
 
-pub(super) fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<Action> {
+/// Plans destination `d` of a mirror or a copy; `differ` holds the files that look unchanged
+/// but whose content differs (asked for with `--checksum`).
+pub(super) fn plan_one_way(
+    rule: Rule,
+    src: &Tree,
+    dst: &Tree,
+    d: usize,
+    differ: &HashSet<PathBuf>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let act = |path: &Path, op| Action {
         replica: d,
@@ -98,7 +106,7 @@ pub(super) fn plan_one_way(rule: Rule, src: &Tree, dst: &Tree, d: usize) -> Vec<
         };
         match dst.get(path) {
             None => actions.push(act(path, copy())),
-            Some(t) if s.looks_unchanged(t) => {
+            Some(t) if s.looks_unchanged(t) && !differ.contains(path) => {
                 if s.is_dir() && s.mtime != t.mtime {
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
                 }

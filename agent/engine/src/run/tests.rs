@@ -1011,3 +1011,29 @@ fn a_folder_against_a_file_keeps_both_and_settles() {
         "a settled sync did something: {events:?}"
     );
 }
+
+#[test]
+fn checksum_copies_a_file_whose_size_and_time_agree_but_not_its_bytes() {
+    let fx = Fixture::new(2);
+    fx.write(0, "a.txt", "original");
+    fx.run(Rule::Mirror);
+    // Same size, same time, other bytes (a disk's silent corruption, or a careless tool).
+    fx.write(1, "a.txt", "CORRUPTD");
+    let time = mtime_of(&fx.roots[0].join("a.txt"));
+    filetime::set_file_mtime(fx.roots[1].join("a.txt"), time).unwrap();
+
+    fx.run(Rule::Mirror);
+    assert_eq!(
+        fx.read(1, "a.txt").as_deref(),
+        Some("CORRUPTD"),
+        "skipped without it"
+    );
+
+    let mut spec = fx.spec(Rule::Mirror, Filter::default());
+    spec.guards.checksum = true;
+    let summary = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+    assert_eq!(summary.files_copied, 1);
+    assert_eq!(fx.read(1, "a.txt").as_deref(), Some("original"));
+    let again = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+    assert_eq!(again.files_copied, 0, "identical files are left alone");
+}
