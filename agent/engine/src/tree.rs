@@ -66,6 +66,16 @@ impl Entry {
         self.kind == Kind::Dir
     }
 
+    /// The permission bits a replica written by ferry holds for this entry: a file loses its
+    /// setuid and setgid bits, since it belongs to whoever runs ferry there, not to its owner
+    /// at the source (a user's setuid program would otherwise become a root one).
+    pub fn kept_mode(&self) -> u32 {
+        match self.kind {
+            Kind::File => self.mode & 0o1777,
+            _ => self.mode & 0o7777,
+        }
+    }
+
     /// True when a transfer can skip this path: same kind, and for a file the same size and
     /// modification time (rsync's quick check), for a link the same target.
     pub fn looks_unchanged(&self, other: &Entry) -> bool {

@@ -234,6 +234,12 @@ pub enum Request {
         path: PathBuf,
         mtime: Mtime,
     },
+    /// The permission bits of `entry` for the file or folder at `path` (a `chmod`).
+    SetMode {
+        #[serde(with = "ferry_engine::raw_path")]
+        path: PathBuf,
+        entry: Entry,
+    },
     /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
     Duplicate {
         #[serde(with = "ferry_engine::raw_path")]
@@ -287,6 +293,7 @@ impl Request {
                 | Request::Remove { .. }
                 | Request::Rename { .. }
                 | Request::SetMtime { .. }
+                | Request::SetMode { .. }
                 | Request::Duplicate { .. }
                 | Request::WriteState { .. }
                 | Request::RunJob { .. }

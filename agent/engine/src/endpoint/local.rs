@@ -422,6 +422,21 @@ impl Endpoint for LocalEndpoint {
         self.commit_temp(&root, &temp, to, Ok(()))
     }
 
+    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let root = self.root()?;
+        let set = match entry.kind {
+            Kind::Dir => root.set_dir_mode(rel, entry.kept_mode()),
+            // Through a handle of the file itself: a path could be swapped for a link.
+            Kind::File => root.open_file(rel).and_then(|file| match file {
+                Some(file) => file.set_permissions(fs::Permissions::from_mode(entry.kept_mode())),
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
+            }),
+            // A link has no mode of its own on Linux, and a special file is never synced.
+            Kind::Symlink { .. } | Kind::Special { .. } => Ok(()),
+        };
+        set.map_err(self.err("set mode of", rel))
+    }
+
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
         self.root()?
             .set_times(rel, mtime, Some(mtime))
@@ -476,11 +491,15 @@ fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> Endpoin
     EndpointError::new(op, full.display().to_string(), source).meaning(failure)
 }
 
-/// The permission bits a received file gets: setuid and setgid are dropped, since the file
-/// belongs to whoever runs ferry here, not to its owner at the source (a user's setuid
-/// program would otherwise become a root one).
+/// The permission bits a received file gets (see [`Entry::kept_mode`]).
 fn file_mode(mode: u32) -> u32 {
-    mode & 0o1777
+    Entry {
+        kind: Kind::File,
+        size: 0,
+        mtime: Mtime { secs: 0, nanos: 0 },
+        mode,
+    }
+    .kept_mode()
 }
 
 /// Asked once: temporary names carry it, for every file received.

@@ -139,6 +139,9 @@ pub trait Endpoint: Send + Sync {
     /// and moves a renamed file's content without sending it.
     fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    /// Gives the file or folder at `rel` `entry`'s permission bits ([`Entry::kept_mode`]),
+    /// never through a symlink: a `chmod` at the source costs no file bytes.
+    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;

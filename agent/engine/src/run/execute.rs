@@ -319,6 +319,7 @@ impl Executor<'_> {
             Op::SetMtime { mtime } => replica
                 .set_mtime_later(path, *mtime)
                 .map_err(|e| e.to_string())?,
+            Op::SetMode { entry } => replica.set_mode(path, entry).map_err(|e| e.to_string())?,
             Op::LinkFrom { from, entry } => {
                 replica
                     .duplicate_later(from, path)

@@ -37,6 +37,10 @@ pub(super) enum Op {
     SetMtime {
         mtime: Mtime,
     },
+    /// Give the file or folder the source's permission bits (a `chmod` there), no bytes sent.
+    SetMode {
+        entry: Entry,
+    },
     /// Report a path that cannot be handled automatically.
     Refuse {
         reason: String,
@@ -78,7 +82,7 @@ impl Action {
             Op::Remove { .. } => Phase::RemoveFolders,
             Op::KeepAside { .. } => Phase::KeepAside,
             Op::Copy { .. } => Phase::Write,
-            Op::SetMtime { .. } => Phase::SetTimes,
+            Op::SetMtime { .. } | Op::SetMode { .. } => Phase::SetTimes,
         }
     }
 }
@@ -109,6 +113,9 @@ pub(super) fn plan_one_way(
             Some(t) if s.looks_unchanged(t) && !differ.contains(path) => {
                 if s.is_dir() && s.mtime != t.mtime {
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+                if s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. }) {
+                    actions.push(act(path, Op::SetMode { entry: s.clone() }));
                 }
             }
             Some(t) if t.is_dir() != s.is_dir() && rule == Rule::Copy => {

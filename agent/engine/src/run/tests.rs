@@ -837,6 +837,9 @@ impl Endpoint for Forged {
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> endpoint::Result<()> {
         self.real.set_mtime(rel, mtime)
     }
+    fn set_mode(&self, rel: &Path, entry: &Entry) -> endpoint::Result<()> {
+        self.real.set_mode(rel, entry)
+    }
     fn hash(&self, rel: &Path) -> endpoint::Result<blake3::Hash> {
         self.real.hash(rel)
     }
@@ -1036,4 +1039,26 @@ fn checksum_copies_a_file_whose_size_and_time_agree_but_not_its_bytes() {
     assert_eq!(fx.read(1, "a.txt").as_deref(), Some("original"));
     let again = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
     assert_eq!(again.files_copied, 0, "identical files are left alone");
+}
+
+#[test]
+fn a_chmod_at_the_source_reaches_the_destination_without_its_bytes() {
+    let fx = Fixture::new(2);
+    fx.write(0, "sub/a.txt", "content");
+    fx.run(Rule::Mirror);
+    fs::set_permissions(
+        fx.roots[0].join("sub/a.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(fx.roots[0].join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+
+    let (summary, _) = fx.run(Rule::Mirror);
+
+    assert_eq!(summary.files_copied, 0, "a chmod sent the file again");
+    let mode = |rel: &str| fs::metadata(fx.roots[1].join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("sub/a.txt"), 0o600);
+    assert_eq!(mode("sub"), 0o750);
+    let (again, _) = fx.run(Rule::Mirror);
+    assert_eq!(again, Summary::default(), "a second run found more to do");
 }

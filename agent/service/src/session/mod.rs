@@ -308,6 +308,7 @@ impl Session<'_> {
                 .map(Response::Removed),
             Request::Rename { from, to } => replica.rename(&from, &to).map(done),
             Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
+            Request::SetMode { path, entry } => replica.set_mode(&path, &entry).map(done),
             Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
             Request::Hash { path } => replica
                 .hash(&path)

@@ -397,6 +397,14 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("set mtime of", rel, request)
     }
 
+    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let request = Request::SetMode {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.expect_done("set mode of", rel, request)
+    }
+
     fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
         let path = rel.to_path_buf();
         let response = self.call("read", rel, Request::Hash { path });
