@@ -203,8 +203,7 @@ impl Root {
                 describe(file_type)
             )));
         }
-        // Back to blocking reads, which a regular file ignores anyway.
-        rustix::fs::fcntl_setfl(&fd, OFlags::RDONLY)?;
+        // O_NONBLOCK stays: a regular file's reads ignore it.
         Ok(Some(File::from(fd)))
     }
 

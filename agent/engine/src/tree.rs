@@ -71,7 +71,7 @@ impl Entry {
     /// at the source (a user's setuid program would otherwise become a root one).
     pub fn kept_mode(&self) -> u32 {
         match self.kind {
-            Kind::File => self.mode & 0o1777,
+            Kind::File => file_mode(self.mode),
             _ => self.mode & 0o7777,
         }
     }
@@ -86,6 +86,11 @@ impl Entry {
             _ => false,
         }
     }
+}
+
+/// A received file's permission bits (see [`Entry::kept_mode`]): setuid and setgid dropped.
+pub fn file_mode(mode: u32) -> u32 {
+    mode & 0o1777
 }
 
 /// What a path must still hold when a sync rule's write lands on it: what the scan saw there

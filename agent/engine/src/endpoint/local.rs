@@ -17,7 +17,7 @@ use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
-use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
+use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
 /// A folder on this machine.
 #[derive(Debug)]
@@ -489,17 +489,6 @@ fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> Endpoin
         false => Failure::Io,
     };
     EndpointError::new(op, full.display().to_string(), source).meaning(failure)
-}
-
-/// The permission bits a received file gets (see [`Entry::kept_mode`]).
-fn file_mode(mode: u32) -> u32 {
-    Entry {
-        kind: Kind::File,
-        size: 0,
-        mtime: Mtime { secs: 0, nanos: 0 },
-        mode,
-    }
-    .kept_mode()
 }
 
 /// Asked once: temporary names carry it, for every file received.

@@ -108,6 +108,9 @@ impl Executor<'_> {
     /// more is done there or below (a folder that could not be made, or that is refused as a
     /// symlink, must not receive its files some other way).
     fn failed_at_or_above(&self, at: &(usize, PathBuf)) -> Option<PathBuf> {
+        if self.failed_at.is_empty() {
+            return None;
+        }
         let (replica, path) = at;
         path.ancestors()
             .take_while(|a| !a.as_os_str().is_empty())

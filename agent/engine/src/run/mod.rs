@@ -354,14 +354,12 @@ fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, En
 
 /// Mirror and copy: each destination is planned against the source, then brought in line.
 fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
+    let differ = match spec.guards.checksum {
+        true => exec.content_differs(trees),
+        false => vec![HashSet::new(); trees.len() - 1],
+    };
     let mut plans: Vec<Vec<Action>> = (1..trees.len())
-        .map(|d| {
-            let differ = match spec.guards.checksum {
-                true => exec.content_differs(&trees[0], &trees[d], d),
-                false => HashSet::new(),
-            };
-            plan_one_way(spec.rule, &trees[0], &trees[d], d, &differ)
-        })
+        .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d, &differ[d - 1]))
         .collect();
     retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
     for actions in &plans {

@@ -12,28 +12,37 @@ use crate::endpoint::Changes;
 use crate::tree::{Entry, Kind, Tree, same};
 
 impl Executor<'_> {
-    /// The files of destination `d` that look like the source's (same size and time) but hold
-    /// other bytes: `--checksum` copies them. Both sides' hashes are asked at once; a file
-    /// that cannot be read on one side counts as different.
-    pub(super) fn content_differs(&self, src: &Tree, dst: &Tree, d: usize) -> HashSet<PathBuf> {
-        let alike: BTreeSet<PathBuf> = (src.iter())
-            .filter(|(path, s)| {
-                s.kind == Kind::File && dst.get(*path).is_some_and(|t| s.looks_unchanged(t))
+    /// Per destination (`trees[1..]`), the files that look like the source's (same size and
+    /// time) but hold other bytes: `--checksum` copies them. Every replica's hashes are asked
+    /// at once, the source's once for all destinations; a file that cannot be read on one side
+    /// counts as different.
+    pub(super) fn content_differs(&self, trees: &[Tree]) -> Vec<HashSet<PathBuf>> {
+        let src = &trees[0];
+        let alike: Vec<BTreeSet<PathBuf>> = (trees[1..].iter())
+            .map(|dst| {
+                (src.iter())
+                    .filter(|(path, s)| {
+                        s.kind == Kind::File && dst.get(*path).is_some_and(|t| s.looks_unchanged(t))
+                    })
+                    .map(|(path, _)| path.clone())
+                    .collect()
             })
-            .map(|(path, _)| path.clone())
             .collect();
-        if alike.is_empty() {
-            return HashSet::new();
+        let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
+        for (i, paths) in alike.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            wanted.entry(0).or_default().extend(paths.iter().cloned());
+            wanted.insert(i + 1, paths.clone());
         }
-        let hashes = self.fetch_hashes(HashMap::from([(0, alike.clone()), (d, alike.clone())]));
-        let differs = |path: &PathBuf| {
-            let (at_source, there) = (
-                hashes.get(&(0, path.clone())),
-                hashes.get(&(d, path.clone())),
-            );
-            at_source.is_none() || at_source != there
-        };
-        alike.into_iter().filter(differs).collect()
+        let hashes = self.fetch_hashes(wanted);
+        (alike.into_iter().enumerate())
+            .map(|(i, paths)| {
+                let differs = |path: &PathBuf| {
+                    let at_source = hashes.get(&(0, path.clone()));
+                    at_source.is_none() || at_source != hashes.get(&(i + 1, path.clone()))
+                };
+                paths.into_iter().filter(differs).collect()
+            })
+            .collect()
     }
 
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
