@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::delta::encode;
-use ferry_engine::tree::{Entry, Expected, Kind, Mtime};
+use ferry_engine::tree::{Entry, Expected, Kind, Meta, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
 use ferry_tests::netns::SlowLink;
 use ferry_tests::pg::own_server;
@@ -685,6 +685,7 @@ async fn make_dir(session: &mut Session, name: &str) -> Response {
             size: 0,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o755,
+            meta: Meta::default(),
         },
         expected: None,
     };
@@ -757,11 +758,13 @@ fn an_agent_refuses_a_sync_write_over_a_file_changed_since_the_scan() {
                     nanos: 0,
                 },
                 mode: 0o644,
+                meta: Meta::default(),
             },
             block_size: None,
             expected: Some(Expected {
                 entry: Some(scanned),
             }),
+            xattrs: None,
         };
         session.send(&write).await.unwrap();
         let ops = ops.into_iter().map(DataOp::from).collect();

@@ -22,7 +22,10 @@ use rustix::fs::{
     UTIME_OMIT,
 };
 
+use crate::meta::{Owner, Xattr, Xattrs};
 use crate::tree::Mtime;
+
+mod xattr;
 
 /// A folder opened once; every path below is relative to it.
 #[derive(Debug)]
@@ -54,6 +57,14 @@ pub struct Found {
     pub size: u64,
     pub mode: u32,
     pub mtime: Mtime,
+    pub owner: Owner,
+    /// Its names (hard links) in the file system.
+    pub links: u32,
+    /// Its device and inode: the same for every name of one file.
+    pub dev: u64,
+    pub ino: u64,
+    /// Bytes allocated on disk.
+    pub allocated: u64,
 }
 
 /// A parent folder, ready for `*at` calls: the root itself or a folder opened beneath it.
@@ -320,10 +331,49 @@ impl Root {
         rustix::fs::utimensat(&at, name, &times, NOFOLLOW).map_err(io::Error::from)
     }
 
+    /// The extended attributes (ACLs among them) of `rel`, never followed; the root's own for
+    /// an empty path.
+    pub fn xattrs(&self, rel: &Path) -> io::Result<Xattrs> {
+        if rel.as_os_str().is_empty() {
+            return xattr::read(&xattr::Target::Itself(self.fd.as_fd()));
+        }
+        let (at, name) = self.parent(rel)?;
+        xattr::read(&xattr::Target::named(at.as_fd(), name))
+    }
+
+    /// Makes the attributes of `rel` that `kept` covers exactly `xattrs` (see [`Root::xattrs`]).
+    pub fn set_xattrs(
+        &self,
+        rel: &Path,
+        xattrs: &[Xattr],
+        kept: &dyn Fn(&[u8]) -> bool,
+    ) -> io::Result<()> {
+        if rel.as_os_str().is_empty() {
+            return xattr::write(&xattr::Target::Itself(self.fd.as_fd()), xattrs, kept);
+        }
+        let (at, name) = self.parent(rel)?;
+        xattr::write(&xattr::Target::named(at.as_fd(), name), xattrs, kept)
+    }
+
+    /// Gives `rel` (a symlink itself, never its target; the root for an empty path) `owner`.
+    pub fn chown(&self, rel: &Path, owner: Owner) -> io::Result<()> {
+        let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
+        if rel.as_os_str().is_empty() {
+            return rustix::fs::fchown(&self.fd, uid, gid).map_err(io::Error::from);
+        }
+        let (at, name) = self.parent(rel)?;
+        rustix::fs::chownat(&at, name, uid, gid, NOFOLLOW).map_err(io::Error::from)
+    }
+
     /// Flushes every file written on the root's file system to disk (one `syncfs`).
     pub fn flush_all(&self) -> io::Result<()> {
         rustix::fs::syncfs(&self.fd).map_err(io::Error::from)
     }
+}
+
+/// Gives an open file (one just written) `xattrs`, removing none it has.
+pub fn set_file_xattrs(file: &File, xattrs: &[Xattr]) -> io::Result<()> {
+    xattr::write(&xattr::Target::Itself(file.as_fd()), xattrs, &|_| false)
 }
 
 /// An open folder: its names, and what each is, looked up through the folder's own handle.
@@ -356,6 +406,11 @@ impl Folder {
 
     pub fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
         read_link_at(self.fd.as_fd(), name)
+    }
+
+    /// The extended attributes of `name`, not followed.
+    pub fn xattrs(&self, name: &OsStr) -> io::Result<Xattrs> {
+        xattr::read(&xattr::Target::named(self.fd.as_fd(), name))
     }
 
     pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
@@ -405,6 +460,14 @@ fn statx(at: BorrowedFd<'_>, name: &OsStr, flags: AtFlags) -> rustix::io::Result
             secs: st.stx_mtime.tv_sec,
             nanos: st.stx_mtime.tv_nsec,
         },
+        owner: Owner {
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+        },
+        links: st.stx_nlink,
+        dev: (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor),
+        ino: st.stx_ino,
+        allocated: st.stx_blocks.saturating_mul(512),
     })
 }
 

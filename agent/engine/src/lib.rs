@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod fence;
 pub mod filter;
 pub mod memory;
+pub mod meta;
 pub mod raw_path;
 pub mod run;
 pub mod tree;

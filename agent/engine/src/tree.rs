@@ -7,6 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::meta::{Keep, Meta, Owner};
+
 /// Entries keyed by path relative to the replica's root. `PathBuf` orders component-wise, so a
 /// folder always comes before everything inside it.
 pub type Tree = BTreeMap<PathBuf, Entry>;
@@ -41,6 +43,9 @@ pub struct Entry {
     pub mtime: Mtime,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner, ACLs, extended attributes, hard links and holes (see [`Meta`]).
+    #[serde(default)]
+    pub meta: Meta,
 }
 
 impl Entry {
@@ -59,6 +64,7 @@ impl Entry {
                 nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
             },
             mode: meta.mode() & 0o7777,
+            meta: Meta::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::frame::{self, Data, FrameError};
 use crate::link::LinkMeter;
 use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response, brief};
 use crate::transport::{self, Connection, Stream};
+use ferry_engine::meta::Keep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,6 +96,8 @@ pub struct Session {
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
+    /// The metadata the agent keeps (see [`Keep`]).
+    pub keeps: Keep,
     /// Bytes sent and received on the wire, frames and all.
     wire: Arc<AtomicU64>,
 }
@@ -167,6 +170,7 @@ impl Session {
                 agent: name,
                 software,
                 roots,
+                keeps,
                 ..
             } => Ok(Self {
                 stream,
@@ -174,6 +178,7 @@ impl Session {
                 agent: name,
                 software,
                 roots,
+                keeps,
                 wire,
             }),
             Response::Refused { reason } => Err(ClientError::Refused {

@@ -56,13 +56,13 @@ pub async fn hand_over(
     outcome
 }
 
-/// The events of a batch of progress reports, or the first report that is not one.
-fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, Response> {
+/// The events of a batch of progress reports, or the first report that is not one, in brief.
+fn progress_of(reports: Vec<Response>) -> std::result::Result<Vec<Event>, String> {
     reports
         .into_iter()
         .map(|report| match report {
             Response::Progress(event) => Ok(event),
-            other => Err(other),
+            other => Err(brief(&other)),
         })
         .collect()
 }
@@ -106,10 +106,7 @@ async fn follow(
                     break Err(EngineError::Agent {
                         job: job.clone(),
                         agent: handoff.dial.agent.clone(),
-                        message: format!(
-                            "unexpected answer in a batch of progress: {}",
-                            brief(&other)
-                        ),
+                        message: format!("unexpected answer in a batch of progress: {other}"),
                     });
                 }
             },

@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 
 pub use ferry_engine::Fence;
 use ferry_engine::delta::{Op, Signature};
+use ferry_engine::meta::{Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime};
 use ferry_engine::{Event, Guards, Rule, Summary};
 
 use crate::frame::{Attached, Framed};
 
 /// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Messages in one `Batch`, and ops in one `Data`, at most. A frame is bounded in bytes, but a
 /// few compressed bytes of tiny messages would otherwise decode into millions of them, held in
@@ -193,6 +194,10 @@ pub enum Request {
         /// place; the file fails (and `path` is left as it is) otherwise.
         #[serde(default)]
         expected: Option<Expected>,
+        /// Its extended attributes (ACLs among them), set before it is renamed into place;
+        /// checked against the limits in `ferry_engine::meta` first.
+        #[serde(default)]
+        xattrs: Option<Xattrs>,
     },
     Data {
         #[serde(deserialize_with = "at_most")]
@@ -234,11 +239,21 @@ pub enum Request {
         path: PathBuf,
         mtime: Mtime,
     },
-    /// The permission bits of `entry` for the file or folder at `path` (a `chmod`).
-    SetMode {
+    /// `entry`'s mode and owner for the entry at `path` and, with `xattrs`, its extended
+    /// attributes that `keep` covers (a `chmod`, `chown`, `setfacl`, `setfattr`).
+    SetMeta {
         #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
         entry: Entry,
+        #[serde(default)]
+        xattrs: Option<Xattrs>,
+        #[serde(default)]
+        keep: Keep,
+    },
+    /// The extended attributes of the entry at `path`: answered by `Xattrs`.
+    ReadXattrs {
+        #[serde(with = "ferry_engine::raw_path")]
+        path: PathBuf,
     },
     /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
     Duplicate {
@@ -293,7 +308,7 @@ impl Request {
                 | Request::Remove { .. }
                 | Request::Rename { .. }
                 | Request::SetMtime { .. }
-                | Request::SetMode { .. }
+                | Request::SetMeta { .. }
                 | Request::Duplicate { .. }
                 | Request::WriteState { .. }
                 | Request::RunJob { .. }
@@ -333,6 +348,9 @@ pub enum Response {
         agent: String,
         software: String,
         roots: Vec<String>,
+        /// The metadata the agent can keep: no owners unless it runs as root.
+        #[serde(default)]
+        keeps: Keep,
     },
     Pong {
         nonce: u64,
@@ -349,7 +367,8 @@ pub enum Response {
         entries: Vec<(PathBuf, Entry)>,
         more: bool,
     },
-    Stat(Option<Entry>),
+    // Boxed: an entry is the largest answer, and most answers are small.
+    Stat(Option<Box<Entry>>),
     Signature(Option<Signature>),
     Data {
         #[serde(deserialize_with = "at_most")]
@@ -367,6 +386,7 @@ pub enum Response {
         error: Option<WireError>,
     },
     Removed(bool),
+    Xattrs(Xattrs),
     Hash(#[serde(with = "serde_bytes")] Vec<u8>),
     State(Option<serde_bytes::ByteBuf>),
     Progress(Event),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use ferry_engine::meta::Keep;
 
 use super::output::{or_dash, time};
 use super::{
@@ -70,6 +71,12 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         max_deletes: args.max_deletes,
         versions_dir: args.versions_dir,
         checksum: args.checksum,
+        keep: Keep {
+            owner: !args.no_owner,
+            acls: !args.no_acls,
+            xattrs: !args.no_xattrs,
+            hard_links: !args.no_hard_links,
+        },
     };
     check_name("job", &row.name)?;
     let checked = definitions::check_job(&row).map_err(|problem| {

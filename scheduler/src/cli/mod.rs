@@ -256,6 +256,22 @@ pub struct JobAdd {
     /// Every run then reads every file on both sides.
     #[arg(long)]
     pub checksum: bool,
+    /// Leave owners and groups alone: files belong to whoever the writer runs as. By
+    /// default they are kept by number where the writer runs as root (`rsync -o -g
+    /// --numeric-ids`).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Leave POSIX ACLs (access and default) alone. Kept by default (`rsync -A`).
+    #[arg(long)]
+    pub no_acls: bool,
+    /// Leave extended attributes alone (user., security., trusted.: Samba keeps Windows ACLs
+    /// in security.NTACL and DOS attributes in user.DOSATTRIB). Kept by default (`rsync -X`).
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Write the names of one file at the source as separate copies. By default they stay one
+    /// file at every destination of a mirror or a copy (`rsync -H`).
+    #[arg(long)]
+    pub no_hard_links: bool,
 }
 
 #[derive(Subcommand)]

@@ -246,6 +246,7 @@ fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Message> {
         max_deletes,
         versions,
         checksum: job.checksum,
+        keep: job.keep,
     })
 }
 

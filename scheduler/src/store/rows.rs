@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use ferry_engine::meta::Keep;
 use serde::Serialize;
 
 use super::ResourceKind;
@@ -22,10 +23,25 @@ pub struct JobRow {
     pub versions_dir: Option<String>,
     /// Mirror and copy: compare the content of files whose size and time agree.
     pub checksum: bool,
+    /// The metadata the replicas keep (columns `keep_owner`, `keep_acls`, `keep_xattrs`,
+    /// `keep_hard_links`).
+    pub keep: Keep,
 }
 
-/// A `jobs` row: name, rule, source, max_deletes, versions_dir, checksum.
-pub(super) type JobHead = (String, String, String, Option<i64>, Option<String>, bool);
+/// A `jobs` row: name, rule, source, max_deletes, versions_dir, checksum, then the `keep_`
+/// columns (owner, acls, xattrs, hard_links).
+pub(super) type JobHead = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    bool,
+    bool,
+    bool,
+    bool,
+    bool,
+);
 
 impl JobRow {
     /// Joins `jobs` rows with their `job_destinations` and `job_filters` rows.
@@ -37,7 +53,13 @@ impl JobRow {
         let mut jobs: BTreeMap<String, JobRow> = heads
             .into_iter()
             .map(
-                |(name, rule, source, max_deletes, versions_dir, checksum)| {
+                |(name, rule, source, max_deletes, versions_dir, checksum, o, a, x, h)| {
+                    let keep = Keep {
+                        owner: o,
+                        acls: a,
+                        xattrs: x,
+                        hard_links: h,
+                    };
                     let job = JobRow {
                         name: name.clone(),
                         rule,
@@ -48,6 +70,7 @@ impl JobRow {
                         max_deletes,
                         versions_dir,
                         checksum,
+                        keep,
                     };
                     (name, job)
                 },

@@ -12,11 +12,12 @@ use std::sync::{Arc, LazyLock, RwLock};
 use filetime::FileTime;
 use rustix::fs::FileType;
 
-use super::{Endpoint, EndpointError, Failure, FileSink, Result, Scope};
+use super::{Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, Result, Scope};
 use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
+use crate::meta::{self, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
 /// A folder on this machine.
@@ -63,6 +64,15 @@ impl LocalEndpoint {
             anchor,
             path,
             root: RwLock::default(),
+        }
+    }
+
+    /// What a folder on this machine keeps: everything, but owners only when this process
+    /// runs as root.
+    pub fn keeps() -> Keep {
+        Keep {
+            owner: *SETS_OWNERS,
+            ..Keep::default()
         }
     }
 
@@ -124,7 +134,8 @@ impl LocalEndpoint {
                 continue;
             }
             let found = folder.stat(&name).map_err(self.err("read", &child))?;
-            let Some(entry) = self.entry(found, &child, || folder.read_link(&name))? else {
+            let read_link = || folder.read_link(&name);
+            let Some(entry) = self.entry(found, &child, read_link, || folder.xattrs(&name))? else {
                 continue;
             };
             self.add(root, &child, entry, filter, tree)?;
@@ -158,11 +169,12 @@ impl LocalEndpoint {
         found: Option<Found>,
         rel: &Path,
         read_link: impl FnOnce() -> io::Result<PathBuf>,
+        read_xattrs: impl FnOnce() -> io::Result<Xattrs>,
     ) -> Result<Option<Entry>> {
         let Some(found) = found else {
             return Ok(None);
         };
-        entry_from(found, read_link)
+        entry_from(found, read_link, read_xattrs)
             .map(Some)
             .map_err(self.err("read", rel))
     }
@@ -170,7 +182,7 @@ impl LocalEndpoint {
     /// The entry at `rel`, not followed if it is a symlink.
     fn lstat(&self, root: &Root, rel: &Path) -> Result<Option<Entry>> {
         let found = root.stat(rel).map_err(self.err("read", rel))?;
-        self.entry(found, rel, || root.read_link(rel))
+        self.entry(found, rel, || root.read_link(rel), || root.xattrs(rel))
     }
 
     /// Opens the regular file at `rel` for reading, never through a symlink.
@@ -220,13 +232,16 @@ impl LocalEndpoint {
     }
 
     /// Starts writing `rel` (see [`Endpoint::receive_file`]).
-    pub fn receive(
-        &self,
-        rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
-    ) -> Result<LocalSink<'_>> {
+    pub fn receive(&self, rel: &Path, incoming: &Incoming) -> Result<LocalSink<'_>> {
+        let Incoming {
+            entry,
+            block_size,
+            expected,
+            xattrs,
+        } = *incoming;
+        if let Some(xattrs) = xattrs {
+            checked_xattrs(xattrs).map_err(self.err("write", rel))?;
+        }
         let root = self.root()?;
         let old = match block_size {
             Some(_) => self.open_file(rel)?,
@@ -241,6 +256,7 @@ impl LocalEndpoint {
             entry: entry.clone(),
             temp,
             expected: expected.cloned(),
+            xattrs: xattrs.cloned(),
             rebuild: None,
             committed: false,
             // Only a file large enough to be flushed early needs a second handle.
@@ -250,8 +266,9 @@ impl LocalEndpoint {
             flushing: None,
             flushed_at: 0,
         };
-        let rebuild = Rebuild::new(old, block_size.unwrap_or(1), BufWriter::new(file))
-            .map_err(self.err("read", rel))?;
+        let out = BufWriter::new(Output::new(file, entry.meta.sparse));
+        let rebuild =
+            Rebuild::new(old, block_size.unwrap_or(1), out).map_err(self.err("read", rel))?;
         sink.rebuild = Some(rebuild);
         Ok(sink)
     }
@@ -302,6 +319,13 @@ impl LocalEndpoint {
 impl Endpoint for LocalEndpoint {
     fn display(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            across_network: false,
+            keeps: Self::keeps(),
+        }
     }
 
     fn prepare(&self, create: bool, _fence: Option<&Fence>) -> Result<()> {
@@ -359,11 +383,9 @@ impl Endpoint for LocalEndpoint {
     fn receive_file<'a>(
         &'a self,
         rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
+        incoming: &Incoming,
     ) -> Result<Box<dyn FileSink + 'a>> {
-        Ok(Box::new(self.receive(rel, entry, block_size, expected)?))
+        Ok(Box::new(self.receive(rel, incoming)?))
     }
 
     fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()> {
@@ -380,6 +402,10 @@ impl Endpoint for LocalEndpoint {
         }
         root.make_dirs(rel, 0o700)
             .map_err(self.err("create folder", rel))?;
+        if let Some(owner) = settable_owner(entry) {
+            root.chown(rel, owner)
+                .map_err(self.err("set owner of", rel))?;
+        }
         root.set_dir_mode(rel, entry.mode)
             .map_err(self.err("set mode of", rel))
     }
@@ -390,7 +416,11 @@ impl Endpoint for LocalEndpoint {
         };
         let root = self.root()?;
         let (temp, ()) = self.create_beside(&root, rel, |temp| root.symlink(target, temp))?;
-        let written = root.set_times(&temp, entry.mtime, Some(entry.mtime));
+        let owned = match settable_owner(entry) {
+            Some(owner) => root.chown(&temp, owner),
+            None => Ok(()),
+        };
+        let written = owned.and_then(|()| root.set_times(&temp, entry.mtime, Some(entry.mtime)));
         self.commit_temp(&root, &temp, rel, written)
     }
 
@@ -422,9 +452,23 @@ impl Endpoint for LocalEndpoint {
         self.commit_temp(&root, &temp, to, Ok(()))
     }
 
-    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()> {
+    fn set_meta(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()> {
+        if let Some(xattrs) = xattrs {
+            checked_xattrs(xattrs).map_err(self.err("set extended attributes of", rel))?;
+        }
         let root = self.root()?;
-        let set = match entry.kind {
+        // The owner first: a `chown` drops file capabilities, which the attributes then set.
+        if let Some(owner) = settable_owner(entry) {
+            root.chown(rel, owner)
+                .map_err(self.err("set owner of", rel))?;
+        }
+        let moded = match entry.kind {
             Kind::Dir => root.set_dir_mode(rel, entry.kept_mode()),
             // Through a handle of the file itself: a path could be swapped for a link.
             Kind::File => root.open_file(rel).and_then(|file| match file {
@@ -434,7 +478,19 @@ impl Endpoint for LocalEndpoint {
             // A link has no mode of its own on Linux, and a special file is never synced.
             Kind::Symlink { .. } | Kind::Special { .. } => Ok(()),
         };
-        set.map_err(self.err("set mode of", rel))
+        moded.map_err(self.err("set mode of", rel))?;
+        match xattrs {
+            Some(xattrs) => root
+                .set_xattrs(rel, xattrs, &|name| keep.keeps(name))
+                .map_err(self.err("set extended attributes of", rel)),
+            None => Ok(()),
+        }
+    }
+
+    fn xattrs(&self, rel: &Path) -> Result<Xattrs> {
+        self.root()?
+            .xattrs(rel)
+            .map_err(self.err("read extended attributes of", rel))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
@@ -470,8 +526,15 @@ impl Endpoint for LocalEndpoint {
             size: bytes.len() as u64,
             mtime: now_mtime(),
             mode: 0o600,
+            meta: Meta::default(),
         };
-        let mut sink = self.receive_file(&rel, &entry, None, None)?;
+        let incoming = Incoming {
+            entry: &entry,
+            block_size: None,
+            expected: None,
+            xattrs: None,
+        };
+        let mut sink = self.receive_file(&rel, &incoming)?;
         sink.write(Op::Literal(bytes.to_vec()))?;
         let sent = Encoded {
             size: bytes.len() as u64,
@@ -490,6 +553,20 @@ fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> Endpoin
     };
     EndpointError::new(op, full.display().to_string(), source).meaning(failure)
 }
+
+/// `xattrs` if they are within Linux's limits (they may come from a peer).
+fn checked_xattrs(xattrs: &[meta::Xattr]) -> io::Result<()> {
+    meta::check(xattrs).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
+}
+
+/// The owner to give a written entry: the one it names, where this process may give owners
+/// (it runs as root); otherwise whoever writes owns it, as with `rsync` run by a user.
+fn settable_owner(entry: &Entry) -> Option<Owner> {
+    entry.meta.owner.filter(|_| *SETS_OWNERS)
+}
+
+/// Whether this process may give files away: it runs as root.
+pub static SETS_OWNERS: LazyLock<bool> = LazyLock::new(|| nix::unistd::geteuid().is_root());
 
 /// Asked once: temporary names carry it, for every file received.
 static PID: LazyLock<u32> = LazyLock::new(std::process::id);
@@ -513,7 +590,8 @@ pub struct LocalSink<'a> {
     entry: Entry,
     temp: PathBuf,
     expected: Option<Expected>,
-    rebuild: Option<Rebuild<BufWriter<File>>>,
+    xattrs: Option<Xattrs>,
+    rebuild: Option<Rebuild<BufWriter<Output>>>,
     committed: bool,
     /// The temporary file again, to start its write-back to disk early from another thread:
     /// the flush before the rename then has little left to do.
@@ -567,11 +645,19 @@ impl LocalSink<'_> {
         let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;
         let entry = &self.entry;
         let finished = (|| {
-            let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            let file = (out.into_inner())
+                .map_err(io::IntoInnerError::into_error)?
+                .finish()?;
+            if let Some(owner) = settable_owner(entry) {
+                rustix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+            }
             // The file was created with its mode, less what the umask took.
             let mode = file_mode(entry.mode);
             if UMASK.is_none_or(|umask| mode & umask != 0) {
                 file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
+            if let Some(xattrs) = &self.xattrs {
+                beneath::set_file_xattrs(&file, xattrs)?;
             }
             filetime::set_file_handle_times(&file, None, Some(to_filetime(entry.mtime)))?;
             if sync {
@@ -589,6 +675,59 @@ impl LocalSink<'_> {
             size,
             published: false,
         })
+    }
+}
+
+/// Where a received file's bytes go: straight into it, or for a file with holes at the
+/// source, with a hole for each block of zeros (as `rsync -S` writes), so a sparse file does
+/// not take its whole size on disk at the destination.
+struct Output {
+    file: File,
+    sparse: bool,
+    /// Bytes written or skipped so far.
+    at: u64,
+    /// The last block was a hole: the file's size is set at the end.
+    ends_in_hole: bool,
+}
+
+/// The unit of holes: a file system block.
+const HOLE: usize = 4096;
+
+impl Output {
+    fn new(file: File, sparse: bool) -> Self {
+        Self {
+            file,
+            sparse,
+            at: 0,
+            ends_in_hole: false,
+        }
+    }
+
+    fn finish(self) -> io::Result<File> {
+        if self.ends_in_hole {
+            self.file.set_len(self.at)?;
+        }
+        Ok(self.file)
+    }
+}
+
+impl io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.sparse {
+            return self.file.write(buf);
+        }
+        for block in buf.chunks(HOLE) {
+            self.ends_in_hole = block.iter().all(|b| *b == 0);
+            if !self.ends_in_hole {
+                std::os::unix::fs::FileExt::write_all_at(&self.file, block, self.at)?;
+            }
+            self.at += block.len() as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -648,7 +787,11 @@ impl Drop for LocalSink<'_> {
 }
 
 /// The entry for `found`.
-fn entry_from(found: Found, read_link: impl FnOnce() -> io::Result<PathBuf>) -> io::Result<Entry> {
+fn entry_from(
+    found: Found,
+    read_link: impl FnOnce() -> io::Result<PathBuf>,
+    read_xattrs: impl FnOnce() -> io::Result<Xattrs>,
+) -> io::Result<Entry> {
     let kind = match found.file_type {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
@@ -659,11 +802,24 @@ fn entry_from(found: Found, read_link: impl FnOnce() -> io::Result<PathBuf>) -> 
             what: beneath::describe(special).to_owned(),
         },
     };
+    let (acl, xattrs) = match kind {
+        Kind::Special { .. } => (None, None),
+        _ => meta::digests(&read_xattrs()?),
+    };
+    let file = kind == Kind::File;
+    let meta = Meta {
+        owner: Some(found.owner),
+        acl,
+        xattrs,
+        link: (file && found.links > 1).then(|| meta::link_id(found.dev, found.ino)),
+        sparse: file && found.allocated < found.size,
+    };
     Ok(Entry {
-        size: if kind == Kind::File { found.size } else { 0 },
+        size: if file { found.size } else { 0 },
         kind,
         mtime: found.mtime,
         mode: found.mode,
+        meta,
     })
 }
 
@@ -674,7 +830,12 @@ fn still_holds(root: &Root, rel: &Path, expected: Option<&Expected>) -> io::Resu
         return Ok(());
     };
     let now = match root.stat(rel)? {
-        Some(found) => Some(entry_from(found, || root.read_link(rel))?),
+        // A quick check compares no attributes: none are read.
+        Some(found) => Some(entry_from(
+            found,
+            || root.read_link(rel),
+            || Ok(Vec::new()),
+        )?),
         None => None,
     };
     if expected.is_met_by(now.as_ref()) {

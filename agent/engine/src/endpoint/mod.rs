@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::delta::{Encoded, Op, Signature};
 use crate::fence::Fence;
 use crate::filter::Filter;
+use crate::meta::{Keep, Xattrs};
 use crate::tree::{Entry, Expected, Mtime, Tree};
 
 mod local;
@@ -112,15 +113,12 @@ pub trait Endpoint: Send + Sync {
         base: Option<&Signature>,
         out: &mut dyn FnMut(Op) -> io::Result<()>,
     ) -> Result<Encoded>;
-    /// Starts writing `rel` crash-safely with `entry`'s mode and mtime, from ops made against
-    /// the current file's signature of `block_size` (or from literals only). With `expected`,
-    /// the file is renamed into place only if `rel` still holds what was expected.
+    /// Starts writing `rel` crash-safely as `incoming` describes: its content comes as ops,
+    /// and its mode, mtime, owner and attributes are set before it is renamed into place.
     fn receive_file<'a>(
         &'a self,
         rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
+        incoming: &Incoming,
     ) -> Result<Box<dyn FileSink + 'a>>;
     /// With `expected`, fails instead if `rel` no longer holds what was expected (see
     /// [`Expected`]), as [`Endpoint::remove`] does.
@@ -139,9 +137,19 @@ pub trait Endpoint: Send + Sync {
     /// and moves a renamed file's content without sending it.
     fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
-    /// Gives the file or folder at `rel` `entry`'s permission bits ([`Entry::kept_mode`]),
-    /// never through a symlink: a `chmod` at the source costs no file bytes.
-    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()>;
+    /// Gives the entry at `rel` `entry`'s permission bits ([`Entry::kept_mode`]) and owner
+    /// (where this replica sets owners and `entry` names one) and, with `xattrs`, makes its
+    /// extended attributes that `keep` covers exactly those; never through a symlink. A
+    /// `chmod`, `chown`, `setfacl` or `setfattr` at the source so costs no file bytes.
+    fn set_meta(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()>;
+    /// The extended attributes (ACLs among them) of the entry at `rel`, sorted by name.
+    fn xattrs(&self, rel: &Path) -> Result<Xattrs>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
@@ -152,12 +160,29 @@ pub trait Endpoint: Send + Sync {
     }
 }
 
+/// A file about to be written (see [`Endpoint::receive_file`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Its mode and mtime, and its owner where the replica sets owners.
+    pub entry: &'a Entry,
+    /// The block size of the current file's signature the ops were made against; `None`
+    /// when they are literals only.
+    pub block_size: Option<u32>,
+    /// Under the sync rule, what `rel` must still hold for the file to be renamed into place.
+    pub expected: Option<&'a Expected>,
+    /// Its extended attributes (ACLs among them), if it is to have any.
+    pub xattrs: Option<&'a Xattrs>,
+}
+
 /// What a kind of replica can do, so the engine plans for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// File data to or from it crosses a network: a delta against the old version, or a
     /// local duplicate of a moved file, saves bytes there.
     pub across_network: bool,
+    /// What it keeps of what the job keeps ([`Keep`]): a writer that is not root keeps no
+    /// owners, an older agent none of it.
+    pub keeps: Keep,
 }
 
 /// Changes sent without waiting for each outcome, where that saves round trips (a replica on
@@ -179,6 +204,14 @@ pub trait Pipeline {
     fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     /// Sets a time without waiting: a failure comes with [`Pipeline::settle`].
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    /// [`Endpoint::set_meta`] without waiting: a failure comes with [`Pipeline::settle`].
+    fn set_meta_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()>;
     /// Waits for what was sent without waiting and says what it came to.
     fn settle(&self) -> Settled;
 }
@@ -198,6 +231,13 @@ pub trait Changes {
     fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()>;
     fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()>;
+    fn set_meta_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()>;
     fn settle(&self) -> Settled;
 }
 
@@ -248,6 +288,19 @@ impl Changes for dyn Endpoint + '_ {
         }
     }
 
+    fn set_meta_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()> {
+        match self.pipeline() {
+            Some(pipeline) => pipeline.set_meta_later(rel, entry, xattrs, keep),
+            None => self.set_meta(rel, entry, xattrs, keep),
+        }
+    }
+
     fn settle(&self) -> Settled {
         self.pipeline().map(Pipeline::settle).unwrap_or_default()
     }
@@ -261,7 +314,7 @@ pub struct Settled {
     pub failed_writes: Vec<(PathBuf, EndpointError)>,
     /// Removals sent without waiting: whether each removed something, or why it failed.
     pub removals: Vec<(PathBuf, Result<bool>)>,
-    /// Other changes sent without waiting that failed (a time not set).
+    /// Other changes sent without waiting that failed (a time or metadata not set).
     pub failed_changes: Vec<(PathBuf, EndpointError)>,
     /// Folders made without waiting that failed.
     pub failed_dirs: Vec<(PathBuf, EndpointError)>,

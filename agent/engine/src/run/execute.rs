@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use super::plan::{Action, Op, Phase};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
-use crate::endpoint::{Changes, Endpoint, EndpointError};
+use crate::endpoint::{Changes, Endpoint, EndpointError, Incoming};
 use crate::fence::Halt;
+use crate::meta::{Keep, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Tree};
 
 /// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
@@ -40,6 +41,8 @@ pub(super) struct Executor<'a> {
     /// settle: one that did not rebuild is sent again whole then.
     pub(super) deltas: HashMap<(usize, PathBuf), Resend>,
     pub(super) job: &'a str,
+    /// The metadata the job keeps; each replica keeps what it can of it (see [`Self::keeps`]).
+    pub(super) keep: Keep,
 }
 
 /// Content hashes by replica and path.
@@ -50,6 +53,7 @@ pub(super) struct Resend {
     from: usize,
     entry: Entry,
     expected: Option<Expected>,
+    xattrs: Option<Xattrs>,
 }
 
 impl Executor<'_> {
@@ -155,7 +159,8 @@ impl Executor<'_> {
                     expected: resend.expected,
                 };
                 let (from, to) = (self.replicas[resend.from], self.replicas[r]);
-                if let Err(e) = self.transfer(from, to, &target, &resend.entry, None) {
+                let xattrs = resend.xattrs.as_ref();
+                if let Err(e) = self.transfer((from, to), &target, (&resend.entry, xattrs), None) {
                     self.write_failed((r, path), e.to_string());
                 }
             }
@@ -281,14 +286,16 @@ impl Executor<'_> {
                     path,
                     expected: self.expected(action),
                 };
-                self.copy(*from, replica, &target, entry, *replaces)
+                let xattrs = self
+                    .copy(*from, replica, &target, entry, *replaces)
                     .map_err(|e| e.to_string())?;
                 // Its verdict, which says whether a delta rebuilt, comes when it settles.
                 if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
                     let resend = Resend {
                         from: *from,
-                        entry: entry.clone(),
+                        entry: self.as_kept(entry, replica),
                         expected: target.expected,
+                        xattrs,
                     };
                     self.deltas.insert((action.replica, path.clone()), resend);
                 }
@@ -322,7 +329,33 @@ impl Executor<'_> {
             Op::SetMtime { mtime } => replica
                 .set_mtime_later(path, *mtime)
                 .map_err(|e| e.to_string())?,
-            Op::SetMode { entry } => replica.set_mode(path, entry).map_err(|e| e.to_string())?,
+            Op::SetMeta {
+                from,
+                entry,
+                values,
+            } => {
+                let keep = self.keeps(replica);
+                let xattrs = match values {
+                    true => Some(self.replicas[*from].xattrs(path)),
+                    false => None,
+                };
+                let xattrs = xattrs.transpose().map_err(|e| e.to_string())?;
+                let entry = self.as_kept(entry, replica);
+                replica
+                    .set_meta_later(path, &entry, xattrs.as_ref(), keep)
+                    .map_err(|e| e.to_string())?;
+            }
+            Op::HardLink { from, .. } => {
+                replica
+                    .duplicate_later(from, path)
+                    .map_err(|e| e.to_string())?;
+                self.summary.files_copied += 1;
+                (self.on_event)(Event::Copied {
+                    to: replica.display(),
+                    path: path.clone(),
+                    bytes: 0,
+                });
+            }
             Op::LinkFrom { from, entry } => {
                 replica
                     .duplicate_later(from, path)
@@ -348,6 +381,8 @@ impl Executor<'_> {
         Ok(())
     }
 
+    /// Writes `entry` from replica `from` at `target` in `to`, with the metadata `to` keeps;
+    /// returns the extended attributes it was given, if any.
     fn copy(
         &mut self,
         from: usize,
@@ -355,17 +390,32 @@ impl Executor<'_> {
         target: &Target,
         entry: &Entry,
         replaces: bool,
-    ) -> Result<(), EndpointError> {
+    ) -> Result<Option<Xattrs>, EndpointError> {
         let path = target.path;
+        let keep = self.keeps(to);
+        let entry = &self.as_kept(entry, to);
+        let xattrs = match keep.needs_values(&entry.meta) {
+            true => Some(self.replicas[from].xattrs(path)?),
+            false => None,
+        };
         match entry.kind {
             Kind::Dir => {
                 to.make_dir_later(path, entry, target.expected.as_ref())?;
                 self.summary.dirs_created += 1;
-                return Ok(());
+                if let Some(xattrs) = &xattrs {
+                    to.set_meta_later(path, entry, Some(xattrs), keep)?;
+                }
+                return Ok(xattrs);
             }
-            Kind::Symlink { .. } => to.make_symlink(path, entry)?,
+            Kind::Symlink { .. } => {
+                to.make_symlink(path, entry)?;
+                if let Some(xattrs) = &xattrs {
+                    to.set_meta_later(path, entry, Some(xattrs), keep)?;
+                }
+            }
             Kind::File => {
-                let bytes = self.copy_file(self.replicas[from], to, target, entry, replaces)?;
+                let source = (self.replicas[from], to);
+                let bytes = self.copy_file(source, target, (entry, xattrs.as_ref()), replaces)?;
                 self.summary.bytes_total += bytes;
             }
             // Left out after the scan (see `skip_special_files`); never copied, whoever asks.
@@ -384,7 +434,21 @@ impl Executor<'_> {
             path: path.to_path_buf(),
             bytes: entry.size,
         });
-        Ok(())
+        Ok(xattrs)
+    }
+
+    /// What `to` keeps of the metadata the job keeps.
+    pub(super) fn keeps(&self, to: &dyn Endpoint) -> Keep {
+        self.keep.and(to.capabilities().keeps)
+    }
+
+    /// `entry` as `to` writes it: without its owner where the owner is not kept there.
+    fn as_kept(&self, entry: &Entry, to: &dyn Endpoint) -> Entry {
+        let mut entry = entry.clone();
+        if !self.keeps(to).owner {
+            entry.meta.owner = None;
+        }
+        entry
     }
 
     /// Copies a file's content, as a delta against what the destination holds when either side
@@ -393,10 +457,9 @@ impl Executor<'_> {
     /// settles for a remote destination (see `deltas`).
     fn copy_file(
         &mut self,
-        from: &dyn Endpoint,
-        to: &dyn Endpoint,
+        (from, to): (&dyn Endpoint, &dyn Endpoint),
         target: &Target,
-        entry: &Entry,
+        file: (&Entry, Option<&Xattrs>),
         replaces: bool,
     ) -> Result<u64, EndpointError> {
         let path = target.path;
@@ -405,10 +468,10 @@ impl Executor<'_> {
             true => to.signature(path)?,
             false => None,
         };
-        let written = match self.transfer(from, to, target, entry, base.as_ref()) {
+        let written = match self.transfer((from, to), target, file, base.as_ref()) {
             Err(e) if base.is_some() && e.is_bad_delta() => {
                 tracing::debug!(path = %path.display(), error = %e, "delta failed; sending whole");
-                self.transfer(from, to, target, entry, None)?
+                self.transfer((from, to), target, file, None)?
             }
             other => other?,
         };
@@ -421,15 +484,20 @@ impl Executor<'_> {
     /// Streams one file from `from` into `to`, stopping mid-file once halted.
     fn transfer(
         &self,
-        from: &dyn Endpoint,
-        to: &dyn Endpoint,
+        (from, to): (&dyn Endpoint, &dyn Endpoint),
         target: &Target,
-        entry: &Entry,
+        (entry, xattrs): (&Entry, Option<&Xattrs>),
         base: Option<&Signature>,
     ) -> Result<u64, EndpointError> {
         let path = target.path;
         let block_size = base.map(|s| s.block_size);
-        let mut sink = to.receive_file(path, entry, block_size, target.expected.as_ref())?;
+        let incoming = Incoming {
+            entry,
+            block_size,
+            expected: target.expected.as_ref(),
+            xattrs,
+        };
+        let mut sink = to.receive_file(path, &incoming)?;
         let mut sink_error = None;
         let sent = from.send_file(path, base, &mut |op| {
             if self.halt.is_halted() {

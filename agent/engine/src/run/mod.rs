@@ -26,6 +26,7 @@ pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError, Failure};
 pub use crate::fence::Halt;
 use crate::filter::Filter;
+use crate::meta::Keep;
 use crate::tree::{Kind, Mtime, Tree, check_parents};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +84,9 @@ pub struct Guards {
     /// copied when it differs (`rsync --checksum`).
     #[serde(default)]
     pub checksum: bool,
+    /// The metadata the replicas keep beyond content, mode and times.
+    #[serde(default)]
+    pub keep: Keep,
 }
 
 impl fmt::Debug for JobSpec {
@@ -252,6 +256,7 @@ pub fn run(
         left: HashMap::new(),
         deltas: HashMap::new(),
         job: &spec.name,
+        keep: spec.guards.keep,
     };
     match spec.rule {
         Rule::Mirror | Rule::Copy => one_way(spec, &mut exec, &trees)?,
@@ -359,7 +364,10 @@ fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), En
         false => vec![HashSet::new(); trees.len() - 1],
     };
     let mut plans: Vec<Vec<Action>> = (1..trees.len())
-        .map(|d| plan_one_way(spec.rule, &trees[0], &trees[d], d, &differ[d - 1]))
+        .map(|d| {
+            let keep = exec.keeps(exec.replicas[d]);
+            plan_one_way(spec.rule, (&trees[0], &trees[d]), d, &differ[d - 1], keep)
+        })
         .collect();
     retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
     for actions in &plans {
@@ -441,6 +449,7 @@ fn keep_versions(mut actions: Vec<Action>, versions: &Path) -> Vec<Action> {
             Op::Copy {
                 entry, replaces, ..
             } => entry.kind == Kind::File && *replaces,
+            Op::HardLink { replaces, .. } => *replaces,
             _ => false,
         })
         .map(|a| (a.replica, a.path.clone()))
@@ -507,12 +516,7 @@ fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>])
             .map(|a| a.path.clone())
             .collect();
         let unlisted: BTreeSet<PathBuf> = (actions.iter())
-            .filter(|a| {
-                matches!(
-                    a.op,
-                    Op::Copy { .. } | Op::Remove { .. } | Op::LinkFrom { .. }
-                )
-            })
+            .filter(|a| a.op.changes_folder())
             .filter_map(|a| a.path.parent())
             .filter(|dir| !src.contains_key(*dir) && !timed.contains(*dir))
             .map(Path::to_path_buf)

@@ -2,10 +2,11 @@
 //! functions of the trees (and, for the sync rule, of the base and content comparisons): no
 //! endpoint is called here.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Rule;
+use crate::meta::Keep;
 use crate::tree::{Entry, Kind, Mtime, Tree, same};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +38,22 @@ pub(super) enum Op {
     SetMtime {
         mtime: Mtime,
     },
-    /// Give the file or folder the source's permission bits (a `chmod` there), no bytes sent.
-    SetMode {
+    /// Give the entry what it has at replica `from` beyond its content (a `chmod`, `chown`,
+    /// `setfacl` or `setfattr` there), no bytes sent; with `values`, its extended attributes
+    /// too, read from `from`.
+    SetMeta {
+        from: usize,
         entry: Entry,
+        values: bool,
+    },
+    /// Make the file another name of the file at `from` on the same replica (a hard link at
+    /// the source), after `from` is written: no file data crosses.
+    HardLink {
+        from: PathBuf,
+        entry: Entry,
+        /// The target held a file when planned (kept as a version first, if the job keeps
+        /// versions).
+        replaces: bool,
     },
     /// Report a path that cannot be handled automatically.
     Refuse {
@@ -62,6 +76,8 @@ pub(super) enum Phase {
     KeepAside,
     /// Files, links and folders, parents first.
     Write,
+    /// Other names of files written (hard links), once those are in place.
+    Link,
     /// Folder times last: the writes change them.
     SetTimes,
 }
@@ -82,19 +98,20 @@ impl Action {
             Op::Remove { .. } => Phase::RemoveFolders,
             Op::KeepAside { .. } => Phase::KeepAside,
             Op::Copy { .. } => Phase::Write,
-            Op::SetMtime { .. } | Op::SetMode { .. } => Phase::SetTimes,
+            Op::HardLink { .. } => Phase::Link,
+            Op::SetMtime { .. } | Op::SetMeta { .. } => Phase::SetTimes,
         }
     }
 }
 
 /// Plans destination `d` of a mirror or a copy; `differ` holds the files that look unchanged
-/// but whose content differs (asked for with `--checksum`).
+/// but whose content differs (asked for with `--checksum`), `keep` the metadata kept there.
 pub(super) fn plan_one_way(
     rule: Rule,
-    src: &Tree,
-    dst: &Tree,
+    (src, dst): (&Tree, &Tree),
     d: usize,
     differ: &HashSet<PathBuf>,
+    keep: Keep,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let act = |path: &Path, op| Action {
@@ -114,8 +131,8 @@ pub(super) fn plan_one_way(
                 if s.is_dir() && s.mtime != t.mtime {
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
                 }
-                if s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. }) {
-                    actions.push(act(path, Op::SetMode { entry: s.clone() }));
+                if let Some(op) = meta_change(s, t, keep) {
+                    actions.push(act(path, op));
                 }
             }
             Some(t) if t.is_dir() != s.is_dir() && rule == Rule::Copy => {
@@ -145,6 +162,9 @@ pub(super) fn plan_one_way(
             actions.push(act(path, Op::Remove { entry: t.clone() }));
         }
     }
+    if keep.hard_links {
+        keep_hard_links((src, dst), d, &mut actions);
+    }
     // Writing or removing inside a folder changes its time: set it again afterwards.
     let timed: HashSet<PathBuf> = actions
         .iter()
@@ -153,7 +173,7 @@ pub(super) fn plan_one_way(
         .collect();
     let touched: BTreeSet<&Path> = actions
         .iter()
-        .filter(|a| matches!(a.op, Op::Copy { .. } | Op::Remove { .. }))
+        .filter(|a| a.op.changes_folder())
         .filter_map(|a| a.path.parent())
         .filter(|parent| !parent.as_os_str().is_empty() && !timed.contains(*parent))
         .collect();
@@ -164,6 +184,73 @@ pub(super) fn plan_one_way(
         .collect();
     actions.extend(retimed);
     actions
+}
+
+impl Op {
+    /// Whether the op adds or removes a name in the folder it is in (changing its time).
+    pub(super) fn changes_folder(&self) -> bool {
+        matches!(
+            self,
+            Op::Copy { .. } | Op::Remove { .. } | Op::LinkFrom { .. } | Op::HardLink { .. }
+        )
+    }
+}
+
+/// What gives `t` (at a destination) what `s` (at the source) has beyond its content: its
+/// mode, and the owner and attributes `keep` covers; nothing when they agree.
+fn meta_change(s: &Entry, t: &Entry, keep: Keep) -> Option<Op> {
+    let mode = s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. });
+    let owner = keep.owner && s.meta.owner.is_some() && s.meta.owner != t.meta.owner;
+    let values =
+        (keep.acls && s.meta.acl != t.meta.acl) || (keep.xattrs && s.meta.xattrs != t.meta.xattrs);
+    (mode || owner || values).then(|| Op::SetMeta {
+        from: 0,
+        entry: s.clone(),
+        values,
+    })
+}
+
+/// Keeps the names of one source file one file at the destination (`rsync -H`): its first
+/// name is written as planned, and every other is made a link to it, unless it already is
+/// one; no file data crosses for them.
+fn keep_hard_links((src, dst): (&Tree, &Tree), d: usize, actions: &mut Vec<Action>) {
+    let mut names: HashMap<u64, Vec<&PathBuf>> = HashMap::new();
+    for (path, s) in src {
+        if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
+            names.entry(link).or_default().push(path);
+        }
+    }
+    let written: HashSet<PathBuf> = (actions.iter())
+        .filter(|a| matches!(a.op, Op::Copy { .. }))
+        .map(|a| a.path.clone())
+        .collect();
+    let mut links = Vec::new();
+    for names in names.values().filter(|names| names.len() > 1) {
+        let first = names[0];
+        let first_there = dst.get(first).and_then(|t| t.meta.link);
+        for other in &names[1..] {
+            let there = dst.get(*other);
+            let linked = !written.contains(first)
+                && first_there.is_some()
+                && there.and_then(|t| t.meta.link) == first_there;
+            if !linked {
+                links.push(Action {
+                    replica: d,
+                    path: (*other).clone(),
+                    op: Op::HardLink {
+                        from: first.clone(),
+                        entry: src[*other].clone(),
+                        replaces: there.is_some_and(|t| t.kind == Kind::File),
+                    },
+                });
+            }
+        }
+    }
+    let relinked: HashSet<&PathBuf> = links.iter().map(|a| &a.path).collect();
+    actions.retain(|a| {
+        !(relinked.contains(&a.path) && matches!(a.op, Op::Copy { .. } | Op::SetMeta { .. }))
+    });
+    actions.extend(links);
 }
 
 pub(super) fn kind_name(kind: &Kind) -> &'static str {

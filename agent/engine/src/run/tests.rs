@@ -7,8 +7,9 @@ use tempfile::TempDir;
 use super::plan::*;
 use super::*;
 use crate::delta::{Encoded, Op as DataOp};
-use crate::endpoint::{self, LocalEndpoint};
+use crate::endpoint::{self, Incoming, LocalEndpoint};
 use crate::fence::Fence;
+use crate::meta::{Keep, Meta, Xattrs};
 use crate::tree::{Entry, Expected, Mtime};
 
 struct Fixture {
@@ -530,15 +531,20 @@ fn a_file_saved_while_its_new_version_is_written_is_not_overwritten() {
             nanos: 0,
         },
         mode: 0o644,
+        meta: Meta::default(),
     };
     let sent = Encoded {
         size: entry.size,
         hash: blake3::hash(&content),
     };
     let write = |expected: &Expected, meanwhile: &dyn Fn()| {
-        let mut sink = replica
-            .receive_file(doc, &entry, None, Some(expected))
-            .unwrap();
+        let incoming = Incoming {
+            entry: &entry,
+            block_size: None,
+            expected: Some(expected),
+            xattrs: None,
+        };
+        let mut sink = replica.receive_file(doc, &incoming).unwrap();
         sink.write(DataOp::Literal(content.clone())).unwrap();
         meanwhile();
         sink.commit(&sent)
@@ -803,11 +809,9 @@ impl Endpoint for Forged {
     fn receive_file<'a>(
         &'a self,
         rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
+        incoming: &Incoming,
     ) -> endpoint::Result<Box<dyn endpoint::FileSink + 'a>> {
-        self.real.receive_file(rel, entry, block_size, expected)
+        self.real.receive_file(rel, incoming)
     }
     fn make_dir(
         &self,
@@ -837,8 +841,17 @@ impl Endpoint for Forged {
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> endpoint::Result<()> {
         self.real.set_mtime(rel, mtime)
     }
-    fn set_mode(&self, rel: &Path, entry: &Entry) -> endpoint::Result<()> {
-        self.real.set_mode(rel, entry)
+    fn set_meta(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> endpoint::Result<()> {
+        self.real.set_meta(rel, entry, xattrs, keep)
+    }
+    fn xattrs(&self, rel: &Path) -> endpoint::Result<Xattrs> {
+        self.real.xattrs(rel)
     }
     fn hash(&self, rel: &Path) -> endpoint::Result<blake3::Hash> {
         self.real.hash(rel)
@@ -860,6 +873,7 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
         size: 24,
         mtime: Mtime { secs: 1, nanos: 0 },
         mode: 0o644,
+        meta: Meta::default(),
     };
     let target = elsewhere.path().to_path_buf();
     let mut forged = Tree::new();

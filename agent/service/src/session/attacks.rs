@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ferry_engine::Fence;
-use ferry_engine::tree::{Entry, Kind, Mtime};
+use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
 use ferry_wire::client::Session as Client;
 use ferry_wire::frame;
 use ferry_wire::identity::{Peer, Role};
@@ -86,6 +86,7 @@ fn make_dir(path: &str, mode: u32) -> Request {
             size: 0,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode,
+            meta: Meta::default(),
         },
         expected: None,
     }
@@ -101,6 +102,7 @@ fn make_symlink(path: &str, target: &Path) -> Request {
             size: 0,
             mtime: Mtime { secs: 0, nanos: 0 },
             mode: 0o777,
+            meta: Meta::default(),
         },
     }
 }
@@ -373,23 +375,11 @@ async fn a_second_session_swapping_the_first_ones_folder_for_a_link_gains_nothin
 async fn setuid_and_setgid_bits_a_peer_sends_are_dropped() {
     let agent = TestAgent::new();
     let (mut s1, _served) = agent.client().await;
-    let [write, data, end] = file_requests("tool", b"#!/bin/sh\n");
-    let Request::WriteFile {
-        path,
-        mut entry,
-        block_size,
-        expected,
-    } = write
-    else {
+    let [mut write, data, end] = file_requests("tool", b"#!/bin/sh\n");
+    let Request::WriteFile { entry, .. } = &mut write else {
         unreachable!()
     };
     entry.mode = 0o6755;
-    let write = Request::WriteFile {
-        path,
-        entry,
-        block_size,
-        expected,
-    };
     for request in [write, data, end] {
         s1.send(&request).await.unwrap();
     }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch::Receiver;
 
 use ferry_engine::Fence;
-use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, LocalEndpoint};
+use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, Incoming, LocalEndpoint};
 use ferry_wire::frame::{self, Data, FrameError};
 use ferry_wire::identity::Peer;
 use ferry_wire::link::LinkMeter;
@@ -106,10 +106,12 @@ pub async fn run(
         // Files wait to be published in batches. A file's data and a new folder do not need
         // them in place, nor does a signature: should the file change before the delta made
         // against it arrives, the delta does not rebuild and the file is sent whole.
-        let pipelined = matches!(
-            request,
-            Request::WriteFile { .. } | Request::MakeDir { .. } | Request::Signature { .. }
-        );
+        let pipelined = match &request {
+            Request::WriteFile { .. } | Request::MakeDir { .. } | Request::Signature { .. } => true,
+            // A folder is never staged: its metadata can be set before the batch is in place.
+            Request::SetMeta { entry, .. } => entry.is_dir(),
+            _ => false,
+        };
         if !pipelined {
             session.publish_staged(true).await?;
         }
@@ -160,6 +162,7 @@ async fn handshake(
                     .iter()
                     .map(|r| r.path.display().to_string())
                     .collect(),
+                keeps: LocalEndpoint::keeps(),
             };
             frame::write(stream, &welcome).await?;
             Ok(Some(fence))
@@ -285,13 +288,17 @@ impl Session<'_> {
                 entry,
                 block_size,
                 expected,
+                xattrs,
             } => {
-                let expected = expected.as_ref();
-                return self
-                    .write_file(&replica, &path, &entry, block_size, expected)
-                    .await;
+                let incoming = Incoming {
+                    entry: &entry,
+                    block_size,
+                    expected: expected.as_ref(),
+                    xattrs: xattrs.as_ref(),
+                };
+                return self.write_file(&replica, &path, &incoming).await;
             }
-            Request::Stat { path } => replica.stat(&path).map(Response::Stat),
+            Request::Stat { path } => replica.stat(&path).map(|e| Response::Stat(e.map(Box::new))),
             Request::Signature { path } => replica.signature(&path).map(Response::Signature),
             Request::MakeDir {
                 path,
@@ -308,7 +315,15 @@ impl Session<'_> {
                 .map(Response::Removed),
             Request::Rename { from, to } => replica.rename(&from, &to).map(done),
             Request::SetMtime { path, mtime } => replica.set_mtime(&path, mtime).map(done),
-            Request::SetMode { path, entry } => replica.set_mode(&path, &entry).map(done),
+            Request::SetMeta {
+                path,
+                entry,
+                xattrs,
+                keep,
+            } => replica
+                .set_meta(&path, &entry, xattrs.as_ref(), keep)
+                .map(done),
+            Request::ReadXattrs { path } => replica.xattrs(&path).map(Response::Xattrs),
             Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
             Request::Hash { path } => replica
                 .hash(&path)

@@ -9,8 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use ferry_engine::delta::Encoded;
-use ferry_engine::endpoint::{EndpointError, FileSink, LocalEndpoint, Staged};
-use ferry_engine::tree::{Entry, Expected};
+use ferry_engine::endpoint::{EndpointError, FileSink, Incoming, LocalEndpoint, Staged};
 use ferry_wire::frame::FrameError;
 use ferry_wire::protocol::{ErrorKind, Request, Response, brief};
 
@@ -161,11 +160,9 @@ impl Session<'_> {
         &mut self,
         replica: &LocalEndpoint,
         path: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
+        incoming: &Incoming<'_>,
     ) -> Result<(), FrameError> {
-        let mut sink = match replica.receive(path, entry, block_size, expected) {
+        let mut sink = match replica.receive(path, incoming) {
             Ok(sink) => Some(sink),
             Err(e) => {
                 self.drain_file().await?;
@@ -199,7 +196,7 @@ impl Session<'_> {
             (_, Some(e), _) => wire_failure(&e),
             (Some(sink), None, Ok(hash)) => {
                 let sent = Encoded {
-                    size: entry.size,
+                    size: incoming.entry.size,
                     hash: blake3::Hash::from_bytes(hash),
                 };
                 match sink.finish(&sent, false) {

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use ferry_engine::Scope;
 use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_engine::filter::Filter;
-use ferry_engine::tree::{Entry, Kind, Mtime};
+use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
 use ferry_wire::client::{ClientError, Dial, Session as Client};
 use ferry_wire::frame::{self, Attached, FrameError};
 use ferry_wire::protocol::{DataOp, PROTOCOL_VERSION, Request, Response};
@@ -140,6 +140,7 @@ pub(super) fn file_entry(size: u64) -> Entry {
             nanos: 0,
         },
         mode: 0o644,
+        meta: Meta::default(),
     }
 }
 
@@ -150,6 +151,7 @@ pub(super) fn file_requests(name: &str, bytes: &[u8]) -> [Request; 3] {
         entry: file_entry(bytes.len() as u64),
         block_size: None,
         expected: None,
+        xattrs: None,
     };
     let ops = vec![DataOp::Literal(Attached::new(bytes.to_vec()))];
     let hash = blake3::hash(bytes).as_bytes().to_vec();

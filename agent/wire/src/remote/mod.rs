@@ -19,9 +19,11 @@ use crate::client::{ClientError, Connector, Dial};
 use crate::protocol::{ErrorKind, Fence, Request, Response, WireError};
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{
-    Capabilities, Endpoint, EndpointError, Failure, FileSink, Pipeline, Result, Scope, Settled,
+    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, Pipeline, Result, Scope,
+    Settled,
 };
 use ferry_engine::filter::Filter;
+use ferry_engine::meta::{Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
 mod pipeline;
@@ -160,6 +162,15 @@ fn make_dir_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> R
     }
 }
 
+fn set_meta_request(rel: &Path, entry: &Entry, xattrs: Option<&Xattrs>, keep: Keep) -> Request {
+    Request::SetMeta {
+        path: rel.to_path_buf(),
+        entry: entry.clone(),
+        xattrs: xattrs.cloned(),
+        keep,
+    }
+}
+
 fn remove_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Request {
     Request::Remove {
         path: rel.to_path_buf(),
@@ -263,14 +274,17 @@ impl Endpoint for RemoteEndpoint {
     fn stat(&self, rel: &Path) -> Result<Option<Entry>> {
         let path = rel.to_path_buf();
         match self.call("read", rel, Request::Stat { path })? {
-            Response::Stat(entry) => Ok(entry),
+            Response::Stat(entry) => Ok(entry.map(|e| *e)),
             other => Err(self.unexpected("read", rel, &other)),
         }
     }
 
     fn capabilities(&self) -> Capabilities {
+        // What the agent said it keeps when the session began (it may have changed since).
+        let keeps = self.session().as_ref().map(|link| link.session.keeps);
         Capabilities {
             across_network: true,
+            keeps: keeps.unwrap_or_default(),
         }
     }
 
@@ -334,16 +348,15 @@ impl Endpoint for RemoteEndpoint {
     fn receive_file<'a>(
         &'a self,
         rel: &Path,
-        entry: &Entry,
-        block_size: Option<u32>,
-        expected: Option<&Expected>,
+        incoming: &Incoming,
     ) -> Result<Box<dyn FileSink + 'a>> {
         let mut slot = self.session();
         let request = Request::WriteFile {
             path: rel.to_path_buf(),
-            entry: entry.clone(),
-            block_size,
-            expected: expected.cloned(),
+            entry: incoming.entry.clone(),
+            block_size: incoming.block_size,
+            expected: incoming.expected.cloned(),
+            xattrs: incoming.xattrs.cloned(),
         };
         let sent = self.on_session(&mut slot, |s| s.send(request));
         if let Err(e) = sent {
@@ -397,12 +410,27 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("set mtime of", rel, request)
     }
 
-    fn set_mode(&self, rel: &Path, entry: &Entry) -> Result<()> {
-        let request = Request::SetMode {
-            path: rel.to_path_buf(),
-            entry: entry.clone(),
-        };
-        self.expect_done("set mode of", rel, request)
+    fn set_meta(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()> {
+        let request = set_meta_request(rel, entry, xattrs, keep);
+        self.expect_done("set metadata of", rel, request)
+    }
+
+    fn xattrs(&self, rel: &Path) -> Result<Xattrs> {
+        let path = rel.to_path_buf();
+        match self.call(
+            "read extended attributes of",
+            rel,
+            Request::ReadXattrs { path },
+        )? {
+            Response::Xattrs(xattrs) => Ok(xattrs),
+            other => Err(self.unexpected("read extended attributes of", rel, &other)),
+        }
     }
 
     fn hash(&self, rel: &Path) -> Result<blake3::Hash> {
@@ -455,6 +483,18 @@ impl Pipeline for RemoteEndpoint {
             to: to.to_path_buf(),
         };
         self.send_later("duplicate", to, request, Owed::Copy(to.to_path_buf()))
+    }
+
+    fn set_meta_later(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        keep: Keep,
+    ) -> Result<()> {
+        let request = set_meta_request(rel, entry, xattrs, keep);
+        let owed = Owed::Time(rel.to_path_buf());
+        self.send_later("set metadata of", rel, request, owed)
     }
 
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()> {

@@ -39,6 +39,7 @@ async fn agent(mut stream: DuplexStream, steps: Vec<Step>) {
         agent: "nas1".into(),
         software: "test".into(),
         roots: vec!["/srv".into()],
+        keeps: Default::default(),
     };
     frame::write(&mut stream, &welcome).await.unwrap();
     for step in steps {

@@ -12,6 +12,7 @@ fn link(target: &Path) -> Entry {
         size: 0,
         mtime: Mtime { secs: 0, nanos: 0 },
         mode: 0o777,
+        meta: Meta::default(),
     }
 }
 
@@ -38,6 +39,7 @@ fn planted_links_lead_nowhere_outside_the_folder() {
         size: 0,
         mtime: Mtime { secs: 0, nanos: 0 },
         mode: 0o7777,
+        meta: Meta::default(),
     };
     let _ = replica.make_dir(Path::new("door"), &dir, None);
     assert_eq!(

@@ -1,0 +1,230 @@
+//! What a replica keeps of an entry beyond its bytes, mode and time, as `rsync -aHAXS` does:
+//! its owner, its POSIX ACLs and other extended attributes, which of its names are one file
+//! (hard links), and whether it has holes. A scan reports each as a small fact ([`Meta`]); the
+//! attributes' values travel only when a replica must set them ([`Xattrs`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The facts a scan reports beside an entry's kind, size, time and mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Meta {
+    /// Who owns it, by number; `None` where not known (an entry from an older peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// A digest of its POSIX ACLs (access and default); `None` without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<u64>,
+    /// A digest of its other extended attributes; `None` without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<u64>,
+    /// For a file with more than one name: a number shared by all its names in this replica
+    /// (from its device and inode), so a run keeps them one file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<u64>,
+    /// A file with holes (fewer blocks allocated than its size needs): written with holes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
+}
+
+/// An owner and a group, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    pub fn uid(&self) -> rustix::fs::Uid {
+        rustix::fs::Uid::from_raw(self.uid)
+    }
+
+    pub fn gid(&self) -> rustix::fs::Gid {
+        rustix::fs::Gid::from_raw(self.gid)
+    }
+}
+
+/// Which metadata a job keeps: all of it unless turned off. A replica that cannot set some of
+/// it (owners, where its writer is not root) keeps what it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Keep {
+    pub owner: bool,
+    pub acls: bool,
+    pub xattrs: bool,
+    pub hard_links: bool,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Self {
+            owner: true,
+            acls: true,
+            xattrs: true,
+            hard_links: true,
+        }
+    }
+}
+
+impl Keep {
+    /// Whether the attribute `name` is one this job keeps.
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        match Class::of(name) {
+            Class::Acl => self.acls,
+            Class::Other => self.xattrs,
+            Class::Never => false,
+        }
+    }
+
+    /// What both keep.
+    pub fn and(self, other: Keep) -> Keep {
+        Keep {
+            owner: self.owner && other.owner,
+            acls: self.acls && other.acls,
+            xattrs: self.xattrs && other.xattrs,
+            hard_links: self.hard_links && other.hard_links,
+        }
+    }
+
+    /// Whether setting `meta` needs the attributes' values, not only the facts in [`Meta`].
+    pub fn needs_values(&self, meta: &Meta) -> bool {
+        (self.acls && meta.acl.is_some()) || (self.xattrs && meta.xattrs.is_some())
+    }
+}
+
+/// What kind of attribute a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `system.posix_acl_access` and `system.posix_acl_default`: the ACLs.
+    Acl,
+    /// `user.`, `security.`, `trusted.` (Samba's `security.NTACL` and `user.DOSATTRIB`).
+    Other,
+    /// The rest of `system.` belongs to the file system itself (NFSv4 ACLs, say), which a
+    /// replica on another one cannot take.
+    Never,
+}
+
+impl Class {
+    fn of(name: &[u8]) -> Class {
+        match name {
+            b"system.posix_acl_access" | b"system.posix_acl_default" => Class::Acl,
+            _ if name.starts_with(b"system.") => Class::Never,
+            _ => Class::Other,
+        }
+    }
+}
+
+/// One extended attribute (an ACL is one too).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// An entry's extended attributes, sorted by name.
+pub type Xattrs = Vec<Xattr>;
+
+/// Linux's limits: a name of at most 255 bytes, a value of at most 64 KiB.
+pub const MAX_NAME: usize = 255;
+pub const MAX_VALUE: usize = 64 << 10;
+/// Attributes on one entry, at most (a peer's list is refused beyond it).
+pub const MAX_COUNT: usize = 1024;
+
+/// Checks a list of attributes from a peer before any is set.
+pub fn check(xattrs: &[Xattr]) -> Result<(), String> {
+    if xattrs.len() > MAX_COUNT {
+        return Err(format!(
+            "{} extended attributes, over the limit of {MAX_COUNT}",
+            xattrs.len()
+        ));
+    }
+    for xattr in xattrs {
+        let shown = String::from_utf8_lossy(&xattr.name);
+        if xattr.name.is_empty() || xattr.name.len() > MAX_NAME || xattr.name.contains(&0) {
+            return Err(format!("extended attribute name {shown:?} is not valid"));
+        }
+        if xattr.value.len() > MAX_VALUE {
+            return Err(format!(
+                "extended attribute {shown} holds {} bytes, over the limit of {MAX_VALUE}",
+                xattr.value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The digests a scan reports of `xattrs` (sorted by name): ACLs apart from the rest.
+pub fn digests(xattrs: &[Xattr]) -> (Option<u64>, Option<u64>) {
+    let digest = |class: Class| {
+        let mut hasher = blake3::Hasher::new();
+        let mut any = false;
+        for xattr in xattrs.iter().filter(|x| Class::of(&x.name) == class) {
+            any = true;
+            hasher.update(&(xattr.name.len() as u64).to_le_bytes());
+            hasher.update(&xattr.name);
+            hasher.update(&(xattr.value.len() as u64).to_le_bytes());
+            hasher.update(&xattr.value);
+        }
+        any.then(|| {
+            let hash = hasher.finalize();
+            u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+        })
+    };
+    (digest(Class::Acl), digest(Class::Other))
+}
+
+/// The number that marks the names of one file: its device and inode, mixed.
+pub fn link_id(dev: u64, ino: u64) -> u64 {
+    dev.rotate_left(32) ^ ino
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xattr(name: &str, value: &str) -> Xattr {
+        Xattr {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn acls_and_other_attributes_have_digests_of_their_own() {
+        let acl = xattr("system.posix_acl_access", "a");
+        let user = xattr("user.comment", "x");
+        let (a1, x1) = digests(&[acl.clone(), user.clone()]);
+        let (a2, x2) = digests(std::slice::from_ref(&acl));
+        assert_eq!(a1, a2);
+        assert!(x1.is_some() && x2.is_none());
+        let (_, x3) = digests(&[acl, xattr("user.comment", "y")]);
+        assert_ne!(x1, x3, "a changed value changes the digest");
+        assert_eq!(digests(&[]), (None, None));
+    }
+
+    #[test]
+    fn a_job_keeps_the_classes_it_asks_for_and_never_the_file_systems_own() {
+        let keep = Keep {
+            acls: false,
+            ..Keep::default()
+        };
+        assert!(!keep.keeps(b"system.posix_acl_default"));
+        assert!(keep.keeps(b"security.NTACL"));
+        assert!(!Keep::default().keeps(b"system.nfs4_acl"));
+    }
+
+    #[test]
+    fn a_peers_list_is_checked_before_use() {
+        assert!(check(&[xattr("user.a", "b")]).is_ok());
+        assert!(check(&[xattr("", "b")]).is_err());
+        assert!(check(&[xattr("user.\0", "b")]).is_err());
+        let big = Xattr {
+            name: b"user.big".to_vec(),
+            value: vec![0; MAX_VALUE + 1],
+        };
+        assert!(check(&[big]).is_err());
+        assert!(check(&vec![xattr("user.a", ""); MAX_COUNT + 1]).is_err());
+    }
+}

@@ -1,0 +1,11 @@
+-- What a job keeps of each entry beyond its content, mode and times (all on by default, as
+-- `rsync -aHAX` run as root keeps them); turn one off with `ferry job add --no-…`:
+-- keep_owner:      owner and group, by number (where the writer runs as root);
+-- keep_acls:       POSIX ACLs, access and default;
+-- keep_xattrs:     the other extended attributes (user., security., trusted.: Samba's among them);
+-- keep_hard_links: names of one file at the source stay one file at every destination
+--                  (mirror and copy).
+ALTER TABLE jobs ADD COLUMN keep_owner BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE jobs ADD COLUMN keep_acls BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE jobs ADD COLUMN keep_xattrs BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE jobs ADD COLUMN keep_hard_links BOOLEAN NOT NULL DEFAULT true;
