@@ -35,6 +35,13 @@ if ! command -v rsync >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
 fi
 
+# The fidelity tests set ACLs and extended attributes on the trees they sync.
+if { ! command -v setfacl >/dev/null || ! command -v setfattr >/dev/null; } && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "tests/run.sh: installing acl and attr (the fidelity tests set ACLs and extended attributes)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl attr >/dev/null
+fi
+
 # A slow-link test runs agents in a network namespace of its own, rate-limited with tc.
 if { ! command -v ip >/dev/null || ! command -v tc >/dev/null; } && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing iproute2 (a test runs agents on a slow link of its own)"

@@ -138,20 +138,21 @@ impl Site {
 /// replica's root folder itself: it belongs to the job's folders, not to what they hold (ferry
 /// keeps its state in it, which changes its time).
 fn differences(src: &Path, dst: &Path, rule: &str) -> String {
-    let mut rsync = Command::new("rsync");
-    rsync.args(["-anc", "--itemize-changes", "--exclude=.ferry"]);
     match rule {
-        "copy" => {}
-        "mirror" => {
-            rsync.arg("--delete");
-        }
+        "copy" => rsync_differences(src, dst, &["-anc"]),
+        "mirror" => rsync_differences(src, dst, &["-anc", "--delete"]),
         // Folder times follow each side's own changes under the sync rule; ferry does not
         // carry them.
-        _ => {
-            rsync.args(["--delete", "--omit-dir-times"]);
-        }
+        _ => rsync_differences(src, dst, &["-anc", "--delete", "--omit-dir-times"]),
     }
-    let out = rsync
+}
+
+/// What `rsync` run with `args` (and `--itemize-changes`) would still change from `src` to
+/// `dst`, ferry's `.ferry` and the root folder's own time left out.
+fn rsync_differences(src: &Path, dst: &Path, args: &[&str]) -> String {
+    let out = Command::new("rsync")
+        .args(args)
+        .args(["--itemize-changes", "--exclude=.ferry"])
         .arg(format!("{}/", src.display()))
         .arg(format!("{}/", dst.display()))
         .output()
@@ -1164,4 +1165,146 @@ fn a_sender_waiting_for_verdicts_of_a_slow_flush_gets_them() {
     assert_eq!(runs[0]["state"], "succeeded", "{runs:#}");
     assert_eq!(runs[0]["files_copied"], 3000, "{runs:#}");
     assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
+/// `rsync -aHAXS` as root keeps these; ferry must too (the specials are checked apart).
+const FIDELITY: &[&str] = &["-ancHAXS", "--numeric-ids", "--delete"];
+
+/// Runs `program` with `args`, which must succeed.
+fn tool(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (tests/run.sh installs it): {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
+}
+
+/// A tree holding every kind of entry and metadata a file server has.
+fn write_server_tree(root: &Path) {
+    use std::os::unix::fs::{PermissionsExt, chown, lchown};
+    let at = |rel: &str| root.join(rel);
+    let path = |rel: &str| text(&root.join(rel));
+    fs::create_dir_all(at("share/sub")).unwrap();
+    fs::write(at("owned.txt"), "owned by a user").unwrap();
+    chown(at("owned.txt"), Some(1000), Some(1000)).unwrap();
+    fs::write(at("grouped.txt"), "a group's").unwrap();
+    chown(at("grouped.txt"), None, Some(100)).unwrap();
+    fs::write(at("acl.txt"), "shared with one more user").unwrap();
+    tool("setfacl", &["-m", "u:1000:rw", &path("acl.txt")]);
+    tool("setfacl", &["-d", "-m", "g:100:rx", &path("share")]);
+    fs::write(at("share/attrs.txt"), "with attributes").unwrap();
+    tool(
+        "setfattr",
+        &["-n", "user.comment", "-v", "kept", &path("share/attrs.txt")],
+    );
+    tool(
+        "setfattr",
+        &[
+            "-n",
+            "trusted.origin",
+            "-v",
+            "nas1",
+            &path("share/attrs.txt"),
+        ],
+    );
+    tool(
+        "setfattr",
+        &["-n", "user.DOSATTRIB", "-v", "0sAAAE", &path("share/sub")],
+    );
+    fs::write(at("first-name.txt"), "one file, two names").unwrap();
+    fs::hard_link(at("first-name.txt"), at("share/second-name.txt")).unwrap();
+    let sparse = fs::File::create(at("sparse.img")).unwrap();
+    sparse.set_len(100 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"data in the middle", 50 << 20).unwrap();
+    tool("mkfifo", &[&path("fifo")]);
+    std::os::unix::net::UnixListener::bind(at("socket")).unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        "latin-1",
+    )
+    .unwrap();
+    fs::write(at(&"n".repeat(255)), "a name of 255 bytes").unwrap();
+    fs::write(at("locked.txt"), "mode 000").unwrap();
+    fs::set_permissions(at("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::create_dir(at("sticky")).unwrap();
+    fs::set_permissions(at("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", at("dangling")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", at("absolute")).unwrap();
+    lchown(at("absolute"), Some(1000), Some(1000)).unwrap();
+}
+
+/// Bytes on disk (not the size) of a file.
+fn allocated(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&fs::metadata(path).unwrap()) * 512
+}
+
+#[test]
+fn a_mirror_keeps_owners_acls_xattrs_hard_links_and_holes_locally_and_between_agents() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        eprintln!("SKIPPED: keeping owners needs root");
+        return;
+    }
+    let site = Site::new();
+    let (src, dst) = site.job("server", "mirror", &[]);
+    let (local_src, local_dst) = (site.env.path("local-src"), site.env.path("local-dst"));
+    fs::create_dir_all(&local_src).unwrap();
+    site.add("local", "mirror", &text(&local_src), &text(&local_dst), &[]);
+    for (source, destination, job) in [(&src, &dst, "server"), (&local_src, &local_dst, "local")] {
+        write_server_tree(source);
+        let first = site.run(job);
+        assert_eq!(first["state"], "succeeded", "{job}: {first:#}");
+        let specials = ["--exclude=/fifo", "--exclude=/socket"];
+        let args = [FIDELITY, &specials[..]].concat();
+        assert_eq!(rsync_differences(source, destination, &args), "", "{job}");
+        let (was, now) = (
+            allocated(&source.join("sparse.img")),
+            allocated(&destination.join("sparse.img")),
+        );
+        assert!(
+            now <= was + (64 << 10),
+            "{job}: the sparse file takes {now} bytes, {was} at the source"
+        );
+        assert!(
+            !destination.join("fifo").exists(),
+            "{job}: a FIFO is skipped"
+        );
+
+        // Metadata-only changes cost no file bytes.
+        let path = |rel: &str| text(&source.join(rel));
+        fs::set_permissions(
+            source.join("owned.txt"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(source.join("grouped.txt"), Some(1001), Some(1001)).unwrap();
+        tool("setfacl", &["-m", "u:1001:r", &path("acl.txt")]);
+        tool(
+            "setfattr",
+            &[
+                "-n",
+                "user.comment",
+                "-v",
+                "changed",
+                &path("share/attrs.txt"),
+            ],
+        );
+        tool("setfattr", &["-x", "user.DOSATTRIB", &path("share/sub")]);
+        fs::hard_link(
+            source.join("owned.txt"),
+            source.join("share/third-name.txt"),
+        )
+        .unwrap();
+        let second = site.run(job);
+        assert_eq!(second["state"], "succeeded", "{job}: {second:#}");
+        assert_eq!(rsync_differences(source, destination, &args), "", "{job}");
+        let sent = second["bytes_sent"].as_u64().unwrap();
+        assert!(
+            sent < 10 << 10,
+            "{job}: metadata changes sent {sent} bytes: {second:#}"
+        );
+    }
 }
