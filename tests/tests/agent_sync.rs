@@ -1185,6 +1185,11 @@ fn write_server_tree(root: &Path) {
     let at = |rel: &str| root.join(rel);
     let path = |rel: &str| text(&root.join(rel));
     fs::create_dir_all(at("share/sub")).unwrap();
+    // The replica's root folder is kept like the rest, as rsync keeps the top folder.
+    fs::set_permissions(root, fs::Permissions::from_mode(0o2750)).unwrap();
+    chown(root, Some(1000), Some(100)).unwrap();
+    tool("setfacl", &["-m", "u:1001:rx", &text(root)]);
+    tool("setfattr", &["-n", "user.share", "-v", "docs", &text(root)]);
     fs::write(at("owned.txt"), "owned by a user").unwrap();
     chown(at("owned.txt"), Some(1000), Some(1000)).unwrap();
     fs::write(at("grouped.txt"), "a group's").unwrap();

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::plan::{Action, Op, Phase};
+use super::plan::{Action, Op, Phase, meta_change};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
 use crate::endpoint::{Changes, Endpoint, EndpointError, Incoming};
@@ -334,15 +334,8 @@ impl Executor<'_> {
                 entry,
                 values,
             } => {
-                let keep = self.keeps(replica);
-                let xattrs = match values {
-                    true => Some(self.replicas[*from].xattrs(path)),
-                    false => None,
-                };
-                let xattrs = xattrs.transpose().map_err(|e| e.to_string())?;
-                let entry = self.as_kept(entry, replica);
-                replica
-                    .set_meta_later(path, &entry, xattrs.as_ref(), keep)
+                let source = (self.replicas[*from], *values);
+                self.set_meta(source, replica, path, entry)
                     .map_err(|e| e.to_string())?;
             }
             Op::HardLink { from, .. } => {
@@ -435,6 +428,51 @@ impl Executor<'_> {
             bytes: entry.size,
         });
         Ok(xattrs)
+    }
+
+    /// Gives the entry at `path` in `to` what `entry` (at `from`) has beyond its content, with
+    /// its extended attributes read from `from` when `values` (see [`Op::SetMeta`]).
+    fn set_meta(
+        &self,
+        (from, values): (&dyn Endpoint, bool),
+        to: &dyn Endpoint,
+        path: &Path,
+        entry: &Entry,
+    ) -> Result<(), EndpointError> {
+        let xattrs = match values {
+            true => Some(from.xattrs(path)?),
+            false => None,
+        };
+        let entry = self.as_kept(entry, to);
+        to.set_meta_later(path, &entry, xattrs.as_ref(), self.keeps(to))
+    }
+
+    /// Gives every destination's root folder what the source's has, last (ferry's own mark
+    /// in `.ferry/` may have changed its time), as rsync does for the top folder: its time,
+    /// mode, and the owner and attributes kept. Best effort: the root is the administrator's.
+    pub(super) fn match_roots(&self) {
+        let root = Path::new("");
+        let Ok(Some(source)) = self.replicas[0].stat(root) else {
+            return;
+        };
+        for &replica in &self.replicas[1..] {
+            let Ok(Some(now)) = replica.stat(root) else {
+                continue;
+            };
+            let mut failed = Vec::new();
+            let keep = self.keeps(replica);
+            if let Some(Op::SetMeta { values, .. }) = meta_change(&source, &now, keep) {
+                let from = (self.replicas[0], values);
+                failed.extend(self.set_meta(from, replica, root, &source).err());
+            }
+            if now.mtime != source.mtime {
+                failed.extend(replica.set_mtime(root, source.mtime).err());
+            }
+            failed.extend(replica.settle().failed_changes.into_iter().map(|(_, e)| e));
+            for e in failed {
+                tracing::debug!(replica = replica.display(), error = %e, "could not match the root folder");
+            }
+        }
     }
 
     /// What `to` keeps of the metadata the job keeps.

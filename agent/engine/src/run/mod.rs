@@ -275,7 +275,7 @@ pub fn run(
         };
         mark_replicas(&replicas, &holds_files);
         if spec.rule != Rule::Sync {
-            match_root_times(&replicas);
+            exec.match_roots();
         }
     }
     let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
@@ -535,25 +535,6 @@ fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>])
                     op: Op::SetMtime { mtime },
                 });
             }
-        }
-    }
-}
-
-/// Gives every destination root the source root's time, last (ferry's own mark in `.ferry/`
-/// may have changed it), as rsync does for the top folder.
-fn match_root_times(replicas: &[&dyn Endpoint]) {
-    let root = Path::new("");
-    let Ok(Some(source)) = replicas[0].stat(root) else {
-        return;
-    };
-    for replica in &replicas[1..] {
-        let differs = replica
-            .stat(root)
-            .ok()
-            .flatten()
-            .is_some_and(|d| d.mtime != source.mtime);
-        if differs && let Err(e) = replica.set_mtime(root, source.mtime) {
-            tracing::debug!(replica = replica.display(), error = %e, "could not set the root's time");
         }
     }
 }

@@ -198,7 +198,7 @@ impl Op {
 
 /// What gives `t` (at a destination) what `s` (at the source) has beyond its content: its
 /// mode, and the owner and attributes `keep` covers; nothing when they agree.
-fn meta_change(s: &Entry, t: &Entry, keep: Keep) -> Option<Op> {
+pub(super) fn meta_change(s: &Entry, t: &Entry, keep: Keep) -> Option<Op> {
     let mode = s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. });
     let owner = keep.owner && s.meta.owner.is_some() && s.meta.owner != t.meta.owner;
     let values =
