@@ -4,8 +4,11 @@
 -- keep_acls:       POSIX ACLs, access and default;
 -- keep_xattrs:     the other extended attributes (user., security., trusted.: Samba's among them);
 -- keep_hard_links: names of one file at the source stay one file at every destination
---                  (mirror and copy).
+--                  (mirror and copy);
+-- keep_specials:   FIFOs, sockets and devices are made at the destinations of a mirror or a copy
+--                  (off by default: skipped with a warning; an agent makes no device for a peer).
 ALTER TABLE jobs ADD COLUMN keep_owner BOOLEAN NOT NULL DEFAULT true;
 ALTER TABLE jobs ADD COLUMN keep_acls BOOLEAN NOT NULL DEFAULT true;
 ALTER TABLE jobs ADD COLUMN keep_xattrs BOOLEAN NOT NULL DEFAULT true;
 ALTER TABLE jobs ADD COLUMN keep_hard_links BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE jobs ADD COLUMN keep_specials BOOLEAN NOT NULL DEFAULT false;

@@ -23,7 +23,7 @@ use rustix::fs::{
 };
 
 use crate::meta::{Owner, Xattr, Xattrs};
-use crate::tree::Mtime;
+use crate::tree::{Mtime, Node};
 
 mod xattr;
 
@@ -65,6 +65,8 @@ pub struct Found {
     pub ino: u64,
     /// Bytes allocated on disk.
     pub allocated: u64,
+    /// A device's number (`st_rdev`).
+    pub device: u64,
 }
 
 /// A parent folder, ready for `*at` calls: the root itself or a folder opened beneath it.
@@ -271,6 +273,20 @@ impl Root {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(io::Error::from)
     }
 
+    /// Makes the FIFO, socket or device `rel` (which must not exist) with `mode`.
+    pub fn make_node(&self, rel: &Path, node: Node, mode: u32, device: u64) -> io::Result<()> {
+        let file_type = match node {
+            Node::Fifo => FileType::Fifo,
+            Node::Socket => FileType::Socket,
+            Node::CharDevice => FileType::CharacterDevice,
+            Node::BlockDevice => FileType::BlockDevice,
+            Node::Unknown => return Err(io::Error::other("an unknown kind of file is never made")),
+        };
+        let (at, name) = self.parent(rel)?;
+        rustix::fs::mknodat(&at, name, file_type, Mode::from_raw_mode(mode), device)
+            .map_err(io::Error::from)
+    }
+
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
         let (at, name) = self.parent(rel)?;
         rustix::fs::symlinkat(target, &at, name).map_err(io::Error::from)
@@ -468,6 +484,7 @@ fn statx(at: BorrowedFd<'_>, name: &OsStr, flags: AtFlags) -> rustix::io::Result
         dev: (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor),
         ino: st.stx_ino,
         allocated: st.stx_blocks.saturating_mul(512),
+        device: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
     })
 }
 
@@ -507,11 +524,18 @@ pub fn describe(file_type: FileType) -> &'static str {
         FileType::RegularFile => "a file",
         FileType::Directory => "a folder",
         FileType::Symlink => "a symlink",
-        FileType::Fifo => "a FIFO",
-        FileType::Socket => "a socket",
-        FileType::CharacterDevice => "a character device",
-        FileType::BlockDevice => "a block device",
-        FileType::Unknown => "an unknown kind of file",
+        special => node(special).describe(),
+    }
+}
+
+/// The kind of special file `file_type` is (any but a file, a folder or a symlink).
+pub fn node(file_type: FileType) -> Node {
+    match file_type {
+        FileType::Fifo => Node::Fifo,
+        FileType::Socket => Node::Socket,
+        FileType::CharacterDevice => Node::CharDevice,
+        FileType::BlockDevice => Node::BlockDevice,
+        _ => Node::Unknown,
     }
 }
 

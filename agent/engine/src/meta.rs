@@ -53,6 +53,8 @@ pub struct Keep {
     pub acls: bool,
     pub xattrs: bool,
     pub hard_links: bool,
+    /// FIFOs, sockets and devices are made at the destinations (off by default: skipped).
+    pub specials: bool,
 }
 
 impl Default for Keep {
@@ -62,6 +64,7 @@ impl Default for Keep {
             acls: true,
             xattrs: true,
             hard_links: true,
+            specials: false,
         }
     }
 }
@@ -83,6 +86,7 @@ impl Keep {
             acls: self.acls && other.acls,
             xattrs: self.xattrs && other.xattrs,
             hard_links: self.hard_links && other.hard_links,
+            specials: self.specials && other.specials,
         }
     }
 

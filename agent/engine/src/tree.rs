@@ -21,11 +21,42 @@ pub enum Kind {
         #[serde(with = "crate::raw_path")]
         target: PathBuf,
     },
-    /// A FIFO, a socket or a device (`what` says which, as users name it). Never opened and
-    /// never synced: a run leaves it out, with a warning event.
+    /// A FIFO, a socket or a device. Never opened: a run leaves it out with a warning event,
+    /// unless the job keeps special files, when one of the same kind is made in its place.
     Special {
-        what: String,
+        node: Node,
+        /// A device's number (`st_rdev`); 0 for the others.
+        #[serde(default)]
+        device: u64,
     },
+}
+
+/// What kind of special file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Node {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    /// What the file system did not say: never made.
+    Unknown,
+}
+
+impl Node {
+    /// As users name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Node::Fifo => "a FIFO",
+            Node::Socket => "a socket",
+            Node::CharDevice => "a character device",
+            Node::BlockDevice => "a block device",
+            Node::Unknown => "an unknown kind of file",
+        }
+    }
+
+    pub fn is_device(self) -> bool {
+        matches!(self, Node::CharDevice | Node::BlockDevice)
+    }
 }
 
 /// Modification time with the nanoseconds the file system keeps.
@@ -89,6 +120,7 @@ impl Entry {
             (Kind::File, Kind::File) => self.size == other.size && self.mtime == other.mtime,
             (Kind::Dir, Kind::Dir) => true,
             (Kind::Symlink { target: a }, Kind::Symlink { target: b }) => a == b,
+            (a @ Kind::Special { .. }, b @ Kind::Special { .. }) => a == b,
             _ => false,
         }
     }

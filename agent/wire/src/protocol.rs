@@ -220,6 +220,13 @@ pub enum Request {
         path: PathBuf,
         entry: Entry,
     },
+    /// A FIFO or a socket (for a job that keeps special files). An agent never makes a
+    /// device for a peer: only a job on its own folders may.
+    MakeSpecial {
+        #[serde(with = "ferry_engine::raw_path")]
+        path: PathBuf,
+        entry: Entry,
+    },
     /// Under the sync rule `expected` is what `path` must still hold (as for `WriteFile`).
     Remove {
         #[serde(with = "ferry_engine::raw_path")]
@@ -305,6 +312,7 @@ impl Request {
                 | Request::WriteFile { .. }
                 | Request::MakeDir { .. }
                 | Request::MakeSymlink { .. }
+                | Request::MakeSpecial { .. }
                 | Request::Remove { .. }
                 | Request::Rename { .. }
                 | Request::SetMtime { .. }

@@ -76,6 +76,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
             acls: !args.no_acls,
             xattrs: !args.no_xattrs,
             hard_links: !args.no_hard_links,
+            specials: args.specials,
         },
     };
     check_name("job", &row.name)?;

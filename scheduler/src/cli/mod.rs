@@ -272,6 +272,11 @@ pub struct JobAdd {
     /// file at every destination of a mirror or a copy (`rsync -H`).
     #[arg(long)]
     pub no_hard_links: bool,
+    /// Mirror and copy: make FIFOs, sockets and devices at the destinations (`rsync
+    /// --specials --devices`). By default they are skipped with a warning and never opened.
+    /// An agent makes no device for a peer: devices are kept by jobs on local folders only.
+    #[arg(long)]
+    pub specials: bool,
 }
 
 #[derive(Subcommand)]

@@ -242,6 +242,13 @@ fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Message> {
                 .into(),
         );
     }
+    if job.keep.specials && rule == Rule::Sync {
+        return Err(
+            "specials makes FIFOs, sockets and devices at a mirror's or a copy's destinations; \
+             the sync rule does not"
+                .into(),
+        );
+    }
     Ok(Guards {
         max_deletes,
         versions,

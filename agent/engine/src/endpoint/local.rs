@@ -68,10 +68,11 @@ impl LocalEndpoint {
     }
 
     /// What a folder on this machine keeps: everything, but owners only when this process
-    /// runs as root.
+    /// runs as root (a device, too, needs root: making one fails without).
     pub fn keeps() -> Keep {
         Keep {
             owner: *SETS_OWNERS,
+            specials: true,
             ..Keep::default()
         }
     }
@@ -229,6 +230,24 @@ impl LocalEndpoint {
             let _ = root.remove_file(temp);
         }
         renamed.map_err(self.err("write", rel))
+    }
+
+    /// Makes a link or a special file under a temporary name beside `rel` with `create`, gives
+    /// it `entry`'s owner and time, and renames it over `rel`.
+    fn make_beside(
+        &self,
+        rel: &Path,
+        entry: &Entry,
+        create: impl Fn(&Root, &Path) -> io::Result<()>,
+    ) -> Result<()> {
+        let root = self.root()?;
+        let (temp, ()) = self.create_beside(&root, rel, |temp| create(&root, temp))?;
+        let owned = match settable_owner(entry) {
+            Some(owner) => root.chown(&temp, owner),
+            None => Ok(()),
+        };
+        let written = owned.and_then(|()| root.set_times(&temp, entry.mtime, Some(entry.mtime)));
+        self.commit_temp(&root, &temp, rel, written)
     }
 
     /// Starts writing `rel` (see [`Endpoint::receive_file`]).
@@ -414,14 +433,17 @@ impl Endpoint for LocalEndpoint {
         let Kind::Symlink { target } = &entry.kind else {
             unreachable!("make_symlink called for {:?}", entry.kind);
         };
-        let root = self.root()?;
-        let (temp, ()) = self.create_beside(&root, rel, |temp| root.symlink(target, temp))?;
-        let owned = match settable_owner(entry) {
-            Some(owner) => root.chown(&temp, owner),
-            None => Ok(()),
+        self.make_beside(rel, entry, |root, temp| root.symlink(target, temp))
+    }
+
+    fn make_special(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let Kind::Special { node, device } = entry.kind else {
+            unreachable!("make_special called for {:?}", entry.kind);
         };
-        let written = owned.and_then(|()| root.set_times(&temp, entry.mtime, Some(entry.mtime)));
-        self.commit_temp(&root, &temp, rel, written)
+        let mode = entry.kept_mode();
+        self.make_beside(rel, entry, |root, temp| {
+            root.make_node(temp, node, mode, device)
+        })
     }
 
     fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
@@ -798,9 +820,11 @@ fn entry_from(
         FileType::Symlink => Kind::Symlink {
             target: read_link()?,
         },
-        special => Kind::Special {
-            what: beneath::describe(special).to_owned(),
-        },
+        special => {
+            let node = beneath::node(special);
+            let device = if node.is_device() { found.device } else { 0 };
+            Kind::Special { node, device }
+        }
     };
     let (acl, xattrs) = match kind {
         Kind::Special { .. } => (None, None),

@@ -124,6 +124,9 @@ pub trait Endpoint: Send + Sync {
     /// [`Expected`]), as [`Endpoint::remove`] does.
     fn make_dir(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()>;
+    /// Makes the FIFO, socket or device `entry` describes at `rel` (for a job that keeps
+    /// special files), replacing what is there.
+    fn make_special(&self, rel: &Path, entry: &Entry) -> Result<()>;
     /// Removes a file or link, or an empty folder. A folder that is not empty is left in place
     /// and `Ok(false)` returned: it holds files the job does not own (excluded ones, say). With
     /// `expected`, `rel` is checked first where it is, so a remote replica costs no round trip

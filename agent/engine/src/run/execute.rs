@@ -411,15 +411,8 @@ impl Executor<'_> {
                 let bytes = self.copy_file(source, target, (entry, xattrs.as_ref()), replaces)?;
                 self.summary.bytes_total += bytes;
             }
-            // Left out after the scan (see `skip_special_files`); never copied, whoever asks.
-            Kind::Special { .. } => {
-                let never = io::Error::other("a special file is never synced");
-                return Err(EndpointError::new(
-                    "copy",
-                    path.display().to_string(),
-                    never,
-                ));
-            }
+            // Left out after the scan unless the job keeps them (see `skip_special_files`).
+            Kind::Special { .. } => to.make_special(path, entry)?,
         }
         self.summary.files_copied += 1;
         (self.on_event)(Event::Copied {

@@ -27,7 +27,7 @@ use crate::endpoint::{Endpoint, EndpointError, Failure};
 pub use crate::fence::Halt;
 use crate::filter::Filter;
 use crate::meta::Keep;
-use crate::tree::{Kind, Mtime, Tree, check_parents};
+use crate::tree::{Kind, Mtime, Node, Tree, check_parents};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -236,7 +236,8 @@ pub fn run(
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
     let mut trees = scan_replicas(spec, &replicas, &scope, halt, create_missing)?;
-    skip_special_files(&replicas, &mut trees, on_event);
+    let keep_specials = spec.guards.keep.specials && spec.rule != Rule::Sync;
+    skip_special_files(&replicas, &mut trees, keep_specials, on_event);
     if let Some(versions) = &spec.guards.versions {
         for tree in &mut trees {
             tree.retain(|path, _| !path.starts_with(versions));
@@ -322,23 +323,29 @@ fn scan_replicas(
         .collect()
 }
 
-/// Leaves FIFOs, sockets and devices out of every replica's tree, each with a warning event:
-/// ferry never opens one (a FIFO would block a reader), and so never syncs one.
+/// Leaves FIFOs, sockets and devices out of every replica's tree, each with a warning event,
+/// unless the job keeps them (`keep`): ferry never opens one (a FIFO would block a reader).
 fn skip_special_files(
     replicas: &[&dyn Endpoint],
     trees: &mut [Tree],
+    keep: bool,
     on_event: &mut dyn FnMut(Event),
 ) {
     for (replica, tree) in replicas.iter().zip(trees) {
         tree.retain(|path, entry| {
-            let Kind::Special { what } = &entry.kind else {
+            let Kind::Special { node, .. } = entry.kind else {
                 return true;
             };
+            if keep && node != Node::Unknown {
+                return true;
+            }
             on_event(Event::Skipped {
                 at: replica.display(),
                 path: path.clone(),
                 why: format!(
-                    "{what}: ferry syncs files, folders and symlinks, and never opens one"
+                    "{}: ferry syncs files, folders and symlinks, and never opens one \
+                     (a job made with --specials makes one of the same kind)",
+                    node.describe()
                 ),
             });
             false

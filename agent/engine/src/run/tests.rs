@@ -824,6 +824,9 @@ impl Endpoint for Forged {
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> endpoint::Result<()> {
         self.real.make_symlink(rel, entry)
     }
+    fn make_special(&self, rel: &Path, entry: &Entry) -> endpoint::Result<()> {
+        self.real.make_special(rel, entry)
+    }
     fn remove(
         &self,
         rel: &Path,

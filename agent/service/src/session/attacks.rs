@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ferry_engine::Fence;
-use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
+use ferry_engine::tree::{Entry, Kind, Meta, Mtime, Node};
 use ferry_wire::client::Session as Client;
 use ferry_wire::frame;
 use ferry_wire::identity::{Peer, Role};
@@ -393,6 +393,34 @@ async fn setuid_and_setgid_bits_a_peer_sends_are_dropped() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_fifos_and_sockets_made_but_never_a_device() {
+    let agent = TestAgent::new();
+    let (mut s1, _served) = agent.client().await;
+    let special = |path: &str, node, device| Request::MakeSpecial {
+        path: path.into(),
+        entry: Entry {
+            kind: Kind::Special { node, device },
+            size: 0,
+            mtime: Mtime { secs: 0, nanos: 0 },
+            mode: 0o666,
+            meta: Meta::default(),
+        },
+    };
+    // 8:0, the first SCSI disk.
+    let disk = special("disk", Node::BlockDevice, 8 << 8);
+    let answer = s1.call(&disk).await.unwrap();
+    assert!(
+        matches!(&answer, Response::Failed(e) if e.kind == ErrorKind::PermissionDenied),
+        "{answer:?}"
+    );
+    assert!(std::fs::symlink_metadata(agent.root.path().join("disk")).is_err());
+    let fifo = special("fifo", Node::Fifo, 0);
+    assert_eq!(s1.call(&fifo).await.unwrap(), Response::Done);
+    let made = std::fs::symlink_metadata(agent.root.path().join("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&made.file_type()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ use tokio::sync::watch::Receiver;
 
 use ferry_engine::Fence;
 use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, Incoming, LocalEndpoint};
+use ferry_engine::tree::{Entry, Kind};
 use ferry_wire::frame::{self, Data, FrameError};
 use ferry_wire::identity::Peer;
 use ferry_wire::link::LinkMeter;
@@ -306,6 +307,9 @@ impl Session<'_> {
                 expected,
             } => replica.make_dir(&path, &entry, expected.as_ref()).map(done),
             Request::MakeSymlink { path, entry } => replica.make_symlink(&path, &entry).map(done),
+            Request::MakeSpecial { path, entry } => {
+                make_special_for_peer(&replica, &path, &entry).map(done)
+            }
             Request::Remove {
                 path,
                 entry,
@@ -428,6 +432,27 @@ fn verdict(response: Response) -> Response {
 
 fn done(_: impl Sized) -> Response {
     Response::Done
+}
+
+/// Makes a FIFO or a socket a peer asks for, never a device: a device node in a share would
+/// open a disk to whoever can read the share.
+fn make_special_for_peer(
+    replica: &LocalEndpoint,
+    path: &Path,
+    entry: &Entry,
+) -> Result<(), EndpointError> {
+    match entry.kind {
+        Kind::Special { node, .. } if !node.is_device() => replica.make_special(path, entry),
+        _ => {
+            let why = "an agent makes FIFOs and sockets for a peer, never a device";
+            let refused = io::Error::new(io::ErrorKind::PermissionDenied, why);
+            Err(EndpointError::new(
+                "create special file",
+                path.display().to_string(),
+                refused,
+            ))
+        }
+    }
 }
 
 fn failure(op: &str, path: &str, kind: ErrorKind, message: String) -> Response {

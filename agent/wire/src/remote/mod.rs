@@ -378,6 +378,14 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("create link", rel, request)
     }
 
+    fn make_special(&self, rel: &Path, entry: &Entry) -> Result<()> {
+        let request = Request::MakeSpecial {
+            path: rel.to_path_buf(),
+            entry: entry.clone(),
+        };
+        self.expect_done("create special file", rel, request)
+    }
+
     fn remove(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<bool> {
         let request = remove_request(rel, entry, expected);
         match self.call("remove", rel, request)? {
