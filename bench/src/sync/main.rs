@@ -86,7 +86,8 @@ impl Tool {
         }
     }
 
-    /// What this rsync run adds to `rsync -a --delete`.
+    /// What this rsync run adds to `rsync -aHAX --numeric-ids --delete` (the metadata ferry
+    /// keeps: owners, hard links, ACLs, extended attributes).
     fn rsync_options(self) -> &'static [&'static str] {
         match self {
             Tool::RsyncZ => &["-z"],
@@ -378,7 +379,7 @@ impl Bench {
         command
             .args(["-f", USAGE_FORMAT, "-o"])
             .arg(&client_usage)
-            .args(["rsync", "-a", "--delete"])
+            .args(["rsync", "-aHAX", "--numeric-ids", "--delete"])
             .args(tool.rsync_options());
         let started = Instant::now();
         let status = command

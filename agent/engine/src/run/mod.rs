@@ -236,6 +236,14 @@ pub fn run(
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
     let mut trees = scan_replicas(spec, &replicas, &scope, halt, create_missing)?;
+    let scope = if scope != Scope::Full && names_elsewhere(spec, &trees[0]) {
+        // Another name of a changed file may lie outside the scope: only a full scan finds
+        // it, and a destination that kept it as a link must not keep its old content.
+        trees = scan_replicas(spec, &replicas, &Scope::Full, halt, create_missing)?;
+        Scope::Full
+    } else {
+        scope
+    };
     let keep_specials = spec.guards.keep.specials && spec.rule != Rule::Sync;
     skip_special_files(&replicas, &mut trees, keep_specials, on_event);
     if let Some(versions) = &spec.guards.versions {
@@ -351,6 +359,13 @@ fn skip_special_files(
             false
         });
     }
+}
+
+/// Whether a mirror or a copy that keeps hard links scanned a file with more than one name.
+fn names_elsewhere(spec: &JobSpec, source: &Tree) -> bool {
+    spec.rule != Rule::Sync
+        && spec.guards.keep.hard_links
+        && source.values().any(|entry| entry.meta.link.is_some())
 }
 
 /// `tree`, once it is known to list nothing under a non-folder (see [`check_parents`]).

@@ -1079,3 +1079,32 @@ fn a_chmod_at_the_source_reaches_the_destination_without_its_bytes() {
     let (again, _) = fx.run(Rule::Mirror);
     assert_eq!(again, Summary::default(), "a second run found more to do");
 }
+
+#[test]
+fn a_scoped_run_over_one_name_of_a_file_updates_its_other_names() {
+    let fx = Fixture::new(2);
+    fx.write(0, "first", "old");
+    fs::create_dir_all(fx.roots[0].join("elsewhere")).unwrap();
+    fs::hard_link(
+        fx.roots[0].join("first"),
+        fx.roots[0].join("elsewhere/second"),
+    )
+    .unwrap();
+    fx.run(Rule::Mirror);
+    let inode = |rel: &str| fs::metadata(fx.roots[1].join(rel)).unwrap().ino();
+    assert_eq!(
+        inode("first"),
+        inode("elsewhere/second"),
+        "kept as one file"
+    );
+
+    // Written in place through one name, as an editor may: a watcher reports that name only.
+    fs::write(fx.roots[0].join("first"), "new").unwrap();
+    let scope = Scope::Paths(vec!["first".into()]);
+    fx.run_scoped(Rule::Mirror, Filter::default(), &scope)
+        .unwrap();
+    assert_eq!(fx.read(1, "elsewhere/second").as_deref(), Some("new"));
+    assert_eq!(inode("first"), inode("elsewhere/second"));
+}
+
+mod model;
