@@ -10,10 +10,11 @@
 //! call, whatever the share holds or becomes meanwhile, reaches outside the root, and a symlink
 //! is only ever read or replaced, never followed.
 
+use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -398,6 +399,35 @@ pub struct Folder {
     fd: OwnedFd,
 }
 
+thread_local! {
+    /// On a thread with a working folder of its own (see [`with_own_cwd`]): the handle of the
+    /// [`Folder`] it is in now, or -1 for none. `None` on every other thread.
+    static OWN_CWD: Cell<Option<RawFd>> = const { Cell::new(None) };
+}
+
+/// Runs `work` on a new thread whose working folder is its own (`unshare(CLONE_FS)`). There a
+/// [`Folder`]'s attribute calls name each entry relative to the folder, made the thread's
+/// working folder, instead of through `/proc` (0.8 against 3.3 µs a file): a scan reads every
+/// entry's attributes. Where the kernel refuses (a sandbox's filter), they go through `/proc`.
+pub fn with_own_cwd<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|threads| {
+        let worker = threads.spawn(|| {
+            // SAFETY: CLONE_FS gives this thread its own working folder, root and umask, and
+            // changes nothing about file descriptors (what makes the call unsafe is
+            // CLONE_FILES, a descriptor table of its own).
+            #[allow(unsafe_code)]
+            let own = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) };
+            if own.is_ok() {
+                OWN_CWD.set(Some(-1));
+            }
+            work()
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 impl Folder {
     /// The names in the folder, `.` and `..` left out.
     pub fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
@@ -424,13 +454,43 @@ impl Folder {
         read_link_at(self.fd.as_fd(), name)
     }
 
-    /// The extended attributes of `name`, not followed.
+    /// The extended attributes of `name` (a name in this folder), not followed.
     pub fn xattrs(&self, name: &OsStr) -> io::Result<Xattrs> {
-        xattr::read(&xattr::Target::named(self.fd.as_fd(), name))
+        debug_assert!(!name.as_bytes().contains(&b'/'), "{name:?} is not a name");
+        let target = match self.entered() {
+            true => xattr::Target::Here(name),
+            false => xattr::Target::named(self.fd.as_fd(), name),
+        };
+        xattr::read(&target)
+    }
+
+    /// Makes this folder the thread's working folder, where the thread has one of its own
+    /// (see [`with_own_cwd`]); false where it has not.
+    fn entered(&self) -> bool {
+        let fd = self.fd.as_raw_fd();
+        match OWN_CWD.get() {
+            None => false,
+            Some(cwd) if cwd == fd => true,
+            Some(_) => {
+                let entered = rustix::process::fchdir(&self.fd).is_ok();
+                OWN_CWD.set(Some(if entered { fd } else { -1 }));
+                entered
+            }
+        }
     }
 
     pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(io::Error::from)
+    }
+}
+
+impl Drop for Folder {
+    /// Its handle's number may be reused by the next folder opened: the thread's working
+    /// folder is no longer known to be this one.
+    fn drop(&mut self) {
+        if OWN_CWD.get() == Some(self.fd.as_raw_fd()) {
+            OWN_CWD.set(Some(-1));
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub(super) enum Target<'a> {
     Itself(BorrowedFd<'a>),
     /// `name` in the open folder.
     In(PathBuf),
+    /// `name` in the thread's working folder (see `beneath::with_own_cwd`).
+    Here(&'a OsStr),
 }
 
 impl<'a> Target<'a> {
@@ -33,6 +35,7 @@ impl<'a> Target<'a> {
         match self {
             Target::Itself(fd) => rustix::fs::flistxattr(fd, buf),
             Target::In(path) => rustix::fs::llistxattr(path, buf),
+            Target::Here(name) => rustix::fs::llistxattr(*name, buf),
         }
     }
 
@@ -40,6 +43,7 @@ impl<'a> Target<'a> {
         match self {
             Target::Itself(fd) => rustix::fs::fgetxattr(fd, name, buf),
             Target::In(path) => rustix::fs::lgetxattr(path, name, buf),
+            Target::Here(here) => rustix::fs::lgetxattr(*here, name, buf),
         }
     }
 
@@ -47,6 +51,7 @@ impl<'a> Target<'a> {
         match self {
             Target::Itself(fd) => rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty()),
             Target::In(path) => rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()),
+            Target::Here(here) => rustix::fs::lsetxattr(*here, name, value, XattrFlags::empty()),
         }
     }
 
@@ -54,6 +59,7 @@ impl<'a> Target<'a> {
         match self {
             Target::Itself(fd) => rustix::fs::fremovexattr(fd, name),
             Target::In(path) => rustix::fs::lremovexattr(path, name),
+            Target::Here(here) => rustix::fs::lremovexattr(*here, name),
         }
     }
 }

@@ -356,19 +356,17 @@ impl Endpoint for LocalEndpoint {
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
         let root = self.root()?;
         let mut tree = Tree::new();
-        match scope {
-            Scope::Full => self.walk(&root, Path::new(""), filter, &mut tree)?,
+        beneath::with_own_cwd(|| match scope {
+            Scope::Full => self.walk(&root, Path::new(""), filter, &mut tree),
             Scope::Paths(paths) => {
-                for rel in paths {
-                    if !ancestors_admitted(rel, filter) {
-                        continue;
-                    }
+                for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
                     if let Some(entry) = self.lstat(&root, rel)? {
                         self.add(&root, rel, entry, filter, &mut tree)?;
                     }
                 }
+                Ok(())
             }
-        }
+        })?;
         Ok(tree)
     }
 

@@ -59,3 +59,35 @@ fn planted_links_lead_nowhere_outside_the_folder() {
         & 0o7777;
     assert_eq!(mode, 0o700, "chmod through a link");
 }
+
+#[test]
+fn a_scan_reads_each_entrys_own_attributes_in_every_folder() {
+    let share = tempfile::tempdir().unwrap();
+    let files = [("a/f", "1"), ("a/sub/g", "2"), ("b/f", "3"), ("c", "4")];
+    for (rel, value) in files {
+        let path = share.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rel).unwrap();
+        rustix::fs::setxattr(
+            &path,
+            "user.v",
+            value.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    let replica = LocalEndpoint::new(share.path());
+    let tree = replica.scan(&Scope::Full, &Filter::default()).unwrap();
+    let mut digests = std::collections::HashSet::new();
+    for (rel, _) in files {
+        let scanned = tree[Path::new(rel)].meta.xattrs;
+        let alone = replica.stat(Path::new(rel)).unwrap().unwrap().meta.xattrs;
+        assert!(scanned.is_some(), "{rel} has an attribute");
+        assert_eq!(
+            scanned, alone,
+            "{rel}: the scan read another entry's attributes"
+        );
+        digests.insert(scanned);
+    }
+    assert_eq!(digests.len(), files.len());
+}
