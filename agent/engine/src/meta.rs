@@ -104,7 +104,9 @@ enum Class {
     /// `user.`, `security.`, `trusted.` (Samba's `security.NTACL` and `user.DOSATTRIB`).
     Other,
     /// The rest of `system.` belongs to the file system itself (NFSv4 ACLs, say), which a
-    /// replica on another one cannot take.
+    /// replica on another one cannot take. `security.capability` gives a program privileges
+    /// when run, as a setuid bit does, and is dropped for the same reason: a share user's
+    /// program must not become a privileged one at the destination.
     Never,
 }
 
@@ -112,10 +114,16 @@ impl Class {
     fn of(name: &[u8]) -> Class {
         match name {
             b"system.posix_acl_access" | b"system.posix_acl_default" => Class::Acl,
+            b"security.capability" => Class::Never,
             _ if name.starts_with(b"system.") => Class::Never,
             _ => Class::Other,
         }
     }
+}
+
+/// Whether an attribute is ever written to a replica, whatever a job or a peer asks.
+pub fn writable(name: &[u8]) -> bool {
+    Class::of(name) != Class::Never
 }
 
 /// One extended attribute (an ACL is one too).
@@ -217,6 +225,7 @@ mod tests {
         assert!(!keep.keeps(b"system.posix_acl_default"));
         assert!(keep.keeps(b"security.NTACL"));
         assert!(!Keep::default().keeps(b"system.nfs4_acl"));
+        assert!(!Keep::default().keeps(b"security.capability"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use rustix::fs::XattrFlags;
 use rustix::io::Errno;
 
-use crate::meta::{Xattr, Xattrs};
+use crate::meta::{self, Xattr, Xattrs};
 
 /// The entry the calls reach.
 pub(super) enum Target<'a> {
@@ -99,7 +99,7 @@ pub(super) fn write(
             target.remove(OsStr::from_bytes(&old.name))?;
         }
     }
-    for xattr in xattrs {
+    for xattr in xattrs.iter().filter(|x| meta::writable(&x.name)) {
         if !now.contains(xattr) {
             target.set(OsStr::from_bytes(&xattr.name), &xattr.value)?;
         }

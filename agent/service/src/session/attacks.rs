@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ferry_engine::Fence;
+use ferry_engine::meta::{Keep, Xattr};
 use ferry_engine::tree::{Entry, Kind, Meta, Mtime, Node};
 use ferry_wire::client::Session as Client;
 use ferry_wire::frame;
@@ -393,6 +394,58 @@ async fn setuid_and_setgid_bits_a_peer_sends_are_dropped() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
+}
+
+/// `cap_setuid+ep` as the kernel stores it (`vfs_cap_data`, revision 2, effective).
+const CAP_SETUID: [u8; 20] = [
+    1, 0, 0, 2, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn xattr(name: &str, value: &[u8]) -> Xattr {
+    Xattr {
+        name: name.into(),
+        value: value.to_vec(),
+    }
+}
+
+/// The names of the attributes of `rel` in the agent's root.
+fn xattr_names(agent: &TestAgent, rel: &str) -> Vec<String> {
+    let root = ferry_engine::beneath::Root::open(agent.root.path(), Path::new(""), false).unwrap();
+    let xattrs = root.xattrs(Path::new(rel)).unwrap();
+    xattrs
+        .iter()
+        .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_capabilities_a_peer_sends_are_dropped() {
+    let agent = TestAgent::new();
+    let (mut s1, _served) = agent.client().await;
+    let [mut write, data, end] = file_requests("tool", b"#!/bin/sh\n");
+    let Request::WriteFile { xattrs, .. } = &mut write else {
+        unreachable!()
+    };
+    let capability = xattr("security.capability", &CAP_SETUID);
+    *xattrs = Some(vec![capability.clone(), xattr("user.origin", b"nas1")]);
+    for request in [write, data, end] {
+        s1.send(&request).await.unwrap();
+    }
+    let verdict = verdict_of_last_file(&mut s1).await;
+    assert!(
+        matches!(verdict, Response::Verdict { error: None, .. }),
+        "{verdict:?}"
+    );
+    assert_eq!(xattr_names(&agent, "tool"), ["user.origin"]);
+
+    let set = Request::SetMeta {
+        path: "tool".into(),
+        entry: file_entry(10),
+        xattrs: Some(vec![capability]),
+        keep: Keep::default(),
+    };
+    assert_eq!(s1.call(&set).await.unwrap(), Response::Done);
+    assert_eq!(xattr_names(&agent, "tool"), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
