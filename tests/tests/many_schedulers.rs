@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_tests::harness::{Backend, Env, TestScheduler, backends, wait_until};
+
+type Time = chrono::DateTime<chrono::FixedOffset>;
 use ferry_tests::pg::own_server;
 use serde_json::Value;
 
@@ -159,18 +161,20 @@ fn unpinned_schedules_spread_evenly_and_rebalance() {
         let env = Env::new(backend);
         let src = env.path("src");
         fs::create_dir_all(&src).unwrap();
-        let (from, to) = (src.to_str().unwrap(), env.path("dst").display().to_string());
-        env.ferry(&[
-            "job", "add", "j", "--rule", "copy", "--from", from, "--to", &to,
-        ])
-        .ok();
+        // A job's schedules run on one scheduler: ten jobs spread, one schedule each.
         for i in 0..10 {
+            let (from, to) = (src.to_str().unwrap(), env.path(&format!("dst-{i}")));
+            let (job, to) = (format!("j{i}"), to.display().to_string());
+            env.ferry(&[
+                "job", "add", &job, "--rule", "copy", "--from", from, "--to", &to,
+            ])
+            .ok();
             env.ferry(&[
                 "schedule",
                 "add",
                 &format!("yearly-{i}"),
                 "--job",
-                "j",
+                &job,
                 "--cron",
                 "0 0 1 1 *",
             ])
@@ -208,6 +212,95 @@ fn unpinned_schedules_spread_evenly_and_rebalance() {
             wait_until(Duration::from_secs(10), || balanced(&["s1", "s2"], 4, 6)),
             "{backend:?}: s3's share not taken back"
         );
+    }
+}
+
+/// The scheduled runs of `job` from `ferry runs`, as (started, finished) in order, finished
+/// ones only.
+fn finished_runs(env: &Env, job: &str) -> Vec<(Time, Time)> {
+    let runs = env
+        .ferry(&["--output", "json", "runs", "--job", job, "--limit", "1000"])
+        .ok()
+        .json();
+    let mut spans: Vec<(Time, Time)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["schedule_name"].is_string() && r["finished_at"].is_string())
+        .map(|r| {
+            let at = |field: &str| Time::parse_from_rfc3339(r[field].as_str().unwrap()).unwrap();
+            (at("started_at"), at("finished_at"))
+        })
+        .collect();
+    spans.sort();
+    spans
+}
+
+#[test]
+fn a_jobs_schedules_and_monitor_pinned_to_two_schedulers_never_run_at_once() {
+    for backend in backends() {
+        let env = Env::new(backend);
+        let _s1 = env.scheduler("s1");
+        let _s2 = env.scheduler("s2");
+        let (a, b) = (env.path("a"), env.path("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let (from, to) = (a.to_str().unwrap(), b.to_str().unwrap());
+        env.ferry(&[
+            "job", "add", "j", "--rule", "sync", "--from", from, "--to", to,
+        ])
+        .ok();
+        for (name, prefer) in [("every-second-1", "s1"), ("every-second-2", "s2")] {
+            let schedule = [
+                "schedule",
+                "add",
+                name,
+                "--job",
+                "j",
+                "--cron",
+                "* * * * * *",
+            ];
+            env.ferry(&[&schedule[..], &["--prefer", prefer]].concat())
+                .ok();
+        }
+        let monitor = ["monitor", "add", "live", "--job", "j", "--debounce", "20ms"];
+        env.ferry(&[&monitor[..], &["--prefer", "s2"]].concat())
+            .ok();
+
+        // Both replicas change while the schedules fire every second and the monitor watches.
+        for i in 0..30 {
+            fs::write(a.join(format!("a{i}.txt")), format!("from a, {i}")).unwrap();
+            fs::write(b.join(format!("b{i}.txt")), format!("from b, {i}")).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let complete = |root: &Path| {
+            (0..30).all(|i| {
+                root.join(format!("a{i}.txt")).exists() && root.join(format!("b{i}.txt")).exists()
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || complete(&a) && complete(&b)),
+            "{backend:?}: a change was lost"
+        );
+        let holders: Vec<Option<String>> = ["every-second-1", "every-second-2", "live"]
+            .iter()
+            .map(|name| env.holder(name))
+            .collect();
+        assert!(
+            holders[0].is_some() && holders.iter().all(|h| *h == holders[0]),
+            "{backend:?}: one job, one scheduler: {holders:?}"
+        );
+        let spans = finished_runs(&env, "j");
+        assert!(spans.len() >= 3, "{backend:?}: {spans:?}");
+        for pair in spans.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{backend:?}: a run started at {} before the one started at {} ended at {}",
+                pair[1].0,
+                pair[0].0,
+                pair[0].1
+            );
+        }
     }
 }
 

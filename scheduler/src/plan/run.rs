@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ferry_engine::locks::JobLocks;
 use ferry_engine::run::EngineError;
 use ferry_engine::{Event, Halt, Scope, Summary};
 
@@ -198,6 +199,11 @@ pub async fn sync(
     halt: &Halt,
     recorder: &mut Recorder,
 ) -> Result<Summary, EngineError> {
+    // A job's schedules and monitors all run on the scheduler that holds the job: here they
+    // take turns, whether the run is done here or on an agent.
+    static TURNS: JobLocks<tokio::sync::Mutex<()>> = JobLocks::new();
+    let turn = TURNS.get(&execution.spec.name);
+    let _turn = turn.lock().await;
     let before = recorder.counters;
     let summary = follow(execution, scope, halt, recorder).await?;
     // A file sent without waiting that failed after all was counted when it went: the

@@ -9,7 +9,7 @@ use ferry_engine::{Fence, Halt};
 use tokio::time::Instant;
 
 use super::Service;
-use super::snapshot::{Definitions, demand_key};
+use super::snapshot::{Definitions, job_key};
 use super::work::{Claimed, Resource, Task, Work};
 use crate::store::{RenewedLease, ResourceKind, StoreError};
 
@@ -23,8 +23,29 @@ impl Service {
             .await?
             .into_iter()
             .collect();
+        let jobs: HashSet<(String, i64)> = self
+            .store
+            .renew_job_holds(&self.me, self.ttl_ms())
+            .await?
+            .into_iter()
+            .collect();
+        let lost_jobs: Vec<String> = (self.jobs_held.iter())
+            .filter(|(job, epoch)| !jobs.contains(&((*job).clone(), **epoch)))
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in &lost_jobs {
+            self.jobs_held.remove(job);
+            tracing::warn!(
+                job,
+                "job taken by another scheduler; stopping its work here"
+            );
+        }
         let mut lost = Vec::new();
         for ((kind, name), holding) in &self.holdings {
+            if lost_jobs.contains(&holding.job) {
+                lost.push((*kind, name.clone()));
+                continue;
+            }
             let lease = RenewedLease {
                 kind: *kind,
                 name: name.clone(),
@@ -101,10 +122,18 @@ impl Service {
         }
     }
 
+    /// Claims a schedule or monitor of `job`, holding the job first: its runs are fenced at
+    /// the agents by the job's epoch. `None` while another scheduler holds the job (it gives
+    /// the job up once its own schedules and monitors of it have stopped).
     pub(super) async fn claim(
-        &self,
+        &mut self,
         (kind, name): &Resource,
+        job: &str,
     ) -> Result<Option<Claimed>, StoreError> {
+        let Some(job_epoch) = self.hold_job(job).await? else {
+            tracing::info!(kind = %kind, name, job, "waiting for its job, which another scheduler still runs");
+            return Ok(None);
+        };
         self.store.ensure_lease(*kind, name).await?;
         let sent = Instant::now();
         let epoch = self
@@ -114,12 +143,42 @@ impl Service {
         Ok(epoch.map(|epoch| {
             tracing::info!(kind = %kind, name, epoch, "claimed");
             let halt = Halt::fenced(Fence {
-                resource: demand_key(*kind, name),
-                epoch,
+                resource: job_key(job),
+                epoch: job_epoch,
             });
             halt.extend_until(self.deadline_from(sent).into_std());
             Claimed { epoch, halt }
         }))
+    }
+
+    /// The epoch of `job`, held here already or taken now; `None` while another scheduler
+    /// holds it.
+    async fn hold_job(&mut self, job: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(epoch) = self.jobs_held.get(job) {
+            return Ok(Some(*epoch));
+        }
+        let held = self.store.hold_job(job, &self.me, self.ttl_ms()).await?;
+        if let Some(epoch) = held {
+            tracing::info!(job, epoch, "holding job");
+            self.jobs_held.insert(job.to_owned(), epoch);
+        }
+        Ok(held)
+    }
+
+    /// Gives back the jobs none of whose schedules and monitors are held here any more, so
+    /// another scheduler can take them at once.
+    pub(super) async fn release_idle_jobs(&mut self) -> Result<(), StoreError> {
+        let busy: HashSet<&String> = self.holdings.values().map(|h| &h.job).collect();
+        let idle: Vec<(String, i64)> = (self.jobs_held.iter())
+            .filter(|(job, _)| !busy.contains(job))
+            .map(|(job, epoch)| (job.clone(), *epoch))
+            .collect();
+        for (job, epoch) in idle {
+            tracing::info!(job, epoch, "releasing job");
+            self.jobs_held.remove(&job);
+            self.store.release_job(&job, &self.me, epoch).await?;
+        }
+        Ok(())
     }
 
     /// Gives a lease back once its work reaches a safe point (a run ended, a batch finished).

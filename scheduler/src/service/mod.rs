@@ -10,7 +10,7 @@
 //! service keeps its work only until its local lease deadline (monotonic clock: last successful
 //! renewal + TTL - margin), since by then another scheduler may hold the leases.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use crate::config::ServiceConfig;
 use crate::lease::{Candidates, Placement};
 use crate::plan::definitions::Compiled;
 use crate::store::{Channel, LeaseHolder, Registration, RunRow, Store, StoreError};
-use snapshot::{Definitions, demand_key};
+use snapshot::{Definitions, job_key};
 use work::{Holding, Resource, ScheduleWork, Work};
 
 mod leases;
@@ -43,6 +43,9 @@ pub struct Service {
     config: ServiceConfig,
     me: LeaseHolder,
     holdings: HashMap<Resource, Holding>,
+    /// The jobs this scheduler holds, with their epochs: their schedules and monitors are
+    /// claimed only here, and their runs carry the epoch to agents as their fence.
+    jobs_held: HashMap<String, i64>,
     /// The definitions compiled from the rows, kept until the rows change.
     compiled: Compiled,
     database_reachable: bool,
@@ -108,6 +111,7 @@ impl Service {
             config,
             me,
             holdings: HashMap::new(),
+            jobs_held: HashMap::new(),
             compiled: Compiled::default(),
             database_reachable: true,
             data_problem: None,
@@ -222,6 +226,7 @@ impl Service {
             self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
         self.release_vanished(&defs).await?;
+        self.release_idle_jobs().await?;
         Ok(self.next_wake(now))
     }
 
@@ -249,9 +254,12 @@ impl Service {
         Ok(())
     }
 
+    /// Where a schedule or monitor of `job` runs: where its job is placed (a job's schedules
+    /// and monitors run on one scheduler), unless held or invalid. One held here under another
+    /// job (its row was edited) is given back first.
     fn place(
         &self,
-        key: &Resource,
+        (key, job): (&Resource, &str),
         held: bool,
         problem: Option<&str>,
         placements: &HashMap<String, Placement>,
@@ -262,7 +270,10 @@ impl Service {
         if let Some(problem) = problem {
             return Placement::Waiting(problem.to_owned());
         }
-        let placed = placements.get(&demand_key(key.0, &key.1)).cloned();
+        if self.holdings.get(key).is_some_and(|h| h.job != job) {
+            return Placement::Waiting(format!("moving to job {job}"));
+        }
+        let placed = placements.get(&job_key(job)).cloned();
         placed.unwrap_or_else(|| Placement::Waiting("not placed".into()))
     }
 
@@ -306,10 +317,12 @@ impl Service {
         }
         let deadline = Instant::now() + STOP_DEADLINE;
         let mut released = 0;
+        let mut still_running = HashSet::new();
         for ((kind, name), holding) in &mut self.holdings {
             if !holding.finished_by(deadline).await {
                 // Still writing: its lease must expire rather than let another begin beside it.
                 tracing::warn!(kind = %kind, name, "work did not stop by the deadline; its lease expires by itself");
+                still_running.insert(holding.job.clone());
                 continue;
             }
             tracing::info!(kind = %kind, name, epoch = holding.epoch, "releasing");
@@ -326,6 +339,15 @@ impl Service {
             }
         }
         tracing::info!(released, "leases released");
+        for (job, epoch) in &self.jobs_held {
+            if still_running.contains(job) {
+                continue;
+            }
+            if let Err(e) = self.store.release_job(job, &self.me, *epoch).await {
+                tracing::warn!(error = %e, "could not release the jobs held; they expire by themselves");
+                break;
+            }
+        }
         if let Err(e) = self
             .store
             .deregister(&self.me.name, &self.me.instance)

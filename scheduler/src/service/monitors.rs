@@ -52,7 +52,12 @@ impl Service {
         let job = defs.jobs.get(&row.job_name);
         let valid = self.compiled.monitor(row, job, &defs.remotes).clone();
         let invalid = valid.as_ref().err().map(ToString::to_string);
-        let placement = self.place(&key, row.held, invalid.as_deref(), placements);
+        let placement = self.place(
+            (&key, &row.job_name),
+            row.held,
+            invalid.as_deref(),
+            placements,
+        );
         self.report_problem(&key, &row.last_error, invalid).await?;
         match (placement, valid) {
             (Placement::Here(_), Ok(valid)) => {
@@ -100,7 +105,8 @@ impl Service {
         start: MonitorStart,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let Some(claimed) = self.claim(key).await? else {
+        let job = start.definition.job.name.clone();
+        let Some(claimed) = self.claim(key, &job).await? else {
             return Ok(());
         };
         let (name, epoch) = (&key.1, claimed.epoch);
@@ -111,8 +117,13 @@ impl Service {
             Some(work) => {
                 let work = Work::Monitor(work);
                 let halt = claimed.halt;
-                self.holdings
-                    .insert(key.clone(), Holding { epoch, halt, work });
+                let holding = Holding {
+                    epoch,
+                    job,
+                    halt,
+                    work,
+                };
+                self.holdings.insert(key.clone(), holding);
             }
             None => {
                 self.store

@@ -66,7 +66,12 @@ impl Service {
         let invalid = valid.as_ref().err().map(ToString::to_string);
         self.report_problem(&key, &row.last_error, invalid.clone())
             .await?;
-        let placement = self.place(&key, row.held, invalid.as_deref(), placements);
+        let placement = self.place(
+            (&key, &row.job_name),
+            row.held,
+            invalid.as_deref(),
+            placements,
+        );
         match (placement, self.holdings.contains_key(&key)) {
             (Placement::Here(_), false) => {
                 if self.take_schedule(&key, row).await? {
@@ -87,7 +92,7 @@ impl Service {
         key: &Resource,
         row: &ScheduleRow,
     ) -> Result<bool, StoreError> {
-        let Some(Claimed { epoch, halt }) = self.claim(key).await? else {
+        let Some(Claimed { epoch, halt }) = self.claim(key, &row.job_name).await? else {
             return Ok(false);
         };
         self.store
@@ -100,8 +105,14 @@ impl Service {
             problem: ProblemSlot::default(),
         };
         let work = Work::Schedule(work);
-        self.holdings
-            .insert(key.clone(), Holding { epoch, halt, work });
+        let job = row.job_name.clone();
+        let holding = Holding {
+            epoch,
+            job,
+            halt,
+            work,
+        };
+        self.holdings.insert(key.clone(), holding);
         Ok(true)
     }
 
@@ -137,6 +148,10 @@ impl Service {
             return Ok(());
         }
         let (cursor, problem) = (work.cursor, work.problem.clone());
+        if self.job_runs_here(&row.job_name) {
+            // Nor another schedule of its job: it fires once that run ends.
+            return Ok(());
+        }
         let firing = Firing {
             row,
             valid: &valid,
@@ -279,6 +294,15 @@ impl Service {
             }
         }
         Ok(id)
+    }
+
+    /// Whether a schedule of `job` held here has a run going.
+    fn job_runs_here(&self, job: &str) -> bool {
+        self.holdings.values().any(|holding| {
+            holding.job == job
+                && matches!(&holding.work, Work::Schedule(work)
+                    if work.running.as_ref().is_some_and(|task| !task.is_finished()))
+        })
     }
 
     fn spawn_run(&self, id: i64, run: ScheduledRun) -> Task {

@@ -9,9 +9,7 @@ use ferry_wire::tls::ClientConfig;
 
 use crate::lease::Demand;
 use crate::plan::definitions::{Compiled, Remotes};
-use crate::store::{
-    JobRow, MonitorRow, ResourceKind, ScheduleRow, SchedulerRow, Store, StoreError,
-};
+use crate::store::{JobRow, MonitorRow, ScheduleRow, SchedulerRow, Store, StoreError};
 
 /// What one tick read from the database.
 pub(super) struct Definitions {
@@ -22,26 +20,24 @@ pub(super) struct Definitions {
     pub(super) remotes: Remotes,
 }
 
-/// The text every scheduler places a schedule or monitor by.
-pub(super) fn demand_key(kind: ResourceKind, name: &str) -> String {
-    format!("{kind}:{name}")
+/// The text every scheduler places a job by, and the resource its runs show agents as their
+/// fence: a job's schedules and monitors run on one scheduler, which holds the job.
+pub(super) fn job_key(job: &str) -> String {
+    format!("job:{job}")
 }
 
 impl Definitions {
-    /// The schedules and monitors that want a scheduler: not held, and valid.
+    /// The jobs that want a scheduler: those with a schedule or monitor that is not held and
+    /// is valid. A job goes where its first pinned schedule or monitor (schedules first, by
+    /// name) asks; a job with none pinned is spread.
     pub(super) fn demands(&self, compiled: &mut Compiled) -> Vec<Demand<'_>> {
-        let mut demands = Vec::new();
+        let mut wanted: Vec<(&str, &Option<String>, bool)> = Vec::new();
         for s in self.schedules.iter().filter(|s| !s.held) {
             if compiled
                 .schedule(s, self.jobs.get(&s.job_name), &self.remotes)
                 .is_ok()
             {
-                demands.push(demand(
-                    ResourceKind::Schedule,
-                    &s.name,
-                    &s.preferred,
-                    s.fallback_any,
-                ));
+                wanted.push((&s.job_name, &s.preferred, s.fallback_any));
             }
         }
         for m in self.monitors.iter().filter(|m| !m.held) {
@@ -49,12 +45,25 @@ impl Definitions {
                 .monitor(m, self.jobs.get(&m.job_name), &self.remotes)
                 .is_ok()
             {
-                demands.push(demand(
-                    ResourceKind::Monitor,
-                    &m.name,
-                    &m.preferred,
-                    m.fallback_any,
-                ));
+                wanted.push((&m.job_name, &m.preferred, m.fallback_any));
+            }
+        }
+        let mut demands: Vec<Demand<'_>> = Vec::new();
+        let mut of_job: HashMap<&str, usize> = HashMap::new();
+        for (job, preferred, fallback_any) in wanted {
+            let Some(&at) = of_job.get(job) else {
+                of_job.insert(job, demands.len());
+                demands.push(Demand {
+                    key: job_key(job),
+                    preferred: preferred.as_deref(),
+                    fallback_any,
+                });
+                continue;
+            };
+            let demand = &mut demands[at];
+            if demand.preferred.is_none() && preferred.is_some() {
+                demand.preferred = preferred.as_deref();
+                demand.fallback_any = fallback_any;
             }
         }
         demands
@@ -87,18 +96,5 @@ impl Definitions {
             monitors: store.monitors().await?,
             schedulers: store.schedulers().await?,
         })
-    }
-}
-
-fn demand<'a>(
-    kind: ResourceKind,
-    name: &str,
-    preferred: &'a Option<String>,
-    fallback_any: bool,
-) -> Demand<'a> {
-    Demand {
-        key: demand_key(kind, name),
-        preferred: preferred.as_deref(),
-        fallback_any,
     }
 }

@@ -18,6 +18,8 @@ pub(super) type Resource = (ResourceKind, String);
 
 pub(super) struct Holding {
     pub(super) epoch: i64,
+    /// The job it runs, which this scheduler holds while it holds this (see `job_holds`).
+    pub(super) job: String,
     /// Halts this lease's local work at the lease deadline unless a renewal extends it, and at
     /// once when the lease is lost: fencing for work on local paths.
     pub(super) halt: Halt,

@@ -572,6 +572,55 @@ impl Store {
         Ok(())
     }
 
+    // ---- job holds ------------------------------------------------------------------------
+
+    /// Takes the job for this instance when nobody holds it (or its holder's time ran out), or
+    /// confirms it is this instance's already; returns its epoch, raised by one when it changes
+    /// hands, or `None` when another instance holds it.
+    pub async fn hold_job(&self, job: &str, me: &LeaseHolder, ttl_ms: i64) -> Result<Option<i64>> {
+        let sql = self.sql("INSERT INTO job_holds (job_name) VALUES ($1) ON CONFLICT DO NOTHING");
+        on_pool!(self, pool => sqlx::query(sql).bind(job).execute(pool).await.map(|r| r.rows_affected()))?;
+        let sql = self.sql(
+            "UPDATE job_holds SET holder = $2, holder_instance = $3, expires_at = now_plus_ms($4), \
+               epoch = CASE WHEN holder_instance = $3 THEN epoch ELSE epoch + 1 END \
+             WHERE job_name = $1 AND (holder_instance IS NULL OR holder_instance = $3 \
+               OR expires_at IS NULL OR expires_at < now()) \
+             RETURNING epoch",
+        );
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(job).bind(&me.name).bind(&me.instance).bind(ttl_ms)
+            .fetch_optional(pool).await)?;
+        Ok(row.map(|(epoch,)| epoch))
+    }
+
+    /// Extends every job this instance holds, in one statement; returns them as (job, epoch).
+    /// A job missing from the answer was taken by another instance.
+    pub async fn renew_job_holds(
+        &self,
+        me: &LeaseHolder,
+        ttl_ms: i64,
+    ) -> Result<Vec<(String, i64)>> {
+        let sql = self.sql(
+            "UPDATE job_holds SET expires_at = now_plus_ms($2) WHERE holder_instance = $1 \
+             RETURNING job_name, epoch",
+        );
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(&me.instance).bind(ttl_ms).fetch_all(pool).await)?;
+        Ok(rows)
+    }
+
+    /// Gives a job up at once, so another scheduler can take it without waiting for expiry.
+    pub async fn release_job(&self, job: &str, me: &LeaseHolder, epoch: i64) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE job_holds SET holder = NULL, holder_instance = NULL, expires_at = NULL \
+             WHERE job_name = $1 AND holder_instance = $2 AND epoch = $3",
+        );
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(job).bind(&me.instance).bind(epoch)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     // ---- runs -----------------------------------------------------------------------------
 
     /// Inserts a run row; `None` when that firing already has one (it ran, or runs, elsewhere).

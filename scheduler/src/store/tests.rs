@@ -218,6 +218,41 @@ async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
 }
 
 #[tokio::test]
+async fn a_job_has_one_holder_and_a_new_epoch_each_time_it_changes_hands() {
+    on_each_backend(|store| async move {
+        let (a, b) = (holder("a"), holder("b"));
+        let first = store.hold_job("j", &a, 60_000).await.unwrap();
+        let first = first.expect("a job nobody holds is taken");
+        assert_eq!(store.hold_job("j", &b, 60_000).await.unwrap(), None);
+        assert_eq!(
+            store.hold_job("j", &a, 60_000).await.unwrap(),
+            Some(first),
+            "its holder takes it again under the same epoch"
+        );
+        assert_eq!(
+            store.renew_job_holds(&a, 60_000).await.unwrap(),
+            vec![("j".to_owned(), first)]
+        );
+        assert!(store.renew_job_holds(&b, 60_000).await.unwrap().is_empty());
+
+        store.release_job("j", &a, first).await.unwrap();
+        let second = store.hold_job("j", &b, 1).await.unwrap();
+        assert_eq!(second, Some(first + 1), "a job given back is free");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let third = store.hold_job("j", &a, 60_000).await.unwrap();
+        assert_eq!(third, Some(first + 2), "a job whose holder lapsed is taken");
+        assert!(store.renew_job_holds(&b, 60_000).await.unwrap().is_empty());
+        store.release_job("j", &b, first + 1).await.unwrap();
+        assert_eq!(
+            store.renew_job_holds(&a, 60_000).await.unwrap(),
+            vec![("j".to_owned(), first + 2)],
+            "a stale release changes nothing"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_firing_runs_once() {
     on_each_backend(|store| async move {
         with_every_schedule(&store).await;

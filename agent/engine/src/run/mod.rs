@@ -16,7 +16,7 @@ use std::io;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,7 @@ pub use crate::endpoint::Scope;
 use crate::endpoint::{Endpoint, EndpointError, Failure};
 pub use crate::fence::Halt;
 use crate::filter::Filter;
+use crate::locks::JobLocks;
 use crate::meta::Keep;
 use crate::tree::{Kind, Mtime, Node, Tree, check_parents};
 
@@ -577,36 +578,8 @@ fn mark_replicas(replicas: &[&dyn Endpoint], holds_files: &[bool]) {
 
 /// Serialises runs of the same job in this process (a monitor and a schedule may share one).
 fn job_lock(job: &str) -> Arc<Mutex<()>> {
-    static LOCKS: JobLocks = JobLocks::new();
+    static LOCKS: JobLocks<Mutex<()>> = JobLocks::new();
     LOCKS.get(job)
-}
-
-/// A lock per job. Only jobs with a run going or waiting are kept: a lock nobody holds is
-/// dropped, so the map stays as small as the number of jobs running at once.
-struct JobLocks(Mutex<Option<HashMap<String, Weak<Mutex<()>>>>>);
-
-impl JobLocks {
-    const fn new() -> Self {
-        Self(Mutex::new(None))
-    }
-
-    fn get(&self, job: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let locks = locks.get_or_insert_with(HashMap::new);
-        if let Some(lock) = locks.get(job).and_then(Weak::upgrade) {
-            return lock;
-        }
-        locks.retain(|_, lock| lock.strong_count() > 0);
-        let lock = Arc::new(Mutex::new(()));
-        locks.insert(job.to_owned(), Arc::downgrade(&lock));
-        lock
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        let locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        locks.as_ref().map_or(0, HashMap::len)
-    }
 }
 
 /// Drops duplicate and nested paths: `a` covers `a/b`.

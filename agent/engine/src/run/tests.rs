@@ -683,20 +683,6 @@ fn conflict_names_keep_names_that_are_not_utf8_apart() {
     assert_eq!(acute.extension(), Some(OsStr::new("txt")));
 }
 
-#[test]
-fn the_locks_of_jobs_no_longer_running_are_forgotten() {
-    let locks = JobLocks::new();
-    let running = locks.get("running");
-    for i in 0..1000 {
-        drop(locks.get(&format!("finished-{i}")));
-    }
-    assert!(
-        Arc::ptr_eq(&running, &locks.get("running")),
-        "one lock per job"
-    );
-    assert!(locks.len() <= 2, "{} locks kept", locks.len());
-}
-
 /// A destination folder replaced by a symlink to somewhere else (any share user can do it).
 fn plant_door(fx: &Fixture, replica: usize, name: &str) -> TempDir {
     let elsewhere = TempDir::new().unwrap();
