@@ -428,6 +428,15 @@ pub struct TestAgent {
     log: PathBuf,
 }
 
+/// What an agent process is started under.
+enum Wrapper {
+    None,
+    /// `prlimit`: at most this many file descriptors.
+    OpenFiles(u32),
+    /// A mount namespace whose `/etc/passwd` and `/etc/group` are those in this folder.
+    Accounts(PathBuf),
+}
+
 impl TestAgent {
     pub fn start(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path) -> Self {
         Self::start_at(env, name, roots, tls_dir, "127.0.0.1:0")
@@ -435,7 +444,7 @@ impl TestAgent {
 
     /// Starts an agent listening on `listen` (a fixed port, to restart it where it was).
     pub fn start_at(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path, listen: &str) -> Self {
-        Self::launch(env, name, roots, tls_dir, listen, &[], None)
+        Self::launch(env, name, roots, tls_dir, (listen, &[]), Wrapper::None)
     }
 
     /// Starts an agent with more `ferry-agent run` arguments (`--config FILE`, say) and, when
@@ -448,7 +457,26 @@ impl TestAgent {
         extra: &[&str],
         open_files: Option<u32>,
     ) -> Self {
-        Self::launch(env, name, roots, tls_dir, "127.0.0.1:0", extra, open_files)
+        let wrapper = open_files.map_or(Wrapper::None, Wrapper::OpenFiles);
+        Self::launch(env, name, roots, tls_dir, ("127.0.0.1:0", extra), wrapper)
+    }
+
+    /// Starts an agent that sees `passwd` and `group` (the contents of those files) as its
+    /// machine's users and groups, as an agent on another machine would: it runs in a mount
+    /// namespace of its own, where they are bind-mounted over `/etc`'s. Needs root.
+    pub fn start_with_accounts(
+        env: &Env,
+        name: &str,
+        roots: &[&Path],
+        tls_dir: &Path,
+        (passwd, group): (&str, &str),
+    ) -> Self {
+        let files = env.path(&format!("agent-{name}-accounts"));
+        fs::create_dir_all(&files).expect("accounts folder");
+        fs::write(files.join("passwd"), passwd).expect("passwd");
+        fs::write(files.join("group"), group).expect("group");
+        let wrapper = Wrapper::Accounts(files);
+        Self::launch(env, name, roots, tls_dir, ("127.0.0.1:0", &[]), wrapper)
     }
 
     fn launch(
@@ -456,9 +484,8 @@ impl TestAgent {
         name: &str,
         roots: &[&Path],
         tls_dir: &Path,
-        listen: &str,
-        extra: &[&str],
-        open_files: Option<u32>,
+        (listen, extra): (&str, &[&str]),
+        wrapper: Wrapper,
     ) -> Self {
         let log = env.path(&format!("agent-{name}.log"));
         let log_file = fs::OpenOptions::new()
@@ -467,8 +494,8 @@ impl TestAgent {
             .open(&log)
             .expect("log file");
         let skip = fs::read_to_string(&log).map_or(0, |l| l.len());
-        let mut command = match open_files {
-            Some(limit) => {
+        let mut command = match wrapper {
+            Wrapper::OpenFiles(limit) => {
                 let mut prlimit = Command::new("prlimit");
                 prlimit
                     .arg(format!("--nofile={limit}:{limit}"))
@@ -476,7 +503,25 @@ impl TestAgent {
                     .arg(binary("ferry-agent"));
                 prlimit
             }
-            None => env.command("ferry-agent"),
+            Wrapper::Accounts(files) => {
+                let mut unshare = Command::new("unshare");
+                let script = "mount --bind \"$1/passwd\" /etc/passwd && \
+                              mount --bind \"$1/group\" /etc/group && shift && exec \"$@\"";
+                unshare
+                    .args([
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "sh",
+                        "-c",
+                        script,
+                        "sh",
+                    ])
+                    .arg(files)
+                    .arg(binary("ferry-agent"));
+                unshare
+            }
+            Wrapper::None => env.command("ferry-agent"),
         };
         command
             .args(["run", "--listen", listen, "--name", name, "--tls-dir"])

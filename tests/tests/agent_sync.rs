@@ -38,13 +38,29 @@ impl Site {
     }
 
     fn on(env: Env) -> Self {
+        Self::launch(env, |env, i, root, tls| {
+            TestAgent::start(env, &format!("nas{}", i + 1), &[root], tls)
+        })
+    }
+
+    /// A site whose two agents see users and groups of their own (`passwd` and `group`
+    /// contents), as agents on two machines do.
+    fn with_accounts(accounts: [(&str, &str); 2]) -> Self {
+        Self::launch(Env::new(Backend::Sqlite), |env, i, root, tls| {
+            let name = format!("nas{}", i + 1);
+            TestAgent::start_with_accounts(env, &name, &[root], tls, accounts[i])
+        })
+    }
+
+    /// The site, its agent `i` (serving `nas{i+1}`) started by `start`.
+    fn launch(env: Env, start: impl Fn(&Env, usize, &Path, &Path) -> TestAgent) -> Self {
         let tls = env.tls_folder(&["nas1", "nas2"], &["s1"]);
         let srv = [env.path("srv1"), env.path("srv2")];
         let mut agents = Vec::new();
         for (i, root) in srv.iter().enumerate() {
             fs::create_dir_all(root).unwrap();
             let name = format!("nas{}", i + 1);
-            let agent = TestAgent::start(&env, &name, &[root], &tls);
+            let agent = start(&env, i, root, &tls);
             env.ferry(&["agent", "add", &name, "--address", &agent.address])
                 .ok();
             agents.push(Some(agent));
@@ -1315,6 +1331,57 @@ fn a_mirror_keeps_owners_acls_xattrs_hard_links_holes_and_specials_locally_and_b
         assert!(
             sent < 10 << 10,
             "{job}: metadata changes sent {sent} bytes: {second:#}"
+        );
+    }
+}
+
+#[test]
+fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        eprintln!("SKIPPED: agents of their own users need root (a mount namespace)");
+        return;
+    }
+    // alice and staff have other numbers on each machine; 1777 has no name anywhere.
+    let root = "root:x:0:0:root:/root:/bin/sh\n";
+    let nas1 = (
+        &*format!("{root}alice:x:1500:1500::/home/alice:/bin/sh\n"),
+        "root:x:0:\nstaff:x:1600:\n",
+    );
+    let nas2 = (
+        &*format!("{root}alice:x:2500:2500::/home/alice:/bin/sh\n"),
+        "root:x:0:\nstaff:x:2600:\n",
+    );
+    let site = Site::with_accounts([nas1, nas2]);
+    let owner = |path: &Path| {
+        let meta = fs::symlink_metadata(path).unwrap();
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta),
+        )
+    };
+    for (job, extra, expected) in [
+        ("by-name", &[][..], (2500, 2600)),
+        ("by-number", &["--numeric-ids"][..], (1500, 1600)),
+    ] {
+        let (src, dst) = site.job(job, "mirror", extra);
+        fs::write(src.join("alices.txt"), "alice's").unwrap();
+        std::os::unix::fs::chown(src.join("alices.txt"), Some(1500), Some(1600)).unwrap();
+        fs::write(src.join("nameless.txt"), "nobody's by name").unwrap();
+        std::os::unix::fs::chown(src.join("nameless.txt"), Some(1777), Some(1777)).unwrap();
+        let first = site.run(job);
+        assert_eq!(first["state"], "succeeded", "{job}: {first:#}");
+        assert_eq!(owner(&dst.join("alices.txt")), expected, "{job}");
+        assert_eq!(owner(&dst.join("nameless.txt")), (1777, 1777), "{job}");
+        let again = site.run(job);
+        assert_eq!(again["files_copied"], 0, "{job}: {again:#}");
+        assert_eq!(
+            owner(&dst.join("alices.txt")),
+            expected,
+            "{job}: changed back"
         );
     }
 }

@@ -3,6 +3,8 @@
 //! (hard links), and whether it has holes. A scan reports each as a small fact ([`Meta`]); the
 //! attributes' values travel only when a replica must set them ([`Xattrs`]).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The facts a scan reports beside an entry's kind, size, time and mode.
@@ -55,6 +57,10 @@ pub struct Keep {
     pub hard_links: bool,
     /// FIFOs, sockets and devices are made at the destinations (off by default: skipped).
     pub specials: bool,
+    /// Owners keep their numbers (`rsync --numeric-ids`) instead of their names: by default a
+    /// file of `alice` belongs to `alice` at the destination, whatever number each machine
+    /// gives her, and a name the destination does not know keeps its number.
+    pub numeric_ids: bool,
 }
 
 impl Default for Keep {
@@ -65,6 +71,7 @@ impl Default for Keep {
             xattrs: true,
             hard_links: true,
             specials: false,
+            numeric_ids: false,
         }
     }
 }
@@ -87,6 +94,7 @@ impl Keep {
             xattrs: self.xattrs && other.xattrs,
             hard_links: self.hard_links && other.hard_links,
             specials: self.specials && other.specials,
+            numeric_ids: self.numeric_ids || other.numeric_ids,
         }
     }
 
@@ -95,6 +103,17 @@ impl Keep {
         (self.acls && meta.acl.is_some()) || (self.xattrs && meta.xattrs.is_some())
     }
 }
+
+/// Users and groups by number, with their names, as one machine knows them: what keeping
+/// owners by name asks of each replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounts {
+    pub users: BTreeMap<u32, String>,
+    pub groups: BTreeMap<u32, String>,
+}
+
+/// Users or groups a peer may ask about at once.
+pub const MAX_ACCOUNTS: usize = 65_536;
 
 /// What kind of attribute a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

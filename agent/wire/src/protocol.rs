@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ferry_engine::Fence;
 use ferry_engine::delta::{Op, Signature};
-use ferry_engine::meta::{Keep, Xattrs};
+use ferry_engine::meta::{Accounts, Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime};
 use ferry_engine::{Event, Guards, Rule, Summary};
 
@@ -257,6 +257,18 @@ pub enum Request {
         #[serde(default)]
         keep: Keep,
     },
+    /// The names the agent's machine gives these users and groups (those it knows): answered
+    /// by `Accounts`. At most `ferry_engine::meta::MAX_ACCOUNTS` of each.
+    AccountNames {
+        uids: Vec<u32>,
+        gids: Vec<u32>,
+    },
+    /// The numbers the agent's machine gives these users and groups (those it knows): answered
+    /// by `Accounts`. At most `ferry_engine::meta::MAX_ACCOUNTS` of each.
+    AccountIds {
+        users: Vec<String>,
+        groups: Vec<String>,
+    },
     /// The extended attributes of the entry at `path`: answered by `Xattrs`.
     ReadXattrs {
         #[serde(with = "ferry_engine::raw_path")]
@@ -395,6 +407,7 @@ pub enum Response {
     },
     Removed(bool),
     Xattrs(Xattrs),
+    Accounts(Accounts),
     Hash(#[serde(with = "serde_bytes")] Vec<u8>),
     State(Option<serde_bytes::ByteBuf>),
     Progress(Event),

@@ -77,6 +77,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
             xattrs: !args.no_xattrs,
             hard_links: !args.no_hard_links,
             specials: args.specials,
+            numeric_ids: args.numeric_ids,
         },
     };
     check_name("job", &row.name)?;

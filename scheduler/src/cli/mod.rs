@@ -257,10 +257,14 @@ pub struct JobAdd {
     #[arg(long)]
     pub checksum: bool,
     /// Leave owners and groups alone: files belong to whoever the writer runs as. By
-    /// default they are kept by number where the writer runs as root (`rsync -o -g
-    /// --numeric-ids`).
+    /// default they are kept where the writer runs as root (`rsync -o -g`), by name between
+    /// machines: alice's files belong to alice at the destination, whatever her number there.
     #[arg(long)]
     pub no_owner: bool,
+    /// Keep owners and groups by number, not by name (`rsync --numeric-ids`): for machines
+    /// that share their numbering (one directory service), or users unknown by name.
+    #[arg(long)]
+    pub numeric_ids: bool,
     /// Leave POSIX ACLs (access and default) alone. Kept by default (`rsync -A`).
     #[arg(long)]
     pub no_acls: bool,

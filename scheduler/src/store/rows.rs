@@ -24,18 +24,19 @@ pub struct JobRow {
     /// Mirror and copy: compare the content of files whose size and time agree.
     pub checksum: bool,
     /// The metadata the replicas keep (columns `keep_owner`, `keep_acls`, `keep_xattrs`,
-    /// `keep_hard_links`, `keep_specials`).
+    /// `keep_hard_links`, `keep_specials`, `numeric_ids`).
     pub keep: Keep,
 }
 
 /// A `jobs` row: name, rule, source, max_deletes, versions_dir, checksum, then the `keep_`
-/// columns (owner, acls, xattrs, hard_links, specials).
+/// columns (owner, acls, xattrs, hard_links, specials) and `numeric_ids`.
 pub(super) type JobHead = (
     String,
     String,
     String,
     Option<i64>,
     Option<String>,
+    bool,
     bool,
     bool,
     bool,
@@ -54,13 +55,14 @@ impl JobRow {
         let mut jobs: BTreeMap<String, JobRow> = heads
             .into_iter()
             .map(
-                |(name, rule, source, max_deletes, versions_dir, checksum, o, a, x, h, sp)| {
+                |(name, rule, source, max_deletes, versions_dir, checksum, o, a, x, h, sp, n)| {
                     let keep = Keep {
                         owner: o,
                         acls: a,
                         xattrs: x,
                         hard_links: h,
                         specials: sp,
+                        numeric_ids: n,
                     };
                     let job = JobRow {
                         name: name.clone(),

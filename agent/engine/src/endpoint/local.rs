@@ -17,7 +17,7 @@ use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
-use crate::meta::{self, Keep, Meta, Owner, Xattrs};
+use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
 /// A folder on this machine.
@@ -75,6 +75,12 @@ impl LocalEndpoint {
             specials: true,
             ..Keep::default()
         }
+    }
+
+    /// The error for a user or group that could not be looked up (an unreachable directory
+    /// service, say).
+    fn accounts_error(&self) -> impl Fn(nix::Error) -> EndpointError + '_ {
+        |e| self.err("look up the users and groups of", Path::new(""))(e.into())
     }
 
     fn held(&self) -> Option<Arc<Root>> {
@@ -505,6 +511,36 @@ impl Endpoint for LocalEndpoint {
                 .map_err(self.err("set extended attributes of", rel)),
             None => Ok(()),
         }
+    }
+
+    fn account_names(&self, uids: &[u32], gids: &[u32]) -> Result<Accounts> {
+        let mut accounts = Accounts::default();
+        for &uid in uids {
+            let user = nix::unistd::User::from_uid(uid.into()).map_err(self.accounts_error())?;
+            accounts.users.extend(user.map(|user| (uid, user.name)));
+        }
+        for &gid in gids {
+            let group = nix::unistd::Group::from_gid(gid.into()).map_err(self.accounts_error())?;
+            accounts.groups.extend(group.map(|group| (gid, group.name)));
+        }
+        Ok(accounts)
+    }
+
+    fn account_ids(&self, users: &[String], groups: &[String]) -> Result<Accounts> {
+        let mut accounts = Accounts::default();
+        for name in users {
+            let user = nix::unistd::User::from_name(name).map_err(self.accounts_error())?;
+            accounts
+                .users
+                .extend(user.map(|user| (user.uid.as_raw(), name.clone())));
+        }
+        for name in groups {
+            let group = nix::unistd::Group::from_name(name).map_err(self.accounts_error())?;
+            accounts
+                .groups
+                .extend(group.map(|group| (group.gid.as_raw(), name.clone())));
+        }
+        Ok(accounts)
     }
 
     fn xattrs(&self, rel: &Path) -> Result<Xattrs> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::delta::{Encoded, Op, Signature};
 use crate::fence::Fence;
 use crate::filter::Filter;
-use crate::meta::{Keep, Xattrs};
+use crate::meta::{Accounts, Keep, Xattrs};
 use crate::tree::{Entry, Expected, Mtime, Tree};
 
 mod local;
@@ -153,6 +153,11 @@ pub trait Endpoint: Send + Sync {
     ) -> Result<()>;
     /// The extended attributes (ACLs among them) of the entry at `rel`, sorted by name.
     fn xattrs(&self, rel: &Path) -> Result<Xattrs>;
+    /// The names this replica's machine gives the users `uids` and groups `gids`, those it
+    /// knows (owners are kept by name, see [`Keep::numeric_ids`]).
+    fn account_names(&self, uids: &[u32], gids: &[u32]) -> Result<Accounts>;
+    /// The numbers this replica's machine gives the users and groups so named, those it knows.
+    fn account_ids(&self, users: &[String], groups: &[String]) -> Result<Accounts>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::owners::OwnerMaps;
 use super::plan::{Action, Op, Phase, meta_change};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
@@ -43,6 +44,8 @@ pub(super) struct Executor<'a> {
     pub(super) job: &'a str,
     /// The metadata the job keeps; each replica keeps what it can of it (see [`Self::keeps`]).
     pub(super) keep: Keep,
+    /// How owners read from one replica to another.
+    pub(super) owners: OwnerMaps,
 }
 
 /// Content hashes by replica and path.
@@ -287,13 +290,13 @@ impl Executor<'_> {
                     expected: self.expected(action),
                 };
                 let xattrs = self
-                    .copy(*from, replica, &target, entry, *replaces)
+                    .copy((*from, action.replica), &target, entry, *replaces)
                     .map_err(|e| e.to_string())?;
                 // Its verdict, which says whether a delta rebuilt, comes when it settles.
                 if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
                     let resend = Resend {
                         from: *from,
-                        entry: self.as_kept(entry, replica),
+                        entry: self.as_kept(entry, *from, action.replica),
                         expected: target.expected,
                         xattrs,
                     };
@@ -334,8 +337,7 @@ impl Executor<'_> {
                 entry,
                 values,
             } => {
-                let source = (self.replicas[*from], *values);
-                self.set_meta(source, replica, path, entry)
+                self.set_meta((*from, *values), action.replica, path, entry)
                     .map_err(|e| e.to_string())?;
             }
             Op::HardLink { from, .. } => {
@@ -378,15 +380,15 @@ impl Executor<'_> {
     /// returns the extended attributes it was given, if any.
     fn copy(
         &mut self,
-        from: usize,
-        to: &dyn Endpoint,
+        (from, to_index): (usize, usize),
         target: &Target,
         entry: &Entry,
         replaces: bool,
     ) -> Result<Option<Xattrs>, EndpointError> {
         let path = target.path;
+        let to = self.replicas[to_index];
         let keep = self.keeps(to);
-        let entry = &self.as_kept(entry, to);
+        let entry = &self.as_kept(entry, from, to_index);
         let xattrs = match keep.needs_values(&entry.meta) {
             true => Some(self.replicas[from].xattrs(path)?),
             false => None,
@@ -427,16 +429,17 @@ impl Executor<'_> {
     /// its extended attributes read from `from` when `values` (see [`Op::SetMeta`]).
     fn set_meta(
         &self,
-        (from, values): (&dyn Endpoint, bool),
-        to: &dyn Endpoint,
+        (from, values): (usize, bool),
+        to: usize,
         path: &Path,
         entry: &Entry,
     ) -> Result<(), EndpointError> {
         let xattrs = match values {
-            true => Some(from.xattrs(path)?),
+            true => Some(self.replicas[from].xattrs(path)?),
             false => None,
         };
-        let entry = self.as_kept(entry, to);
+        let entry = self.as_kept(entry, from, to);
+        let to = self.replicas[to];
         to.set_meta_later(path, &entry, xattrs.as_ref(), self.keeps(to))
     }
 
@@ -448,15 +451,16 @@ impl Executor<'_> {
         let Ok(Some(source)) = self.replicas[0].stat(root) else {
             return;
         };
-        for &replica in &self.replicas[1..] {
+        for (r, &replica) in self.replicas.iter().enumerate().skip(1) {
             let Ok(Some(now)) = replica.stat(root) else {
                 continue;
             };
             let mut failed = Vec::new();
             let keep = self.keeps(replica);
-            if let Some(Op::SetMeta { values, .. }) = meta_change(&source, &now, keep) {
-                let from = (self.replicas[0], values);
-                failed.extend(self.set_meta(from, replica, root, &source).err());
+            let owner_there = |owner| self.owners.map(0, r, owner);
+            if let Some(Op::SetMeta { values, .. }) = meta_change(&source, &now, keep, &owner_there)
+            {
+                failed.extend(self.set_meta((0, values), r, root, &source).err());
             }
             if now.mtime != source.mtime {
                 failed.extend(replica.set_mtime(root, source.mtime).err());
@@ -473,12 +477,17 @@ impl Executor<'_> {
         self.keep.and(to.capabilities().keeps)
     }
 
-    /// `entry` as `to` writes it: without its owner where the owner is not kept there.
-    fn as_kept(&self, entry: &Entry, to: &dyn Endpoint) -> Entry {
+    /// `entry` of replica `from` as replica `to` writes it: its owner numbered as there, or
+    /// none where the owner is not kept there.
+    fn as_kept(&self, entry: &Entry, from: usize, to: usize) -> Entry {
         let mut entry = entry.clone();
-        if !self.keeps(to).owner {
-            entry.meta.owner = None;
-        }
+        entry.meta.owner = match self.keeps(self.replicas[to]).owner {
+            true => entry
+                .meta
+                .owner
+                .map(|owner| self.owners.map(from, to, owner)),
+            false => None,
+        };
         entry
     }
 

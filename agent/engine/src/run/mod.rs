@@ -255,6 +255,7 @@ pub fn run(
     if scope == Scope::Full {
         refuse_vanished(spec, &replicas, &trees, &base)?;
     }
+    let owners = owner_maps(spec, &replicas, &trees)?;
     let mut exec = Executor {
         replicas: &replicas,
         halt,
@@ -267,6 +268,7 @@ pub fn run(
         deltas: HashMap::new(),
         job: &spec.name,
         keep: spec.guards.keep,
+        owners,
     };
     match spec.rule {
         Rule::Mirror | Rule::Copy => one_way(spec, &mut exec, &trees)?,
@@ -362,6 +364,34 @@ fn skip_special_files(
     }
 }
 
+/// How owners read from one replica to another: by name when the job keeps owners, not by
+/// number, and some replica is on another machine (see [`owners`]).
+fn owner_maps(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    trees: &[Tree],
+) -> Result<OwnerMaps, EngineError> {
+    let keep = spec.guards.keep;
+    let elsewhere = replicas.iter().any(|r| r.capabilities().across_network);
+    if !keep.owner || keep.numeric_ids || !elsewhere {
+        return Ok(OwnerMaps::default());
+    }
+    let travel: Vec<usize> = match spec.rule {
+        Rule::Sync => (0..replicas.len()).collect(),
+        Rule::Mirror | Rule::Copy => vec![0],
+    };
+    OwnerMaps::ask(replicas, trees, &travel).map_err(|(r, source)| match r {
+        0 => EngineError::Source {
+            job: spec.name.clone(),
+            source,
+        },
+        _ => EngineError::Destination {
+            job: spec.name.clone(),
+            source,
+        },
+    })
+}
+
 /// Whether a mirror or a copy that keeps hard links scanned a file with more than one name.
 fn names_elsewhere(spec: &JobSpec, source: &Tree) -> bool {
     spec.rule != Rule::Sync
@@ -389,7 +419,9 @@ fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), En
     let mut plans: Vec<Vec<Action>> = (1..trees.len())
         .map(|d| {
             let keep = exec.keeps(exec.replicas[d]);
-            plan_one_way(spec.rule, (&trees[0], &trees[d]), d, &differ[d - 1], keep)
+            let owner_there = |owner| exec.owners.map(0, d, owner);
+            let trees = (&trees[0], &trees[d]);
+            plan_one_way(spec.rule, trees, d, &differ[d - 1], (keep, &owner_there))
         })
         .collect();
     retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
@@ -602,9 +634,11 @@ fn normalise(scope: &Scope) -> Scope {
 
 mod execute;
 mod moves;
+mod owners;
 mod plan;
 
 use execute::Executor;
+use owners::OwnerMaps;
 use plan::{Action, Op, SyncPlan, plan_one_way, plan_sync, unless_failed, utc_stamp};
 
 #[cfg(test)]

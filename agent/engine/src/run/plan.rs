@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Rule;
-use crate::meta::Keep;
+use crate::meta::{Keep, Owner};
 use crate::tree::{Entry, Kind, Mtime, Tree, same};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,13 +105,14 @@ impl Action {
 }
 
 /// Plans destination `d` of a mirror or a copy; `differ` holds the files that look unchanged
-/// but whose content differs (asked for with `--checksum`), `keep` the metadata kept there.
+/// but whose content differs (asked for with `--checksum`), `keep` the metadata kept there,
+/// and `owner_there` reads a source owner as the destination numbers it.
 pub(super) fn plan_one_way(
     rule: Rule,
     (src, dst): (&Tree, &Tree),
     d: usize,
     differ: &HashSet<PathBuf>,
-    keep: Keep,
+    (keep, owner_there): (Keep, &dyn Fn(Owner) -> Owner),
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let act = |path: &Path, op| Action {
@@ -131,7 +132,7 @@ pub(super) fn plan_one_way(
                 if s.is_dir() && s.mtime != t.mtime {
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
                 }
-                if let Some(op) = meta_change(s, t, keep) {
+                if let Some(op) = meta_change(s, t, keep, owner_there) {
                     actions.push(act(path, op));
                 }
             }
@@ -197,10 +198,19 @@ impl Op {
 }
 
 /// What gives `t` (at a destination) what `s` (at the source) has beyond its content: its
-/// mode, and the owner and attributes `keep` covers; nothing when they agree.
-pub(super) fn meta_change(s: &Entry, t: &Entry, keep: Keep) -> Option<Op> {
+/// mode, and the owner (read as the destination numbers it, `owner_there`) and attributes
+/// `keep` covers; nothing when they agree.
+pub(super) fn meta_change(
+    s: &Entry,
+    t: &Entry,
+    keep: Keep,
+    owner_there: &dyn Fn(Owner) -> Owner,
+) -> Option<Op> {
     let mode = s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. });
-    let owner = keep.owner && s.meta.owner.is_some() && s.meta.owner != t.meta.owner;
+    let owner = keep.owner
+        && s.meta
+            .owner
+            .is_some_and(|o| Some(owner_there(o)) != t.meta.owner);
     let values =
         (keep.acls && s.meta.acl != t.meta.acl) || (keep.xattrs && s.meta.xattrs != t.meta.xattrs);
     (mode || owner || values).then(|| Op::SetMeta {

@@ -9,7 +9,7 @@ use super::*;
 use crate::delta::{Encoded, Op as DataOp};
 use crate::endpoint::{self, Incoming, LocalEndpoint};
 use crate::fence::Fence;
-use crate::meta::{Keep, Meta, Xattrs};
+use crate::meta::{Accounts, Keep, Meta, Xattrs};
 use crate::tree::{Entry, Expected, Mtime};
 
 struct Fixture {
@@ -841,6 +841,12 @@ impl Endpoint for Forged {
     }
     fn xattrs(&self, rel: &Path) -> endpoint::Result<Xattrs> {
         self.real.xattrs(rel)
+    }
+    fn account_names(&self, uids: &[u32], gids: &[u32]) -> endpoint::Result<Accounts> {
+        self.real.account_names(uids, gids)
+    }
+    fn account_ids(&self, users: &[String], groups: &[String]) -> endpoint::Result<Accounts> {
+        self.real.account_ids(users, groups)
     }
     fn hash(&self, rel: &Path) -> endpoint::Result<blake3::Hash> {
         self.real.hash(rel)

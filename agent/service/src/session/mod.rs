@@ -18,6 +18,7 @@ use tokio::sync::watch::Receiver;
 
 use ferry_engine::Fence;
 use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, Incoming, LocalEndpoint};
+use ferry_engine::meta::MAX_ACCOUNTS;
 use ferry_engine::tree::{Entry, Kind};
 use ferry_wire::frame::{self, Data, FrameError};
 use ferry_wire::identity::Peer;
@@ -328,6 +329,16 @@ impl Session<'_> {
                 .set_meta(&path, &entry, xattrs.as_ref(), keep)
                 .map(done),
             Request::ReadXattrs { path } => replica.xattrs(&path).map(Response::Xattrs),
+            Request::AccountNames { uids, gids } => {
+                within_account_limit(uids.len().max(gids.len()))
+                    .and_then(|()| replica.account_names(&uids, &gids))
+                    .map(Response::Accounts)
+            }
+            Request::AccountIds { users, groups } => {
+                within_account_limit(users.len().max(groups.len()))
+                    .and_then(|()| replica.account_ids(&users, &groups))
+                    .map(Response::Accounts)
+            }
             Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
             Request::Hash { path } => replica
                 .hash(&path)
@@ -432,6 +443,21 @@ fn verdict(response: Response) -> Response {
 
 fn done(_: impl Sized) -> Response {
     Response::Done
+}
+
+/// Refuses a look-up of more users or groups than a peer may ask about at once: each one may
+/// cost the machine's directory service a round trip.
+fn within_account_limit(asked: usize) -> Result<(), EndpointError> {
+    if asked <= MAX_ACCOUNTS {
+        return Ok(());
+    }
+    let why = format!("{asked} users or groups asked about; at most {MAX_ACCOUNTS} at once");
+    let refused = io::Error::new(io::ErrorKind::InvalidInput, why);
+    Err(EndpointError::new(
+        "look up the users and groups of",
+        "",
+        refused,
+    ))
 }
 
 /// Makes a FIFO or a socket a peer asks for, never a device: a device node in a share would

@@ -23,7 +23,7 @@ use ferry_engine::endpoint::{
     Settled,
 };
 use ferry_engine::filter::Filter;
-use ferry_engine::meta::{Keep, Xattrs};
+use ferry_engine::meta::{Accounts, Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
 mod pipeline;
@@ -429,6 +429,22 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("set metadata of", rel, request)
     }
 
+    fn account_names(&self, uids: &[u32], gids: &[u32]) -> Result<Accounts> {
+        let request = Request::AccountNames {
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+        };
+        self.expect_accounts(request)
+    }
+
+    fn account_ids(&self, users: &[String], groups: &[String]) -> Result<Accounts> {
+        let request = Request::AccountIds {
+            users: users.to_vec(),
+            groups: groups.to_vec(),
+        };
+        self.expect_accounts(request)
+    }
+
     fn xattrs(&self, rel: &Path) -> Result<Xattrs> {
         let path = rel.to_path_buf();
         match self.call(
@@ -604,6 +620,14 @@ impl RemoteEndpoint {
         });
         self.answer(op, rel, &mut slot, sent.map(|()| Response::Done))
             .map(drop)
+    }
+
+    fn expect_accounts(&self, request: Request) -> Result<Accounts> {
+        let (op, root) = ("look up the users and groups of", Path::new(""));
+        match self.call(op, root, request)? {
+            Response::Accounts(accounts) => Ok(accounts),
+            other => Err(self.unexpected(op, root, &other)),
+        }
     }
 
     fn expect_done(&self, op: &str, rel: &Path, request: Request) -> Result<()> {
