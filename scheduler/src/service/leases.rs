@@ -131,7 +131,7 @@ impl Service {
         job: &str,
     ) -> Result<Option<Claimed>, StoreError> {
         let Some(job_epoch) = self.hold_job(job).await? else {
-            tracing::info!(kind = %kind, name, job, "waiting for its job, which another scheduler still runs");
+            tracing::debug!(kind = %kind, name, job, "waiting for its job, which another scheduler still runs");
             return Ok(None);
         };
         self.store.ensure_lease(*kind, name).await?;
