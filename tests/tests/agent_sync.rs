@@ -1385,3 +1385,43 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
         );
     }
 }
+
+#[test]
+fn under_the_sync_rule_a_chmod_chown_or_setfattr_on_either_side_reaches_the_other() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        eprintln!("SKIPPED: keeping owners needs root");
+        return;
+    }
+    let site = Site::new();
+    let (a, b) = site.job("two-way", "sync", &[]);
+    // Folder times follow each side's own changes under the sync rule.
+    let args = [FIDELITY, &["--omit-dir-times"][..]].concat();
+    fs::write(a.join("shared.txt"), "one file, two replicas").unwrap();
+    fs::create_dir_all(a.join("folder")).unwrap();
+    assert_eq!(site.run("two-way")["state"], "succeeded");
+    assert_eq!(rsync_differences(&a, &b, &args), "");
+
+    // Changed on the destination side this time: the sync rule has no source.
+    let at = |rel: &str| text(&b.join(rel));
+    fs::set_permissions(
+        b.join("shared.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(b.join("shared.txt"), Some(1000), Some(100)).unwrap();
+    tool(
+        "setfattr",
+        &["-n", "user.comment", "-v", "set on b", &at("shared.txt")],
+    );
+    tool("setfacl", &["-m", "u:1001:rwx", &at("folder")]);
+    let run = site.run("two-way");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["files_copied"], 0, "metadata only: {run:#}");
+    assert_eq!(rsync_differences(&b, &a, &args), "");
+    let again = site.run("two-way");
+    assert_eq!(rsync_differences(&b, &a, &args), "", "{again:#}");
+}

@@ -44,7 +44,8 @@ pub(super) struct Executor<'a> {
     pub(super) job: &'a str,
     /// The metadata the job keeps; each replica keeps what it can of it (see [`Self::keeps`]).
     pub(super) keep: Keep,
-    /// How owners read from one replica to another.
+    /// How owners read from one replica to another. Planned entries' owners are numbered as
+    /// the source (replica 0) numbers them: a sync's trees are read so before planning.
     pub(super) owners: OwnerMaps,
 }
 
@@ -296,7 +297,7 @@ impl Executor<'_> {
                 if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
                     let resend = Resend {
                         from: *from,
-                        entry: self.as_kept(entry, *from, action.replica),
+                        entry: self.as_kept(entry, action.replica),
                         expected: target.expected,
                         xattrs,
                     };
@@ -388,7 +389,7 @@ impl Executor<'_> {
         let path = target.path;
         let to = self.replicas[to_index];
         let keep = self.keeps(to);
-        let entry = &self.as_kept(entry, from, to_index);
+        let entry = &self.as_kept(entry, to_index);
         let xattrs = match keep.needs_values(&entry.meta) {
             true => Some(self.replicas[from].xattrs(path)?),
             false => None,
@@ -438,7 +439,7 @@ impl Executor<'_> {
             true => Some(self.replicas[from].xattrs(path)?),
             false => None,
         };
-        let entry = self.as_kept(entry, from, to);
+        let entry = self.as_kept(entry, to);
         let to = self.replicas[to];
         to.set_meta_later(path, &entry, xattrs.as_ref(), self.keeps(to))
     }
@@ -477,15 +478,12 @@ impl Executor<'_> {
         self.keep.and(to.capabilities().keeps)
     }
 
-    /// `entry` of replica `from` as replica `to` writes it: its owner numbered as there, or
-    /// none where the owner is not kept there.
-    fn as_kept(&self, entry: &Entry, from: usize, to: usize) -> Entry {
+    /// A planned `entry` as replica `to` writes it: its owner numbered as there, or none
+    /// where the owner is not kept there.
+    fn as_kept(&self, entry: &Entry, to: usize) -> Entry {
         let mut entry = entry.clone();
         entry.meta.owner = match self.keeps(self.replicas[to]).owner {
-            true => entry
-                .meta
-                .owner
-                .map(|owner| self.owners.map(from, to, owner)),
+            true => entry.meta.owner.map(|owner| self.owners.map(0, to, owner)),
             false => None,
         };
         entry

@@ -256,6 +256,15 @@ pub fn run(
         refuse_vanished(spec, &replicas, &trees, &base)?;
     }
     let owners = owner_maps(spec, &replicas, &trees)?;
+    if spec.rule == Rule::Sync {
+        // Every replica's owners as the source numbers them: the sync compares them, and its
+        // base keeps them so.
+        for (r, tree) in trees.iter_mut().enumerate().skip(1) {
+            for entry in tree.values_mut() {
+                entry.meta.owner = entry.meta.owner.map(|owner| owners.map(r, 0, owner));
+            }
+        }
+    }
     let mut exec = Executor {
         replicas: &replicas,
         halt,
@@ -451,7 +460,8 @@ fn sync(
     base: &Tree,
 ) -> Result<Tree, EngineError> {
     let hashes = exec.hashes_to_compare(trees, base);
-    let SyncPlan { actions, agreed } = plan_sync(trees, base, |a, b, path| {
+    let keep = (exec.replicas.iter()).fold(spec.guards.keep, |keep, r| keep.and(exec.keeps(*r)));
+    let SyncPlan { actions, agreed } = plan_sync((trees, base), keep, |a, b, path| {
         let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
         hash(a).is_some_and(|x| hash(b) == Some(x))
     });

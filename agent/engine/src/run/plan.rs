@@ -293,8 +293,8 @@ pub(super) fn unless_failed(mut agreed: Tree, failed: &HashSet<PathBuf>, old: &T
 /// Plans a multi-way sync. `same_content(a, b, path)` compares a path's file contents on two
 /// replicas; it is only asked when both changed to the same size.
 pub(super) fn plan_sync(
-    trees: &[Tree],
-    base: &Tree,
+    (trees, base): (&[Tree], &Tree),
+    keep: Keep,
     mut same_content: impl FnMut(usize, usize, &Path) -> bool,
 ) -> SyncPlan {
     let mut plan = SyncPlan {
@@ -309,7 +309,7 @@ pub(super) fn plan_sync(
     for path in paths {
         let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
         let seen = Seen { trees, base };
-        plan_path(&mut plan, seen, path, &states, &mut same_content);
+        plan_path(&mut plan, (seen, keep), path, &states, &mut same_content);
     }
     plan
 }
@@ -319,7 +319,7 @@ pub(super) fn plan_sync(
 /// conflict, kept aside as a conflict copy.
 fn plan_path(
     plan: &mut SyncPlan,
-    seen: Seen<'_>,
+    (seen, keep): (Seen<'_>, Keep),
     path: &PathBuf,
     states: &[Option<&Entry>],
     same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
@@ -330,7 +330,8 @@ fn plan_path(
         .collect();
     let Some(&first) = changed.first() else {
         if let Some(entry) = was {
-            plan.agreed.insert(path.clone(), entry.clone());
+            let agreed = agree_on_meta(plan, path, states, entry, keep);
+            plan.agreed.insert(path.clone(), agreed);
         }
         return;
     };
@@ -431,6 +432,50 @@ fn action(replica: usize, path: &Path, op: Op) -> Action {
         path: path.to_path_buf(),
         op,
     }
+}
+
+/// A path whose content nobody changed since `was`: the first replica that changed what else
+/// it holds there (a chmod, chown, setfacl or setfattr) gives that to the others; returns the
+/// entry now agreed on. A base from before metadata was kept knows no owner: where replicas
+/// then differ they are left as they are, and what they all agree on is what the base learns.
+fn agree_on_meta(
+    plan: &mut SyncPlan,
+    path: &Path,
+    states: &[Option<&Entry>],
+    was: &Entry,
+    keep: Keep,
+) -> Entry {
+    let unmapped = |owner| owner;
+    let differs = |a: &Entry, b: &Entry| meta_change(a, b, keep, &unmapped).is_some();
+    let present: Vec<(usize, &Entry)> = (states.iter().enumerate())
+        .filter_map(|(r, state)| state.map(|entry| (r, entry)))
+        .collect();
+    let Some(&(_, first)) = present.first() else {
+        return was.clone();
+    };
+    if was.meta.owner.is_none() {
+        let agree = present.iter().all(|(_, entry)| !differs(first, entry));
+        return if agree { first.clone() } else { was.clone() };
+    }
+    let Some(&(winner, target)) = present.iter().find(|(_, entry)| differs(entry, was)) else {
+        return was.clone();
+    };
+    for &(r, entry) in present.iter().filter(|(r, _)| *r != winner) {
+        if let Some(Op::SetMeta { entry, values, .. }) = meta_change(target, entry, keep, &unmapped)
+        {
+            let from = winner;
+            plan.actions.push(action(
+                r,
+                path,
+                Op::SetMeta {
+                    from,
+                    entry,
+                    values,
+                },
+            ));
+        }
+    }
+    target.clone()
 }
 
 /// The version of a path that won a sync, to bring every other replica to.

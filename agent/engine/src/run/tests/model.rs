@@ -1,9 +1,9 @@
 //! The sync rule against a model. Random work on 2-3 replicas between runs (creates, edits,
-//! deletions, renames, folder/file swaps, the same file edited on several replicas), then a
-//! run, then checks: no version a user wrote is lost (each is current everywhere or a
+//! deletions, renames, folder/file swaps, the same file edited on several replicas, chmods),
+//! then a run, then checks: no version a user wrote is lost (each is current everywhere or a
 //! conflict copy everywhere), a deletion of a file nobody else changed reaches every replica,
-//! the replicas are equal, a repeated run changes nothing, and nothing is written outside the
-//! replicas.
+//! a chmod of a file nobody else changed too, the replicas are equal (modes included), a
+//! repeated run changes nothing, and nothing is written outside the replicas.
 //!
 //! Seeded and replayable: a failure prints its seed and the work done; `FERRY_MODEL_SEED=N`
 //! runs that trial alone, `FERRY_MODEL_TRIALS=N` runs more trials than CI's.
@@ -42,10 +42,11 @@ struct Trial {
     log: Vec<String>,
 }
 
-/// What a replica holds: files by path with their content, and folders.
+/// What a replica holds: files by path with their content and mode, and folders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Contents {
     files: BTreeMap<String, String>,
+    modes: BTreeMap<String, u32>,
     folders: BTreeSet<String>,
 }
 
@@ -67,12 +68,16 @@ impl Trial {
     fn act(&mut self) {
         let replica = self.dice.below(self.fx.roots.len());
         let rel = PATHS[self.dice.below(PATHS.len())];
-        match self.dice.below(10) {
+        match self.dice.below(12) {
             0..=5 => self.write(replica, rel),
             6..=7 => self.delete(replica, rel),
-            _ => {
+            8..=9 => {
                 let to = PATHS[self.dice.below(PATHS.len())];
                 self.rename(replica, rel, to);
+            }
+            _ => {
+                let mode = [0o600, 0o640, 0o644, 0o660][self.dice.below(4)];
+                self.chmod(replica, rel, mode);
             }
         }
     }
@@ -109,6 +114,14 @@ impl Trial {
         }
     }
 
+    fn chmod(&mut self, replica: usize, rel: &str, mode: u32) {
+        let path = self.path(replica, rel);
+        if path.is_file() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            self.log.push(format!("r{replica}: chmod {mode:o} {rel}"));
+        }
+    }
+
     fn delete(&mut self, replica: usize, rel: &str) {
         let path = self.path(replica, rel);
         let deleted = match fs::symlink_metadata(&path) {
@@ -138,6 +151,7 @@ impl Trial {
     fn contents(&self, replica: usize) -> Contents {
         let mut contents = Contents {
             files: BTreeMap::new(),
+            modes: BTreeMap::new(),
             folders: BTreeSet::new(),
         };
         let root = &self.fx.roots[replica];
@@ -153,6 +167,8 @@ impl Trial {
                     contents.folders.insert(rel);
                     stack.push(path);
                 } else {
+                    let mode = fs::metadata(&path).unwrap().mode() & 0o7777;
+                    contents.modes.insert(rel.clone(), mode);
                     contents
                         .files
                         .insert(rel, fs::read_to_string(&path).unwrap());
@@ -216,6 +232,20 @@ impl Trial {
                 );
             }
         }
+        for (rel, content) in &agreed.files {
+            let unchanged = before.iter().all(|b| b.files.get(rel) == Some(content));
+            let chmodded: BTreeSet<u32> = (before.iter())
+                .filter_map(|b| b.modes.get(rel).copied())
+                .filter(|mode| agreed.modes.get(rel) != Some(mode))
+                .collect();
+            if let (true, [mode]) = (unchanged, &chmodded.into_iter().collect::<Vec<_>>()[..]) {
+                assert_eq!(
+                    after[0].modes.get(rel),
+                    Some(mode),
+                    "{rel}: a chmod to {mode:o} did not spread\n{replay}"
+                );
+            }
+        }
         let again = self.sync();
         let changed = (again.files_copied, again.files_deleted, again.conflicts);
         assert_eq!(
@@ -239,6 +269,7 @@ fn trial(seed: u64) {
     let parent = trial.fx.roots[0].parent().unwrap().to_path_buf();
     let mut agreed = Contents {
         files: BTreeMap::new(),
+        modes: BTreeMap::new(),
         folders: BTreeSet::new(),
     };
     for _ in 0..ROUNDS {
