@@ -188,20 +188,24 @@ pub fn check(xattrs: &[Xattr]) -> Result<(), String> {
 
 /// The digests a scan reports of `xattrs` (sorted by name): ACLs apart from the rest.
 pub fn digests(xattrs: &[Xattr]) -> (Option<u64>, Option<u64>) {
+    // Most entries have none: no hasher is made for them (a scan does this for every entry).
     let digest = |class: Class| {
+        let mut of_class = xattrs
+            .iter()
+            .filter(|x| Class::of(&x.name) == class)
+            .peekable();
+        of_class.peek()?;
         let mut hasher = blake3::Hasher::new();
-        let mut any = false;
-        for xattr in xattrs.iter().filter(|x| Class::of(&x.name) == class) {
-            any = true;
+        for xattr in of_class {
             hasher.update(&(xattr.name.len() as u64).to_le_bytes());
             hasher.update(&xattr.name);
             hasher.update(&(xattr.value.len() as u64).to_le_bytes());
             hasher.update(&xattr.value);
         }
-        any.then(|| {
-            let hash = hasher.finalize();
-            u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
-        })
+        let hash = hasher.finalize();
+        Some(u64::from_le_bytes(
+            hash.as_bytes()[..8].try_into().expect("8 bytes"),
+        ))
     };
     (digest(Class::Acl), digest(Class::Other))
 }

@@ -247,6 +247,7 @@ pub fn run(
     };
     let keep_specials = spec.guards.keep.specials && spec.rule != Rule::Sync;
     skip_special_files(&replicas, &mut trees, keep_specials, on_event);
+    report_unkept(spec, &replicas, on_event);
     if let Some(versions) = &spec.guards.versions {
         for tree in &mut trees {
             tree.retain(|path, _| !path.starts_with(versions));
@@ -370,6 +371,39 @@ fn skip_special_files(
             });
             false
         });
+    }
+}
+
+/// Says, once per run and replica written to, what the job keeps that the replica cannot
+/// (owners, where its writer is not root; whatever an agent says it lacks).
+fn report_unkept(spec: &JobSpec, replicas: &[&dyn Endpoint], on_event: &mut dyn FnMut(Event)) {
+    let written = match spec.rule {
+        Rule::Sync => replicas,
+        Rule::Mirror | Rule::Copy => &replicas[1..],
+    };
+    let wanted = spec.guards.keep;
+    for replica in written {
+        let can = replica.capabilities().keeps;
+        let unkept: Vec<&str> = [
+            (wanted.owner && !can.owner, "owners and groups"),
+            (wanted.acls && !can.acls, "ACLs"),
+            (wanted.xattrs && !can.xattrs, "extended attributes"),
+            (wanted.hard_links && !can.hard_links, "hard links"),
+            (wanted.specials && !can.specials, "special files"),
+        ]
+        .into_iter()
+        .filter_map(|(unkept, what)| unkept.then_some(what))
+        .collect();
+        if !unkept.is_empty() {
+            on_event(Event::Skipped {
+                at: replica.display(),
+                path: PathBuf::new(),
+                why: format!(
+                    "{} are not kept there: its writer cannot set them (owners need root)",
+                    unkept.join(", ")
+                ),
+            });
+        }
     }
 }
 

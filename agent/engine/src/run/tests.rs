@@ -890,6 +890,28 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
     assert!(fx.listing(1).is_empty());
 }
 
+#[test]
+fn a_run_says_what_a_replica_cannot_keep_of_what_the_job_keeps() {
+    let fx = Fixture::new(2);
+    fx.write(0, "f.txt", "a file");
+    let mut spec = JobSpec {
+        // Another kind of replica, which says nothing of what it keeps beyond the defaults.
+        destinations: vec![Arc::new(Forged {
+            real: LocalEndpoint::new(&fx.roots[1]),
+            scan: Tree::new(),
+        })],
+        ..fx.spec(Rule::Mirror, Filter::default())
+    };
+    spec.guards.keep.specials = true;
+    let mut events = Vec::new();
+    run(&spec, &Scope::Full, &Halt::new(), &mut |e| events.push(e)).unwrap();
+    let said = events.iter().any(|e| {
+        matches!(e, Event::Skipped { why, .. } if why.starts_with("special files are not kept there"))
+    });
+    assert!(said, "{events:?}");
+    assert_eq!(fx.read(1, "f.txt").as_deref(), Some("a file"));
+}
+
 /// The shrunk case: two conflicts of one file within the same second.
 #[test]
 fn a_second_conflict_within_the_same_second_keeps_both_losing_versions() {
