@@ -10,7 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_engine::beneath::Root;
 use ferry_engine::delta::encode;
+use ferry_engine::meta::{self, Named};
 use ferry_engine::tree::{Entry, Expected, Kind, Meta, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
 use ferry_tests::netns::SlowLink;
@@ -1363,6 +1365,13 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
             std::os::unix::fs::MetadataExt::gid(&meta),
         )
     };
+    // The users and groups the access ACL of `path` names, by number.
+    let acl = |path: &Path| {
+        let root = Root::open(path.parent().unwrap(), Path::new(""), false).unwrap();
+        let xattrs = root.xattrs(Path::new(path.file_name().unwrap())).unwrap();
+        let access = xattrs.iter().find(|x| x.name == b"system.posix_acl_access");
+        access.map(|x| meta::acl_ids(&x.value)).unwrap_or_default()
+    };
     for (job, extra, expected) in [
         ("by-name", &[][..], (2500, 2600)),
         ("by-number", &["--numeric-ids"][..], (1500, 1600)),
@@ -1370,11 +1379,19 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
         let (src, dst) = site.job(job, "mirror", extra);
         fs::write(src.join("alices.txt"), "alice's").unwrap();
         std::os::unix::fs::chown(src.join("alices.txt"), Some(1500), Some(1600)).unwrap();
+        let alices = text(&src.join("alices.txt"));
+        tool("setfacl", &["-m", "u:1500:rw,g:1600:r", &alices]);
+        let named = vec![(Named::User, expected.0), (Named::Group, expected.1)];
         fs::write(src.join("nameless.txt"), "nobody's by name").unwrap();
         std::os::unix::fs::chown(src.join("nameless.txt"), Some(1777), Some(1777)).unwrap();
         let first = site.run(job);
         assert_eq!(first["state"], "succeeded", "{job}: {first:#}");
         assert_eq!(owner(&dst.join("alices.txt")), expected, "{job}");
+        assert_eq!(
+            acl(&dst.join("alices.txt")),
+            named,
+            "{job}: the ACL's entries"
+        );
         assert_eq!(owner(&dst.join("nameless.txt")), (1777, 1777), "{job}");
         let again = site.run(job);
         assert_eq!(again["files_copied"], 0, "{job}: {again:#}");
@@ -1383,6 +1400,7 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
             expected,
             "{job}: changed back"
         );
+        assert_eq!(acl(&dst.join("alices.txt")), named, "{job}: changed back");
     }
 }
 

@@ -405,6 +405,11 @@ thread_local! {
     static OWN_CWD: Cell<Option<RawFd>> = const { Cell::new(None) };
 }
 
+/// Whether this thread is one [`with_own_cwd`] made (a scan's, which ends with the scan).
+pub fn on_scan_thread() -> bool {
+    OWN_CWD.get().is_some()
+}
+
 /// Runs `work` on a new thread whose working folder is its own (`unshare(CLONE_FS)`). There a
 /// [`Folder`]'s attribute calls name each entry relative to the folder, made the thread's
 /// working folder, instead of through `/proc` (0.8 against 3.3 µs a file): a scan reads every

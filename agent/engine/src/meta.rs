@@ -186,8 +186,13 @@ pub fn check(xattrs: &[Xattr]) -> Result<(), String> {
     Ok(())
 }
 
-/// The digests a scan reports of `xattrs` (sorted by name): ACLs apart from the rest.
-pub fn digests(xattrs: &[Xattr]) -> (Option<u64>, Option<u64>) {
+/// The digests a scan reports of `xattrs` (sorted by name): ACLs apart from the rest. An ACL
+/// is digested with the names `name_of` gives the users and groups it names, where it gives
+/// one: two machines that number alice differently agree on an ACL that names her.
+pub fn digests(
+    xattrs: &[Xattr],
+    name_of: &dyn Fn(Named, u32) -> Option<String>,
+) -> (Option<u64>, Option<u64>) {
     // Most entries have none: no hasher is made for them (a scan does this for every entry).
     let digest = |class: Class| {
         let mut of_class = xattrs
@@ -197,10 +202,14 @@ pub fn digests(xattrs: &[Xattr]) -> (Option<u64>, Option<u64>) {
         of_class.peek()?;
         let mut hasher = blake3::Hasher::new();
         for xattr in of_class {
+            let value = match class {
+                Class::Acl => acl_by_name(&xattr.value, name_of),
+                _ => xattr.value.clone(),
+            };
             hasher.update(&(xattr.name.len() as u64).to_le_bytes());
             hasher.update(&xattr.name);
-            hasher.update(&(xattr.value.len() as u64).to_le_bytes());
-            hasher.update(&xattr.value);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(&value);
         }
         let hash = hasher.finalize();
         Some(u64::from_le_bytes(
@@ -208,6 +217,94 @@ pub fn digests(xattrs: &[Xattr]) -> (Option<u64>, Option<u64>) {
         ))
     };
     (digest(Class::Acl), digest(Class::Other))
+}
+
+/// Whether an ACL entry names a user or a group (by number in the ACL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Named {
+    User,
+    Group,
+}
+
+/// Linux's form of a POSIX ACL in an attribute: version 2, then entries of tag, permissions
+/// and id, 8 bytes each, little-endian; the id means something for named users and groups.
+const ACL_VERSION: u32 = 2;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP: u16 = 0x08;
+
+/// The entries of an ACL attribute's value as (tag, permissions, id); `None` if it is not one.
+fn acl_entries(value: &[u8]) -> Option<impl Iterator<Item = (u16, u16, u32)> + '_> {
+    let (version, entries) = value.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*version) != ACL_VERSION || !entries.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(entries.chunks_exact(8).map(|e| {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]);
+        (tag, perm, u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
+    }))
+}
+
+fn named(tag: u16) -> Option<Named> {
+    match tag {
+        ACL_USER => Some(Named::User),
+        ACL_GROUP => Some(Named::Group),
+        _ => None,
+    }
+}
+
+/// Whether an attribute is an ACL.
+pub fn is_acl(name: &[u8]) -> bool {
+    Class::of(name) == Class::Acl
+}
+
+/// The users and groups an ACL attribute's value names, by number.
+pub fn acl_ids(value: &[u8]) -> Vec<(Named, u32)> {
+    let Some(entries) = acl_entries(value) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|(tag, _, id)| named(tag).map(|named| (named, id)))
+        .collect()
+}
+
+/// The ACL with each named user and group numbered by `renumber`; another value as it is.
+pub fn renumber_acl(value: &[u8], renumber: &dyn Fn(Named, u32) -> u32) -> Vec<u8> {
+    let Some(entries) = acl_entries(value) else {
+        return value.to_vec();
+    };
+    let mut out = ACL_VERSION.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        let id = named(tag).map_or(id, |named| renumber(named, id));
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// The ACL as digested: each named user or group by name where it has one.
+fn acl_by_name(value: &[u8], name_of: &dyn Fn(Named, u32) -> Option<String>) -> Vec<u8> {
+    let Some(entries) = acl_entries(value) else {
+        return value.to_vec();
+    };
+    let mut out = Vec::with_capacity(value.len());
+    for (tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        match named(tag).and_then(|named| name_of(named, id)) {
+            Some(name) => {
+                out.push(b'n');
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+            None => {
+                out.push(b'#');
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+    out
 }
 
 /// The number that marks the names of one file: its device and inode, mixed.
@@ -230,13 +327,64 @@ mod tests {
     fn acls_and_other_attributes_have_digests_of_their_own() {
         let acl = xattr("system.posix_acl_access", "a");
         let user = xattr("user.comment", "x");
-        let (a1, x1) = digests(&[acl.clone(), user.clone()]);
-        let (a2, x2) = digests(std::slice::from_ref(&acl));
+        let nameless = |_, _| None;
+        let (a1, x1) = digests(&[acl.clone(), user.clone()], &nameless);
+        let (a2, x2) = digests(std::slice::from_ref(&acl), &nameless);
         assert_eq!(a1, a2);
         assert!(x1.is_some() && x2.is_none());
-        let (_, x3) = digests(&[acl, xattr("user.comment", "y")]);
+        let (_, x3) = digests(&[acl, xattr("user.comment", "y")], &nameless);
         assert_ne!(x1, x3, "a changed value changes the digest");
-        assert_eq!(digests(&[]), (None, None));
+        assert_eq!(digests(&[], &nameless), (None, None));
+    }
+
+    /// `setfacl -m u:ID:rw,g:GID:r`'s access ACL, as Linux stores it.
+    fn acl_naming(uid: u32, gid: u32) -> Vec<u8> {
+        let entries: [(u16, u16, u32); 6] = [
+            (0x01, 6, u32::MAX),
+            (ACL_USER, 6, uid),
+            (0x04, 4, u32::MAX),
+            (ACL_GROUP, 4, gid),
+            (0x10, 6, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ];
+        let mut value = ACL_VERSION.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            value.extend_from_slice(&tag.to_le_bytes());
+            value.extend_from_slice(&perm.to_le_bytes());
+            value.extend_from_slice(&id.to_le_bytes());
+        }
+        value
+    }
+
+    #[test]
+    fn an_acl_naming_one_user_by_two_numbers_digests_alike_on_two_machines() {
+        let here = |named, id| match (named, id) {
+            (Named::User, 1500) => Some("alice".to_owned()),
+            (Named::Group, 1600) => Some("staff".to_owned()),
+            _ => None,
+        };
+        let there = |named, id| match (named, id) {
+            (Named::User, 2500) => Some("alice".to_owned()),
+            (Named::Group, 2600) => Some("staff".to_owned()),
+            _ => None,
+        };
+        let acl = |uid, gid| Xattr {
+            name: b"system.posix_acl_access".to_vec(),
+            value: acl_naming(uid, gid),
+        };
+        let (ours, _) = digests(&[acl(1500, 1600)], &here);
+        assert_eq!(ours, digests(&[acl(2500, 2600)], &there).0);
+        assert_ne!(ours, digests(&[acl(2500, 2601)], &there).0);
+        assert_eq!(
+            acl_ids(&acl_naming(1500, 1600)),
+            [(Named::User, 1500), (Named::Group, 1600)]
+        );
+        let renumbered = renumber_acl(&acl_naming(1500, 1600), &|named, id| match named {
+            Named::User => id + 1000,
+            Named::Group => id + 1000,
+        });
+        assert_eq!(renumbered, acl_naming(2500, 2600));
+        assert_eq!(renumber_acl(b"not an acl", &|_, id| id), b"not an acl");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A replica on this machine: a folder, read and written through the file system, every path
 //! resolved beneath the folder's open handle and never through a symlink ([`Root`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
@@ -17,7 +19,7 @@ use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
-use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
+use crate::meta::{self, Accounts, Keep, Meta, Named, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
 /// A folder on this machine.
@@ -610,6 +612,31 @@ fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> Endpoin
     EndpointError::new(op, full.display().to_string(), source).meaning(failure)
 }
 
+thread_local! {
+    /// The names of the users and groups ACLs name, looked up once per scan: only a scan's
+    /// own thread keeps them (see [`beneath::on_scan_thread`]), and they go with it.
+    static ACCOUNT_NAMES: RefCell<HashMap<(Named, u32), Option<String>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The name this machine gives a user or group an ACL names, if it gives one.
+fn account_name(named: Named, id: u32) -> Option<String> {
+    let look_up = || match named {
+        Named::User => nix::unistd::User::from_uid(id.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        Named::Group => nix::unistd::Group::from_gid(id.into())
+            .ok()
+            .flatten()
+            .map(|g| g.name),
+    };
+    if !beneath::on_scan_thread() {
+        return look_up();
+    }
+    ACCOUNT_NAMES.with_borrow_mut(|names| names.entry((named, id)).or_insert_with(look_up).clone())
+}
+
 /// `xattrs` if they are within Linux's limits (they may come from a peer).
 fn checked_xattrs(xattrs: &[meta::Xattr]) -> io::Result<()> {
     meta::check(xattrs).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
@@ -862,7 +889,7 @@ fn entry_from(
     };
     let (acl, xattrs) = match kind {
         Kind::Special { .. } => (None, None),
-        _ => meta::digests(&read_xattrs()?),
+        _ => meta::digests(&read_xattrs()?, &account_name),
     };
     let file = kind == Kind::File;
     let meta = Meta {

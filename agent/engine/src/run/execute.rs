@@ -12,7 +12,7 @@ use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
 use crate::endpoint::{Changes, Endpoint, EndpointError, Incoming};
 use crate::fence::Halt;
-use crate::meta::{Keep, Xattrs};
+use crate::meta::{self, Keep, Named, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Tree};
 
 /// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
@@ -391,7 +391,7 @@ impl Executor<'_> {
         let keep = self.keeps(to);
         let entry = &self.as_kept(entry, to_index);
         let xattrs = match keep.needs_values(&entry.meta) {
-            true => Some(self.replicas[from].xattrs(path)?),
+            true => Some(self.xattrs_for(path, (from, to_index))?),
             false => None,
         };
         match entry.kind {
@@ -436,7 +436,7 @@ impl Executor<'_> {
         entry: &Entry,
     ) -> Result<(), EndpointError> {
         let xattrs = match values {
-            true => Some(self.replicas[from].xattrs(path)?),
+            true => Some(self.xattrs_for(path, (from, to))?),
             false => None,
         };
         let entry = self.as_kept(entry, to);
@@ -471,6 +471,33 @@ impl Executor<'_> {
                 tracing::debug!(replica = replica.display(), error = %e, "could not match the root folder");
             }
         }
+    }
+
+    /// The extended attributes of `path` at replica `from`, their ACLs naming each user and
+    /// group as replica `to` numbers it (see [`OwnerMaps`]).
+    fn xattrs_for(&self, path: &Path, (from, to): (usize, usize)) -> Result<Xattrs, EndpointError> {
+        let xattrs = self.replicas[from].xattrs(path)?;
+        if !self.owners.by_name() {
+            return Ok(xattrs);
+        }
+        let acls = || xattrs.iter().filter(|x| meta::is_acl(&x.name));
+        let ids: Vec<(Named, u32)> = acls().flat_map(|x| meta::acl_ids(&x.value)).collect();
+        if ids.is_empty() {
+            return Ok(xattrs);
+        }
+        (self.owners)
+            .learn(self.replicas, (from, to), &ids)
+            .map_err(|(_, e)| e)?;
+        let renumber = |named, id| self.owners.renumber(from, to, named, id);
+        Ok(xattrs
+            .into_iter()
+            .map(|mut xattr| {
+                if meta::is_acl(&xattr.name) {
+                    xattr.value = meta::renumber_acl(&xattr.value, &renumber);
+                }
+                xattr
+            })
+            .collect())
     }
 
     /// What `to` keeps of the metadata the job keeps.

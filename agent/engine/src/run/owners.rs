@@ -1,90 +1,152 @@
 //! Owners by name, as rsync keeps them without `--numeric-ids`: a file of `alice` at one
-//! replica belongs to `alice` at the others, whatever number each machine gives her. A user or
-//! group a machine does not know by name keeps its number. ACL entries keep their numbers.
+//! replica belongs to `alice` at the others, whatever number each machine gives her, and so do
+//! the ACL entries naming her. A user or group a machine does not know by name keeps its number.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 
 use crate::endpoint::{Endpoint, EndpointError};
-use crate::meta::{Accounts, Owner};
+use crate::meta::{Accounts, Named, Owner};
 use crate::tree::Tree;
 
-/// How each replica's owner numbers read at every other replica.
+/// How each replica's owner numbers read at every other replica. By default (the job keeps
+/// numbers, or every replica is on this machine) every number reads as itself.
 #[derive(Debug, Default)]
 pub(super) struct OwnerMaps {
-    /// Per replica: the names of the owners and groups in its tree (empty: numbers kept).
+    by_name: bool,
+    known: Mutex<Known>,
+}
+
+/// What the replicas said of their users and groups so far.
+#[derive(Debug, Default)]
+struct Known {
+    /// Per replica: names by number, of the numbers asked about.
     names: Vec<Accounts>,
-    /// Per replica: the numbers of those names there, by name.
-    users: Vec<HashMap<String, u32>>,
-    groups: Vec<HashMap<String, u32>>,
+    /// Per replica: numbers by name, of the names asked about.
+    ids: Vec<HashMap<(Named, String), u32>>,
+    /// Per replica: what it was asked already (a number or a name it does not know is not
+    /// asked again).
+    asked_ids: Vec<HashSet<(Named, u32)>>,
+    asked_names: Vec<HashSet<(Named, String)>>,
 }
 
 impl OwnerMaps {
-    /// Asks the replicas `from` whose trees' owners travel for the names of those owners, and
-    /// every replica for the numbers of the names: two calls per replica.
+    /// Owners by name between `replicas`: the replicas `from`, whose trees' owners travel, are
+    /// asked for the names of those owners, and every replica for the numbers of those names.
     pub(super) fn ask(
         replicas: &[&dyn Endpoint],
         trees: &[Tree],
         from: &[usize],
     ) -> Result<Self, (usize, EndpointError)> {
-        let mut names = vec![Accounts::default(); replicas.len()];
+        let known = Known {
+            names: vec![Accounts::default(); replicas.len()],
+            ids: vec![HashMap::new(); replicas.len()],
+            asked_ids: vec![HashSet::new(); replicas.len()],
+            asked_names: vec![HashSet::new(); replicas.len()],
+        };
+        let maps = Self {
+            by_name: true,
+            known: Mutex::new(known),
+        };
         for &r in from {
             let owners = trees[r].values().filter_map(|entry| entry.meta.owner);
-            let (uids, gids): (BTreeSet<u32>, BTreeSet<u32>) =
-                owners.map(|owner| (owner.uid, owner.gid)).unzip();
-            let (uids, gids): (Vec<u32>, Vec<u32>) =
-                (uids.into_iter().collect(), gids.into_iter().collect());
-            names[r] = (replicas[r].account_names(&uids, &gids)).map_err(|e| (r, e))?;
-        }
-        let users: BTreeSet<String> = names
-            .iter()
-            .flat_map(|a| a.users.values().cloned())
-            .collect();
-        let groups: BTreeSet<String> = names
-            .iter()
-            .flat_map(|a| a.groups.values().cloned())
-            .collect();
-        let (users, groups): (Vec<String>, Vec<String>) =
-            (users.into_iter().collect(), groups.into_iter().collect());
-        let mut maps = Self {
-            names,
-            ..Self::default()
-        };
-        for (r, replica) in replicas.iter().enumerate() {
-            let ids = match users.is_empty() && groups.is_empty() {
-                true => Accounts::default(),
-                false => (replica.account_ids(&users, &groups)).map_err(|e| (r, e))?,
-            };
-            maps.users
-                .push(ids.users.into_iter().map(|(id, name)| (name, id)).collect());
-            maps.groups.push(
-                ids.groups
-                    .into_iter()
-                    .map(|(id, name)| (name, id))
-                    .collect(),
-            );
+            let ids: BTreeSet<(Named, u32)> = owners
+                .flat_map(|o| [(Named::User, o.uid), (Named::Group, o.gid)])
+                .collect();
+            let ids: Vec<(Named, u32)> = ids.into_iter().collect();
+            for to in 0..replicas.len() {
+                maps.learn(replicas, (r, to), &ids)?;
+            }
         }
         Ok(maps)
     }
 
+    /// Asks what is not known yet of `ids` (numbers at replica `from`): their names at
+    /// `from`, then those names' numbers at `to`.
+    pub(super) fn learn(
+        &self,
+        replicas: &[&dyn Endpoint],
+        (from, to): (usize, usize),
+        ids: &[(Named, u32)],
+    ) -> Result<(), (usize, EndpointError)> {
+        if !self.by_name {
+            return Ok(());
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let new_ids: Vec<(Named, u32)> = (ids.iter().copied())
+            .filter(|id| known.asked_ids[from].insert(*id))
+            .collect();
+        if !new_ids.is_empty() {
+            let (uids, gids) = split(&new_ids);
+            let names = (replicas[from].account_names(&uids, &gids)).map_err(|e| (from, e))?;
+            known.names[from].users.extend(names.users);
+            known.names[from].groups.extend(names.groups);
+        }
+        let names: Vec<(Named, String)> = (ids.iter())
+            .filter_map(|&(named, id)| known.name(from, named, id).map(|n| (named, n.to_owned())))
+            .collect();
+        let new_names: Vec<(Named, String)> = (names.into_iter())
+            .filter(|name| known.asked_names[to].insert(name.clone()))
+            .collect();
+        if !new_names.is_empty() {
+            let (users, groups) = split(&new_names);
+            let ids = (replicas[to].account_ids(&users, &groups)).map_err(|e| (to, e))?;
+            let users = ids.users.into_iter().map(|(id, n)| ((Named::User, n), id));
+            let groups = ids
+                .groups
+                .into_iter()
+                .map(|(id, n)| ((Named::Group, n), id));
+            known.ids[to].extend(users.chain(groups));
+        }
+        Ok(())
+    }
+
     /// `owner` of an entry at replica `from`, as replica `to` numbers it.
     pub(super) fn map(&self, from: usize, to: usize, owner: Owner) -> Owner {
-        let (Some(names), Some(users), Some(groups)) = (
-            self.names.get(from),
-            self.users.get(to),
-            self.groups.get(to),
-        ) else {
-            return owner;
-        };
-        let uid = names.users.get(&owner.uid).and_then(|name| users.get(name));
-        let gid = names
-            .groups
-            .get(&owner.gid)
-            .and_then(|name| groups.get(name));
         Owner {
-            uid: uid.copied().unwrap_or(owner.uid),
-            gid: gid.copied().unwrap_or(owner.gid),
+            uid: self.renumber(from, to, Named::User, owner.uid),
+            gid: self.renumber(from, to, Named::Group, owner.gid),
         }
     }
+
+    /// The user or group numbered `id` at replica `from`, as replica `to` numbers it (see
+    /// [`OwnerMaps::learn`]).
+    pub(super) fn renumber(&self, from: usize, to: usize, named: Named, id: u32) -> u32 {
+        if !self.by_name {
+            return id;
+        }
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let name = known.name(from, named, id);
+        let there = name.and_then(|name| known.ids.get(to)?.get(&(named, name.to_owned())));
+        there.copied().unwrap_or(id)
+    }
+
+    /// Whether owners travel by name at all.
+    pub(super) fn by_name(&self) -> bool {
+        self.by_name
+    }
+}
+
+impl Known {
+    fn name(&self, replica: usize, named: Named, id: u32) -> Option<&str> {
+        let names = self.names.get(replica)?;
+        let of = match named {
+            Named::User => &names.users,
+            Named::Group => &names.groups,
+        };
+        of.get(&id).map(String::as_str)
+    }
+}
+
+/// Users' and groups' items of `items`, apart.
+fn split<T: Clone>(items: &[(Named, T)]) -> (Vec<T>, Vec<T>) {
+    let of = |kind: Named| {
+        (items.iter())
+            .filter(|(named, _)| *named == kind)
+            .map(|(_, item)| item.clone())
+            .collect()
+    };
+    (of(Named::User), of(Named::Group))
 }
 
 #[cfg(test)]
@@ -102,17 +164,25 @@ mod tests {
         let mut names = Accounts::default();
         names.users.insert(1000, "alice".into());
         names.groups.insert(100, "users".into());
-        let maps = OwnerMaps {
+        let known = Known {
             names: vec![names, Accounts::default()],
-            users: vec![HashMap::new(), HashMap::from([("alice".into(), 2000)])],
-            groups: vec![HashMap::new(), HashMap::from([("users".into(), 500)])],
+            ids: vec![
+                HashMap::new(),
+                HashMap::from([
+                    ((Named::User, "alice".into()), 2000),
+                    ((Named::Group, "users".into()), 500),
+                ]),
+            ],
+            ..Known::default()
+        };
+        let maps = OwnerMaps {
+            by_name: true,
+            known: Mutex::new(known),
         };
         assert_eq!(maps.map(0, 1, owner(1000, 100)), owner(2000, 500));
         assert_eq!(maps.map(0, 1, owner(1001, 7)), owner(1001, 7));
-        assert_eq!(
-            OwnerMaps::default().map(0, 1, owner(1000, 100)),
-            owner(1000, 100)
-        );
+        let numbers = OwnerMaps::default();
+        assert_eq!(numbers.map(0, 1, owner(1000, 100)), owner(1000, 100));
     }
 
     #[test]
@@ -132,10 +202,9 @@ mod tests {
         let tree = Tree::from([("f".into(), entry)]);
         let replicas: [&dyn Endpoint; 2] = [&here, &here];
         let maps = OwnerMaps::ask(&replicas, &[tree, Tree::new()], &[0]).unwrap();
-        assert_eq!(
-            maps.names[0].users.get(&0).map(String::as_str),
-            Some("root")
-        );
+        let known = maps.known.lock().unwrap();
+        assert_eq!(known.name(0, Named::User, 0), Some("root"));
+        drop(known);
         assert_eq!(maps.map(0, 1, owner(0, 0)), owner(0, 0));
     }
 }
