@@ -287,8 +287,13 @@ fn a_jobs_schedules_and_monitor_pinned_to_two_schedulers_never_run_at_once() {
             .map(|name| env.holder(name))
             .collect();
         assert!(
-            holders[0].is_some() && holders.iter().all(|h| *h == holders[0]),
-            "{backend:?}: one job, one scheduler: {holders:?}"
+            holders.iter().all(|h| h.as_deref() == Some("s1")),
+            "{backend:?}: one job, one scheduler, where its first schedule asks: {holders:?}"
+        );
+        let why = status_of(&env, "live")["placement"].clone();
+        assert_eq!(
+            why, "preferred (as its job j, which prefers s1)",
+            "{backend:?}"
         );
         let spans = finished_runs(&env, "j");
         assert!(spans.len() >= 3, "{backend:?}: {spans:?}");

@@ -114,9 +114,9 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
         last_runs.insert(key, run);
     }
     let now = Utc::now();
-    let definitions: Vec<StatusLine> = store
-        .status()
-        .await?
+    let rows = store.status().await?;
+    let pins = job_pins(&rows);
+    let definitions: Vec<StatusLine> = rows
         .into_iter()
         .map(|row| {
             let is_schedule = row.kind == "schedule";
@@ -126,7 +126,7 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
                 .filter(|_| is_schedule && row.state != "held")
                 .and_then(|c| c.next_after(now));
             let last_run = last_runs.remove(&(is_schedule, row.name.clone()));
-            let placement = crate::lease::explain(&row, &schedulers);
+            let placement = explain_in_job(&row, &pins, &schedulers);
             StatusLine {
                 row,
                 placement,
@@ -144,6 +144,48 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
         Output::Table => print_status(&status, out),
     }
     Ok(())
+}
+
+/// Per job, the preference it is placed by: that of its first pinned schedule or monitor
+/// (schedules first, by name), as the schedulers place a job's work together.
+fn job_pins(rows: &[StatusRow]) -> HashMap<String, (String, bool)> {
+    let mut pinned: Vec<&StatusRow> = (rows.iter())
+        .filter(|r| r.state != "held" && r.preferred.is_some())
+        .collect();
+    pinned.sort_by_key(|r| (r.kind != "schedule", r.name.clone()));
+    let mut pins = HashMap::new();
+    for row in pinned {
+        if let Some(preferred) = &row.preferred {
+            let pin = (preferred.clone(), row.fallback_any);
+            pins.entry(row.job_name.clone()).or_insert(pin);
+        }
+    }
+    pins
+}
+
+/// Why a schedule or monitor is where it is: by its job's preference (see [`job_pins`]),
+/// saying so where that is not its own.
+fn explain_in_job(
+    row: &StatusRow,
+    pins: &HashMap<String, (String, bool)>,
+    schedulers: &[SchedulerRow],
+) -> String {
+    let Some((preferred, fallback_any)) = pins.get(&row.job_name) else {
+        return crate::lease::explain(row, schedulers);
+    };
+    let placed = StatusRow {
+        preferred: Some(preferred.clone()),
+        fallback_any: *fallback_any,
+        ..row.clone()
+    };
+    let why = crate::lease::explain(&placed, schedulers);
+    if row.preferred.as_ref() == Some(preferred) || row.state == "held" {
+        return why;
+    }
+    format!(
+        "{why} (as its job {}, which prefers {preferred})",
+        row.job_name
+    )
 }
 
 fn print_status(status: &Status, out: Output) {
