@@ -22,6 +22,9 @@ const EXIT_INVALID: u8 = 2;
 fn main() -> ExitCode {
     ferry_engine::memory::keep_freed_memory();
     let cli = Cli::parse();
+    if !cli.is_service() {
+        end_quietly_on_closed_pipe();
+    }
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     match runtime.block_on(cli::run(cli)) {
@@ -37,11 +40,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command whose output goes into a pipe that closes early (`ferry runs | head -1`) ends as
+/// Unix tools do, quietly, instead of panicking on the failed write. The scheduler service keeps
+/// Rust's default: there a closed pipe is an error to log, not the end.
+fn end_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler of ours, so nothing runs in a signal context; the
+    // runtime has not started yet, so no other thread sees the change half-done.
+    #[allow(unsafe_code)]
+    let restored = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    if let Err(e) = restored {
+        tracing::debug!(error = %e, "could not restore SIGPIPE");
+    }
+}
+
 fn is_invalid_input(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Invalid>().is_some()
         || matches!(
             e.downcast_ref::<StoreError>(),
-            Some(StoreError::Exists { .. } | StoreError::NotFound { .. })
+            Some(
+                StoreError::Exists { .. } | StoreError::NotFound { .. } | StoreError::InUse { .. }
+            )
         )
 }
 

@@ -503,3 +503,34 @@ fn rows_of_the_wrong_type_are_refused_by_the_database() {
         }
     }
 }
+
+#[test]
+fn a_long_table_into_a_pipe_that_closes_early_ends_quietly() {
+    let env = Env::new(Backend::Sqlite);
+    env.ferry(&["status"]).ok();
+    env.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
+         INSERT INTO runs (job_name, schedule_name, fire_time, state) \
+         SELECT 'docs', 'nightly', strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || i || ' seconds'), \
+         'succeeded' FROM n",
+    );
+    let mut runs = env
+        .command("ferry")
+        .arg("--db")
+        .arg(env.path("ferry.db"))
+        .args(["runs", "--limit", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: one line read, then the pipe closes while ferry still writes.
+    let mut stdout = std::io::BufReader::new(runs.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = runs.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("ID"), "{first}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

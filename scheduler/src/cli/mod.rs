@@ -64,6 +64,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether this runs the scheduler service, rather than a command that ends.
+    pub fn is_service(&self) -> bool {
+        matches!(self.command, Command::Scheduler(SchedulerCommand::Run(_)))
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Human,

@@ -32,6 +32,12 @@ pub enum StoreError {
     Exists { what: &'static str, name: String },
     #[error("{what} {name:?} does not exist")]
     NotFound { what: &'static str, name: String },
+    #[error("{what} {name:?} is still used by {user}; remove that first, or point it elsewhere")]
+    InUse {
+        what: &'static str,
+        name: String,
+        user: String,
+    },
     #[error(
         "scheduler name {name:?} is in use by a live scheduler on host {host} (started {started_at}); \
          stop it, or pick another name with --name"
@@ -249,9 +255,14 @@ impl Store {
     pub async fn remove_job(&self, name: &str) -> Result<()> {
         let users = self.job_users(name).await?;
         if let Some((kind, user)) = users.first() {
-            return Err(StoreError::Exists {
-                what: "the job is still used by",
-                name: format!("{kind} {user}"),
+            let more = match users.len() - 1 {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            return Err(StoreError::InUse {
+                what: "job",
+                name: name.into(),
+                user: format!("{kind} {user}{more}"),
             });
         }
         let sql = self.sql("DELETE FROM jobs WHERE name = $1");

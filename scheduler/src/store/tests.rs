@@ -126,6 +126,20 @@ async fn definitions_round_trip() {
 }
 
 #[tokio::test]
+async fn a_job_in_use_is_not_removed_and_the_error_says_by_what() {
+    on_each_backend(|store| async move {
+        with_every_schedule(&store).await;
+        let refused = store.remove_job("docs").await.unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "job \"docs\" is still used by schedule every; remove that first, or point it elsewhere"
+        );
+        assert!(store.job("docs").await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
     on_each_backend(|store| async move {
         let (a, b) = (holder("a"), holder("b"));
