@@ -534,3 +534,39 @@ fn a_long_table_into_a_pipe_that_closes_early_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn a_database_ferry_cannot_use_or_that_is_not_there_is_named_and_nothing_is_created() {
+    let env = Env::new(Backend::Sqlite);
+    let ferry = |args: &[&str]| {
+        let out = env.command("ferry").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    let nowhere = env.path("nowhere.db");
+    let (code, stderr) = ferry(&["--db", nowhere.to_str().unwrap(), "status"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--db: no ferry database at"), "{stderr}");
+    let left: Vec<_> = fs::read_dir(env.path("")).unwrap().flatten().collect();
+    assert!(
+        left.iter()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("nowhere")),
+        "a read created files: {left:?}"
+    );
+
+    let (code, stderr) = ferry(&["--db", "mysql://ferry@127.0.0.1:1/ferry", "runs"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--db: mysql:// is not a database ferry uses"),
+        "{stderr}"
+    );
+    assert!(!env.path("mysql:").exists());
+
+    let config = env.path("scheduler.toml");
+    fs::write(&config, "lease_ttl = \"soon\"\n").unwrap();
+    let db = env.path("ferry.db");
+    let args = ["--db", db.to_str().unwrap(), "scheduler", "run", "--config"];
+    let (code, stderr) = ferry(&[&args[..], &[config.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--config: config file"), "{stderr}");
+}

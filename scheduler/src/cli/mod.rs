@@ -4,7 +4,7 @@ mod define;
 mod output;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -439,6 +439,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Ca(command) = cli.command {
         return certificate_authority(command);
     }
+    check_database(&cli.db, cli.command.reads_only())?;
     let store = Store::open(&cli.db)
         .await
         .map_err(|e| anyhow::anyhow!("opening database {}: {e}", redact(&cli.db)))?;
@@ -459,6 +460,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+impl Command {
+    /// Whether the command only reads: it must not create a database where there is none.
+    fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Status
+                | Command::Runs { .. }
+                | Command::Tail { .. }
+                | Command::Scheduler(SchedulerCommand::List)
+        )
+    }
+}
+
+/// Refuses a database URL ferry cannot use, and, for a command that only reads, a SQLite file
+/// that is not there (opening it would create an empty database and report nothing).
+fn check_database(db: &str, reads_only: bool) -> anyhow::Result<()> {
+    let sqlite_file = match db.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => return Ok(()),
+        Some(("sqlite", path)) => path,
+        Some((scheme, _)) => {
+            let why = format!(
+                "{scheme}:// is not a database ferry uses: give postgres://USER@HOST/DB, or a \
+                 SQLite file path (sqlite://PATH)"
+            );
+            return Err(invalid("--db", why));
+        }
+        None => db.strip_prefix("sqlite:").unwrap_or(db),
+    };
+    if reads_only && sqlite_file != ":memory:" && !Path::new(sqlite_file).exists() {
+        let why = format!(
+            "no ferry database at {sqlite_file}: point --db (or FERRY_DB) at yours; \
+             `ferry db migrate` creates a new one"
+        );
+        return Err(invalid("--db", why));
+    }
+    Ok(())
 }
 
 fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {

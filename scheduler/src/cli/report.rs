@@ -17,7 +17,9 @@ use ferry_wire::client::{Dial, Session};
 
 pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
     let mut config = match &args.config {
-        Some(path) => ServiceConfig::load(path)?,
+        Some(path) => {
+            ServiceConfig::load(path).map_err(|e| invalid("--config", format!("{e:#}")))?
+        }
         None => ServiceConfig::default(),
     };
     config.name = args.name.or(config.name);
