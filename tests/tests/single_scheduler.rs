@@ -507,7 +507,7 @@ fn rows_of_the_wrong_type_are_refused_by_the_database() {
 #[test]
 fn a_long_table_into_a_pipe_that_closes_early_ends_quietly() {
     let env = Env::new(Backend::Sqlite);
-    env.ferry(&["status"]).ok();
+    env.ferry(&["db", "migrate"]).ok();
     env.sql(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
          INSERT INTO runs (job_name, schedule_name, fire_time, state) \
