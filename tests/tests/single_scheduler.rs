@@ -570,3 +570,78 @@ fn a_database_ferry_cannot_use_or_that_is_not_there_is_named_and_nothing_is_crea
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--config: config file"), "{stderr}");
 }
+
+#[test]
+fn the_count_of_unlisted_file_events_comes_before_the_runs_outcome() {
+    let env = Env::new(Backend::Sqlite);
+    let _scheduler = env.scheduler("s1");
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..250 {
+        fs::write(src.join(format!("f{i}.txt")), "x").unwrap();
+    }
+    add_job(&env, "many", "mirror", &src, &dst);
+    env.ferry(&[
+        "schedule",
+        "add",
+        "many",
+        "--job",
+        "many",
+        "--cron",
+        "0 0 1 1 *",
+    ])
+    .ok();
+    let run = env.ferry(&["--output", "json", "schedule", "run", "many", "--wait"]);
+    assert_eq!(run.json()["state"], "succeeded", "{run:?}");
+    // One JSON object a line, oldest first.
+    let tail = env
+        .ferry(&["--output", "json", "tail", "-n", "3"])
+        .ok()
+        .stdout;
+    let events: Vec<Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    let more = messages.iter().position(|m| m.contains("more file events"));
+    let outcome = messages.iter().position(|m| m.starts_with("succeeded in"));
+    assert!(
+        matches!((more, outcome), (Some(m), Some(o)) if m < o),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn waiting_for_a_run_no_scheduler_takes_says_so_and_gives_up_at_the_timeout() {
+    let env = Env::new(Backend::Sqlite);
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    add_job(&env, "docs", "mirror", &src, &dst);
+    env.ferry(&[
+        "schedule",
+        "add",
+        "docs",
+        "--job",
+        "docs",
+        "--cron",
+        "0 0 1 1 *",
+    ])
+    .ok();
+    let began = std::time::Instant::now();
+    let waited = env.ferry(&["schedule", "run", "docs", "--wait", "--timeout", "7s"]);
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited
+            .stderr
+            .contains("no scheduler is running to take docs"),
+        "{waited:?}"
+    );
+    assert!(
+        waited.stderr.contains("gave up waiting for docs after 7s"),
+        "{waited:?}"
+    );
+    assert!(began.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -358,6 +358,8 @@ pub enum ErrorKind {
     StaleEpoch,
     /// A path outside the agent's roots.
     Outside,
+    /// A file that went away since it was scanned (normal churn, not a failure).
+    Vanished,
     Other,
 }
 

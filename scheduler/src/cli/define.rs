@@ -162,7 +162,11 @@ pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyho
         ScheduleCommand::Release { name } => {
             hold(store, ResourceKind::Schedule, &name, false).await
         }
-        ScheduleCommand::Run { name, wait } => run_now(store, out, &name, wait).await,
+        ScheduleCommand::Run {
+            name,
+            wait,
+            timeout,
+        } => run_now(store, out, &name, wait.then_some(timeout)).await,
     }
 }
 
@@ -328,13 +332,30 @@ async fn hold(store: &Store, kind: ResourceKind, name: &str, held: bool) -> anyh
 }
 
 /// `ferry schedule run NAME [--wait]`.
-async fn run_now(store: &Store, out: Output, name: &str, wait: bool) -> anyhow::Result<()> {
+/// Asks for a run of schedule `name`, and with `wait` waits for its end (at most the timeout
+/// it holds, if any) and prints it.
+async fn run_now(
+    store: &Store,
+    out: Output,
+    name: &str,
+    wait: Option<Option<Duration>>,
+) -> anyhow::Result<()> {
     let requested = store.request_run(name).await?;
     eprintln!("asked the scheduler holding {name} to run it now");
-    if !wait {
+    let Some(timeout) = wait else {
         return Ok(());
-    }
-    let run = wait_for_run(store, name, requested).await?;
+    };
+    let waiting = wait_for_run(store, name, requested);
+    let run = match timeout {
+        None => waiting.await?,
+        Some(limit) => tokio::time::timeout(limit, waiting).await.map_err(|_| {
+            anyhow::anyhow!(
+                "gave up waiting for {name} after {}; the run goes on once a scheduler takes it \
+                 (`ferry runs` shows it)",
+                humantime::format_duration(limit)
+            )
+        })??,
+    };
     out.one(&run);
     if run.state == "succeeded" {
         Ok(())
@@ -365,9 +386,17 @@ async fn wait_for_run(
             Some(_) => {}
             None if !warned && started.elapsed() > Duration::from_secs(5) => {
                 warned = true;
-                eprintln!(
-                    "still waiting: no scheduler has picked up {name}; is `ferry scheduler run` running, and is the schedule held?"
-                );
+                let alive = store.schedulers().await?.iter().any(|s| s.alive);
+                match alive {
+                    false => eprintln!(
+                        "still waiting: no scheduler is running to take {name}; start one with \
+                         `ferry scheduler run` (or give up with --timeout)"
+                    ),
+                    true => eprintln!(
+                        "still waiting: no scheduler has picked up {name}; is the schedule held, \
+                         or its job waiting (`ferry status`)?"
+                    ),
+                }
             }
             None => {}
         }

@@ -317,6 +317,10 @@ pub enum ScheduleCommand {
         /// Wait for the run to end and print its result (exit code 1 if it failed).
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long (exit code 1); the run, once a
+        /// scheduler takes it, goes on. Waits for ever by default.
+        #[arg(long, value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Option<Duration>,
     },
 }
 

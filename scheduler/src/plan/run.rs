@@ -302,6 +302,8 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
         .await;
     let began = Instant::now();
     let outcome = sync(&run.execution, Scope::Full, &run.halt, &mut recorder).await;
+    // The count of events not listed belongs to the run's files, before its outcome.
+    recorder.flush_unwritten().await;
     let took = format!("{:.1} s", began.elapsed().as_secs_f64());
     let can_retry = run.attempt <= run.retries;
     let retry = |failed: bool| (failed && can_retry).then_some(run.retry_delay_ms);

@@ -399,9 +399,8 @@ impl Endpoint for LocalEndpoint {
         out: &mut dyn FnMut(Op) -> io::Result<()>,
     ) -> Result<Encoded> {
         let missing = || io::Error::new(io::ErrorKind::NotFound, "vanished during the sync");
-        let mut file = self
-            .open_file(rel)?
-            .ok_or_else(|| self.err("open", rel)(missing()))?;
+        let gone = || self.err("open", rel)(missing()).meaning(Failure::Vanished);
+        let mut file = self.open_file(rel)?.ok_or_else(gone)?;
         delta::encode(&mut file, base, out).map_err(self.err("read", rel))
     }
 

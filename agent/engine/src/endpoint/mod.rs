@@ -48,6 +48,9 @@ pub enum Failure {
     Outside,
     /// The replica could not be reached, or its connection broke.
     Unreachable,
+    /// The file went away since the scan (deleted or renamed meanwhile): normal churn on a
+    /// live share, which the next run sees, not a failure.
+    Vanished,
 }
 
 pub type Result<T> = std::result::Result<T, EndpointError>;

@@ -10,7 +10,7 @@ use super::owners::OwnerMaps;
 use super::plan::{Action, Op, Phase, meta_change};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
-use crate::endpoint::{Changes, Endpoint, EndpointError, Incoming};
+use crate::endpoint::{Changes, Endpoint, EndpointError, Failure, Incoming};
 use crate::fence::Halt;
 use crate::meta::{self, Keep, Named, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Tree};
@@ -205,6 +205,18 @@ impl Executor<'_> {
         resends
     }
 
+    /// A file that went away at replica `from` since the scan: reported as such, not as a
+    /// failure; under the sync rule the path keeps its old agreed state, so the next run sees
+    /// what took its place.
+    fn vanished(&mut self, from: usize, path: &Path) {
+        self.failed.insert(path.to_path_buf());
+        (self.on_event)(Event::Skipped {
+            at: self.replicas[from].display(),
+            path: path.to_path_buf(),
+            why: "it went away during the sync; the next run sees what took its place".into(),
+        });
+    }
+
     /// A file counted as copied failed after all.
     fn write_failed(&mut self, at: (usize, PathBuf), error: String) {
         self.summary.files_copied = self.summary.files_copied.saturating_sub(1);
@@ -290,9 +302,13 @@ impl Executor<'_> {
                     path,
                     expected: self.expected(action),
                 };
-                let xattrs = self
-                    .copy((*from, action.replica), &target, entry, *replaces)
-                    .map_err(|e| e.to_string())?;
+                let xattrs = match self.copy((*from, action.replica), &target, entry, *replaces) {
+                    Err(e) if e.failure == Failure::Vanished => {
+                        self.vanished(*from, path);
+                        return Ok(());
+                    }
+                    copied => copied.map_err(|e| e.to_string())?,
+                };
                 // Its verdict, which says whether a delta rebuilt, comes when it settles.
                 if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
                     let resend = Resend {

@@ -912,6 +912,35 @@ fn a_run_says_what_a_replica_cannot_keep_of_what_the_job_keeps() {
     assert_eq!(fx.read(1, "f.txt").as_deref(), Some("a file"));
 }
 
+#[test]
+fn a_file_gone_between_the_scan_and_its_copy_is_churn_not_a_failure() {
+    for rule in [Rule::Mirror, Rule::Sync] {
+        let fx = Fixture::new(2);
+        fx.write(0, "a.txt", "copied first");
+        fx.write(0, "b.txt", "deleted before its copy");
+        let gone = fx.roots[0].join("b.txt");
+        let mut events = Vec::new();
+        let spec = fx.spec(rule, Filter::default());
+        let summary = run(&spec, &Scope::Full, &Halt::new(), &mut |e| {
+            if matches!(&e, Event::Copied { path, .. } if path == Path::new("a.txt")) {
+                let _ = fs::remove_file(&gone);
+            }
+            events.push(e);
+        })
+        .unwrap();
+        assert_eq!(summary.failures, 0, "{rule}: {events:?}");
+        let said = events.iter().any(|e| {
+            matches!(e, Event::Skipped { path, why, .. }
+                if path == Path::new("b.txt") && why.contains("went away"))
+        });
+        assert!(said, "{rule}: {events:?}");
+        assert_eq!(fx.read(1, "a.txt").as_deref(), Some("copied first"));
+        let (again, _) = fx.run(rule);
+        assert_eq!(again.failures, 0, "{rule}: the next run settles it");
+        assert_eq!(fx.read(1, "b.txt"), None, "{rule}");
+    }
+}
+
 /// The shrunk case: two conflicts of one file within the same second.
 #[test]
 fn a_second_conflict_within_the_same_second_keeps_both_losing_versions() {

@@ -495,6 +495,7 @@ fn wire_failure(e: &EndpointError) -> Response {
         (Failure::BadDelta, _) => ErrorKind::InvalidData,
         (Failure::StaleLease, _) => ErrorKind::StaleEpoch,
         (Failure::Outside, _) => ErrorKind::Outside,
+        (Failure::Vanished, _) => ErrorKind::Vanished,
         (_, io::ErrorKind::NotFound) => ErrorKind::NotFound,
         (_, io::ErrorKind::PermissionDenied) => ErrorKind::PermissionDenied,
         (_, io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => ErrorKind::StorageFull,

@@ -183,7 +183,7 @@ fn remove_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Req
 /// react (a bad delta is retried whole).
 pub fn from_wire(agent: &str, wire: WireError) -> EndpointError {
     let kind = match wire.kind {
-        ErrorKind::NotFound => io::ErrorKind::NotFound,
+        ErrorKind::NotFound | ErrorKind::Vanished => io::ErrorKind::NotFound,
         ErrorKind::PermissionDenied | ErrorKind::Outside | ErrorKind::StaleEpoch => {
             io::ErrorKind::PermissionDenied
         }
@@ -195,6 +195,7 @@ pub fn from_wire(agent: &str, wire: WireError) -> EndpointError {
         ErrorKind::InvalidData => Failure::BadDelta,
         ErrorKind::StaleEpoch => Failure::StaleLease,
         ErrorKind::Outside => Failure::Outside,
+        ErrorKind::Vanished => Failure::Vanished,
         ErrorKind::NotFound
         | ErrorKind::PermissionDenied
         | ErrorKind::StorageFull
