@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobMatcher};
 
 /// Prefix of the temporary files a transfer writes before renaming them into place.
 pub const TEMP_PREFIX: &str = ".ferry-tmp.";
@@ -17,24 +17,72 @@ pub struct FilterError {
     pub source: globset::Error,
 }
 
-/// Decides which relative paths a job touches.
+/// Decides which relative paths a job touches, with `.gitignore`'s (and rsync's) meaning:
 ///
-/// A pattern without `/` matches a name at any depth (`*.tmp`); a pattern with `/` matches the
-/// whole path relative to the job's root (`logs/**`). An excluded folder is not descended into.
-/// When includes are given, a file must match one of them; folders are always traversed.
+/// - a pattern without a `/` matches a name at any depth (`*.tmp`, `build`);
+/// - a pattern with a `/` at its start or in its middle matches the path from the job's root
+///   (`/build` is the root's `build` only, `logs/*.log`);
+/// - a pattern ending in `/` matches folders only (`build/`);
+/// - `**` spans folders (`**/cache`, `logs/**`).
+///
+/// An excluded folder is not descended into. When includes are given, a file must match one of
+/// them (or lie in a folder an include ending in `/` matches); folders are always traversed.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
+    include: Vec<Rule>,
+    exclude: Vec<Rule>,
     /// The patterns as given, to hand the filter to an agent.
     patterns: (Vec<String>, Vec<String>),
 }
 
+/// One pattern, compiled.
+#[derive(Debug, Clone)]
+struct Rule {
+    glob: GlobMatcher,
+    /// Matched against the whole relative path, not a name.
+    anchored: bool,
+    /// Matches folders only.
+    folders_only: bool,
+}
+
+impl Rule {
+    fn compile(pattern: &str) -> Result<Rule, FilterError> {
+        let folders_only = pattern.len() > 1 && pattern.ends_with('/');
+        let body = pattern.strip_suffix('/').filter(|_| folders_only).unwrap_or(pattern);
+        let anchored = body.contains('/');
+        let glob = GlobBuilder::new(body.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|source| FilterError {
+                pattern: pattern.to_owned(),
+                source,
+            })?;
+        Ok(Rule {
+            glob: glob.compile_matcher(),
+            anchored,
+            folders_only,
+        })
+    }
+
+    fn matches(&self, rel: &Path, is_dir: bool) -> bool {
+        if self.folders_only && !is_dir {
+            return false;
+        }
+        match self.anchored {
+            true => self.glob.is_match(rel),
+            false => rel.file_name().is_some_and(|name| self.glob.is_match(name)),
+        }
+    }
+}
+
 impl Filter {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
+        let compile = |patterns: &[String]| -> Result<Vec<Rule>, FilterError> {
+            patterns.iter().map(|p| Rule::compile(p)).collect()
+        };
         Ok(Self {
-            include: build_set(include)?,
-            exclude: build_set(exclude)?,
+            include: compile(include)?,
+            exclude: compile(exclude)?,
             patterns: (include.to_vec(), exclude.to_vec()),
         })
     }
@@ -45,14 +93,21 @@ impl Filter {
     }
 
     pub fn admits_dir(&self, rel: &Path) -> bool {
-        !is_reserved(rel) && !matches(&self.exclude, rel)
+        !is_reserved(rel) && !self.exclude.iter().any(|r| r.matches(rel, true))
     }
 
     pub fn admits_file(&self, rel: &Path) -> bool {
-        if is_reserved(rel) || matches(&self.exclude, rel) {
+        if is_reserved(rel) || self.exclude.iter().any(|r| r.matches(rel, false)) {
             return false;
         }
-        self.include.is_none() || matches(&self.include, rel)
+        let in_included_folder = || {
+            (rel.ancestors().skip(1))
+                .filter(|a| !a.as_os_str().is_empty())
+                .any(|a| self.include.iter().any(|r| r.folders_only && r.matches(a, true)))
+        };
+        self.include.is_empty()
+            || self.include.iter().any(|r| r.matches(rel, false))
+            || in_included_folder()
     }
 }
 
@@ -63,39 +118,6 @@ pub fn is_reserved(rel: &Path) -> bool {
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(TEMP_PREFIX));
     is_temp || rel.starts_with(STATE_DIR)
-}
-
-fn matches(set: &Option<GlobSet>, rel: &Path) -> bool {
-    let Some(set) = set else { return false };
-    set.is_match(rel)
-        || rel
-            .file_name()
-            .is_some_and(|name| set.is_match(Path::new(name)))
-}
-
-fn build_set(patterns: &[String]) -> Result<Option<GlobSet>, FilterError> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(compile(pattern)?);
-    }
-    let set = builder.build().map_err(|source| FilterError {
-        pattern: patterns.join(" "),
-        source,
-    })?;
-    Ok(Some(set))
-}
-
-fn compile(pattern: &str) -> Result<Glob, FilterError> {
-    GlobBuilder::new(pattern.trim_start_matches('/'))
-        .literal_separator(pattern.contains('/'))
-        .build()
-        .map_err(|source| FilterError {
-            pattern: pattern.to_owned(),
-            source,
-        })
 }
 
 #[cfg(test)]
@@ -138,6 +160,27 @@ mod tests {
         assert!(!f.admits_dir(Path::new(".ferry")));
         assert!(!f.admits_file(Path::new(".ferry/sync/job.json")));
         assert!(f.admits_file(Path::new("dir/.ferry")));
+    }
+
+    #[test]
+    fn a_trailing_slash_matches_folders_and_a_leading_one_the_root_only() {
+        let f = filter(&[], &["build/", "/out"]);
+        assert!(!f.admits_dir(Path::new("build")));
+        assert!(!f.admits_dir(Path::new("sub/build")));
+        assert!(f.admits_file(Path::new("build")), "a file named build is not a folder");
+        assert!(!f.admits_dir(Path::new("out")));
+        assert!(!f.admits_file(Path::new("out")));
+        assert!(f.admits_dir(Path::new("sub/out")), "/out is the root's only");
+        assert!(f.admits_file(Path::new("sub/out")));
+    }
+
+    #[test]
+    fn double_stars_span_folders_and_includes_ending_in_a_slash_take_a_folder() {
+        let f = filter(&["docs/", "**/keep/*.txt"], &["**/cache"]);
+        assert!(f.admits_file(Path::new("docs/a/b.bin")));
+        assert!(f.admits_file(Path::new("x/y/keep/a.txt")));
+        assert!(!f.admits_file(Path::new("x/y/a.txt")));
+        assert!(!f.admits_dir(Path::new("a/b/cache")));
     }
 
     #[test]

@@ -242,7 +242,9 @@ pub struct JobAdd {
     /// Only files matching one of these globs (`*.doc`, `reports/**`); folders are always traversed.
     #[arg(long = "include", value_name = "GLOB")]
     pub include: Vec<String>,
-    /// Skip paths matching these globs; an excluded folder is skipped whole.
+    /// Skip paths matching these globs, as in .gitignore: `*.tmp` and `build` match a name at
+    /// any depth, `/build` the root's only, `build/` folders only, `logs/**` a path from the
+    /// root. An excluded folder is skipped whole.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
     /// Accept a source folder that does not exist on this machine (it exists where the
