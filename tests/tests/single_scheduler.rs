@@ -327,10 +327,19 @@ fn a_second_live_scheduler_with_the_same_name_is_refused() {
             "{stderr}"
         );
 
-        // After a crash (SIGKILL) on this host, a restart under the same name is accepted at once.
-        first.kill();
+        // After a crash (SIGKILL) on this host, a restart under the same name is accepted at once,
+        // even before the supervisor reaped the dead process (a zombie still in /proc).
+        let pid = nix::unistd::Pid::from_raw(first.pid());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let zombie = || {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        };
+        assert!(wait_until(Duration::from_secs(5), zombie), "{backend:?}");
         let restarted = env.scheduler("twin");
         restarted.wait_for_log("registered", Duration::from_secs(10));
+        first.kill();
     }
 }
 

@@ -48,7 +48,10 @@ struct Rule {
 impl Rule {
     fn compile(pattern: &str) -> Result<Rule, FilterError> {
         let folders_only = pattern.len() > 1 && pattern.ends_with('/');
-        let body = pattern.strip_suffix('/').filter(|_| folders_only).unwrap_or(pattern);
+        let body = pattern
+            .strip_suffix('/')
+            .filter(|_| folders_only)
+            .unwrap_or(pattern);
         let anchored = body.contains('/');
         let glob = GlobBuilder::new(body.trim_start_matches('/'))
             .literal_separator(true)
@@ -103,7 +106,11 @@ impl Filter {
         let in_included_folder = || {
             (rel.ancestors().skip(1))
                 .filter(|a| !a.as_os_str().is_empty())
-                .any(|a| self.include.iter().any(|r| r.folders_only && r.matches(a, true)))
+                .any(|a| {
+                    self.include
+                        .iter()
+                        .any(|r| r.folders_only && r.matches(a, true))
+                })
         };
         self.include.is_empty()
             || self.include.iter().any(|r| r.matches(rel, false))
@@ -167,10 +174,16 @@ mod tests {
         let f = filter(&[], &["build/", "/out"]);
         assert!(!f.admits_dir(Path::new("build")));
         assert!(!f.admits_dir(Path::new("sub/build")));
-        assert!(f.admits_file(Path::new("build")), "a file named build is not a folder");
+        assert!(
+            f.admits_file(Path::new("build")),
+            "a file named build is not a folder"
+        );
         assert!(!f.admits_dir(Path::new("out")));
         assert!(!f.admits_file(Path::new("out")));
-        assert!(f.admits_dir(Path::new("sub/out")), "/out is the root's only");
+        assert!(
+            f.admits_dir(Path::new("sub/out")),
+            "/out is the root's only"
+        );
         assert!(f.admits_file(Path::new("sub/out")));
     }
 

@@ -71,6 +71,17 @@ impl StoreError {
     }
 }
 
+/// Whether process `pid` of this host still runs: it exists and is not a zombie (killed, and
+/// not yet reaped by the supervisor about to restart it).
+fn process_runs(pid: i64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold any byte.
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !state.is_some_and(|state| state.starts_with('Z') || state.starts_with('X'))
+}
+
 /// PostgreSQL error codes that mean "this connection or server cannot serve you now": class 08
 /// (connection), 57 (shutdown, cancelled), 53300/53400 (too many connections), 25006 (a
 /// read-only standby: the primary moved).
@@ -453,8 +464,7 @@ impl Store {
         let Some(holder) = holder else {
             return Box::pin(self.register_scheduler(me)).await;
         };
-        let crashed_here = holder.host == me.host
-            && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists();
+        let crashed_here = holder.host == me.host && !process_runs(holder.pid);
         if crashed_here && self.try_register(me, Some(&holder.instance_id)).await? {
             return Ok(());
         }
