@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Invalid, LogFormat};
+use crate::cli::{Cli, Invalid, LogFormat, Unhealthy};
 use crate::store::StoreError;
 
 /// Exit code for input the user must correct (clap uses it for usage errors too).
@@ -29,6 +29,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Unhealthy>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Unhealthy>().map_or(2, |u| u.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if is_invalid_input(&e) {

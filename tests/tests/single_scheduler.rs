@@ -654,3 +654,37 @@ fn waiting_for_a_run_no_scheduler_takes_says_so_and_gives_up_at_the_timeout() {
     );
     assert!(began.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn status_check_goes_critical_within_a_lease_of_a_crash_and_ok_once_back() {
+    let env = Env::new(Backend::Sqlite);
+    let check = || env.ferry(&["status", "--check"]);
+    let first = env.scheduler("s1");
+    let ok = check();
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.starts_with("OK: 1 schedulers alive"), "{ok:?}");
+
+    first.kill();
+    let crashed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || check().code == 2),
+        "{:?}",
+        check()
+    );
+    assert!(
+        crashed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        crashed.elapsed()
+    );
+    let critical = check();
+    assert!(
+        critical
+            .stdout
+            .starts_with("CRITICAL: no scheduler is alive (s1 was the last"),
+        "{critical:?}"
+    );
+
+    let _back = env.scheduler("s1");
+    let ok = check();
+    assert_eq!(ok.code, 0, "{ok:?}");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use output::Output;
+pub use report::Unhealthy;
 
 use crate::store::Store;
 
@@ -92,7 +93,13 @@ pub enum Command {
     #[command(subcommand)]
     Scheduler(SchedulerCommand),
     /// Schedulers, schedules and monitors: who holds what, next fire time, last run, problems.
-    Status,
+    Status {
+        /// Check health instead, as a monitoring plugin does (Nagios, Icinga): one line, and
+        /// exit code 0 (OK), 1 (WARNING: a scheduler down, a last run failed, a schedule
+        /// waiting) or 2 (CRITICAL: no scheduler alive, a monitor not replicating).
+        #[arg(long)]
+        check: bool,
+    },
     /// Recent runs, newest first.
     Runs {
         /// Only runs of this job.
@@ -456,7 +463,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Monitor(cmd) => define::monitor(&store, out, cmd).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => report::scheduler_run(store, args).await,
         Command::Scheduler(SchedulerCommand::List) => report::scheduler_list(&store, out).await,
-        Command::Status => report::status(&store, out).await,
+        Command::Status { check } => report::status(&store, out, check).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
         Command::Agent(cmd) => report::agent(&store, out, cmd).await,
@@ -473,7 +480,7 @@ impl Command {
     fn reads_only(&self) -> bool {
         matches!(
             self,
-            Command::Status
+            Command::Status { .. }
                 | Command::Runs { .. }
                 | Command::Tail { .. }
                 | Command::Scheduler(SchedulerCommand::List)

@@ -98,7 +98,13 @@ struct Status {
     definitions: Vec<StatusLine>,
 }
 
-pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
+/// The outcome of `ferry status --check`, as the process's exit code: 1 for a warning, 2 for
+/// a critical problem (the line saying why is printed already).
+#[derive(Debug, thiserror::Error)]
+#[error("health check: exit code {0}")]
+pub struct Unhealthy(pub u8);
+
+pub async fn status(store: &Store, out: Output, check: bool) -> anyhow::Result<()> {
     let schedulers = store.schedulers().await?;
     let crons: HashMap<String, Option<CronSpec>> = store
         .schedules()
@@ -141,11 +147,69 @@ pub async fn status(store: &Store, out: Output) -> anyhow::Result<()> {
         schedulers,
         definitions,
     };
+    if check {
+        let (code, line) = health(&status);
+        println!("{line}");
+        return match code {
+            0 => Ok(()),
+            code => Err(Unhealthy(code).into()),
+        };
+    }
     match out {
         Output::Json => out.one(&status),
         Output::Table => print_status(&status, out),
     }
     Ok(())
+}
+
+/// `ferry status --check`: the worst problem, as an exit code and a line that names it.
+fn health(status: &Status) -> (u8, String) {
+    let alive = status.schedulers.iter().filter(|s| s.alive).count();
+    let down: Vec<&SchedulerRow> = (status.schedulers.iter())
+        .filter(|s| !s.alive && !s.stopped)
+        .collect();
+    let since = |s: &SchedulerRow| s.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    if alive == 0 {
+        let last = status.schedulers.iter().max_by_key(|s| s.heartbeat_at);
+        let why = last.map_or("none has ever run".into(), |s| {
+            format!("{} was the last, down since {}", s.name, since(s))
+        });
+        return (2, format!("CRITICAL: no scheduler is alive ({why})"));
+    }
+    let waiting = |kind: &str| {
+        (status.definitions.iter())
+            .find(|d| d.row.kind == kind && d.row.state == "waiting")
+            .map(|d| format!("{kind} {} is waiting: {}", d.row.name, d.placement))
+    };
+    if let Some(why) = waiting("monitor") {
+        return (2, format!("CRITICAL: {why}"));
+    }
+    let failed = (status.definitions.iter()).find_map(|d| {
+        let run = d.last_run.as_ref().filter(|r| r.state == "failed")?;
+        let error = run.error.as_deref().unwrap_or("no error recorded");
+        Some(format!(
+            "the last run of {} {} failed: {error}",
+            d.row.kind, d.row.name
+        ))
+    });
+    let warning = (down.first())
+        .map(|s| format!("scheduler {} is down since {}", s.name, since(s)))
+        .or_else(|| waiting("schedule"))
+        .or(failed);
+    match warning {
+        Some(why) => (1, format!("WARNING: {why}")),
+        None => {
+            let held = status
+                .definitions
+                .iter()
+                .filter(|d| d.row.holder.is_some())
+                .count();
+            (
+                0,
+                format!("OK: {alive} schedulers alive, holding {held} schedules and monitors"),
+            )
+        }
+    }
 }
 
 /// Per job, the preference it is placed by: that of its first pinned schedule or monitor

@@ -197,6 +197,7 @@ mod tests {
             started_at: now - Duration::seconds(started_secs_ago),
             heartbeat_at: now,
             alive,
+            stopped: false,
             leases: 0,
         }
     }

@@ -514,6 +514,7 @@ impl Store {
         let sql = self.sql(
             "SELECT s.name, s.instance_id, s.host, s.pid, s.started_at, s.heartbeat_at, \
                (s.stopped_at IS NULL AND s.heartbeat_at >= now_plus_ms(-s.lease_ttl_ms)) AS alive, \
+               (s.stopped_at IS NOT NULL) AS stopped, \
                (SELECT COUNT(*) FROM leases l WHERE l.holder_instance = s.instance_id AND l.expires_at >= now()) AS leases \
              FROM schedulers s ORDER BY s.name",
         );

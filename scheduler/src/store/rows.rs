@@ -160,6 +160,8 @@ pub struct SchedulerRow {
     pub heartbeat_at: DateTime<Utc>,
     /// Heartbeat younger than its lease TTL, and not stopped.
     pub alive: bool,
+    /// Stopped on purpose (SIGTERM, Ctrl-C), not crashed.
+    pub stopped: bool,
     /// Live leases it holds.
     pub leases: i64,
 }
