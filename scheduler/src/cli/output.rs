@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 use serde::Serialize;
+use unicode_width::UnicodeWidthStr;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -58,24 +59,30 @@ fn plain(value: &serde_json::Value) -> String {
 }
 
 pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for line in table_lines(headers, rows) {
+        println!("{line}");
+    }
+}
+
+/// The lines of a table whose columns line up on a terminal: a cell takes the columns it is
+/// shown in (two for a CJK character, none for a combining accent), not one per character.
+fn table_lines(headers: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.width());
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
+        let padded: Vec<String> = (cells.iter().zip(&widths))
+            .map(|(cell, width)| format!("{cell}{}", " ".repeat(width - cell.width())))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_owned()
     };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row);
-    }
+    let header = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    std::iter::once(header)
+        .chain(rows.into_iter().map(line))
+        .collect()
 }
 
 /// `2026-11-22 08:30:00` in UTC, or `-`.
@@ -86,4 +93,26 @@ pub fn time(t: Option<DateTime<Utc>>) -> String {
 
 pub fn or_dash(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_with_wide_characters() {
+        let rows = vec![
+            vec!["報告書".to_owned(), "succeeded".to_owned()],
+            vec!["docs".to_owned(), "failed".to_owned()],
+        ];
+        let lines = table_lines(&["job", "state"], rows);
+        // The terminal column where the state column's text starts, on each line.
+        let start = |line: &str, text: &str| line[..line.find(text).unwrap()].width();
+        let starts = [
+            start(&lines[0], "STATE"),
+            start(&lines[1], "succeeded"),
+            start(&lines[2], "failed"),
+        ];
+        assert!(starts.iter().all(|&s| s == starts[0]), "{lines:#?}");
+    }
 }
