@@ -537,3 +537,105 @@ async fn probe(reach: &Reach, agent: &str, address: &str) -> anyhow::Result<(Ses
         .await
         .map_err(|_| anyhow::anyhow!("agent {agent} at {address} did not answer within 5 s"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler(name: &str, alive: bool, stopped: bool) -> SchedulerRow {
+        SchedulerRow {
+            name: name.into(),
+            instance_id: format!("{name}-1"),
+            host: "h".into(),
+            pid: 1,
+            started_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+            alive,
+            stopped,
+            leases: 0,
+        }
+    }
+
+    fn line(kind: &str, name: &str, state: &str, last_run: Option<&str>) -> StatusLine {
+        let run = last_run.map(|state| RunRow {
+            id: 7,
+            job_name: "docs".into(),
+            schedule_name: Some(name.into()),
+            monitor_name: None,
+            fire_time: Utc::now(),
+            trigger: "cron".into(),
+            scheduler: Some("s1".into()),
+            state: state.into(),
+            attempt: 1,
+            retry_at: None,
+            started_at: Utc::now(),
+            finished_at: Some(Utc::now()),
+            files_copied: 0,
+            files_deleted: 0,
+            bytes_total: 0,
+            bytes_sent: 0,
+            error: Some("disk full".into()),
+        });
+        StatusLine {
+            row: StatusRow {
+                kind: kind.into(),
+                name: name.into(),
+                job_name: "docs".into(),
+                state: state.into(),
+                holder: (state == "running" || state == "idle").then(|| "s1".into()),
+                preferred: None,
+                fallback_any: true,
+                epoch: 1,
+                last_error: None,
+            },
+            placement: "spread".into(),
+            next_fire: None,
+            last_run: run,
+        }
+    }
+
+    fn check(schedulers: Vec<SchedulerRow>, definitions: Vec<StatusLine>) -> (u8, String) {
+        health(&Status {
+            schedulers,
+            definitions,
+        })
+    }
+
+    #[test]
+    fn a_check_warns_of_a_crashed_scheduler_and_a_failed_run_but_not_of_a_stopped_one() {
+        let ok = check(
+            vec![scheduler("s1", true, false), scheduler("old", false, true)],
+            vec![line("schedule", "nightly", "idle", Some("succeeded"))],
+        );
+        assert_eq!(ok.0, 0, "{ok:?}");
+        let crashed = check(
+            vec![scheduler("s1", true, false), scheduler("s2", false, false)],
+            vec![],
+        );
+        assert_eq!(crashed.0, 1);
+        assert!(
+            crashed.1.starts_with("WARNING: scheduler s2 is down"),
+            "{crashed:?}"
+        );
+        let failed = check(
+            vec![scheduler("s1", true, false)],
+            vec![line("schedule", "nightly", "idle", Some("failed"))],
+        );
+        assert_eq!(
+            failed,
+            (
+                1,
+                "WARNING: the last run of schedule nightly failed: disk full".to_owned()
+            )
+        );
+        let stuck = check(
+            vec![scheduler("s1", true, false)],
+            vec![line("monitor", "live", "waiting", None)],
+        );
+        assert_eq!(stuck.0, 2);
+        assert!(
+            stuck.1.starts_with("CRITICAL: monitor live is waiting"),
+            "{stuck:?}"
+        );
+    }
+}
