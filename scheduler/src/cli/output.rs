@@ -85,9 +85,9 @@ fn table_lines(headers: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
         .collect()
 }
 
-/// `2026-11-22 08:30:00` in UTC, or `-`.
+/// `2026-11-22 08:30:00 UTC`, or `-`: the zone is said, since a schedule may fire in another.
 pub fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
@@ -114,5 +114,12 @@ mod tests {
             start(&lines[2], "failed"),
         ];
         assert!(starts.iter().all(|&s| s == starts[0]), "{lines:#?}");
+    }
+
+    #[test]
+    fn times_say_their_zone() {
+        let at = DateTime::parse_from_rfc3339("2026-11-22T08:30:00Z").unwrap();
+        assert_eq!(time(Some(at.to_utc())), "2026-11-22 08:30:00 UTC");
+        assert_eq!(time(None), "-");
     }
 }

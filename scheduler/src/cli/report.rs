@@ -357,7 +357,7 @@ pub async fn tail(store: &Store, out: Output, follow: bool, lines: i64) -> anyho
                         .unwrap_or_default();
                     println!(
                         "{} {:5} {}/{} run {}{path} {}",
-                        e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                        e.at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
                         e.level,
                         e.job_name,
                         by,

@@ -158,7 +158,7 @@ pub fn explain(row: &StatusRow, schedulers: &[SchedulerRow]) -> String {
         Some(s) if s.alive => format!("{name} is up"),
         Some(s) => format!(
             "{name} down since {}",
-            s.heartbeat_at.format("%Y-%m-%d %H:%M:%S")
+            s.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
         None => format!("{name} has never run"),
     };
