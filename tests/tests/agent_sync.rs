@@ -1260,6 +1260,20 @@ fn write_server_tree(root: &Path, device: bool) {
     lchown(at("absolute"), Some(1000), Some(1000)).unwrap();
 }
 
+/// Whether the tests run as root, as CI runs them; elsewhere a test that needs root says it is
+/// skipped, and `why`.
+fn root_or_skip(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI runs the tests as root"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
 /// Bytes on disk (not the size) of a file.
 fn allocated(path: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::blocks(&fs::metadata(path).unwrap()) * 512
@@ -1267,12 +1281,7 @@ fn allocated(path: &Path) -> u64 {
 
 #[test]
 fn a_mirror_keeps_owners_acls_xattrs_hard_links_holes_and_specials_locally_and_between_agents() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root"
-        );
-        eprintln!("SKIPPED: keeping owners needs root");
+    if !root_or_skip("keeping owners needs root") {
         return;
     }
     let site = Site::new();
@@ -1339,12 +1348,7 @@ fn a_mirror_keeps_owners_acls_xattrs_hard_links_holes_and_specials_locally_and_b
 
 #[test]
 fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root"
-        );
-        eprintln!("SKIPPED: agents of their own users need root (a mount namespace)");
+    if !root_or_skip("agents of their own users need root (a mount namespace)") {
         return;
     }
     // alice and staff have other numbers on each machine; 1777 has no name anywhere.
@@ -1406,12 +1410,7 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
 
 #[test]
 fn under_the_sync_rule_a_chmod_chown_or_setfattr_on_either_side_reaches_the_other() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root"
-        );
-        eprintln!("SKIPPED: keeping owners needs root");
+    if !root_or_skip("keeping owners needs root") {
         return;
     }
     let site = Site::new();

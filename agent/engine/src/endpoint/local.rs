@@ -1,8 +1,6 @@
 //! A replica on this machine: a folder, read and written through the file system, every path
 //! resolved beneath the folder's open handle and never through a symlink ([`Root`]).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
@@ -19,7 +17,7 @@ use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
-use crate::meta::{self, Accounts, Keep, Meta, Named, Owner, Xattrs};
+use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
 /// A folder on this machine.
@@ -611,31 +609,6 @@ fn endpoint_error(op: &'static str, full: PathBuf, source: io::Error) -> Endpoin
     EndpointError::new(op, full.display().to_string(), source).meaning(failure)
 }
 
-thread_local! {
-    /// The names of the users and groups ACLs name, looked up once per scan: only a scan's
-    /// own thread keeps them (see [`beneath::on_scan_thread`]), and they go with it.
-    static ACCOUNT_NAMES: RefCell<HashMap<(Named, u32), Option<String>>> =
-        RefCell::new(HashMap::new());
-}
-
-/// The name this machine gives a user or group an ACL names, if it gives one.
-fn account_name(named: Named, id: u32) -> Option<String> {
-    let look_up = || match named {
-        Named::User => nix::unistd::User::from_uid(id.into())
-            .ok()
-            .flatten()
-            .map(|u| u.name),
-        Named::Group => nix::unistd::Group::from_gid(id.into())
-            .ok()
-            .flatten()
-            .map(|g| g.name),
-    };
-    if !beneath::on_scan_thread() {
-        return look_up();
-    }
-    ACCOUNT_NAMES.with_borrow_mut(|names| names.entry((named, id)).or_insert_with(look_up).clone())
-}
-
 /// `xattrs` if they are within Linux's limits (they may come from a peer).
 fn checked_xattrs(xattrs: &[meta::Xattr]) -> io::Result<()> {
     meta::check(xattrs).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
@@ -757,59 +730,6 @@ impl LocalSink<'_> {
             size,
             published: false,
         })
-    }
-}
-
-/// Where a received file's bytes go: straight into it, or for a file with holes at the
-/// source, with a hole for each block of zeros (as `rsync -S` writes), so a sparse file does
-/// not take its whole size on disk at the destination.
-struct Output {
-    file: File,
-    sparse: bool,
-    /// Bytes written or skipped so far.
-    at: u64,
-    /// The last block was a hole: the file's size is set at the end.
-    ends_in_hole: bool,
-}
-
-/// The unit of holes: a file system block.
-const HOLE: usize = 4096;
-
-impl Output {
-    fn new(file: File, sparse: bool) -> Self {
-        Self {
-            file,
-            sparse,
-            at: 0,
-            ends_in_hole: false,
-        }
-    }
-
-    fn finish(self) -> io::Result<File> {
-        if self.ends_in_hole {
-            self.file.set_len(self.at)?;
-        }
-        Ok(self.file)
-    }
-}
-
-impl io::Write for Output {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.sparse {
-            return self.file.write(buf);
-        }
-        for block in buf.chunks(HOLE) {
-            self.ends_in_hole = block.iter().all(|b| *b == 0);
-            if !self.ends_in_hole {
-                std::os::unix::fs::FileExt::write_all_at(&self.file, block, self.at)?;
-            }
-            self.at += block.len() as u64;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
     }
 }
 
@@ -963,6 +883,12 @@ fn now_mtime() -> Mtime {
         nanos: now.nanoseconds(),
     }
 }
+
+mod accounts;
+mod output;
+
+use accounts::account_name;
+use output::Output;
 
 #[cfg(test)]
 mod tests;
