@@ -62,7 +62,10 @@ fn is_invalid_input(e: &anyhow::Error) -> bool {
         || matches!(
             e.downcast_ref::<StoreError>(),
             Some(
-                StoreError::Exists { .. } | StoreError::NotFound { .. } | StoreError::InUse { .. }
+                StoreError::Exists { .. }
+                    | StoreError::NotFound { .. }
+                    | StoreError::InUse { .. }
+                    | StoreError::Alive { .. }
             )
         )
 }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use output::Output;
 pub use report::Unhealthy;
 
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 /// Invalid input from the user: exits with code 2 and names the field.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,8 @@ pub enum AgentCommand {
         #[command(flatten)]
         reach: Reach,
     },
+    /// Remove an agent no job uses.
+    Rm { name: String },
     /// Connect to an agent, authenticate both ways, and report the round-trip time.
     ///
     /// Example: ferry agent test nas1 --tls-dir /etc/ferry/tls
@@ -212,8 +214,16 @@ pub enum CaCommand {
 
 #[derive(Subcommand)]
 pub enum DbCommand {
-    /// Apply the schema migrations (every ferry command does this on its own too).
+    /// Bring the database's schema up to this ferry's (the only command that changes it,
+    /// beside `scheduler run --migrate`).
+    ///
+    /// Upgrading: migrate with the new ferry first. Schedulers of the running version keep
+    /// working with the new schema (a migration they could not live with says so, and they
+    /// refuse it by name), so they can then be upgraded one at a time, the standby first.
     Migrate,
+    /// The schema's version beside this ferry's, the migrations it would apply, and the
+    /// versions of the schedulers using the database.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -412,8 +422,11 @@ pub struct MonitorAdd {
 pub enum SchedulerCommand {
     /// Run the scheduler service until SIGTERM or Ctrl-C.
     Run(SchedulerRun),
-    /// Schedulers, alive or not, with their last heartbeat and live leases.
+    /// Schedulers, alive or not, with their version, last heartbeat and live leases.
     List,
+    /// Remove a scheduler that is down for good from the list (and from `status`); what it
+    /// held was already taken over. A live scheduler cannot be forgotten.
+    Forget { name: String },
 }
 
 #[derive(Args)]
@@ -440,6 +453,10 @@ pub struct SchedulerRun {
     /// to reach agents. Needed for jobs with `AGENT:/path` folders.
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Apply the schema migrations this ferry brings before starting (as `ferry db migrate`
+    /// does). Without it, a database behind this ferry is refused with what to run.
+    #[arg(long)]
+    pub migrate: bool,
     /// A folder on this machine whose jobs this scheduler may run (read and write); repeat
     /// for several. A job naming a local path outside them fails with that in its last_error,
     /// and nothing is touched. Jobs on agents need none.
@@ -452,8 +469,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Ca(command) = cli.command {
         return certificate_authority(command);
     }
-    check_database(&cli.db, cli.command.reads_only())?;
-    let store = Store::open(&cli.db)
+    let access = cli.command.access();
+    check_database(&cli.db, matches!(access, Access::Read | Access::Inspect))?;
+    let opened = async {
+        let store = Store::open(&cli.db).await?;
+        let schema = store.prepare(access).await?;
+        Ok::<_, crate::store::StoreError>((store, schema))
+    };
+    let (store, schema) = opened
         .await
         .map_err(|e| anyhow::anyhow!("opening database {}: {e}", redact(&cli.db)))?;
     let out = cli.output;
@@ -463,28 +486,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Monitor(cmd) => define::monitor(&store, out, cmd).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => report::scheduler_run(store, args).await,
         Command::Scheduler(SchedulerCommand::List) => report::scheduler_list(&store, out).await,
+        Command::Scheduler(SchedulerCommand::Forget { name }) => {
+            store.forget_scheduler(&name).await?;
+            println!("forgot scheduler {name}");
+            Ok(())
+        }
         Command::Status { check } => report::status(&store, out, check).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
         Command::Agent(cmd) => report::agent(&store, out, cmd).await,
         Command::Ca(_) => unreachable!("handled before the database is opened"),
         Command::Db(DbCommand::Migrate) => {
-            println!("database {} is at the current schema", redact(&cli.db));
+            println!(
+                "database {} is at schema version {} (this ferry's is {})",
+                redact(&cli.db),
+                schema.database,
+                schema.binary
+            );
             Ok(())
         }
+        Command::Db(DbCommand::Status) => report::db_status(&store, out, schema).await,
     }
 }
 
 impl Command {
-    /// Whether the command only reads: it must not create a database where there is none.
-    fn reads_only(&self) -> bool {
-        matches!(
-            self,
+    /// What the command does with the database. Reading commands never write, so a read-only
+    /// role can run them, and none but `db migrate` (or `scheduler run --migrate`) changes the
+    /// schema.
+    fn access(&self) -> Access {
+        match self {
+            Command::Db(DbCommand::Migrate) => Access::Migrate,
+            Command::Db(DbCommand::Status) => Access::Inspect,
+            Command::Scheduler(SchedulerCommand::Run(args)) if args.migrate => Access::Migrate,
             Command::Status { .. }
-                | Command::Runs { .. }
-                | Command::Tail { .. }
-                | Command::Scheduler(SchedulerCommand::List)
-        )
+            | Command::Runs { .. }
+            | Command::Tail { .. }
+            | Command::Scheduler(SchedulerCommand::List)
+            | Command::Job(JobCommand::List | JobCommand::Show { .. })
+            | Command::Schedule(ScheduleCommand::List | ScheduleCommand::Show { .. })
+            | Command::Monitor(MonitorCommand::List | MonitorCommand::Show { .. })
+            | Command::Agent(AgentCommand::List { .. } | AgentCommand::Test { .. }) => Access::Read,
+            _ => Access::Write,
+        }
     }
 }
 

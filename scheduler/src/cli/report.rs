@@ -12,7 +12,7 @@ use crate::config::ServiceConfig;
 use crate::plan::cron::CronSpec;
 use crate::plan::run::human_bytes;
 use crate::service::Service;
-use crate::store::{Channel, RunRow, SchedulerRow, StatusRow, Store};
+use crate::store::{Channel, RunRow, SchedulerRow, SchemaState, StatusRow, Store};
 use ferry_wire::client::{Dial, Session};
 
 pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<()> {
@@ -58,13 +58,19 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 pub async fn scheduler_list(store: &Store, out: Output) -> anyhow::Result<()> {
     let schedulers = store.schedulers().await?;
-    out.list(
-        &schedulers,
-        &["name", "alive", "host", "started", "heartbeat", "leases"],
-        scheduler_line,
-    );
+    out.list(&schedulers, &SCHEDULER_HEADERS, scheduler_line);
     Ok(())
 }
+
+const SCHEDULER_HEADERS: [&str; 7] = [
+    "name",
+    "alive",
+    "host",
+    "version",
+    "started",
+    "heartbeat",
+    "leases",
+];
 
 fn scheduler_line(s: &SchedulerRow) -> Vec<String> {
     vec![
@@ -75,6 +81,7 @@ fn scheduler_line(s: &SchedulerRow) -> Vec<String> {
             "down".into()
         },
         s.host.clone(),
+        s.version.clone(),
         time(Some(s.started_at)),
         time(Some(s.heartbeat_at)),
         s.leases.to_string(),
@@ -256,11 +263,7 @@ fn explain_in_job(
 
 fn print_status(status: &Status, out: Output) {
     println!("SCHEDULERS");
-    out.list(
-        &status.schedulers,
-        &["name", "alive", "host", "started", "heartbeat", "leases"],
-        scheduler_line,
-    );
+    out.list(&status.schedulers, &SCHEDULER_HEADERS, scheduler_line);
     println!();
     out.list(
         &status.definitions,
@@ -387,6 +390,38 @@ pub async fn tail(store: &Store, out: Output, follow: bool, lines: i64) -> anyho
     }
 }
 
+/// `ferry db status`: the schema beside this binary's, and who runs which version.
+pub async fn db_status(store: &Store, out: Output, schema: SchemaState) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct DbStatus {
+        #[serde(flatten)]
+        schema: SchemaState,
+        ferry: &'static str,
+        schedulers: Vec<SchedulerRow>,
+    }
+    let status = DbStatus {
+        schema,
+        ferry: env!("CARGO_PKG_VERSION"),
+        schedulers: store.schedulers().await?,
+    };
+    if out == Output::Json {
+        out.one(&status);
+        return Ok(());
+    }
+    let schema = &status.schema;
+    println!(
+        "schema version {} (this ferry {} has {}); binaries with schema {} or newer can use it",
+        schema.database, status.ferry, schema.binary, schema.oldest_compatible
+    );
+    match schema.pending.as_slice() {
+        [] => println!("nothing to migrate"),
+        pending => println!("`ferry db migrate` would apply: {}", pending.join(", ")),
+    }
+    println!();
+    out.list(&status.schedulers, &SCHEDULER_HEADERS, scheduler_line);
+    Ok(())
+}
+
 pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Add { name, address } => {
@@ -398,6 +433,10 @@ pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Res
             }
             store.add_agent(&name, &address).await?;
             println!("added agent {name} at {address}");
+        }
+        AgentCommand::Rm { name } => {
+            store.remove_agent(&name).await?;
+            println!("removed agent {name}");
         }
         AgentCommand::List { reach } => {
             let agents = store.agents().await?;
@@ -548,6 +587,7 @@ mod tests {
             instance_id: format!("{name}-1"),
             host: "h".into(),
             pid: 1,
+            version: "0.1.0".into(),
             started_at: Utc::now(),
             heartbeat_at: Utc::now(),
             alive,

@@ -194,6 +194,7 @@ mod tests {
             instance_id: format!("{name}-1"),
             host: "h".into(),
             pid: 1,
+            version: "0.1.0".into(),
             started_at: now - Duration::seconds(started_secs_ago),
             heartbeat_at: now,
             alive,

@@ -26,6 +26,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("applying the schema migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Schema(SchemaError),
     #[error("no answer from the database within {0:?}")]
     Timeout(std::time::Duration),
     #[error("{what} {name:?} already exists")]
@@ -37,6 +39,15 @@ pub enum StoreError {
         what: &'static str,
         name: String,
         user: String,
+    },
+    #[error(
+        "scheduler {name:?} is alive (pid {pid} on {host}): stop it first; only a scheduler \
+         that is down can be forgotten"
+    )]
+    Alive {
+        name: String,
+        pid: i64,
+        host: String,
     },
     #[error(
         "scheduler name {name:?} is in use by a live scheduler on host {host} (started {started_at}); \
@@ -113,6 +124,10 @@ macro_rules! on_pool {
     };
 }
 
+mod schema;
+
+pub use schema::{Access, SchemaError, SchemaState};
+
 /// Which kind of definition a lease or a status line is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -149,25 +164,16 @@ impl std::fmt::Display for ResourceKind {
 }
 
 impl Store {
-    /// Opens (creating a missing SQLite file) and migrates the database at `url`:
-    /// `postgres://…`, `sqlite://path`, or a plain file path meaning SQLite.
+    /// Connects to the database at `url` (creating a missing SQLite file): `postgres://…`,
+    /// `sqlite://path`, or a plain file path meaning SQLite. Nothing is read or written yet:
+    /// [`Store::prepare`] checks the schema.
     pub async fn open(url: &str) -> Result<Self> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(postgres::connect(url).await?)
         } else {
             Backend::Sqlite(sqlite::connect(url).await?)
         };
-        let store = Self { backend };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    pub async fn migrate(&self) -> Result<()> {
-        match &self.backend {
-            Backend::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
-            Backend::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
-        }
-        Ok(())
+        Ok(Self { backend })
     }
 
     /// Subscribes to definition changes or new run events (PostgreSQL only; SQLite polls).
@@ -442,6 +448,34 @@ impl Store {
         Ok(())
     }
 
+    /// Removes an agent no job names in its source or destinations.
+    pub async fn remove_agent(&self, name: &str) -> Result<()> {
+        let sql = self.sql(
+            "SELECT name FROM jobs WHERE substr(source, 1, length($1) + 1) = $1 || ':' \
+             UNION SELECT job_name FROM job_destinations WHERE substr(path, 1, length($1) + 1) = $1 || ':' \
+             ORDER BY 1",
+        );
+        let users: Vec<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(name).fetch_all(pool).await)?;
+        if !users.is_empty() {
+            let jobs: Vec<String> = users.into_iter().map(|(job,)| job).collect();
+            return Err(StoreError::InUse {
+                what: "agent",
+                name: name.into(),
+                user: format!("job {}", jobs.join(", job ")),
+            });
+        }
+        let sql = self.sql("DELETE FROM agents WHERE name = $1");
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected == 0 {
+            return Err(StoreError::NotFound {
+                what: "agent",
+                name: name.into(),
+            });
+        }
+        Ok(())
+    }
+
     pub async fn agents(&self) -> Result<Vec<AgentRow>> {
         let sql = self.sql("SELECT name, address, created_at FROM agents ORDER BY name");
         Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
@@ -510,9 +544,35 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a scheduler that is not alive from the list. Its leases stay: they expired, and
+    /// their epochs must keep counting up.
+    pub async fn forget_scheduler(&self, name: &str) -> Result<()> {
+        let scheduler = self
+            .schedulers()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name);
+        match scheduler {
+            None => Err(StoreError::NotFound {
+                what: "scheduler",
+                name: name.into(),
+            }),
+            Some(s) if s.alive => Err(StoreError::Alive {
+                name: name.into(),
+                pid: s.pid,
+                host: s.host,
+            }),
+            Some(s) => {
+                let sql = self.sql("DELETE FROM schedulers WHERE name = $1 AND instance_id = $2");
+                on_pool!(self, pool => sqlx::query(sql).bind(name).bind(&s.instance_id).execute(pool).await.map(|_| ()))?;
+                Ok(())
+            }
+        }
+    }
+
     pub async fn schedulers(&self) -> Result<Vec<SchedulerRow>> {
         let sql = self.sql(
-            "SELECT s.name, s.instance_id, s.host, s.pid, s.started_at, s.heartbeat_at, \
+            "SELECT s.name, s.instance_id, s.host, s.pid, s.version, s.started_at, s.heartbeat_at, \
                (s.stopped_at IS NULL AND s.heartbeat_at >= now_plus_ms(-s.lease_ttl_ms)) AS alive, \
                (s.stopped_at IS NOT NULL) AS stopped, \
                (SELECT COUNT(*) FROM leases l WHERE l.holder_instance = s.instance_id AND l.expires_at >= now()) AS leases \

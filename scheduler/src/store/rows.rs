@@ -156,6 +156,8 @@ pub struct SchedulerRow {
     pub instance_id: String,
     pub host: String,
     pub pid: i64,
+    /// The ferry release it runs.
+    pub version: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     /// Heartbeat younger than its lease TTL, and not stopped.

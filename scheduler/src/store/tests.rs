@@ -11,13 +11,17 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(dir.path().join("ferry.db").to_str().unwrap())
-        .await
-        .unwrap();
-    story(sqlite).await;
+    story(ready(dir.path().join("ferry.db").to_str().unwrap()).await).await;
     if let Some(url) = ferry_tests::pg::fresh_database() {
-        story(Store::open(&url).await.unwrap()).await;
+        story(ready(&url).await).await;
     }
+}
+
+/// A store on a new database, with ferry's schema.
+async fn ready(url: &str) -> Store {
+    let store = Store::open(url).await.unwrap();
+    store.prepare(Access::Migrate).await.unwrap();
+    store
 }
 
 fn job(name: &str) -> JobRow {
