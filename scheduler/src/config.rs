@@ -37,6 +37,9 @@ pub struct ServiceConfig {
     /// local path outside them fails, and nothing is touched. None by default; `/` only when
     /// named. Anyone who can write job rows can make a scheduler use these folders.
     pub allow: Vec<PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness
+    /// (`/readyz`), e.g. `127.0.0.1:9034`. Not served by default.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServiceConfig {
@@ -50,6 +53,7 @@ impl Default for ServiceConfig {
             keep_runs: Duration::from_secs(30 * 24 * 3600),
             tls_dir: None,
             allow: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

@@ -19,6 +19,12 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} epoch {}", self.resource, self.epoch)
+    }
+}
+
 /// Tells a running sync to stop before its next write: when [`Halt::stop`] is called, or when
 /// the deadline set by [`Halt::extend_until`] passes (a scheduler's lease deadline: past it,
 /// another scheduler may hold the work). Checked before every action and while copying, so a

@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub tls_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default, rename = "root")]
     pub roots: Vec<ServedRoot>,
     #[serde(default)]

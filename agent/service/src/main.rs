@@ -11,6 +11,7 @@ use ferry_engine::filter::Filter;
 use ferry_engine::{Event, Halt, JobSpec, Rule, Scope};
 
 use config::{FileConfig, ServedRoot};
+use ferry_wire::observe::{self, Probe};
 
 mod config;
 mod fences;
@@ -86,6 +87,11 @@ struct RunArgs {
     /// lost its lease stays refused across a restart). In memory only when not given.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics, liveness at /healthz and readiness at /readyz
+    /// (every root reachable) on this address, e.g. 127.0.0.1:9035. Bind it where only your
+    /// monitoring reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What `ferry-agent run` needs, from the file and the flags together.
@@ -94,6 +100,7 @@ struct Settings {
     name: String,
     tls_dir: PathBuf,
     state_dir: Option<PathBuf>,
+    metrics_listen: Option<std::net::SocketAddr>,
     roots: Vec<ServedRoot>,
     peers: std::collections::BTreeMap<String, String>,
     limits: config::Limits,
@@ -129,10 +136,42 @@ impl RunArgs {
                 .or(file.tls_dir)
                 .ok_or_else(|| missing("tls-dir"))?,
             state_dir: self.state_dir.or(file.state_dir),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             roots,
             peers: file.peers,
             limits: file.limits,
         })
+    }
+}
+
+/// What the agent tells those who watch it: live while it runs, ready while it can reach
+/// every folder it serves (a mount that went away is not).
+struct Vitals {
+    roots: Vec<PathBuf>,
+}
+
+impl Probe for Vitals {
+    fn live(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match self.roots.iter().find(|root| !root.is_dir()) {
+            Some(root) => Err(format!("root {} is not reachable", root.display())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Pets systemd's watchdog while the runtime turns. A root that went away is no reason for a
+/// restart, which would not bring it back: `/readyz` reports that instead.
+async fn pet_watchdog() {
+    let Some(interval) = observe::watchdog_interval() else {
+        return;
+    };
+    loop {
+        observe::notify_watchdog();
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -164,6 +203,7 @@ fn run_agent(settings: Settings) -> ExitCode {
         name,
         tls_dir,
         state_dir,
+        metrics_listen,
         roots,
         peers,
         limits,
@@ -205,6 +245,17 @@ fn run_agent(settings: Settings) -> ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(agent = name, %address, "listening");
+        let vitals = Arc::new(Vitals {
+            roots: roots.iter().map(|r| r.path.clone()).collect(),
+        });
+        if let Some(addr) = metrics_listen
+            && let Err(e) = observe::serve(addr, vitals).await
+        {
+            eprintln!("ferry-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+        tokio::spawn(pet_watchdog());
+        observe::notify_ready();
         let config = serve::AgentConfig {
             name,
             roots,
@@ -221,6 +272,10 @@ fn run_agent(settings: Settings) -> ExitCode {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+        };
+        let shutdown = async {
+            shutdown.await;
+            observe::notify_stopping();
         };
         match serve::serve(listener, tls, config, shutdown).await {
             Ok(()) => {

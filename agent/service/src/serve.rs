@@ -165,13 +165,20 @@ pub async fn serve(
 fn admit(connections: &Counts<IpAddr>, peer: SocketAddr, limits: &Limits) -> Option<Held<IpAddr>> {
     if connections.total() >= limits.max_connections {
         tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: the agent has as many as it takes");
+        refused("connection_limit");
         return None;
     }
     let held = connections.take(&peer.ip(), limits.max_connections_per_address);
     if held.is_none() {
         tracing::warn!(%peer, limit = limits.max_connections_per_address, "refused a connection: that address has as many as it may");
+        refused("connection_limit");
     }
     held
+}
+
+/// Counts a refusal at `/metrics`, by a reason of a few fixed kinds.
+fn refused(reason: &'static str) {
+    metrics::counter!("ferry_agent_refusals_total", "reason" => reason).increment(1);
 }
 
 /// Waits for the sessions to end, up to the deadline.
@@ -206,10 +213,12 @@ async fn connect(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "refused connection: TLS handshake failed");
+            refused("tls");
             return;
         }
         Err(_) => {
             tracing::warn!(%peer, "refused connection: no TLS handshake within {deadline:?}");
+            refused("tls");
             return;
         }
     };
@@ -217,6 +226,7 @@ async fn connect(
         Ok(identity) => identity,
         Err(why) => {
             tracing::warn!(%peer, why, "refused connection: its certificate names no ferry peer");
+            refused("certificate");
             return;
         }
     };
@@ -228,7 +238,10 @@ async fn connect(
     let served = tokio::task::spawn_blocking(move || {
         handle.block_on(session::run(stream, Some(link), &agent, identity, stop))
     });
-    if let Ok(Err(e)) = served.await {
+    metrics::gauge!("ferry_agent_sessions").increment(1.0);
+    let ended = served.await;
+    metrics::gauge!("ferry_agent_sessions").decrement(1.0);
+    if let Ok(Err(e)) = ended {
         log_end(peer, &e);
     }
 }

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod handoff;
 pub mod identity;
 pub mod link;
+pub mod observe;
 pub mod protocol;
 pub mod remote;
 pub mod tls;

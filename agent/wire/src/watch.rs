@@ -71,6 +71,8 @@ pub struct FolderWatch {
     /// What the current batch has gathered. Kept here, not in `next_batch`, so a caller that
     /// stops waiting (a `select!` with a timer) loses nothing: the next call goes on with it.
     gathered: Batching,
+    /// When the first change of the batch being gathered (or last returned) was noticed.
+    first_noticed: Instant,
 }
 
 impl Drop for FolderWatch {
@@ -91,6 +93,7 @@ impl FolderWatch {
             remote: Vec::new(),
             signals,
             gathered: Batching::default(),
+            first_noticed: Instant::now(),
         };
         for root in roots {
             match root {
@@ -108,6 +111,7 @@ impl FolderWatch {
     pub async fn next_batch(&mut self, debounce: Duration) -> Option<Batch> {
         if self.gathered.is_empty() {
             let first = self.signals.recv().await?;
+            self.first_noticed = Instant::now();
             self.gathered.add(first);
         }
         let deadline = Instant::now() + debounce;
@@ -118,6 +122,12 @@ impl FolderWatch {
             self.gathered.add(signal);
         }
         Some(std::mem::take(&mut self.gathered).finish())
+    }
+
+    /// When the first change of the batch `next_batch` last returned was noticed: a batch is
+    /// replicated that long after its first change.
+    pub fn batch_began(&self) -> Instant {
+        self.first_noticed
     }
 }
 

@@ -453,6 +453,11 @@ pub struct SchedulerRun {
     /// to reach agents. Needed for jobs with `AGENT:/path` folders.
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics, liveness at /healthz (the service loop turns) and
+    /// readiness at /readyz (registered, and the database answers) on this address, e.g.
+    /// 127.0.0.1:9034. Bind it where only your monitoring reaches.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Apply the schema migrations this ferry brings before starting (as `ferry db migrate`
     /// does). Without it, a database behind this ferry is refused with what to run.
     #[arg(long)]

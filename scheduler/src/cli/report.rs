@@ -29,6 +29,7 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
     config.keep_runs = args.keep_runs.unwrap_or(config.keep_runs);
     config.tls_dir = args.tls_dir.or(config.tls_dir);
     config.allow.extend(args.allow);
+    config.metrics_listen = args.metrics_listen.or(config.metrics_listen);
     config
         .validate()
         .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;

@@ -37,7 +37,7 @@ pub async fn run(
     stop: CancellationToken,
     halt: Halt,
 ) {
-    let mut recorder = Recorder::new(store, attempt);
+    let mut recorder = Recorder::new(store, attempt, &task.execution.spec.name);
     let roots: Vec<String> = task.roots.iter().map(ToString::to_string).collect();
     recorder
         .note("info", &format!("watching {}", roots.join(", ")))
@@ -110,6 +110,7 @@ async fn follow(
 ) -> Result<Next, EngineError> {
     let mut scope = Some(Scope::Full);
     let mut next_rescan = Instant::now() + task.rescan;
+    let mut batch_began: Option<Instant> = None;
     loop {
         if let Some(scope) = scope.take() {
             let full = scope == Scope::Full;
@@ -117,6 +118,11 @@ async fn follow(
                 Next::Go if full => task.problem.set(None),
                 Next::Go => {}
                 other => return Ok(other),
+            }
+            if let Some(began) = batch_began.take() {
+                let lag = began.elapsed().as_secs_f64();
+                metrics::gauge!("ferry_monitor_lag_seconds", "monitor" => task.name.clone())
+                    .set(lag);
             }
         }
         tokio::select! {
@@ -127,7 +133,10 @@ async fn follow(
             }
             batch = watch.next_batch(task.debounce) => match batch {
                 Some(Batch::Paths(paths)) if paths.is_empty() => {}
-                Some(Batch::Paths(paths)) => scope = Some(Scope::Paths(paths)),
+                Some(Batch::Paths(paths)) => {
+                    scope = Some(Scope::Paths(paths));
+                    batch_began = Some(watch.batch_began());
+                }
                 Some(Batch::Broken(problem)) => {
                     return Ok(wait_after(task, recorder, stop, &problem).await);
                 }

@@ -35,6 +35,9 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(2);
 pub struct Recorder {
     store: Store,
     run: RunAttempt,
+    /// The job run, for the metrics' labels.
+    job: String,
+    started: Instant,
     pub counters: Counters,
     written: u32,
     unwritten: u64,
@@ -44,10 +47,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(store: Store, run: RunAttempt) -> Self {
+    pub fn new(store: Store, run: RunAttempt, job: &str) -> Self {
         Self {
             store,
             run,
+            job: job.to_owned(),
+            started: Instant::now(),
             counters: Counters::default(),
             written: 0,
             unwritten: 0,
@@ -160,6 +165,10 @@ impl Recorder {
         retry_in_ms: Option<i64>,
     ) {
         self.flush_unwritten().await;
+        let job = self.job.clone();
+        metrics::counter!("ferry_runs_total", "job" => job.clone(), "state" => state).increment(1);
+        metrics::histogram!("ferry_run_duration_seconds", "job" => job)
+            .record(self.started.elapsed().as_secs_f64());
         let end = RunEnd {
             state,
             error,
@@ -210,7 +219,25 @@ pub async fn sync(
     // engine's own count is the truth.
     recorder.counters.files_copied = before.files_copied + summary.files_copied as i64;
     recorder.counters.bytes_sent += summary.bytes_sent as i64;
+    publish(&execution.spec.name, &summary);
     Ok(summary)
+}
+
+/// Adds what one sync did to the job's counters at `/metrics`.
+fn publish(job: &str, summary: &Summary) {
+    let saved = summary.bytes_total.saturating_sub(summary.bytes_sent);
+    for (name, value) in [
+        ("ferry_files_copied_total", summary.files_copied),
+        ("ferry_files_deleted_total", summary.files_deleted),
+        ("ferry_file_failures_total", summary.failures),
+        ("ferry_conflicts_total", summary.conflicts),
+        ("ferry_bytes_copied_total", summary.bytes_total),
+        ("ferry_bytes_sent_total", summary.bytes_sent),
+        // What delta transfer (and compression) kept off the wire.
+        ("ferry_bytes_saved_total", saved),
+    ] {
+        metrics::counter!(name, "job" => job.to_owned()).increment(value);
+    }
 }
 
 /// Runs the engine, here or on the source's agent, recording its events as they come.
@@ -293,7 +320,7 @@ pub struct ScheduledRun {
 
 /// Runs one firing of a schedule from start to recorded end.
 pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun) {
-    let mut recorder = Recorder::new(store, attempt);
+    let mut recorder = Recorder::new(store, attempt, &run.execution.spec.name);
     recorder
         .note(
             "info",

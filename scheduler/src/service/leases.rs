@@ -62,6 +62,8 @@ impl Service {
             if let Some(holding) = self.holdings.remove(&key) {
                 holding.halt.stop();
                 tracing::warn!(kind = %key.0, name = key.1, epoch = holding.epoch, "lease lost to another scheduler; stopped its work");
+                metrics::counter!("ferry_lease_losses_total", "kind" => key.0.as_str())
+                    .increment(1);
             }
         }
         // A claim whose tick was cut short before its work started: give it back.
@@ -135,6 +137,7 @@ impl Service {
             return Ok(None);
         };
         self.store.ensure_lease(*kind, name).await?;
+        let abandoned = self.store.lease_holder(*kind, name).await?.is_some();
         let sent = Instant::now();
         let epoch = self
             .store
@@ -142,6 +145,11 @@ impl Service {
             .await?;
         Ok(epoch.map(|epoch| {
             tracing::info!(kind = %kind, name, epoch, "claimed");
+            metrics::counter!("ferry_lease_claims_total", "kind" => kind.as_str()).increment(1);
+            if abandoned {
+                // Its holder stopped renewing it (crashed, cut off): this claim is a failover.
+                metrics::counter!("ferry_failovers_total", "kind" => kind.as_str()).increment(1);
+            }
             let halt = Halt::fenced(Fence {
                 resource: job_key(job),
                 epoch: job_epoch,

@@ -32,8 +32,11 @@ mod monitors;
 mod prune;
 mod schedules;
 mod snapshot;
+mod vitals;
 mod work;
 mod worker;
+
+use vitals::Vitals;
 
 /// How long a graceful stop waits for runs to record their end before leaving anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -57,6 +60,8 @@ pub struct Service {
     lease_deadline: Instant,
     /// This scheduler's certificate for reaching agents, if it has one.
     identity: Option<(String, Arc<ClientConfig>)>,
+    /// How it is doing, for `/healthz`, `/readyz` and systemd.
+    vitals: Arc<Vitals>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,8 @@ pub enum ServiceError {
     IdentityLost(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Observe(#[from] ferry_wire::observe::ObserveError),
 }
 
 impl Service {
@@ -95,12 +102,17 @@ impl Service {
             version: env!("CARGO_PKG_VERSION").into(),
             lease_ttl_ms: config.lease_ttl.as_millis() as i64,
         };
+        let vitals = Arc::new(Vitals::new(config.heartbeat));
+        if let Some(addr) = config.metrics_listen {
+            ferry_wire::observe::serve(addr, vitals.clone()).await?;
+        }
         store.register_scheduler(&registration).await?;
         tracing::info!(
             scheduler = name,
             instance = registration.instance_id,
             "registered"
         );
+        ferry_wire::observe::notify_ready();
         let me = LeaseHolder {
             name,
             instance: registration.instance_id,
@@ -117,6 +129,7 @@ impl Service {
             data_problem: None,
             due_retries: Vec::new(),
             identity,
+            vitals,
         })
     }
 
@@ -171,6 +184,9 @@ impl Service {
             Ok(synced) => synced,
             Err(_) => Err(ServiceError::Store(StoreError::Timeout(limit))),
         };
+        let reachable = !matches!(&synced, Err(ServiceError::Store(e)) if e.is_connection());
+        self.vitals
+            .ticked(reachable, self.holdings.len(), self.jobs_held.len());
         match synced {
             Ok(wait) => {
                 if !self.database_reachable {
@@ -203,11 +219,13 @@ impl Service {
     }
 
     async fn sync_with_database(&mut self) -> Result<Duration, ServiceError> {
-        if !self
+        let sent = Instant::now();
+        let alive = self
             .store
             .heartbeat(&self.me.name, &self.me.instance)
-            .await?
-        {
+            .await?;
+        metrics::histogram!("ferry_database_query_seconds").record(sent.elapsed().as_secs_f64());
+        if !alive {
             return Err(ServiceError::IdentityLost(self.me.name.clone()));
         }
         self.renew_leases().await?;
@@ -302,6 +320,7 @@ impl Service {
     }
 
     async fn stop(mut self) {
+        self.vitals.stopping();
         tracing::info!(
             leases = self.holdings.len(),
             "stopping: ending runs and releasing leases"

@@ -591,6 +591,14 @@ impl Store {
         Ok(())
     }
 
+    /// The instance a lease names as its holder, live or expired (`None` once released).
+    pub async fn lease_holder(&self, kind: ResourceKind, name: &str) -> Result<Option<String>> {
+        let sql = self.sql("SELECT holder_instance FROM leases WHERE kind = $1 AND name = $2");
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(kind.as_str()).bind(name).fetch_optional(pool).await)?;
+        Ok(row.and_then(|(holder,)| holder))
+    }
+
     /// Claims a free or expired lease in one compare-and-swap; returns the new epoch if won.
     pub async fn claim(
         &self,

@@ -153,7 +153,12 @@ async fn handshake(
                 tracing::warn!(%peer, reason, "refused a session");
                 return refuse(stream, reason).await.map(|()| None);
             }
-            tracing::info!(%peer, ?fence, "session started");
+            match &fence {
+                Some(fence) => tracing::info!(%peer, %fence, "session started"),
+                None => tracing::info!(%peer, "session started"),
+            }
+            metrics::counter!("ferry_agent_sessions_total", "role" => peer.role.as_str())
+                .increment(1);
             let welcome = Response::Welcome {
                 version: PROTOCOL_VERSION,
                 agent: agent.config.name.clone(),
@@ -249,6 +254,7 @@ impl Session<'_> {
             Some(fence) => self.agent.fences.admit(self.peer.role, fence).err()?,
         };
         tracing::warn!(peer = %self.peer, reason = refused, "refused a write");
+        metrics::counter!("ferry_agent_refusals_total", "reason" => "stale_epoch").increment(1);
         Some(failure("write", "", ErrorKind::StaleEpoch, refused))
     }
 
@@ -507,6 +513,7 @@ fn wire_failure(e: &EndpointError) -> Response {
 /// Tells the peer why the session ends.
 async fn refuse(stream: &mut (impl AsyncWrite + Unpin), reason: String) -> Result<(), FrameError> {
     tracing::warn!(reason, "refused a session");
+    metrics::counter!("ferry_agent_refusals_total", "reason" => "session").increment(1);
     frame::write(stream, &Response::Refused { reason })
         .await
         .map(drop)
