@@ -62,4 +62,5 @@ if cargo tree --locked -p ferry-scheduler -e normal --prefix none | grep -E '^fe
 fi
 
 cargo build --workspace --bins --locked
+bash tests/packaging.sh
 cargo test --workspace --locked
