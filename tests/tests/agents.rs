@@ -148,6 +148,7 @@ fn a_record_that_does_not_open_closes_that_session_only() {
             .unwrap();
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
+            newest: None,
             client: "s1".into(),
             fence: None,
         };

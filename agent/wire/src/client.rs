@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::frame::{self, Data, FrameError};
 use crate::link::LinkMeter;
-use crate::protocol::{Fence, PROTOCOL_VERSION, Request, Response, brief};
+use crate::protocol::{Fence, OLDEST_PROTOCOL, PROTOCOL_VERSION, Request, Response, brief};
 use crate::transport::{self, Connection, Stream};
 use ferry_engine::meta::Keep;
 
@@ -93,6 +93,8 @@ pub struct Session {
     stream: Connection,
     /// Whether file data sent on `stream` goes compressed; `None` when it is not a socket.
     link: Option<LinkMeter>,
+    /// The protocol version agreed on (the agent's answer to our range).
+    pub protocol: u32,
     pub agent: String,
     pub software: String,
     pub roots: Vec<String>,
@@ -154,7 +156,8 @@ impl Session {
             source,
         };
         let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
+            version: OLDEST_PROTOCOL,
+            newest: Some(PROTOCOL_VERSION),
             client: client.to_owned(),
             fence,
         };
@@ -167,14 +170,15 @@ impl Session {
         wire.fetch_add((sent + received) as u64, Ordering::Relaxed);
         match response {
             Response::Welcome {
+                version,
                 agent: name,
                 software,
                 roots,
                 keeps,
-                ..
             } => Ok(Self {
                 stream,
                 link: None,
+                protocol: version,
                 agent: name,
                 software,
                 roots,

@@ -17,8 +17,20 @@ use ferry_engine::{Event, Guards, Rule, Summary};
 
 use crate::frame::{Attached, Framed};
 
-/// Bumped when a message changes meaning; peers with another version are refused by name.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// The newest protocol this build speaks. Bumped when a message changes meaning.
+pub const PROTOCOL_VERSION: u32 = 11;
+/// The oldest protocol this build still speaks: a peer one release behind works with it, so
+/// agents and schedulers can be upgraded one machine at a time. Older peers are refused by
+/// number.
+pub const OLDEST_PROTOCOL: u32 = 10;
+
+/// The version a session speaks: the newest both ends know, if their ranges meet. A client
+/// says the oldest it speaks in `Hello.version` (what agents before protocol 11 compare with
+/// their own) and the newest in `Hello.newest`.
+pub fn agree(client_oldest: u32, client_newest: u32) -> Option<u32> {
+    let version = client_newest.min(PROTOCOL_VERSION);
+    (version >= client_oldest.max(OLDEST_PROTOCOL)).then_some(version)
+}
 
 /// Messages in one `Batch`, and ops in one `Data`, at most. A frame is bounded in bytes, but a
 /// few compressed bytes of tiny messages would otherwise decode into millions of them, held in
@@ -146,7 +158,11 @@ pub struct JobOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Hello {
+        /// The oldest protocol the client speaks.
         version: u32,
+        /// The newest it speaks (absent before protocol 11: `version` only).
+        #[serde(default)]
+        newest: Option<u32>,
         client: String,
         #[serde(default)]
         fence: Option<Fence>,
@@ -366,6 +382,7 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Welcome {
+        /// The protocol the session speaks from now on.
         version: u32,
         agent: String,
         software: String,

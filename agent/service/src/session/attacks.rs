@@ -156,6 +156,7 @@ async fn a_hello_naming_another_peer_than_the_certificate_is_refused() {
     let (mut near, served) = agent.serve_to(self::agent("nas2"));
     let hello = Request::Hello {
         version: PROTOCOL_VERSION,
+        newest: None,
         client: "s1".into(),
         fence: Some(lease()),
     };

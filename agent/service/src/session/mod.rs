@@ -23,7 +23,9 @@ use ferry_engine::tree::{Entry, Kind};
 use ferry_wire::frame::{self, Data, FrameError};
 use ferry_wire::identity::Peer;
 use ferry_wire::link::LinkMeter;
-use ferry_wire::protocol::{ErrorKind, PROTOCOL_VERSION, Request, Response, WireError, brief};
+use ferry_wire::protocol::{
+    ErrorKind, OLDEST_PROTOCOL, PROTOCOL_VERSION, Request, Response, WireError, agree, brief,
+};
 use ferry_wire::transport::Connection;
 
 use crate::config::Rights;
@@ -138,10 +140,16 @@ async fn handshake(
 ) -> Result<Option<Option<Fence>>, FrameError> {
     match frame::read::<Request>(stream).await? {
         Request::Hello {
-            version,
+            version: oldest,
+            newest,
             client,
             fence,
-        } if version == PROTOCOL_VERSION => {
+        } => {
+            let newest = newest.unwrap_or(oldest);
+            let Some(version) = agree(oldest, newest) else {
+                let reason = version_refusal(oldest, newest, peer);
+                return refuse(stream, reason).await.map(|()| None);
+            };
             if client != peer.name {
                 let reason = format!(
                     "the Hello names {}, but the certificate is {peer}'s",
@@ -160,7 +168,7 @@ async fn handshake(
             metrics::counter!("ferry_agent_sessions_total", "role" => peer.role.as_str())
                 .increment(1);
             let welcome = Response::Welcome {
-                version: PROTOCOL_VERSION,
+                version,
                 agent: agent.config.name.clone(),
                 software: env!("CARGO_PKG_VERSION").to_owned(),
                 roots: agent
@@ -174,12 +182,6 @@ async fn handshake(
             frame::write(stream, &welcome).await?;
             Ok(Some(fence))
         }
-        Request::Hello { version, .. } => {
-            let reason = format!(
-                "protocol version {version} from {peer}; this agent speaks {PROTOCOL_VERSION}"
-            );
-            refuse(stream, reason).await.map(|()| None)
-        }
         other => refuse(
             stream,
             format!("expected Hello first, got {}", brief(&other)),
@@ -187,6 +189,18 @@ async fn handshake(
         .await
         .map(|()| None),
     }
+}
+
+/// Why a `Hello` whose protocol range (`oldest` to `newest`) misses this agent's is refused.
+fn version_refusal(oldest: u32, newest: u32, peer: &Peer) -> String {
+    let theirs = match newest == oldest {
+        true => format!("version {oldest}"),
+        false => format!("versions {oldest} to {newest}"),
+    };
+    format!(
+        "protocol {theirs} from {peer}; this agent speaks versions {OLDEST_PROTOCOL} to \
+         {PROTOCOL_VERSION}: upgrade the older of the two"
+    )
 }
 
 impl Session<'_> {

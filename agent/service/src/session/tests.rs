@@ -14,7 +14,7 @@ use ferry_engine::filter::Filter;
 use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
 use ferry_wire::client::{ClientError, Dial, Session as Client};
 use ferry_wire::frame::{self, Attached, FrameError};
-use ferry_wire::protocol::{DataOp, PROTOCOL_VERSION, Request, Response};
+use ferry_wire::protocol::{DataOp, OLDEST_PROTOCOL, PROTOCOL_VERSION, Request, Response};
 use ferry_wire::remote::RemoteEndpoint;
 use ferry_wire::transport;
 
@@ -172,6 +172,7 @@ pub(super) async fn raw_session(
     let (mut near, served) = agent.serve();
     let hello = Request::Hello {
         version: PROTOCOL_VERSION,
+        newest: None,
         client: "s1".into(),
         fence: Some(lease()),
     };
@@ -236,22 +237,48 @@ async fn a_request_before_hello_is_refused_with_the_reason() {
     outcome(served).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_protocol_version_is_refused_by_number() {
+/// What the agent answers a `Hello` from `s1` speaking protocols `oldest` to `newest`.
+async fn answer_to_hello(oldest: u32, newest: Option<u32>) -> Response {
     let agent = TestAgent::new();
-    let (mut near, served) = agent.serve();
+    let (mut near, _served) = agent.serve();
     let hello = Request::Hello {
-        version: PROTOCOL_VERSION + 1,
-        client: "s9".into(),
+        version: oldest,
+        newest,
+        client: "s1".into(),
         fence: None,
     };
     frame::write(&mut near, &hello).await.unwrap();
-    let reason = refusal(&mut near).await;
+    frame::read(&mut near).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_one_protocol_behind_is_served_in_its_version_and_a_newer_one_in_ours() {
+    // A client of the previous release says only its version.
+    let answer = answer_to_hello(OLDEST_PROTOCOL, None).await;
     assert!(
-        reason.contains(&format!("speaks {PROTOCOL_VERSION}")),
-        "{reason}"
+        matches!(answer, Response::Welcome { version, .. } if version == OLDEST_PROTOCOL),
+        "{answer:?}"
     );
-    outcome(served).await.unwrap();
+    // A client of a later release says its range; the newest both speak is ours.
+    let answer = answer_to_hello(OLDEST_PROTOCOL, Some(PROTOCOL_VERSION + 2)).await;
+    assert!(
+        matches!(answer, Response::Welcome { version, .. } if version == PROTOCOL_VERSION),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_range_that_misses_ours_is_refused_by_number() {
+    let ours = format!("speaks versions {OLDEST_PROTOCOL} to {PROTOCOL_VERSION}");
+    for (oldest, newest) in [
+        (OLDEST_PROTOCOL - 1, None),
+        (PROTOCOL_VERSION + 1, Some(PROTOCOL_VERSION + 3)),
+    ] {
+        match answer_to_hello(oldest, newest).await {
+            Response::Refused { reason } => assert!(reason.contains(&ours), "{reason}"),
+            other => panic!("{other:?} instead of Refused"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

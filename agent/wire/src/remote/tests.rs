@@ -12,7 +12,7 @@ use super::RemoteEndpoint;
 use crate::blocking;
 use crate::client::{Connector, Dial, Session};
 use crate::frame;
-use crate::protocol::{PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{OLDEST_PROTOCOL, PROTOCOL_VERSION, Request, Response};
 
 /// What the scripted agent does after its `Welcome`, for each request in turn.
 #[derive(Clone)]
@@ -24,18 +24,24 @@ enum Step {
     HalfFrame,
 }
 
-/// Plays `steps` to the requests of one session, as an agent named `nas1` would.
+/// Plays `steps` to the requests of one session, as an agent named `nas1` would, one release
+/// behind: it speaks the oldest protocol this build does, and compares `Hello.version` with
+/// it as such agents do.
 async fn agent(mut stream: DuplexStream, steps: Vec<Step>) {
     let hello: Request = frame::read(&mut stream).await.unwrap();
-    assert!(matches!(
-        hello,
-        Request::Hello {
-            version: PROTOCOL_VERSION,
-            ..
-        }
-    ));
+    assert!(
+        matches!(
+            hello,
+            Request::Hello {
+                version: OLDEST_PROTOCOL,
+                newest: Some(PROTOCOL_VERSION),
+                ..
+            }
+        ),
+        "{hello:?}"
+    );
     let welcome = Response::Welcome {
-        version: PROTOCOL_VERSION,
+        version: OLDEST_PROTOCOL,
         agent: "nas1".into(),
         software: "test".into(),
         roots: vec!["/srv".into()],
@@ -98,6 +104,17 @@ async fn on_engine_thread<T: Send + 'static>(call: impl FnOnce() -> T + Send + '
         .await
         .expect("the call neither answered nor failed")
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_one_protocol_behind_is_spoken_to_in_its_version() {
+    let (near, far) = tokio::io::duplex(1 << 16);
+    tokio::spawn(agent(far, vec![]));
+    let wire = Arc::default();
+    let session = Session::start(near, "s1", None, "nas1", wire)
+        .await
+        .unwrap();
+    assert_eq!(session.protocol, OLDEST_PROTOCOL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
