@@ -59,5 +59,8 @@ install -m 0755 "$dist/postrm" "$stage/DEBIAN/postrm"
 
 mkdir -p "$out"
 deb="$out/ferry_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+# Debug binaries (what the tests package) are large and only installed once: pack them fast.
+compress=(-Zxz)
+[ "$profile" = release ] || compress=(-Zgzip -z1)
+dpkg-deb --root-owner-group "${compress[@]}" --build "$stage" "$deb" >/dev/null
 echo "$deb"

@@ -40,6 +40,9 @@ pub struct ServiceConfig {
     /// Where to serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness
     /// (`/readyz`), e.g. `127.0.0.1:9034`. Not served by default.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The folder of the programs jobs may name as their `on_failure` hook (by name only).
+    /// Without it, only webhooks are called.
+    pub hook_dir: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -54,6 +57,7 @@ impl Default for ServiceConfig {
             tls_dir: None,
             allow: Vec::new(),
             metrics_listen: None,
+            hook_dir: None,
         }
     }
 }

@@ -79,6 +79,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
             specials: args.specials,
             numeric_ids: args.numeric_ids,
         },
+        on_failure: args.on_failure,
     };
     check_name("job", &row.name)?;
     let checked = definitions::check_job(&row).map_err(|problem| {
@@ -88,6 +89,7 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
             JobField::Destination => "--to",
             JobField::Filter => "--include/--exclude",
             JobField::Guards => "--max-deletes/--versions",
+            JobField::OnFailure => "--on-failure",
         };
         invalid(flag, problem.to_string())
     })?;

@@ -302,6 +302,11 @@ pub struct JobAdd {
     /// file at every destination of a mirror or a copy (`rsync -H`).
     #[arg(long)]
     pub no_hard_links: bool,
+    /// When a run has failed for good (its retries spent), the scheduler that ran it POSTs
+    /// the run as JSON to this http(s):// URL, or runs the program of this name from its hook
+    /// folder (`ferry scheduler run --hook-dir DIR`) with the run as JSON on its input.
+    #[arg(long, value_name = "URL|NAME")]
+    pub on_failure: Option<String>,
     /// Mirror and copy: make FIFOs, sockets and devices at the destinations (`rsync
     /// --specials --devices`). By default they are skipped with a warning and never opened.
     /// An agent makes no device for a peer: devices are kept by jobs on local folders only.
@@ -458,6 +463,11 @@ pub struct SchedulerRun {
     /// 127.0.0.1:9034. Bind it where only your monitoring reaches.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The folder of the programs a job may name with `--on-failure NAME`: only these run,
+    /// as this scheduler's user, with the failed run as JSON on their standard input (and
+    /// FERRY_JOB, FERRY_RUN_ID, FERRY_STATE, FERRY_ERROR set).
+    #[arg(long, value_name = "DIR")]
+    pub hook_dir: Option<PathBuf>,
     /// Apply the schema migrations this ferry brings before starting (as `ferry db migrate`
     /// does). Without it, a database behind this ferry is refused with what to run.
     #[arg(long)]

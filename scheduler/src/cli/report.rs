@@ -30,6 +30,7 @@ pub async fn scheduler_run(store: Store, args: SchedulerRun) -> anyhow::Result<(
     config.tls_dir = args.tls_dir.or(config.tls_dir);
     config.allow.extend(args.allow);
     config.metrics_listen = args.metrics_listen.or(config.metrics_listen);
+    config.hook_dir = args.hook_dir.or(config.hook_dir);
     config
         .validate()
         .map_err(|e| invalid("--heartbeat/--lease-ttl", e))?;

@@ -18,6 +18,7 @@ use ferry_wire::watch::WatchRoot;
 
 use super::cron::CronSpec;
 use super::firing::Misfire;
+use super::hooks::Hook;
 use crate::store::{JobRow, MonitorRow, ScheduleRow};
 
 /// What is wrong with a schedule or a monitor, phrased for the user (it names the thing and
@@ -48,6 +49,7 @@ pub enum JobField {
     Destination,
     Filter,
     Guards,
+    OnFailure,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,6 +159,7 @@ pub struct CheckedJob {
     pub destinations: Vec<Place>,
     pub filter: Filter,
     pub guards: Guards,
+    pub on_failure: Option<Hook>,
 }
 
 /// Checks a job row: rule, paths (local or on an agent), no overlaps, filters.
@@ -198,6 +201,8 @@ pub fn check_job(job: &JobRow) -> Result<CheckedJob, JobProblem> {
     let filter = Filter::new(&job.include, &job.exclude)
         .map_err(|e| problem(JobField::Filter, format!("filter: {e}")))?;
     let guards = guards(job, rule).map_err(|e| problem(JobField::Guards, e))?;
+    let on_failure = (job.on_failure.as_deref().map(Hook::parse).transpose())
+        .map_err(|e| problem(JobField::OnFailure, format!("on_failure: {e}")))?;
     let source = places.remove(0);
     Ok(CheckedJob {
         rule,
@@ -205,6 +210,7 @@ pub fn check_job(job: &JobRow) -> Result<CheckedJob, JobProblem> {
         destinations: places,
         filter,
         guards,
+        on_failure,
     })
 }
 
@@ -263,6 +269,8 @@ fn guards(job: &JobRow, rule: Rule) -> Result<Guards, Message> {
 pub struct Execution {
     pub spec: JobSpec,
     pub handoff: Option<Handoff>,
+    /// Called once a run has failed for good.
+    pub on_failure: Option<Hook>,
 }
 
 /// Builds the engine's view of a job, or says what is wrong with the row. A job whose folders
@@ -293,7 +301,11 @@ pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<Execution, JobProblem
         filter: checked.filter,
         guards: checked.guards,
     };
-    Ok(Execution { spec, handoff })
+    Ok(Execution {
+        spec,
+        handoff,
+        on_failure: checked.on_failure,
+    })
 }
 
 /// The order for the source's agent when every folder of the job is on an agent.

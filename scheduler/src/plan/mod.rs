@@ -4,6 +4,7 @@
 pub mod cron;
 pub mod definitions;
 pub mod firing;
+pub mod hooks;
 pub mod monitor;
 pub mod run;
 

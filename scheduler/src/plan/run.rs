@@ -7,6 +7,7 @@
 //! file.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::plan::definitions::Execution;
 use tokio::sync::mpsc;
 
 use super::ProblemSlot;
+use super::hooks::Hook;
 use crate::store::{Counters, RunAttempt, RunEnd, Store, StoreError};
 
 /// Per-file events written for one run (or one monitor batch) before the rest are only counted,
@@ -305,6 +307,33 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Tells the job's `on_failure` hook of a run that failed for good (as `ferry runs --output
+/// json` shows it), and records in the run's events how that went.
+async fn call_failure_hook(recorder: &Recorder, hook: &Hook, hook_dir: Option<&Path>) {
+    let id = recorder.run.id;
+    let row = match recorder.store.run(id).await {
+        Ok(Some(row)) => serde_json::to_value(row).ok(),
+        _ => None,
+    };
+    // The database away, the hook still learns what failed.
+    let run = row.unwrap_or_else(
+        || serde_json::json!({ "id": id, "job_name": recorder.job, "state": "failed" }),
+    );
+    match hook.call(hook_dir, &run).await {
+        Ok(()) => {
+            recorder
+                .note("info", &format!("called the on_failure hook {hook}"))
+                .await
+        }
+        Err(e) => {
+            tracing::warn!(run = id, job = recorder.job, error = %e, "the on_failure hook failed");
+            recorder
+                .note("warn", &format!("the on_failure hook failed: {e}"))
+                .await;
+        }
+    }
+}
+
 /// How a scheduled run is carried out.
 pub struct ScheduledRun {
     pub execution: Execution,
@@ -316,6 +345,8 @@ pub struct ScheduledRun {
     pub problem: ProblemSlot,
     /// The lease's halt: the run writes nothing once it is halted.
     pub halt: Halt,
+    /// Where the programs of `on_failure` hooks are.
+    pub hook_dir: Option<PathBuf>,
 }
 
 /// Runs one firing of a schedule from start to recorded end.
@@ -341,7 +372,7 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
         }
         Err(_) => {}
     }
-    match outcome {
+    let state = match outcome {
         Ok(summary) if summary.failures == 0 => {
             recorder
                 .note(
@@ -350,6 +381,7 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
                 )
                 .await;
             recorder.finish("succeeded", None, None).await;
+            "succeeded"
         }
         Ok(summary) => {
             let error = format!(
@@ -364,6 +396,7 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
                 )
                 .await;
             recorder.finish("failed", Some(error), retry(true)).await;
+            "failed"
         }
         Err(EngineError::Cancelled { .. }) => {
             recorder
@@ -379,12 +412,20 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
                     retry(true),
                 )
                 .await;
+            "interrupted"
         }
         Err(e) => {
             recorder.note("error", &e.to_string()).await;
             recorder
                 .finish("failed", Some(e.to_string()), retry(true))
                 .await;
+            "failed"
         }
+    };
+    if let Some(hook) = &run.execution.on_failure
+        && state == "failed"
+        && !can_retry
+    {
+        call_failure_hook(&recorder, hook, run.hook_dir.as_deref()).await;
     }
 }

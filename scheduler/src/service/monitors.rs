@@ -28,7 +28,7 @@ struct MonitorStart {
 impl MonitorStart {
     fn new(row: &MonitorRow, valid: ValidMonitor) -> Self {
         let definition = MonitorDefinition {
-            job: valid.job,
+            job: Box::new(valid.job),
             debounce_ms: row.debounce_ms,
             rescan_ms: row.rescan_ms,
         };

@@ -3,6 +3,7 @@
 //! given back between runs when placement moves them.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use ferry_engine::Halt;
@@ -25,6 +26,8 @@ struct Firing<'a> {
     cursor: DateTime<Utc>,
     problem: &'a ProblemSlot,
     halt: &'a Halt,
+    /// Where the programs of `on_failure` hooks are.
+    hook_dir: Option<PathBuf>,
 }
 
 /// What firing did: the run it started, if any, and where the schedule's cursor now stands.
@@ -43,6 +46,7 @@ impl Firing<'_> {
             trigger,
             problem: self.problem.clone(),
             halt: self.halt.clone(),
+            hook_dir: self.hook_dir.clone(),
         }
     }
 
@@ -159,6 +163,7 @@ impl Service {
             cursor,
             problem: &problem,
             halt: &halt,
+            hook_dir: self.config.hook_dir.clone(),
         };
         let Some(fired) = self.start_next_run(&firing, now).await? else {
             return Ok(());

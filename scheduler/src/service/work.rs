@@ -64,7 +64,7 @@ impl Drop for MonitorWork {
 /// The parts of a monitor whose edit needs a restart (placement fields do not).
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct MonitorDefinition {
-    pub(super) job: JobRow,
+    pub(super) job: Box<JobRow>,
     pub(super) debounce_ms: i64,
     pub(super) rescan_ms: i64,
 }

@@ -219,13 +219,14 @@ impl Store {
             let mut tx = pool.begin().await?;
             sqlx::query(self.sql(
                 "INSERT INTO jobs (name, rule, source, max_deletes, versions_dir, checksum, \
-                 keep_owner, keep_acls, keep_xattrs, keep_hard_links, keep_specials, numeric_ids) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 keep_owner, keep_acls, keep_xattrs, keep_hard_links, keep_specials, numeric_ids, \
+                 on_failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             ))
                 .bind(&job.name).bind(&job.rule).bind(&job.source)
                 .bind(job.max_deletes).bind(&job.versions_dir).bind(job.checksum)
                 .bind(job.keep.owner).bind(job.keep.acls).bind(job.keep.xattrs)
                 .bind(job.keep.hard_links).bind(job.keep.specials).bind(job.keep.numeric_ids)
+                .bind(&job.on_failure)
                 .execute(&mut *tx).await?;
             for path in &job.destinations {
                 sqlx::query(self.sql("INSERT INTO job_destinations (job_name, path) VALUES ($1, $2)"))
@@ -250,7 +251,8 @@ impl Store {
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
         let sql = self.sql(
             "SELECT name, rule, source, max_deletes, versions_dir, checksum, keep_owner, \
-                  keep_acls, keep_xattrs, keep_hard_links, keep_specials, numeric_ids FROM jobs ORDER BY name",
+                  keep_acls, keep_xattrs, keep_hard_links, keep_specials, numeric_ids, on_failure \
+             FROM jobs ORDER BY name",
         );
         let heads: Vec<rows::JobHead> =
             on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
@@ -835,6 +837,11 @@ impl Store {
             "WHERE ($1 IS NULL OR job_name = $1) ORDER BY started_at DESC, id DESC LIMIT $2",
         ));
         Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(job).bind(limit).fetch_all(pool).await)?)
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        let sql = self.sql(run_select("WHERE id = $1"));
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?)
     }
 
     pub async fn run_for(

@@ -26,10 +26,13 @@ pub struct JobRow {
     /// The metadata the replicas keep (columns `keep_owner`, `keep_acls`, `keep_xattrs`,
     /// `keep_hard_links`, `keep_specials`, `numeric_ids`).
     pub keep: Keep,
+    /// What to call when a run fails for good: a webhook URL, or a program in the hook folder
+    /// of the scheduler that ran it.
+    pub on_failure: Option<String>,
 }
 
 /// A `jobs` row: name, rule, source, max_deletes, versions_dir, checksum, then the `keep_`
-/// columns (owner, acls, xattrs, hard_links, specials) and `numeric_ids`.
+/// columns (owner, acls, xattrs, hard_links, specials), `numeric_ids` and `on_failure`.
 pub(super) type JobHead = (
     String,
     String,
@@ -43,6 +46,7 @@ pub(super) type JobHead = (
     bool,
     bool,
     bool,
+    Option<String>,
 );
 
 impl JobRow {
@@ -55,7 +59,21 @@ impl JobRow {
         let mut jobs: BTreeMap<String, JobRow> = heads
             .into_iter()
             .map(
-                |(name, rule, source, max_deletes, versions_dir, checksum, o, a, x, h, sp, n)| {
+                |(
+                    name,
+                    rule,
+                    source,
+                    max_deletes,
+                    versions_dir,
+                    checksum,
+                    o,
+                    a,
+                    x,
+                    h,
+                    sp,
+                    n,
+                    hook,
+                )| {
                     let keep = Keep {
                         owner: o,
                         acls: a,
@@ -75,6 +93,7 @@ impl JobRow {
                         versions_dir,
                         checksum,
                         keep,
+                        on_failure: hook,
                     };
                     (name, job)
                 },
