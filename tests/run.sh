@@ -61,6 +61,23 @@ if cargo tree --locked -p ferry-scheduler -e normal --prefix none | grep -E '^fe
     exit 1
 fi
 
+# The upgrade test runs the previous release beside this one: its binaries are built once, from
+# its commit in this checkout's history, in a target folder of their own.
+previous=6718e32989b0620dbd703e9292560929684eb8e2 # ferry 0.1.0 (tag v0.1.0)
+release=target/previous-release
+if [ "$(cat "$release/commit" 2>/dev/null)" != "$previous" ]; then
+    if git cat-file -e "$previous^{commit}" 2>/dev/null; then
+        echo "tests/run.sh: building ferry 0.1.0 for the upgrade test"
+        rm -rf "$release/src" "$release/commit" && mkdir -p "$release/src"
+        git archive "$previous" | tar -x -C "$release/src"
+        (cd "$release/src" && CARGO_TARGET_DIR="$PWD/../target" cargo build --locked --bins -q -p ferry-scheduler -p ferry-agent)
+        cp "$release/target/debug/ferry" "$release/target/debug/ferry-agent" "$release/"
+        echo "$previous" >"$release/commit"
+    else
+        echo "tests/run.sh: ferry 0.1.0 ($previous) is not in this checkout's history (a shallow clone?): the upgrade test cannot run" >&2
+    fi
+fi
+
 cargo build --workspace --bins --locked
 bash tests/packaging.sh
 cargo test --workspace --locked

@@ -47,6 +47,15 @@ pub fn binary(name: &str) -> PathBuf {
     })
 }
 
+/// The previous release's binary `name` (`ferry` or `ferry-agent`), which tests/run.sh builds
+/// from its commit for the upgrade test; `None` when this checkout could not build it.
+pub fn previous_release(name: &str) -> Option<PathBuf> {
+    let ours = binary(name);
+    let target = ours.ancestors().find(|p| p.ends_with("target"))?;
+    let previous = target.join("previous-release").join(name);
+    previous.is_file().then_some(previous)
+}
+
 /// The result of one `ferry` command.
 #[derive(Debug)]
 pub struct Run {
@@ -255,8 +264,23 @@ impl TestScheduler {
         Self::start_with_vars(env, name, extra, &[])
     }
 
+    /// Starts `program` (another release's `ferry`) as scheduler `name`.
+    pub fn start_program(env: &Env, program: &Path, name: &str, extra: &[&str]) -> Self {
+        Self::launch(env, Command::new(program), name, extra, &[])
+    }
+
     /// Starts with extra environment variables (LD_PRELOAD of libfaketime, say).
     pub fn start_with_vars(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
+        Self::launch(env, env.command("ferry"), name, extra, vars)
+    }
+
+    fn launch(
+        env: &Env,
+        mut command: Command,
+        name: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Self {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = env.path(&format!("{name}.{n}.log"));
@@ -265,8 +289,7 @@ impl TestScheduler {
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = env
-            .command("ferry")
+        let child = command
             .arg("--db")
             .arg(&env.db)
             .args(["scheduler", "run", "--name", name])
@@ -435,6 +458,8 @@ enum Wrapper {
     OpenFiles(u32),
     /// A mount namespace whose `/etc/passwd` and `/etc/group` are those in this folder.
     Accounts(PathBuf),
+    /// Another release's binary.
+    Program(PathBuf),
 }
 
 impl TestAgent {
@@ -445,6 +470,18 @@ impl TestAgent {
     /// Starts an agent listening on `listen` (a fixed port, to restart it where it was).
     pub fn start_at(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path, listen: &str) -> Self {
         Self::launch(env, name, roots, tls_dir, (listen, &[]), Wrapper::None)
+    }
+
+    /// Starts `program` (another release's `ferry-agent`) as agent `name`.
+    pub fn start_program(
+        env: &Env,
+        program: &Path,
+        name: &str,
+        roots: &[&Path],
+        tls_dir: &Path,
+    ) -> Self {
+        let wrapper = Wrapper::Program(program.to_owned());
+        Self::launch(env, name, roots, tls_dir, ("127.0.0.1:0", &[]), wrapper)
     }
 
     /// Starts an agent with more `ferry-agent run` arguments (`--config FILE`, say) and, when
@@ -522,6 +559,7 @@ impl TestAgent {
                 unshare
             }
             Wrapper::None => env.command("ferry-agent"),
+            Wrapper::Program(program) => Command::new(program),
         };
         command
             .args(["run", "--listen", listen, "--name", name, "--tls-dir"])

@@ -1,11 +1,14 @@
 //! Upgrading one machine at a time: only `ferry db migrate` changes the schema, a binary keeps
 //! working with a newer schema it is compatible with and refuses, by name, one it is not, and
-//! reading commands never write (a read-only role can run them).
+//! reading commands never write (a read-only role can run them). And the whole procedure with
+//! the previous release's binaries: the standby scheduler, then the active one, then an agent.
 
-use std::process::Stdio;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_tests::harness::{Backend, Env, backends, wait_until};
+use ferry_tests::harness::{self, Backend, Env, TestAgent, TestScheduler, backends, wait_until};
 
 /// The newest schema version the database has applied.
 fn schema_version(env: &Env) -> i64 {
@@ -113,15 +116,23 @@ fn a_newer_compatible_schema_is_used_and_an_incompatible_one_is_refused_by_name(
     }
 }
 
+/// Leaves the database as the migration before `newest` left it.
+fn undo_newest_migration(env: &Env, newest: i64) {
+    let undo = match newest {
+        7 => "ALTER TABLE jobs DROP COLUMN on_failure",
+        other => panic!("teach this test how to undo migration {other}"),
+    };
+    env.sql(&format!(
+        "{undo}; DELETE FROM _sqlx_migrations WHERE version = {newest}"
+    ));
+}
+
 #[test]
 fn a_schema_behind_the_binary_changes_only_through_db_migrate() {
     for backend in backends() {
         let env = ready(backend);
         let current = schema_version(&env);
-        // The database as the previous release left it.
-        env.sql(&format!(
-            "DROP TABLE schema_compat; DELETE FROM _sqlx_migrations WHERE version = {current}"
-        ));
+        undo_newest_migration(&env, current);
 
         for args in [
             &["status"][..],
@@ -149,7 +160,7 @@ fn a_schema_behind_the_binary_changes_only_through_db_migrate() {
         assert!(
             status
                 .stdout
-                .contains("`ferry db migrate` would apply: 6 schema compat"),
+                .contains(&format!("`ferry db migrate` would apply: {current} ")),
             "{}",
             status.stdout
         );
@@ -201,4 +212,176 @@ fn a_read_only_role_reads_everything_a_reading_command_shows() {
             String::from_utf8_lossy(&run.stderr)
         );
     }
+}
+
+/// The previous release's `ferry` and `ferry-agent`, or a loud skip when this checkout could
+/// not build them (tests/run.sh builds them from the release's commit; a shallow clone has
+/// none).
+fn previous_release() -> Option<(PathBuf, PathBuf)> {
+    match (
+        harness::previous_release("ferry"),
+        harness::previous_release("ferry-agent"),
+    ) {
+        (Some(ferry), Some(agent)) => Some((ferry, agent)),
+        _ => {
+            eprintln!(
+                "SKIPPED: ferry 0.1.0's binaries are not in target/previous-release \
+                 (`bash tests/run.sh` builds them from the release's commit)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs of `schedule` that ran at the same time as another of it (there must be none).
+fn overlapping_runs(env: &Env, schedule: &str) -> String {
+    env.sql_text(&format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM runs a JOIN runs b \
+           ON a.schedule_name = b.schedule_name AND a.id < b.id \
+          AND a.started_at < b.finished_at AND b.started_at < a.finished_at \
+         WHERE a.schedule_name = '{schedule}'"
+    ))
+    .unwrap_or_default()
+}
+
+/// Waits until `schedule` has a run after run `after` that `by` finished well; returns its id.
+fn succeeded_after(env: &Env, schedule: &str, by: &str, after: i64) -> i64 {
+    let query = format!(
+        "SELECT CAST(MIN(id) AS TEXT) FROM runs WHERE schedule_name = '{schedule}' \
+         AND scheduler = '{by}' AND state = 'succeeded' AND id > {after}"
+    );
+    let mut found = None;
+    let done = wait_until(Duration::from_secs(30), || {
+        found = env.sql_text(&query).and_then(|id| id.parse().ok());
+        found.is_some()
+    });
+    let runs = env.ferry(&["runs", "--limit", "10"]).stdout;
+    assert!(
+        done,
+        "no run of {schedule} by {by} after run {after}:\n{runs}"
+    );
+    found.unwrap()
+}
+
+fn versions(env: &Env) -> Vec<(String, String)> {
+    let list = env
+        .ferry(&["--output", "json", "scheduler", "list"])
+        .ok()
+        .json();
+    let list = list.as_array().unwrap().iter();
+    let alive = list.filter(|s| s["alive"] == true);
+    alive
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().into(),
+                s["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_standby_then_the_active_scheduler_then_the_agent_upgrade_with_work_moving_and_nothing_doubled()
+ {
+    let Some((old_ferry, old_agent)) = previous_release() else {
+        return;
+    };
+    let env = Env::new(Backend::Sqlite);
+    let old = |args: &[&str]| {
+        let out = Command::new(&old_ferry)
+            .arg("--db")
+            .arg(&env.db)
+            .args(args)
+            .output();
+        let out = out.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ferry 0.1.0 {args:?}: {stderr}");
+    };
+    let tls = env.tls_folder(&["nas1"], &["s1", "s2"]);
+    let srv = env.path("srv");
+    fs::create_dir_all(srv.join("a")).unwrap();
+    fs::write(srv.join("a/on-the-agent.txt"), "served by nas1").unwrap();
+    fs::create_dir_all(env.path("src")).unwrap();
+    fs::write(env.path("src/local.txt"), "on the scheduler's machine").unwrap();
+    let agent = TestAgent::start_program(&env, &old_agent, "nas1", &[&srv], &tls);
+    let address = agent.address.clone();
+
+    // ferry 0.1.0 makes the database, the jobs and the schedules.
+    old(&["agent", "add", "nas1", "--address", &address]);
+    let here = |p: &str| env.path(p).display().to_string();
+    let on_agent = format!("nas1:{}", srv.join("a").display());
+    for (job, from, to) in [
+        ("local", here("src"), here("dst-local")),
+        ("remote", on_agent, here("dst-remote")),
+    ] {
+        old(&[
+            "job", "add", job, "--rule", "mirror", "--from", &from, "--to", &to,
+        ]);
+        let every_2s = ["--cron", "*/2 * * * * *", "--prefer", "s1"];
+        old(&[&["schedule", "add", job, "--job", job][..], &every_2s].concat());
+    }
+    let tls_args = ["--tls-dir", tls.to_str().unwrap()];
+    let old_s1 = TestScheduler::start_program(&env, &old_ferry, "s1", &tls_args);
+    let old_s2 = TestScheduler::start_program(&env, &old_ferry, "s2", &tls_args);
+    let mut last = 0;
+    for schedule in ["local", "remote"] {
+        last = last.max(succeeded_after(&env, schedule, "s1", 0));
+    }
+
+    // 1. The schema, with the new release; the old schedulers carry on with it.
+    let migrated = env.ferry(&["db", "migrate"]).ok();
+    assert!(
+        migrated.stdout.contains("schema version 7"),
+        "{}",
+        migrated.stdout
+    );
+    for schedule in ["local", "remote"] {
+        last = last.max(succeeded_after(&env, schedule, "s1", last));
+    }
+
+    // 2. The standby first.
+    old_s2.terminate();
+    let s2 = TestScheduler::start(&env, "s2", &tls_args);
+    let mixed = versions(&env);
+    assert!(mixed.contains(&("s1".into(), "0.1.0".into())), "{mixed:?}");
+    assert!(mixed.contains(&("s2".into(), "0.2.0".into())), "{mixed:?}");
+
+    // 3. Then the active one: its work moves to the upgraded standby (which speaks to the old
+    // agent), and comes back once it runs again.
+    old_s1.terminate();
+    for schedule in ["local", "remote"] {
+        last = last.max(succeeded_after(&env, schedule, "s2", last));
+    }
+    let s1 = TestScheduler::start(&env, "s1", &tls_args);
+    for schedule in ["local", "remote"] {
+        last = last.max(succeeded_after(&env, schedule, "s1", last));
+    }
+
+    // 4. The agent.
+    agent.kill();
+    let agent = TestAgent::start_at(&env, "nas1", &[&srv], &tls, &address);
+    fs::write(srv.join("a/after-the-upgrade.txt"), "new agent").unwrap();
+    let restarted = last;
+    succeeded_after(&env, "remote", "s1", restarted);
+    assert!(wait_until(Duration::from_secs(10), || {
+        fs::read_to_string(env.path("dst-remote/after-the-upgrade.txt")).is_ok()
+    }));
+
+    for schedule in ["local", "remote"] {
+        assert_eq!(
+            overlapping_runs(&env, schedule),
+            "0",
+            "{schedule} ran twice at once"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(env.path("dst-local/local.txt")).unwrap(),
+        "on the scheduler's machine"
+    );
+    assert_eq!(
+        fs::read_to_string(env.path("dst-remote/on-the-agent.txt")).unwrap(),
+        "served by nas1"
+    );
+    assert!(versions(&env).iter().all(|(_, v)| v == "0.2.0"));
+    drop((s1, s2, agent));
 }
