@@ -35,7 +35,9 @@ dpkg --root="$root" --force-script-chrootless --force-depends --log=/dev/null -i
     { echo "tests/packaging.sh: installing $deb into a scratch root failed" >&2; exit 1; }
 dpkg --root="$root" -s ferry | grep -q '^Status: install ok installed'
 for f in usr/bin/ferry usr/bin/ferry-agent lib/systemd/system/ferry-scheduler.service \
-    lib/systemd/system/ferry-agent.service etc/ferry/scheduler.toml etc/ferry/agent.toml etc/ferry/ferry.env; do
+    lib/systemd/system/ferry-agent.service etc/ferry/scheduler.toml etc/ferry/agent.toml etc/ferry/ferry.env \
+    usr/share/man/man1/ferry.1.gz usr/share/man/man1/ferry-job-add.1.gz usr/share/man/man1/ferry-agent.1.gz \
+    usr/share/bash-completion/completions/ferry usr/share/bash-completion/completions/ferry-agent; do
     [ -e "$root/$f" ] || { echo "tests/packaging.sh: the package did not install /$f" >&2; exit 1; }
 done
 grep -q '^ferry:x:[0-9]*:[0-9]*:.*:/var/lib/ferry:/usr/sbin/nologin$' "$root/etc/passwd" ||

@@ -33,6 +33,17 @@ install -D -m 0644 "$dist/ferry-agent.service" "$stage/lib/systemd/system/ferry-
 install -D -m 0644 "$dist/scheduler.toml" "$stage/etc/ferry/scheduler.toml"
 install -D -m 0644 "$dist/agent.toml" "$stage/etc/ferry/agent.toml"
 install -D -m 0640 "$dist/ferry.env" "$stage/etc/ferry/ferry.env"
+# Man pages and completions, from the binaries themselves.
+"$bin/ferry" man "$stage/usr/share/man/man1"
+"$bin/ferry-agent" man "$stage/usr/share/man/man1"
+gzip -9n "$stage"/usr/share/man/man1/*.1
+for b in ferry ferry-agent; do
+    install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
+        "$stage/usr/share/fish/vendor_completions.d"
+    "$bin/$b" completions bash >"$stage/usr/share/bash-completion/completions/$b"
+    "$bin/$b" completions zsh >"$stage/usr/share/zsh/vendor-completions/_$b"
+    "$bin/$b" completions fish >"$stage/usr/share/fish/vendor_completions.d/$b.fish"
+done
 for doc in README.md docs/SQL.md docs/SECURITY.md docs/alerts.yml; do
     [ -f "$doc" ] && install -D -m 0644 "$doc" "$stage/usr/share/doc/ferry/$(basename "$doc")"
 done

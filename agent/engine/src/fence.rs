@@ -39,6 +39,8 @@ struct HaltState {
     stopped: AtomicBool,
     /// Nanoseconds after [`epoch`] at which to halt; 0 = no deadline.
     deadline: AtomicU64,
+    /// The halt this one stops with, if it is a [`Halt::child`].
+    parent: Option<Halt>,
 }
 
 fn epoch() -> Instant {
@@ -55,6 +57,16 @@ impl Halt {
     pub fn fenced(fence: Fence) -> Self {
         Self(Arc::new(HaltState {
             fence: Some(fence),
+            ..HaltState::default()
+        }))
+    }
+
+    /// A halt that stops when this one does, and on its own too: one run of the work held
+    /// under a lease, which can be cancelled without stopping the lease's later work.
+    pub fn child(&self) -> Self {
+        Self(Arc::new(HaltState {
+            fence: self.0.fence.clone(),
+            parent: Some(self.clone()),
             ..HaltState::default()
         }))
     }
@@ -81,7 +93,11 @@ impl Halt {
     /// Time left before the deadline; `None` without one.
     pub fn remaining(&self) -> Option<Duration> {
         let deadline = self.0.deadline.load(Ordering::SeqCst);
-        (deadline != 0).then(|| Duration::from_nanos(deadline).saturating_sub(epoch().elapsed()))
+        match (deadline, &self.0.parent) {
+            (0, Some(parent)) => parent.remaining(),
+            (0, None) => None,
+            _ => Some(Duration::from_nanos(deadline).saturating_sub(epoch().elapsed())),
+        }
     }
 
     pub fn is_halted(&self) -> bool {
@@ -89,6 +105,39 @@ impl Halt {
             return true;
         }
         let deadline = self.0.deadline.load(Ordering::SeqCst);
-        deadline != 0 && epoch().elapsed().as_nanos() >= u128::from(deadline)
+        let passed = deadline != 0 && epoch().elapsed().as_nanos() >= u128::from(deadline);
+        passed || self.0.parent.as_ref().is_some_and(Halt::is_halted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_halt_stops_with_its_parent_or_alone_and_shares_its_deadline() {
+        let lease = Halt::fenced(Fence {
+            resource: "job:docs".into(),
+            epoch: 3,
+        });
+        lease.extend_until(Instant::now() + Duration::from_secs(60));
+        let run = lease.child();
+        assert_eq!(run.fence(), lease.fence());
+        assert!(
+            run.remaining()
+                .is_some_and(|left| left > Duration::from_secs(50))
+        );
+
+        run.stop();
+        assert!(run.is_halted());
+        assert!(
+            !lease.is_halted(),
+            "cancelling one run leaves the lease's work alone"
+        );
+
+        let next = lease.child();
+        assert!(!next.is_halted());
+        lease.stop();
+        assert!(next.is_halted(), "a lost lease stops its runs");
     }
 }

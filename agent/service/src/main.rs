@@ -63,6 +63,15 @@ enum Command {
         #[arg(required = true)]
         destinations: Vec<PathBuf>,
     },
+    /// Print the completion script for SHELL.
+    ///
+    /// Example: ferry-agent completions bash > /etc/bash_completion.d/ferry-agent
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages, ferry-agent.1 and one for each command, into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -92,6 +101,16 @@ struct RunArgs {
     /// monitoring reaches.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines for people (human) or one JSON object a line (json), for a log collector.
+    /// FERRY_LOG filters them (info by default; ferry_agent=debug for every request).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 /// What `ferry-agent run` needs, from the file and the flags together.
@@ -101,6 +120,7 @@ struct Settings {
     tls_dir: PathBuf,
     state_dir: Option<PathBuf>,
     metrics_listen: Option<std::net::SocketAddr>,
+    log_format: LogFormat,
     roots: Vec<ServedRoot>,
     peers: std::collections::BTreeMap<String, String>,
     limits: config::Limits,
@@ -137,6 +157,7 @@ impl RunArgs {
                 .ok_or_else(|| missing("tls-dir"))?,
             state_dir: self.state_dir.or(file.state_dir),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            log_format: self.log_format,
             roots,
             peers: file.peers,
             limits: file.limits,
@@ -179,6 +200,23 @@ fn main() -> ExitCode {
     ferry_engine::memory::keep_freed_memory();
     let Cli { command } = Cli::parse();
     match command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ferry-agent", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+            });
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferry-agent: {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => match args.settings() {
             Ok(settings) => run_agent(settings),
             Err(e) => {
@@ -204,18 +242,22 @@ fn run_agent(settings: Settings) -> ExitCode {
         tls_dir,
         state_dir,
         metrics_listen,
+        log_format,
         roots,
         peers,
         limits,
     } = settings;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let tls = ferry_wire::tls::server_config(&tls_dir, &name)
         .and_then(|server| Ok((server, ferry_wire::tls::client_config(&tls_dir, &name)?)));
     let (tls, client_tls) = match tls {

@@ -9,17 +9,18 @@ use ferry_engine::meta::Keep;
 
 use super::output::{or_dash, time};
 use super::{
-    JobAdd, JobCommand, MonitorAdd, MonitorCommand, Output, PlacementArgs, ScheduleAdd,
-    ScheduleCommand, invalid,
+    JobAdd, JobCommand, JobSet, MonitorAdd, MonitorCommand, MonitorSet, Output, PlacementArgs,
+    PlacementSet, ScheduleAdd, ScheduleCommand, ScheduleSet, invalid,
 };
 use crate::plan::cron::CronSpec;
 use crate::plan::definitions::{self, JobField, Place};
 use crate::plan::firing::Misfire;
-use crate::store::{JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow, Store};
+use crate::store::{Cancel, JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow, Store};
 
 pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Add(args) => add_job(store, args).await,
+        JobCommand::Set(args) => set_job(store, args).await,
         JobCommand::List => {
             let jobs = store.jobs().await?;
             out.list(
@@ -44,11 +45,7 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
             Ok(())
         }
         JobCommand::Show { name } => {
-            let job = store
-                .job(&name)
-                .await?
-                .ok_or_else(|| invalid("job", format!("no job named {name:?}")))?;
-            out.one(&job);
+            out.one(&find_job(store, &name).await?);
             Ok(())
         }
         JobCommand::Rm { name } => {
@@ -82,7 +79,47 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         on_failure: args.on_failure,
     };
     check_name("job", &row.name)?;
-    let checked = definitions::check_job(&row).map_err(|problem| {
+    check_job_row(store, &row, allow_missing_source).await?;
+    store.add_job(&row).await?;
+    println!(
+        "added job {} ({} {} -> {})",
+        row.name,
+        row.rule,
+        row.source,
+        row.destinations.join(", ")
+    );
+    Ok(())
+}
+
+/// `ferry job set`: the job with the flags given replacing its values, checked as `add` does.
+async fn set_job(store: &Store, args: JobSet) -> anyhow::Result<()> {
+    let before = find_job(store, &args.name).await?;
+    let mut row = before.clone();
+    replace(&mut row.rule, args.rule);
+    replace(&mut row.source, args.source);
+    replace_list(&mut row.destinations, args.destinations);
+    if args.no_filters {
+        (row.include, row.exclude) = (vec![], vec![]);
+    }
+    replace_list(&mut row.include, args.include);
+    replace_list(&mut row.exclude, args.exclude);
+    replace_or_clear(&mut row.max_deletes, args.max_deletes, args.no_max_deletes);
+    replace_or_clear(&mut row.versions_dir, args.versions_dir, args.no_versions);
+    replace_or_clear(&mut row.on_failure, args.on_failure, args.no_on_failure);
+    replace(&mut row.checksum, args.checksum);
+    check_job_row(store, &row, args.allow_missing_source).await?;
+    store.replace_job(&row).await?;
+    print_changes("job", &row.name, &before, &row)
+}
+
+/// Checks a job's row as the scheduler will, and what only this machine can tell: that its
+/// agents are known and its local source is there.
+async fn check_job_row(
+    store: &Store,
+    row: &JobRow,
+    allow_missing_source: bool,
+) -> anyhow::Result<()> {
+    let checked = definitions::check_job(row).map_err(|problem| {
         let flag = match problem.field {
             JobField::Rule => "--rule",
             JobField::Source => "--from",
@@ -115,20 +152,70 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
         );
         return Err(invalid("--from", message));
     }
-    store.add_job(&row).await?;
-    println!(
-        "added job {} ({} {} -> {})",
-        row.name,
-        row.rule,
-        row.source,
-        row.destinations.join(", ")
-    );
+    Ok(())
+}
+
+async fn find_job(store: &Store, name: &str) -> anyhow::Result<JobRow> {
+    let job = store.job(name).await?;
+    job.ok_or_else(|| invalid("job", format!("no job named {name:?}")))
+}
+
+/// `slot` takes `value` when one was given.
+fn replace<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// `slot` takes `value` when one was given, or nothing when `clear`.
+fn replace_or_clear<T>(slot: &mut Option<T>, value: Option<T>, clear: bool) {
+    if clear {
+        *slot = None;
+    }
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+/// A list flag given replaces the whole list.
+fn replace_list(slot: &mut Vec<String>, values: Vec<String>) {
+    if !values.is_empty() {
+        *slot = values;
+    }
+}
+
+/// Says what `set` changed, field by field, or that nothing did.
+fn print_changes<T: serde::Serialize>(
+    what: &str,
+    name: &str,
+    before: &T,
+    after: &T,
+) -> anyhow::Result<()> {
+    let (before, after) = (serde_json::to_value(before)?, serde_json::to_value(after)?);
+    let (Some(before), Some(after)) = (before.as_object(), after.as_object()) else {
+        return Ok(());
+    };
+    let changes: Vec<String> = after
+        .iter()
+        .filter(|(field, value)| before.get(*field) != Some(value))
+        .map(|(field, value)| {
+            format!(
+                "{field} {} -> {value}",
+                before.get(field).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    match changes.is_empty() {
+        true => println!("{what} {name} unchanged"),
+        false => println!("changed {what} {name}: {}", changes.join(", ")),
+    }
     Ok(())
 }
 
 pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyhow::Result<()> {
     match cmd {
         ScheduleCommand::Add(args) => add_schedule(store, args).await,
+        ScheduleCommand::Set(args) => set_schedule(store, args).await,
         ScheduleCommand::List => {
             let schedules = store.schedules().await?;
             out.list(
@@ -174,23 +261,6 @@ pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyho
 
 async fn add_schedule(store: &Store, args: ScheduleAdd) -> anyhow::Result<()> {
     check_name("schedule", &args.name)?;
-    CronSpec::parse(&args.cron, &args.tz).map_err(|e| {
-        invalid(
-            if e.contains("time zone") {
-                "--tz"
-            } else {
-                "--cron"
-            },
-            e,
-        )
-    })?;
-    args.misfire
-        .parse::<Misfire>()
-        .map_err(|e| invalid("--misfire", e))?;
-    if args.retries < 0 {
-        return Err(invalid("--retries", "must be 0 or more"));
-    }
-    require_job(store, &args.job).await?;
     let PlacementArgs {
         preferred,
         no_fallback,
@@ -212,12 +282,54 @@ async fn add_schedule(store: &Store, args: ScheduleAdd) -> anyhow::Result<()> {
         last_error: None,
         created_at: Utc::now(),
     };
+    check_schedule(store, &row).await?;
     store.add_schedule(&row).await?;
     println!(
         "added schedule {} (job {}, cron {:?} {})",
         row.name, row.job_name, row.cron, row.timezone
     );
     Ok(())
+}
+
+async fn set_schedule(store: &Store, args: ScheduleSet) -> anyhow::Result<()> {
+    let before = find_schedule(store, &args.name).await?;
+    let mut row = before.clone();
+    replace(&mut row.job_name, args.job);
+    replace(&mut row.cron, args.cron);
+    replace(&mut row.timezone, args.tz);
+    set_placement(&mut row.preferred, &mut row.fallback_any, args.placement);
+    replace(&mut row.retries, args.retries);
+    replace(&mut row.retry_delay_ms, args.retry_delay.map(millis));
+    replace(&mut row.misfire, args.misfire);
+    check_schedule(store, &row).await?;
+    store.update_schedule(&row).await?;
+    print_changes("schedule", &row.name, &before, &row)
+}
+
+/// Checks a schedule's cron and time zone, misfire policy, retries and job.
+async fn check_schedule(store: &Store, row: &ScheduleRow) -> anyhow::Result<()> {
+    CronSpec::parse(&row.cron, &row.timezone).map_err(|e| {
+        let flag = if e.contains("time zone") {
+            "--tz"
+        } else {
+            "--cron"
+        };
+        invalid(flag, e)
+    })?;
+    row.misfire
+        .parse::<Misfire>()
+        .map_err(|e| invalid("--misfire", e))?;
+    if row.retries < 0 {
+        return Err(invalid("--retries", "must be 0 or more"));
+    }
+    require_job(store, &row.job_name).await
+}
+
+fn set_placement(preferred: &mut Option<String>, fallback_any: &mut bool, change: PlacementSet) {
+    replace_or_clear(preferred, change.preferred, change.no_prefer);
+    if change.fallback || change.no_fallback {
+        *fallback_any = change.fallback;
+    }
 }
 
 async fn find_schedule(store: &Store, name: &str) -> anyhow::Result<ScheduleRow> {
@@ -232,6 +344,7 @@ async fn find_schedule(store: &Store, name: &str) -> anyhow::Result<ScheduleRow>
 pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow::Result<()> {
     match cmd {
         MonitorCommand::Add(args) => add_monitor(store, args).await,
+        MonitorCommand::Set(args) => set_monitor(store, args).await,
         MonitorCommand::List => {
             let monitors = store.monitors().await?;
             out.list(
@@ -272,10 +385,6 @@ pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow:
 
 async fn add_monitor(store: &Store, args: MonitorAdd) -> anyhow::Result<()> {
     check_name("monitor", &args.name)?;
-    if args.rescan.is_zero() {
-        return Err(invalid("--rescan", "must be greater than zero"));
-    }
-    require_job(store, &args.job).await?;
     let PlacementArgs {
         preferred,
         no_fallback,
@@ -292,9 +401,35 @@ async fn add_monitor(store: &Store, args: MonitorAdd) -> anyhow::Result<()> {
         last_error: None,
         created_at: Utc::now(),
     };
+    check_monitor(store, &row).await?;
     store.add_monitor(&row).await?;
     println!("added monitor {} (job {})", row.name, row.job_name);
     Ok(())
+}
+
+async fn set_monitor(store: &Store, args: MonitorSet) -> anyhow::Result<()> {
+    let before = store
+        .monitors()
+        .await?
+        .into_iter()
+        .find(|m| m.name == args.name);
+    let before =
+        before.ok_or_else(|| invalid("monitor", format!("no monitor named {:?}", args.name)))?;
+    let mut row = before.clone();
+    replace(&mut row.job_name, args.job);
+    set_placement(&mut row.preferred, &mut row.fallback_any, args.placement);
+    replace(&mut row.debounce_ms, args.debounce.map(millis));
+    replace(&mut row.rescan_ms, args.rescan.map(millis));
+    check_monitor(store, &row).await?;
+    store.update_monitor(&row).await?;
+    print_changes("monitor", &row.name, &before, &row)
+}
+
+async fn check_monitor(store: &Store, row: &MonitorRow) -> anyhow::Result<()> {
+    if row.rescan_ms <= 0 {
+        return Err(invalid("--rescan", "must be greater than zero"));
+    }
+    require_job(store, &row.job_name).await
 }
 
 async fn require_job(store: &Store, job: &str) -> anyhow::Result<()> {
@@ -331,6 +466,44 @@ async fn hold(store: &Store, kind: ResourceKind, name: &str, held: bool) -> anyh
         }
     );
     Ok(())
+}
+
+/// `ferry run cancel ID [--wait]`.
+pub async fn cancel(store: &Store, out: Output, id: i64, wait: bool) -> anyhow::Result<()> {
+    match store.request_cancel(id).await? {
+        Cancel::Asked => println!("asked the scheduler running run {id} to cancel it"),
+        Cancel::RetryDropped => println!("cancelled run {id}: it will not be retried"),
+        Cancel::Not(run) if run.monitor_name.is_some() => {
+            let monitor = run.monitor_name.unwrap_or_default();
+            let why = format!(
+                "run {id} is monitor {monitor}'s: hold the monitor instead (`ferry monitor hold {monitor}`)"
+            );
+            return Err(invalid("ID", why));
+        }
+        Cancel::Not(run) => {
+            return Err(invalid(
+                "ID",
+                format!("run {id} has already ended ({})", run.state),
+            ));
+        }
+    }
+    if !wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = store.run(id).await?.context("the run vanished")?;
+        if run.state != "running" {
+            out.one(&run);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "run {id} is still running a minute later: is its scheduler alive (`ferry status`)?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `ferry schedule run NAME [--wait]`.

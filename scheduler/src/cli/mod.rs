@@ -108,6 +108,9 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// One run: cancel it.
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Print run events (copied, deleted, conflicts, errors); --follow keeps printing new ones.
     Tail {
         /// Keep printing events as they are written.
@@ -126,6 +129,30 @@ pub enum Command {
     /// A private certificate authority for mutual TLS between schedulers and agents.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print the completion script for SHELL.
+    ///
+    /// Example: ferry completions bash > /etc/bash_completion.d/ferry
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages, ferry.1 and one for each command (ferry-job-add.1, …), into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RunCommand {
+    /// Stop a run of a schedule (its id is in `ferry runs`): the scheduler running it stops it
+    /// before its next file, and it ends `cancelled`, with no retry. A run waiting for a
+    /// retry gets none. A monitor's run ends when the monitor is held (`ferry monitor hold`).
+    ///
+    /// Example: ferry run cancel 1234 --wait
+    Cancel {
+        id: i64,
+        /// Wait until the run has ended (at most a minute).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +259,11 @@ pub enum JobCommand {
     ///
     /// Example: ferry job add docs --rule mirror --from /srv/docs --to /backup/docs --exclude '*.tmp'
     Add(JobAdd),
+    /// Change a job: the flags given replace what the job has (a list flag its whole list);
+    /// the schedulers pick the change up at their next tick, a monitor restarts with it.
+    ///
+    /// Example: ferry job set docs --exclude '*.tmp' --exclude 'cache/' --max-deletes 500
+    Set(JobSet),
     List,
     Show {
         name: String,
@@ -314,12 +346,62 @@ pub struct JobAdd {
     pub specials: bool,
 }
 
+/// `ferry job set`: each flag given replaces the job's value.
+#[derive(Args)]
+pub struct JobSet {
+    pub name: String,
+    /// mirror, copy or sync.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// The source folder.
+    #[arg(long = "from", value_name = "PATH")]
+    pub source: Option<String>,
+    /// The destinations (all of them: repeat for several).
+    #[arg(long = "to", value_name = "PATH")]
+    pub destinations: Vec<String>,
+    /// The include globs (all of them).
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// The exclude globs (all of them).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Drop every include and exclude glob.
+    #[arg(long, conflicts_with_all = ["include", "exclude"])]
+    pub no_filters: bool,
+    /// Accept a source folder that does not exist on this machine.
+    #[arg(long)]
+    pub allow_missing_source: bool,
+    #[arg(long, value_name = "N", conflicts_with = "no_max_deletes")]
+    pub max_deletes: Option<i64>,
+    /// Let runs delete any number of files.
+    #[arg(long)]
+    pub no_max_deletes: bool,
+    #[arg(long = "versions", value_name = "DIR", conflicts_with = "no_versions")]
+    pub versions_dir: Option<String>,
+    /// Keep no versions of deleted and overwritten files.
+    #[arg(long)]
+    pub no_versions: bool,
+    /// Compare the content of files whose size and time agree: true or false.
+    #[arg(long, value_name = "BOOL")]
+    pub checksum: Option<bool>,
+    #[arg(long, value_name = "URL|NAME", conflicts_with = "no_on_failure")]
+    pub on_failure: Option<String>,
+    /// Call nothing when a run fails.
+    #[arg(long)]
+    pub no_on_failure: bool,
+}
+
 #[derive(Subcommand)]
 pub enum ScheduleCommand {
     /// Define a schedule.
     ///
     /// Example: ferry schedule add docs-nightly --job docs --cron '0 2 * * *' --tz Europe/Paris
     Add(ScheduleAdd),
+    /// Change a schedule: the flags given replace what it has; the rest stays. Fire times
+    /// already past are not fired again under a new cron.
+    ///
+    /// Example: ferry schedule set docs-nightly --cron '30 1 * * *' --prefer fs2
+    Set(ScheduleSet),
     List,
     Show {
         name: String,
@@ -373,6 +455,47 @@ pub struct ScheduleAdd {
 }
 
 #[derive(Args)]
+pub struct ScheduleSet {
+    pub name: String,
+    #[arg(long)]
+    pub job: Option<String>,
+    #[arg(long)]
+    pub cron: Option<String>,
+    #[arg(long)]
+    pub tz: Option<String>,
+    #[command(flatten)]
+    pub placement: PlacementSet,
+    #[arg(long)]
+    pub retries: Option<i32>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retry_delay: Option<Duration>,
+    /// run_once, skip or run_all.
+    #[arg(long)]
+    pub misfire: Option<String>,
+}
+
+/// Changes of where a schedule or monitor runs.
+#[derive(Args)]
+pub struct PlacementSet {
+    /// Run on this scheduler while it is alive.
+    #[arg(
+        long = "prefer",
+        value_name = "SCHEDULER",
+        conflicts_with = "no_prefer"
+    )]
+    pub preferred: Option<String>,
+    /// Prefer no scheduler: spread with the rest of the work.
+    #[arg(long)]
+    pub no_prefer: bool,
+    /// Fall back to any live scheduler while the preferred one is down.
+    #[arg(long, conflicts_with = "no_fallback")]
+    pub fallback: bool,
+    /// Wait for the preferred scheduler instead of falling back.
+    #[arg(long)]
+    pub no_fallback: bool,
+}
+
+#[derive(Args)]
 pub struct PlacementArgs {
     /// Run on this scheduler while it is alive.
     #[arg(long = "prefer", value_name = "SCHEDULER")]
@@ -391,6 +514,10 @@ pub enum MonitorCommand {
     ///
     /// Example: ferry monitor add docs-live --job docs --debounce 100ms
     Add(MonitorAdd),
+    /// Change a monitor: the flags given replace what it has; it restarts with them.
+    ///
+    /// Example: ferry monitor set docs-live --debounce 1s --no-prefer
+    Set(MonitorSet),
     List,
     Show {
         name: String,
@@ -421,6 +548,19 @@ pub struct MonitorAdd {
     /// Full rescan interval, the safety net for changes the watcher missed.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub rescan: Duration,
+}
+
+#[derive(Args)]
+pub struct MonitorSet {
+    pub name: String,
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub placement: PlacementSet,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub debounce: Option<Duration>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rescan: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -481,8 +621,19 @@ pub struct SchedulerRun {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Ca(command) = cli.command {
-        return certificate_authority(command);
+    match cli.command {
+        Command::Ca(command) => return certificate_authority(command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ferry", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
+            return Ok(());
+        }
+        _ => {}
     }
     let access = cli.command.access();
     check_database(&cli.db, matches!(access, Access::Read | Access::Inspect))?;
@@ -509,8 +660,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { check } => report::status(&store, out, check).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
+        Command::Run(RunCommand::Cancel { id, wait }) => {
+            define::cancel(&store, out, id, wait).await
+        }
         Command::Agent(cmd) => report::agent(&store, out, cmd).await,
-        Command::Ca(_) => unreachable!("handled before the database is opened"),
+        Command::Ca(_) | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the database is opened")
+        }
         Command::Db(DbCommand::Migrate) => {
             println!(
                 "database {} is at schema version {} (this ferry's is {})",

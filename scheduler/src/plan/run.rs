@@ -307,6 +307,16 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Whether the halt that stopped the run was someone's `ferry run cancel` (rather than a stop
+/// or a lost lease). A database that does not answer says no: the run is then retried.
+async fn cancel_asked(recorder: &Recorder) -> bool {
+    let asked = recorder.store.cancel_requested(recorder.run.id);
+    matches!(
+        tokio::time::timeout(WRITE_PATIENCE, asked).await,
+        Ok(Ok(true))
+    )
+}
+
 /// Tells the job's `on_failure` hook of a run that failed for good (as `ferry runs --output
 /// json` shows it), and records in the run's events how that went.
 async fn call_failure_hook(recorder: &Recorder, hook: &Hook, hook_dir: Option<&Path>) {
@@ -397,6 +407,14 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
                 .await;
             recorder.finish("failed", Some(error), retry(true)).await;
             "failed"
+        }
+        Err(EngineError::Cancelled { .. }) if cancel_asked(&recorder).await => {
+            recorder
+                .note("warn", "cancelled, as asked (`ferry run cancel`)")
+                .await;
+            let why = "cancelled by `ferry run cancel`".to_owned();
+            recorder.finish("cancelled", Some(why), None).await;
+            "cancelled"
         }
         Err(EngineError::Cancelled { .. }) => {
             recorder

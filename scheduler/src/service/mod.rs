@@ -243,6 +243,7 @@ impl Service {
         for row in &defs.monitors {
             self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
+        self.cancel_requested_runs().await?;
         self.release_vanished(&defs).await?;
         self.release_idle_jobs().await?;
         Ok(self.next_wake(now))

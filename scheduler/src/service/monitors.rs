@@ -178,7 +178,7 @@ impl Service {
         let work = monitor::run(self.store.clone(), attempt, task, stop.clone(), halt);
         Ok(Some(MonitorWork {
             definition,
-            task: Task::spawn(work, through_agents),
+            task: Task::spawn(work, through_agents, None),
             stop,
             problem,
         }))

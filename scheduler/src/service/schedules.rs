@@ -310,16 +310,43 @@ impl Service {
         })
     }
 
-    fn spawn_run(&self, id: i64, run: ScheduledRun) -> Task {
+    fn spawn_run(&self, id: i64, mut run: ScheduledRun) -> Task {
         let attempt = RunAttempt {
             id,
             instance: self.me.instance.clone(),
             attempt: run.attempt,
         };
         let through_agents = run.execution.handoff.is_some();
+        // The run's own halt: a cancel stops this run, not the lease's next ones.
+        run.halt = run.halt.child();
+        let halt = run.halt.clone();
         Task::spawn(
             run::run_scheduled(self.store.clone(), attempt, run),
             through_agents,
+            Some((id, halt)),
         )
+    }
+
+    /// Stops the runs going here that someone asked to cancel (`ferry run cancel`); each
+    /// records itself as cancelled.
+    pub(super) async fn cancel_requested_runs(&self) -> Result<(), StoreError> {
+        let wanted = self.store.cancel_requests(&self.me.instance).await?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let running = self
+            .holdings
+            .values()
+            .filter_map(|holding| match &holding.work {
+                Work::Schedule(work) => work.running.as_ref()?.run.as_ref(),
+                Work::Monitor(_) => None,
+            });
+        for (id, halt) in running.filter(|(id, _)| wanted.contains(id)) {
+            if !halt.is_halted() {
+                tracing::info!(run = id, "cancelling the run, as asked");
+                halt.stop();
+            }
+        }
+        Ok(())
     }
 }

@@ -74,16 +74,20 @@ pub(super) struct Task {
     /// Every folder it writes is on an agent, as it was started: fenced there, it may outlive
     /// the lease deadline.
     pub(super) through_agents: bool,
+    /// The run it carries out, and the halt of that run alone (`ferry run cancel`).
+    pub(super) run: Option<(i64, Halt)>,
 }
 
 impl Task {
     pub(super) fn spawn(
         work: impl Future<Output = ()> + Send + 'static,
         through_agents: bool,
+        run: Option<(i64, Halt)>,
     ) -> Self {
         Self {
             handle: tokio::spawn(work),
             through_agents,
+            run,
         }
     }
 

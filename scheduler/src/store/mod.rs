@@ -82,6 +82,24 @@ impl StoreError {
     }
 }
 
+/// How [`Store::write_job`] writes: a new job, or over an existing one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JobWrite {
+    Insert,
+    Replace,
+}
+
+/// `NotFound` when a statement about `name` changed no row.
+fn found(affected: u64, what: &'static str, name: &str) -> Result<()> {
+    match affected {
+        0 => Err(StoreError::NotFound {
+            what,
+            name: name.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether process `pid` of this host still runs: it exists and is not a zombie (killed, and
 /// not yet reaped by the supervisor about to restart it).
 fn process_runs(pid: i64) -> bool {
@@ -215,19 +233,50 @@ impl Store {
                 name: job.name.clone(),
             });
         }
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(self.sql(
+        self.write_job(job, JobWrite::Insert).await
+    }
+
+    /// Replaces a job's row, destinations and filters with `job`'s, in one transaction.
+    pub async fn replace_job(&self, job: &JobRow) -> Result<()> {
+        if self.job(&job.name).await?.is_none() {
+            return Err(StoreError::NotFound {
+                what: "job",
+                name: job.name.clone(),
+            });
+        }
+        self.write_job(job, JobWrite::Replace).await
+    }
+
+    async fn write_job(&self, job: &JobRow, how: JobWrite) -> Result<()> {
+        let head = match how {
+            JobWrite::Insert => {
                 "INSERT INTO jobs (name, rule, source, max_deletes, versions_dir, checksum, \
                  keep_owner, keep_acls, keep_xattrs, keep_hard_links, keep_specials, numeric_ids, \
-                 on_failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            ))
+                 on_failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            }
+            JobWrite::Replace => {
+                "UPDATE jobs SET rule = $2, source = $3, max_deletes = $4, versions_dir = $5, \
+                 checksum = $6, keep_owner = $7, keep_acls = $8, keep_xattrs = $9, \
+                 keep_hard_links = $10, keep_specials = $11, numeric_ids = $12, on_failure = $13 \
+                 WHERE name = $1"
+            }
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(self.sql(head))
                 .bind(&job.name).bind(&job.rule).bind(&job.source)
                 .bind(job.max_deletes).bind(&job.versions_dir).bind(job.checksum)
                 .bind(job.keep.owner).bind(job.keep.acls).bind(job.keep.xattrs)
                 .bind(job.keep.hard_links).bind(job.keep.specials).bind(job.keep.numeric_ids)
                 .bind(&job.on_failure)
                 .execute(&mut *tx).await?;
+            if how == JobWrite::Replace {
+                for table in ["job_destinations", "job_filters"] {
+                    sqlx::query(self.sql(format!("DELETE FROM {table} WHERE job_name = $1")))
+                        .bind(&job.name)
+                        .execute(&mut *tx).await?;
+                }
+            }
             for path in &job.destinations {
                 sqlx::query(self.sql("INSERT INTO job_destinations (job_name, path) VALUES ($1, $2)"))
                     .bind(&job.name).bind(path)
@@ -329,6 +378,32 @@ impl Store {
              FROM schedules ORDER BY name",
         );
         Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?)
+    }
+
+    /// Writes a schedule's definition (not its state: held, requested runs, cursor, error).
+    pub async fn update_schedule(&self, s: &ScheduleRow) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE schedules SET job_name = $2, cron = $3, timezone = $4, preferred = $5, \
+             fallback_any = $6, retries = $7, retry_delay_ms = $8, misfire = $9 WHERE name = $1",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&s.name).bind(&s.job_name).bind(&s.cron).bind(&s.timezone).bind(&s.preferred)
+            .bind(s.fallback_any).bind(s.retries).bind(s.retry_delay_ms).bind(&s.misfire)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        found(affected, "schedule", &s.name)
+    }
+
+    /// Writes a monitor's definition (not whether it is held, nor its error).
+    pub async fn update_monitor(&self, m: &MonitorRow) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE monitors SET job_name = $2, preferred = $3, fallback_any = $4, \
+             debounce_ms = $5, rescan_ms = $6 WHERE name = $1",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&m.name).bind(&m.job_name).bind(&m.preferred).bind(m.fallback_any)
+            .bind(m.debounce_ms).bind(m.rescan_ms)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        found(affected, "monitor", &m.name)
     }
 
     pub async fn add_monitor(&self, m: &MonitorRow) -> Result<()> {
@@ -762,6 +837,53 @@ impl Store {
             .bind(end.retry_in_ms)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// Asks for run `id` to stop. A running run of a schedule is stopped by the scheduler
+    /// running it at its next tick; one waiting for a retry is cancelled here and now.
+    pub async fn request_cancel(&self, id: i64) -> Result<Cancel> {
+        let sql = self.sql(
+            "UPDATE runs SET cancel_requested_at = now() \
+             WHERE id = $1 AND state = 'running' AND schedule_name IS NOT NULL",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected > 0 {
+            return Ok(Cancel::Asked);
+        }
+        let sql = self.sql(
+            "UPDATE runs SET state = 'cancelled', retry_at = NULL, cancel_requested_at = now(), \
+               updated_at = now() WHERE id = $1 AND state <> 'running' AND retry_at IS NOT NULL",
+        );
+        let affected = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+        if affected > 0 {
+            return Ok(Cancel::RetryDropped);
+        }
+        match self.run(id).await? {
+            None => Err(StoreError::NotFound {
+                what: "run",
+                name: id.to_string(),
+            }),
+            Some(run) => Ok(Cancel::Not(Box::new(run))),
+        }
+    }
+
+    /// The runs this scheduler instance runs that someone asked to cancel.
+    pub async fn cancel_requests(&self, instance: &str) -> Result<Vec<i64>> {
+        let sql = self.sql(
+            "SELECT id FROM runs WHERE scheduler_instance = $1 AND state = 'running' \
+             AND cancel_requested_at IS NOT NULL",
+        );
+        let ids: Vec<(i64,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(instance).fetch_all(pool).await)?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Whether someone asked to cancel run `id`.
+    pub async fn cancel_requested(&self, id: i64) -> Result<bool> {
+        let sql = self.sql("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = $1");
+        let asked: Option<(bool,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
+        Ok(asked.is_some_and(|(asked,)| asked))
     }
 
     /// Marks `running` runs of a schedule or monitor started under an older lease epoch as

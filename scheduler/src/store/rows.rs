@@ -222,6 +222,16 @@ pub struct Counters {
     pub bytes_sent: i64,
 }
 
+/// What `ferry run cancel` did.
+pub enum Cancel {
+    /// The run goes on until the scheduler running it sees the request (a tick).
+    Asked,
+    /// The run was waiting for a retry: none will come.
+    RetryDropped,
+    /// Nothing: the run had ended, or is a monitor's.
+    Not(Box<RunRow>),
+}
+
 pub struct RunEnd {
     /// `succeeded`, `failed`, `interrupted` or `cancelled`.
     pub state: &'static str,

@@ -1,0 +1,227 @@
+//! Changing definitions in place (`ferry job|schedule|monitor set`), checked as `add` checks
+//! them, and followed by a running scheduler without a restart.
+
+use std::fs;
+use std::time::Duration;
+
+use ferry_tests::harness::{Backend, Env, wait_until};
+
+fn job(env: &Env, extra: &[&str]) {
+    let (src, dst) = (env.path("src"), env.path("dst1"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("keep.txt"), "kept").unwrap();
+    fs::write(src.join("scratch.tmp"), "scratch").unwrap();
+    let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let add = [
+        "job", "add", "j", "--rule", "mirror", "--from", from, "--to", to,
+    ];
+    env.ferry(&[&add[..], extra].concat()).ok();
+}
+
+#[test]
+fn a_schedule_set_takes_effect_without_a_restart_and_bad_values_are_refused_by_flag() {
+    let env = Env::new(Backend::Sqlite);
+    job(&env, &[]);
+    let yearly = ["schedule", "add", "s", "--job", "j", "--cron", "0 0 1 1 *"];
+    env.ferry(&yearly).ok();
+    let _scheduler = env.scheduler("s1");
+
+    let set = env
+        .ferry(&[
+            "schedule",
+            "set",
+            "s",
+            "--cron",
+            "* * * * * *",
+            "--retries",
+            "2",
+        ])
+        .ok();
+    assert!(
+        set.stdout.contains(r#"cron "0 0 1 1 *" -> "* * * * * *""#)
+            && set.stdout.contains("retries 0 -> 2"),
+        "{}",
+        set.stdout
+    );
+    let copied = || fs::read_to_string(env.path("dst1/keep.txt")).is_ok();
+    assert!(
+        wait_until(Duration::from_secs(10), copied),
+        "the running scheduler fired on the new cron"
+    );
+
+    for (args, flag) in [
+        (
+            &["schedule", "set", "s", "--tz", "Mars/Olympus"][..],
+            "--tz",
+        ),
+        (&["schedule", "set", "s", "--cron", "every day"], "--cron"),
+        (&["schedule", "set", "s", "--job", "nothing"], "--job"),
+        (
+            &["schedule", "set", "nothing", "--retries", "1"],
+            "schedule",
+        ),
+    ] {
+        let run = env.ferry(args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
+    }
+    let show = env
+        .ferry(&["--output", "json", "schedule", "show", "s"])
+        .ok()
+        .json();
+    assert_eq!(
+        show["cron"], "* * * * * *",
+        "a refused change changes nothing"
+    );
+}
+
+#[test]
+fn a_job_set_replaces_its_lists_and_the_next_run_uses_them() {
+    let env = Env::new(Backend::Sqlite);
+    job(&env, &["--exclude", "*.tmp", "--max-deletes", "5"]);
+    let dst2 = env.path("dst2");
+    let set = env
+        .ferry(&[
+            "job",
+            "set",
+            "j",
+            "--to",
+            dst2.to_str().unwrap(),
+            "--no-filters",
+            "--no-max-deletes",
+        ])
+        .ok();
+    assert!(set.stdout.contains("changed job j"), "{}", set.stdout);
+    let show = env
+        .ferry(&["--output", "json", "job", "show", "j"])
+        .ok()
+        .json();
+    assert_eq!(
+        show["destinations"],
+        serde_json::json!([dst2.to_str().unwrap()])
+    );
+    assert_eq!(show["exclude"], serde_json::json!([]));
+    assert_eq!(show["max_deletes"], serde_json::Value::Null);
+
+    env.ferry(&["schedule", "add", "s", "--job", "j", "--cron", "0 0 1 1 *"])
+        .ok();
+    let _scheduler = env.scheduler("s1");
+    env.ferry(&["schedule", "run", "s", "--wait"]).ok();
+    assert_eq!(
+        fs::read_to_string(dst2.join("scratch.tmp")).unwrap(),
+        "scratch"
+    );
+    assert!(
+        !env.path("dst1").exists(),
+        "the old destination is left alone"
+    );
+
+    let overlap = env.path("src/inside");
+    let run = env.ferry(&["job", "set", "j", "--to", overlap.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--to"), "{}", run.stderr);
+}
+
+#[test]
+fn a_monitor_set_changes_its_timing_and_placement() {
+    let env = Env::new(Backend::Sqlite);
+    job(&env, &[]);
+    let add = [
+        "monitor",
+        "add",
+        "m",
+        "--job",
+        "j",
+        "--prefer",
+        "s1",
+        "--no-fallback",
+    ];
+    env.ferry(&add).ok();
+    let set = [
+        "monitor",
+        "set",
+        "m",
+        "--debounce",
+        "1s",
+        "--no-prefer",
+        "--fallback",
+    ];
+    env.ferry(&set).ok();
+    let show = env
+        .ferry(&["--output", "json", "monitor", "show", "m"])
+        .ok()
+        .json();
+    assert_eq!(show["debounce_ms"], 1000, "{show:#}");
+    assert_eq!(show["preferred"], serde_json::Value::Null);
+    assert_eq!(show["fallback_any"], true);
+    let unchanged = env.ferry(&["monitor", "set", "m", "--debounce", "1s"]).ok();
+    assert!(
+        unchanged.stdout.contains("monitor m unchanged"),
+        "{}",
+        unchanged.stdout
+    );
+}
+
+#[test]
+fn a_cancelled_run_stops_before_its_next_file_ends_cancelled_and_is_not_retried() {
+    let env = Env::new(Backend::Sqlite);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    const FILES: usize = 20_000;
+    for i in 0..FILES {
+        fs::write(src.join(format!("f{i:05}")), [b'x'; 1024]).unwrap();
+    }
+    job(&env, &[]);
+    let schedule = [
+        "--cron",
+        "0 0 1 1 *",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "100ms",
+    ];
+    env.ferry(&[&["schedule", "add", "s", "--job", "j"][..], &schedule].concat())
+        .ok();
+    let _scheduler = env.scheduler("s1");
+    env.ferry(&["schedule", "run", "s"]).ok();
+    let mut id = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        let runs = env.ferry(&["--output", "json", "runs"]).ok().json();
+        id = runs[0]["id"]
+            .as_i64()
+            .filter(|_| runs[0]["state"] == "running");
+        id.is_some()
+    }));
+    let id = id.unwrap().to_string();
+
+    let cancelled = env
+        .ferry(&["--output", "json", "run", "cancel", &id, "--wait"])
+        .ok();
+    let run: serde_json::Value =
+        serde_json::from_str(&cancelled.stdout[cancelled.stdout.find('{').unwrap()..]).unwrap();
+    assert_eq!(run["state"], "cancelled", "{run:#}");
+    assert_eq!(
+        run["retry_at"],
+        serde_json::Value::Null,
+        "no retry: {run:#}"
+    );
+    let copied = fs::read_dir(env.path("dst1")).map_or(0, |d| d.count());
+    assert!(
+        copied < FILES,
+        "the run stopped before the end: {copied} files"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let runs = env.ferry(&["--output", "json", "runs"]).ok().json();
+    assert_eq!(
+        runs[0]["state"], "cancelled",
+        "still cancelled, not retried: {runs:#}"
+    );
+
+    let again = env.ferry(&["run", "cancel", &id]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again.stderr.contains("already ended (cancelled)"),
+        "{}",
+        again.stderr
+    );
+}
