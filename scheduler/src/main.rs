@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Invalid, LogFormat, Unhealthy};
+use crate::cli::{Cli, Invalid, LogFormat, Output, Unhealthy};
 use crate::store::StoreError;
 
 /// Exit code for input the user must correct (clap uses it for usage errors too).
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         end_quietly_on_closed_pipe();
     }
     init_logging(cli.log_format);
+    let json = cli.output == Output::Json;
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,12 +34,19 @@ fn main() -> ExitCode {
             ExitCode::from(e.downcast_ref::<Unhealthy>().map_or(2, |u| u.0))
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
-            if is_invalid_input(&e) {
-                ExitCode::from(EXIT_INVALID)
+            let code = if is_invalid_input(&e) {
+                EXIT_INVALID
             } else {
-                ExitCode::FAILURE
+                1
+            };
+            if json {
+                // Scripts that asked for JSON get their errors as JSON too, on stderr.
+                let error = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });
+                eprintln!("{error}");
+            } else {
+                eprintln!("error: {e:#}");
             }
+            ExitCode::from(code)
         }
     }
 }

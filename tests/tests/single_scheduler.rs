@@ -688,3 +688,35 @@ fn status_check_goes_critical_within_a_lease_of_a_crash_and_ok_once_back() {
     let ok = check();
     assert_eq!(ok.code, 0, "{ok:?}");
 }
+
+#[test]
+fn times_show_in_the_schedules_zone_unless_utc_and_errors_come_as_json_when_asked() {
+    let env = Env::new(Backend::Sqlite);
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    add_job(&env, "j", "mirror", &src, &dst);
+    let paris = ["--cron", "0 2 * * *", "--tz", "Europe/Paris"];
+    env.ferry(&[&["schedule", "add", "nightly", "--job", "j"][..], &paris].concat())
+        .ok();
+    for args in [&["status"][..], &["schedule", "list"]] {
+        let local = env.ferry(args).ok().stdout;
+        assert!(
+            local.contains(" 02:00:00 CET") || local.contains(" 02:00:00 CEST"),
+            "{args:?}: {local}"
+        );
+        let utc = env.ferry(&[&["--utc"][..], args].concat()).ok().stdout;
+        assert!(
+            utc.contains(" 01:00:00 UTC") || utc.contains(" 00:00:00 UTC"),
+            "{args:?} --utc: {utc}"
+        );
+    }
+
+    let run = env.ferry(&["--output", "json", "job", "rm", "nothing"]);
+    assert_eq!(run.code, 2);
+    let error: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(error["exit_code"], 2, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("nothing"),
+        "{error}"
+    );
+}

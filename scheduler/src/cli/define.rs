@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::Utc;
 use ferry_engine::meta::Keep;
 
-use super::output::{or_dash, time};
+use super::output::{or_dash, time_in};
 use super::{
     JobAdd, JobCommand, JobSet, MonitorAdd, MonitorCommand, MonitorSet, Output, PlacementArgs,
     PlacementSet, ScheduleAdd, ScheduleCommand, ScheduleSet, invalid,
@@ -212,7 +212,12 @@ fn print_changes<T: serde::Serialize>(
     Ok(())
 }
 
-pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyhow::Result<()> {
+pub async fn schedule(
+    store: &Store,
+    out: Output,
+    cmd: ScheduleCommand,
+    utc: bool,
+) -> anyhow::Result<()> {
     match cmd {
         ScheduleCommand::Add(args) => add_schedule(store, args).await,
         ScheduleCommand::Set(args) => set_schedule(store, args).await,
@@ -227,6 +232,7 @@ pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyho
                     let next = CronSpec::parse(&s.cron, &s.timezone)
                         .ok()
                         .and_then(|c| c.next_after(Utc::now()));
+                    let zone = (!utc).then_some(s.timezone.as_str());
                     vec![
                         s.name.clone(),
                         s.job_name.clone(),
@@ -234,7 +240,7 @@ pub async fn schedule(store: &Store, out: Output, cmd: ScheduleCommand) -> anyho
                         s.timezone.clone(),
                         or_dash(s.preferred.as_deref()),
                         s.held.to_string(),
-                        time(next),
+                        time_in(next, zone),
                         or_dash(s.last_error.as_deref()),
                     ]
                 },

@@ -58,6 +58,9 @@ pub struct Cli {
     /// How to print tables.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Print times in UTC, not in each schedule's own time zone (`--tz`).
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// Log format of the scheduler service.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -648,7 +651,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Job(cmd) => define::job(&store, out, cmd).await,
-        Command::Schedule(cmd) => define::schedule(&store, out, cmd).await,
+        Command::Schedule(cmd) => define::schedule(&store, out, cmd, cli.utc).await,
         Command::Monitor(cmd) => define::monitor(&store, out, cmd).await,
         Command::Scheduler(SchedulerCommand::Run(args)) => report::scheduler_run(store, args).await,
         Command::Scheduler(SchedulerCommand::List) => report::scheduler_list(&store, out).await,
@@ -657,7 +660,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("forgot scheduler {name}");
             Ok(())
         }
-        Command::Status { check } => report::status(&store, out, check).await,
+        Command::Status { check } => report::status(&store, out, check, cli.utc).await,
         Command::Runs { job, limit } => report::runs(&store, out, job.as_deref(), limit).await,
         Command::Tail { follow, lines } => report::tail(&store, out, follow, lines).await,
         Command::Run(RunCommand::Cancel { id, wait }) => {

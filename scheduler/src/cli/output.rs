@@ -91,6 +91,18 @@ pub fn time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `t` in the time zone `zone` (an IANA name: a schedule's), with the zone's abbreviation;
+/// in UTC without one, or when the name is not a zone.
+pub fn time_in(t: Option<DateTime<Utc>>, zone: Option<&str>) -> String {
+    match (t, zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok())) {
+        (Some(t), Some(zone)) => t
+            .with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        (t, _) => time(t),
+    }
+}
+
 pub fn or_dash(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
 }
@@ -98,6 +110,18 @@ pub fn or_dash(value: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedules_times_are_shown_in_its_zone_and_others_in_utc() {
+        let t = "2026-12-06T01:00:00Z".parse::<DateTime<Utc>>().ok();
+        assert_eq!(time_in(t, Some("Europe/Paris")), "2026-12-06 02:00:00 CET");
+        assert_eq!(
+            time_in(t, Some("America/New_York")),
+            "2026-12-05 20:00:00 EST"
+        );
+        assert_eq!(time_in(t, None), "2026-12-06 01:00:00 UTC");
+        assert_eq!(time_in(None, Some("Europe/Paris")), "-");
+    }
 
     #[test]
     fn columns_line_up_with_wide_characters() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::output::{or_dash, time};
+use super::output::{or_dash, time, time_in};
 use super::{AgentCommand, Output, Reach, SchedulerRun, invalid};
 use crate::config::ServiceConfig;
 use crate::plan::cron::CronSpec;
@@ -99,6 +99,9 @@ struct StatusLine {
     placement: String,
     next_fire: Option<chrono::DateTime<Utc>>,
     last_run: Option<RunRow>,
+    /// The zone its times are printed in (a schedule's own); UTC when `None`.
+    #[serde(skip)]
+    zone: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -113,13 +116,16 @@ struct Status {
 #[error("health check: exit code {0}")]
 pub struct Unhealthy(pub u8);
 
-pub async fn status(store: &Store, out: Output, check: bool) -> anyhow::Result<()> {
+pub async fn status(store: &Store, out: Output, check: bool, utc: bool) -> anyhow::Result<()> {
     let schedulers = store.schedulers().await?;
-    let crons: HashMap<String, Option<CronSpec>> = store
-        .schedules()
-        .await?
-        .into_iter()
-        .map(|s| (s.name.clone(), CronSpec::parse(&s.cron, &s.timezone).ok()))
+    let schedules = store.schedules().await?;
+    let crons: HashMap<&str, Option<CronSpec>> = (schedules.iter())
+        .map(|s| (s.name.as_str(), CronSpec::parse(&s.cron, &s.timezone).ok()))
+        .collect();
+    // A schedule's times are shown in its own zone (a monitor's, and all with --utc, in UTC).
+    let zones: HashMap<&str, &str> = (schedules.iter())
+        .filter(|_| !utc)
+        .map(|s| (s.name.as_str(), s.timezone.as_str()))
         .collect();
     let mut last_runs: HashMap<(bool, String), RunRow> = HashMap::new();
     for run in store.last_runs().await? {
@@ -138,13 +144,15 @@ pub async fn status(store: &Store, out: Output, check: bool) -> anyhow::Result<(
         .map(|row| {
             let is_schedule = row.kind == "schedule";
             let next_fire = crons
-                .get(&row.name)
+                .get(row.name.as_str())
                 .and_then(|c| c.as_ref())
                 .filter(|_| is_schedule && row.state != "held")
                 .and_then(|c| c.next_after(now));
             let last_run = last_runs.remove(&(is_schedule, row.name.clone()));
             let placement = explain_in_job(&row, &pins, &schedulers);
+            let zone = zones.get(row.name.as_str()).filter(|_| is_schedule);
             StatusLine {
+                zone: zone.map(|z| z.to_string()),
                 row,
                 placement,
                 next_fire,
@@ -284,7 +292,13 @@ fn print_status(status: &Status, out: Output) {
             let last = l
                 .last_run
                 .as_ref()
-                .map(|r| format!("{} {}", r.state, time(Some(r.started_at))))
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r.state,
+                        time_in(Some(r.started_at), l.zone.as_deref())
+                    )
+                })
                 .unwrap_or_else(|| "-".into());
             vec![
                 l.row.kind.clone(),
@@ -293,7 +307,7 @@ fn print_status(status: &Status, out: Output) {
                 l.row.state.clone(),
                 or_dash(l.row.holder.as_deref()),
                 l.placement.clone(),
-                time(l.next_fire),
+                time_in(l.next_fire, l.zone.as_deref()),
                 last,
                 or_dash(l.row.last_error.as_deref()),
             ]
@@ -619,6 +633,7 @@ mod tests {
             error: Some("disk full".into()),
         });
         StatusLine {
+            zone: None,
             row: StatusRow {
                 kind: kind.into(),
                 name: name.into(),
