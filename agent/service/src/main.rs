@@ -332,6 +332,20 @@ fn run_agent(settings: Settings) -> ExitCode {
     })
 }
 
+/// A spinner with what a sync has copied so far, when standard output is a terminal.
+fn progress_on_terminal() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        let style = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.set_message("scanning");
+        bar
+    })
+}
+
 fn sync_once(
     rule: Rule,
     include: &[String],
@@ -356,15 +370,32 @@ fn sync_once(
         filter,
         guards: Default::default(),
     };
-    let print = |event: Event| match event {
-        Event::Failed { path, error } => eprintln!("failed {}: {error}", path.display()),
-        Event::Skipped { at, path, why } => {
-            eprintln!("skipped {} in {at}: {why}", path.display())
+    let progress = progress_on_terminal();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let print = |event: Event| {
+        if let (Event::Copied { bytes: size, .. }, Some(bar)) = (&event, &progress) {
+            (files, bytes) = (files + 1, bytes + size);
+            bar.set_message(format!("copying: {files} files, {bytes} bytes"));
         }
-        other if verbose => println!("{other:?}"),
-        _ => {}
+        let (line, problem) = match event {
+            Event::Failed { path, error } => (format!("failed {}: {error}", path.display()), true),
+            Event::Skipped { at, path, why } => {
+                (format!("skipped {} in {at}: {why}", path.display()), true)
+            }
+            other if verbose => (format!("{other:?}"), false),
+            _ => return,
+        };
+        match &progress {
+            Some(bar) => bar.println(line),
+            None if problem => eprintln!("{line}"),
+            None => println!("{line}"),
+        }
     };
-    match ferry_engine::run::run(&spec, &Scope::Full, &Halt::new(), &mut { print }) {
+    let outcome = ferry_engine::run::run(&spec, &Scope::Full, &Halt::new(), &mut { print });
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    match outcome {
         Ok(summary) => {
             println!(
                 "{} copied, {} deleted, {} conflicts, {} bytes, {} failed",

@@ -15,6 +15,7 @@ use super::{
 use crate::plan::cron::CronSpec;
 use crate::plan::definitions::{self, JobField, Place};
 use crate::plan::firing::Misfire;
+use crate::plan::run::human_bytes;
 use crate::store::{Cancel, JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow, Store};
 
 pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<()> {
@@ -557,6 +558,7 @@ async fn wait_for_run(
 ) -> anyhow::Result<RunRow> {
     let started = std::time::Instant::now();
     let mut warned = false;
+    let progress = Progress::on_terminal();
     loop {
         let run = store
             .run_for(name, requested)
@@ -564,7 +566,7 @@ async fn wait_for_run(
             .context("reading the run")?;
         match run {
             Some(run) if run.state != "running" && run.retry_at.is_none() => return Ok(run),
-            Some(_) => {}
+            Some(run) => progress.show(&run),
             None if !warned && started.elapsed() > Duration::from_secs(5) => {
                 warned = true;
                 let alive = store.schedulers().await?.iter().any(|s| s.alive);
@@ -582,6 +584,53 @@ async fn wait_for_run(
             None => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `--wait` shows while a run goes, when its output is a terminal: the run's counters,
+/// as its scheduler writes them (every 2 s), and the rate since the wait began.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn on_terminal() -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            let style = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar.set_message("waiting for a scheduler to start the run");
+            bar
+        });
+        Self { bar }
+    }
+
+    fn show(&self, run: &RunRow) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let seconds = bar.elapsed().as_secs_f64().max(0.001);
+        let rate = human_bytes((run.bytes_total as f64 / seconds) as u64);
+        bar.set_message(format!(
+            "run {} on {}, attempt {}: {} files copied, {} deleted, {} ({rate}/s)",
+            run.id,
+            run.scheduler.as_deref().unwrap_or("?"),
+            run.attempt,
+            run.files_copied,
+            run.files_deleted,
+            human_bytes(run.bytes_total as u64),
+        ));
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
