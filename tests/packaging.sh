@@ -76,4 +76,11 @@ for e in errors:
     print(f"docker-compose.yml: {'/'.join(map(str, e.path))}: {e.message[:300]}", file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
-echo "tests/packaging.sh: units verify, the .deb installs, docker-compose.yml validates"
+# Every metric the alert rules and the dashboard use is one the code records.
+for name in $(grep -ohE 'ferry_[a-z_]+' docs/alerts.yml docs/grafana-dashboard.json |
+    sed -E 's/_(bucket|count|sum)$//' | sort -u); do
+    grep -rqF "\"$name\"" scheduler/src agent/ ||
+        { echo "tests/packaging.sh: docs name the metric $name, which nothing records" >&2; exit 1; }
+done
+
+echo "tests/packaging.sh: units verify, the .deb installs, docker-compose.yml validates, the docs' metrics exist"

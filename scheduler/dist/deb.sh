@@ -44,7 +44,7 @@ for b in ferry ferry-agent; do
     "$bin/$b" completions zsh >"$stage/usr/share/zsh/vendor-completions/_$b"
     "$bin/$b" completions fish >"$stage/usr/share/fish/vendor_completions.d/$b.fish"
 done
-for doc in README.md docs/SQL.md docs/SECURITY.md docs/alerts.yml; do
+for doc in README.md docs/SQL.md docs/SECURITY.md docs/alerts.yml docs/grafana-dashboard.json; do
     [ -f "$doc" ] && install -D -m 0644 "$doc" "$stage/usr/share/doc/ferry/$(basename "$doc")"
 done
 
