@@ -225,3 +225,39 @@ fn a_cancelled_run_stops_before_its_next_file_ends_cancelled_and_is_not_retried(
         again.stderr
     );
 }
+
+#[test]
+fn an_ignore_file_adds_its_patterns_to_the_jobs_excludes() {
+    let env = Env::new(Backend::Sqlite);
+    let ignore = env.path("ferry.ignore");
+    fs::write(&ignore, "# scratch files\n*.tmp\n\ncache/\n").unwrap();
+    job(
+        &env,
+        &[
+            "--exclude",
+            "*.bak",
+            "--exclude-from",
+            ignore.to_str().unwrap(),
+        ],
+    );
+    let show = env
+        .ferry(&["--output", "json", "job", "show", "j"])
+        .ok()
+        .json();
+    let mut exclude: Vec<&str> = (show["exclude"].as_array().unwrap().iter())
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    exclude.sort();
+    assert_eq!(exclude, ["*.bak", "*.tmp", "cache/"], "{show:#}");
+
+    fs::write(&ignore, "*.log\n!keep.log\n").unwrap();
+    let run = env.ferry(&[
+        "job",
+        "set",
+        "j",
+        "--exclude-from",
+        ignore.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("ferry.ignore:2"), "{}", run.stderr);
+}

@@ -59,13 +59,15 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
 
 async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
     let allow_missing_source = args.allow_missing_source;
+    let mut exclude = args.exclude;
+    exclude.extend(patterns_from(&args.exclude_from)?);
     let row = JobRow {
         name: args.name,
         rule: args.rule,
         source: args.source,
         destinations: args.destinations,
         include: args.include,
-        exclude: args.exclude,
+        exclude,
         max_deletes: args.max_deletes,
         versions_dir: args.versions_dir,
         checksum: args.checksum,
@@ -103,7 +105,9 @@ async fn set_job(store: &Store, args: JobSet) -> anyhow::Result<()> {
         (row.include, row.exclude) = (vec![], vec![]);
     }
     replace_list(&mut row.include, args.include);
-    replace_list(&mut row.exclude, args.exclude);
+    let mut exclude = args.exclude;
+    exclude.extend(patterns_from(&args.exclude_from)?);
+    replace_list(&mut row.exclude, exclude);
     replace_or_clear(&mut row.max_deletes, args.max_deletes, args.no_max_deletes);
     replace_or_clear(&mut row.versions_dir, args.versions_dir, args.no_versions);
     replace_or_clear(&mut row.on_failure, args.on_failure, args.no_on_failure);
@@ -159,6 +163,33 @@ async fn check_job_row(
 async fn find_job(store: &Store, name: &str) -> anyhow::Result<JobRow> {
     let job = store.job(name).await?;
     job.ok_or_else(|| invalid("job", format!("no job named {name:?}")))
+}
+
+/// The patterns of ignore files (`--exclude-from`): one a line, as in .gitignore, blank lines
+/// and `#` comments skipped.
+fn patterns_from(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut patterns = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| invalid("--exclude-from", format!("{}: {e}", file.display())))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim_end();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('!') {
+                let why = format!(
+                    "{}:{}: {line:?}: taking back an exclusion with ! is not supported; \
+                     name what to keep with --include",
+                    file.display(),
+                    number + 1
+                );
+                return Err(invalid("--exclude-from", why));
+            }
+            patterns.push(line.to_owned());
+        }
+    }
+    Ok(patterns)
 }
 
 /// `slot` takes `value` when one was given.

@@ -299,6 +299,11 @@ pub struct JobAdd {
     /// root. An excluded folder is skipped whole.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Also skip the patterns of this ignore file, one a line as in .gitignore (blank lines
+    /// and `#` comments skipped), like rsync's --exclude-from; repeat for several. The
+    /// patterns are stored with the job: edit the file, then `ferry job set --exclude-from`.
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
     /// Accept a source folder that does not exist on this machine (it exists where the
     /// schedulers run, or will be created later); runs fail until it exists.
     #[arg(long)]
@@ -368,8 +373,11 @@ pub struct JobSet {
     /// The exclude globs (all of them).
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// The exclude globs from an ignore file (with --exclude's, all of them).
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
     /// Drop every include and exclude glob.
-    #[arg(long, conflicts_with_all = ["include", "exclude"])]
+    #[arg(long, conflicts_with_all = ["include", "exclude", "exclude_from"])]
     pub no_filters: bool,
     /// Accept a source folder that does not exist on this machine.
     #[arg(long)]
