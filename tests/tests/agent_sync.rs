@@ -1442,3 +1442,68 @@ fn under_the_sync_rule_a_chmod_chown_or_setfattr_on_either_side_reaches_the_othe
     let again = site.run("two-way");
     assert_eq!(rsync_differences(&b, &a, &args), "", "{again:#}");
 }
+
+#[test]
+fn a_dry_run_of_a_job_between_agents_lists_the_plan_and_writes_nothing_on_either() {
+    let site = Site::new();
+    let (src, dst) = site.job("preview", "mirror", &[]);
+    fs::write(src.join("new.txt"), "to copy").unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    fs::write(dst.join("extra.txt"), "to delete").unwrap();
+    let tls = text(&site.tls);
+    let run = [
+        "--output",
+        "json",
+        "job",
+        "dry-run",
+        "preview",
+        "--tls-dir",
+        &tls,
+        "--as",
+        "s1",
+    ];
+    let json = site.env.ferry(&run).ok().json();
+    let plan: Vec<(String, String)> = (json["planned"].as_array().unwrap().iter())
+        .filter(|p| p["what"] != "set time")
+        .map(|p| {
+            (
+                p["what"].as_str().unwrap().into(),
+                p["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            ("delete".into(), "extra.txt".into()),
+            ("copy".into(), "new.txt".into())
+        ],
+        "{json:#}"
+    );
+    assert!(
+        json["planned"][0]["at"]
+            .as_str()
+            .unwrap()
+            .starts_with("nas2:"),
+        "{json:#}"
+    );
+    assert!(dst.join("extra.txt").exists() && !dst.join("new.txt").exists());
+
+    // A destination that is not there yet counts as empty, and is not made.
+    let (src2, dst2) = site.job("fresh", "mirror", &[]);
+    fs::write(src2.join("first.txt"), "first").unwrap();
+    let run = [
+        "--output",
+        "json",
+        "job",
+        "dry-run",
+        "fresh",
+        "--tls-dir",
+        &tls,
+        "--as",
+        "s1",
+    ];
+    let json = site.env.ferry(&run).ok().json();
+    assert_eq!(json["planned"][0]["what"], "copy", "{json:#}");
+    assert!(!dst2.exists(), "a dry run made the destination folder");
+}

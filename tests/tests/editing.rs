@@ -261,3 +261,63 @@ fn an_ignore_file_adds_its_patterns_to_the_jobs_excludes() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("ferry.ignore:2"), "{}", run.stderr);
 }
+
+#[test]
+fn a_dry_run_lists_what_a_mirror_would_copy_and_delete_and_changes_nothing() {
+    let env = Env::new(Backend::Sqlite);
+    job(&env, &["--max-deletes", "1"]);
+    let dst = env.path("dst1");
+    fs::create_dir_all(dst.join("old")).unwrap();
+    fs::write(dst.join("gone.txt"), "only at the destination").unwrap();
+    fs::write(dst.join("old/x"), "also").unwrap();
+    let before = ferry_tests::harness::snapshot(&dst);
+
+    let shown = env.ferry(&["job", "dry-run", "j"]).ok().stdout;
+    for line in [
+        "delete         gone.txt",
+        "delete         old/x",
+        "copy           keep.txt",
+    ] {
+        assert!(shown.contains(line), "{line:?} in:\n{shown}");
+    }
+    assert!(
+        shown.contains("a run would stop before deleting anything: 2 deletions"),
+        "{shown}"
+    );
+    let json = env
+        .ferry(&["--output", "json", "job", "dry-run", "j"])
+        .ok()
+        .json();
+    let mut deleted: Vec<&str> = (json["planned"].as_array().unwrap().iter())
+        .filter(|p| p["what"] == "delete")
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["gone.txt", "old/x"]);
+    assert_eq!(json["totals"][dst.to_str().unwrap()]["copy"], 2, "{json:#}");
+    assert_eq!(
+        ferry_tests::harness::snapshot(&dst),
+        before,
+        "a dry run writes nothing"
+    );
+
+    let sync = env.ferry(&[
+        "job",
+        "add",
+        "two-way",
+        "--rule",
+        "sync",
+        "--from",
+        env.path("src").to_str().unwrap(),
+        "--to",
+        env.path("other").to_str().unwrap(),
+    ]);
+    sync.ok();
+    let refused = env.ferry(&["job", "dry-run", "two-way"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("the sync rule has no dry-run"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -22,6 +22,9 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
     match cmd {
         JobCommand::Add(args) => add_job(store, args).await,
         JobCommand::Set(args) => set_job(store, args).await,
+        JobCommand::DryRun { name, reach } => {
+            super::preview::dry_run(store, out, &name, &reach).await
+        }
         JobCommand::List => {
             let jobs = store.jobs().await?;
             out.list(

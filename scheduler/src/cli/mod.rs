@@ -2,6 +2,7 @@
 
 mod define;
 mod output;
+mod preview;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -274,6 +275,17 @@ pub enum JobCommand {
     /// Remove a job no schedule or monitor uses.
     Rm {
         name: String,
+    },
+    /// What a run of a mirror or a copy would do now, without doing it: each file it would
+    /// copy, update or delete at each destination, the bytes, and whether --max-deletes would
+    /// stop it. Local folders are read on this machine (run it where the job's schedulers
+    /// run); folders on agents through --tls-dir, with a scheduler's certificate (--as).
+    ///
+    /// Example: ferry job dry-run docs --tls-dir /etc/ferry/tls --as fs1
+    DryRun {
+        name: String,
+        #[command(flatten)]
+        reach: Reach,
     },
 }
 
@@ -704,7 +716,9 @@ impl Command {
             | Command::Runs { .. }
             | Command::Tail { .. }
             | Command::Scheduler(SchedulerCommand::List)
-            | Command::Job(JobCommand::List | JobCommand::Show { .. })
+            | Command::Job(
+                JobCommand::List | JobCommand::Show { .. } | JobCommand::DryRun { .. },
+            )
             | Command::Schedule(ScheduleCommand::List | ScheduleCommand::Show { .. })
             | Command::Monitor(MonitorCommand::List | MonitorCommand::Show { .. })
             | Command::Agent(AgentCommand::List { .. } | AgentCommand::Test { .. }) => Access::Read,

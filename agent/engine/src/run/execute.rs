@@ -49,6 +49,33 @@ pub(super) struct Executor<'a> {
     pub(super) owners: OwnerMaps,
 }
 
+impl<'a> Executor<'a> {
+    /// An executor for `spec` over `replicas` (in the job's order), with owners read through
+    /// `owners`; under the sync rule, `planned` holds what each replica held when planned.
+    pub(super) fn new(
+        spec: &'a super::JobSpec,
+        replicas: &'a [&'a dyn Endpoint],
+        (halt, on_event): (&'a Halt, &'a mut dyn FnMut(Event)),
+        owners: OwnerMaps,
+        planned: Option<&'a [Tree]>,
+    ) -> Self {
+        Self {
+            replicas,
+            halt,
+            on_event,
+            summary: Summary::default(),
+            failed: HashSet::new(),
+            failed_at: HashSet::new(),
+            planned,
+            left: HashMap::new(),
+            deltas: HashMap::new(),
+            job: &spec.name,
+            keep: spec.guards.keep,
+            owners,
+        }
+    }
+}
+
 /// Content hashes by replica and path.
 pub(super) type Hashes = HashMap<(usize, PathBuf), blake3::Hash>;
 

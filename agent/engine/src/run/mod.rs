@@ -236,11 +236,23 @@ pub fn run(
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
-    let mut trees = scan_replicas(spec, &replicas, &scope, halt, create_missing)?;
+    let mut trees = scan_replicas(
+        spec,
+        &replicas,
+        &scope,
+        halt,
+        Missing::Create(create_missing),
+    )?;
     let scope = if scope != Scope::Full && names_elsewhere(spec, &trees[0]) {
         // Another name of a changed file may lie outside the scope: only a full scan finds
         // it, and a destination that kept it as a link must not keep its old content.
-        trees = scan_replicas(spec, &replicas, &Scope::Full, halt, create_missing)?;
+        trees = scan_replicas(
+            spec,
+            &replicas,
+            &Scope::Full,
+            halt,
+            Missing::Create(create_missing),
+        )?;
         Scope::Full
     } else {
         scope
@@ -266,20 +278,8 @@ pub fn run(
             }
         }
     }
-    let mut exec = Executor {
-        replicas: &replicas,
-        halt,
-        on_event,
-        summary: Summary::default(),
-        failed: HashSet::new(),
-        failed_at: HashSet::new(),
-        planned: (spec.rule == Rule::Sync).then_some(trees.as_slice()),
-        left: HashMap::new(),
-        deltas: HashMap::new(),
-        job: &spec.name,
-        keep: spec.guards.keep,
-        owners,
-    };
+    let planned = (spec.rule == Rule::Sync).then_some(trees.as_slice());
+    let mut exec = Executor::new(spec, &replicas, (halt, on_event), owners, planned);
     match spec.rule {
         Rule::Mirror | Rule::Copy => one_way(spec, &mut exec, &trees)?,
         Rule::Sync => {
@@ -305,24 +305,40 @@ pub fn run(
     Ok(exec.summary)
 }
 
+/// How a scan treats a replica's missing root folder.
+#[derive(Clone, Copy)]
+enum Missing<F> {
+    /// Creates it where `F` says so (a run).
+    Create(F),
+    /// Takes a missing destination as empty, creating nothing (a preview).
+    Empty,
+}
+
 /// Prepares and scans every replica at the same time (a remote one mostly waits on its
 /// agent); the source's failure or a destination's fails the run.
-fn scan_replicas(
+fn scan_replicas<F: Fn(usize) -> bool + Copy + Send>(
     spec: &JobSpec,
     replicas: &[&dyn Endpoint],
     scope: &Scope,
     halt: &Halt,
-    create_missing: impl Fn(usize) -> bool,
+    missing: Missing<F>,
 ) -> Result<Vec<Tree>, EngineError> {
     let scans: Vec<_> = std::thread::scope(|threads| {
         let running: Vec<_> = replicas
             .iter()
             .enumerate()
             .map(|(i, replica)| {
-                let create = create_missing(i);
                 threads.spawn(move || {
-                    replica
-                        .prepare(create, halt.fence())
+                    let prepared = match missing {
+                        Missing::Create(create) => replica.prepare(create(i), halt.fence()),
+                        Missing::Empty => match replica.prepare(false, halt.fence()) {
+                            Err(e) if i > 0 && e.source.kind() == io::ErrorKind::NotFound => {
+                                return Ok(Tree::new());
+                            }
+                            prepared => prepared,
+                        },
+                    };
+                    prepared
                         .and_then(|()| replica.scan(scope, &spec.filter))
                         .and_then(|tree| checked(*replica, tree, scope))
                 })
@@ -455,6 +471,20 @@ fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, En
 
 /// Mirror and copy: each destination is planned against the source, then brought in line.
 fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
+    let plans = plan_destinations(spec, exec, trees);
+    for actions in &plans {
+        guard_deletes(spec, exec.replicas, actions)?;
+    }
+    let stamp = utc_stamp(now_secs());
+    for actions in plans {
+        let actions = finish_plan(spec, exec, actions, &stamp);
+        exec.execute(actions)?;
+    }
+    Ok(())
+}
+
+/// Mirror and copy: what each destination needs to match the source.
+fn plan_destinations(spec: &JobSpec, exec: &Executor, trees: &[Tree]) -> Vec<Vec<Action>> {
     let differ = match spec.guards.checksum {
         true => exec.content_differs(trees),
         false => vec![HashSet::new(); trees.len() - 1],
@@ -468,21 +498,17 @@ fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), En
         })
         .collect();
     retime_unlisted(exec.replicas[0], &trees[0], &mut plans);
-    for actions in &plans {
-        guard_deletes(spec, exec.replicas, actions)?;
+    plans
+}
+
+/// A destination's plan once the deletions are allowed: moved files taken from where they
+/// were, and (a mirror keeping versions) what is deleted or overwritten kept first.
+fn finish_plan(spec: &JobSpec, exec: &Executor, actions: Vec<Action>, stamp: &str) -> Vec<Action> {
+    let actions = exec.find_moves(actions);
+    match &spec.guards.versions {
+        Some(folder) if spec.rule == Rule::Mirror => keep_versions(actions, &folder.join(stamp)),
+        _ => actions,
     }
-    let stamp = utc_stamp(now_secs());
-    for actions in plans {
-        let actions = exec.find_moves(actions);
-        let actions = match &spec.guards.versions {
-            Some(folder) if spec.rule == Rule::Mirror => {
-                keep_versions(actions, &folder.join(&stamp))
-            }
-            _ => actions,
-        };
-        exec.execute(actions)?;
-    }
-    Ok(())
 }
 
 /// The sync rule over `base` (the last agreed tree, within the run's scope): every replica
@@ -680,6 +706,9 @@ mod execute;
 mod moves;
 mod owners;
 mod plan;
+mod preview;
+
+pub use preview::{Planned, preview};
 
 use execute::Executor;
 use owners::OwnerMaps;
