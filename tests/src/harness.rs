@@ -162,6 +162,20 @@ impl Env {
         Run::from(output)
     }
 
+    /// `ferry job add NAME --rule RULE --from FROM --to TO EXTRA…`, which must succeed.
+    pub fn add_job(&self, name: &str, rule: &str, (from, to): (&Path, &Path), extra: &[&str]) {
+        let (from, to) = (from.to_str().expect("UTF-8"), to.to_str().expect("UTF-8"));
+        let add = [
+            "job", "add", name, "--rule", rule, "--from", from, "--to", to,
+        ];
+        self.ferry(&[&add[..], extra].concat()).ok();
+    }
+
+    /// The last `lines` run events, as `ferry tail` prints them.
+    pub fn events(&self, lines: usize) -> String {
+        self.ferry(&["tail", "-n", &lines.to_string()]).ok().stdout
+    }
+
     /// Runs SQL statements as a user would from psql or sqlite3.
     pub fn sql(&self, statements: &str) {
         self.try_sql(statements).expect("SQL statements");

@@ -11,11 +11,7 @@ fn job(env: &Env, extra: &[&str]) {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("keep.txt"), "kept").unwrap();
     fs::write(src.join("scratch.tmp"), "scratch").unwrap();
-    let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    let add = [
-        "job", "add", "j", "--rule", "mirror", "--from", from, "--to", to,
-    ];
-    env.ferry(&[&add[..], extra].concat()).ok();
+    env.add_job("j", "mirror", (&src, &dst), extra);
 }
 
 #[test]
@@ -320,4 +316,37 @@ fn a_dry_run_lists_what_a_mirror_would_copy_and_delete_and_changes_nothing() {
         "{}",
         refused.stderr
     );
+}
+
+#[test]
+fn with_output_json_every_change_says_what_it_did_as_json() {
+    let env = Env::new(Backend::Sqlite);
+    let json = |args: &[&str]| {
+        env.ferry(&[&["--output", "json"][..], args].concat())
+            .ok()
+            .json()
+    };
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let added = json(&[
+        "job", "add", "j", "--rule", "copy", "--from", from, "--to", to,
+    ]);
+    assert_eq!(added["done"], "added", "{added}");
+    assert_eq!(added["job"]["rule"], "copy", "{added}");
+    let changed = json(&["job", "set", "j", "--rule", "mirror"]);
+    assert_eq!(
+        changed["changes"]["rule"],
+        serde_json::json!({"from": "copy", "to": "mirror"})
+    );
+    json(&["schedule", "add", "s", "--job", "j", "--cron", "0 0 1 1 *"]);
+    let held = json(&["schedule", "hold", "s"]);
+    assert_eq!(
+        held,
+        serde_json::json!({"done": "held", "kind": "schedule", "name": "s"})
+    );
+    let agent = json(&["agent", "add", "nas1", "--address", "127.0.0.1:1"]);
+    assert_eq!(agent["done"], "added", "{agent}");
+    let removed = json(&["schedule", "rm", "s"]);
+    assert_eq!(removed["done"], "removed", "{removed}");
 }

@@ -14,21 +14,8 @@ use serde_json::Value;
 /// a schedule `s` of it that retries once.
 fn failing_job(env: &Env, hook: &str) {
     let (src, dst) = (env.path("missing"), env.path("dst"));
-    let job = [
-        "job",
-        "add",
-        "j",
-        "--rule",
-        "mirror",
-        "--from",
-        src.to_str().unwrap(),
-        "--to",
-        dst.to_str().unwrap(),
-        "--allow-missing-source",
-        "--on-failure",
-        hook,
-    ];
-    env.ferry(&job).ok();
+    let extra = ["--allow-missing-source", "--on-failure", hook];
+    env.add_job("j", "mirror", (&src, &dst), &extra);
     let schedule = [
         "--cron",
         "0 0 1 1 *",
@@ -84,7 +71,7 @@ fn a_run_that_fails_for_good_runs_the_hook_program_once_with_the_run() {
         "{body:#}"
     );
 
-    let events = env.ferry(&["tail", "-n", "50"]).ok().stdout;
+    let events = env.events(50);
     assert!(
         events.contains("called the on_failure hook record"),
         "{events}"
@@ -130,7 +117,7 @@ fn a_webhook_gets_the_failed_run_as_json() {
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["state"], "failed", "{body:#}");
     assert_eq!(body["schedule_name"], "s");
-    let events = env.ferry(&["tail", "-n", "50"]).ok().stdout;
+    let events = env.events(50);
     assert!(
         events.contains("called the on_failure hook http://"),
         "{events}"

@@ -54,11 +54,7 @@ fn scheduler_metrics_move_with_runs_and_failovers() {
     let (src, dst) = (env.path("src"), env.path("dst"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a.txt"), "twelve bytes").unwrap();
-    let (from, to) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    env.ferry(&[
-        "job", "add", "j", "--rule", "mirror", "--from", from, "--to", to,
-    ])
-    .ok();
+    env.add_job("j", "mirror", (&src, &dst), &[]);
     let yearly = ["--cron", "0 0 1 1 *", "--prefer", "s1"];
     env.ferry(&[&["schedule", "add", "s", "--job", "j"][..], &yearly].concat())
         .ok();

@@ -17,11 +17,7 @@ fn write(path: &Path, content: &str, mtime_secs: i64) {
 
 /// `ferry job add NAME --rule RULE --from SRC --to DST`, which must succeed.
 fn add_job(env: &Env, name: &str, rule: &str, src: &Path, dst: &Path) {
-    let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    env.ferry(&[
-        "job", "add", name, "--rule", rule, "--from", src, "--to", dst,
-    ])
-    .ok();
+    env.add_job(name, rule, (src, dst), &[]);
 }
 
 fn same_tree(a: &Path, b: &Path) -> bool {

@@ -55,18 +55,7 @@ fn an_agent_sync_on_a_terminal_shows_what_it_has_copied_and_a_pipe_gets_the_summ
 fn waiting_for_a_run_on_a_terminal_shows_the_run_going() {
     let env = Env::new(Backend::Sqlite);
     many_files(&env.path("src"), 3000);
-    let (from, to) = (env.path("src"), env.path("dst"));
-    let job = [
-        "job",
-        "add",
-        "j",
-        "--rule",
-        "mirror",
-        "--from",
-        from.to_str().unwrap(),
-    ];
-    env.ferry(&[&job[..], &["--to", to.to_str().unwrap()]].concat())
-        .ok();
+    env.add_job("j", "mirror", (&env.path("src"), &env.path("dst")), &[]);
     env.ferry(&["schedule", "add", "s", "--job", "j", "--cron", "0 0 1 1 *"])
         .ok();
     let _scheduler = env.scheduler("s1");

@@ -22,12 +22,7 @@ fn ready(backend: Backend) -> Env {
     let env = Env::new(backend);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    let (from, to) = (src.to_str().unwrap(), env.path("dst"));
-    let to = to.to_str().unwrap();
-    env.ferry(&[
-        "job", "add", "j", "--rule", "mirror", "--from", from, "--to", to,
-    ])
-    .ok();
+    env.add_job("j", "mirror", (&src, &env.path("dst")), &[]);
     env
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use ferry_engine::meta::Keep;
+use serde_json::json;
 
 use super::output::{or_dash, time_in};
 use super::{
@@ -20,8 +21,8 @@ use crate::store::{Cancel, JobRow, MonitorRow, ResourceKind, RunRow, ScheduleRow
 
 pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
-        JobCommand::Add(args) => add_job(store, args).await,
-        JobCommand::Set(args) => set_job(store, args).await,
+        JobCommand::Add(args) => add_job(store, out, args).await,
+        JobCommand::Set(args) => set_job(store, out, args).await,
         JobCommand::DryRun { name, reach } => {
             super::preview::dry_run(store, out, &name, &reach).await
         }
@@ -54,13 +55,14 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
         }
         JobCommand::Rm { name } => {
             store.remove_job(&name).await?;
-            println!("removed job {name}");
+            let done = json!({"done": "removed", "kind": "job", "name": name});
+            out.done(format!("removed job {name}"), done);
             Ok(())
         }
     }
 }
 
-async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
+async fn add_job(store: &Store, out: Output, args: JobAdd) -> anyhow::Result<()> {
     let allow_missing_source = args.allow_missing_source;
     let mut exclude = args.exclude;
     exclude.extend(patterns_from(&args.exclude_from)?);
@@ -87,18 +89,22 @@ async fn add_job(store: &Store, args: JobAdd) -> anyhow::Result<()> {
     check_name("job", &row.name)?;
     check_job_row(store, &row, allow_missing_source).await?;
     store.add_job(&row).await?;
-    println!(
+    let sentence = format!(
         "added job {} ({} {} -> {})",
         row.name,
         row.rule,
         row.source,
         row.destinations.join(", ")
     );
+    out.done(
+        sentence,
+        json!({"done": "added", "kind": "job", "job": row}),
+    );
     Ok(())
 }
 
 /// `ferry job set`: the job with the flags given replacing its values, checked as `add` does.
-async fn set_job(store: &Store, args: JobSet) -> anyhow::Result<()> {
+async fn set_job(store: &Store, out: Output, args: JobSet) -> anyhow::Result<()> {
     let before = find_job(store, &args.name).await?;
     let mut row = before.clone();
     replace(&mut row.rule, args.rule);
@@ -117,7 +123,7 @@ async fn set_job(store: &Store, args: JobSet) -> anyhow::Result<()> {
     replace(&mut row.checksum, args.checksum);
     check_job_row(store, &row, args.allow_missing_source).await?;
     store.replace_job(&row).await?;
-    print_changes("job", &row.name, &before, &row)
+    print_changes(out, "job", &row.name, (&before, &row))
 }
 
 /// Checks a job's row as the scheduler will, and what only this machine can tell: that its
@@ -221,29 +227,36 @@ fn replace_list(slot: &mut Vec<String>, values: Vec<String>) {
 
 /// Says what `set` changed, field by field, or that nothing did.
 fn print_changes<T: serde::Serialize>(
+    out: Output,
     what: &str,
     name: &str,
-    before: &T,
-    after: &T,
+    (before, after): (&T, &T),
 ) -> anyhow::Result<()> {
     let (before, after) = (serde_json::to_value(before)?, serde_json::to_value(after)?);
     let (Some(before), Some(after)) = (before.as_object(), after.as_object()) else {
         return Ok(());
     };
-    let changes: Vec<String> = after
+    let changed: serde_json::Map<String, serde_json::Value> = after
         .iter()
         .filter(|(field, value)| before.get(*field) != Some(value))
         .map(|(field, value)| {
-            format!(
-                "{field} {} -> {value}",
-                before.get(field).unwrap_or(&serde_json::Value::Null)
-            )
+            let was = before.get(field).cloned().unwrap_or_default();
+            (field.clone(), json!({"from": was, "to": value}))
         })
         .collect();
-    match changes.is_empty() {
-        true => println!("{what} {name} unchanged"),
-        false => println!("changed {what} {name}: {}", changes.join(", ")),
-    }
+    let sentence = match changed.is_empty() {
+        true => format!("{what} {name} unchanged"),
+        false => {
+            let each =
+                (changed.iter()).map(|(field, c)| format!("{field} {} -> {}", c["from"], c["to"]));
+            format!(
+                "changed {what} {name}: {}",
+                each.collect::<Vec<_>>().join(", ")
+            )
+        }
+    };
+    let done = json!({"done": "changed", "kind": what, "name": name, "changes": changed});
+    out.done(sentence, done);
     Ok(())
 }
 
@@ -254,8 +267,8 @@ pub async fn schedule(
     utc: bool,
 ) -> anyhow::Result<()> {
     match cmd {
-        ScheduleCommand::Add(args) => add_schedule(store, args).await,
-        ScheduleCommand::Set(args) => set_schedule(store, args).await,
+        ScheduleCommand::Add(args) => add_schedule(store, out, args).await,
+        ScheduleCommand::Set(args) => set_schedule(store, out, args).await,
         ScheduleCommand::List => {
             let schedules = store.schedules().await?;
             out.list(
@@ -287,10 +300,12 @@ pub async fn schedule(
             out.one(&schedule);
             Ok(())
         }
-        ScheduleCommand::Rm { name } => remove(store, ResourceKind::Schedule, &name).await,
-        ScheduleCommand::Hold { name } => hold(store, ResourceKind::Schedule, &name, true).await,
+        ScheduleCommand::Rm { name } => remove(store, out, ResourceKind::Schedule, &name).await,
+        ScheduleCommand::Hold { name } => {
+            hold(store, out, (ResourceKind::Schedule, &name), true).await
+        }
         ScheduleCommand::Release { name } => {
-            hold(store, ResourceKind::Schedule, &name, false).await
+            hold(store, out, (ResourceKind::Schedule, &name), false).await
         }
         ScheduleCommand::Run {
             name,
@@ -300,7 +315,7 @@ pub async fn schedule(
     }
 }
 
-async fn add_schedule(store: &Store, args: ScheduleAdd) -> anyhow::Result<()> {
+async fn add_schedule(store: &Store, out: Output, args: ScheduleAdd) -> anyhow::Result<()> {
     check_name("schedule", &args.name)?;
     let PlacementArgs {
         preferred,
@@ -325,14 +340,18 @@ async fn add_schedule(store: &Store, args: ScheduleAdd) -> anyhow::Result<()> {
     };
     check_schedule(store, &row).await?;
     store.add_schedule(&row).await?;
-    println!(
+    let sentence = format!(
         "added schedule {} (job {}, cron {:?} {})",
         row.name, row.job_name, row.cron, row.timezone
+    );
+    out.done(
+        sentence,
+        json!({"done": "added", "kind": "schedule", "schedule": row}),
     );
     Ok(())
 }
 
-async fn set_schedule(store: &Store, args: ScheduleSet) -> anyhow::Result<()> {
+async fn set_schedule(store: &Store, out: Output, args: ScheduleSet) -> anyhow::Result<()> {
     let before = find_schedule(store, &args.name).await?;
     let mut row = before.clone();
     replace(&mut row.job_name, args.job);
@@ -344,7 +363,7 @@ async fn set_schedule(store: &Store, args: ScheduleSet) -> anyhow::Result<()> {
     replace(&mut row.misfire, args.misfire);
     check_schedule(store, &row).await?;
     store.update_schedule(&row).await?;
-    print_changes("schedule", &row.name, &before, &row)
+    print_changes(out, "schedule", &row.name, (&before, &row))
 }
 
 /// Checks a schedule's cron and time zone, misfire policy, retries and job.
@@ -384,8 +403,8 @@ async fn find_schedule(store: &Store, name: &str) -> anyhow::Result<ScheduleRow>
 
 pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow::Result<()> {
     match cmd {
-        MonitorCommand::Add(args) => add_monitor(store, args).await,
-        MonitorCommand::Set(args) => set_monitor(store, args).await,
+        MonitorCommand::Add(args) => add_monitor(store, out, args).await,
+        MonitorCommand::Set(args) => set_monitor(store, out, args).await,
         MonitorCommand::List => {
             let monitors = store.monitors().await?;
             out.list(
@@ -418,13 +437,17 @@ pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow:
             out.one(&monitor);
             Ok(())
         }
-        MonitorCommand::Rm { name } => remove(store, ResourceKind::Monitor, &name).await,
-        MonitorCommand::Hold { name } => hold(store, ResourceKind::Monitor, &name, true).await,
-        MonitorCommand::Release { name } => hold(store, ResourceKind::Monitor, &name, false).await,
+        MonitorCommand::Rm { name } => remove(store, out, ResourceKind::Monitor, &name).await,
+        MonitorCommand::Hold { name } => {
+            hold(store, out, (ResourceKind::Monitor, &name), true).await
+        }
+        MonitorCommand::Release { name } => {
+            hold(store, out, (ResourceKind::Monitor, &name), false).await
+        }
     }
 }
 
-async fn add_monitor(store: &Store, args: MonitorAdd) -> anyhow::Result<()> {
+async fn add_monitor(store: &Store, out: Output, args: MonitorAdd) -> anyhow::Result<()> {
     check_name("monitor", &args.name)?;
     let PlacementArgs {
         preferred,
@@ -444,11 +467,15 @@ async fn add_monitor(store: &Store, args: MonitorAdd) -> anyhow::Result<()> {
     };
     check_monitor(store, &row).await?;
     store.add_monitor(&row).await?;
-    println!("added monitor {} (job {})", row.name, row.job_name);
+    let sentence = format!("added monitor {} (job {})", row.name, row.job_name);
+    out.done(
+        sentence,
+        json!({"done": "added", "kind": "monitor", "monitor": row}),
+    );
     Ok(())
 }
 
-async fn set_monitor(store: &Store, args: MonitorSet) -> anyhow::Result<()> {
+async fn set_monitor(store: &Store, out: Output, args: MonitorSet) -> anyhow::Result<()> {
     let before = store
         .monitors()
         .await?
@@ -463,7 +490,7 @@ async fn set_monitor(store: &Store, args: MonitorSet) -> anyhow::Result<()> {
     replace(&mut row.rescan_ms, args.rescan.map(millis));
     check_monitor(store, &row).await?;
     store.update_monitor(&row).await?;
-    print_changes("monitor", &row.name, &before, &row)
+    print_changes(out, "monitor", &row.name, (&before, &row))
 }
 
 async fn check_monitor(store: &Store, row: &MonitorRow) -> anyhow::Result<()> {
@@ -490,30 +517,41 @@ fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn remove(store: &Store, kind: ResourceKind, name: &str) -> anyhow::Result<()> {
+async fn remove(store: &Store, out: Output, kind: ResourceKind, name: &str) -> anyhow::Result<()> {
     store.remove(kind, name).await?;
-    println!("removed {kind} {name}");
+    let done = json!({"done": "removed", "kind": kind, "name": name});
+    out.done(format!("removed {kind} {name}"), done);
     Ok(())
 }
 
-async fn hold(store: &Store, kind: ResourceKind, name: &str, held: bool) -> anyhow::Result<()> {
+async fn hold(
+    store: &Store,
+    out: Output,
+    (kind, name): (ResourceKind, &str),
+    held: bool,
+) -> anyhow::Result<()> {
     store.set_held(kind, name, held).await?;
-    println!(
-        "{kind} {name} {}",
-        if held {
-            "held: it will not run until released"
-        } else {
-            "released"
-        }
-    );
+    let (done, sentence) = match held {
+        true => ("held", "held: it will not run until released"),
+        false => ("released", "released"),
+    };
+    let json = json!({"done": done, "kind": kind, "name": name});
+    out.done(format!("{kind} {name} {sentence}"), json);
     Ok(())
 }
 
 /// `ferry run cancel ID [--wait]`.
 pub async fn cancel(store: &Store, out: Output, id: i64, wait: bool) -> anyhow::Result<()> {
     match store.request_cancel(id).await? {
-        Cancel::Asked => println!("asked the scheduler running run {id} to cancel it"),
-        Cancel::RetryDropped => println!("cancelled run {id}: it will not be retried"),
+        Cancel::Asked if !wait => out.done(
+            format!("asked the scheduler running run {id} to cancel it"),
+            json!({"done": "cancel asked", "run": id}),
+        ),
+        Cancel::Asked => eprintln!("asked the scheduler running run {id} to cancel it"),
+        Cancel::RetryDropped => out.done(
+            format!("cancelled run {id}: it will not be retried"),
+            json!({"done": "cancelled", "run": id}),
+        ),
         Cancel::Not(run) if run.monitor_name.is_some() => {
             let monitor = run.monitor_name.unwrap_or_default();
             let why = format!(

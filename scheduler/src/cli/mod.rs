@@ -645,7 +645,7 @@ pub struct SchedulerRun {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ca(command) => return certificate_authority(command),
+        Command::Ca(command) => return certificate_authority(cli.output, command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "ferry", &mut std::io::stdout());
@@ -677,7 +677,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(SchedulerCommand::List) => report::scheduler_list(&store, out).await,
         Command::Scheduler(SchedulerCommand::Forget { name }) => {
             store.forget_scheduler(&name).await?;
-            println!("forgot scheduler {name}");
+            let done = serde_json::json!({"done": "forgot", "kind": "scheduler", "name": name});
+            out.done(format!("forgot scheduler {name}"), done);
             Ok(())
         }
         Command::Status { check } => report::status(&store, out, check, cli.utc).await,
@@ -691,11 +692,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("handled before the database is opened")
         }
         Command::Db(DbCommand::Migrate) => {
-            println!(
+            let sentence = format!(
                 "database {} is at schema version {} (this ferry's is {})",
                 redact(&cli.db),
                 schema.database,
                 schema.binary
+            );
+            out.done(
+                sentence,
+                serde_json::json!({"done": "migrated", "schema": schema}),
             );
             Ok(())
         }
@@ -752,14 +757,19 @@ fn check_database(db: &str, reads_only: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {
+fn certificate_authority(output: Output, command: CaCommand) -> anyhow::Result<()> {
+    use serde_json::json;
     match command {
         CaCommand::Init { dir } => {
             let cert = crate::ca::init(&dir)?;
-            println!(
+            let sentence = format!(
                 "created the CA {}; issue certificates with `ferry ca issue --dir {} NAME`",
                 cert.display(),
                 dir.display()
+            );
+            output.done(
+                sentence,
+                json!({"done": "created the CA", "certificate": cert}),
             );
         }
         CaCommand::Issue {
@@ -781,16 +791,23 @@ fn certificate_authority(command: CaCommand) -> anyhow::Result<()> {
                 crate::ca::CaError::BadName(_) => invalid("NAME", e.to_string()),
                 other => other.into(),
             })?;
-            println!(
+            let sentence = format!(
                 "issued {} (and its key beside it) for {role} {name}, valid {days} days",
                 cert.display()
             );
+            let done = json!({"done": "issued", "certificate": cert, "role": role.as_str(),
+                "name": name, "days": days});
+            output.done(sentence, done);
         }
         CaCommand::Revoke { dir, name } => {
             let crl = crate::ca::revoke(&dir, &name)?;
-            println!(
+            let sentence = format!(
                 "revoked {name}'s certificate; copy {} into every node's TLS folder",
                 crl.display()
+            );
+            output.done(
+                sentence,
+                json!({"done": "revoked", "name": name, "crl": crl}),
             );
         }
     }

@@ -28,6 +28,15 @@ impl Output {
         }
     }
 
+    /// Says what a command did: `sentence` for people, or `json` (an object saying what was
+    /// done to what) for scripts.
+    pub fn done(self, sentence: impl std::fmt::Display, json: serde_json::Value) {
+        match self {
+            Output::Table => println!("{sentence}"),
+            Output::Json => println!("{json}"),
+        }
+    }
+
     /// Prints one item: as `field: value` lines, or as a JSON object.
     pub fn one<T: Serialize>(self, item: &T) {
         let value = serde_json::to_value(item).expect("rows serialise");

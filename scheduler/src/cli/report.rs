@@ -99,6 +99,8 @@ struct StatusLine {
     placement: String,
     next_fire: Option<chrono::DateTime<Utc>>,
     last_run: Option<RunRow>,
+    /// The cron time a schedule missed, when it has not fired for [`OVERDUE_AFTER`] past it.
+    overdue_since: Option<chrono::DateTime<Utc>>,
     /// The zone its times are printed in (a schedule's own); UTC when `None`.
     #[serde(skip)]
     zone: Option<String>,
@@ -116,11 +118,29 @@ struct Status {
 #[error("health check: exit code {0}")]
 pub struct Unhealthy(pub u8);
 
+/// How late a schedule's firing may be before `status --check` warns of it: a firing waits
+/// for its job's other run, and a failover takes a lease TTL or two.
+const OVERDUE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// The first cron time after `since` (a schedule's last firing, or its creation), if it is
+/// more than [`OVERDUE_AFTER`] before `now`.
+fn overdue(
+    cron: &CronSpec,
+    since: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> Option<chrono::DateTime<Utc>> {
+    cron.next_after(since)
+        .filter(|due| now - *due > OVERDUE_AFTER)
+}
+
 pub async fn status(store: &Store, out: Output, check: bool, utc: bool) -> anyhow::Result<()> {
     let schedulers = store.schedulers().await?;
     let schedules = store.schedules().await?;
     let crons: HashMap<&str, Option<CronSpec>> = (schedules.iter())
         .map(|s| (s.name.as_str(), CronSpec::parse(&s.cron, &s.timezone).ok()))
+        .collect();
+    let created: HashMap<&str, chrono::DateTime<Utc>> = (schedules.iter())
+        .map(|s| (s.name.as_str(), s.created_at))
         .collect();
     // A schedule's times are shown in its own zone (a monitor's, and all with --utc, in UTC).
     let zones: HashMap<&str, &str> = (schedules.iter())
@@ -143,12 +163,18 @@ pub async fn status(store: &Store, out: Output, check: bool, utc: bool) -> anyho
         .into_iter()
         .map(|row| {
             let is_schedule = row.kind == "schedule";
-            let next_fire = crons
+            let cron = crons
                 .get(row.name.as_str())
                 .and_then(|c| c.as_ref())
-                .filter(|_| is_schedule && row.state != "held")
-                .and_then(|c| c.next_after(now));
+                .filter(|_| is_schedule && row.state != "held");
+            let next_fire = cron.and_then(|c| c.next_after(now));
             let last_run = last_runs.remove(&(is_schedule, row.name.clone()));
+            // The first cron time after its last firing (or its creation), if long past.
+            let since = (last_run.as_ref().map(|r| r.fire_time))
+                .or_else(|| created.get(row.name.as_str()).copied());
+            let overdue_since = cron
+                .zip(since)
+                .and_then(|(c, since)| overdue(c, since, now));
             let placement = explain_in_job(&row, &pins, &schedulers);
             let zone = zones.get(row.name.as_str()).filter(|_| is_schedule);
             StatusLine {
@@ -157,6 +183,7 @@ pub async fn status(store: &Store, out: Output, check: bool, utc: bool) -> anyho
                 placement,
                 next_fire,
                 last_run,
+                overdue_since,
             }
         })
         .collect();
@@ -209,9 +236,18 @@ fn health(status: &Status) -> (u8, String) {
             d.row.kind, d.row.name
         ))
     });
+    let overdue = (status.definitions.iter()).find_map(|d| {
+        let due = d.overdue_since?;
+        Some(format!(
+            "schedule {} is overdue: it was due at {} and has not fired since",
+            d.row.name,
+            due.format("%Y-%m-%d %H:%M:%S UTC")
+        ))
+    });
     let warning = (down.first())
         .map(|s| format!("scheduler {} is down since {}", s.name, since(s)))
         .or_else(|| waiting("schedule"))
+        .or(overdue)
         .or(failed);
     match warning {
         Some(why) => (1, format!("WARNING: {why}")),
@@ -448,11 +484,14 @@ pub async fn agent(store: &Store, out: Output, cmd: AgentCommand) -> anyhow::Res
                 ));
             }
             store.add_agent(&name, &address).await?;
-            println!("added agent {name} at {address}");
+            let done = serde_json::json!({"done": "added", "kind": "agent", "name": name,
+                "address": address});
+            out.done(format!("added agent {name} at {address}"), done);
         }
         AgentCommand::Rm { name } => {
             store.remove_agent(&name).await?;
-            println!("removed agent {name}");
+            let done = serde_json::json!({"done": "removed", "kind": "agent", "name": name});
+            out.done(format!("removed agent {name}"), done);
         }
         AgentCommand::List { reach } => {
             let agents = store.agents().await?;
@@ -648,6 +687,7 @@ mod tests {
             placement: "spread".into(),
             next_fire: None,
             last_run: run,
+            overdue_since: None,
         }
     }
 
@@ -656,6 +696,20 @@ mod tests {
             schedulers,
             definitions,
         })
+    }
+
+    #[test]
+    fn a_schedule_is_overdue_once_its_next_cron_time_is_two_minutes_past() {
+        let nightly = CronSpec::parse("0 2 * * *", "UTC").unwrap();
+        let at = |t: &str| t.parse::<chrono::DateTime<Utc>>().unwrap();
+        let fired = at("2026-12-04T02:00:00Z");
+        let due = at("2026-12-05T02:00:00Z");
+        assert_eq!(
+            overdue(&nightly, fired, at("2026-12-06T01:00:00Z")),
+            Some(due)
+        );
+        assert_eq!(overdue(&nightly, fired, at("2026-12-05T02:01:00Z")), None);
+        assert_eq!(overdue(&nightly, due, at("2026-12-05T12:00:00Z")), None);
     }
 
     #[test]
@@ -683,6 +737,18 @@ mod tests {
             (
                 1,
                 "WARNING: the last run of schedule nightly failed: disk full".to_owned()
+            )
+        );
+        let mut late = line("schedule", "nightly", "idle", Some("succeeded"));
+        late.overdue_since = "2026-12-06T02:00:00Z".parse().ok();
+        let overdue = check(vec![scheduler("s1", true, false)], vec![late]);
+        assert_eq!(
+            overdue,
+            (
+                1,
+                "WARNING: schedule nightly is overdue: it was due at 2026-12-06 02:00:00 UTC and \
+                 has not fired since"
+                    .to_owned()
             )
         );
         let stuck = check(
