@@ -350,3 +350,65 @@ fn with_output_json_every_change_says_what_it_did_as_json() {
     let removed = json(&["schedule", "rm", "s"]);
     assert_eq!(removed["done"], "removed", "{removed}");
 }
+
+/// Runs `ferry ARGS` with `script` (a shell script's text) as the editor.
+fn with_editor(env: &Env, script: &str, args: &[&str]) -> std::process::Output {
+    let editor = env.path("editor.sh");
+    fs::write(&editor, format!("#!/bin/sh\n{script}\n")).unwrap();
+    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut command = env.command("ferry");
+    command
+        .arg("--db")
+        .arg(&env.db)
+        .args(args)
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL");
+    command.output().unwrap()
+}
+
+#[test]
+fn edit_opens_the_definition_as_toml_and_writes_it_only_once_it_checks_out() {
+    let env = Env::new(Backend::Sqlite);
+    job(&env, &[]);
+    env.ferry(&["schedule", "add", "s", "--job", "j", "--cron", "0 2 * * *"])
+        .ok();
+    let retimed = with_editor(
+        &env,
+        r#"sed -i 's/^cron = .*/cron = "30 1 * * *"/' "$1""#,
+        &["schedule", "edit", "s"],
+    );
+    let said = String::from_utf8_lossy(&retimed.stdout);
+    assert!(retimed.status.success(), "{retimed:?}");
+    assert!(
+        said.contains(r#"cron "0 2 * * *" -> "30 1 * * *""#),
+        "{said}"
+    );
+
+    let bad = with_editor(
+        &env,
+        r#"sed -i 's/^cron = .*/cron = "every day"/' "$1""#,
+        &["schedule", "edit", "s"],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--cron"),
+        "{bad:?}"
+    );
+    let show = env
+        .ferry(&["--output", "json", "schedule", "show", "s"])
+        .ok()
+        .json();
+    assert_eq!(show["cron"], "30 1 * * *", "a refused edit writes nothing");
+
+    let keep = with_editor(
+        &env,
+        r#"sed -i 's/^owner = true/owner = false/' "$1""#,
+        &["job", "edit", "j"],
+    );
+    assert!(keep.status.success(), "{keep:?}");
+    let show = env
+        .ferry(&["--output", "json", "job", "show", "j"])
+        .ok()
+        .json();
+    assert_eq!(show["keep"]["owner"], false, "{show:#}");
+}

@@ -8,6 +8,7 @@ use chrono::Utc;
 use ferry_engine::meta::Keep;
 use serde_json::json;
 
+use super::edit;
 use super::output::{or_dash, time_in};
 use super::{
     JobAdd, JobCommand, JobSet, MonitorAdd, MonitorCommand, MonitorSet, Output, PlacementArgs,
@@ -23,6 +24,7 @@ pub async fn job(store: &Store, out: Output, cmd: JobCommand) -> anyhow::Result<
     match cmd {
         JobCommand::Add(args) => add_job(store, out, args).await,
         JobCommand::Set(args) => set_job(store, out, args).await,
+        JobCommand::Edit { name } => edit_job(store, out, &name).await,
         JobCommand::DryRun { name, reach } => {
             super::preview::dry_run(store, out, &name, &reach).await
         }
@@ -124,6 +126,19 @@ async fn set_job(store: &Store, out: Output, args: JobSet) -> anyhow::Result<()>
     check_job_row(store, &row, args.allow_missing_source).await?;
     store.replace_job(&row).await?;
     print_changes(out, "job", &row.name, (&before, &row))
+}
+
+async fn edit_job(store: &Store, out: Output, name: &str) -> anyhow::Result<()> {
+    let before = find_job(store, name).await?;
+    let Some(view) = edit::in_editor("job", name, &edit::JobView::of(&before))? else {
+        return print_changes(out, "job", name, (&before, &before));
+    };
+    let mut row = before.clone();
+    view.apply(&mut row);
+    // A source accepted before stays accepted, whether or not this machine has it.
+    check_job_row(store, &row, row.source == before.source).await?;
+    store.replace_job(&row).await?;
+    print_changes(out, "job", name, (&before, &row))
 }
 
 /// Checks a job's row as the scheduler will, and what only this machine can tell: that its
@@ -269,6 +284,7 @@ pub async fn schedule(
     match cmd {
         ScheduleCommand::Add(args) => add_schedule(store, out, args).await,
         ScheduleCommand::Set(args) => set_schedule(store, out, args).await,
+        ScheduleCommand::Edit { name } => edit_schedule(store, out, &name).await,
         ScheduleCommand::List => {
             let schedules = store.schedules().await?;
             out.list(
@@ -366,6 +382,18 @@ async fn set_schedule(store: &Store, out: Output, args: ScheduleSet) -> anyhow::
     print_changes(out, "schedule", &row.name, (&before, &row))
 }
 
+async fn edit_schedule(store: &Store, out: Output, name: &str) -> anyhow::Result<()> {
+    let before = find_schedule(store, name).await?;
+    let Some(view) = edit::in_editor("schedule", name, &edit::ScheduleView::of(&before))? else {
+        return print_changes(out, "schedule", name, (&before, &before));
+    };
+    let mut row = before.clone();
+    view.apply(&mut row);
+    check_schedule(store, &row).await?;
+    store.update_schedule(&row).await?;
+    print_changes(out, "schedule", name, (&before, &row))
+}
+
 /// Checks a schedule's cron and time zone, misfire policy, retries and job.
 async fn check_schedule(store: &Store, row: &ScheduleRow) -> anyhow::Result<()> {
     CronSpec::parse(&row.cron, &row.timezone).map_err(|e| {
@@ -405,6 +433,7 @@ pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow:
     match cmd {
         MonitorCommand::Add(args) => add_monitor(store, out, args).await,
         MonitorCommand::Set(args) => set_monitor(store, out, args).await,
+        MonitorCommand::Edit { name } => edit_monitor(store, out, &name).await,
         MonitorCommand::List => {
             let monitors = store.monitors().await?;
             out.list(
@@ -428,13 +457,7 @@ pub async fn monitor(store: &Store, out: Output, cmd: MonitorCommand) -> anyhow:
             Ok(())
         }
         MonitorCommand::Show { name } => {
-            let monitor = store
-                .monitors()
-                .await?
-                .into_iter()
-                .find(|m| m.name == name)
-                .ok_or_else(|| invalid("monitor", format!("no monitor named {name:?}")))?;
-            out.one(&monitor);
+            out.one(&find_monitor(store, &name).await?);
             Ok(())
         }
         MonitorCommand::Rm { name } => remove(store, out, ResourceKind::Monitor, &name).await,
@@ -475,14 +498,25 @@ async fn add_monitor(store: &Store, out: Output, args: MonitorAdd) -> anyhow::Re
     Ok(())
 }
 
+async fn find_monitor(store: &Store, name: &str) -> anyhow::Result<MonitorRow> {
+    let monitor = store.monitors().await?.into_iter().find(|m| m.name == name);
+    monitor.ok_or_else(|| invalid("monitor", format!("no monitor named {name:?}")))
+}
+
+async fn edit_monitor(store: &Store, out: Output, name: &str) -> anyhow::Result<()> {
+    let before = find_monitor(store, name).await?;
+    let Some(view) = edit::in_editor("monitor", name, &edit::MonitorView::of(&before))? else {
+        return print_changes(out, "monitor", name, (&before, &before));
+    };
+    let mut row = before.clone();
+    view.apply(&mut row);
+    check_monitor(store, &row).await?;
+    store.update_monitor(&row).await?;
+    print_changes(out, "monitor", name, (&before, &row))
+}
+
 async fn set_monitor(store: &Store, out: Output, args: MonitorSet) -> anyhow::Result<()> {
-    let before = store
-        .monitors()
-        .await?
-        .into_iter()
-        .find(|m| m.name == args.name);
-    let before =
-        before.ok_or_else(|| invalid("monitor", format!("no monitor named {:?}", args.name)))?;
+    let before = find_monitor(store, &args.name).await?;
     let mut row = before.clone();
     replace(&mut row.job_name, args.job);
     set_placement(&mut row.preferred, &mut row.fallback_any, args.placement);

@@ -1,6 +1,7 @@
 //! The `ferry` command line: definitions, the scheduler service, and status.
 
 mod define;
+mod edit;
 mod output;
 mod preview;
 mod report;
@@ -268,6 +269,11 @@ pub enum JobCommand {
     ///
     /// Example: ferry job set docs --exclude '*.tmp' --exclude 'cache/' --max-deletes 500
     Set(JobSet),
+    /// Change a job in your editor ($VISUAL, $EDITOR or vi), as TOML; checked as `set`
+    /// checks it before anything is written.
+    Edit {
+        name: String,
+    },
     List,
     Show {
         name: String,
@@ -425,6 +431,10 @@ pub enum ScheduleCommand {
     ///
     /// Example: ferry schedule set docs-nightly --cron '30 1 * * *' --prefer fs2
     Set(ScheduleSet),
+    /// Change a schedule in your editor, as TOML; checked before anything is written.
+    Edit {
+        name: String,
+    },
     List,
     Show {
         name: String,
@@ -541,6 +551,10 @@ pub enum MonitorCommand {
     ///
     /// Example: ferry monitor set docs-live --debounce 1s --no-prefer
     Set(MonitorSet),
+    /// Change a monitor in your editor, as TOML; checked before anything is written.
+    Edit {
+        name: String,
+    },
     List,
     Show {
         name: String,
