@@ -12,10 +12,13 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --home-dir /var/lib/ferry --create-home \
-        --shell /usr/sbin/nologin ferry
+        --shell /usr/sbin/nologin ferry \
+ && install -d -o ferry -g ferry /data
 COPY --from=build /usr/local/bin/ferry /usr/local/bin/ferry-agent /usr/local/bin/
 USER ferry
 WORKDIR /var/lib/ferry
+# /data: the schedulers' local folders in docker-compose.yml; a new volume there takes its
+# owner from this folder, so user ferry can write it.
 # 9033: an agent's peers; 9034: --metrics-listen, by the convention of docker-compose.yml.
 EXPOSE 9033 9034
 ENTRYPOINT ["ferry"]

@@ -67,6 +67,7 @@ CONTROL
 printf '%s\n' /etc/ferry/scheduler.toml /etc/ferry/agent.toml /etc/ferry/ferry.env >"$stage/DEBIAN/conffiles"
 install -m 0755 "$dist/postinst" "$stage/DEBIAN/postinst"
 install -m 0755 "$dist/postrm" "$stage/DEBIAN/postrm"
+install -m 0755 "$dist/prerm" "$stage/DEBIAN/prerm"
 
 mkdir -p "$out"
 deb="$out/ferry_${version}_${arch}.deb"

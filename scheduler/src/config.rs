@@ -62,6 +62,24 @@ impl Default for ServiceConfig {
     }
 }
 
+/// A hook folder's programs run as this scheduler's user at the word of whoever writes job
+/// rows: the folder must be one only its owner can change.
+fn check_hook_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let problem = |why: &str| format!("hook-dir {}: {why}", dir.display());
+    if !dir.is_absolute() {
+        return Err(problem("name the folder by its absolute path"));
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| problem(&e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(problem("not a folder"));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(problem("others can write to it; chmod go-w it"));
+    }
+    Ok(())
+}
+
 impl ServiceConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -73,6 +91,9 @@ impl ServiceConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat.is_zero() || self.lease_ttl.is_zero() || self.poll.is_zero() {
             return Err("lease-ttl, heartbeat and poll must be greater than zero".into());
+        }
+        if let Some(dir) = &self.hook_dir {
+            check_hook_dir(dir)?;
         }
         if let Some(relative) = self.allow.iter().find(|dir| !dir.is_absolute()) {
             return Err(format!(
@@ -94,6 +115,25 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hook_folder_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = |dir: &Path| ServiceConfig {
+            hook_dir: Some(dir.to_owned()),
+            ..ServiceConfig::default()
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(config(dir.path()).validate(), Ok(()));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = config(dir.path()).validate().unwrap_err();
+        assert!(refused.contains("others can write to it"), "{refused}");
+        assert!(
+            config(Path::new("hooks")).validate().is_err(),
+            "a relative folder"
+        );
+    }
 
     #[test]
     fn a_config_file_reads_human_durations() {

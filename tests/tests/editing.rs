@@ -412,3 +412,24 @@ fn edit_opens_the_definition_as_toml_and_writes_it_only_once_it_checks_out() {
         .json();
     assert_eq!(show["keep"]["owner"], false, "{show:#}");
 }
+
+#[test]
+fn the_folders_of_a_sync_job_cannot_be_changed_under_its_base() {
+    let env = Env::new(Backend::Sqlite);
+    let (a, b, c) = (env.path("a"), env.path("b"), env.path("c"));
+    for dir in [&a, &b, &c] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    env.add_job("two-way", "sync", (&a, &b), &[]);
+    for change in [&["--to", c.to_str().unwrap()][..], &["--rule", "mirror"]] {
+        let run = env.ferry(&[&["job", "set", "two-way"][..], change].concat());
+        assert_eq!(run.code, 2, "{change:?}: {run:?}");
+        assert!(
+            run.stderr.contains("deletions everywhere"),
+            "{}",
+            run.stderr
+        );
+    }
+    env.ferry(&["job", "set", "two-way", "--exclude", "*.tmp"])
+        .ok();
+}

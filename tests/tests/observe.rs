@@ -120,8 +120,11 @@ fn an_agent_counts_its_sessions_and_refusals_and_is_ready_while_its_roots_are_th
     assert!(wait_until(Duration::from_secs(5), || value(&at, refused) == 1.0));
 
     fs::remove_dir(&root).unwrap();
-    let (code, why) = get(&at, "/readyz");
-    assert_eq!(code, 503);
+    // Roots are looked at every few seconds, off the answering threads.
+    assert!(wait_until(Duration::from_secs(15), || get(&at, "/readyz")
+        .0
+        == 503));
+    let (_, why) = get(&at, "/readyz");
     assert!(why.contains("is not reachable"), "{why}");
     assert_eq!(get(&at, "/healthz").0, 200);
 }

@@ -166,9 +166,11 @@ impl RunArgs {
 }
 
 /// What the agent tells those who watch it: live while it runs, ready while it can reach
-/// every folder it serves (a mount that went away is not).
+/// every folder it serves (a mount that went away is not). The roots are looked at by
+/// [`watch_roots`] on a thread of its own: a hung network mount must not hang the answer.
 struct Vitals {
     roots: Vec<PathBuf>,
+    unready: std::sync::Mutex<Option<String>>,
 }
 
 impl Probe for Vitals {
@@ -177,10 +179,27 @@ impl Probe for Vitals {
     }
 
     fn ready(&self) -> Result<(), String> {
-        match self.roots.iter().find(|root| !root.is_dir()) {
-            Some(root) => Err(format!("root {} is not reachable", root.display())),
-            None => Ok(()),
-        }
+        let unready = self.unready.lock().unwrap_or_else(|e| e.into_inner());
+        unready.clone().map_or(Ok(()), Err)
+    }
+}
+
+/// Looks at the roots every few seconds, and says which one does not answer or is gone.
+async fn watch_roots(vitals: Arc<Vitals>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    loop {
+        let roots = vitals.roots.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            let gone = roots.iter().find(|root| !root.is_dir());
+            gone.map(|root| format!("root {} is not reachable", root.display()))
+        });
+        let verdict = match tokio::time::timeout(EVERY, looked).await {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(e)) => Some(format!("looking at the roots failed: {e}")),
+            Err(_) => Some(format!("a root did not answer within {EVERY:?}")),
+        };
+        *vitals.unready.lock().unwrap_or_else(|e| e.into_inner()) = verdict;
+        tokio::time::sleep(EVERY).await;
     }
 }
 
@@ -289,7 +308,9 @@ fn run_agent(settings: Settings) -> ExitCode {
         tracing::info!(agent = name, %address, "listening");
         let vitals = Arc::new(Vitals {
             roots: roots.iter().map(|r| r.path.clone()).collect(),
+            unready: std::sync::Mutex::new(None),
         });
+        tokio::spawn(watch_roots(vitals.clone()));
         if let Some(addr) = metrics_listen
             && let Err(e) = observe::serve(addr, vitals).await
         {

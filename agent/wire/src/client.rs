@@ -169,6 +169,15 @@ impl Session {
             .map_err(frame_error)?;
         wire.fetch_add((sent + received) as u64, Ordering::Relaxed);
         match response {
+            Response::Welcome { version, .. }
+                if !(OLDEST_PROTOCOL..=PROTOCOL_VERSION).contains(&version) =>
+            {
+                let wanted = format!(
+                    "Welcome in protocol {version}, which this side does not speak \
+                     ({OLDEST_PROTOCOL} to {PROTOCOL_VERSION})"
+                );
+                Err(frame_error(FrameError::Unexpected(wanted)))
+            }
             Response::Welcome {
                 version,
                 agent: name,

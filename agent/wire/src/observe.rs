@@ -3,7 +3,8 @@
 //! readiness and watchdog pings to systemd (`Type=notify`, `WatchdogSec=`).
 //!
 //! The port serves no file and takes no input beyond a request line, yet it is bound by a root
-//! daemon: connections are few at a time and each ends within [`CONNECTION_DEADLINE`].
+//! daemon: connections are few at a time, one that sends no request within
+//! [`HEADER_DEADLINE`] is dropped, and each ends within [`CONNECTION_DEADLINE`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +22,10 @@ use tokio::sync::Semaphore;
 
 /// Connections served at once; more wait to be accepted.
 const CONNECTIONS: usize = 16;
-/// A scrape that takes longer than this is cut (a client that sends nothing holds no slot).
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// A connection whose request has not come by then is dropped, so idle ones hold no slot.
+const HEADER_DEADLINE: Duration = Duration::from_secs(2);
+/// A scrape that takes longer than this is cut.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// Histogram buckets for durations: from a millisecond (a query) to an hour (a long run).
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -86,6 +89,9 @@ async fn accept(listener: TcpListener, recorder: PrometheusHandle, probe: Arc<dy
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
             drop(slot);

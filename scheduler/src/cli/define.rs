@@ -124,8 +124,28 @@ async fn set_job(store: &Store, out: Output, args: JobSet) -> anyhow::Result<()>
     replace_or_clear(&mut row.on_failure, args.on_failure, args.no_on_failure);
     replace(&mut row.checksum, args.checksum);
     check_job_row(store, &row, args.allow_missing_source).await?;
+    keep_sync_replicas(&before, &row)?;
     store.replace_job(&row).await?;
     print_changes(out, "job", &row.name, (&before, &row))
+}
+
+/// Refuses to move a sync job's replicas (or to make a job sync or stop being one). Its base,
+/// what the replicas last agreed on, is kept at the source under the job's name: a replica
+/// changed under it would read as one where everything the base lists was deleted, and the
+/// next run would delete those files everywhere.
+fn keep_sync_replicas(before: &JobRow, after: &JobRow) -> anyhow::Result<()> {
+    let sync = |job: &JobRow| job.rule == "sync";
+    let moved = before.source != after.source || before.destinations != after.destinations;
+    if (sync(before) || sync(after)) && (moved || before.rule != after.rule) {
+        let why = format!(
+            "job {} syncs both ways from what its replicas last agreed on: changing its rule or \
+             its folders would turn files missing from a new folder into deletions everywhere; \
+             make a new job (another name) for the new folders instead",
+            after.name
+        );
+        return Err(invalid("--rule/--from/--to", why));
+    }
+    Ok(())
 }
 
 async fn edit_job(store: &Store, out: Output, name: &str) -> anyhow::Result<()> {
@@ -137,6 +157,7 @@ async fn edit_job(store: &Store, out: Output, name: &str) -> anyhow::Result<()> 
     view.apply(&mut row);
     // A source accepted before stays accepted, whether or not this machine has it.
     check_job_row(store, &row, row.source == before.source).await?;
+    keep_sync_replicas(&before, &row)?;
     store.replace_job(&row).await?;
     print_changes(out, "job", name, (&before, &row))
 }

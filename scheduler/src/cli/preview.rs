@@ -56,6 +56,7 @@ pub async fn dry_run(store: &Store, out: Output, name: &str, reach: &Reach) -> a
         addresses,
         identity,
         allowed: vec!["/".into()],
+        looks_only: true,
     };
     let execution = definitions::job_spec(&job, &remotes)
         .map_err(|problem| invalid("NAME", problem.to_string()))?;

@@ -88,6 +88,8 @@ pub struct Remotes {
     pub addresses: HashMap<String, String>,
     pub identity: Option<(String, Arc<ClientConfig>)>,
     pub allowed: Vec<PathBuf>,
+    /// Folders here are only looked at (`ferry job dry-run`): scans remove nothing.
+    pub looks_only: bool,
 }
 
 impl Remotes {
@@ -140,7 +142,12 @@ impl Remotes {
     fn endpoint(&self, place: &Place) -> Result<Arc<dyn Endpoint>, String> {
         Ok(match place {
             Place::Local(path) => {
-                Arc::new(LocalEndpoint::beneath(self.allowed_folder(path)?, path))
+                let local = LocalEndpoint::beneath(self.allowed_folder(path)?, path);
+                Arc::new(if self.looks_only {
+                    local.looking_only()
+                } else {
+                    local
+                })
             }
             Place::Agent { agent, path } => Arc::new(RemoteEndpoint::new(
                 self.dial(agent)?,

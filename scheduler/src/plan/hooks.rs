@@ -6,7 +6,7 @@
 //! scheduler's administrator put in the hook folder, never a command line, and a webhook gets
 //! nothing but the run's JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -66,10 +66,24 @@ impl Hook {
                 let dir = hook_dir.ok_or_else(|| {
                     format!("this scheduler has no hook folder (--hook-dir) to find {name} in")
                 })?;
-                run_program(&dir.join(name), run, &body).await
+                run_program(&program_in(dir, name)?, run, &body).await
             }
         }
     }
+}
+
+/// The program `name` in `dir`, if it is a regular file there: a symlink that leads out of
+/// the folder is not followed out of it.
+fn program_in(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let program = dir.join(name);
+    let real =
+        std::fs::canonicalize(&program).map_err(|e| format!("{}: {e}", program.display()))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if real.parent() != Some(dir.as_path()) || !real.is_file() {
+        let why = format!("{} is not a program in the hook folder", program.display());
+        return Err(why);
+    }
+    Ok(real)
 }
 
 async fn run_program(program: &Path, run: &serde_json::Value, body: &[u8]) -> Result<(), String> {
@@ -77,7 +91,10 @@ async fn run_program(program: &Path, run: &serde_json::Value, body: &[u8]) -> Re
         run.get(key)
             .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
     };
+    // A hook gets the run, not the scheduler's environment: FERRY_DB holds a password.
     let mut child = tokio::process::Command::new(program)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("FERRY_JOB", text("job_name").unwrap_or_default())
         .env("FERRY_RUN_ID", text("id").unwrap_or_default())
         .env("FERRY_STATE", text("state").unwrap_or_default())
@@ -88,11 +105,16 @@ async fn run_program(program: &Path, run: &serde_json::Value, body: &[u8]) -> Re
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{}: {e}", program.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A program that does not read its input still runs: a broken pipe is not a failure.
-        let _ = stdin.write_all(body).await;
-    }
-    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+    let stdin = child.stdin.take();
+    let finished = async move {
+        if let Some(mut stdin) = stdin {
+            // A program that does not read its input still runs: a broken pipe is no failure.
+            let _ = stdin.write_all(body).await;
+        }
+        child.wait_with_output().await
+    };
+    // The whole call has the deadline, its input included; past it the program is killed.
+    let output = tokio::time::timeout(DEADLINE, finished)
         .await
         .map_err(|_| {
             format!(
@@ -104,7 +126,7 @@ async fn run_program(program: &Path, run: &serde_json::Value, body: &[u8]) -> Re
     if output.status.success() {
         return Ok(());
     }
-    let said = String::from_utf8_lossy(&output.stderr);
+    let said = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(4096)]);
     let said = said.lines().next().unwrap_or("").trim();
     Err(format!("{} {}: {said}", program.display(), output.status))
 }
@@ -121,7 +143,15 @@ async fn post(url: String, body: Vec<u8>) -> Result<(), String> {
             .header("Content-Type", "application/json")
             .send(&body[..])
             .map(drop)
-            .map_err(|e| format!("POST {url}: {e}"))
+            .map_err(|e| {
+                // The details (which address refused, and how) go to the log: events are read
+                // by whoever reads the database, and must not map the network for them.
+                tracing::warn!(url, error = %e, "the on_failure webhook failed");
+                match e {
+                    ureq::Error::StatusCode(code) => format!("the webhook answered {code}"),
+                    _ => "the webhook could not be reached (the scheduler's log says why)".into(),
+                }
+            })
     });
     posted.await.map_err(|e| e.to_string())?
 }
@@ -129,6 +159,21 @@ async fn post(url: String, body: Vec<u8>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hook_program_is_a_file_in_the_hook_folder_not_a_link_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("page"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/bin/sh", dir.path().join("shell")).unwrap();
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        assert!(program_in(dir.path(), "page").is_ok());
+        for refused in ["shell", "folder", "missing"] {
+            assert!(
+                program_in(dir.path(), refused).is_err(),
+                "{refused} was taken"
+            );
+        }
+    }
 
     #[test]
     fn a_hook_is_a_url_or_a_plain_program_name_never_a_path_or_a_command() {

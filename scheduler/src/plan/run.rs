@@ -443,6 +443,7 @@ pub async fn run_scheduled(store: Store, attempt: RunAttempt, run: ScheduledRun)
     if let Some(hook) = &run.execution.on_failure
         && state == "failed"
         && !can_retry
+        && !cancel_asked(&recorder).await
     {
         call_failure_hook(&recorder, hook, run.hook_dir.as_deref()).await;
     }

@@ -83,6 +83,7 @@ impl Definitions {
                 .collect(),
             identity: identity.clone(),
             allowed: allowed.to_vec(),
+            looks_only: false,
         };
         Ok(Self {
             remotes,

@@ -825,9 +825,14 @@ impl Store {
     /// [`Store::update_run`].
     pub async fn finish_run(&self, run: &RunAttempt, end: &RunEnd) -> Result<()> {
         let sql = self.sql(
-            "UPDATE runs SET state = $4, error = $5, files_copied = $6, files_deleted = $7, \
+            // A run someone asked to cancel ends cancelled and is not retried, however it
+            // ended (a failure that came before the halt, say).
+            "UPDATE runs SET \
+               state = CASE WHEN cancel_requested_at IS NULL THEN $4 ELSE 'cancelled' END, \
+               error = $5, files_copied = $6, files_deleted = $7, \
                bytes_total = $8, bytes_sent = $9, finished_at = now(), updated_at = now(), \
-               retry_at = CASE WHEN $10 IS NULL THEN NULL ELSE now_plus_ms($10) END \
+               retry_at = CASE WHEN $10 IS NULL OR cancel_requested_at IS NOT NULL THEN NULL \
+                 ELSE now_plus_ms($10) END \
              WHERE id = $1 AND scheduler_instance = $2 AND attempt = $3 AND state = 'running'",
         );
         let c = &end.counters;
@@ -937,7 +942,7 @@ impl Store {
         let sql = self.sql(
             "UPDATE runs SET state = 'running', attempt = attempt + 1, retry_at = NULL, error = NULL, \
                finished_at = NULL, scheduler = $3, scheduler_instance = $4, epoch = $5, updated_at = now() \
-             WHERE id = $1 AND attempt = $2 AND retry_at IS NOT NULL",
+             WHERE id = $1 AND attempt = $2 AND retry_at IS NOT NULL AND cancel_requested_at IS NULL",
         );
         let affected = on_pool!(self, pool => sqlx::query(sql)
             .bind(id).bind(attempt).bind(&me.name).bind(&me.instance).bind(epoch)

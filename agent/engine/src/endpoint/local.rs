@@ -32,6 +32,8 @@ pub struct LocalEndpoint {
     /// The replica's folder, opened by [`Endpoint::prepare`] (or on first use) and held: a
     /// folder swapped for a symlink meanwhile cannot move the replica.
     root: RwLock<Option<Arc<Root>>>,
+    /// Only looked at (a dry run): a scan leaves even the temporary files of dead runs alone.
+    looks_only: bool,
 }
 
 impl Clone for LocalEndpoint {
@@ -40,6 +42,7 @@ impl Clone for LocalEndpoint {
             path: self.path.clone(),
             anchor: self.anchor.clone(),
             root: RwLock::new(self.held()),
+            looks_only: self.looks_only,
         }
     }
 }
@@ -52,7 +55,15 @@ impl LocalEndpoint {
             anchor: path.clone(),
             path,
             root: RwLock::default(),
+            looks_only: false,
         }
+    }
+
+    /// The same folder, to be looked at only (a dry run): its scans remove nothing, not even
+    /// a dead run's temporary files, whose process another machine or container may run.
+    pub fn looking_only(mut self) -> Self {
+        self.looks_only = true;
+        self
     }
 
     /// The folder `path` inside `anchor`: no symlink between them is followed. `path` must
@@ -64,6 +75,7 @@ impl LocalEndpoint {
             anchor,
             path,
             root: RwLock::default(),
+            looks_only: false,
         }
     }
 
@@ -137,7 +149,9 @@ impl LocalEndpoint {
         for name in folder.names().map_err(self.err("read folder", rel))? {
             let child = rel.join(&name);
             if is_orphan_temp(&name) {
-                let _ = folder.remove_file(&name);
+                if !self.looks_only {
+                    let _ = folder.remove_file(&name);
+                }
                 continue;
             }
             let found = folder.stat(&name).map_err(self.err("read", &child))?;
