@@ -736,60 +736,13 @@ impl LocalSink<'_> {
         })();
         finished.map_err(self.endpoint.err("write", &self.rel))?;
         self.committed = true;
-        Ok(Staged {
-            root: self.root.clone(),
-            temp: self.temp.clone(),
-            target: self.rel.clone(),
-            expected: self.expected.take(),
+        let (temp, target) = (self.temp.clone(), self.rel.clone());
+        Ok(Staged::new(
+            self.root.clone(),
+            (temp, target),
+            self.expected.take(),
             size,
-            published: false,
-        })
-    }
-}
-
-/// A finished file under its temporary name, waiting to be renamed into place. Dropped
-/// unpublished, it is removed.
-pub struct Staged {
-    root: Arc<Root>,
-    temp: PathBuf,
-    target: PathBuf,
-    expected: Option<Expected>,
-    size: u64,
-    published: bool,
-}
-
-impl Staged {
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Renames the file over its target, if the target still holds what was expected; returns
-    /// its size.
-    pub fn publish(mut self) -> Result<u64> {
-        self.published = true;
-        let renamed = self
-            .still_expected()
-            .and_then(|()| self.root.rename(&self.temp, &self.target));
-        match renamed {
-            Ok(()) => Ok(self.size),
-            Err(e) => {
-                let _ = self.root.remove_file(&self.temp);
-                let full = self.root.path().join(&self.target);
-                Err(endpoint_error("write", full, e))
-            }
-        }
-    }
-
-    fn still_expected(&self) -> io::Result<()> {
-        still_holds(&self.root, &self.target, self.expected.as_ref())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.published {
-            let _ = self.root.remove_file(&self.temp);
-        }
+        ))
     }
 }
 
@@ -900,9 +853,11 @@ fn now_mtime() -> Mtime {
 
 mod accounts;
 mod output;
+mod staged;
 
 use accounts::account_name;
 use output::Output;
+pub use staged::Staged;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,73 @@
+//! A received file, finished and durable under its temporary name, waiting for its rename into
+//! place ([`Staged::publish`]); one that is dropped unpublished is removed.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Result, endpoint_error, still_holds};
+use crate::beneath::Root;
+use crate::tree::Expected;
+
+/// A finished file under its temporary name, waiting to be renamed into place. Dropped
+/// unpublished, it is removed.
+pub struct Staged {
+    root: Arc<Root>,
+    temp: PathBuf,
+    target: PathBuf,
+    expected: Option<Expected>,
+    size: u64,
+    published: bool,
+}
+
+impl Staged {
+    /// The file at `temp`, `size` bytes, to be renamed to `target` while it holds `expected`.
+    pub(super) fn new(
+        root: Arc<Root>,
+        (temp, target): (PathBuf, PathBuf),
+        expected: Option<Expected>,
+        size: u64,
+    ) -> Self {
+        Self {
+            root,
+            temp,
+            target,
+            expected,
+            size,
+            published: false,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Renames the file over its target, if the target still holds what was expected; returns
+    /// its size.
+    pub fn publish(mut self) -> Result<u64> {
+        self.published = true;
+        let renamed = self
+            .still_expected()
+            .and_then(|()| self.root.rename(&self.temp, &self.target));
+        match renamed {
+            Ok(()) => Ok(self.size),
+            Err(e) => {
+                let _ = self.root.remove_file(&self.temp);
+                let full = self.root.path().join(&self.target);
+                Err(endpoint_error("write", full, e))
+            }
+        }
+    }
+
+    fn still_expected(&self) -> io::Result<()> {
+        still_holds(&self.root, &self.target, self.expected.as_ref())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = self.root.remove_file(&self.temp);
+        }
+    }
+}
