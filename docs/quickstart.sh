@@ -11,6 +11,8 @@ mkdir -p "$demo/source/reports"
 [ -e "$demo/source/hello.txt" ] || echo "hello from ferry" >"$demo/source/hello.txt"
 [ -e "$demo/source/reports/q1.txt" ] || echo "quarterly numbers" >"$demo/source/reports/q1.txt"
 export FERRY_DB="$demo/ferry.db"
+# Creates the database, or brings one an older ferry made up to this one's schema.
+"$ferry" db migrate >/dev/null
 
 "$ferry" job show demo >/dev/null 2>&1 ||
     "$ferry" job add demo --rule mirror --from "$demo/source" --to "$demo/backup" --exclude '*.tmp'
