@@ -111,6 +111,16 @@ impl Env {
         }
     }
 
+    /// An environment on the database at `db` (a URL the test made, with several hosts, say).
+    pub fn on_database(db: String) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db,
+            backend: Backend::Postgres,
+            network: None,
+        }
+    }
+
     /// The live holder of a schedule or monitor, per `ferry_status`.
     pub fn holder(&self, name: &str) -> Option<String> {
         self.sql_text(&format!(

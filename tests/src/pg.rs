@@ -16,30 +16,22 @@ pub struct PgServer {
     data: PathBuf,
     port: u16,
     run_as_postgres: bool,
+    /// Settings given to `postgres -c`, after the test defaults.
+    settings: Vec<String>,
 }
 
 impl PgServer {
     /// Creates and starts a fresh cluster.
     pub fn start() -> Result<Self> {
-        let bin = find_bin_dir().context(
-            "no PostgreSQL server binaries (initdb) found under /usr/lib/postgresql; \
-             `bash tests/run.sh` installs them",
-        )?;
-        let run_as_postgres = nix::unistd::geteuid().is_root();
-        let data =
-            std::env::temp_dir().join(format!("ferry-pg-{}-{}", std::process::id(), next_id()));
-        std::fs::create_dir_all(&data)?;
-        if run_as_postgres {
-            let user = nix::unistd::User::from_name("postgres")?
-                .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
-            nix::unistd::chown(&data, Some(user.uid), Some(user.gid))?;
-        }
-        let server = Self {
-            bin,
-            data,
-            port: free_port()?,
-            run_as_postgres,
-        };
+        Self::start_with(&[])
+    }
+
+    /// Creates and starts a fresh cluster with `settings` (`name=value`) over the defaults,
+    /// which favour speed over durability (no fsync, asynchronous commits).
+    pub fn start_with(settings: &[&str]) -> Result<Self> {
+        let server = Self::empty(settings)?;
+        std::fs::create_dir_all(&server.data)?;
+        server.own_data_folder()?;
         server.run_tool(
             "initdb",
             &[
@@ -56,6 +48,129 @@ impl PgServer {
         )?;
         server.launch()?;
         Ok(server)
+    }
+
+    /// A server whose data folder is not made yet.
+    fn empty(settings: &[&str]) -> Result<Self> {
+        let bin = find_bin_dir().context(
+            "no PostgreSQL server binaries (initdb) found under /usr/lib/postgresql; \
+             `bash tests/run.sh` installs them",
+        )?;
+        Ok(Self {
+            bin,
+            data: std::env::temp_dir().join(format!(
+                "ferry-pg-{}-{}",
+                std::process::id(),
+                next_id()
+            )),
+            port: free_port()?,
+            run_as_postgres: nix::unistd::geteuid().is_root(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn own_data_folder(&self) -> Result<()> {
+        if self.run_as_postgres {
+            let user = nix::unistd::User::from_name("postgres")?
+                .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
+            nix::unistd::chown(&self.data, Some(user.uid), Some(user.gid))?;
+        }
+        Ok(())
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`) on a port of its own, started,
+    /// with the same settings.
+    pub fn standby_of(primary: &PgServer) -> Result<Self> {
+        let settings: Vec<&str> = primary.settings.iter().map(String::as_str).collect();
+        let standby = Self::empty(&settings)?;
+        standby.copy_from(primary)?;
+        Ok(standby)
+    }
+
+    /// Throws this server's data away and starts it again, on its own port, as a streaming
+    /// replica of `primary`: how a failed primary rejoins its cluster.
+    pub fn rejoin_as_standby_of(&self, primary: &PgServer) -> Result<()> {
+        let _ = self.stop();
+        std::fs::remove_dir_all(&self.data)?;
+        self.copy_from(primary)
+    }
+
+    fn copy_from(&self, primary: &PgServer) -> Result<()> {
+        let parent = self.data.parent().context("a data folder has a parent")?;
+        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(&self.data)?;
+        std::fs::set_permissions(
+            &self.data,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        self.own_data_folder()?;
+        let port = primary.port.to_string();
+        self.run_tool(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&self.data),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        self.launch()
+    }
+
+    /// Makes every commit wait until a standby has it (`synchronous_standby_names`), once a
+    /// standby streams from this server.
+    pub fn require_synchronous_standby(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )? == "0"
+        {
+            if Instant::now() > deadline {
+                bail!("no standby streams from the server on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.query(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )?;
+        self.query("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
+    /// Promotes this standby to primary (`pg_ctl promote`), waiting until it takes writes.
+    pub fn promote(&self) -> Result<()> {
+        self.run_tool("pg_ctl", &["promote", "-D", path_str(&self.data), "-w"])
+    }
+
+    /// SIGKILLs the server and its backends at once: a crash, with no shutdown.
+    pub fn kill(&self) -> Result<()> {
+        self.signal_all(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// One SQL statement through `psql` on database `db`; its output, trimmed.
+    pub fn query(&self, db: &str, sql: &str) -> Result<String> {
+        let psql = self.bin.join("psql");
+        let port = self.port.to_string();
+        let out = self
+            .command(path_str(&psql))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     pub fn port(&self) -> u16 {
@@ -105,6 +220,14 @@ impl PgServer {
     }
 
     fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        for pid in self.processes()? {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        }
+        Ok(())
+    }
+
+    /// The server's processes: the postmaster and its children (backends, writers, walsenders).
+    pub fn processes(&self) -> Result<Vec<i32>> {
         let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))?;
         let postmaster: i32 = pid_file
             .lines()
@@ -126,10 +249,7 @@ impl PgServer {
                 pids.push(pid);
             }
         }
-        for pid in pids {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
-        }
-        Ok(())
+        Ok(pids)
     }
 
     /// Starts a stopped server again on the same port.
@@ -142,7 +262,7 @@ impl PgServer {
         let script = r#"
             "$PGBIN/postgres" -D "$PGDATA" -p "$PGPORT" -k "$PGDATA" -c listen_addresses=127.0.0.1 \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-                >>"$PGDATA/server.log" 2>&1 &
+                "$@" >>"$PGDATA/server.log" 2>&1 &
             pg=$!
             while [ -d "/proc/$OWNER" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.5; done
             if kill -0 "$pg" 2>/dev/null; then
@@ -150,7 +270,8 @@ impl PgServer {
             fi
         "#;
         let mut cmd = self.command("sh");
-        cmd.args(["-c", script])
+        cmd.args(["-c", script, "postgres"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .env("PGBIN", &self.bin)
             .env("PGDATA", &self.data)
             .env("PGPORT", self.port.to_string())

@@ -113,9 +113,30 @@ fn a_newer_compatible_schema_is_used_and_an_incompatible_one_is_refused_by_name(
 
 /// Leaves the database as the migration before `newest` left it.
 fn undo_newest_migration(env: &Env, newest: i64) {
-    let undo = match newest {
-        8 => "ALTER TABLE runs DROP COLUMN cancel_requested_at",
-        other => panic!("teach this test how to undo migration {other}"),
+    let undo = match (newest, env.backend) {
+        (9, Backend::Postgres) => "DROP INDEX runs_retry; DROP TABLE definitions_version; \
+            DROP FUNCTION ferry_definitions_changed() CASCADE"
+            .to_owned(),
+        (9, Backend::Sqlite) => {
+            let tables = [
+                "jobs",
+                "job_destinations",
+                "job_filters",
+                "agents",
+                "schedules",
+                "monitors",
+            ];
+            let triggers = tables.iter().flat_map(|table| {
+                ["insert", "update", "delete"]
+                    .map(|event| format!("DROP TRIGGER {table}_version_{event}"))
+            });
+            let drops: Vec<String> = triggers.collect();
+            format!(
+                "{}; DROP INDEX runs_retry; DROP TABLE definitions_version",
+                drops.join("; ")
+            )
+        }
+        (other, _) => panic!("teach this test how to undo migration {other}"),
     };
     env.sql(&format!(
         "{undo}; DELETE FROM _sqlx_migrations WHERE version = {newest}"

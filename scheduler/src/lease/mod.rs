@@ -135,6 +135,17 @@ impl Candidates {
     }
 }
 
+impl Candidates {
+    /// The first settled scheduler in `key`'s rendezvous order that is not `excluded`: who
+    /// takes over work its placed owner leaves untaken (the orphan sweep).
+    pub fn next_for(&self, key: &str, excluded: &[String]) -> Option<&str> {
+        rendezvous_order(key, &self.settled)
+            .into_iter()
+            .find(|s| !excluded.contains(s))
+            .map(String::as_str)
+    }
+}
+
 /// Schedulers in decreasing highest-random-weight order for `key`.
 fn rendezvous_order<'a>(key: &str, schedulers: &'a [String]) -> Vec<&'a String> {
     let weight = |s: &String| {

@@ -2,7 +2,7 @@
 //! whatever users insert is validated here; a problem becomes the row's `last_error` (and an
 //! exit code 2 from the CLI), never a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -465,7 +465,6 @@ struct Entry<I, V> {
 }
 
 /// What a schedule is compiled from (its other columns change as it fires).
-#[derive(PartialEq)]
 struct ScheduleInputs {
     cron: String,
     timezone: String,
@@ -474,7 +473,6 @@ struct ScheduleInputs {
     agents: HashMap<String, String>,
 }
 
-#[derive(PartialEq)]
 struct MonitorInputs {
     job_name: String,
     job: Option<JobRow>,
@@ -489,7 +487,16 @@ impl Compiled {
         job: Option<&JobRow>,
         remotes: &Remotes,
     ) -> &Result<ValidSchedule, Problem> {
-        let inputs = ScheduleInputs {
+        // Compared in place: at every tick, for every schedule, so nothing is copied unless
+        // something changed.
+        let same = |i: &ScheduleInputs| {
+            i.cron == row.cron
+                && i.timezone == row.timezone
+                && i.misfire == row.misfire
+                && i.job.as_ref() == job
+                && i.agents == remotes.addresses
+        };
+        let inputs = || ScheduleInputs {
             cron: row.cron.clone(),
             timezone: row.timezone.clone(),
             misfire: row.misfire.clone(),
@@ -497,7 +504,7 @@ impl Compiled {
             agents: remotes.addresses.clone(),
         };
         let entry = self.schedules.entry(row.name.clone());
-        cached(entry, inputs, || schedule(row, job, remotes))
+        cached(entry, (same, inputs), || schedule(row, job, remotes))
     }
 
     pub fn monitor(
@@ -506,42 +513,49 @@ impl Compiled {
         job: Option<&JobRow>,
         remotes: &Remotes,
     ) -> &Result<ValidMonitor, Problem> {
-        let inputs = MonitorInputs {
+        let same = |i: &MonitorInputs| {
+            i.job_name == row.job_name && i.job.as_ref() == job && i.agents == remotes.addresses
+        };
+        let inputs = || MonitorInputs {
             job_name: row.job_name.clone(),
             job: job.cloned(),
             agents: remotes.addresses.clone(),
         };
         let entry = self.monitors.entry(row.name.clone());
-        cached(entry, inputs, || monitor(row, job, remotes))
+        cached(entry, (same, inputs), || monitor(row, job, remotes))
     }
 
     /// Forgets what was compiled for rows that are gone.
     pub fn keep_only(&mut self, schedules: &[ScheduleRow], monitors: &[MonitorRow]) {
+        let schedules: HashSet<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
+        let monitors: HashSet<&str> = monitors.iter().map(|m| m.name.as_str()).collect();
         self.schedules
-            .retain(|name, _| schedules.iter().any(|s| &s.name == name));
+            .retain(|name, _| schedules.contains(name.as_str()));
         self.monitors
-            .retain(|name, _| monitors.iter().any(|m| &m.name == name));
+            .retain(|name, _| monitors.contains(name.as_str()));
     }
 }
 
-fn cached<I: PartialEq, V>(
+/// The entry's compiled definition while `same` holds for its inputs; otherwise compiled anew
+/// and kept with `inputs()`.
+fn cached<I, V>(
     entry: std::collections::hash_map::Entry<'_, String, Entry<I, V>>,
-    inputs: I,
+    (same, inputs): (impl Fn(&I) -> bool, impl FnOnce() -> I),
     compile: impl FnOnce() -> Result<V, Problem>,
 ) -> &Result<V, Problem> {
     use std::collections::hash_map::Entry as Slot;
     let entry = match entry {
-        Slot::Occupied(slot) if slot.get().inputs == inputs => slot.into_mut(),
+        Slot::Occupied(slot) if same(&slot.get().inputs) => slot.into_mut(),
         Slot::Occupied(mut slot) => {
             slot.insert(Entry {
                 compiled: compile(),
-                inputs,
+                inputs: inputs(),
             });
             slot.into_mut()
         }
         Slot::Vacant(slot) => slot.insert(Entry {
             compiled: compile(),
-            inputs,
+            inputs: inputs(),
         }),
     };
     &entry.compiled

@@ -212,12 +212,14 @@ impl Service {
 
     /// Releases what was deleted from the database.
     pub(super) async fn release_vanished(&mut self, defs: &Definitions) -> Result<(), StoreError> {
+        let schedules: HashSet<&str> = defs.schedules.iter().map(|s| s.name.as_str()).collect();
+        let monitors: HashSet<&str> = defs.monitors.iter().map(|m| m.name.as_str()).collect();
         let vanished: Vec<Resource> = self
             .holdings
             .keys()
             .filter(|(kind, name)| match kind {
-                ResourceKind::Schedule => !defs.schedules.iter().any(|s| &s.name == name),
-                ResourceKind::Monitor => !defs.monitors.iter().any(|m| &m.name == name),
+                ResourceKind::Schedule => !schedules.contains(name.as_str()),
+                ResourceKind::Monitor => !monitors.contains(name.as_str()),
             })
             .cloned()
             .collect();

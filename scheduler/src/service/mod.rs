@@ -29,6 +29,7 @@ use work::{Holding, Resource, ScheduleWork, Work};
 
 mod leases;
 mod monitors;
+mod orphans;
 mod prune;
 mod schedules;
 mod snapshot;
@@ -37,6 +38,10 @@ mod work;
 mod worker;
 
 use vitals::Vitals;
+
+/// How long a statement of a cut-off tick may still commit behind the scheduler's back: it ends
+/// by PostgreSQL's statement timeout (5 s) or SQLite's busy timeout (10 s).
+const STRAY_WINDOW: Duration = Duration::from_secs(15);
 
 /// How long a graceful stop waits for runs to record their end before leaving anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -52,8 +57,19 @@ pub struct Service {
     /// The definitions compiled from the rows, kept until the rows change.
     compiled: Compiled,
     database_reachable: bool,
+    /// The database moved to another server since the notifications were subscribed.
+    database_moved: bool,
+    /// A tick did not finish: until then, a run row it inserted may still appear with no
+    /// task running it (see `interrupt_strays`).
+    strays_until: Option<Instant>,
     /// The last error the database answered with (not a lost connection), logged once.
     data_problem: Option<String>,
+    /// The definitions last read, with the definitions version they were read at.
+    definitions: Option<(i64, Arc<Definitions>)>,
+    /// The `last_error`s written since the definitions were read.
+    errors_written: HashMap<Resource, Option<String>>,
+    /// Jobs placed on schedulers that have not taken them (the orphan sweep).
+    orphans: HashMap<String, orphans::Orphan>,
     /// Runs due for another attempt, read once per tick.
     due_retries: Vec<RunRow>,
     /// Local work must stop by then unless a renewal succeeds first.
@@ -126,8 +142,13 @@ impl Service {
             jobs_held: HashMap::new(),
             compiled: Compiled::default(),
             database_reachable: true,
+            database_moved: false,
+            strays_until: None,
             data_problem: None,
             due_retries: Vec::new(),
+            orphans: HashMap::new(),
+            definitions: None,
+            errors_written: HashMap::new(),
             identity,
             vitals,
         })
@@ -154,6 +175,15 @@ impl Service {
                 Ok(wait) => wait,
                 Err(fatal) => break Err(fatal),
             };
+            if std::mem::take(&mut self.database_moved) {
+                // NOTIFY does not cross replication: listen on the new primary.
+                notifications = self
+                    .store
+                    .notifications(Channel::Definitions)
+                    .await
+                    .ok()
+                    .flatten();
+            }
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 _ = tokio::time::sleep(wait) => {}
@@ -184,6 +214,9 @@ impl Service {
             Ok(synced) => synced,
             Err(_) => Err(ServiceError::Store(StoreError::Timeout(limit))),
         };
+        if synced.is_err() {
+            self.strays_until = Some(Instant::now() + STRAY_WINDOW);
+        }
         let reachable = !matches!(&synced, Err(ServiceError::Store(e)) if e.is_connection());
         self.vitals
             .ticked(reachable, self.holdings.len(), self.jobs_held.len());
@@ -212,9 +245,20 @@ impl Service {
                     self.database_reachable = false;
                 }
                 self.enforce_deadline();
+                self.follow_primary(limit).await;
                 Ok(self.config.heartbeat)
             }
             Err(fatal) => Err(fatal),
+        }
+    }
+
+    /// With several database servers, finds the one to use now (after a failover, the
+    /// promoted standby); the next tick then works there.
+    async fn follow_primary(&mut self, limit: Duration) {
+        match tokio::time::timeout(limit, self.store.follow_primary()).await {
+            Ok(Ok(moved)) => self.database_moved |= moved,
+            Ok(Err(e)) => tracing::debug!(error = %e, "no database server to move to yet"),
+            Err(_) => tracing::debug!("finding the database server took too long; again next tick"),
         }
     }
 
@@ -229,13 +273,17 @@ impl Service {
             return Err(ServiceError::IdentityLost(self.me.name.clone()));
         }
         self.renew_leases().await?;
+        self.interrupt_strays().await?;
         let now = self.store.now().await?;
-        let defs = Definitions::load(&self.store, &self.identity, &self.config.allow).await?;
+        let defs = self.definitions().await?;
+        let schedulers = self.store.schedulers().await?;
         self.due_retries = self.store.due_retries().await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
-        let candidates = Candidates::new(&defs.schedulers, now, settle);
-        self.compiled.keep_only(&defs.schedules, &defs.monitors);
-        let placements = candidates.place_all(&self.me.name, &defs.demands(&mut self.compiled));
+        let candidates = Candidates::new(&schedulers, now, settle);
+        let demands = defs.demands(&mut self.compiled);
+        let mut placements = candidates.place_all(&self.me.name, &demands);
+        self.sweep_orphans(&mut placements, &candidates, &demands)
+            .await?;
         for row in &defs.schedules {
             self.reconcile_schedule(row, &defs, &placements, now)
                 .await?;
@@ -249,10 +297,52 @@ impl Service {
         Ok(self.next_wake(now))
     }
 
+    /// The definitions, read again only when the database's definitions version moved.
+    async fn definitions(&mut self) -> Result<Arc<Definitions>, StoreError> {
+        let version = self.store.definitions_version().await?;
+        if let Some((known, defs)) = &self.definitions
+            && *known == version
+        {
+            return Ok(defs.clone());
+        }
+        let defs = Definitions::load(&self.store, &self.identity, &self.config.allow).await?;
+        self.compiled.keep_only(&defs.schedules, &defs.monitors);
+        self.errors_written.clear();
+        let defs = Arc::new(defs);
+        self.definitions = Some((version, defs.clone()));
+        Ok(defs)
+    }
+
+    /// A tick cut off between inserting a run row (or beginning a retry) and starting its task
+    /// leaves the row `running` with nobody running it: such rows of this instance are marked
+    /// interrupted, and retried as their schedule allows, instead of waiting for another
+    /// scheduler to take the lease over.
+    async fn interrupt_strays(&mut self) -> Result<(), StoreError> {
+        match self.strays_until {
+            Some(until) if Instant::now() < until => {}
+            Some(_) => {
+                self.strays_until = None;
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+        let live: HashSet<i64> = self.holdings.values().filter_map(Holding::run_id).collect();
+        for id in self.store.running_runs(&self.me.instance).await? {
+            if !live.contains(&id) {
+                tracing::warn!(
+                    run = id,
+                    "a run started by a tick that was cut off never began; marking it interrupted"
+                );
+                self.store.interrupt_stray(id, &self.me.instance).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the row's `last_error` if it changed: the definition's problem, else the one its
     /// running work reported.
     async fn report_problem(
-        &self,
+        &mut self,
         key: &Resource,
         last_error: &Option<String>,
         invalid: Option<String>,
@@ -265,10 +355,14 @@ impl Service {
             None => None,
         };
         let problem = invalid.or(runtime);
-        if problem != *last_error {
+        // The rows are read again only when a definition changes: what this scheduler wrote
+        // since then is newer than the row it holds.
+        let known = self.errors_written.get(key).unwrap_or(last_error);
+        if problem != *known {
             self.store
                 .set_last_error(key.0, &key.1, problem.as_deref())
                 .await?;
+            self.errors_written.insert(key.clone(), problem);
         }
         Ok(())
     }

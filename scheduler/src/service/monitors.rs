@@ -175,10 +175,16 @@ impl Service {
         };
         let stop = CancellationToken::new();
         let halt = claimed.halt.clone();
-        let work = monitor::run(self.store.clone(), attempt, task, stop.clone(), halt);
+        let work = monitor::run(
+            self.store.clone(),
+            attempt,
+            task,
+            stop.clone(),
+            halt.clone(),
+        );
         Ok(Some(MonitorWork {
             definition,
-            task: Task::spawn(work, through_agents, None),
+            task: Task::spawn(work, through_agents, Some((id, halt))),
             stop,
             problem,
         }))

@@ -120,10 +120,11 @@ impl Service {
         Ok(true)
     }
 
-    /// Where a newly held schedule resumes firing.
+    /// Where a newly held schedule resumes firing (the row in hand may be older than the last
+    /// holder's firings: definitions are read again only when they change).
     async fn schedule_cursor(&self, row: &ScheduleRow) -> Result<DateTime<Utc>, StoreError> {
-        let last_fired = self.store.last_cron_fire(&row.name).await?;
-        Ok([row.fired_until, last_fired, Some(row.created_at)]
+        let (fired_until, last_fired) = self.store.fired_so_far(&row.name).await?;
+        Ok([fired_until, last_fired, Some(row.created_at)]
             .into_iter()
             .flatten()
             .max()

@@ -1,5 +1,5 @@
-//! What one tick reads from the database: jobs, schedules, monitors, schedulers and agents,
-//! and from them the schedules and monitors that want a scheduler.
+//! The definitions a scheduler works from: jobs, schedules, monitors and agents, read again only
+//! when the database's definitions version moved, and from them the jobs that want a scheduler.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,14 +9,13 @@ use ferry_wire::tls::ClientConfig;
 
 use crate::lease::Demand;
 use crate::plan::definitions::{Compiled, Remotes};
-use crate::store::{JobRow, MonitorRow, ScheduleRow, SchedulerRow, Store, StoreError};
+use crate::store::{JobRow, MonitorRow, ScheduleRow, Store, StoreError};
 
-/// What one tick read from the database.
+/// The definitions as last read from the database.
 pub(super) struct Definitions {
     pub(super) jobs: HashMap<String, JobRow>,
     pub(super) schedules: Vec<ScheduleRow>,
     pub(super) monitors: Vec<MonitorRow>,
-    pub(super) schedulers: Vec<SchedulerRow>,
     pub(super) remotes: Remotes,
 }
 
@@ -95,7 +94,6 @@ impl Definitions {
                 .collect(),
             schedules: store.schedules().await?,
             monitors: store.monitors().await?,
-            schedulers: store.schedulers().await?,
         })
     }
 }

@@ -97,6 +97,15 @@ impl Task {
 }
 
 impl Holding {
+    /// The run its work carries out now, if any.
+    pub(super) fn run_id(&self) -> Option<i64> {
+        let task = match &self.work {
+            Work::Schedule(work) => work.running.as_ref()?,
+            Work::Monitor(work) => &work.task,
+        };
+        task.run.as_ref().map(|(id, _)| *id)
+    }
+
     /// Whether every folder the work writes is on an agent, which refuses a write under an
     /// older epoch than one it has seen: such work needs no local deadline to be fenced.
     pub(super) fn through_agents(&self) -> bool {

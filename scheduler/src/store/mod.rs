@@ -8,10 +8,12 @@
 
 mod postgres;
 mod rows;
+mod servers;
 mod sqlite;
 mod time;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
@@ -124,6 +126,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The PostgreSQL servers the URL names, to find the primary again after a failover.
+    servers: Option<Arc<servers::Servers>>,
 }
 
 #[derive(Clone)]
@@ -183,16 +187,31 @@ impl std::fmt::Display for ResourceKind {
 }
 
 impl Store {
-    /// Connects to the database at `url` (creating a missing SQLite file): `postgres://…`,
-    /// `sqlite://path`, or a plain file path meaning SQLite. Nothing is read or written yet:
-    /// [`Store::prepare`] checks the schema.
+    /// Connects to the database at `url` (creating a missing SQLite file): `postgres://…`
+    /// (with several hosts in libpq's form, the first usable one), `sqlite://path`, or a plain
+    /// file path meaning SQLite. Nothing is read or written yet: [`Store::prepare`] checks the
+    /// schema.
     pub async fn open(url: &str) -> Result<Self> {
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(postgres::connect(url).await?)
-        } else {
-            Backend::Sqlite(sqlite::connect(url).await?)
-        };
-        Ok(Self { backend })
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let (pool, servers) = postgres::connect(url).await?;
+            return Ok(Self {
+                backend: Backend::Postgres(pool),
+                servers: Some(Arc::new(servers)),
+            });
+        }
+        Ok(Self {
+            backend: Backend::Sqlite(sqlite::connect(url).await?),
+            servers: None,
+        })
+    }
+
+    /// After a connection error: finds the server to use now, when the URL names several (a
+    /// standby promoted after a failover); whether it moved.
+    pub async fn follow_primary(&self) -> Result<bool> {
+        match (&self.backend, &self.servers) {
+            (Backend::Postgres(pool), Some(servers)) => Ok(servers.follow(pool).await?),
+            _ => Ok(false),
+        }
     }
 
     /// Subscribes to definition changes or new run events (PostgreSQL only; SQLite polls).
@@ -225,6 +244,13 @@ impl Store {
     }
 
     // ---- definitions ----------------------------------------------------------------------
+
+    /// A number that moves whenever a definition changes (`definitions_version`).
+    pub async fn definitions_version(&self) -> Result<i64> {
+        let sql = self.sql("SELECT version FROM definitions_version WHERE id = 1");
+        let (version,): (i64,) = on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await)?;
+        Ok(version)
+    }
 
     pub async fn add_job(&self, job: &JobRow) -> Result<()> {
         let exists = self.job(&job.name).await?.is_some();
@@ -759,6 +785,17 @@ impl Store {
             .bind(job).bind(&me.name).bind(&me.instance).bind(ttl_ms)
             .fetch_optional(pool).await)?;
         Ok(row.map(|(epoch,)| epoch))
+    }
+
+    /// The jobs no live scheduler holds (for the orphan sweep).
+    pub async fn unheld_jobs(&self) -> Result<Vec<String>> {
+        let sql = self.sql(
+            "SELECT j.name FROM jobs j LEFT JOIN job_holds h ON h.job_name = j.name \
+             WHERE h.holder_instance IS NULL OR h.expires_at IS NULL OR h.expires_at < now()",
+        );
+        let jobs: Vec<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        Ok(jobs.into_iter().map(|(job,)| job).collect())
     }
 
     /// Extends every job this instance holds, in one statement; returns them as (job, epoch).

@@ -1,23 +1,37 @@
 //! PostgreSQL: connection pool, dialect, and LISTEN for changes made by anyone's SQL.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::expand_calls;
+use super::servers::{Servers, Wanted};
 
-pub(super) async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+/// A pool on the first server of `url` that is of the kind it asks for (see [`Servers`]).
+pub(super) async fn connect(url: &str) -> Result<(PgPool, Servers), sqlx::Error> {
     // A statement that hangs (a primary that vanished without a reset) must fail fast, so a
     // scheduler notices and stops local work before its leases could be someone else's.
-    let options = PgConnectOptions::from_str(url)?.options([("statement_timeout", "5s")]);
-    PgPoolOptions::new()
+    let servers = Servers::parse(url, |options| {
+        options.options([("statement_timeout", "5s")])
+    })?;
+    let options = servers.find().await?.1.clone();
+    let mut pool = PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(options)
-        .await
+        .acquire_timeout(Duration::from_secs(2));
+    let wanted = servers.wanted;
+    if wanted != Wanted::Any {
+        pool = pool.after_connect(move |conn, _| Box::pin(wanted.check(conn)));
+    }
+    if servers.several() {
+        let reusable = servers.reusable();
+        pool = pool.before_acquire(move |_, meta| {
+            let fresh = reusable(meta.age);
+            Box::pin(async move { Ok(fresh) })
+        });
+    }
+    Ok((pool.connect_with(options).await?, servers))
 }
 
 /// `now_plus_ms(x)` is `now()` moved by `x` milliseconds.

@@ -137,6 +137,31 @@ impl Store {
         Ok(affected)
     }
 
+    /// The runs this scheduler instance has `running`.
+    pub async fn running_runs(&self, instance: &str) -> Result<Vec<i64>> {
+        let sql =
+            self.sql("SELECT id FROM runs WHERE scheduler_instance = $1 AND state = 'running'");
+        let ids: Vec<(i64,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(instance).fetch_all(pool).await)?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Marks run `id` of this instance interrupted: no task of its scheduler carries it out
+    /// (the tick that started it was cut off before its task began). It is retried as its
+    /// schedule allows.
+    pub async fn interrupt_stray(&self, id: i64, instance: &str) -> Result<()> {
+        let sql = self.sql(
+            "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
+               error = 'its scheduler lost contact with the database while starting it, so it never began', \
+               retry_at = CASE WHEN attempt <= COALESCE((SELECT retries FROM schedules s \
+                 WHERE s.name = runs.schedule_name), 0) THEN now() END \
+             WHERE id = $1 AND scheduler_instance = $2 AND state = 'running'",
+        );
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(instance)
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     /// Runs waiting for another attempt whose time has come, oldest firing first (one query
     /// for all schedules; the caller picks those it holds).
     pub async fn due_retries(&self) -> Result<Vec<RunRow>> {
@@ -166,13 +191,17 @@ impl Store {
         Ok(affected == 1)
     }
 
-    /// The newest cron firing recorded for a schedule.
-    pub async fn last_cron_fire(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
-        let sql = self
-            .sql("SELECT MAX(fire_time) FROM runs WHERE schedule_name = $1 AND trigger = 'cron'");
-        let (last,): (Option<DateTime<Utc>>,) =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_one(pool).await)?;
-        Ok(last)
+    /// How far a schedule's firing got: its cursor (`fired_until`) and its newest cron firing
+    /// recorded, read fresh for a new holder.
+    pub async fn fired_so_far(
+        &self,
+        schedule: &str,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+        let sql = self.sql(
+            "SELECT (SELECT fired_until FROM schedules WHERE name = $1), \
+               (SELECT MAX(fire_time) FROM runs WHERE schedule_name = $1 AND trigger = 'cron')",
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_one(pool).await)?)
     }
 
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {

@@ -288,9 +288,10 @@ async fn a_firing_runs_once() {
         );
         assert_eq!(
             store
-                .last_cron_fire("every")
+                .fired_so_far("every")
                 .await
                 .unwrap()
+                .1
                 .map(|t| t.timestamp_millis()),
             Some(fire_time.timestamp_millis())
         );
