@@ -2,7 +2,7 @@
 //! lost, and its work stops at once), claiming what placement gives here, giving leases back at
 //! a safe point, and the local deadline that stops local work when the database is away.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use ferry_engine::{Fence, Halt};
@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::Service;
 use super::snapshot::{Definitions, job_key};
 use super::work::{Claimed, Resource, Task, Work};
+use crate::lease::Placement;
 use crate::store::{RenewedLease, ResourceKind, StoreError};
 
 impl Service {
@@ -124,53 +125,113 @@ impl Service {
         }
     }
 
-    /// Claims a schedule or monitor of `job`, holding the job first: its runs are fenced at
-    /// the agents by the job's epoch. `None` while another scheduler holds the job (it gives
-    /// the job up once its own schedules and monitors of it have stopped).
-    pub(super) async fn claim(
+    /// The schedules and monitors placement gives here that are not held here yet, with their
+    /// jobs.
+    pub(super) fn wanted_here(
         &mut self,
-        (kind, name): &Resource,
-        job: &str,
-    ) -> Result<Option<Claimed>, StoreError> {
-        let Some(job_epoch) = self.hold_job(job).await? else {
-            tracing::debug!(kind = %kind, name, job, "waiting for its job, which another scheduler still runs");
-            return Ok(None);
-        };
-        self.store.ensure_lease(*kind, name).await?;
-        let abandoned = self.store.lease_holder(*kind, name).await?.is_some();
-        let sent = Instant::now();
-        let epoch = self
-            .store
-            .claim(*kind, name, &self.me, self.ttl_ms())
-            .await?;
-        Ok(epoch.map(|epoch| {
-            tracing::info!(kind = %kind, name, epoch, "claimed");
-            metrics::counter!("ferry_lease_claims_total", "kind" => kind.as_str()).increment(1);
-            if abandoned {
-                // Its holder stopped renewing it (crashed, cut off): this claim is a failover.
-                metrics::counter!("ferry_failovers_total", "kind" => kind.as_str()).increment(1);
-            }
-            let halt = Halt::fenced(Fence {
-                resource: job_key(job),
-                epoch: job_epoch,
-            });
-            halt.extend_until(self.deadline_from(sent).into_std());
-            Claimed { epoch, halt }
-        }))
+        defs: &Definitions,
+        placements: &HashMap<String, Placement>,
+    ) -> Vec<(Resource, String)> {
+        let schedules = (defs.schedules.iter()).map(|row| {
+            let job = defs.jobs.get(&row.job_name);
+            let compiled = self.compiled.schedule(row, job, &defs.remotes);
+            let problem = compiled.as_ref().err().map(ToString::to_string);
+            (
+                (ResourceKind::Schedule, row.name.clone()),
+                &row.job_name,
+                row.held,
+                problem,
+            )
+        });
+        let schedules: Vec<_> = schedules.collect();
+        let monitors = (defs.monitors.iter()).map(|row| {
+            let job = defs.jobs.get(&row.job_name);
+            let compiled = self.compiled.monitor(row, job, &defs.remotes);
+            let problem = compiled.as_ref().err().map(ToString::to_string);
+            (
+                (ResourceKind::Monitor, row.name.clone()),
+                &row.job_name,
+                row.held,
+                problem,
+            )
+        });
+        let monitors: Vec<_> = monitors.collect();
+        (schedules.into_iter().chain(monitors))
+            .filter(|(key, job, held, problem)| {
+                !self.holdings.contains_key(key)
+                    && matches!(
+                        self.place((key, job), *held, problem.as_deref(), placements),
+                        Placement::Here(_)
+                    )
+            })
+            .map(|(key, job, _, _)| (key, job.clone()))
+            .collect()
     }
 
-    /// The epoch of `job`, held here already or taken now; `None` while another scheduler
-    /// holds it.
-    async fn hold_job(&mut self, job: &str) -> Result<Option<i64>, StoreError> {
-        if let Some(epoch) = self.jobs_held.get(job) {
-            return Ok(Some(*epoch));
+    /// Claims, in a few statements for all of them, the schedules and monitors of `wanted`
+    /// (with their jobs): each job first, as its runs are fenced at the agents by the job's
+    /// epoch, then the leases of those whose job is now held here; the runs their former
+    /// holders left `running` are marked interrupted. Items whose job another scheduler still
+    /// holds wait (it gives the job up once its own schedules and monitors of it have stopped).
+    pub(super) async fn claim_all(
+        &mut self,
+        wanted: &[(Resource, String)],
+    ) -> Result<HashMap<Resource, Claimed>, StoreError> {
+        let mut jobs: Vec<String> = (wanted.iter())
+            .map(|(_, job)| job)
+            .filter(|job| !self.jobs_held.contains_key(*job))
+            .cloned()
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        if !jobs.is_empty() {
+            for (job, epoch) in self.store.hold_jobs(&jobs, &self.me, self.ttl_ms()).await? {
+                tracing::info!(job, epoch, "holding job");
+                self.jobs_held.insert(job, epoch);
+            }
         }
-        let held = self.store.hold_job(job, &self.me, self.ttl_ms()).await?;
-        if let Some(epoch) = held {
-            tracing::info!(job, epoch, "holding job");
-            self.jobs_held.insert(job.to_owned(), epoch);
+        let mut claimed = HashMap::new();
+        for kind in [ResourceKind::Schedule, ResourceKind::Monitor] {
+            let mut job_of: HashMap<&str, &str> = HashMap::new();
+            for ((_, name), job) in wanted.iter().filter(|((k, _), _)| *k == kind) {
+                if self.jobs_held.contains_key(job) {
+                    job_of.insert(name, job);
+                } else {
+                    tracing::debug!(kind = %kind, name, job, "waiting for its job, which another scheduler still runs");
+                }
+            }
+            if job_of.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = job_of.keys().map(|name| name.to_string()).collect();
+            let sent = Instant::now();
+            let won = self
+                .store
+                .claim_all(kind, &names, &self.me, self.ttl_ms())
+                .await?;
+            let won_names: Vec<String> = won.iter().map(|lease| lease.name.clone()).collect();
+            for lease in won {
+                tracing::info!(kind = %kind, name = lease.name, epoch = lease.epoch, "claimed");
+                metrics::counter!("ferry_lease_claims_total", "kind" => kind.as_str()).increment(1);
+                if lease.abandoned {
+                    // Its holder stopped renewing it (crashed, cut off): this claim is a failover.
+                    metrics::counter!("ferry_failovers_total", "kind" => kind.as_str())
+                        .increment(1);
+                }
+                let job = job_of[lease.name.as_str()];
+                let halt = Halt::fenced(Fence {
+                    resource: job_key(job),
+                    epoch: self.jobs_held[job],
+                });
+                halt.extend_until(self.deadline_from(sent).into_std());
+                let epoch = lease.epoch;
+                claimed.insert((kind, lease.name), Claimed { epoch, halt });
+            }
+            if !won_names.is_empty() {
+                self.store.interrupt_orphans(kind, &won_names).await?;
+            }
         }
-        Ok(held)
+        Ok(claimed)
     }
 
     /// Gives back the jobs none of whose schedules and monitors are held here any more, so

@@ -64,6 +64,8 @@ pub struct Service {
     strays_until: Option<Instant>,
     /// The last error the database answered with (not a lost connection), logged once.
     data_problem: Option<String>,
+    /// Monitors claimed this tick, to be started as they are reconciled.
+    claimed: HashMap<Resource, work::Claimed>,
     /// The definitions last read, with the definitions version they were read at.
     definitions: Option<(i64, Arc<Definitions>)>,
     /// The `last_error`s written since the definitions were read.
@@ -148,6 +150,7 @@ impl Service {
             due_retries: Vec::new(),
             orphans: HashMap::new(),
             definitions: None,
+            claimed: HashMap::new(),
             errors_written: HashMap::new(),
             identity,
             vitals,
@@ -284,6 +287,11 @@ impl Service {
         let mut placements = candidates.place_all(&self.me.name, &demands);
         self.sweep_orphans(&mut placements, &candidates, &demands)
             .await?;
+        let wanted = self.wanted_here(&defs, &placements);
+        let mut claimed = self.claim_all(&wanted).await?;
+        self.take_schedules(&defs, &mut claimed).await?;
+        // The monitors claimed are started as they are reconciled.
+        self.claimed = claimed;
         for row in &defs.schedules {
             self.reconcile_schedule(row, &defs, &placements, now)
                 .await?;
@@ -291,6 +299,8 @@ impl Service {
         for row in &defs.monitors {
             self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
+        // A claim left untaken (its monitor could not start) is given back at the next renewal.
+        self.claimed.clear();
         self.cancel_requested_runs().await?;
         self.release_vanished(&defs).await?;
         self.release_idle_jobs().await?;

@@ -97,8 +97,7 @@ impl Service {
         Ok(())
     }
 
-    /// Claims a monitor placement gives here and starts it; a claim whose run cannot start is
-    /// given back.
+    /// Starts a monitor claimed this tick; a claim whose run cannot start is given back.
     async fn take_monitor(
         &mut self,
         key: &Resource,
@@ -106,13 +105,10 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let job = start.definition.job.name.clone();
-        let Some(claimed) = self.claim(key, &job).await? else {
+        let Some(claimed) = self.claimed.remove(key) else {
             return Ok(());
         };
         let (name, epoch) = (&key.1, claimed.epoch);
-        self.store
-            .interrupt_orphans(ResourceKind::Monitor, name, epoch, 0)
-            .await?;
         match self.start_monitor(name, start, &claimed, now).await? {
             Some(work) => {
                 let work = Work::Monitor(work);

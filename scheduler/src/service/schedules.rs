@@ -77,58 +77,56 @@ impl Service {
             placements,
         );
         match (placement, self.holdings.contains_key(&key)) {
-            (Placement::Here(_), false) => {
-                if self.take_schedule(&key, row).await? {
-                    self.fire_due(&key, row, valid.ok(), now).await?;
-                }
-            }
             (Placement::Here(_), true) => self.fire_due(&key, row, valid.ok(), now).await?,
             (_, true) => self.release_when_idle(&key).await?,
+            // Not claimed this tick: its job is still held elsewhere, or another won it.
             (_, false) => {}
         }
         Ok(())
     }
 
-    /// Claims a schedule placement gives here; whether this scheduler now holds it. Runs its
-    /// last holder left running are marked interrupted (and retried if it has retries).
-    async fn take_schedule(
+    /// Takes up the schedules of `claimed` (just won): each resumes firing where its firing
+    /// got to, read fresh for all of them in one statement.
+    pub(super) async fn take_schedules(
         &mut self,
-        key: &Resource,
-        row: &ScheduleRow,
-    ) -> Result<bool, StoreError> {
-        let Some(Claimed { epoch, halt }) = self.claim(key, &row.job_name).await? else {
-            return Ok(false);
-        };
-        self.store
-            .interrupt_orphans(ResourceKind::Schedule, &row.name, epoch, row.retries)
-            .await?;
-        let work = ScheduleWork {
-            cursor: self.schedule_cursor(row).await?,
-            cron: None,
-            running: None,
-            problem: ProblemSlot::default(),
-        };
-        let work = Work::Schedule(work);
-        let job = row.job_name.clone();
-        let holding = Holding {
-            epoch,
-            job,
-            halt,
-            work,
-        };
-        self.holdings.insert(key.clone(), holding);
-        Ok(true)
-    }
-
-    /// Where a newly held schedule resumes firing (the row in hand may be older than the last
-    /// holder's firings: definitions are read again only when they change).
-    async fn schedule_cursor(&self, row: &ScheduleRow) -> Result<DateTime<Utc>, StoreError> {
-        let (fired_until, last_fired) = self.store.fired_so_far(&row.name).await?;
-        Ok([fired_until, last_fired, Some(row.created_at)]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(row.created_at))
+        defs: &Definitions,
+        claimed: &mut HashMap<Resource, Claimed>,
+    ) -> Result<(), StoreError> {
+        let names: Vec<String> = (claimed.keys())
+            .filter(|(kind, _)| *kind == ResourceKind::Schedule)
+            .map(|(_, name)| name.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let fired = self.store.fired_so_far(&names).await?;
+        for row in &defs.schedules {
+            let key = (ResourceKind::Schedule, row.name.clone());
+            let Some(Claimed { epoch, halt }) = claimed.remove(&key) else {
+                continue;
+            };
+            let (fired_until, last_fired) = fired.get(&row.name).cloned().unwrap_or_default();
+            let cursor = [fired_until, last_fired, Some(row.created_at)]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(row.created_at);
+            let work = Work::Schedule(ScheduleWork {
+                cursor,
+                cron: None,
+                running: None,
+                problem: ProblemSlot::default(),
+            });
+            let job = row.job_name.clone();
+            let holding = Holding {
+                epoch,
+                job,
+                halt,
+                work,
+            };
+            self.holdings.insert(key, holding);
+        }
+        Ok(())
     }
 
     async fn fire_due(

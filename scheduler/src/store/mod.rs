@@ -146,6 +146,7 @@ macro_rules! on_pool {
     };
 }
 
+mod claims;
 mod runs;
 mod schema;
 
@@ -687,42 +688,6 @@ impl Store {
 
     // ---- leases ---------------------------------------------------------------------------
 
-    /// Makes sure a lease row exists for each named resource.
-    pub async fn ensure_lease(&self, kind: ResourceKind, name: &str) -> Result<()> {
-        let sql =
-            self.sql("INSERT INTO leases (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING");
-        on_pool!(self, pool => sqlx::query(sql).bind(kind.as_str()).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
-    /// The instance a lease names as its holder, live or expired (`None` once released).
-    pub async fn lease_holder(&self, kind: ResourceKind, name: &str) -> Result<Option<String>> {
-        let sql = self.sql("SELECT holder_instance FROM leases WHERE kind = $1 AND name = $2");
-        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(kind.as_str()).bind(name).fetch_optional(pool).await)?;
-        Ok(row.and_then(|(holder,)| holder))
-    }
-
-    /// Claims a free or expired lease in one compare-and-swap; returns the new epoch if won.
-    pub async fn claim(
-        &self,
-        kind: ResourceKind,
-        name: &str,
-        me: &LeaseHolder,
-        ttl_ms: i64,
-    ) -> Result<Option<i64>> {
-        let sql = self.sql(
-            "UPDATE leases SET holder = $3, holder_instance = $4, epoch = epoch + 1, ttl_ms = $5, \
-               acquired_at = now(), expires_at = now_plus_ms($5) \
-             WHERE kind = $1 AND name = $2 AND (holder_instance IS NULL OR expires_at IS NULL OR expires_at < now()) \
-             RETURNING epoch",
-        );
-        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(kind.as_str()).bind(name).bind(&me.name).bind(&me.instance).bind(ttl_ms)
-            .fetch_optional(pool).await)?;
-        Ok(row.map(|(epoch,)| epoch))
-    }
-
     /// Extends, in one statement, every lease this instance holds, and returns them as
     /// (kind, name, epoch). A lease missing from the answer is lost: released, or claimed by
     /// another instance. One that expired unclaimed (the database was away) is still this
@@ -767,25 +732,6 @@ impl Store {
     }
 
     // ---- job holds ------------------------------------------------------------------------
-
-    /// Takes the job for this instance when nobody holds it (or its holder's time ran out), or
-    /// confirms it is this instance's already; returns its epoch, raised by one when it changes
-    /// hands, or `None` when another instance holds it.
-    pub async fn hold_job(&self, job: &str, me: &LeaseHolder, ttl_ms: i64) -> Result<Option<i64>> {
-        let sql = self.sql("INSERT INTO job_holds (job_name) VALUES ($1) ON CONFLICT DO NOTHING");
-        on_pool!(self, pool => sqlx::query(sql).bind(job).execute(pool).await.map(|r| r.rows_affected()))?;
-        let sql = self.sql(
-            "UPDATE job_holds SET holder = $2, holder_instance = $3, expires_at = now_plus_ms($4), \
-               epoch = CASE WHEN holder_instance = $3 THEN epoch ELSE epoch + 1 END \
-             WHERE job_name = $1 AND (holder_instance IS NULL OR holder_instance = $3 \
-               OR expires_at IS NULL OR expires_at < now()) \
-             RETURNING epoch",
-        );
-        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(job).bind(&me.name).bind(&me.instance).bind(ttl_ms)
-            .fetch_optional(pool).await)?;
-        Ok(row.map(|(epoch,)| epoch))
-    }
 
     /// The jobs no live scheduler holds (for the orphan sweep).
     pub async fn unheld_jobs(&self) -> Result<Vec<String>> {

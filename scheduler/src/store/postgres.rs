@@ -34,10 +34,14 @@ pub(super) async fn connect(url: &str) -> Result<(PgPool, Servers), sqlx::Error>
     Ok((pool.connect_with(options).await?, servers))
 }
 
-/// `now_plus_ms(x)` is `now()` moved by `x` milliseconds.
+/// `now_plus_ms(x)` is `now()` moved by `x` milliseconds; `json_items(x)` the rows of a JSON
+/// array of texts, in a column named `value`.
 pub(super) fn dialect(query: Cow<'static, str>) -> Cow<'static, str> {
-    expand_calls(query, "now_plus_ms", |ms| {
+    let query = expand_calls(query, "now_plus_ms", |ms| {
         format!("(now() + ({ms}) * interval '1 millisecond')")
+    });
+    expand_calls(query, "json_items", |array| {
+        format!("json_array_elements_text(CAST({array} AS json))")
     })
 }
 

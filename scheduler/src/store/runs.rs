@@ -107,36 +107,6 @@ impl Store {
         Ok(asked.is_some_and(|(asked,)| asked))
     }
 
-    /// Marks `running` runs of a schedule or monitor started under an older lease epoch as
-    /// interrupted (their holder died or lost the lease), scheduling a retry when attempts
-    /// remain (a monitor passes 0 retries: its next holder starts a run of its own).
-    pub async fn interrupt_orphans(
-        &self,
-        kind: ResourceKind,
-        name: &str,
-        epoch: i64,
-        retries: i32,
-    ) -> Result<u64> {
-        let sql = self.sql(match kind {
-            ResourceKind::Schedule => {
-                "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
-                   error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped before the run ended', \
-                   retry_at = CASE WHEN attempt <= $3 THEN now() END \
-                 WHERE schedule_name = $1 AND state = 'running' AND epoch < $2"
-            }
-            ResourceKind::Monitor => {
-                "UPDATE runs SET state = 'interrupted', finished_at = now(), updated_at = now(), \
-                   error = 'its scheduler ' || COALESCE(scheduler, '?') || ' stopped while watching', \
-                   retry_at = CASE WHEN attempt <= $3 THEN now() END \
-                 WHERE monitor_name = $1 AND state = 'running' AND epoch < $2"
-            }
-        });
-        let affected = on_pool!(self, pool => sqlx::query(sql)
-            .bind(name).bind(epoch).bind(retries)
-            .execute(pool).await.map(|r| r.rows_affected()))?;
-        Ok(affected)
-    }
-
     /// The runs this scheduler instance has `running`.
     pub async fn running_runs(&self, instance: &str) -> Result<Vec<i64>> {
         let sql =
@@ -189,19 +159,6 @@ impl Store {
             .bind(id).bind(attempt).bind(&me.name).bind(&me.instance).bind(epoch)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(affected == 1)
-    }
-
-    /// How far a schedule's firing got: its cursor (`fired_until`) and its newest cron firing
-    /// recorded, read fresh for a new holder.
-    pub async fn fired_so_far(
-        &self,
-        schedule: &str,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
-        let sql = self.sql(
-            "SELECT (SELECT fired_until FROM schedules WHERE name = $1), \
-               (SELECT MAX(fire_time) FROM runs WHERE schedule_name = $1 AND trigger = 'cron')",
-        );
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(schedule).fetch_one(pool).await)?)
     }
 
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {

@@ -31,11 +31,12 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
         .await
 }
 
-/// Rewrites the PostgreSQL time functions the shared queries use.
+/// Rewrites the PostgreSQL time functions the shared queries use, and `json_items`.
 pub(super) fn dialect(query: Cow<'static, str>) -> Cow<'static, str> {
     let query = expand_calls(query, "now_plus_ms", |ms| {
         format!("strftime('%Y-%m-%d %H:%M:%f', 'now', (({ms}) / 1000.0) || ' seconds')")
     });
+    let query = expand_calls(query, "json_items", |array| format!("json_each({array})"));
     if query.contains("now()") {
         Cow::Owned(query.replace("now()", NOW))
     } else {

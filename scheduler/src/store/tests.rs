@@ -148,15 +148,11 @@ async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
     on_each_backend(|store| async move {
         let (a, b) = (holder("a"), holder("b"));
         let kind = ResourceKind::Schedule;
-        store.ensure_lease(kind, "s").await.unwrap();
-
-        let epoch = store
-            .claim(kind, "s", &a, 60_000)
+        let epoch = claim(&store, kind, "s", &a, 60_000)
             .await
-            .unwrap()
             .expect("a free lease is claimed");
         assert_eq!(
-            store.claim(kind, "s", &b, 60_000).await.unwrap(),
+            claim(&store, kind, "s", &b, 60_000).await,
             None,
             "a live lease is not stolen"
         );
@@ -173,10 +169,8 @@ async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
         assert!(held(&b).await.is_empty());
 
         store.release(kind, "s", &a, epoch).await.unwrap();
-        let next = store
-            .claim(kind, "s", &b, 60_000)
+        let next = claim(&store, kind, "s", &b, 60_000)
             .await
-            .unwrap()
             .expect("a released lease is free");
         assert_eq!(next, epoch + 1);
         assert!(held(&a).await.is_empty(), "the old holder lost it");
@@ -188,14 +182,9 @@ async fn a_lease_has_one_holder_and_a_new_epoch_per_claim() {
 async fn an_expired_lease_goes_to_the_next_claimant() {
     on_each_backend(|store| async move {
         let kind = ResourceKind::Monitor;
-        store.ensure_lease(kind, "m").await.unwrap();
-        let first = store
-            .claim(kind, "m", &holder("a"), 1)
-            .await
-            .unwrap()
-            .unwrap();
+        let first = claim(&store, kind, "m", &holder("a"), 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let second = store.claim(kind, "m", &holder("b"), 60_000).await.unwrap();
+        let second = claim(&store, kind, "m", &holder("b"), 60_000).await;
         assert_eq!(second, Some(first + 1));
         assert!(
             store
@@ -212,12 +201,7 @@ async fn an_expired_lease_goes_to_the_next_claimant() {
 async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
     on_each_backend(|store| async move {
         let kind = ResourceKind::Monitor;
-        store.ensure_lease(kind, "m").await.unwrap();
-        let epoch = store
-            .claim(kind, "m", &holder("a"), 1)
-            .await
-            .unwrap()
-            .unwrap();
+        let epoch = claim(&store, kind, "m", &holder("a"), 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let renewed = store.renew_all(&holder("a"), 60_000).await.unwrap();
         let monitor = RenewedLease {
@@ -227,7 +211,7 @@ async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
         };
         assert_eq!(renewed, vec![monitor]);
         assert_eq!(
-            store.claim(kind, "m", &holder("b"), 60_000).await.unwrap(),
+            claim(&store, kind, "m", &holder("b"), 60_000).await,
             None,
             "renewed, it is live again"
         );
@@ -239,11 +223,11 @@ async fn a_lease_that_expired_unclaimed_is_still_its_holders() {
 async fn a_job_has_one_holder_and_a_new_epoch_each_time_it_changes_hands() {
     on_each_backend(|store| async move {
         let (a, b) = (holder("a"), holder("b"));
-        let first = store.hold_job("j", &a, 60_000).await.unwrap();
+        let first = hold(&store, "j", &a, 60_000).await;
         let first = first.expect("a job nobody holds is taken");
-        assert_eq!(store.hold_job("j", &b, 60_000).await.unwrap(), None);
+        assert_eq!(hold(&store, "j", &b, 60_000).await, None);
         assert_eq!(
-            store.hold_job("j", &a, 60_000).await.unwrap(),
+            hold(&store, "j", &a, 60_000).await,
             Some(first),
             "its holder takes it again under the same epoch"
         );
@@ -254,10 +238,10 @@ async fn a_job_has_one_holder_and_a_new_epoch_each_time_it_changes_hands() {
         assert!(store.renew_job_holds(&b, 60_000).await.unwrap().is_empty());
 
         store.release_job("j", &a, first).await.unwrap();
-        let second = store.hold_job("j", &b, 1).await.unwrap();
+        let second = hold(&store, "j", &b, 1).await;
         assert_eq!(second, Some(first + 1), "a job given back is free");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let third = store.hold_job("j", &a, 60_000).await.unwrap();
+        let third = hold(&store, "j", &a, 60_000).await;
         assert_eq!(third, Some(first + 2), "a job whose holder lapsed is taken");
         assert!(store.renew_job_holds(&b, 60_000).await.unwrap().is_empty());
         store.release_job("j", &b, first + 1).await.unwrap();
@@ -287,10 +271,7 @@ async fn a_firing_runs_once() {
             "the same firing again is refused"
         );
         assert_eq!(
-            store
-                .fired_so_far("every")
-                .await
-                .unwrap()
+            store.fired_so_far(&["every".into()]).await.unwrap()["every"]
                 .1
                 .map(|t| t.timestamp_millis()),
             Some(fire_time.timestamp_millis())
@@ -377,20 +358,17 @@ async fn orphaned_runs_are_marked_interrupted() {
         with_every_schedule(&store).await;
         let run = cron_run(store.now().await.unwrap(), "dead");
         store.start_run(&run).await.unwrap().unwrap();
+        let (kind, every) = (ResourceKind::Schedule, ["every".to_owned()]);
+        let (a, b) = (holder("a"), holder("b"));
+        let epoch = claim(&store, kind, "every", &a, 60_000).await.unwrap();
         assert_eq!(
-            store
-                .interrupt_orphans(ResourceKind::Schedule, "every", 1, 1)
-                .await
-                .unwrap(),
-            0
+            epoch, 1,
+            "the run was started under the lease's first epoch"
         );
-        assert_eq!(
-            store
-                .interrupt_orphans(ResourceKind::Schedule, "every", 2, 1)
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(store.interrupt_orphans(kind, &every).await.unwrap(), 0);
+        store.release(kind, "every", &a, epoch).await.unwrap();
+        claim(&store, kind, "every", &b, 60_000).await.unwrap();
+        assert_eq!(store.interrupt_orphans(kind, &every).await.unwrap(), 1);
         let runs = store.runs(Some("docs"), 10).await.unwrap();
         assert_eq!(runs[0].state, "interrupted");
         assert!(runs[0].retry_at.is_some(), "a retry is due");
@@ -488,4 +466,22 @@ async fn old_finished_runs_are_pruned_with_their_events() {
         );
     })
     .await;
+}
+
+/// Claims one lease; its new epoch if won.
+async fn claim(
+    store: &Store,
+    kind: ResourceKind,
+    name: &str,
+    who: &LeaseHolder,
+    ttl_ms: i64,
+) -> Option<i64> {
+    let won = store.claim_all(kind, &[name.into()], who, ttl_ms).await;
+    won.unwrap().first().map(|lease| lease.epoch)
+}
+
+/// Holds one job; its epoch if held.
+async fn hold(store: &Store, job: &str, who: &LeaseHolder, ttl_ms: i64) -> Option<i64> {
+    let held = store.hold_jobs(&[job.into()], who, ttl_ms).await.unwrap();
+    held.first().map(|(_, epoch)| *epoch)
 }
