@@ -108,7 +108,7 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
     let until = db_now(&env);
     let calls = statements(server)? - calls_before;
     let db_cpu = cpu_seconds(&server.processes()?) - db_cpu_before;
-    let usage = schedulers
+    let usage: Vec<(String, f64, f64)> = schedulers
         .iter()
         .zip(&cpu_before)
         .map(|(s, before)| {
@@ -117,6 +117,12 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
         })
         .collect();
     let lag = lags(&env, &from, &until, SCHEDULES)?;
+    eprintln!(
+        "PostgreSQL: lag {}; schedulers (name, CPU, MiB) {usage:?}; {:.0} statements/s, database CPU {:.3}",
+        summary(&lag),
+        calls / elapsed,
+        db_cpu / elapsed
+    );
 
     // A third of the load loses its scheduler.
     let killed_at = db_now(&env);
@@ -128,6 +134,11 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
     std::thread::sleep(Duration::from_secs(65));
     let after = db_now(&env);
     let failover_lag = lags(&env, &killed_at, &after, SCHEDULES)?;
+    eprintln!(
+        "failover of a third: {:.1} s; lag meanwhile {}",
+        failover.as_secs_f64(),
+        summary(&failover_lag)
+    );
     Ok(Measured {
         lag,
         schedulers: usage,
@@ -183,12 +194,12 @@ fn define(env: &Env, schedules: usize, monitors: usize) -> Result<()> {
     let root = root.to_str().context("a UTF-8 path")?;
     let (last_schedule, last) = (schedules as i64 - 1, (schedules + monitors) as i64 - 1);
     env.sql(&format!(
-        "INSERT INTO jobs (name, rule, source) SELECT 'j' || i, 'mirror', '{root}/src' || i FROM ({range}) r(i);
-         INSERT INTO job_destinations (job_name, path) SELECT 'j' || i, '{root}/dst' || i FROM ({range}) r(i);
+        "INSERT INTO jobs (name, rule, source) SELECT 'j' || i, 'mirror', '{root}/src' || i FROM ({range}) r;
+         INSERT INTO job_destinations (job_name, path) SELECT 'j' || i, '{root}/dst' || i FROM ({range}) r;
          INSERT INTO schedules (name, job_name, cron) SELECT 's' || i, 'j' || i, (i % 60) || ' * * * * *'
-           FROM ({range}) r(i) WHERE i <= {last_schedule};
+           FROM ({range}) r WHERE i <= {last_schedule};
          INSERT INTO monitors (name, job_name) SELECT 'm' || i, 'j' || i
-           FROM ({range}) r(i) WHERE i > {last_schedule};",
+           FROM ({range}) r WHERE i > {last_schedule};",
         range = series(env, last),
     ));
     Ok(())
@@ -197,7 +208,7 @@ fn define(env: &Env, schedules: usize, monitors: usize) -> Result<()> {
 /// The integers 0..=last as a one-column query, in the backend's dialect.
 fn series(env: &Env, last: i64) -> String {
     match env.backend {
-        Backend::Postgres => format!("SELECT generate_series(0, {last})"),
+        Backend::Postgres => format!("SELECT generate_series(0, {last}) AS i"),
         Backend::Sqlite => format!(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}) SELECT i FROM n"
         ),

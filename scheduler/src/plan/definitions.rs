@@ -455,13 +455,19 @@ pub fn monitor(
 /// a job's filters and endpoints are built once per change, not at every tick.
 #[derive(Default)]
 pub struct Compiled {
-    schedules: HashMap<String, Entry<ScheduleInputs, ValidSchedule>>,
+    /// Raised each time the definitions are read again. Between two reads nothing a
+    /// definition is compiled from can change, so an entry checked at the current generation
+    /// is used as it is, without comparing its inputs again.
+    generation: u64,
+    schedules: HashMap<String, Entry<ScheduleInputs, Arc<ValidSchedule>>>,
     monitors: HashMap<String, Entry<MonitorInputs, ValidMonitor>>,
 }
 
 struct Entry<I, V> {
     inputs: I,
     compiled: Result<V, Problem>,
+    /// The generation at which `inputs` were last found to be the row's.
+    checked: u64,
 }
 
 /// What a schedule is compiled from (its other columns change as it fires).
@@ -486,9 +492,8 @@ impl Compiled {
         row: &ScheduleRow,
         job: Option<&JobRow>,
         remotes: &Remotes,
-    ) -> &Result<ValidSchedule, Problem> {
-        // Compared in place: at every tick, for every schedule, so nothing is copied unless
-        // something changed.
+    ) -> &Result<Arc<ValidSchedule>, Problem> {
+        // Compared in place, so nothing is copied unless something changed.
         let same = |i: &ScheduleInputs| {
             i.cron == row.cron
                 && i.timezone == row.timezone
@@ -503,8 +508,9 @@ impl Compiled {
             job: job.cloned(),
             agents: remotes.addresses.clone(),
         };
-        let entry = self.schedules.entry(row.name.clone());
-        cached(entry, (same, inputs), || schedule(row, job, remotes))
+        let compile = || schedule(row, job, remotes).map(Arc::new);
+        let entries = (&mut self.schedules, self.generation);
+        cached(entries, &row.name, (same, inputs), compile)
     }
 
     pub fn monitor(
@@ -521,12 +527,16 @@ impl Compiled {
             job: job.cloned(),
             agents: remotes.addresses.clone(),
         };
-        let entry = self.monitors.entry(row.name.clone());
-        cached(entry, (same, inputs), || monitor(row, job, remotes))
+        let entries = (&mut self.monitors, self.generation);
+        cached(entries, &row.name, (same, inputs), || {
+            monitor(row, job, remotes)
+        })
     }
 
-    /// Forgets what was compiled for rows that are gone.
-    pub fn keep_only(&mut self, schedules: &[ScheduleRow], monitors: &[MonitorRow]) {
+    /// After the definitions were read again: forgets what was compiled for rows that are
+    /// gone, and checks the others' inputs again at their next use.
+    pub fn read_again(&mut self, schedules: &[ScheduleRow], monitors: &[MonitorRow]) {
+        self.generation += 1;
         let schedules: HashSet<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
         let monitors: HashSet<&str> = monitors.iter().map(|m| m.name.as_str()).collect();
         self.schedules
@@ -536,29 +546,32 @@ impl Compiled {
     }
 }
 
-/// The entry's compiled definition while `same` holds for its inputs; otherwise compiled anew
-/// and kept with `inputs()`.
-fn cached<I, V>(
-    entry: std::collections::hash_map::Entry<'_, String, Entry<I, V>>,
+/// The compiled definition of `name`: as it is when checked at this `generation`, or while
+/// `same` holds for its inputs; otherwise compiled anew and kept with `inputs()`.
+fn cached<'a, I, V>(
+    (entries, generation): (&'a mut HashMap<String, Entry<I, V>>, u64),
+    name: &str,
     (same, inputs): (impl Fn(&I) -> bool, impl FnOnce() -> I),
     compile: impl FnOnce() -> Result<V, Problem>,
-) -> &Result<V, Problem> {
-    use std::collections::hash_map::Entry as Slot;
-    let entry = match entry {
-        Slot::Occupied(slot) if same(&slot.get().inputs) => slot.into_mut(),
-        Slot::Occupied(mut slot) => {
-            slot.insert(Entry {
-                compiled: compile(),
-                inputs: inputs(),
-            });
-            slot.into_mut()
+) -> &'a Result<V, Problem> {
+    // Looked up before an owned key is made: this runs for every definition at every tick.
+    let current = match entries.get_mut(name) {
+        Some(entry) if entry.checked == generation => true,
+        Some(entry) if same(&entry.inputs) => {
+            entry.checked = generation;
+            true
         }
-        Slot::Vacant(slot) => slot.insert(Entry {
+        _ => false,
+    };
+    if !current {
+        let entry = Entry {
             compiled: compile(),
             inputs: inputs(),
-        }),
-    };
-    &entry.compiled
+            checked: generation,
+        };
+        entries.insert(name.to_owned(), entry);
+    }
+    &entries[name].compiled
 }
 
 #[cfg(test)]
@@ -679,14 +692,17 @@ mod tests {
         // Firing moves these columns at every run: nothing to compile again.
         row.fired_until = Some(chrono::Utc::now());
         row.last_error = Some("a slow disk".into());
+        compiled.read_again(std::slice::from_ref(&row), &[]);
         assert!(Arc::ptr_eq(&first, &source(&mut compiled, &row, &docs)));
         row.cron = "0 3 * * *".into();
+        compiled.read_again(std::slice::from_ref(&row), &[]);
         let recron = source(&mut compiled, &row, &docs);
         assert!(!Arc::ptr_eq(&first, &recron), "a new cron is compiled");
         let moved = job("/srv/papers", "/backup/docs");
+        compiled.read_again(std::slice::from_ref(&row), &[]);
         let rejob = source(&mut compiled, &row, &moved);
         assert_eq!(rejob.display(), "/srv/papers", "an edited job is compiled");
-        compiled.keep_only(&[], &[]);
+        compiled.read_again(&[], &[]);
         assert!(
             compiled.schedules.is_empty(),
             "a deleted schedule is forgotten"

@@ -64,6 +64,8 @@ pub struct Service {
     strays_until: Option<Instant>,
     /// The last error the database answered with (not a lost connection), logged once.
     data_problem: Option<String>,
+    /// Jobs with a schedule's run going here (see `note_busy_jobs`).
+    busy_jobs: HashSet<String>,
     /// Monitors claimed this tick, to be started as they are reconciled.
     claimed: HashMap<Resource, work::Claimed>,
     /// The definitions last read, with the definitions version they were read at.
@@ -151,6 +153,7 @@ impl Service {
             orphans: HashMap::new(),
             definitions: None,
             claimed: HashMap::new(),
+            busy_jobs: HashSet::new(),
             errors_written: HashMap::new(),
             identity,
             vitals,
@@ -292,6 +295,7 @@ impl Service {
         self.take_schedules(&defs, &mut claimed).await?;
         // The monitors claimed are started as they are reconciled.
         self.claimed = claimed;
+        self.note_busy_jobs();
         for row in &defs.schedules {
             self.reconcile_schedule(row, &defs, &placements, now)
                 .await?;
@@ -316,7 +320,7 @@ impl Service {
             return Ok(defs.clone());
         }
         let defs = Definitions::load(&self.store, &self.identity, &self.config.allow).await?;
-        self.compiled.keep_only(&defs.schedules, &defs.monitors);
+        self.compiled.read_again(&defs.schedules, &defs.monitors);
         self.errors_written.clear();
         let defs = Arc::new(defs);
         self.definitions = Some((version, defs.clone()));

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ferry_engine::Halt;
@@ -133,7 +134,7 @@ impl Service {
         &mut self,
         key: &Resource,
         row: &ScheduleRow,
-        valid: Option<ValidSchedule>,
+        valid: Option<Arc<ValidSchedule>>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let holding = &self.holdings[key];
@@ -141,7 +142,7 @@ impl Service {
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
-        work.cron = valid.clone().map(Box::new);
+        work.cron = valid.clone();
         if work.running.as_ref().is_some_and(Task::is_finished) {
             work.running = None;
         }
@@ -151,7 +152,7 @@ impl Service {
             return Ok(());
         }
         let (cursor, problem) = (work.cursor, work.problem.clone());
-        if self.job_runs_here(&row.job_name) {
+        if self.busy_jobs.contains(&row.job_name) {
             // Nor another schedule of its job: it fires once that run ends.
             return Ok(());
         }
@@ -170,6 +171,9 @@ impl Service {
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
+        if fired.task.is_some() {
+            self.busy_jobs.insert(row.job_name.clone());
+        }
         work.running = fired.task;
         if fired.cursor > work.cursor {
             work.cursor = fired.cursor;
@@ -300,13 +304,14 @@ impl Service {
         Ok(id)
     }
 
-    /// Whether a schedule of `job` held here has a run going.
-    fn job_runs_here(&self, job: &str) -> bool {
-        self.holdings.values().any(|holding| {
-            holding.job == job
-                && matches!(&holding.work, Work::Schedule(work)
-                    if work.running.as_ref().is_some_and(|task| !task.is_finished()))
-        })
+    /// The jobs a schedule held here has a run going for: another schedule of such a job
+    /// waits until it ends. Taken once a tick, then kept up as runs start.
+    pub(super) fn note_busy_jobs(&mut self) {
+        let busy = self.holdings.values().filter(|holding| {
+            matches!(&holding.work, Work::Schedule(work)
+                if work.running.as_ref().is_some_and(|task| !task.is_finished()))
+        });
+        self.busy_jobs = busy.map(|holding| holding.job.clone()).collect();
     }
 
     fn spawn_run(&self, id: i64, mut run: ScheduledRun) -> Task {

@@ -2,6 +2,7 @@
 //! (a schedule's firing state and run, or a monitor's task).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ferry_engine::Halt;
@@ -40,7 +41,7 @@ pub(super) enum Work {
 pub(super) struct ScheduleWork {
     /// Every cron time up to here is fired or accounted for.
     pub(super) cursor: DateTime<Utc>,
-    pub(super) cron: Option<Box<ValidSchedule>>,
+    pub(super) cron: Option<Arc<ValidSchedule>>,
     pub(super) running: Option<Task>,
     pub(super) problem: ProblemSlot,
 }
