@@ -34,3 +34,11 @@ CREATE TRIGGER monitors_version
 
 -- Every tick looks for retries that are due.
 CREATE INDEX runs_retry ON runs (retry_at) WHERE retry_at IS NOT NULL;
+
+-- Each scheduler renews every lease and job hold it has at every heartbeat: find them by
+-- holder, and leave room in each page so that a renewal (a new expires_at) is a heap-only
+-- update rather than a new tuple in every index.
+CREATE INDEX leases_holder ON leases (holder_instance);
+CREATE INDEX job_holds_holder ON job_holds (holder_instance);
+ALTER TABLE leases SET (fillfactor = 50);
+ALTER TABLE job_holds SET (fillfactor = 50);

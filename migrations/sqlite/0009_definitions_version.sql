@@ -45,3 +45,7 @@ BEGIN UPDATE definitions_version SET version = version + 1 WHERE id = 1; END;
 
 -- Every tick looks for retries that are due.
 CREATE INDEX runs_retry ON runs (retry_at) WHERE retry_at IS NOT NULL;
+
+-- Each scheduler renews every lease and job hold it has at every heartbeat: find them by holder.
+CREATE INDEX leases_holder ON leases (holder_instance);
+CREATE INDEX job_holds_holder ON job_holds (holder_instance);

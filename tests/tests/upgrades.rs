@@ -114,8 +114,8 @@ fn a_newer_compatible_schema_is_used_and_an_incompatible_one_is_refused_by_name(
 /// Leaves the database as the migration before `newest` left it.
 fn undo_newest_migration(env: &Env, newest: i64) {
     let undo = match (newest, env.backend) {
-        (9, Backend::Postgres) => "DROP INDEX runs_retry; DROP TABLE definitions_version; \
-            DROP FUNCTION ferry_definitions_changed() CASCADE"
+        (9, Backend::Postgres) => "DROP INDEX runs_retry, leases_holder, job_holds_holder; \
+            DROP TABLE definitions_version; DROP FUNCTION ferry_definitions_changed() CASCADE"
             .to_owned(),
         (9, Backend::Sqlite) => {
             let tables = [
@@ -132,7 +132,8 @@ fn undo_newest_migration(env: &Env, newest: i64) {
             });
             let drops: Vec<String> = triggers.collect();
             format!(
-                "{}; DROP INDEX runs_retry; DROP TABLE definitions_version",
+                "{}; DROP INDEX runs_retry; DROP INDEX leases_holder; DROP INDEX job_holds_holder; \
+                 DROP TABLE definitions_version",
                 drops.join("; ")
             )
         }

@@ -74,6 +74,8 @@ pub struct Service {
     errors_written: HashMap<Resource, Option<String>>,
     /// Jobs placed on schedulers that have not taken them (the orphan sweep).
     orphans: HashMap<String, orphans::Orphan>,
+    /// The jobs no live scheduler held, and when that was read.
+    unheld_jobs: (Instant, HashSet<String>),
     /// Runs due for another attempt, read once per tick.
     due_retries: Vec<RunRow>,
     /// Local work must stop by then unless a renewal succeeds first.
@@ -151,6 +153,7 @@ impl Service {
             data_problem: None,
             due_retries: Vec::new(),
             orphans: HashMap::new(),
+            unheld_jobs: (Instant::now(), HashSet::new()),
             definitions: None,
             claimed: HashMap::new(),
             busy_jobs: HashSet::new(),
@@ -282,7 +285,7 @@ impl Service {
         self.interrupt_strays().await?;
         let now = self.store.now().await?;
         let defs = self.definitions().await?;
-        let schedulers = self.store.schedulers().await?;
+        let schedulers = self.store.schedulers_uncounted().await?;
         self.due_retries = self.store.due_retries().await?;
         let settle = chrono::Duration::from_std(self.config.settle).unwrap_or_default();
         let candidates = Candidates::new(&schedulers, now, settle);

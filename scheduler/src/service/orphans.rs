@@ -39,9 +39,7 @@ impl Service {
         candidates: &Candidates,
         demands: &[Demand<'_>],
     ) -> Result<(), StoreError> {
-        let unheld: HashSet<String> = (self.store.unheld_jobs().await?.iter())
-            .map(|job| job_key(job))
-            .collect();
+        self.read_unheld_jobs().await?;
         let held_here: HashSet<String> = self.jobs_held.keys().map(|job| job_key(job)).collect();
         let mut orphans = HashMap::new();
         for demand in demands
@@ -61,7 +59,7 @@ impl Service {
                     o.target(&demand.key, candidates) == Some(self.me.name.as_str())
                         && o.since.elapsed() < ADOPTION_SPAN
                 })
-            } else if unheld.contains(&demand.key) {
+            } else if self.unheld_jobs.1.contains(&demand.key) {
                 let mut orphan = known.unwrap_or_else(|| Orphan::new(owner));
                 orphan.pass_over_after(self.config.lease_ttl, &demand.key, candidates);
                 Some(orphan)
@@ -82,6 +80,20 @@ impl Service {
             orphans.insert(demand.key.clone(), orphan);
         }
         self.orphans = orphans;
+        Ok(())
+    }
+
+    /// The jobs no live scheduler holds, read again once a lease's time has passed: an orphan
+    /// is one for at least that long, and the query reads every job.
+    async fn read_unheld_jobs(&mut self) -> Result<(), StoreError> {
+        if self.unheld_jobs.0.elapsed() < self.config.lease_ttl {
+            return Ok(());
+        }
+        let unheld = self.store.unheld_jobs().await?;
+        self.unheld_jobs = (
+            Instant::now(),
+            unheld.iter().map(|job| job_key(job)).collect(),
+        );
         Ok(())
     }
 }
