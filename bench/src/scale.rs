@@ -52,6 +52,8 @@ struct Measured {
 
 struct Database {
     statements_per_second: f64,
+    /// Ticks of each scheduler a second, on average.
+    ticks_per_second: f64,
     cpu: f64,
 }
 
@@ -88,17 +90,19 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
     );
     std::thread::sleep(WARM_UP);
 
-    let statements = |server: &PgServer| -> Result<f64> {
-        Ok(server
-            .query(
-                &database,
-                "SELECT COALESCE(sum(calls), 0) FROM pg_stat_statements",
-            )?
-            .parse()?)
+    let calls = |server: &PgServer, like: &str| -> Result<f64> {
+        let query = format!(
+            "SELECT COALESCE(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{like}%'"
+        );
+        Ok(server.query(&database, &query)?.parse()?)
     };
-    let (from, calls_before, db_cpu_before) = (
+    let statements = |server: &PgServer| calls(server, "");
+    // Each tick begins with one heartbeat.
+    let ticks = |server: &PgServer| calls(server, "UPDATE schedulers SET heartbeat_at");
+    let (from, calls_before, ticks_before, db_cpu_before) = (
         db_now(&env),
         statements(server)?,
+        ticks(server)?,
         cpu_seconds(&server.processes()?),
     );
     let cpu_before: Vec<f64> = schedulers.iter().map(|s| cpu_seconds(&[s.pid()])).collect();
@@ -106,7 +110,8 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
     std::thread::sleep(window);
     let elapsed = clock.elapsed().as_secs_f64();
     let until = db_now(&env);
-    let calls = statements(server)? - calls_before;
+    let statements_run = statements(server)? - calls_before;
+    let tick_rate = (ticks(server)? - ticks_before) / elapsed / names.len() as f64;
     let db_cpu = cpu_seconds(&server.processes()?) - db_cpu_before;
     let usage: Vec<(String, f64, f64)> = schedulers
         .iter()
@@ -118,9 +123,10 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
         .collect();
     let lag = lags(&env, &from, &until, SCHEDULES)?;
     eprintln!(
-        "PostgreSQL: lag {}; schedulers (name, CPU, MiB) {usage:?}; {:.0} statements/s, database CPU {:.3}",
+        "PostgreSQL: lag {}; schedulers (name, CPU, MiB) {usage:?}, {tick_rate:.1} ticks/s each; \
+         {:.0} statements/s, database CPU {:.3}",
         summary(&lag),
-        calls / elapsed,
+        statements_run / elapsed,
         db_cpu / elapsed
     );
 
@@ -143,7 +149,8 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
         lag,
         schedulers: usage,
         database: Some(Database {
-            statements_per_second: calls / elapsed,
+            statements_per_second: statements_run / elapsed,
+            ticks_per_second: tick_rate,
             cpu: db_cpu / elapsed,
         }),
         all_held,
@@ -326,31 +333,34 @@ fn write_results(minutes: u64, server: &PgServer, pg: &Measured, sqlite: &Measur
         "| PostgreSQL, {SCHEDULES} schedules + {MONITORS} monitors, 3 schedulers | {} |\n",
         summary(&pg.lag)
     );
-    if let Some((took, lag)) = &pg.failover {
+    if let Some((_, lag)) = &pg.failover {
         s += &format!(
             "| the same, the minute after one scheduler is SIGKILLed | {} |\n",
             summary(lag)
-        );
-        s += &format!(
-            "\nFailover of a third of the load (SIGKILL of one scheduler → every item held \
-             again): {:.1} s. Startup (schedulers started → all {} items held): {:.1} s.\n",
-            took.as_secs_f64(),
-            SCHEDULES + MONITORS,
-            pg.all_held.as_secs_f64()
         );
     }
     s += &format!(
         "| SQLite, {SQLITE_SCHEDULES} schedules, 1 scheduler | {} |\n\n",
         summary(&sqlite.lag)
     );
+    if let Some((took, _)) = &pg.failover {
+        s += &format!(
+            "Failover of a third of the load (SIGKILL of one scheduler → every item held \
+             again): {:.1} s. Startup (schedulers started → all {} items held): {:.1} s.\n\n",
+            took.as_secs_f64(),
+            SCHEDULES + MONITORS,
+            pg.all_held.as_secs_f64()
+        );
+    }
     s += "| process | CPU (cores) | peak memory |\n| --- | --- | --- |\n";
     for (name, cpu, mib) in &pg.schedulers {
         s += &format!("| PostgreSQL scheduler {name} | {cpu:.3} | {mib:.0} MiB |\n");
     }
     if let Some(db) = &pg.database {
         s += &format!(
-            "| PostgreSQL server (all its processes; {:.0} statements/s) | {:.3} | |\n",
-            db.statements_per_second, db.cpu
+            "| PostgreSQL server (all its processes; {:.0} statements/s, the schedulers ticking \
+             {:.1} times a second each) | {:.3} | |\n",
+            db.statements_per_second, db.ticks_per_second, db.cpu
         );
     }
     for (name, cpu, mib) in &sqlite.schedulers {

@@ -15,6 +15,9 @@ fn jobs_their_scheduler_will_not_take_are_adopted() {
         let env = Env::new(backend);
         let a = TestScheduler::start(&env, "a", &[]);
         let _b = TestScheduler::start(&env, "b", &["--allow", "/srv/not-these-folders"]);
+        // Past the settling time (2 s), placement counts b from the first job on: otherwise a
+        // could run every job once before b counts, and nothing would be left to adopt.
+        std::thread::sleep(Duration::from_secs(3));
         let jobs = 6;
         for i in 0..jobs {
             let (src, dst) = (env.path(&format!("src{i}")), env.path(&format!("dst{i}")));

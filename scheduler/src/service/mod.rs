@@ -25,7 +25,7 @@ use crate::lease::{Candidates, Placement};
 use crate::plan::definitions::Compiled;
 use crate::store::{Channel, LeaseHolder, Registration, RunRow, Store, StoreError};
 use snapshot::{Definitions, job_key};
-use work::{Holding, Resource, ScheduleWork, Work};
+use work::{Holding, Resource, Work};
 
 mod leases;
 mod monitors;
@@ -180,6 +180,9 @@ impl Service {
         let pruning = tokio::spawn(worker::run(pruner, stop_workers.clone()));
         tokio::pin!(shutdown);
         let outcome = loop {
+            // The wait counts from the tick's start, where its clock was read: a cron time
+            // is not made later by the tick's own length.
+            let started = tokio::time::Instant::now();
             let wait = match self.tick().await {
                 Ok(wait) => wait,
                 Err(fatal) => break Err(fatal),
@@ -195,7 +198,7 @@ impl Service {
             }
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(started + wait) => {}
                 _ = next_notification(&mut notifications) => {}
             }
         };
@@ -412,13 +415,9 @@ impl Service {
     fn next_wake(&self, now: DateTime<Utc>) -> Duration {
         let mut wait = self.config.heartbeat.min(self.config.poll);
         for holding in self.holdings.values() {
-            if let Work::Schedule(ScheduleWork {
-                cursor,
-                cron: Some(valid),
-                running: None,
-                ..
-            }) = &holding.work
-                && let Some(next) = valid.cron.next_after(*cursor)
+            if let Work::Schedule(work) = &holding.work
+                && work.running.is_none()
+                && let Some(next) = work.known_next_fire()
             {
                 let until = (next - now).to_std().unwrap_or_default();
                 wait = wait.min(until.max(Duration::from_millis(5)));

@@ -112,12 +112,7 @@ impl Service {
                 .flatten()
                 .max()
                 .unwrap_or(row.created_at);
-            let work = Work::Schedule(ScheduleWork {
-                cursor,
-                cron: None,
-                running: None,
-                problem: ProblemSlot::default(),
-            });
+            let work = Work::Schedule(ScheduleWork::new(cursor));
             let job = row.job_name.clone();
             let holding = Holding {
                 epoch,
@@ -142,13 +137,18 @@ impl Service {
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
         };
-        work.cron = valid.clone();
+        work.set_cron(valid.clone());
         if work.running.as_ref().is_some_and(Task::is_finished) {
             work.running = None;
         }
         let Some(valid) = valid else { return Ok(()) };
         if work.running.is_some() {
             // A schedule never overlaps itself; times passing meanwhile follow its misfire policy.
+            return Ok(());
+        }
+        let asked = row.run_requested_at.is_some()
+            || (self.due_retries.iter()).any(|r| r.schedule_name.as_ref() == Some(&row.name));
+        if !asked && work.next_fire().is_none_or(|next| next > now) {
             return Ok(());
         }
         let (cursor, problem) = (work.cursor, work.problem.clone());

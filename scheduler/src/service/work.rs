@@ -41,9 +41,57 @@ pub(super) enum Work {
 pub(super) struct ScheduleWork {
     /// Every cron time up to here is fired or accounted for.
     pub(super) cursor: DateTime<Utc>,
-    pub(super) cron: Option<Arc<ValidSchedule>>,
+    cron: Option<Arc<ValidSchedule>>,
     pub(super) running: Option<Task>,
     pub(super) problem: ProblemSlot,
+    /// The first cron time after `cursor`, and the cursor it was found for: finding it walks
+    /// the cron, and every tick asks for it of every schedule held.
+    next: Option<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+}
+
+impl ScheduleWork {
+    /// A schedule taken up at `cursor`, its definition not checked yet.
+    pub(super) fn new(cursor: DateTime<Utc>) -> Self {
+        Self {
+            cursor,
+            cron: None,
+            running: None,
+            problem: ProblemSlot::default(),
+            next: None,
+        }
+    }
+
+    /// Its definition as checked at this tick (`None` while invalid).
+    pub(super) fn set_cron(&mut self, cron: Option<Arc<ValidSchedule>>) {
+        let same = match (&self.cron, &cron) {
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.next = None;
+        }
+        self.cron = cron;
+    }
+
+    /// The first cron time after the cursor, `None` when it never fires again or is invalid.
+    pub(super) fn next_fire(&mut self) -> Option<DateTime<Utc>> {
+        match self.next {
+            Some((cursor, next)) if cursor == self.cursor => next,
+            _ => {
+                let next = self.cron.as_ref()?.cron.next_after(self.cursor);
+                self.next = Some((self.cursor, next));
+                next
+            }
+        }
+    }
+
+    /// What `next_fire` last found, if it is still current.
+    pub(super) fn known_next_fire(&self) -> Option<DateTime<Utc>> {
+        self.next
+            .filter(|(cursor, _)| *cursor == self.cursor)
+            .and_then(|(_, next)| next)
+    }
 }
 
 pub(super) struct MonitorWork {
