@@ -180,11 +180,8 @@ impl Service {
         let pruning = tokio::spawn(worker::run(pruner, stop_workers.clone()));
         tokio::pin!(shutdown);
         let outcome = loop {
-            // The wait counts from the tick's start, where its clock was read: a cron time
-            // is not made later by the tick's own length.
-            let started = tokio::time::Instant::now();
-            let wait = match self.tick().await {
-                Ok(wait) => wait,
+            let wake = match self.tick().await {
+                Ok(wake) => wake,
                 Err(fatal) => break Err(fatal),
             };
             if std::mem::take(&mut self.database_moved) {
@@ -198,7 +195,7 @@ impl Service {
             }
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                _ = tokio::time::sleep_until(started + wait) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = next_notification(&mut notifications) => {}
             }
         };
@@ -212,7 +209,9 @@ impl Service {
         outcome
     }
 
-    async fn tick(&mut self) -> Result<Duration, ServiceError> {
+    /// One tick; when the next is due.
+    async fn tick(&mut self) -> Result<Instant, ServiceError> {
+        let started = Instant::now();
         self.extend_agent_work();
         // A tick that hangs on the database counts as the database being away: the deadline
         // check below must not wait for a query that may never answer.
@@ -233,13 +232,13 @@ impl Service {
         self.vitals
             .ticked(reachable, self.holdings.len(), self.jobs_held.len());
         match synced {
-            Ok(wait) => {
+            Ok(wake) => {
                 if !self.database_reachable {
                     tracing::info!("database reachable again");
                     self.database_reachable = true;
                 }
                 self.data_problem = None;
-                Ok(wait)
+                Ok(wake)
             }
             Err(ServiceError::Store(e)) if !e.is_connection() => {
                 // The database answered, but with something ferry cannot use (a row it cannot
@@ -249,7 +248,7 @@ impl Service {
                     tracing::error!(error = %problem, "could not use what the database returned; retrying every heartbeat");
                     self.data_problem = Some(problem);
                 }
-                Ok(self.config.heartbeat)
+                Ok(started + self.config.heartbeat)
             }
             Err(ServiceError::Store(e)) => {
                 if self.database_reachable {
@@ -258,7 +257,7 @@ impl Service {
                 }
                 self.enforce_deadline();
                 self.follow_primary(limit).await;
-                Ok(self.config.heartbeat)
+                Ok(started + self.config.heartbeat)
             }
             Err(fatal) => Err(fatal),
         }
@@ -274,7 +273,7 @@ impl Service {
         }
     }
 
-    async fn sync_with_database(&mut self) -> Result<Duration, ServiceError> {
+    async fn sync_with_database(&mut self) -> Result<Instant, ServiceError> {
         let sent = Instant::now();
         let alive = self
             .store
@@ -287,6 +286,7 @@ impl Service {
         self.renew_leases().await?;
         self.interrupt_strays().await?;
         let now = self.store.now().await?;
+        let now_read_at = Instant::now();
         let defs = self.definitions().await?;
         let schedulers = self.store.schedulers_uncounted().await?;
         self.due_retries = self.store.due_retries().await?;
@@ -314,7 +314,7 @@ impl Service {
         self.cancel_requested_runs().await?;
         self.release_vanished(&defs).await?;
         self.release_idle_jobs().await?;
-        Ok(self.next_wake(now))
+        Ok(self.next_wake(sent, (now, now_read_at)))
     }
 
     /// The definitions, read again only when the database's definitions version moved.
@@ -410,20 +410,22 @@ impl Service {
         placed.unwrap_or_else(|| Placement::Waiting("not placed".into()))
     }
 
-    /// Sleeps until the next heartbeat or poll, or the next cron time of a schedule held here,
-    /// whichever is first.
-    fn next_wake(&self, now: DateTime<Utc>) -> Duration {
-        let mut wait = self.config.heartbeat.min(self.config.poll);
+    /// When the next tick is due: a heartbeat (or poll) after this one began, or the next cron
+    /// time of a schedule held here, whichever is first. A cron time is placed on the local
+    /// clock from the moment the database's `now` was read, so the tick neither comes early
+    /// (and finds nothing due) nor late by its own length.
+    fn next_wake(&self, began: Instant, (now, read_at): (DateTime<Utc>, Instant)) -> Instant {
+        let mut wake = began + self.config.heartbeat.min(self.config.poll);
         for holding in self.holdings.values() {
             if let Work::Schedule(work) = &holding.work
                 && work.running.is_none()
                 && let Some(next) = work.known_next_fire()
             {
                 let until = (next - now).to_std().unwrap_or_default();
-                wait = wait.min(until.max(Duration::from_millis(5)));
+                wake = wake.min(read_at + until.max(Duration::from_millis(5)));
             }
         }
-        wait
+        wake
     }
 
     fn ttl_ms(&self) -> i64 {
