@@ -14,6 +14,9 @@ use super::work::{Claimed, Resource, Task, Work};
 use crate::lease::Placement;
 use crate::store::{RenewedLease, ResourceKind, StoreError};
 
+/// The monitors a scheduler claims in one tick at most.
+const MONITOR_STARTS_PER_TICK: usize = 64;
+
 impl Service {
     pub(super) async fn renew_leases(&mut self) -> Result<(), StoreError> {
         let sent = Instant::now();
@@ -156,14 +159,21 @@ impl Service {
             )
         });
         let monitors: Vec<_> = monitors.collect();
-        (schedules.into_iter().chain(monitors))
-            .filter(|(key, job, held, problem)| {
-                !self.holdings.contains_key(key)
-                    && matches!(
-                        self.place((key, job), *held, problem.as_deref(), placements),
-                        Placement::Here(_)
-                    )
-            })
+        let wanted = |(key, job, held, problem): &(Resource, &String, bool, Option<String>)| {
+            !self.holdings.contains_key(key)
+                && matches!(
+                    self.place((key, job), *held, problem.as_deref(), placements),
+                    Placement::Here(_)
+                )
+        };
+        let schedules = schedules.into_iter().filter(wanted);
+        // A monitor starts with a watch and a full scan: a scheduler taking over hundreds at
+        // once takes them a batch a tick, so that no tick outgrows its time limit.
+        let monitors = monitors
+            .into_iter()
+            .filter(wanted)
+            .take(MONITOR_STARTS_PER_TICK);
+        (schedules.chain(monitors))
             .map(|(key, job, _, _)| (key, job.clone()))
             .collect()
     }

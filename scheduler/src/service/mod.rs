@@ -43,11 +43,18 @@ use vitals::Vitals;
 /// by PostgreSQL's statement timeout (5 s) or SQLite's busy timeout (10 s).
 const STRAY_WINDOW: Duration = Duration::from_secs(15);
 
+/// The connections of the pool runs record through (the tick's pool is the one it was given).
+const RUN_CONNECTIONS: u32 = 8;
+
 /// How long a graceful stop waits for runs to record their end before leaving anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Service {
+    /// The tick's pool: leases, definitions, firings.
     store: Store,
+    /// Runs record their progress and events through a pool of their own, so a tick's lease
+    /// statements never queue behind them.
+    runs_store: Store,
     config: ServiceConfig,
     me: LeaseHolder,
     holdings: HashMap<Resource, Holding>,
@@ -64,6 +71,8 @@ pub struct Service {
     strays_until: Option<Instant>,
     /// The last error the database answered with (not a lost connection), logged once.
     data_problem: Option<String>,
+    /// Cron firings planned by this tick, started together (see `start_planned`).
+    planned: Vec<schedules::PlannedCron>,
     /// Jobs with a schedule's run going here (see `note_busy_jobs`).
     busy_jobs: HashSet<String>,
     /// Monitors claimed this tick, to be started as they are reconciled.
@@ -140,6 +149,7 @@ impl Service {
             instance: registration.instance_id,
         };
         Ok(Self {
+            runs_store: store.beside(RUN_CONNECTIONS),
             store,
             lease_deadline: Instant::now() + config.lease_ttl,
             config,
@@ -157,6 +167,7 @@ impl Service {
             definitions: None,
             claimed: HashMap::new(),
             busy_jobs: HashSet::new(),
+            planned: Vec::new(),
             errors_written: HashMap::new(),
             identity,
             vitals,
@@ -174,16 +185,26 @@ impl Service {
             .flatten();
         let stop_workers = CancellationToken::new();
         let pruner = prune::Pruner {
-            store: self.store.clone(),
+            store: self.runs_store.clone(),
             keep_runs: self.config.keep_runs,
         };
         let pruning = tokio::spawn(worker::run(pruner, stop_workers.clone()));
         tokio::pin!(shutdown);
         let outcome = loop {
+            let began = Instant::now();
             let wake = match self.tick().await {
                 Ok(wake) => wake,
                 Err(fatal) => break Err(fatal),
             };
+            let (took, next) = (
+                began.elapsed(),
+                wake.saturating_duration_since(Instant::now()),
+            );
+            tracing::debug!(
+                took_ms = took.as_millis(),
+                next_in_ms = next.as_millis(),
+                "ticked"
+            );
             if std::mem::take(&mut self.database_moved) {
                 // NOTIFY does not cross replication: listen on the new primary.
                 notifications = self
@@ -266,7 +287,12 @@ impl Service {
     /// With several database servers, finds the one to use now (after a failover, the
     /// promoted standby); the next tick then works there.
     async fn follow_primary(&mut self, limit: Duration) {
-        match tokio::time::timeout(limit, self.store.follow_primary()).await {
+        let both = async {
+            let moved = self.store.follow_primary().await?;
+            self.runs_store.follow_primary().await?;
+            Ok::<_, StoreError>(moved)
+        };
+        match tokio::time::timeout(limit, both).await {
             Ok(Ok(moved)) => self.database_moved |= moved,
             Ok(Err(e)) => tracing::debug!(error = %e, "no database server to move to yet"),
             Err(_) => tracing::debug!("finding the database server took too long; again next tick"),
@@ -302,10 +328,12 @@ impl Service {
         // The monitors claimed are started as they are reconciled.
         self.claimed = claimed;
         self.note_busy_jobs();
+        self.planned.clear();
         for row in &defs.schedules {
             self.reconcile_schedule(row, &defs, &placements, now)
                 .await?;
         }
+        self.start_planned().await?;
         for row in &defs.monitors {
             self.reconcile_monitor(row, &defs, &placements, now).await?;
         }
@@ -487,7 +515,8 @@ impl Service {
         {
             tracing::warn!(error = %e, "could not record the stop");
         }
-        if tokio::time::timeout(Duration::from_secs(2), self.store.close())
+        let close = async { tokio::join!(self.store.close(), self.runs_store.close()) };
+        if tokio::time::timeout(Duration::from_secs(2), close)
             .await
             .is_err()
         {
@@ -501,12 +530,13 @@ impl Service {
 /// connection waits a moment; PgListener reconnects on the next call.
 async fn next_notification(notifications: &mut Option<crate::store::Notifications>) {
     match notifications {
-        Some(listener) => {
-            if let Err(e) = listener.recv().await {
+        Some(listener) => match listener.recv().await {
+            Ok(table) => tracing::debug!(table, "woken by a change"),
+            Err(e) => {
                 tracing::debug!(error = %e, "notification listener lost its connection");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        }
+        },
         None => std::future::pending().await,
     }
 }

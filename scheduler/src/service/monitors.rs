@@ -122,6 +122,7 @@ impl Service {
                 self.holdings.insert(key.clone(), holding);
             }
             None => {
+                tracing::info!(monitor = name, epoch, "releasing: its run could not start");
                 self.store
                     .release(ResourceKind::Monitor, name, &self.me, epoch)
                     .await?
@@ -172,7 +173,7 @@ impl Service {
         let stop = CancellationToken::new();
         let halt = claimed.halt.clone();
         let work = monitor::run(
-            self.store.clone(),
+            self.runs_store.clone(),
             attempt,
             task,
             stop.clone(),

@@ -16,7 +16,7 @@ use crate::lease::Placement;
 use crate::plan::definitions::ValidSchedule;
 use crate::plan::run::{self, ScheduledRun};
 use crate::plan::{ProblemSlot, firing};
-use crate::store::{NewRun, ResourceKind, RunAttempt, ScheduleRow, StoreError};
+use crate::store::{CronFiring, NewRun, ResourceKind, RunAttempt, ScheduleRow, StoreError};
 
 /// What an idle schedule held here fires with.
 struct Firing<'a> {
@@ -35,6 +35,23 @@ struct Firing<'a> {
 struct Fired {
     task: Option<Task>,
     cursor: DateTime<Utc>,
+}
+
+/// What is due for an idle schedule.
+enum Next {
+    /// Started now (a requested run, a retry), or only the cursor moved.
+    Now(Fired),
+    /// A cron firing, inserted with the tick's others (see `start_planned`).
+    Planned(Box<PlannedCron>),
+}
+
+/// A cron firing planned by a tick, started with the others once every schedule was seen.
+pub(super) struct PlannedCron {
+    key: Resource,
+    firing: CronFiring,
+    /// Where the schedule's cursor moves once it is recorded.
+    cursor: DateTime<Utc>,
+    run: ScheduledRun,
 }
 
 impl Firing<'_> {
@@ -165,8 +182,14 @@ impl Service {
             halt: &halt,
             hook_dir: self.config.hook_dir.clone(),
         };
-        let Some(fired) = self.start_next_run(&firing, now).await? else {
-            return Ok(());
+        let fired = match self.start_next_run(&firing, key, now).await? {
+            None => return Ok(()),
+            Some(Next::Planned(planned)) => {
+                self.busy_jobs.insert(row.job_name.clone());
+                self.planned.push(*planned);
+                return Ok(());
+            }
+            Some(Next::Now(fired)) => fired,
         };
         let Some(Work::Schedule(work)) = self.holdings.get_mut(key).map(|h| &mut h.work) else {
             return Ok(());
@@ -177,7 +200,51 @@ impl Service {
         work.running = fired.task;
         if fired.cursor > work.cursor {
             work.cursor = fired.cursor;
-            self.store.set_fired_until(&row.name, fired.cursor).await?;
+            let cursor = [(row.name.clone(), fired.cursor)];
+            self.store.set_fired_until(&cursor).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the cron firings this tick planned: their runs inserted in one statement, their
+    /// cursors moved in one more, then their tasks spawned.
+    pub(super) async fn start_planned(&mut self) -> Result<(), StoreError> {
+        let planned = std::mem::take(&mut self.planned);
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let firings: Vec<CronFiring> = planned.iter().map(|p| p.firing.clone()).collect();
+        let started: HashMap<String, i64> = (self.store.start_cron_runs(&self.me, &firings))
+            .await?
+            .into_iter()
+            .map(|(id, schedule)| (schedule, id))
+            .collect();
+        let cursors: Vec<(String, DateTime<Utc>)> = (planned.iter())
+            .map(|p| (p.firing.schedule_name.clone(), p.cursor))
+            .collect();
+        self.store.set_fired_until(&cursors).await?;
+        for PlannedCron {
+            key,
+            firing,
+            cursor,
+            run,
+        } in planned
+        {
+            let (schedule, fire_time) = (&firing.schedule_name, firing.fire_time);
+            let task = match started.get(schedule) {
+                Some(&id) => {
+                    tracing::info!(schedule, run = id, %fire_time, trigger = "cron", "run started");
+                    Some(self.spawn_run(id, run))
+                }
+                None => {
+                    tracing::debug!(schedule, %fire_time, "firing already recorded; not run again");
+                    None
+                }
+            };
+            if let Some(Work::Schedule(work)) = self.holdings.get_mut(&key).map(|h| &mut h.work) {
+                work.running = task;
+                work.cursor = work.cursor.max(cursor);
+            }
         }
         Ok(())
     }
@@ -187,14 +254,15 @@ impl Service {
     async fn start_next_run(
         &self,
         firing: &Firing<'_>,
+        key: &Resource,
         now: DateTime<Utc>,
-    ) -> Result<Option<Fired>, StoreError> {
+    ) -> Result<Option<Next>, StoreError> {
         if let Some(requested) = firing.row.run_requested_at {
             let task = self.start_requested(firing, requested).await?;
-            return Ok(Some(Fired {
+            return Ok(Some(Next::Now(Fired {
                 task,
                 cursor: firing.cursor,
-            }));
+            })));
         }
         let row_name = Some(firing.row.name.as_str());
         let due_retry = (self.due_retries.iter())
@@ -214,12 +282,12 @@ impl Service {
                 );
                 self.spawn_run(retry.id, firing.run(attempt, "retry"))
             });
-            return Ok(Some(Fired {
+            return Ok(Some(Next::Now(Fired {
                 task,
                 cursor: firing.cursor,
-            }));
+            })));
         }
-        self.start_cron(firing, now).await
+        Ok(self.plan_cron(firing, key, now))
     }
 
     /// A run a user asked for (`ferry schedule run`).
@@ -238,24 +306,19 @@ impl Service {
         Ok(task)
     }
 
-    /// The oldest cron time due, under the schedule's misfire policy.
-    async fn start_cron(
-        &self,
-        firing: &Firing<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Fired>, StoreError> {
+    /// The oldest cron time due, under the schedule's misfire policy, planned to start with
+    /// the tick's other firings.
+    fn plan_cron(&self, firing: &Firing<'_>, key: &Resource, now: DateTime<Utc>) -> Option<Next> {
         let (row, valid) = (firing.row, firing.valid);
         let grace = chrono::Duration::from_std(self.config.lease_ttl * 2).unwrap_or_default();
-        let Some(due) = firing::due(&valid.cron, firing.cursor, now, valid.misfire, grace) else {
-            return Ok(None);
-        };
+        let due = firing::due(&valid.cron, firing.cursor, now, valid.misfire, grace)?;
         let Some(&fire_time) = due.fire.first() else {
             tracing::info!(
                 schedule = row.name,
                 skipped = due.skipped,
                 "missed fire times skipped by the misfire policy"
             );
-            return Ok(Some(firing.nothing(due.cursor)));
+            return Some(Next::Now(firing.nothing(due.cursor)));
         };
         if due.skipped > 0 {
             tracing::info!(
@@ -271,9 +334,17 @@ impl Service {
         } else {
             due.cursor
         };
-        let id = self.start_run(row, fire_time, "cron", firing.epoch).await?;
-        let task = id.map(|id| self.spawn_run(id, firing.run(1, "cron")));
-        Ok(Some(Fired { task, cursor }))
+        Some(Next::Planned(Box::new(PlannedCron {
+            key: key.clone(),
+            firing: CronFiring {
+                job_name: row.job_name.clone(),
+                schedule_name: row.name.clone(),
+                fire_time,
+                epoch: firing.epoch,
+            },
+            cursor,
+            run: firing.run(1, "cron"),
+        })))
     }
 
     async fn start_run(
@@ -325,7 +396,7 @@ impl Service {
         run.halt = run.halt.child();
         let halt = run.halt.clone();
         Task::spawn(
-            run::run_scheduled(self.store.clone(), attempt, run),
+            run::run_scheduled(self.runs_store.clone(), attempt, run),
             through_agents,
             Some((id, halt)),
         )

@@ -126,13 +126,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    /// The PostgreSQL servers the URL names, to find the primary again after a failover.
-    servers: Option<Arc<servers::Servers>>,
 }
 
 #[derive(Clone)]
 enum Backend {
-    Postgres(PgPool),
+    /// With the servers the URL names, to find the primary again after a failover.
+    Postgres(PgPool, Arc<servers::Servers>),
     Sqlite(SqlitePool),
 }
 
@@ -140,7 +139,7 @@ enum Backend {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Postgres($pool) => $body,
+            Backend::Postgres($pool, _) => $body,
             Backend::Sqlite($pool) => $body,
         }
     };
@@ -196,29 +195,42 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let (pool, servers) = postgres::connect(url).await?;
             return Ok(Self {
-                backend: Backend::Postgres(pool),
-                servers: Some(Arc::new(servers)),
+                backend: Backend::Postgres(pool, Arc::new(servers)),
             });
         }
         Ok(Self {
             backend: Backend::Sqlite(sqlite::connect(url).await?),
-            servers: None,
         })
+    }
+
+    /// A store on a pool of its own, `connections` wide, to the same database (and following
+    /// it to another server as this one does): a scheduler records its runs through one, so
+    /// that the statements that keep its leases never queue behind hundreds of runs writing
+    /// their events.
+    pub fn beside(&self, connections: u32) -> Self {
+        let backend = match &self.backend {
+            Backend::Postgres(pool, servers) => Backend::Postgres(
+                postgres::pool_beside(pool, servers, connections),
+                servers.clone(),
+            ),
+            Backend::Sqlite(pool) => Backend::Sqlite(sqlite::pool_beside(pool, connections)),
+        };
+        Self { backend }
     }
 
     /// After a connection error: finds the server to use now, when the URL names several (a
     /// standby promoted after a failover); whether it moved.
     pub async fn follow_primary(&self) -> Result<bool> {
-        match (&self.backend, &self.servers) {
-            (Backend::Postgres(pool), Some(servers)) => Ok(servers.follow(pool).await?),
-            _ => Ok(false),
+        match &self.backend {
+            Backend::Postgres(pool, servers) => Ok(servers.follow(pool).await?),
+            Backend::Sqlite(_) => Ok(false),
         }
     }
 
     /// Subscribes to definition changes or new run events (PostgreSQL only; SQLite polls).
     pub async fn notifications(&self, channel: Channel) -> Result<Option<Notifications>> {
         match &self.backend {
-            Backend::Postgres(pool) => Ok(Some(Notifications::listen(pool, channel).await?)),
+            Backend::Postgres(pool, _) => Ok(Some(Notifications::listen(pool, channel).await?)),
             Backend::Sqlite(_) => Ok(None),
         }
     }
@@ -231,7 +243,7 @@ impl Store {
     fn sql(&self, query: impl Into<Cow<'static, str>>) -> AssertSqlSafe<Cow<'static, str>> {
         let query = query.into();
         AssertSqlSafe(match self.backend {
-            Backend::Postgres(_) => postgres::dialect(query),
+            Backend::Postgres(..) => postgres::dialect(query),
             Backend::Sqlite(_) => sqlite::dialect(query),
         })
     }
@@ -530,12 +542,27 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a schedule's firing cursor forward: every cron time up to `until` was handled.
-    pub async fn set_fired_until(&self, schedule: &str, until: DateTime<Utc>) -> Result<()> {
-        let sql = self.sql(
-            "UPDATE schedules SET fired_until = $2 WHERE name = $1 AND (fired_until IS NULL OR fired_until < $2)",
-        );
-        on_pool!(self, pool => sqlx::query(sql).bind(schedule).bind(DbTime(until)).execute(pool).await.map(|r| r.rows_affected()))?;
+    /// Moves the firing cursors of schedules forward, in one statement (per 500): every cron
+    /// time up to each `until` was handled. A cursor never moves back.
+    pub async fn set_fired_until(&self, cursors: &[(String, DateTime<Utc>)]) -> Result<()> {
+        for chunk in cursors.chunks(500) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("SELECT ${} AS name, ${} AS until", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = self.sql(format!(
+                "UPDATE schedules SET fired_until = v.until FROM ({}) v \
+                 WHERE schedules.name = v.name \
+                   AND (schedules.fired_until IS NULL OR schedules.fired_until < v.until)",
+                rows.join(" UNION ALL ")
+            ));
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(sql);
+                for (name, until) in chunk {
+                    query = query.bind(name).bind(DbTime(*until));
+                }
+                query.execute(pool).await.map(|r| r.rows_affected())
+            })?;
+        }
         Ok(())
     }
 

@@ -17,8 +17,21 @@ pub(super) async fn connect(url: &str) -> Result<(PgPool, Servers), sqlx::Error>
         options.options([("statement_timeout", "5s")])
     })?;
     let options = servers.find().await?.1.clone();
+    let pool = pool_options(&servers, 8).connect_with(options).await?;
+    Ok((pool, servers))
+}
+
+/// Another pool of `connections` to the server `pool` uses, connecting when first used.
+pub(super) fn pool_beside(pool: &PgPool, servers: &Servers, connections: u32) -> PgPool {
+    let options = pool.connect_options().as_ref().clone();
+    pool_options(servers, connections).connect_lazy_with(options)
+}
+
+/// Every new connection checked to be of the kind `servers` wants; with several servers, the
+/// connections opened before the pool moved to another dropped.
+fn pool_options(servers: &Servers, connections: u32) -> PgPoolOptions {
     let mut pool = PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(2));
     let wanted = servers.wanted;
     if wanted != Wanted::Any {
@@ -31,7 +44,7 @@ pub(super) async fn connect(url: &str) -> Result<(PgPool, Servers), sqlx::Error>
             Box::pin(async move { Ok(fresh) })
         });
     }
-    Ok((pool.connect_with(options).await?, servers))
+    pool
 }
 
 /// `now_plus_ms(x)` is `now()` moved by `x` milliseconds; `json_items(x)` the rows of a JSON
@@ -75,9 +88,10 @@ impl Notifications {
         Ok(Self { listener })
     }
 
-    /// Waits for the next notification and returns its channel. A lost connection is an
-    /// error once; the next call reconnects.
+    /// Waits for the next notification and returns its payload (on `ferry_definitions`, the
+    /// table written; on `ferry_events`, the run). A lost connection is an error once; the next
+    /// call reconnects.
     pub async fn recv(&mut self) -> Result<String, sqlx::Error> {
-        Ok(self.listener.recv().await?.channel().to_owned())
+        Ok(self.listener.recv().await?.payload().to_owned())
     }
 }

@@ -205,6 +205,17 @@ pub struct NewRun {
     pub epoch: i64,
 }
 
+/// A cron firing a tick starts, inserted with the others of the tick
+/// ([`super::Store::start_cron_runs`]).
+#[derive(Debug, Clone)]
+pub struct CronFiring {
+    pub job_name: String,
+    pub schedule_name: String,
+    pub fire_time: DateTime<Utc>,
+    /// The schedule's lease epoch.
+    pub epoch: i64,
+}
+
 /// One attempt of one run, as its writes are fenced: by the instance running it and the
 /// attempt number.
 #[derive(Debug, Clone, PartialEq, Eq)]

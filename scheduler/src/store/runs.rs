@@ -22,6 +22,47 @@ impl Store {
         Ok(row.map(|(id,)| id))
     }
 
+    /// Inserts, in one statement (per thousand), the cron firings of a tick, each `running`
+    /// under `holder`; returns those inserted, as (id, schedule). A firing that already has a
+    /// row (it ran, or runs, elsewhere) is left out, as [`Store::start_run`] does.
+    pub async fn start_cron_runs(
+        &self,
+        holder: &LeaseHolder,
+        firings: &[CronFiring],
+    ) -> Result<Vec<(i64, String)>> {
+        let mut started = Vec::with_capacity(firings.len());
+        for chunk in firings.chunks(1000) {
+            // $1 and $2 are the holder; each firing takes four more.
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = 3 + 4 * i;
+                    format!(
+                        "(${n}, ${}, ${}, 'cron', $1, $2, ${}, 'running', now(), now())",
+                        n + 1,
+                        n + 2,
+                        n + 3
+                    )
+                })
+                .collect();
+            let sql = self.sql(format!(
+                "INSERT INTO runs (job_name, schedule_name, fire_time, trigger, scheduler, \
+                   scheduler_instance, epoch, state, started_at, updated_at) VALUES {} \
+                 ON CONFLICT DO NOTHING RETURNING id, schedule_name",
+                rows.join(", ")
+            ));
+            let inserted: Vec<(i64, String)> = on_pool!(self, pool => {
+                let mut query = sqlx::query_as(sql).bind(&holder.name).bind(&holder.instance);
+                for f in chunk {
+                    query = query.bind(&f.job_name).bind(&f.schedule_name)
+                        .bind(DbTime(f.fire_time)).bind(f.epoch);
+                }
+                query.fetch_all(pool).await
+            })?;
+            started.extend(inserted);
+        }
+        Ok(started)
+    }
+
     /// Writes a running attempt's counters. Fenced: an attempt another scheduler has since
     /// taken over (or retried) is not overwritten.
     pub async fn update_run(&self, run: &RunAttempt, counters: &Counters) -> Result<()> {

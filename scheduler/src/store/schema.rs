@@ -89,7 +89,7 @@ impl Store {
         // A newer ferry may have migrated past us: its migrations are not ours to know.
         migrator.set_ignore_missing(true);
         match &self.backend {
-            Backend::Postgres(pool) => migrator.run(pool).await?,
+            Backend::Postgres(pool, _) => migrator.run(pool).await?,
             Backend::Sqlite(pool) => migrator.run(pool).await?,
         }
         self.schema_state().await?.check()?;
@@ -98,7 +98,7 @@ impl Store {
 
     fn migrator(&self) -> Migrator {
         match self.backend {
-            Backend::Postgres(_) => sqlx::migrate!("../migrations/postgres"),
+            Backend::Postgres(..) => sqlx::migrate!("../migrations/postgres"),
             Backend::Sqlite(_) => sqlx::migrate!("../migrations/sqlite"),
         }
     }
@@ -139,7 +139,7 @@ impl Store {
 
     async fn has_table(&self, name: &str) -> Result<bool> {
         let sql = match self.backend {
-            Backend::Postgres(_) => "SELECT to_regclass($1) IS NOT NULL",
+            Backend::Postgres(..) => "SELECT to_regclass($1) IS NOT NULL",
             Backend::Sqlite(_) => {
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)"
             }

@@ -24,11 +24,19 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
+    pool_options(4).connect_with(options).await
+}
+
+/// Another pool of `connections` to the file `pool` uses, connecting when first used.
+pub(super) fn pool_beside(pool: &SqlitePool, connections: u32) -> SqlitePool {
+    let options = pool.connect_options().as_ref().clone();
+    pool_options(connections).connect_lazy_with(options)
+}
+
+fn pool_options(connections: u32) -> SqlitePoolOptions {
     SqlitePoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
 }
 
 /// Rewrites the PostgreSQL time functions the shared queries use, and `json_items`.
