@@ -29,9 +29,13 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(2);
     let window = Duration::from_secs(60 * minutes);
+    // Durable, as a deployment runs it: every commit waits for its flush.
     let server = PgServer::start_with(&[
         "shared_preload_libraries=pg_stat_statements",
         "max_connections=300",
+        "fsync=on",
+        "synchronous_commit=on",
+        "full_page_writes=on",
     ])
     .context("starting PostgreSQL (tests/run.sh installs it)")?;
     let postgres = postgres_run(&server, window)?;
@@ -321,7 +325,7 @@ fn write_results(minutes: u64, server: &PgServer, pg: &Measured, sqlite: &Measur
     let version = server.query("postgres", "SHOW server_version")?;
     let mut s = String::from("<!-- scale:start -->\n## Scale (bench/scale.sh)\n\n");
     s += &format!(
-        "`bash bench/scale.sh {minutes}` on {}, {}; PostgreSQL {version} (private, fsync off), \
+        "`bash bench/scale.sh {minutes}` on {}, {}; PostgreSQL {version} (private, durable: fsync and synchronous commits on), \
          default scheduler settings (lease TTL 3 s, heartbeat 1 s). Each schedule and monitor has \
          a job of its own on a tiny local folder, so this measures the scheduling, not the \
          copying. Measured over {minutes} min after every item was held and a minute of warm-up.\n\n",

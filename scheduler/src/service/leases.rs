@@ -70,6 +70,14 @@ impl Service {
                     .increment(1);
             }
         }
+        // A job this scheduler gave up in memory while the statement giving it back was cut
+        // off: the renewal just kept it, so nobody else could ever take it. Give it back.
+        for (job, epoch) in &jobs {
+            if !self.jobs_held.contains_key(job) {
+                tracing::info!(job, epoch, "releasing a job held without work");
+                self.store.release_job(job, &self.me, *epoch).await?;
+            }
+        }
         // A claim whose tick was cut short before its work started: give it back.
         for RenewedLease { kind, name, epoch } in renewed {
             if self
