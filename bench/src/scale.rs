@@ -137,9 +137,10 @@ fn postgres_run(server: &PgServer, window: Duration) -> Result<Measured> {
     // A third of the load loses its scheduler.
     let killed_at = db_now(&env);
     let clock = Instant::now();
-    schedulers.pop().context("three schedulers")?.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    wait_until_held(&env, items, Duration::from_secs(300))?;
+    let killed = schedulers.pop().context("three schedulers")?;
+    let victim = killed.name.clone();
+    killed.kill();
+    wait_until_held_by_others(&env, items, &victim, Duration::from_secs(300))?;
     let failover = clock.elapsed();
     std::thread::sleep(Duration::from_secs(65));
     let after = db_now(&env);
@@ -227,8 +228,21 @@ fn series(env: &Env, last: i64) -> String {
 }
 
 fn wait_until_held(env: &Env, items: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
     let query = "SELECT CAST(COUNT(*) AS TEXT) FROM ferry_status WHERE holder IS NOT NULL";
+    wait_for_count(env, query, items, limit)
+}
+
+/// Waits until every item has a live lease held by a scheduler other than `victim`.
+fn wait_until_held_by_others(env: &Env, items: usize, victim: &str, limit: Duration) -> Result<()> {
+    let query = format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM leases WHERE holder IS NOT NULL \
+         AND holder <> '{victim}' AND expires_at > now()"
+    );
+    wait_for_count(env, &query, items, limit)
+}
+
+fn wait_for_count(env: &Env, query: &str, items: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let held: usize = env.sql_text(query).unwrap_or_default().parse().unwrap_or(0);
         if held >= items {
