@@ -298,6 +298,13 @@ impl TestScheduler {
         Self::launch(env, env.command("ferry"), name, extra, vars)
     }
 
+    /// Starts a scheduler that sees `files` over the system's (`/etc/hosts`, say: host names
+    /// of the test's own), as [`over_system_files`] does. Needs root.
+    pub fn start_seeing(env: &Env, name: &str, extra: &[&str], files: &[(&Path, &str)]) -> Self {
+        let command = over_system_files(files, &binary("ferry"));
+        Self::launch(env, command, name, extra, &[])
+    }
+
     fn launch(
         env: &Env,
         mut command: Command,
@@ -466,6 +473,32 @@ fn filetime_secs(meta: &fs::Metadata) -> i64 {
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 
+/// `program`, run in a mount namespace of its own where each `(file, system_file)` of `files`
+/// is bind-mounted over the system file: it sees other users, or other host names, than the
+/// machine does, as a process on another machine would. Needs root.
+pub fn over_system_files(files: &[(&Path, &str)], program: &Path) -> Command {
+    let mut script = String::new();
+    for _ in files {
+        script.push_str("mount --bind \"$1\" \"$2\" && shift 2 && ");
+    }
+    script.push_str("exec \"$@\"");
+    let mut unshare = Command::new("unshare");
+    unshare.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]);
+    for (file, system_file) in files {
+        unshare.arg(file).arg(system_file);
+    }
+    unshare.arg(program);
+    unshare
+}
+
 /// A running `ferry-agent run` on 127.0.0.1 (a free port), SIGKILLed when dropped.
 pub struct TestAgent {
     pub name: String,
@@ -473,6 +506,9 @@ pub struct TestAgent {
     pub address: String,
     child: Child,
     log: PathBuf,
+    /// Where this process's part of the log begins (an agent restarted under its name
+    /// appends to the same file).
+    log_from: usize,
 }
 
 /// What an agent process is started under.
@@ -494,6 +530,18 @@ impl TestAgent {
     /// Starts an agent listening on `listen` (a fixed port, to restart it where it was).
     pub fn start_at(env: &Env, name: &str, roots: &[&Path], tls_dir: &Path, listen: &str) -> Self {
         Self::launch(env, name, roots, tls_dir, (listen, &[]), Wrapper::None)
+    }
+
+    /// Starts an agent listening on `listen`, with more `ferry-agent run` arguments.
+    pub fn start_at_with(
+        env: &Env,
+        name: &str,
+        roots: &[&Path],
+        tls_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self::launch(env, name, roots, tls_dir, (listen, extra), Wrapper::None)
     }
 
     /// Starts `program` (another release's `ferry-agent`) as agent `name`.
@@ -565,31 +613,22 @@ impl TestAgent {
                 prlimit
             }
             Wrapper::Accounts(files) => {
-                let mut unshare = Command::new("unshare");
-                let script = "mount --bind \"$1/passwd\" /etc/passwd && \
-                              mount --bind \"$1/group\" /etc/group && shift && exec \"$@\"";
-                unshare
-                    .args([
-                        "--mount",
-                        "--propagation",
-                        "private",
-                        "sh",
-                        "-c",
-                        script,
-                        "sh",
-                    ])
-                    .arg(files)
-                    .arg(binary("ferry-agent"));
-                unshare
+                let (passwd, group) = (files.join("passwd"), files.join("group"));
+                let over = [(&*passwd, "/etc/passwd"), (&*group, "/etc/group")];
+                over_system_files(&over, &binary("ferry-agent"))
             }
             Wrapper::None => env.command("ferry-agent"),
             Wrapper::Program(program) => Command::new(program),
         };
         command
             .args(["run", "--listen", listen, "--name", name, "--tls-dir"])
-            .arg(tls_dir)
-            .arg("--state-dir")
-            .arg(env.path(&format!("agent-{name}-state")));
+            .arg(tls_dir);
+        // A state folder of its own, unless the test names one.
+        if !extra.contains(&"--state-dir") {
+            command
+                .arg("--state-dir")
+                .arg(env.path(&format!("agent-{name}-state")));
+        }
         for root in roots {
             command.arg("--root").arg(root);
         }
@@ -609,6 +648,7 @@ impl TestAgent {
             address: String::new(),
             child,
             log,
+            log_from: skip,
         };
         let found = wait_until(Duration::from_secs(20), || {
             let log = agent.log();
@@ -626,6 +666,12 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What this process logged, without what agents of the same name logged before it.
+    pub fn log_since_start(&self) -> String {
+        let log = self.log();
+        log.get(self.log_from..).unwrap_or_default().to_owned()
     }
 
     /// Waits until the log contains `needle`; panics with the log after `timeout`.

@@ -680,10 +680,7 @@ impl Peer {
 
     /// A session working for `schedule:fenced` at `epoch`.
     async fn connect(&self, epoch: i64) -> Result<Session, ClientError> {
-        let fence = Fence {
-            resource: "schedule:fenced".into(),
-            epoch,
-        };
+        let fence = renewed("schedule:fenced", epoch);
         Session::connect(&self.dial, Some(fence), Arc::default()).await
     }
 
@@ -693,6 +690,14 @@ impl Peer {
             create,
         };
         assert_eq!(session.call(&open).await.unwrap(), Response::Done);
+    }
+}
+
+/// A lease as its holder presents it while its renewals reach the database: confirmed.
+fn renewed(resource: &str, epoch: i64) -> Fence {
+    Fence {
+        confirmed: true,
+        ..Fence::new(resource, epoch)
     }
 }
 
@@ -1100,10 +1105,7 @@ fn a_run_handed_over_stops_once_a_newer_lease_holder_reaches_its_agent() {
             paths: None,
         },
     };
-    let old_holder = Halt::fenced(Fence {
-        resource: "schedule:stale".into(),
-        epoch: 5,
-    });
+    let old_holder = Halt::fenced(renewed("schedule:stale", 5));
     let run = peer
         .runtime
         .spawn(async move { hand_over(&handoff, &Scope::Full, &old_holder, &mut |_| {}).await });
@@ -1117,10 +1119,7 @@ fn a_run_handed_over_stops_once_a_newer_lease_holder_reaches_its_agent() {
     assert!(started, "the transfer never started");
 
     // The new holder says Hello to the source's agent, and the old run goes.
-    let fence = Fence {
-        resource: "schedule:stale".into(),
-        epoch: 6,
-    };
+    let fence = renewed("schedule:stale", 6);
     let newer = peer.block(Session::connect(&peer.dial, Some(fence), Arc::default()));
     assert!(newer.is_ok(), "{:?}", newer.err());
     let ended = peer.block(async { tokio::time::timeout(Duration::from_secs(5), run).await });

@@ -14,9 +14,26 @@ use serde::{Deserialize, Serialize};
 /// older one, so a scheduler that lost its lease cannot write any more.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fence {
-    /// `schedule:NAME` or `monitor:NAME`.
+    /// `job:NAME`.
     pub resource: String,
     pub epoch: i64,
+    /// Whether the database showed this epoch as the lease's current one when the fence was
+    /// presented: its holder's last renewal had not run out. An agent that cannot vouch for
+    /// its own record of the resource (its state folder is new, or older than its data)
+    /// admits only a confirmed fence.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed: bool,
+}
+
+impl Fence {
+    /// A fence as its holder knows it, unconfirmed.
+    pub fn new(resource: impl Into<String>, epoch: i64) -> Self {
+        Self {
+            resource: resource.into(),
+            epoch,
+            confirmed: false,
+        }
+    }
 }
 
 impl std::fmt::Display for Fence {
@@ -39,6 +56,8 @@ struct HaltState {
     stopped: AtomicBool,
     /// Nanoseconds after [`epoch`] at which to halt; 0 = no deadline.
     deadline: AtomicU64,
+    /// Nanoseconds after [`epoch`] until which the database vouches for the fence; 0 = never.
+    confirmed_until: AtomicU64,
     /// The halt this one stops with, if it is a [`Halt::child`].
     parent: Option<Halt>,
 }
@@ -75,19 +94,38 @@ impl Halt {
         self.0.fence.as_ref()
     }
 
+    /// The fence as it is shown to an agent now: confirmed while the database vouches for it
+    /// (see [`Halt::confirm_until`]), or when it came confirmed.
+    pub fn presented_fence(&self) -> Option<Fence> {
+        let mut fence = self.0.fence.clone()?;
+        fence.confirmed |= self.confirmed();
+        Some(fence)
+    }
+
+    fn confirmed(&self) -> bool {
+        let until = self.0.confirmed_until.load(Ordering::SeqCst);
+        let confirmed = until != 0 && epoch().elapsed().as_nanos() < u128::from(until);
+        confirmed || self.0.parent.as_ref().is_some_and(Halt::confirmed)
+    }
+
+    /// Records that the database vouches for the fence until `until`: the local deadline of
+    /// the lease's last claim or renewal. Work through agents outlives it (the agents fence
+    /// it); only the fence's confirmation lapses.
+    pub fn confirm_until(&self, until: Instant) {
+        self.0
+            .confirmed_until
+            .store(nanos_after_epoch(until), Ordering::SeqCst);
+    }
+
     pub fn stop(&self) {
         self.0.stopped.store(true, Ordering::SeqCst);
     }
 
     /// Allows work until `deadline` (replacing an earlier deadline).
     pub fn extend_until(&self, deadline: Instant) {
-        let nanos = deadline
-            .saturating_duration_since(epoch())
-            .as_nanos()
-            .max(1);
         self.0
             .deadline
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::SeqCst);
+            .store(nanos_after_epoch(deadline), Ordering::SeqCst);
     }
 
     /// Time left before the deadline; `None` without one.
@@ -110,16 +148,19 @@ impl Halt {
     }
 }
 
+/// `at` as nanoseconds after [`epoch`], at least 1 (0 means none).
+fn nanos_after_epoch(at: Instant) -> u64 {
+    let nanos = at.saturating_duration_since(epoch()).as_nanos().max(1);
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_child_halt_stops_with_its_parent_or_alone_and_shares_its_deadline() {
-        let lease = Halt::fenced(Fence {
-            resource: "job:docs".into(),
-            epoch: 3,
-        });
+        let lease = Halt::fenced(Fence::new("job:docs", 3));
         lease.extend_until(Instant::now() + Duration::from_secs(60));
         let run = lease.child();
         assert_eq!(run.fence(), lease.fence());
@@ -139,5 +180,24 @@ mod tests {
         assert!(!next.is_halted());
         lease.stop();
         assert!(next.is_halted(), "a lost lease stops its runs");
+    }
+
+    #[test]
+    fn a_fence_is_presented_confirmed_only_while_the_database_vouches_for_it() {
+        let lease = Halt::fenced(Fence::new("job:docs", 3));
+        let run = lease.child();
+        assert_eq!(run.presented_fence(), Some(Fence::new("job:docs", 3)));
+        lease.confirm_until(Instant::now() + Duration::from_secs(60));
+        assert!(run.presented_fence().is_some_and(|f| f.confirmed));
+        lease.confirm_until(Instant::now());
+        assert!(!run.presented_fence().is_some_and(|f| f.confirmed));
+
+        // A fence that came confirmed (an agent running a job handed over) stays so.
+        let handed_over = Halt::fenced(Fence {
+            confirmed: true,
+            ..Fence::new("job:docs", 3)
+        });
+        assert!(handed_over.presented_fence().is_some_and(|f| f.confirmed));
+        assert_eq!(Halt::new().presented_fence(), None);
     }
 }

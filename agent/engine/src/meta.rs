@@ -125,7 +125,9 @@ enum Class {
     /// The rest of `system.` belongs to the file system itself (NFSv4 ACLs, say), which a
     /// replica on another one cannot take. `security.capability` gives a program privileges
     /// when run, as a setuid bit does, and is dropped for the same reason: a share user's
-    /// program must not become a privileged one at the destination.
+    /// program must not become a privileged one at the destination. `trusted.ferry.` marks
+    /// are the agent's own (which state folder last served a root): copied, or written by a
+    /// peer, they would vouch for another agent's state.
     Never,
 }
 
@@ -134,6 +136,7 @@ impl Class {
         match name {
             b"system.posix_acl_access" | b"system.posix_acl_default" => Class::Acl,
             b"security.capability" => Class::Never,
+            _ if name.starts_with(b"trusted.ferry.") => Class::Never,
             _ if name.starts_with(b"system.") => Class::Never,
             _ => Class::Other,
         }
@@ -397,6 +400,8 @@ mod tests {
         assert!(keep.keeps(b"security.NTACL"));
         assert!(!Keep::default().keeps(b"system.nfs4_acl"));
         assert!(!Keep::default().keeps(b"security.capability"));
+        assert!(!Keep::default().keeps(b"trusted.ferry.state"));
+        assert!(!writable(b"trusted.ferry.state"));
     }
 
     #[test]

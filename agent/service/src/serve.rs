@@ -127,7 +127,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let fences = Fences::load(config.state_dir.as_deref())?;
+    let fences = Fences::load(config.state_dir.as_deref(), &served_paths(&config))?;
     let agent = Arc::new(Agent::new(config, fences));
     let connections = Counts::<IpAddr>::default();
     let (stopping, stop) = watch::channel(false);
@@ -177,8 +177,13 @@ fn admit(connections: &Counts<IpAddr>, peer: SocketAddr, limits: &Limits) -> Opt
 }
 
 /// Counts a refusal at `/metrics`, by a reason of a few fixed kinds.
-fn refused(reason: &'static str) {
+pub(crate) fn refused(reason: &'static str) {
     metrics::counter!("ferry_agent_refusals_total", "reason" => reason).increment(1);
+}
+
+/// The folders served, as configured.
+fn served_paths(config: &AgentConfig) -> Vec<PathBuf> {
+    config.roots.iter().map(|root| root.path.clone()).collect()
 }
 
 /// Waits for the sessions to end, up to the deadline.

@@ -36,7 +36,7 @@ pub async fn hand_over(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> std::result::Result<Summary, EngineError> {
     let unreachable = |e| unreachable(handoff, e);
-    let session = Session::connect(&handoff.dial, halt.fence().cloned(), Arc::default())
+    let session = Session::connect(&handoff.dial, halt.presented_fence(), Arc::default())
         .await
         .map_err(unreachable)?;
     let mut order = handoff.order.clone();

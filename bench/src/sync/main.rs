@@ -420,8 +420,9 @@ type CaseSamples = Vec<(Tool, Vec<Sample>)>;
 
 /// The lease the benchmark's runs work under: every write to an agent carries one.
 fn bench_lease() -> Halt {
+    // Confirmed, as a scheduler's lease is while it reaches its database.
     Halt::fenced(ferry_engine::Fence {
-        resource: "schedule:bench".into(),
-        epoch: 1,
+        confirmed: true,
+        ..ferry_engine::Fence::new("job:bench", 1)
     })
 }

@@ -57,6 +57,7 @@ impl Service {
             };
             if renewed.contains(&lease) {
                 holding.halt.extend_until(deadline.into_std());
+                holding.halt.confirm_until(deadline.into_std());
                 tracing::debug!(kind = %kind, name, epoch = holding.epoch, "lease renewed");
             } else {
                 lost.push((*kind, name.clone()));
@@ -237,11 +238,10 @@ impl Service {
                         .increment(1);
                 }
                 let job = job_of[lease.name.as_str()];
-                let halt = Halt::fenced(Fence {
-                    resource: job_key(job),
-                    epoch: self.jobs_held[job],
-                });
-                halt.extend_until(self.deadline_from(sent).into_std());
+                let halt = Halt::fenced(Fence::new(job_key(job), self.jobs_held[job]));
+                let deadline = self.deadline_from(sent).into_std();
+                halt.extend_until(deadline);
+                halt.confirm_until(deadline);
                 let epoch = lease.epoch;
                 claimed.insert((kind, lease.name), Claimed { epoch, halt });
             }

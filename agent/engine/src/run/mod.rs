@@ -329,9 +329,10 @@ fn scan_replicas<F: Fn(usize) -> bool + Copy + Send>(
             .enumerate()
             .map(|(i, replica)| {
                 threads.spawn(move || {
+                    let fence = halt.presented_fence();
                     let prepared = match missing {
-                        Missing::Create(create) => replica.prepare(create(i), halt.fence()),
-                        Missing::Empty => match replica.prepare(false, halt.fence()) {
+                        Missing::Create(create) => replica.prepare(create(i), fence.as_ref()),
+                        Missing::Empty => match replica.prepare(false, fence.as_ref()) {
                             Err(e) if i > 0 && e.source.kind() == io::ErrorKind::NotFound => {
                                 return Ok(Tree::new());
                             }

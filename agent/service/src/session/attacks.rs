@@ -261,8 +261,8 @@ async fn a_forged_epoch_from_an_agent_does_not_shut_the_scheduler_out() {
     let agent = TestAgent::new();
     let folder = agent.folder();
     let forged = Fence {
-        resource: lease().resource,
         epoch: i64::MAX,
+        ..lease()
     };
     let mut nas2 = session_as(&agent, self::agent("nas2"), Some(forged), &folder)
         .await

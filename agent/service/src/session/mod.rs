@@ -29,8 +29,9 @@ use ferry_wire::protocol::{
 use ferry_wire::transport::Connection;
 
 use crate::config::Rights;
+use crate::fences::Refusal;
 use crate::roots;
-use crate::serve::Agent;
+use crate::serve::{Agent, refused};
 use staging::Stager;
 
 mod files;
@@ -157,9 +158,10 @@ async fn handshake(
                 );
                 return refuse(stream, reason).await.map(|()| None);
             }
-            if let Some(Err(reason)) = fence.as_ref().map(|f| agent.fences.admit(peer.role, f)) {
-                tracing::warn!(%peer, reason, "refused a session");
-                return refuse(stream, reason).await.map(|()| None);
+            if let Some(Err(refusal)) = fence.as_ref().map(|f| agent.fences.admit(peer.role, f)) {
+                tracing::warn!(%peer, reason = %refusal, "refused a session");
+                refused(refusal.reason);
+                return refuse(stream, refusal.message).await.map(|()| None);
             }
             match &fence {
                 Some(fence) => tracing::info!(%peer, %fence, "session started"),
@@ -261,15 +263,18 @@ impl Session<'_> {
 
     /// Refuses a write without a lease or under a stale one.
     fn fence_refusal(&self) -> Option<Response> {
-        let refused = match &self.fence {
-            None => "a write without a lease: every write carries the fence of the schedule or \
-                     monitor it is for"
-                .to_owned(),
+        let refusal = match &self.fence {
+            None => Refusal {
+                reason: "stale_epoch",
+                message: "a write without a lease: every write carries the fence of the \
+                          schedule or monitor it is for"
+                    .to_owned(),
+            },
             Some(fence) => self.agent.fences.admit(self.peer.role, fence).err()?,
         };
-        tracing::warn!(peer = %self.peer, reason = refused, "refused a write");
-        metrics::counter!("ferry_agent_refusals_total", "reason" => "stale_epoch").increment(1);
-        Some(failure("write", "", ErrorKind::StaleEpoch, refused))
+        tracing::warn!(peer = %self.peer, reason = %refusal, "refused a write");
+        refused(refusal.reason);
+        Some(failure("write", "", ErrorKind::StaleEpoch, refusal.message))
     }
 
     async fn serve(&mut self, request: Request) -> Result<(), FrameError> {

@@ -57,7 +57,7 @@ impl TestAgent {
 
     /// An agent as `config` says, serving the folder `dir`.
     pub(super) fn configured(config: AgentConfig, dir: tempfile::TempDir) -> Self {
-        let agent = Arc::new(Agent::new(config, Fences::load(None).unwrap()));
+        let agent = Arc::new(Agent::new(config, Fences::load(None, &[]).unwrap()));
         Self {
             agent,
             root: dir,
@@ -125,9 +125,10 @@ pub(super) fn scheduler(name: &str) -> Peer {
 
 /// The lease the test sessions work under.
 pub(super) fn lease() -> Fence {
+    // Confirmed: the database vouches for it, as for a scheduler that reaches it.
     Fence {
-        resource: "schedule:docs".into(),
-        epoch: 1,
+        confirmed: true,
+        ..Fence::new("job:docs", 1)
     }
 }
 
