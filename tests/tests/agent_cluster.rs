@@ -175,6 +175,10 @@ fn the_work_goes_on_through_an_agent_cluster_failover() {
         up.elapsed(),
         scheduler.log()
     );
+    eprintln!(
+        "replicated {:?} after the passive node came up",
+        up.elapsed()
+    );
     fs::write(live.join("after.txt"), "written on the passive node").unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || holds(

@@ -2,6 +2,7 @@
 //! debounced batches, with a periodic full rescan as the safety net (and at once when the
 //! watcher lost events). One `runs` row covers the whole holding period; each batch is an event.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_engine::run::EngineError;
@@ -16,8 +17,30 @@ use super::ProblemSlot;
 use super::run::{Recorder, describe, sync};
 use crate::store::{RunAttempt, Store};
 
-/// Wait before trying again after a failed start or sync (a missing source folder, say).
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+/// Waits before trying again after a failed start or sync (an agent gone, a missing source
+/// folder): short at first, since an agent's cluster or a restart brings it back within
+/// seconds, then doubling up to the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_LONGEST: Duration = Duration::from_secs(5);
+
+/// The wait before the next try: [`RETRY_FIRST`] after a success, doubling with each failure
+/// up to [`RETRY_LONGEST`].
+#[derive(Default)]
+pub struct Backoff {
+    failures_in_a_row: AtomicU64,
+}
+
+impl Backoff {
+    fn next_wait(&self) -> Duration {
+        let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
+        let doubled = RETRY_FIRST.saturating_mul(1 << failures.min(16) as u32);
+        doubled.min(RETRY_LONGEST)
+    }
+
+    fn succeeded(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+    }
+}
 
 pub struct MonitorTask {
     pub name: String,
@@ -27,6 +50,7 @@ pub struct MonitorTask {
     pub rescan: Duration,
     /// The problem that keeps it from replicating, if any, for the monitor's `last_error`.
     pub problem: ProblemSlot,
+    pub retry: Backoff,
 }
 
 /// Runs until `stop` (a safe point: between batches) or `halt` (at once, mid-batch).
@@ -115,7 +139,10 @@ async fn follow(
         if let Some(scope) = scope.take() {
             let full = scope == Scope::Full;
             match sync_or_wait(task, scope, halt, stop, recorder).await? {
-                Next::Go if full => task.problem.set(None),
+                Next::Go if full => {
+                    task.problem.set(None);
+                    task.retry.succeeded();
+                }
                 Next::Go => {}
                 other => return Ok(other),
             }
@@ -184,8 +211,9 @@ async fn wait_after(
     stop: &CancellationToken,
     problem: &str,
 ) -> Next {
-    report(task, recorder, problem).await;
-    if pause(stop, RETRY_AFTER_ERROR).await {
+    let wait = task.retry.next_wait();
+    report(task, recorder, problem, wait).await;
+    if pause(stop, wait).await {
         Next::Stop
     } else {
         Next::Restart
@@ -221,12 +249,12 @@ async fn sync_batch(
     Ok(())
 }
 
-async fn report(task: &MonitorTask, recorder: &Recorder, problem: &str) {
+async fn report(task: &MonitorTask, recorder: &Recorder, problem: &str, wait: Duration) {
     tracing::warn!(monitor = task.name, "{problem}");
     recorder
         .note(
             "error",
-            &format!("{problem}; retrying in {} s", RETRY_AFTER_ERROR.as_secs()),
+            &format!("{problem}; retrying in {:.1} s", wait.as_secs_f64()),
         )
         .await;
     task.problem.set(Some(problem.to_owned()));
@@ -237,5 +265,23 @@ async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => true,
         _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_quickly_after_a_success_then_slow_down() {
+        let retry = Backoff::default();
+        let waits: Vec<Duration> = (0..6).map(|_| retry.next_wait()).collect();
+        let ms = |ms| Duration::from_millis(ms);
+        assert_eq!(
+            waits,
+            [ms(500), ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]
+        );
+        retry.succeeded();
+        assert_eq!(retry.next_wait(), RETRY_FIRST);
     }
 }

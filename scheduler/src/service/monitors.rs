@@ -15,7 +15,7 @@ use super::work::{Claimed, Holding, MonitorDefinition, MonitorWork, Resource, Ta
 use crate::lease::Placement;
 use crate::plan::ProblemSlot;
 use crate::plan::definitions::{Execution, ValidMonitor};
-use crate::plan::monitor::{self, MonitorTask};
+use crate::plan::monitor::{self, Backoff, MonitorTask};
 use crate::store::{MonitorRow, NewRun, ResourceKind, RunAttempt, StoreError};
 
 /// What a monitor's task is started with.
@@ -169,6 +169,7 @@ impl Service {
             debounce: Duration::from_millis(definition.debounce_ms.max(0) as u64),
             rescan: Duration::from_millis(definition.rescan_ms.max(1) as u64),
             problem: problem.clone(),
+            retry: Backoff::default(),
         };
         let stop = CancellationToken::new();
         let halt = claimed.halt.clone();
