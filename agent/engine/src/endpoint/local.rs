@@ -7,7 +7,7 @@ use std::io::{self, BufWriter};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 
 use filetime::FileTime;
 use rustix::fs::FileType;
@@ -34,15 +34,19 @@ pub struct LocalEndpoint {
     root: RwLock<Option<Arc<Root>>>,
     /// Only looked at (a dry run): a scan leaves even the temporary files of dead runs alone.
     looks_only: bool,
+    /// Files committed by a run, made durable and put in place a batch at a time.
+    batches: Mutex<Batches>,
 }
 
 impl Clone for LocalEndpoint {
+    /// The same folder, without the files committed through this one.
     fn clone(&self) -> Self {
         Self {
             path: self.path.clone(),
             anchor: self.anchor.clone(),
             root: RwLock::new(self.held()),
             looks_only: self.looks_only,
+            batches: Mutex::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ impl LocalEndpoint {
             path,
             root: RwLock::default(),
             looks_only: false,
+            batches: Mutex::default(),
         }
     }
 
@@ -76,6 +81,7 @@ impl LocalEndpoint {
             path,
             root: RwLock::default(),
             looks_only: false,
+            batches: Mutex::default(),
         }
     }
 
@@ -93,6 +99,10 @@ impl LocalEndpoint {
     /// service, say).
     fn accounts_error(&self) -> impl Fn(nix::Error) -> EndpointError + '_ {
         |e| self.err("look up the users and groups of", Path::new(""))(e.into())
+    }
+
+    fn batches(&self) -> MutexGuard<'_, Batches> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn held(&self) -> Option<Arc<Root>> {
@@ -588,6 +598,10 @@ impl Endpoint for LocalEndpoint {
         Ok(Some(bytes))
     }
 
+    fn publish_committed(&self) -> Vec<(PathBuf, EndpointError)> {
+        self.batches().publish_all()
+    }
+
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let rel = Self::state_path(name);
         let entry = Entry {
@@ -603,13 +617,14 @@ impl Endpoint for LocalEndpoint {
             expected: None,
             xattrs: None,
         };
-        let mut sink = self.receive_file(&rel, &incoming)?;
+        let mut sink = self.receive(&rel, &incoming)?;
         sink.write(Op::Literal(bytes.to_vec()))?;
         let sent = Encoded {
             size: bytes.len() as u64,
             hash: blake3::hash(bytes),
         };
-        sink.commit(&sent).map(drop)
+        // Durable and in place at once: what it records is already in place.
+        sink.finish(&sent, true)?.publish().map(drop)
     }
 }
 
@@ -696,8 +711,14 @@ impl FileSink for LocalSink<'_> {
         Ok(())
     }
 
+    /// Finished, the file waits under its temporary name for its batch to be made durable
+    /// and put in place (see [`Endpoint::publish_committed`]).
     fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64> {
-        self.finish(sent, true)?.publish()
+        let endpoint = self.endpoint;
+        let staged = self.finish(sent, false)?;
+        let size = staged.size();
+        endpoint.batches().push(staged);
+        Ok(size)
     }
 }
 
@@ -852,10 +873,12 @@ fn now_mtime() -> Mtime {
 }
 
 mod accounts;
+mod batch;
 mod output;
 mod staged;
 
 use accounts::account_name;
+use batch::Batches;
 use output::Output;
 pub use staged::Staged;
 

@@ -164,6 +164,11 @@ pub trait Endpoint: Send + Sync {
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
     /// ferry's own state for this replica (a sync job's last agreed tree), by name.
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Puts in place every file committed but not yet there (a local replica makes a batch
+    /// of them durable with one flush): those that failed after all. The engine calls it
+    /// when it settles, before anything that needs the files in place. Required, so that no
+    /// wrapper of a replica forgets to pass it on: its files would never be put in place.
+    fn publish_committed(&self) -> Vec<(PathBuf, EndpointError)>;
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;
     /// Bytes this replica has moved over the network so far (0 for a local folder).
     fn wire_bytes(&self) -> u64 {
@@ -313,7 +318,13 @@ impl Changes for dyn Endpoint + '_ {
     }
 
     fn settle(&self) -> Settled {
-        self.pipeline().map(Pipeline::settle).unwrap_or_default()
+        match self.pipeline() {
+            Some(pipeline) => pipeline.settle(),
+            None => Settled {
+                failed_writes: self.publish_committed(),
+                ..Settled::default()
+            },
+        }
     }
 }
 

@@ -155,6 +155,52 @@ fn copy_brings_changes_but_deletes_nothing() {
 }
 
 #[test]
+fn files_of_many_batches_all_land_in_place_with_their_times() {
+    let fx = Fixture::new(2);
+    let count = 1000;
+    for i in 0..count {
+        fx.write(0, &format!("d{}/f{i}", i % 7), &format!("file {i}"));
+    }
+    fx.set_mtime(0, "d3", 1_500_000_000);
+
+    let (summary, _) = fx.run(Rule::Mirror);
+
+    assert_eq!(summary.files_copied, count, "{summary:?}");
+    assert_eq!(summary.failures, 0, "{summary:?}");
+    for i in (0..count).step_by(97) {
+        let rel = format!("d{}/f{i}", i % 7);
+        assert_eq!(fx.read(1, &rel), Some(format!("file {i}")));
+    }
+    // Every file was renamed into place before the folders' times were set.
+    let d3 = fs::metadata(fx.roots[1].join("d3")).unwrap();
+    assert_eq!(d3.mtime(), 1_500_000_000);
+    let temporary = walk(&fx.roots[1])
+        .filter(|p| p.contains(".ferry-tmp."))
+        .count();
+    assert_eq!(temporary, 0);
+    assert_eq!(walk(&fx.roots[1]).count(), count as usize + 7);
+}
+
+/// Every path under `root`, ferry's own folder left out.
+fn walk(root: &Path) -> impl Iterator<Item = String> {
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_name() == ".ferry" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                folders.push(path.clone());
+            }
+            found.push(path.display().to_string());
+        }
+    }
+    found.into_iter()
+}
+
+#[test]
 fn mirror_replaces_a_folder_with_a_file() {
     let fx = Fixture::new(2);
     fx.write(0, "x", "now a file");
@@ -547,7 +593,10 @@ fn a_file_saved_while_its_new_version_is_written_is_not_overwritten() {
         let mut sink = replica.receive_file(doc, &incoming).unwrap();
         sink.write(DataOp::Literal(content.clone())).unwrap();
         meanwhile();
-        sink.commit(&sent)
+        let committed = sink.commit(&sent);
+        // Put in place with its batch, or not at all.
+        let failed = replica.publish_committed().into_iter().next();
+        committed.and_then(|size| failed.map_or(Ok(size), |(_, e)| Err(e)))
     };
 
     // The user saves the file after the run scanned it, while its new version is written.
@@ -850,6 +899,9 @@ impl Endpoint for Forged {
     }
     fn hash(&self, rel: &Path) -> endpoint::Result<blake3::Hash> {
         self.real.hash(rel)
+    }
+    fn publish_committed(&self) -> Vec<(PathBuf, endpoint::EndpointError)> {
+        self.real.publish_committed()
     }
     fn read_state(&self, name: &str) -> endpoint::Result<Option<Vec<u8>>> {
         self.real.read_state(name)

@@ -464,6 +464,12 @@ impl Endpoint for RemoteEndpoint {
         self.hash_in(rel, response)
     }
 
+    /// The agent puts files in place in batches of its own; their verdicts come with
+    /// [`Pipeline::settle`].
+    fn publish_committed(&self) -> Vec<(PathBuf, EndpointError)> {
+        Vec::new()
+    }
+
     fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let request = Request::ReadState { name: name.into() };
         match self.call("read state", Path::new(name), request)? {

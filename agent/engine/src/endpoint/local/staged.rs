@@ -2,7 +2,7 @@
 //! place ([`Staged::publish`]); one that is dropped unpublished is removed.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Result, endpoint_error, still_holds};
@@ -40,6 +40,28 @@ impl Staged {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where it goes, relative to its replica.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Makes every file of `batch` durable with one flush of their file system (`syncfs`),
+    /// then renames each into place: each one's size, or why it is not in place, in order.
+    pub fn publish_batch(batch: Vec<Staged>) -> Vec<Result<u64>> {
+        let flushed = batch.first().map_or(Ok(()), |file| file.root.flush_all());
+        batch
+            .into_iter()
+            .map(|file| match &flushed {
+                Ok(()) => file.publish(),
+                Err(e) => {
+                    let full = file.root.path().join(&file.target);
+                    let error = io::Error::new(e.kind(), format!("flush to disk: {e}"));
+                    Err(endpoint_error("write", full, error))
+                }
+            })
+            .collect()
     }
 
     /// Renames the file over its target, if the target still holds what was expected; returns
