@@ -7,6 +7,7 @@ pub mod firing;
 pub mod hooks;
 pub mod monitor;
 pub mod run;
+pub mod settle;
 
 use std::sync::{Arc, Mutex};
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ProblemSlot;
 use super::run::{Recorder, describe, sync};
+use super::settle::Settling;
 use crate::store::{RunAttempt, Store};
 
 /// Waits before trying again after a failed start or sync (an agent gone, a missing source
@@ -135,6 +136,8 @@ async fn follow(
     let mut scope = Some(Scope::Full);
     let mut next_rescan = Instant::now() + task.rescan;
     let mut batch_began: Option<Instant> = None;
+    let mut settling = Settling::default();
+    recorder.remember_large_copies();
     loop {
         if let Some(scope) = scope.take() {
             let full = scope == Scope::Full;
@@ -146,23 +149,26 @@ async fn follow(
                 Next::Go => {}
                 other => return Ok(other),
             }
+            settling.copied(recorder.take_large_copies());
             if let Some(began) = batch_began.take() {
                 let lag = began.elapsed().as_secs_f64();
                 metrics::gauge!("ferry_monitor_lag_seconds", "monitor" => task.name.clone())
                     .set(lag);
             }
         }
+        let settles = settling.next_due();
         tokio::select! {
             _ = stop.cancelled() => return Ok(Next::Stop),
             _ = sleep_until(next_rescan) => {
                 next_rescan = Instant::now() + task.rescan;
                 scope = Some(Scope::Full);
             }
+            () = sleep_until(settles.unwrap_or(next_rescan)), if settles.is_some() => {}
             batch = watch.next_batch(task.debounce) => match batch {
                 Some(Batch::Paths(paths)) if paths.is_empty() => {}
                 Some(Batch::Paths(paths)) => {
-                    scope = Some(Scope::Paths(paths));
-                    batch_began = Some(watch.batch_began());
+                    settling.changed(paths, Instant::now());
+                    batch_began.get_or_insert(watch.batch_began());
                 }
                 Some(Batch::Broken(problem)) => {
                     return Ok(wait_after(task, recorder, stop, &problem).await);
@@ -176,6 +182,10 @@ async fn follow(
                     scope = Some(Scope::Full);
                 }
             },
+        }
+        if scope.is_none() {
+            let due = settling.take_due(Instant::now());
+            scope = (!due.is_empty()).then_some(Scope::Paths(due));
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::ProblemSlot;
 use super::hooks::Hook;
+use super::settle::SETTLING_SIZE;
 use crate::store::{Counters, RunAttempt, RunEnd, Store, StoreError};
 
 /// Per-file events written for one run (or one monitor batch) before the rest are only counted,
@@ -46,6 +47,9 @@ pub struct Recorder {
     last_progress: Instant,
     /// Until then the database is not asked: it failed to answer a moment ago.
     offline_until: Mutex<Option<Instant>>,
+    /// The files of at least [`SETTLING_SIZE`] bytes copied, with their sizes, when asked for
+    /// (a monitor's: see [`crate::plan::settle`]).
+    large_copies: Option<Vec<(PathBuf, u64)>>,
 }
 
 impl Recorder {
@@ -60,7 +64,21 @@ impl Recorder {
             unwritten: 0,
             last_progress: Instant::now(),
             offline_until: Mutex::new(None),
+            large_copies: None,
         }
+    }
+
+    /// From now on, remembers the large files copied until [`Self::take_large_copies`].
+    pub fn remember_large_copies(&mut self) {
+        self.large_copies.get_or_insert_default();
+    }
+
+    /// The large files copied since the last call, with their sizes.
+    pub fn take_large_copies(&mut self) -> Vec<(PathBuf, u64)> {
+        self.large_copies
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Records a run-level message.
@@ -105,6 +123,11 @@ impl Recorder {
             Event::Copied { to, path, bytes } => {
                 self.counters.files_copied += 1;
                 self.counters.bytes_total += *bytes as i64;
+                if let Some(copies) = &mut self.large_copies
+                    && *bytes >= SETTLING_SIZE
+                {
+                    copies.push((path.clone(), *bytes));
+                }
                 ("info", format!("copied to {to} ({bytes} bytes)"), path)
             }
             Event::Deleted { at, path } => {
