@@ -342,6 +342,18 @@ fn jobs_of_each_rule_between_two_agents_leave_identical_replicas() {
         fs::read_to_string(dst.join("readme.txt")).unwrap(),
         "changed on nas1"
     );
+    // A rename on either side costs no file bytes: the other side has the content.
+    fs::create_dir_all(dst.join("moved")).unwrap();
+    fs::rename(dst.join("big.bin"), dst.join("moved/big-renamed.bin")).unwrap();
+    let moved = site.run("synced");
+    assert_eq!(moved["state"], "succeeded", "{moved:#}");
+    assert_eq!(differences(&src, &dst, "sync"), "");
+    assert!(src.join("moved/big-renamed.bin").exists() && !src.join("big.bin").exists());
+    let sent = moved["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 64 * 1024,
+        "renaming a 4 MiB file under the sync rule sent {sent} bytes: {moved:#}"
+    );
 
     // Guards: a run over --max-deletes deletes nothing; --versions keeps what mirror replaces.
     let (src, dst) = site.job(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ferry_engine::Fence;
 use ferry_engine::delta::{Op, Signature};
+use ferry_engine::endpoint::MoveCheck;
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime};
 use ferry_engine::{Event, Guards, Rule, Summary};
@@ -18,7 +19,9 @@ use ferry_engine::{Event, Guards, Rule, Summary};
 use crate::frame::{Attached, Framed};
 
 /// The newest protocol this build speaks. Bumped when a message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
+/// The first protocol whose `Duplicate` takes a `check` (an older agent would ignore it).
+pub const CHECKED_MOVES: u32 = 12;
 /// The oldest protocol this build still speaks: a peer one release behind works with it, so
 /// agents and schedulers can be upgraded one machine at a time. Older peers are refused by
 /// number.
@@ -290,12 +293,15 @@ pub enum Request {
         #[serde(with = "ferry_engine::raw_path")]
         path: PathBuf,
     },
-    /// A hard link (or copy) of `from` as `to`, making `to`'s folders.
+    /// A hard link (or copy) of `from` as `to`, making `to`'s folders; with a `check`, only
+    /// while both paths hold what it expects (protocol 12).
     Duplicate {
         #[serde(with = "ferry_engine::raw_path")]
         from: PathBuf,
         #[serde(with = "ferry_engine::raw_path")]
         to: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<MoveCheck>,
     },
     Hash {
         #[serde(with = "ferry_engine::raw_path")]

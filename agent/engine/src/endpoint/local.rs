@@ -12,7 +12,9 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 use filetime::FileTime;
 use rustix::fs::FileType;
 
-use super::{Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, Result, Scope};
+use super::{
+    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Result, Scope,
+};
 use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
@@ -374,6 +376,7 @@ impl Endpoint for LocalEndpoint {
         Capabilities {
             across_network: false,
             keeps: Self::keeps(),
+            checks_moves: true,
         }
     }
 
@@ -495,10 +498,15 @@ impl Endpoint for LocalEndpoint {
             .map_err(self.err("rename", from))
     }
 
-    fn duplicate(&self, rel: &Path, to: &Path) -> Result<()> {
+    fn duplicate(&self, rel: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()> {
         let root = self.root()?;
         let temp = self.copy_beside(&root, rel, to)?;
-        self.commit_temp(&root, &temp, to, Ok(()))
+        // Checked once the copy is made: a change to the file after it was linked shows.
+        let holds = |check: &MoveCheck| {
+            still_holds(&root, rel, Some(&check.from))
+                .and_then(|()| still_holds(&root, to, Some(&check.to)))
+        };
+        self.commit_temp(&root, &temp, to, check.map_or(Ok(()), holds))
     }
 
     fn set_meta(

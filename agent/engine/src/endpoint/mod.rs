@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::delta::{Encoded, Op, Signature};
 use crate::fence::Fence;
 use crate::filter::Filter;
@@ -140,8 +142,9 @@ pub trait Endpoint: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Places a copy of the file at `from` as `to` (making its folders): a hard link where the
     /// file system allows, else a copy. Keeps a version before it is deleted or overwritten,
-    /// and moves a renamed file's content without sending it.
-    fn duplicate(&self, from: &Path, to: &Path) -> Result<()>;
+    /// and moves a renamed file's content without sending it; with a `check`, only while
+    /// both paths hold what it expects.
+    fn duplicate(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()>;
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()>;
     /// Gives the entry at `rel` `entry`'s permission bits ([`Entry::kept_mode`]) and owner
     /// (where this replica sets owners and `entry` names one) and, with `xattrs`, makes its
@@ -190,6 +193,15 @@ pub struct Incoming<'a> {
     pub xattrs: Option<&'a Xattrs>,
 }
 
+/// What a file taken as moved must still be when it is duplicated, where either side may
+/// change meanwhile (the sync rule): the file it is taken from as scanned, and what was at the
+/// new path (nothing, as a rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveCheck {
+    pub from: Expected,
+    pub to: Expected,
+}
+
 /// What a kind of replica can do, so the engine plans for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -199,6 +211,10 @@ pub struct Capabilities {
     /// What it keeps of what the job keeps ([`Keep`]): a writer that is not root keeps no
     /// owners, an older agent none of it.
     pub keeps: Keep,
+    /// It duplicates a moved file only while a [`MoveCheck`] holds (an older agent ignores
+    /// one), so the sync rule, whose replicas may change during a run, can take moved files
+    /// from where they were.
+    pub checks_moves: bool,
 }
 
 /// Changes sent without waiting for each outcome, where that saves round trips (a replica on
@@ -214,7 +230,7 @@ pub trait Pipeline {
     fn remove_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     /// Duplicates `from` as `to` (a moved file) without waiting: a failure comes with
     /// [`Pipeline::settle`], as a failed write.
-    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()>;
+    fn duplicate_later(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()>;
     /// Makes a folder without waiting (folders and files are made in the order sent): a
     /// failure comes with [`Pipeline::settle`].
     fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
@@ -244,7 +260,7 @@ pub trait Changes {
         entry: &Entry,
         expected: Option<&Expected>,
     ) -> Result<Option<bool>>;
-    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()>;
+    fn duplicate_later(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()>;
     fn make_dir_later(&self, rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Result<()>;
     fn set_mtime_later(&self, rel: &Path, mtime: Mtime) -> Result<()>;
     fn set_meta_later(
@@ -283,10 +299,10 @@ impl Changes for dyn Endpoint + '_ {
         }
     }
 
-    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
+    fn duplicate_later(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()> {
         match self.pipeline() {
-            Some(pipeline) => pipeline.duplicate_later(from, to),
-            None => self.duplicate(from, to),
+            Some(pipeline) => pipeline.duplicate_later(from, to, check),
+            None => self.duplicate(from, to, check),
         }
     }
 

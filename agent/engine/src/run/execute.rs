@@ -10,10 +10,10 @@ use super::owners::OwnerMaps;
 use super::plan::{Action, Op, Phase, meta_change};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
-use crate::endpoint::{Changes, Endpoint, EndpointError, Failure, Incoming};
+use crate::endpoint::{Changes, Endpoint, EndpointError, Failure, Incoming, MoveCheck};
 use crate::fence::Halt;
-use crate::meta::{self, Keep, Named, Xattrs};
-use crate::tree::{Entry, Expected, Kind, Tree};
+use crate::meta::{self, Keep, Meta, Named, Xattrs};
+use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
 
 /// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
 pub(super) struct Target<'p> {
@@ -279,10 +279,43 @@ impl Executor<'_> {
     /// Under the sync rule, what `action`'s path must hold before the action changes it: what
     /// the scan saw, or what this run left there.
     fn expected(&self, action: &Action) -> Option<Expected> {
+        self.expected_at(action.replica, &action.path)
+    }
+
+    /// Notes the folders above `path` that a duplicate made at `replica` (it makes the ones
+    /// missing), so the sync rule's later checks expect them there.
+    fn folders_made_for(&mut self, replica: usize, path: &Path) {
+        let Some(planned) = self.planned else {
+            return;
+        };
+        let folders = path
+            .ancestors()
+            .skip(1)
+            .take_while(|a| !a.as_os_str().is_empty());
+        for folder in folders {
+            let at = (replica, folder.to_path_buf());
+            if planned[replica].contains_key(folder) || self.left.contains_key(&at) {
+                break;
+            }
+            // Only its kind is compared: any folder meets it.
+            let made = Entry {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: Mtime { secs: 0, nanos: 0 },
+                mode: 0o755,
+                meta: Meta::default(),
+            };
+            self.left.insert(at, Some(made));
+        }
+    }
+
+    /// What `path` at `replica` must still hold, under the sync rule: what the scan saw, or
+    /// what this run left there.
+    fn expected_at(&self, replica: usize, path: &Path) -> Option<Expected> {
         let planned = self.planned?;
-        let entry = match self.left.get(&(action.replica, action.path.clone())) {
+        let entry = match self.left.get(&(replica, path.to_path_buf())) {
             Some(left) => left.clone(),
-            None => planned[action.replica].get(&action.path).cloned(),
+            None => planned[replica].get(path).cloned(),
         };
         Some(Expected { entry })
     }
@@ -386,7 +419,7 @@ impl Executor<'_> {
             }
             Op::HardLink { from, .. } => {
                 replica
-                    .duplicate_later(from, path)
+                    .duplicate_later(from, path, None)
                     .map_err(|e| e.to_string())?;
                 self.summary.files_copied += 1;
                 (self.on_event)(Event::Copied {
@@ -396,9 +429,14 @@ impl Executor<'_> {
                 });
             }
             Op::LinkFrom { from, entry } => {
+                // Under the sync rule either file may have changed since the scan.
+                let check = (self.expected_at(action.replica, from))
+                    .zip(self.expected(action))
+                    .map(|(from, to)| MoveCheck { from, to });
                 replica
-                    .duplicate_later(from, path)
+                    .duplicate_later(from, path, check.as_ref())
                     .map_err(|e| e.to_string())?;
+                self.folders_made_for(action.replica, path);
                 // A moved file usually keeps its time; setting it anyway costs less than
                 // asking, as it goes without waiting.
                 replica
@@ -413,7 +451,9 @@ impl Executor<'_> {
                 });
             }
             Op::KeepVersion { to } => {
-                replica.duplicate(path, to).map_err(|e| e.to_string())?;
+                replica
+                    .duplicate(path, to, None)
+                    .map_err(|e| e.to_string())?;
                 self.summary.versions_kept += 1;
             }
         }

@@ -527,6 +527,7 @@ fn sync(
         hash(a).is_some_and(|x| hash(b) == Some(x))
     });
     guard_deletes(spec, exec.replicas, &actions)?;
+    let actions = exec.find_moves(actions);
     exec.execute(actions)?;
     // A run that outlived its lease must not write the base either: a stale base would bring
     // deleted files back.

@@ -46,8 +46,8 @@ impl Executor<'_> {
     }
 
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
-    /// of the same size and content in this run: the source renamed or moved it. Only pays
-    /// across a network, where it saves the file's bytes for two local reads.
+    /// of the same size and content in this run: another replica renamed or moved it. Only
+    /// pays across a network, where it saves the file's bytes for two local reads.
     pub(super) fn find_moves(&self, mut actions: Vec<Action>) -> Vec<Action> {
         let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
         for action in &actions {
@@ -152,7 +152,8 @@ impl Executor<'_> {
     }
 
     /// For the copy of a file new at its replica, across a network: the replica it comes from,
-    /// and the files of its size the run deletes there (each may be it, moved).
+    /// and the files of its size the run deletes there (each may be it, moved). Under the sync
+    /// rule, only where the replica checks a move still holds when it makes it.
     pub(super) fn move_candidates<'r>(
         &self,
         action: &Action,
@@ -168,9 +169,11 @@ impl Executor<'_> {
         };
         let remote = self.replicas[*from].capabilities().across_network
             || self.replicas[action.replica].capabilities().across_network;
+        let checked =
+            self.planned.is_none() || self.replicas[action.replica].capabilities().checks_moves;
         let candidates = removed
             .get(&(action.replica, entry.size))
-            .filter(|_| remote)?;
+            .filter(|_| remote && checked)?;
         Some((*from, candidates))
     }
 }

@@ -873,8 +873,13 @@ impl Endpoint for Forged {
     fn rename(&self, from: &Path, to: &Path) -> endpoint::Result<()> {
         self.real.rename(from, to)
     }
-    fn duplicate(&self, from: &Path, to: &Path) -> endpoint::Result<()> {
-        self.real.duplicate(from, to)
+    fn duplicate(
+        &self,
+        from: &Path,
+        to: &Path,
+        check: Option<&endpoint::MoveCheck>,
+    ) -> endpoint::Result<()> {
+        self.real.duplicate(from, to, check)
     }
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> endpoint::Result<()> {
         self.real.set_mtime(rel, mtime)

@@ -303,6 +303,7 @@ async fn planted_symlinks_lead_nowhere_outside_the_root() {
     let duplicate = Request::Duplicate {
         from: ".ferry/payload".into(),
         to: "out".into(),
+        check: None,
     };
     call(duplicate).await;
     // Duplicate from a link: would copy the secret in, to be read back.
@@ -310,6 +311,7 @@ async fn planted_symlinks_lead_nowhere_outside_the_root() {
     let duplicate = Request::Duplicate {
         from: "in".into(),
         to: "copied".into(),
+        check: None,
     };
     call(duplicate).await;
     call(Request::ReadState {

@@ -364,7 +364,9 @@ impl Session<'_> {
                     .and_then(|()| replica.account_ids(&users, &groups))
                     .map(Response::Accounts)
             }
-            Request::Duplicate { from, to } => replica.duplicate(&from, &to).map(done),
+            Request::Duplicate { from, to, check } => {
+                replica.duplicate(&from, &to, check.as_ref()).map(done)
+            }
             Request::Hash { path } => replica
                 .hash(&path)
                 .map(|h| Response::Hash(h.as_bytes().to_vec())),

@@ -16,11 +16,11 @@ use tokio::runtime::Handle;
 
 use crate::blocking;
 use crate::client::{ClientError, Connector, Dial};
-use crate::protocol::{ErrorKind, Fence, Request, Response, WireError};
+use crate::protocol::{CHECKED_MOVES, ErrorKind, Fence, Request, Response, WireError};
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{
-    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, Pipeline, Result, Scope,
-    Settled,
+    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Pipeline,
+    Result, Scope, Settled,
 };
 use ferry_engine::filter::Filter;
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
@@ -179,6 +179,14 @@ fn remove_request(rel: &Path, entry: &Entry, expected: Option<&Expected>) -> Req
     }
 }
 
+fn duplicate_request(from: &Path, to: &Path, check: Option<&MoveCheck>) -> Request {
+    Request::Duplicate {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        check: check.cloned(),
+    }
+}
+
 /// An agent's error as an endpoint error naming the agent, its kind kept so the engine can
 /// react (a bad delta is retried whole).
 pub fn from_wire(agent: &str, wire: WireError) -> EndpointError {
@@ -282,10 +290,12 @@ impl Endpoint for RemoteEndpoint {
 
     fn capabilities(&self) -> Capabilities {
         // What the agent said it keeps when the session began (it may have changed since).
-        let keeps = self.session().as_ref().map(|link| link.session.keeps);
+        let session = self.session();
+        let session = session.as_ref().map(|link| &link.session);
         Capabilities {
             across_network: true,
-            keeps: keeps.unwrap_or_default(),
+            keeps: session.map(|s| s.keeps).unwrap_or_default(),
+            checks_moves: session.is_some_and(|s| s.protocol >= CHECKED_MOVES),
         }
     }
 
@@ -403,12 +413,8 @@ impl Endpoint for RemoteEndpoint {
         self.expect_done("rename", from, request)
     }
 
-    fn duplicate(&self, from: &Path, to: &Path) -> Result<()> {
-        let request = Request::Duplicate {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-        };
-        self.expect_done("duplicate", from, request)
+    fn duplicate(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()> {
+        self.expect_done("duplicate", from, duplicate_request(from, to, check))
     }
 
     fn set_mtime(&self, rel: &Path, mtime: Mtime) -> Result<()> {
@@ -508,11 +514,8 @@ impl Pipeline for RemoteEndpoint {
         self.send_later("remove", rel, request, Owed::Removal(rel.to_path_buf()))
     }
 
-    fn duplicate_later(&self, from: &Path, to: &Path) -> Result<()> {
-        let request = Request::Duplicate {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-        };
+    fn duplicate_later(&self, from: &Path, to: &Path, check: Option<&MoveCheck>) -> Result<()> {
+        let request = duplicate_request(from, to, check);
         self.send_later("duplicate", to, request, Owed::Copy(to.to_path_buf()))
     }
 

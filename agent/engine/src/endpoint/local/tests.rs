@@ -27,7 +27,7 @@ fn planted_links_lead_nowhere_outside_the_folder() {
     replica.prepare(false, None).unwrap();
     let _ = replica.make_symlink(Path::new("out"), &link(&outside.path().join("victim")));
     let _ = replica.write_state("payload", b"written by the peer");
-    let _ = replica.duplicate(Path::new(".ferry/payload"), Path::new("out"));
+    let _ = replica.duplicate(Path::new(".ferry/payload"), Path::new("out"), None);
     let _ = replica.make_symlink(
         Path::new(".ferry/leak"),
         &link(&outside.path().join("secret")),
@@ -90,4 +90,47 @@ fn a_scan_reads_each_entrys_own_attributes_in_every_folder() {
         digests.insert(scanned);
     }
     assert_eq!(digests.len(), files.len());
+}
+
+#[test]
+fn a_checked_duplicate_is_made_only_while_both_paths_hold_what_was_planned() {
+    let share = tempfile::tempdir().unwrap();
+    let replica = LocalEndpoint::new(share.path());
+    replica.prepare(false, None).unwrap();
+    std::fs::write(share.path().join("old.txt"), "moved content").unwrap();
+    let scanned = replica.stat(Path::new("old.txt")).unwrap();
+    let check = MoveCheck {
+        from: Expected {
+            entry: scanned.clone(),
+        },
+        to: Expected { entry: None },
+    };
+
+    // A user saved something at the new name meanwhile: it stays.
+    std::fs::write(share.path().join("new.txt"), "the user's file").unwrap();
+    let (old, new) = (Path::new("old.txt"), Path::new("new.txt"));
+    assert!(replica.duplicate(old, new, Some(&check)).is_err());
+    assert_eq!(read(share.path(), "new.txt"), "the user's file");
+    std::fs::remove_file(share.path().join("new.txt")).unwrap();
+
+    // The moved file was edited meanwhile: its new content is not taken as the old one.
+    std::fs::write(share.path().join("old.txt"), "edited after the scan").unwrap();
+    assert!(replica.duplicate(old, new, Some(&check)).is_err());
+    assert!(!share.path().join("new.txt").exists());
+
+    // Both as planned: the duplicate is made.
+    let check = MoveCheck {
+        from: Expected {
+            entry: replica.stat(old).unwrap(),
+        },
+        to: Expected { entry: None },
+    };
+    replica.duplicate(old, new, Some(&check)).unwrap();
+    assert_eq!(read(share.path(), "new.txt"), "edited after the scan");
+    let leftovers = std::fs::read_dir(share.path()).unwrap().count();
+    assert_eq!(leftovers, 2, "no temporary file is left");
+}
+
+fn read(root: &Path, name: &str) -> String {
+    std::fs::read_to_string(root.join(name)).unwrap()
 }
