@@ -7,7 +7,7 @@
 #
 # Files of one byte, 500 to a folder, generated once into $FERRY_BENCH_DIR (default
 # /var/tmp/ferry-bench) and kept between runs. Needs root (mount), rsync, GNU time; builds the
-# release binaries; writes the section "many-files" of bench/RESULTS.md.
+# release binaries; writes the section "many-files-FILES" of bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=${1:-200000}
@@ -94,7 +94,7 @@ for i, tool in enumerate(tools):
     rows.append(f"| {tool} | {cell([w for w, *_ in s], seconds)} | {cell([w + f for w, f, *_ in s], seconds)} "
                 f"| {cell([c for *_, c in s], seconds)} | {cell([r / 1024 for _, _, r, _ in s], lambda v: f'{v:.0f}')} |")
 n = f"{int(files):,}"
-section = f"""<!-- many-files:start -->
+section = f"""<!-- many-files-{files}:start -->
 ## Initial copy of many small files on one machine (bench/many-files.sh)
 
 `bash bench/many-files.sh {files} {rounds}` on {datetime.date.today()}, {cores} cores ({cpu}), {" ".join(rsync.split(" protocol")[0].split())}: {n} files of one byte, 500 to a folder, copied from the page cache onto a fresh ext4 file system (a loop device) each time; median (min-max) of {rounds} rounds. "Until on disk" adds the `sync` after the tool exits: plain rsync leaves its writes in the page cache, ferry and `rsync --fsync` have made every file durable before they exit.
@@ -104,10 +104,10 @@ section = f"""<!-- many-files:start -->
 {chr(10).join(rows)}
 
 ferry writes each file under a temporary name, makes a batch of them durable with one `syncfs` (on another thread, while the next batch is written) and only then renames them into place, so a crash never leaves a short or empty file under a real name; `rsync --fsync` pays an fsync per file for the same guarantee.
-<!-- many-files:end -->"""
+<!-- many-files-{files}:end -->"""
 path = "bench/RESULTS.md"
 text = open(path).read()
-pattern = re.compile(r"<!-- many-files:start -->.*?<!-- many-files:end -->", re.S)
+pattern = re.compile(rf"<!-- many-files-{files}:start -->.*?<!-- many-files-{files}:end -->", re.S)
 text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
 open(path, "w").write(text)
 print(section)
