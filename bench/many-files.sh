@@ -95,9 +95,9 @@ for i, tool in enumerate(tools):
                 f"| {cell([c for *_, c in s], seconds)} | {cell([r / 1024 for _, _, r, _ in s], lambda v: f'{v:.0f}')} |")
 n = f"{int(files):,}"
 section = f"""<!-- many-files-{files}:start -->
-## Initial copy of many small files on one machine (bench/many-files.sh)
+## Initial copy of {n} small files on one machine (bench/many-files.sh)
 
-`bash bench/many-files.sh {files} {rounds}` on {datetime.date.today()}, {cores} cores ({cpu}), {" ".join(rsync.split(" protocol")[0].split())}: {n} files of one byte, 500 to a folder, copied from the page cache onto a fresh ext4 file system (a loop device) each time; median (min-max) of {rounds} rounds. "Until on disk" adds the `sync` after the tool exits: plain rsync leaves its writes in the page cache, ferry and `rsync --fsync` have made every file durable before they exit.
+`bash bench/many-files.sh {files} {rounds}` on {datetime.date.today()}, {cores} cores ({cpu}), {" ".join(rsync.split(" protocol")[0].split())}: {n} files of one byte, 500 to a folder, copied from the page cache onto a fresh ext4 file system (a loop device) each time; median (min-max) of {rounds} round{"s" if int(rounds) > 1 else ""}. "Until on disk" adds the `sync` after the tool exits: plain rsync leaves its writes in the page cache, ferry and `rsync --fsync` have made every file durable before they exit.
 
 | tool | wall time, s | until on disk, s | CPU, s | peak memory, MiB |
 | --- | --- | --- | --- | --- |
