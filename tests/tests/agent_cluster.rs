@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
+use ferry_engine::tree::Entry;
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, snapshot, wait_until};
 use ferry_wire::client::{Dial, Session};
 use ferry_wire::protocol::{Fence, Request, Response};
@@ -250,13 +250,7 @@ impl Peer {
             };
             let mkdir = Request::MakeDir {
                 path: name.into(),
-                entry: Entry {
-                    kind: Kind::Dir,
-                    size: 0,
-                    mtime: Mtime { secs: 0, nanos: 0 },
-                    mode: 0o755,
-                    meta: Meta::default(),
-                },
+                entry: Entry::folder(0o755),
                 expected: None,
             };
             for request in [open, mkdir] {

@@ -716,13 +716,7 @@ fn renewed(resource: &str, epoch: i64) -> Fence {
 async fn make_dir(session: &mut Session, name: &str) -> Response {
     let mkdir = Request::MakeDir {
         path: name.into(),
-        entry: Entry {
-            kind: Kind::Dir,
-            size: 0,
-            mtime: Mtime { secs: 0, nanos: 0 },
-            mode: 0o755,
-            meta: Meta::default(),
-        },
+        entry: Entry::folder(0o755),
         expected: None,
     };
     session.call(&mkdir).await.unwrap()

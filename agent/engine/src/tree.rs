@@ -80,6 +80,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A folder with permission bits `mode`, time 0 and no metadata beyond them: one to make,
+    /// or one only its kind matters of.
+    pub fn folder(mode: u32) -> Self {
+        Self {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: Mtime { secs: 0, nanos: 0 },
+            mode,
+            meta: Meta::default(),
+        }
+    }
+
     pub fn from_metadata(meta: &Metadata, symlink_target: Option<PathBuf>) -> Self {
         let kind = match symlink_target {
             Some(target) => Kind::Symlink { target },

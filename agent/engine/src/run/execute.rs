@@ -12,8 +12,8 @@ use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
 use crate::endpoint::{Changes, Endpoint, EndpointError, Failure, Incoming, MoveCheck};
 use crate::fence::Halt;
-use crate::meta::{self, Keep, Meta, Named, Xattrs};
-use crate::tree::{Entry, Expected, Kind, Mtime, Tree};
+use crate::meta::{self, Keep, Named, Xattrs};
+use crate::tree::{Entry, Expected, Kind, Tree};
 
 /// Where a copy lands, and under the sync rule what must still be there (see [`Expected`]).
 pub(super) struct Target<'p> {
@@ -298,14 +298,7 @@ impl Executor<'_> {
                 break;
             }
             // Only its kind is compared: any folder meets it.
-            let made = Entry {
-                kind: Kind::Dir,
-                size: 0,
-                mtime: Mtime { secs: 0, nanos: 0 },
-                mode: 0o755,
-                meta: Meta::default(),
-            };
-            self.left.insert(at, Some(made));
+            self.left.insert(at, Some(Entry::folder(0o755)));
         }
     }
 

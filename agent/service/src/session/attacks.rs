@@ -82,13 +82,7 @@ fn run_to(folder: &str, agent: &str, address: &str) -> Request {
 fn make_dir(path: &str, mode: u32) -> Request {
     Request::MakeDir {
         path: path.into(),
-        entry: Entry {
-            kind: Kind::Dir,
-            size: 0,
-            mtime: Mtime { secs: 0, nanos: 0 },
-            mode,
-            meta: Meta::default(),
-        },
+        entry: Entry::folder(mode),
         expected: None,
     }
 }

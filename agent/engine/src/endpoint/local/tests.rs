@@ -34,13 +34,7 @@ fn planted_links_lead_nowhere_outside_the_folder() {
     );
     let leaked = replica.read_state("leak");
     let _ = replica.make_symlink(Path::new("door"), &link(outside.path()));
-    let dir = Entry {
-        kind: Kind::Dir,
-        size: 0,
-        mtime: Mtime { secs: 0, nanos: 0 },
-        mode: 0o7777,
-        meta: Meta::default(),
-    };
+    let dir = Entry::folder(0o7777);
     let _ = replica.make_dir(Path::new("door"), &dir, None);
     assert_eq!(
         std::fs::read_to_string(outside.path().join("victim")).unwrap(),
