@@ -1,6 +1,7 @@
 //! What is left behind when schedulers disagree or a tick is cut short: a job placed on a
-//! scheduler that will not take it is adopted by the next one, and a run row inserted by a tick
-//! that was cut off is marked interrupted (and retried) by its own scheduler.
+//! scheduler that will not take it is adopted by the next one, a run row inserted by a tick
+//! that was cut off is marked interrupted (and retried) by its own scheduler, and a job whose
+//! release was cut off is given back.
 
 use std::fs;
 use std::time::Duration;
@@ -95,5 +96,73 @@ fn a_run_left_by_a_cut_off_tick_is_interrupted_and_retried_by_its_scheduler() {
         scheduler.log().contains("never began"),
         "the scheduler did not say why it interrupted the run:\n{}",
         scheduler.log()
+    );
+}
+
+/// A trigger fails the statement that gives a job back, after holding it past the tick's time
+/// limit: the scheduler has forgotten the job in memory while its hold stays in the database,
+/// renewed by its heartbeat. Moved to another scheduler, the job's schedule must still run
+/// there: the hold kept without work is given back.
+#[test]
+fn a_job_whose_release_was_cut_off_is_given_back() {
+    if ferry_tests::pg::shared().is_none() {
+        return;
+    }
+    let env = Env::new(Backend::Postgres);
+    let (src, dst) = (env.path("src"), env.path("dst"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f.txt"), "moved along").unwrap();
+    env.add_job("j", "mirror", (&src, &dst), &[]);
+    let every_second = [
+        "schedule",
+        "add",
+        "s",
+        "--job",
+        "j",
+        "--cron",
+        "* * * * * *",
+    ];
+    env.ferry(&[&every_second[..], &["--prefer", "a", "--no-fallback"]].concat())
+        .ok();
+    let a = env.scheduler("a");
+    let _b = env.scheduler("b");
+    assert!(wait_until(Duration::from_secs(20), || dst
+        .join("f.txt")
+        .exists()));
+    env.sql(
+        // A sequence, not a table, counts the releases: the failed statement rolls back its
+        // own changes, but not a sequence's.
+        "CREATE SEQUENCE releases;
+         CREATE FUNCTION fail_release() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('releases') = 1 THEN
+             PERFORM pg_sleep(4);
+             RAISE EXCEPTION 'the release was cut off';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_release BEFORE UPDATE ON job_holds FOR EACH ROW
+           WHEN (NEW.holder IS NULL AND OLD.holder IS NOT NULL)
+           EXECUTE FUNCTION fail_release();",
+    );
+    // The schedule moves to b: a releases its lease, then tries to give the job back.
+    env.ferry(&["schedule", "set", "s", "--prefer", "b"]).ok();
+    let holder = || env.sql_text("SELECT holder FROM leases WHERE name = 's'");
+    let moved = wait_until(Duration::from_secs(30), || holder().as_deref() == Some("b"));
+    assert!(
+        moved,
+        "the schedule never reached b (held by {:?}); a's log:\n{}",
+        holder(),
+        a.log()
+    );
+    fs::write(src.join("after.txt"), "run by b").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || dst.join("after.txt").exists()),
+        "b holds the schedule but never ran it"
+    );
+    assert!(
+        a.log().contains("releasing a job held without work"),
+        "{}",
+        a.log()
     );
 }
