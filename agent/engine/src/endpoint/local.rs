@@ -324,14 +324,6 @@ impl LocalEndpoint {
         Ok(sink)
     }
 
-    /// Flushes every file written on this folder's file system to disk (one `syncfs`): the
-    /// durability point for a batch of [`Staged`] files.
-    pub fn flush_all(&self) -> Result<()> {
-        self.root()?
-            .flush_all()
-            .map_err(self.err("flush", Path::new("")))
-    }
-
     fn state_path(name: &str) -> PathBuf {
         Path::new(STATE_DIR).join(name)
     }
@@ -733,7 +725,7 @@ impl FileSink for LocalSink<'_> {
 impl LocalSink<'_> {
     /// Checks the file against the sender's hash and gives it its mode and mtime, still under
     /// its temporary name; it is renamed into place by [`Staged::publish`] once it is on disk:
-    /// after its own fsync (`sync`), or after [`LocalEndpoint::flush_all`] for a batch.
+    /// after its own fsync (`sync`), or with its batch ([`Staged::publish_batch`]).
     pub fn finish(mut self, sent: &Encoded, sync: bool) -> Result<Staged> {
         if let Some(flushing) = self.flushing.take() {
             let _ = flushing.join();

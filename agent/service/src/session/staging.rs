@@ -56,32 +56,25 @@ impl Stager {
         overfull || full && idle
     }
 
-    /// Starts publishing the staged files on another thread: flushed to disk through
-    /// `replica` and renamed into place, or all failed with `refusal`. The batch before must
+    /// Starts publishing the staged files on another thread: flushed to disk and renamed into
+    /// place ([`Staged::publish_batch`]), or all failed with `refusal`. The batch before must
     /// be finished.
-    fn start(&mut self, refusal: Option<Response>, replica: Option<LocalEndpoint>) {
+    fn start(&mut self, refusal: Option<Response>) {
         debug_assert!(self.publishing.is_none(), "one batch at a time");
         if self.staged.is_empty() {
             return;
         }
         self.bytes = 0;
         let staged = std::mem::take(&mut self.staged);
-        self.publishing = Some(tokio::task::spawn_blocking(move || {
-            let flushed = match (refusal, replica) {
-                (Some(refusal), _) => Err(refusal),
-                (None, Some(replica)) => replica.flush_all().map_err(|e| wire_failure(&e)),
-                (None, None) => Err(failure("write", "", ErrorKind::Other, "no folder".into())),
-            };
-            staged
-                .into_iter()
-                .map(|file| match &flushed {
-                    Ok(()) => match file.publish() {
-                        Ok(bytes) => Response::Verdict { bytes, error: None },
-                        Err(e) => verdict(wire_failure(&e)),
-                    },
-                    Err(refused) => verdict(refused.clone()),
+        self.publishing = Some(tokio::task::spawn_blocking(move || match refusal {
+            // Dropped unpublished, the files are removed.
+            Some(refused) => staged.iter().map(|_| verdict(refused.clone())).collect(),
+            None => (Staged::publish_batch(staged).into_iter())
+                .map(|outcome| match outcome {
+                    Ok(bytes) => Response::Verdict { bytes, error: None },
+                    Err(e) => verdict(wire_failure(&e)),
                 })
-                .collect()
+                .collect(),
         }));
     }
 
@@ -106,7 +99,7 @@ impl Session<'_> {
     async fn start_publishing(&mut self, answer: bool) -> Result<(), FrameError> {
         self.finish_publishing(answer).await?;
         let stale = self.fence_refusal();
-        self.stager.start(stale, self.replica.clone());
+        self.stager.start(stale);
         Ok(())
     }
 
