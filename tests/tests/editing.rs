@@ -163,9 +163,11 @@ fn a_cancelled_run_stops_before_its_next_file_ends_cancelled_and_is_not_retried(
     let env = Env::new(Backend::Sqlite);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
-    const FILES: usize = 20_000;
+    // Enough that the run is still going when the cancel lands: small files are written a
+    // batch at a time, tens of thousands a second.
+    const FILES: usize = 100_000;
     for i in 0..FILES {
-        fs::write(src.join(format!("f{i:05}")), [b'x'; 1024]).unwrap();
+        fs::write(src.join(format!("f{i:06}")), [b'x'; 64]).unwrap();
     }
     job(&env, &[]);
     let schedule = [
