@@ -684,6 +684,10 @@ impl TestAgent {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash or a power cut would stop it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

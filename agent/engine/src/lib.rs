@@ -13,6 +13,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod fence;
 pub mod filter;
+pub mod journal;
 pub mod locks;
 pub mod memory;
 pub mod meta;

@@ -5,6 +5,8 @@
 //! listen = "0.0.0.0:9033"
 //! tls_dir = "/etc/ferry/tls"
 //! state_dir = "/var/lib/ferry-agent"
+//! full_scan_every = "24h"   # runs handed over look only at what the change journals say
+//!                           # changed, and scan everything this often; "off": every time
 //!
 //! [[root]]
 //! path = "/srv/docs"
@@ -39,6 +41,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub tls_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "full_scan_every")]
+    pub full_scan_every: Option<FullScanEvery>,
     pub metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default, rename = "root")]
     pub roots: Vec<ServedRoot>,
@@ -53,6 +57,47 @@ impl FileConfig {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// How often a run handed over scans everything although the change journals could say
+/// what changed (`None`: every time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullScanEvery(pub Option<Duration>);
+
+impl Default for FullScanEvery {
+    fn default() -> Self {
+        Self(Some(ferry_engine::journal::FULL_SCAN_EVERY))
+    }
+}
+
+/// `24h`, `90m`, `30s`, `2d`, or `off`.
+pub fn parse_full_scan_every(text: &str) -> Result<FullScanEvery, String> {
+    if text == "off" {
+        return Ok(FullScanEvery(None));
+    }
+    let unit = match text.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86400,
+        _ => 0,
+    };
+    let count = text[..text.len().saturating_sub(1)].parse::<u64>().ok();
+    match count.filter(|n| unit > 0 && *n > 0) {
+        Some(n) => Ok(FullScanEvery(Some(Duration::from_secs(n * unit)))),
+        None => Err(format!(
+            "{text:?} is not a duration: write a whole number and s, m, h or d (24h), or off"
+        )),
+    }
+}
+
+fn full_scan_every<'de, D: serde::Deserializer<'de>>(
+    text: D,
+) -> Result<Option<FullScanEvery>, D::Error> {
+    let text = String::deserialize(text)?;
+    parse_full_scan_every(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A folder this agent serves, and who may use it. A list left out means everyone of that

@@ -15,6 +15,7 @@ use ferry_wire::observe::{self, Probe};
 
 mod config;
 mod fences;
+mod journal;
 mod roots;
 mod serve;
 mod session;
@@ -96,6 +97,11 @@ struct RunArgs {
     /// lost its lease stays refused across a restart). In memory only when not given.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// A run handed over here looks only at what the roots' change journals say changed since
+    /// its last run, and scans everything this often all the same, to check them: 24h, 90m,
+    /// 30s; `off` scans everything every time (and keeps no journals) [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_full_scan_every)]
+    full_scan_every: Option<config::FullScanEvery>,
     /// Serve Prometheus metrics at /metrics, liveness at /healthz and readiness at /readyz
     /// (every root reachable) on this address, e.g. 127.0.0.1:9035. Bind it where only your
     /// monitoring reaches.
@@ -119,6 +125,7 @@ struct Settings {
     name: String,
     tls_dir: PathBuf,
     state_dir: Option<PathBuf>,
+    full_scan_every: Option<std::time::Duration>,
     metrics_listen: Option<std::net::SocketAddr>,
     log_format: LogFormat,
     roots: Vec<ServedRoot>,
@@ -156,6 +163,9 @@ impl RunArgs {
                 .or(file.tls_dir)
                 .ok_or_else(|| missing("tls-dir"))?,
             state_dir: self.state_dir.or(file.state_dir),
+            full_scan_every: (self.full_scan_every.or(file.full_scan_every))
+                .unwrap_or_default()
+                .0,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             log_format: self.log_format,
             roots,
@@ -260,6 +270,7 @@ fn run_agent(settings: Settings) -> ExitCode {
         name,
         tls_dir,
         state_dir,
+        full_scan_every,
         metrics_listen,
         log_format,
         roots,
@@ -326,6 +337,7 @@ fn run_agent(settings: Settings) -> ExitCode {
             limits,
             client_tls,
             state_dir,
+            full_scan_every,
         };
         let shutdown = async {
             let mut term =
@@ -390,6 +402,7 @@ fn sync_once(
         destinations: destinations.into_iter().map(local).collect(),
         filter,
         guards: Default::default(),
+        full_scan_every: None,
     };
     let progress = progress_on_terminal();
     let (mut files, mut bytes) = (0u64, 0u64);

@@ -25,9 +25,12 @@ use ferry_wire::identity::{self, Peer};
 use ferry_wire::link::LinkMeter;
 use ferry_wire::transport;
 
+use ferry_engine::endpoint::LocalEndpoint;
+
 use crate::config::{Limits, ServedRoot};
 use crate::fences::Fences;
-use crate::session;
+use crate::journal::Journals;
+use crate::{roots, session};
 
 /// How long a stopping agent waits for its sessions to finish what they are doing.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -46,6 +49,9 @@ pub struct AgentConfig {
     pub client_tls: Arc<ClientConfig>,
     /// Where the fences are kept across restarts; in memory only without one.
     pub state_dir: Option<PathBuf>,
+    /// How often a run handed over here scans everything although the change journals could
+    /// say what changed; `None`: it always scans everything.
+    pub full_scan_every: Option<Duration>,
 }
 
 /// What every session of this agent shares.
@@ -54,6 +60,8 @@ pub struct Agent {
     pub fences: Arc<Fences>,
     /// Folder watches open now, per peer name.
     pub watches: Counts<String>,
+    /// The served roots' change journals (none in tests that serve sessions alone).
+    pub journals: Journals,
 }
 
 impl Agent {
@@ -62,6 +70,17 @@ impl Agent {
             config,
             fences: Arc::new(fences),
             watches: Counts::default(),
+            journals: Journals::default(),
+        }
+    }
+
+    /// The replica at `path` (from a peer), inside one of the served roots (see
+    /// [`roots::replica`]), with that root's change journal; and the root.
+    pub fn replica(&self, path: &str) -> Result<(LocalEndpoint, &ServedRoot), String> {
+        let (replica, root) = roots::replica(&self.config.roots, path)?;
+        match self.journals.of(&root.path) {
+            Some(journal) => Ok((replica.journaled(journal), root)),
+            None => Ok((replica, root)),
         }
     }
 }
@@ -128,7 +147,14 @@ pub async fn serve(
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let fences = Fences::load(config.state_dir.as_deref(), &served_paths(&config))?;
-    let agent = Arc::new(Agent::new(config, fences));
+    let journals = match config.full_scan_every {
+        Some(_) => Journals::start(&config.roots),
+        None => Journals::default(),
+    };
+    let agent = Arc::new(Agent {
+        journals,
+        ..Agent::new(config, fences)
+    });
     let connections = Counts::<IpAddr>::default();
     let (stopping, stop) = watch::channel(false);
     let mut sessions = JoinSet::new();

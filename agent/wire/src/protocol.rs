@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use ferry_engine::Fence;
 use ferry_engine::delta::{Op, Signature};
 use ferry_engine::endpoint::MoveCheck;
+use ferry_engine::journal::Mark;
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime};
 use ferry_engine::{Event, Guards, Rule, Summary};
@@ -19,9 +20,11 @@ use ferry_engine::{Event, Guards, Rule, Summary};
 use crate::frame::{Attached, Framed};
 
 /// The newest protocol this build speaks. Bumped when a message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 /// The first protocol whose `Duplicate` takes a `check` (an older agent would ignore it).
 pub const CHECKED_MOVES: u32 = 12;
+/// The first protocol with `ChangesSince`: an older agent keeps no change journal.
+pub const JOURNALS: u32 = 13;
 /// The oldest protocol this build still speaks: a peer one release behind works with it, so
 /// agents and schedulers can be upgraded one machine at a time. Older peers are refused by
 /// number.
@@ -310,6 +313,11 @@ pub enum Request {
     ReadState {
         name: String,
     },
+    /// What the open folder's change journal says changed since `mark`: answered by
+    /// `Journal`.
+    ChangesSince {
+        mark: Option<Mark>,
+    },
     WriteState {
         name: String,
         #[serde(with = "serde_bytes")]
@@ -435,6 +443,13 @@ pub enum Response {
     Accounts(Accounts),
     Hash(#[serde(with = "serde_bytes")] Vec<u8>),
     State(Option<serde_bytes::ByteBuf>),
+    /// Where the open folder's change journal stands (`None`: it keeps none) and the paths
+    /// changed since the mark asked about (`None`: it cannot tell; scan everything).
+    Journal {
+        now: Option<Mark>,
+        #[serde(default, with = "ferry_engine::raw_path::optional_list")]
+        changed: Option<Vec<PathBuf>>,
+    },
     Progress(Event),
     RunDone {
         summary: Summary,

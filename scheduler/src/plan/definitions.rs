@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_engine::filter::Filter;
+use ferry_engine::journal::FULL_SCAN_EVERY;
 use ferry_engine::{Guards, JobSpec, Rule};
 use ferry_wire::client::Dial;
 use ferry_wire::handoff::Handoff;
@@ -307,6 +308,7 @@ pub fn job_spec(job: &JobRow, remotes: &Remotes) -> Result<Execution, JobProblem
         destinations,
         filter: checked.filter,
         guards: checked.guards,
+        full_scan_every: Some(FULL_SCAN_EVERY),
     };
     Ok(Execution {
         spec,

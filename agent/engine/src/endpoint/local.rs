@@ -19,6 +19,7 @@ use crate::beneath::{self, Found, Root};
 use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
+use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
@@ -38,6 +39,8 @@ pub struct LocalEndpoint {
     looks_only: bool,
     /// Files committed by a run, made durable and put in place a batch at a time.
     batches: Mutex<Batches>,
+    /// The change journal of the root it lies in (an agent's), if one is kept.
+    journal: Option<Arc<dyn ChangeJournal>>,
 }
 
 impl Clone for LocalEndpoint {
@@ -49,6 +52,7 @@ impl Clone for LocalEndpoint {
             root: RwLock::new(self.held()),
             looks_only: self.looks_only,
             batches: Mutex::default(),
+            journal: self.journal.clone(),
         }
     }
 }
@@ -63,6 +67,7 @@ impl LocalEndpoint {
             root: RwLock::default(),
             looks_only: false,
             batches: Mutex::default(),
+            journal: None,
         }
     }
 
@@ -70,6 +75,12 @@ impl LocalEndpoint {
     /// a dead run's temporary files, whose process another machine or container may run.
     pub fn looking_only(mut self) -> Self {
         self.looks_only = true;
+        self
+    }
+
+    /// The same folder, whose changes `journal` (kept over `anchor`) records.
+    pub fn journaled(mut self, journal: Arc<dyn ChangeJournal>) -> Self {
+        self.journal = Some(journal);
         self
     }
 
@@ -84,6 +95,7 @@ impl LocalEndpoint {
             root: RwLock::default(),
             looks_only: false,
             batches: Mutex::default(),
+            journal: None,
         }
     }
 
@@ -376,6 +388,17 @@ impl Endpoint for LocalEndpoint {
         self.open(create)
             .map(drop)
             .map_err(self.err("open folder", Path::new("")))
+    }
+
+    fn changes_since(&self, mark: Option<&Mark>) -> Result<Journaled> {
+        let Some(journal) = &self.journal else {
+            return Ok(Journaled::Unjournaled);
+        };
+        let folder = self
+            .path
+            .strip_prefix(&self.anchor)
+            .unwrap_or(Path::new(""));
+        Ok(journal.changes_since(folder, mark))
     }
 
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {

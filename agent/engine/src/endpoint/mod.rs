@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta::{Encoded, Op, Signature};
 use crate::fence::Fence;
 use crate::filter::Filter;
+use crate::journal::{Journaled, Mark};
 use crate::meta::{Accounts, Keep, Xattrs};
 use crate::tree::{Entry, Expected, Mtime, Tree};
 
@@ -99,6 +100,12 @@ pub trait Endpoint: Send + Sync {
     /// the root is an existing folder, which `create` makes first.
     fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()>;
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
+    /// What its change journal says changed since `mark` (see [`crate::journal`]); a replica
+    /// without one is scanned whole every time.
+    fn changes_since(&self, mark: Option<&Mark>) -> Result<Journaled> {
+        let _ = mark;
+        Ok(Journaled::Unjournaled)
+    }
     /// What is at `rel` now (not following a final symlink), if anything.
     fn stat(&self, rel: &Path) -> Result<Option<Entry>>;
     /// What this kind of replica can do beyond these calls; nothing more by default.

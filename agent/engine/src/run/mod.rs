@@ -71,6 +71,10 @@ pub struct JobSpec {
     pub filter: Filter,
     /// Guards on what a run may destroy.
     pub guards: Guards,
+    /// With `Some`, a full run of a job whose replicas all keep a change journal looks only
+    /// at what changed since its last run, and scans everything at least this often
+    /// ([`journal`]); with `None`, every full run scans everything.
+    pub full_scan_every: Option<std::time::Duration>,
 }
 
 /// What a job may destroy, and what it keeps of what it replaces.
@@ -236,23 +240,16 @@ pub fn run(
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
-    let mut trees = scan_replicas(
-        spec,
-        &replicas,
-        &scope,
-        halt,
-        Missing::Create(create_missing),
-    )?;
+    let present = prepare_replicas(spec, &replicas, halt, Missing::Create(create_missing))?;
+    let journal = (spec.full_scan_every)
+        .filter(|_| scope == Scope::Full)
+        .and_then(|every| journal::consult(spec, &replicas, every));
+    let scope = journal.as_ref().and_then(Consulted::scope).unwrap_or(scope);
+    let mut trees = scan_prepared(spec, &replicas, &present, &scope)?;
     let scope = if scope != Scope::Full && names_elsewhere(spec, &trees[0]) {
         // Another name of a changed file may lie outside the scope: only a full scan finds
         // it, and a destination that kept it as a link must not keep its old content.
-        trees = scan_replicas(
-            spec,
-            &replicas,
-            &Scope::Full,
-            halt,
-            Missing::Create(create_missing),
-        )?;
+        trees = scan_prepared(spec, &replicas, &present, &Scope::Full)?;
         Scope::Full
     } else {
         scope
@@ -267,6 +264,9 @@ pub fn run(
     }
     if scope == Scope::Full {
         refuse_vanished(spec, &replicas, &trees, &base)?;
+    }
+    if let Some(journal) = journal.as_ref().filter(|_| scope == Scope::Full) {
+        journal.check(spec, &replicas, &trees, &base);
     }
     let owners = owner_maps(spec, &replicas, &trees)?;
     if spec.rule == Rule::Sync {
@@ -300,6 +300,9 @@ pub fn run(
             exec.match_roots();
         }
     }
+    if let Some(journal) = journal.filter(|_| exec.summary.failures == 0) {
+        journal.save(replicas[0], &spec.name, scope == Scope::Full);
+    }
     let wire_after: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     exec.summary.bytes_sent += wire_after - wire_before;
     Ok(exec.summary)
@@ -314,46 +317,60 @@ enum Missing<F> {
     Empty,
 }
 
-/// Prepares and scans every replica at the same time (a remote one mostly waits on its
-/// agent); the source's failure or a destination's fails the run.
-fn scan_replicas<F: Fn(usize) -> bool + Copy + Send>(
+/// Prepares every replica at the same time (a remote one mostly waits on its agent); which
+/// are there to scan (a preview takes a missing destination as empty). The source's failure
+/// or a destination's fails the run.
+fn prepare_replicas<F: Fn(usize) -> bool + Copy + Send + Sync>(
     spec: &JobSpec,
     replicas: &[&dyn Endpoint],
-    scope: &Scope,
     halt: &Halt,
     missing: Missing<F>,
+) -> Result<Vec<bool>, EngineError> {
+    on_each(spec, replicas, |i, replica| {
+        let fence = halt.presented_fence();
+        match missing {
+            Missing::Create(create) => replica.prepare(create(i), fence.as_ref()).map(|()| true),
+            Missing::Empty => match replica.prepare(false, fence.as_ref()) {
+                Err(e) if i > 0 && e.source.kind() == io::ErrorKind::NotFound => Ok(false),
+                prepared => prepared.map(|()| true),
+            },
+        }
+    })
+}
+
+/// Scans the replicas [`prepare_replicas`] found, at the same time; the others are empty.
+fn scan_prepared(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    present: &[bool],
+    scope: &Scope,
 ) -> Result<Vec<Tree>, EngineError> {
-    let scans: Vec<_> = std::thread::scope(|threads| {
-        let running: Vec<_> = replicas
-            .iter()
-            .enumerate()
-            .map(|(i, replica)| {
-                threads.spawn(move || {
-                    let fence = halt.presented_fence();
-                    let prepared = match missing {
-                        Missing::Create(create) => replica.prepare(create(i), fence.as_ref()),
-                        Missing::Empty => match replica.prepare(false, fence.as_ref()) {
-                            Err(e) if i > 0 && e.source.kind() == io::ErrorKind::NotFound => {
-                                return Ok(Tree::new());
-                            }
-                            prepared => prepared,
-                        },
-                    };
-                    prepared
-                        .and_then(|()| replica.scan(scope, &spec.filter))
-                        .and_then(|tree| checked(*replica, tree, scope))
-                })
-            })
+    on_each(spec, replicas, |i, replica| match present[i] {
+        true => (replica.scan(scope, &spec.filter)).and_then(|tree| checked(replica, tree, scope)),
+        false => Ok(Tree::new()),
+    })
+}
+
+/// `work` done for every replica, each on a thread of its own.
+fn on_each<T: Send>(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    work: impl Fn(usize, &dyn Endpoint) -> Result<T, EndpointError> + Sync,
+) -> Result<Vec<T>, EngineError> {
+    let work = &work;
+    let done: Vec<_> = std::thread::scope(|threads| {
+        let running: Vec<_> = (replicas.iter().enumerate())
+            .map(|(i, replica)| threads.spawn(move || work(i, *replica)))
             .collect();
         running
             .into_iter()
-            .map(|scan| scan.join().expect("a scan panicked"))
+            .map(|thread| thread.join().expect("a replica's thread panicked"))
             .collect()
     });
     let job = || spec.name.clone();
-    (scans.into_iter().enumerate())
-        .map(|(i, scanned)| {
-            scanned.map_err(|source| match i {
+    (done.into_iter().enumerate())
+        .map(|(i, result)| {
+            result.map_err(|source| match i {
                 0 => EngineError::Source { job: job(), source },
                 _ => EngineError::Destination { job: job(), source },
             })
@@ -705,6 +722,7 @@ fn normalise(scope: &Scope) -> Scope {
 }
 
 mod execute;
+mod journal;
 mod moves;
 mod owners;
 mod plan;
@@ -713,6 +731,7 @@ mod preview;
 pub use preview::{Planned, preview};
 
 use execute::Executor;
+use journal::Consulted;
 use owners::OwnerMaps;
 use plan::{Action, Op, SyncPlan, plan_one_way, plan_sync, unless_failed, utc_stamp};
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::plan::{Action, Op, utc_stamp};
 use super::{
     EngineError, Executor, JobSpec, Missing, Rule, finish_plan, now_secs, owner_maps,
-    plan_destinations, refuse_vanished, scan_replicas, skip_special_files,
+    plan_destinations, prepare_replicas, refuse_vanished, scan_prepared, skip_special_files,
 };
 use crate::endpoint::{Endpoint, Scope};
 use crate::fence::Halt;
@@ -40,7 +40,8 @@ pub fn preview(spec: &JobSpec, halt: &Halt) -> Result<Vec<Planned>, EngineError>
         .chain(spec.destinations.iter().map(|d| d.as_ref()))
         .collect();
     let missing = Missing::<fn(usize) -> bool>::Empty;
-    let mut trees = scan_replicas(spec, &replicas, &Scope::Full, halt, missing)?;
+    let present = prepare_replicas(spec, &replicas, halt, missing)?;
+    let mut trees = scan_prepared(spec, &replicas, &present, &Scope::Full)?;
     let mut ignore = |_| {};
     let keep_specials = spec.guards.keep.specials;
     skip_special_files(&replicas, &mut trees, keep_specials, &mut ignore);

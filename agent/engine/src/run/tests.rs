@@ -53,6 +53,7 @@ impl Fixture {
             destinations: self.roots[1..].iter().map(endpoint).collect(),
             filter,
             guards: Default::default(),
+            full_scan_every: None,
         }
     }
 

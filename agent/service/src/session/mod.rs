@@ -18,6 +18,7 @@ use tokio::sync::watch::Receiver;
 
 use ferry_engine::Fence;
 use ferry_engine::endpoint::{Endpoint, EndpointError, Failure, Incoming, LocalEndpoint};
+use ferry_engine::journal::Journaled;
 use ferry_engine::meta::MAX_ACCOUNTS;
 use ferry_engine::tree::{Entry, Kind};
 use ferry_wire::frame::{self, Data, FrameError};
@@ -30,7 +31,6 @@ use ferry_wire::transport::Connection;
 
 use crate::config::Rights;
 use crate::fences::Refusal;
-use crate::roots;
 use crate::serve::{Agent, refused};
 use staging::Stager;
 
@@ -376,6 +376,20 @@ impl Session<'_> {
             Request::WriteState { name, bytes } => {
                 replica.write_state(&state_name(&name)?, &bytes).map(done)
             }
+            Request::ChangesSince { mark } => {
+                replica
+                    .changes_since(mark.as_ref())
+                    .map(|journaled| match journaled {
+                        Journaled::Unjournaled => Response::Journal {
+                            now: None,
+                            changed: None,
+                        },
+                        Journaled::At { now, changed } => Response::Journal {
+                            now: Some(now),
+                            changed,
+                        },
+                    })
+            }
             // Outside a run there is nothing to keep alive or cancel.
             Request::KeepAlive { .. } | Request::Cancel => return Ok(()),
             Request::Batch(_) => {
@@ -403,7 +417,7 @@ impl Session<'_> {
     fn open(&mut self, path: &str, create: bool) -> Response {
         self.replica = None;
         self.rights = Rights::default();
-        let (replica, root) = match roots::replica(&self.agent.config.roots, path) {
+        let (replica, root) = match self.agent.replica(path) {
             Ok(found) => found,
             Err(reason) => return failure("open folder", path, ErrorKind::Outside, reason),
         };

@@ -17,7 +17,6 @@ use ferry_wire::protocol::{ErrorKind, JobOrder, Request, Response, brief};
 use ferry_wire::remote::RemoteEndpoint;
 
 use super::{Session, failure, stopping};
-use crate::roots;
 use crate::serve::Agent;
 
 /// Progress events of a run handed over, at most, in one frame, and how long they gather
@@ -129,7 +128,8 @@ fn job_spec(agent: &Agent, peer: &Peer, order: &JobOrder) -> Result<JobSpec, Res
         ));
     }
     let here = |path: &str, writes: bool| {
-        let (replica, root) = roots::replica(&config.roots, path)
+        let (replica, root) = agent
+            .replica(path)
             .map_err(|reason| failure("open folder", path, ErrorKind::Outside, reason))?;
         let rights = root.rights(peer);
         if !rights.read || (writes && !rights.write) {
@@ -185,5 +185,6 @@ fn job_spec(agent: &Agent, peer: &Peer, order: &JobOrder) -> Result<JobSpec, Res
         destinations,
         filter,
         guards: order.guards.clone(),
+        full_scan_every: config.full_scan_every,
     })
 }

@@ -113,6 +113,7 @@ pub(super) fn config(root: ServedRoot) -> AgentConfig {
         limits: Limits::default(),
         client_tls: unused_tls(),
         state_dir: None,
+        full_scan_every: None,
     }
 }
 
@@ -402,6 +403,7 @@ async fn the_engine_mirrors_into_an_agent_through_a_remote_endpoint_in_memory() 
         destinations: vec![Arc::new(destination)],
         filter: Filter::default(),
         guards: Default::default(),
+        full_scan_every: None,
     };
     let summary = ferry_wire::blocking::spawn(move || {
         let halt = ferry_engine::Halt::fenced(lease());

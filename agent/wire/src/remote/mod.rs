@@ -16,13 +16,14 @@ use tokio::runtime::Handle;
 
 use crate::blocking;
 use crate::client::{ClientError, Connector, Dial};
-use crate::protocol::{CHECKED_MOVES, ErrorKind, Fence, Request, Response, WireError};
+use crate::protocol::{CHECKED_MOVES, ErrorKind, Fence, JOURNALS, Request, Response, WireError};
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{
     Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Pipeline,
     Result, Scope, Settled,
 };
 use ferry_engine::filter::Filter;
+use ferry_engine::journal::{Journaled, Mark};
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
 use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
 
@@ -277,6 +278,34 @@ impl Endpoint for RemoteEndpoint {
             }
             let next = self.on_session(&mut slot, |s| s.receive());
             response = self.answer("read folder", root, &mut slot, next)?;
+        }
+    }
+
+    fn changes_since(&self, mark: Option<&Mark>) -> Result<Journaled> {
+        let spoken = self.session().as_ref().map(|link| link.session.protocol);
+        if spoken.is_none_or(|version| version < JOURNALS) {
+            return Ok(Journaled::Unjournaled);
+        }
+        let root = Path::new("");
+        let request = Request::ChangesSince {
+            mark: mark.cloned(),
+        };
+        match self.call("ask the change journal of", root, request)? {
+            Response::Journal { now: None, .. } => Ok(Journaled::Unjournaled),
+            Response::Journal {
+                now: Some(now),
+                changed,
+            } => match changed.iter().flatten().find(|path| !is_plain(path)) {
+                Some(path) => {
+                    let outside = "the agent reported a path that leaves the folder";
+                    let refused = io::Error::new(io::ErrorKind::InvalidData, outside);
+                    Err(self
+                        .error("ask the change journal of", path, refused)
+                        .meaning(Failure::Outside))
+                }
+                None => Ok(Journaled::At { now, changed }),
+            },
+            other => Err(self.unexpected("ask the change journal of", root, &other)),
         }
     }
 

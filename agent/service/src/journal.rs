@@ -1,0 +1,346 @@
+//! The agent's change journal: one per served root, fed by a recursive file watch, telling a
+//! run which paths changed since its last one ([`ferry_engine::journal`]).
+//!
+//! The journal is trusted only for an interval its watch ran through unbroken: each time the
+//! watch (re)starts (the agent started, the event queue overflowed, the mounts below the root
+//! changed) the journal takes a new identity, and a mark from before it is answered with "I
+//! cannot tell", which makes the run scan everything. A root on a network file system (or with
+//! one mounted below it), whose changes made elsewhere no watch sees, has no journal at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use ferry_engine::journal::{ChangeJournal, Journaled, Mark};
+use ferry_wire::watch::{Batch, FolderWatch, WatchRoot};
+
+use crate::config::ServedRoot;
+
+/// Paths a journal holds at most: past it, it starts over (and the next runs scan
+/// everything), so a flood of changes cannot make the agent hold memory without bound.
+const MAX_TRACKED: usize = 250_000;
+/// Paths an answer names at most: past it, scanning everything costs about as much.
+const MAX_ANSWER: usize = 50_000;
+/// How long a watch gathers changes before recording them.
+const COALESCE: Duration = Duration::from_millis(20);
+/// How soon a root that cannot be watched is tried again.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// File systems whose changes can be made where no watch here sees them.
+const UNWATCHABLE: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "afs",
+    "gpfs",
+    "ocfs2",
+    "gfs2",
+    "beegfs",
+    "davfs",
+    "virtiofs",
+];
+
+/// The journals of the served roots, by the root's path as configured.
+#[derive(Default)]
+pub struct Journals {
+    by_root: HashMap<PathBuf, Arc<RootJournal>>,
+}
+
+impl Journals {
+    /// Starts watching every root, each on a task of its own (on the current runtime).
+    pub fn start(roots: &[ServedRoot]) -> Self {
+        let by_root = (roots.iter())
+            .map(|root| {
+                let journal = Arc::new(RootJournal::new(root.path.clone()));
+                tokio::spawn(keep(journal.clone()));
+                (root.path.clone(), journal)
+            })
+            .collect();
+        Self { by_root }
+    }
+
+    /// The journal of the root configured as `root`, if it keeps one.
+    pub fn of(&self, root: &Path) -> Option<Arc<dyn ChangeJournal>> {
+        let journal = self.by_root.get(root)?.clone();
+        Some(journal)
+    }
+}
+
+/// One root's journal.
+#[derive(Debug)]
+pub struct RootJournal {
+    root: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the watch to start over (the mounts below the root changed).
+    restart: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The running watch's identity; `None` while nothing is watched.
+    id: Option<String>,
+    /// The generation changes are recorded under now; each answer moves it on, so a change
+    /// recorded after an answer is newer than the mark it gave.
+    generation: u64,
+    /// Each changed path (relative to the root) and the generation of its latest change.
+    changed: HashMap<PathBuf, u64>,
+    /// The mounts at and below the root when the watch began.
+    mounts: Vec<Mount>,
+}
+
+impl RootJournal {
+    fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            state: Mutex::default(),
+            restart: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A watch began (or began again) over `mounts`: what came before cannot be answered for.
+    fn begin(&self, mounts: Vec<Mount>) {
+        let mut state = self.state();
+        state.id = Some(uuid::Uuid::new_v4().to_string());
+        state.changed.clear();
+        state.mounts = mounts;
+        tracing::info!(root = %self.root.display(), "change journal started");
+    }
+
+    fn end(&self, why: &str) {
+        let mut state = self.state();
+        state.id = None;
+        state.changed.clear();
+        tracing::warn!(root = %self.root.display(), why, "change journal stopped; runs scan everything");
+    }
+
+    fn record(&self, paths: Vec<PathBuf>) {
+        let mut state = self.state();
+        let generation = state.generation;
+        for path in paths {
+            state.changed.insert(path, generation);
+        }
+        if state.changed.len() > MAX_TRACKED {
+            state.id = Some(uuid::Uuid::new_v4().to_string());
+            state.changed.clear();
+            tracing::info!(
+                root = %self.root.display(),
+                "over {MAX_TRACKED} paths changed: the change journal starts over"
+            );
+        }
+    }
+}
+
+impl ChangeJournal for RootJournal {
+    fn changes_since(&self, folder: &Path, mark: Option<&Mark>) -> Journaled {
+        let mounts = mounts_at(&self.root);
+        let mut state = self.state();
+        if state.id.is_some() && mounts != state.mounts {
+            state.id = None;
+            self.restart.notify_one();
+            tracing::info!(root = %self.root.display(), "the mounts below the root changed; watching again");
+        }
+        let Some(id) = state.id.clone() else {
+            return Journaled::Unjournaled;
+        };
+        let now = Mark {
+            journal: id,
+            generation: state.generation,
+        };
+        state.generation += 1;
+        let since = mark
+            .filter(|mark| mark.journal == now.journal)
+            .map(|mark| mark.generation);
+        let changed = since.and_then(|since| {
+            let inside = (state.changed.iter())
+                .filter(|(_, generation)| **generation > since)
+                .filter_map(|(path, _)| path.strip_prefix(folder).ok())
+                .filter(|rel| !rel.as_os_str().is_empty());
+            let paths: Vec<PathBuf> = inside.take(MAX_ANSWER + 1).map(Path::to_path_buf).collect();
+            (paths.len() <= MAX_ANSWER).then_some(paths)
+        });
+        Journaled::At { now, changed }
+    }
+}
+
+/// Keeps `journal`'s watch running for the agent's lifetime.
+async fn keep(journal: Arc<RootJournal>) {
+    loop {
+        let mounts = mounts_at(&journal.root);
+        if let Some(mount) = mounts
+            .iter()
+            .find(|m| UNWATCHABLE.contains(&m.kind.as_str()))
+        {
+            tracing::info!(
+                root = %journal.root.display(),
+                mount = %mount.path.display(),
+                kind = mount.kind,
+                "no change journal: changes on this file system can be made where no watch sees them"
+            );
+            tokio::time::sleep(RETRY * 6).await;
+            continue;
+        }
+        let root = WatchRoot::Local(journal.root.clone());
+        let mut watch = match FolderWatch::open(&[root]).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch a root yet");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        journal.begin(mounts);
+        let why = loop {
+            let batch = tokio::select! {
+                batch = watch.next_batch(COALESCE) => batch,
+                () = journal.restart.notified() => break "the mounts below it changed",
+            };
+            match batch {
+                Some(Batch::Paths(paths)) => journal.record(paths),
+                Some(Batch::Rescan) => break "the watcher lost events",
+                Some(Batch::Broken(_)) | None => break "the watch ended",
+            }
+        };
+        journal.end(why);
+    }
+}
+
+/// A mount at or below a root: where, and what file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    id: String,
+    path: PathBuf,
+    kind: String,
+}
+
+/// The mounts at and below `root` (and the one holding it), from `/proc/self/mountinfo`.
+fn mounts_at(root: &Path) -> Vec<Mount> {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let all: Vec<Mount> = table.lines().filter_map(parse_mount).collect();
+    let holding = (all.iter())
+        .filter(|m| root.starts_with(&m.path))
+        .max_by_key(|m| m.path.as_os_str().len())
+        .cloned();
+    let mut mounts: Vec<Mount> = (all.into_iter())
+        .filter(|m| m.path.starts_with(&root) && m.path != root)
+        .chain(holding)
+        .collect();
+    mounts.sort_by(|a, b| (&a.path, &a.id).cmp(&(&b.path, &b.id)));
+    mounts
+}
+
+/// One line of `mountinfo`: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - TYPE SOURCE ...`.
+fn parse_mount(line: &str) -> Option<Mount> {
+    let mut fields = line.split(' ');
+    let id = fields.next()?.to_owned();
+    let path = unescape(fields.nth(3)?);
+    let kind = fields.skip_while(|f| *f != "-").nth(1)?.to_owned();
+    Some(Mount { id, path, kind })
+}
+
+/// A mount point as `mountinfo` writes it, with `\040` for a space and so on.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mountinfo_line_gives_its_mount_point_and_file_system() {
+        let line = "36 35 98:0 /mnt1 /srv/my\\040share rw,noatime master:1 - nfs4 host:/x rw";
+        let mount = parse_mount(line).unwrap();
+        assert_eq!(mount.id, "36");
+        assert_eq!(mount.path, Path::new("/srv/my share"));
+        assert_eq!(mount.kind, "nfs4");
+    }
+
+    fn journal_with(changed: &[(&str, u64)], generation: u64) -> RootJournal {
+        let journal = RootJournal::new("/nonexistent/root".into());
+        let mut state = journal.state();
+        state.id = Some("j1".into());
+        state.generation = generation;
+        state.changed = changed
+            .iter()
+            .map(|(p, g)| (PathBuf::from(p), *g))
+            .collect();
+        state.mounts = mounts_at(&journal.root);
+        drop(state);
+        journal
+    }
+
+    #[test]
+    fn an_answer_names_what_changed_after_the_mark_inside_the_folder() {
+        let journal = journal_with(&[("docs/a", 3), ("docs/b", 5), ("other/c", 6)], 7);
+        let mark = Mark {
+            journal: "j1".into(),
+            generation: 4,
+        };
+        let Journaled::At { now, changed } = journal.changes_since(Path::new("docs"), Some(&mark))
+        else {
+            panic!("no answer");
+        };
+        assert_eq!(changed, Some(vec![PathBuf::from("b")]));
+        assert_eq!(now.generation, 7);
+        // A change recorded after the answer is newer than the mark it gave.
+        journal.record(vec!["docs/d".into()]);
+        let Journaled::At { changed, .. } = journal.changes_since(Path::new("docs"), Some(&now))
+        else {
+            panic!("no answer");
+        };
+        assert_eq!(changed, Some(vec![PathBuf::from("d")]));
+    }
+
+    #[test]
+    fn another_journals_mark_or_none_cannot_be_answered() {
+        let journal = journal_with(&[("a", 3)], 7);
+        let other = Mark {
+            journal: "j0".into(),
+            generation: 1,
+        };
+        for mark in [None, Some(&other)] {
+            let answer = journal.changes_since(Path::new(""), mark);
+            assert!(
+                matches!(answer, Journaled::At { changed: None, .. }),
+                "{answer:?}"
+            );
+        }
+        journal.end("test");
+        let answer = journal.changes_since(Path::new(""), None);
+        assert_eq!(answer, Journaled::Unjournaled);
+    }
+}
