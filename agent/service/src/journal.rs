@@ -22,12 +22,17 @@ use crate::config::ServedRoot;
 /// Paths a journal holds at most: past it, it starts over (and the next runs scan
 /// everything), so a flood of changes cannot make the agent hold memory without bound.
 const MAX_TRACKED: usize = 250_000;
-/// Paths an answer names at most: past it, scanning everything costs about as much.
+/// Paths an answer names at most, and their bytes: past either, scanning everything costs
+/// about as much (and the answer must fit a frame).
 const MAX_ANSWER: usize = 50_000;
+const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// How long a watch gathers changes before recording them.
 const COALESCE: Duration = Duration::from_millis(20);
 /// How soon a root that cannot be watched is tried again.
 const RETRY: Duration = Duration::from_secs(10);
+/// How long a watch whose queue overflowed waits before it starts over: a flood of changes
+/// (a large copy into the root) would otherwise make it walk the tree again and again.
+const AFTER_OVERFLOW: Duration = Duration::from_secs(2);
 
 /// File systems whose changes can be made where no watch here sees them.
 const UNWATCHABLE: &[&str] = &[
@@ -163,16 +168,32 @@ impl ChangeJournal for RootJournal {
         let since = mark
             .filter(|mark| mark.journal == now.journal)
             .map(|mark| mark.generation);
-        let changed = since.and_then(|since| {
-            let inside = (state.changed.iter())
-                .filter(|(_, generation)| **generation > since)
-                .filter_map(|(path, _)| path.strip_prefix(folder).ok())
-                .filter(|rel| !rel.as_os_str().is_empty());
-            let paths: Vec<PathBuf> = inside.take(MAX_ANSWER + 1).map(Path::to_path_buf).collect();
-            (paths.len() <= MAX_ANSWER).then_some(paths)
-        });
+        let changed = since.and_then(|since| changed_inside(&state.changed, folder, since));
         Journaled::At { now, changed }
     }
+}
+
+/// The paths in `folder` (made relative to it) changed after generation `since`; `None` when
+/// there are more than an answer holds.
+fn changed_inside(
+    changed: &HashMap<PathBuf, u64>,
+    folder: &Path,
+    since: u64,
+) -> Option<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    let mut bytes = 0;
+    let inside = (changed.iter())
+        .filter(|(_, generation)| **generation > since)
+        .filter_map(|(path, _)| path.strip_prefix(folder).ok())
+        .filter(|rel| !rel.as_os_str().is_empty());
+    for path in inside {
+        bytes += path.as_os_str().len();
+        if paths.len() == MAX_ANSWER || bytes > MAX_ANSWER_BYTES {
+            return None;
+        }
+        paths.push(path.to_path_buf());
+    }
+    Some(paths)
 }
 
 /// Keeps `journal`'s watch running for the agent's lifetime.
@@ -192,8 +213,12 @@ async fn keep(journal: Arc<RootJournal>) {
             tokio::time::sleep(RETRY * 6).await;
             continue;
         }
-        let root = WatchRoot::Local(journal.root.clone());
-        let mut watch = match FolderWatch::open(&[root]).await {
+        let root = [WatchRoot::Local(journal.root.clone())];
+        // Placing the watch walks the whole tree: not on a thread that serves sessions.
+        let opened = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(FolderWatch::open(&root))
+        });
+        let mut watch = match opened {
             Ok(watch) => watch,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch a root yet");
@@ -214,6 +239,8 @@ async fn keep(journal: Arc<RootJournal>) {
             }
         };
         journal.end(why);
+        drop(watch);
+        tokio::time::sleep(AFTER_OVERFLOW).await;
     }
 }
 
