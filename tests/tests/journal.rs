@@ -226,6 +226,20 @@ fn a_change_made_while_the_agent_was_down_is_found() {
     );
 }
 
+#[test]
+fn a_folder_put_in_the_place_of_a_replica_is_scanned_whole() {
+    let site = Site::new("mirror", &[]);
+    let (src, dst) = (site.share(0), site.share(1));
+    write_files(&src, 100);
+    site.run();
+    site.quiet_run();
+    // All the watch reports is the folder's own name, not what the old one held.
+    fs::rename(&dst, site.srv[1].join("share.old")).unwrap();
+    fs::create_dir(&dst).unwrap();
+    site.run();
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
 /// Sets `/proc/sys/fs/inotify/max_queued_events` until dropped: a watch started meanwhile
 /// keeps the small queue for its lifetime.
 struct QueueLimit(String);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -98,8 +98,8 @@ struct State {
     generation: u64,
     /// Each changed path (relative to the root) and the generation of its latest change.
     changed: HashMap<PathBuf, u64>,
-    /// The mounts at and below the root when the watch began.
-    mounts: Vec<Mount>,
+    /// What the watch began over.
+    ground: Ground,
 }
 
 impl RootJournal {
@@ -115,12 +115,12 @@ impl RootJournal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A watch began (or began again) over `mounts`: what came before cannot be answered for.
-    fn begin(&self, mounts: Vec<Mount>) {
+    /// A watch began (or began again) over `ground`: what came before cannot be answered for.
+    fn begin(&self, ground: Ground) {
         let mut state = self.state();
         state.id = Some(uuid::Uuid::new_v4().to_string());
         state.changed.clear();
-        state.mounts = mounts;
+        state.ground = ground;
         tracing::info!(root = %self.root.display(), "change journal started");
     }
 
@@ -149,19 +149,24 @@ impl RootJournal {
 }
 
 impl ChangeJournal for RootJournal {
+    /// A mark names the journal as seen from `folder`: the watch's identity and the folder's,
+    /// so a folder replaced meanwhile (renamed away, another put in its place) is scanned whole.
     fn changes_since(&self, folder: &Path, mark: Option<&Mark>) -> Journaled {
-        let mounts = mounts_at(&self.root);
+        let ground = Ground::of(&self.root);
         let mut state = self.state();
-        if state.id.is_some() && mounts != state.mounts {
+        if state.id.is_some() && ground != state.ground {
             state.id = None;
             self.restart.notify_one();
-            tracing::info!(root = %self.root.display(), "the mounts below the root changed; watching again");
+            tracing::info!(
+                root = %self.root.display(),
+                "the root, or what is mounted at or below it, changed; watching again"
+            );
         }
-        let Some(id) = state.id.clone() else {
+        let (Some(id), Some(seen_from)) = (&state.id, Identity::of(&self.root.join(folder))) else {
             return Journaled::Unjournaled;
         };
         let now = Mark {
-            journal: id,
+            journal: format!("{id} {seen_from}"),
             generation: state.generation,
         };
         state.generation += 1;
@@ -199,11 +204,9 @@ fn changed_inside(
 /// Keeps `journal`'s watch running for the agent's lifetime.
 async fn keep(journal: Arc<RootJournal>) {
     loop {
-        let mounts = mounts_at(&journal.root);
-        if let Some(mount) = mounts
-            .iter()
-            .find(|m| UNWATCHABLE.contains(&m.kind.as_str()))
-        {
+        let ground = Ground::of(&journal.root);
+        let unwatchable = (ground.mounts.iter()).find(|m| UNWATCHABLE.contains(&m.kind.as_str()));
+        if let Some(mount) = unwatchable {
             tracing::info!(
                 root = %journal.root.display(),
                 mount = %mount.path.display(),
@@ -226,7 +229,7 @@ async fn keep(journal: Arc<RootJournal>) {
                 continue;
             }
         };
-        journal.begin(mounts);
+        journal.begin(ground);
         let why = loop {
             let batch = tokio::select! {
                 batch = watch.next_batch(COALESCE) => batch,
@@ -241,6 +244,55 @@ async fn keep(journal: Arc<RootJournal>) {
         journal.end(why);
         drop(watch);
         tokio::time::sleep(AFTER_OVERFLOW).await;
+    }
+}
+
+/// What a watch began over: the root folder itself and the mounts at and below it. A root
+/// replaced or a mount come or gone means the watch no longer sees everything.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Ground {
+    root: Option<Identity>,
+    mounts: Vec<Mount>,
+}
+
+impl Ground {
+    fn of(root: &Path) -> Self {
+        Self {
+            root: Identity::of(root),
+            mounts: mounts_at(root),
+        }
+    }
+}
+
+/// Which folder a path names: its inode, and its birth time (a freed inode number is soon
+/// given to a new folder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    born: Option<Duration>,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        Some(Self {
+            device: meta.dev(),
+            inode: meta.ino(),
+            born,
+        })
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let born = self.born.map_or(0, |b| b.as_nanos());
+        write!(f, "{}.{}.{born}", self.device, self.inode)
     }
 }
 
@@ -316,58 +368,68 @@ mod tests {
         assert_eq!(mount.kind, "nfs4");
     }
 
-    fn journal_with(changed: &[(&str, u64)], generation: u64) -> RootJournal {
-        let journal = RootJournal::new("/nonexistent/root".into());
-        let mut state = journal.state();
-        state.id = Some("j1".into());
-        state.generation = generation;
-        state.changed = changed
-            .iter()
-            .map(|(p, g)| (PathBuf::from(p), *g))
-            .collect();
-        state.mounts = mounts_at(&journal.root);
-        drop(state);
-        journal
+    /// A journal over a new folder holding `docs/`, whose watch has begun.
+    fn journal() -> (tempfile::TempDir, RootJournal) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("docs")).unwrap();
+        let journal = RootJournal::new(root.path().to_path_buf());
+        journal.begin(Ground::of(root.path()));
+        (root, journal)
+    }
+
+    fn answer(
+        journal: &RootJournal,
+        folder: &str,
+        mark: Option<&Mark>,
+    ) -> (Mark, Option<Vec<PathBuf>>) {
+        match journal.changes_since(Path::new(folder), mark) {
+            Journaled::At { now, changed } => (now, changed),
+            Journaled::Unjournaled => panic!("no journal"),
+        }
     }
 
     #[test]
     fn an_answer_names_what_changed_after_the_mark_inside_the_folder() {
-        let journal = journal_with(&[("docs/a", 3), ("docs/b", 5), ("other/c", 6)], 7);
-        let mark = Mark {
-            journal: "j1".into(),
-            generation: 4,
-        };
-        let Journaled::At { now, changed } = journal.changes_since(Path::new("docs"), Some(&mark))
-        else {
-            panic!("no answer");
-        };
+        let (_root, journal) = journal();
+        journal.record(vec!["docs/a".into()]);
+        let (mark, _) = answer(&journal, "docs", None);
+        journal.record(vec!["docs/b".into(), "other/c".into()]);
+        let (now, changed) = answer(&journal, "docs", Some(&mark));
         assert_eq!(changed, Some(vec![PathBuf::from("b")]));
-        assert_eq!(now.generation, 7);
+        assert!(now.generation > mark.generation);
         // A change recorded after the answer is newer than the mark it gave.
         journal.record(vec!["docs/d".into()]);
-        let Journaled::At { changed, .. } = journal.changes_since(Path::new("docs"), Some(&now))
-        else {
-            panic!("no answer");
-        };
+        let (_, changed) = answer(&journal, "docs", Some(&now));
         assert_eq!(changed, Some(vec![PathBuf::from("d")]));
     }
 
     #[test]
-    fn another_journals_mark_or_none_cannot_be_answered() {
-        let journal = journal_with(&[("a", 3)], 7);
+    fn a_folder_replaced_another_journals_mark_or_none_cannot_be_answered() {
+        let (root, journal) = journal();
+        let (mark, changed) = answer(&journal, "docs", None);
+        assert_eq!(changed, None);
         let other = Mark {
-            journal: "j0".into(),
-            generation: 1,
+            journal: "another".into(),
+            ..mark.clone()
         };
-        for mark in [None, Some(&other)] {
-            let answer = journal.changes_since(Path::new(""), mark);
-            assert!(
-                matches!(answer, Journaled::At { changed: None, .. }),
-                "{answer:?}"
-            );
-        }
+        assert_eq!(answer(&journal, "docs", Some(&other)).1, None);
+        let docs = root.path().join("docs");
+        std::fs::rename(&docs, root.path().join("docs.old")).unwrap();
+        std::fs::create_dir(&docs).unwrap();
+        assert_eq!(answer(&journal, "docs", Some(&mark)).1, None);
         journal.end("test");
-        let answer = journal.changes_since(Path::new(""), None);
+        let answer = journal.changes_since(Path::new("docs"), None);
         assert_eq!(answer, Journaled::Unjournaled);
+    }
+
+    #[test]
+    fn a_root_replaced_stops_the_journal() {
+        let (root, journal) = journal();
+        let moved = root.path().with_extension("moved");
+        std::fs::rename(root.path(), &moved).unwrap();
+        std::fs::create_dir_all(root.path().join("docs")).unwrap();
+        let answer = journal.changes_since(Path::new("docs"), None);
+        assert_eq!(answer, Journaled::Unjournaled);
+        std::fs::remove_dir_all(moved).unwrap();
     }
 }
