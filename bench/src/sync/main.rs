@@ -20,7 +20,9 @@
 //! which a full run leaves out: rsync has nothing to compare it with.
 //! `FERRY_BENCH_DELAY_MS=N` makes the relay hold every byte N ms each way, as across a WAN
 //! (a round trip then takes 2N ms). The group `wan` (what `bash bench/wan.sh` runs) is the
-//! re-syncs under such a delay, written to a section of bench/RESULTS.md of its own.
+//! re-syncs under such a delay, written to a section of bench/RESULTS.md of its own. The group
+//! `million` (`bash bench/million.sh`) is a million small files, with agents that stay up
+//! between runs (see [`million`]).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -40,11 +42,13 @@ use ferry_wire::handoff::{Handoff, hand_over};
 use ferry_wire::protocol::{JobOrder, RemoteFolder};
 
 mod data;
+mod million;
 mod peers;
 mod relay;
 mod report;
 
 use data::*;
+use million::write_million_results;
 use peers::*;
 use relay::*;
 use report::*;
@@ -129,11 +133,12 @@ struct Bench {
     runtime: tokio::runtime::Runtime,
 }
 
-const USAGE: &str = "usage: sync [ROUNDS] [small|large|resync|wan] \
+const USAGE: &str = "usage: sync [ROUNDS] [small|large|resync|wan|million] \
     [ferry|rsync|rsync-z|rsync-fsync|ferry-sync]\n\
     Without a group: every case and tool, written to bench/RESULTS.md (bash bench/sync.sh).\n\
-    With a group: its table only, printed; `wan` (bash bench/wan.sh) writes its own section \
-    when no tool is named. FERRY_BENCH_DELAY_MS=N delays every byte N ms each way.";
+    With a group: its table only, printed; `wan` (bash bench/wan.sh) and `million` (bash \
+    bench/million.sh: ferry and rsync --daemon only) write their own sections when no tool is \
+    named. FERRY_BENCH_DELAY_MS=N delays every byte N ms each way.";
 
 /// The rounds to run and the group to run alone, if any, from the command line; exits with
 /// the usage on bad input.
@@ -154,7 +159,7 @@ fn arguments() -> (usize, Option<String>) {
     let only = std::env::args().nth(2);
     if only
         .as_deref()
-        .is_some_and(|group| !["small", "large", "resync", "wan"].contains(&group))
+        .is_some_and(|group| !["small", "large", "resync", "wan", "million"].contains(&group))
     {
         usage();
     }
@@ -175,6 +180,19 @@ fn main() -> Result<()> {
             None => bail!("no tool {key:?}: say ferry, rsync, rsync-z, rsync-fsync or ferry-sync"),
         },
     };
+    if only.as_deref() == Some("million") {
+        let named = std::env::args().nth(3).is_some();
+        let tools = match named {
+            true => tools,
+            false => vec![Tool::Ferry, Tool::Rsync],
+        };
+        let rows = Bench::new(tools)?.million(rounds)?;
+        if named {
+            print!("{}", table(&rows));
+            return Ok(());
+        }
+        return write_million_results(rounds, &rows);
+    }
     let bench = Bench::new(tools)?;
     eprintln!("generating the data set");
     make_small_files(&bench.src.join("small"))?;
@@ -319,10 +337,15 @@ impl Bench {
         }
     }
 
+    /// A run with agents started for it alone.
     fn ferry(&self, source: &Path, target: &Path, tool: Tool) -> Result<Sample> {
-        let nas1 = Agent::start(&self.env, "nas1", &self.src, &self.tls)?;
-        let nas2 = Agent::start(&self.env, "nas2", &self.dst[tool as usize], &self.tls)?;
-        let relay = Relay::start(&nas2.address)?;
+        let pair = Pair::start(self, &self.src, tool)?;
+        self.ferry_on(&pair, source, target, tool)
+    }
+
+    /// A run on agents that are up: its own wall time, bytes, peak memory and CPU.
+    fn ferry_on(&self, pair: &Pair, source: &Path, target: &Path, tool: Tool) -> Result<Sample> {
+        let relay = Relay::start(&pair.nas2.address)?;
         let dial = |agent: &str, address: &str| -> Result<Dial> {
             Ok(Dial {
                 agent: agent.into(),
@@ -332,7 +355,7 @@ impl Bench {
             })
         };
         let handoff = Handoff {
-            dial: dial("nas1", &nas1.address)?,
+            dial: dial("nas1", &pair.nas1.address)?,
             order: JobOrder {
                 job: "bench".into(),
                 rule: match tool {
@@ -351,6 +374,8 @@ impl Bench {
                 paths: None,
             },
         };
+        pair.reset_peaks()?;
+        let cpu_before = pair.cpu()?;
         let started = Instant::now();
         let summary = self.runtime.block_on(hand_over(
             &handoff,
@@ -362,12 +387,11 @@ impl Bench {
         if summary.failures > 0 {
             bail!("ferry: {summary:?}");
         }
-        let memory_kib = nas1.peak_kib()? + nas2.peak_kib()?;
         Ok(Sample {
             wall,
             wire: relay.bytes(),
-            memory_kib,
-            cpu: nas1.cpu()? + nas2.cpu()?,
+            memory_kib: pair.peak_kib()?,
+            cpu: pair.cpu()? - cpu_before,
         })
     }
 

@@ -6,25 +6,28 @@ use super::*;
 /// `ferry-bench-NAME.log` in the temporary folder, kept after the run, to see what they decided.
 const AGENT_LOG: &str = "FERRY_BENCH_AGENT_LOG";
 
-fn agent_log(env: &Env, name: &str) -> Result<fs::File> {
+fn agent_log(env: &Env, name: &str) -> Result<(PathBuf, fs::File)> {
     let path = match std::env::var_os(AGENT_LOG) {
         Some(_) => std::env::temp_dir().join(format!("ferry-bench-{name}.log")),
         None => env.path(&format!("{name}.log")),
     };
     let log = fs::OpenOptions::new().create(true).append(true).open(&path);
-    log.with_context(|| format!("{}", path.display()))
+    let log = log.with_context(|| format!("{}", path.display()))?;
+    Ok((path, log))
 }
 
 /// A `ferry-agent run` process, stopped when dropped.
 pub(crate) struct Agent {
     pub(crate) child: Child,
     pub(crate) address: String,
+    log: PathBuf,
 }
 
 impl Agent {
     pub(crate) fn start(env: &Env, name: &str, root: &Path, tls: &Path) -> Result<Self> {
         let port = free_port()?;
         let address = format!("127.0.0.1:{port}");
+        let (log, log_file) = agent_log(env, name)?;
         let child = Command::new(binary("ferry-agent"))
             .args(["run", "--listen", &address, "--name", name, "--root"])
             .arg(root)
@@ -32,13 +35,30 @@ impl Agent {
             .arg(tls)
             .env(
                 "FERRY_LOG",
-                std::env::var(AGENT_LOG).unwrap_or_else(|_| "warn".into()),
+                std::env::var(AGENT_LOG).unwrap_or_else(|_| JOURNAL_LOG.into()),
             )
             .stdin(Stdio::null())
-            .stderr(agent_log(env, name)?)
+            .stderr(log_file)
             .spawn()?;
         wait_listening(&address)?;
-        Ok(Self { child, address })
+        Ok(Self {
+            child,
+            address,
+            log,
+        })
+    }
+
+    /// Whether its change journal runs now: its last word on it was that it started.
+    fn journal_runs(&self) -> Result<bool> {
+        let log = fs::read_to_string(&self.log)?;
+        let last = log.lines().rev().find(|l| l.contains("change journal"));
+        Ok(last.is_some_and(|line| line.contains("change journal started")))
+    }
+
+    /// Forgets the peak memory so far, so the next [`Agent::peak_kib`] is the coming work's.
+    pub(crate) fn reset_peak(&self) -> Result<()> {
+        let path = format!("/proc/{}/clear_refs", self.child.id());
+        fs::write(&path, "5").with_context(|| path)
     }
 
     pub(crate) fn peak_kib(&self) -> Result<u64> {
@@ -68,6 +88,53 @@ impl Agent {
         let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
             .context("no clock tick rate")? as u64;
         Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
+}
+
+/// What the agents log unless `FERRY_BENCH_AGENT_LOG` says otherwise: warnings, and when their
+/// change journals start and stop.
+const JOURNAL_LOG: &str = "warn,ferry_agent::journal=info";
+
+/// The two agents of a ferry run: `nas1` serving the source, `nas2` the tool's destinations.
+pub(crate) struct Pair {
+    pub(crate) nas1: Agent,
+    pub(crate) nas2: Agent,
+}
+
+impl Pair {
+    pub(crate) fn start(bench: &Bench, source: &Path, tool: Tool) -> Result<Self> {
+        let nas1 = Agent::start(&bench.env, "nas1", source, &bench.tls)?;
+        let nas2 = Agent::start(&bench.env, "nas2", &bench.dst[tool as usize], &bench.tls)?;
+        Ok(Self { nas1, nas2 })
+    }
+
+    /// Waits until both agents' journals run and have run for a while (a watch whose queue
+    /// overflowed starts over a moment later).
+    pub(crate) fn wait_for_journals(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut steady_since = None;
+        while Instant::now() < deadline {
+            let running = self.nas1.journal_runs()? && self.nas2.journal_runs()?;
+            steady_since = running.then(|| steady_since.unwrap_or_else(Instant::now));
+            if steady_since.is_some_and(|since| since.elapsed() > Duration::from_secs(3)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("the agents' change journals did not settle within 10 minutes")
+    }
+
+    pub(crate) fn reset_peaks(&self) -> Result<()> {
+        self.nas1.reset_peak()?;
+        self.nas2.reset_peak()
+    }
+
+    pub(crate) fn peak_kib(&self) -> Result<u64> {
+        Ok(self.nas1.peak_kib()? + self.nas2.peak_kib()?)
+    }
+
+    pub(crate) fn cpu(&self) -> Result<Duration> {
+        Ok(self.nas1.cpu()? + self.nas2.cpu()?)
     }
 }
 

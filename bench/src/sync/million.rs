@@ -1,0 +1,161 @@
+//! The group `million` (`bash bench/million.sh [ROUNDS]`): a million small files, ferry's two
+//! agents against `rsync --daemon`. The agents stay up across a round's runs, as in
+//! production, so their change journals carry from one run to the next; each rsync run starts
+//! its daemon afresh (it keeps nothing between runs either way). Cases: the initial copy, the
+//! re-sync right after it (ferry's destination journal reports everything the copy wrote), a
+//! re-sync with nothing changed, and one after 0.1 % of the files were edited.
+
+use super::*;
+
+const FILES: usize = 1_000_000;
+const PER_FOLDER: usize = 1_000;
+
+const CASES: [&str; 4] = [
+    "initial copy, 1,000,000 small files (64 B-1 KiB, 1,000 folders)",
+    "re-sync right after the copy",
+    "re-sync, nothing changed",
+    "re-sync, 0.1 % changed (1,000 files edited)",
+];
+
+/// The data set: generated once into `$FERRY_BENCH_DIR` (default /var/tmp/ferry-bench) and
+/// kept between runs; writing a million files takes minutes.
+fn data_set() -> Result<PathBuf> {
+    let work = std::env::var_os("FERRY_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("/var/tmp/ferry-bench"), PathBuf::from);
+    let root = work.join(format!("small-{FILES}"));
+    if root.is_dir() {
+        return Ok(root);
+    }
+    let partial = root.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    eprintln!("generating {FILES} files in {}", root.display());
+    let mut noise = Noise(0x0111);
+    for i in 0..FILES {
+        let path = file_path(&partial, i);
+        if i % PER_FOLDER == 0 {
+            fs::create_dir_all(path.parent().context("a folder")?)?;
+        }
+        let len = 64 + (noise.next() % 960) as usize;
+        fs::write(path, noise.text(len))?;
+    }
+    fs::rename(&partial, &root)?;
+    Ok(root)
+}
+
+fn file_path(root: &Path, i: usize) -> PathBuf {
+    root.join(format!("d{:04}", i / PER_FOLDER))
+        .join(format!("f{:03}.txt", i % PER_FOLDER))
+}
+
+/// Appends a line to one file in a thousand; `turn` picks other files each time.
+fn change_a_thousandth(root: &Path, turn: usize) -> Result<()> {
+    for k in 0..FILES / 1000 {
+        let path = file_path(root, k * 1000 + turn * 7 % 1000);
+        let mut file = fs::OpenOptions::new().append(true).open(path)?;
+        file.write_all(b"edited\n")?;
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// Every case for every tool, `rounds` times; each round copies into a new folder.
+    pub(crate) fn million(&self, rounds: usize) -> Result<Vec<(&'static str, CaseSamples)>> {
+        let source = data_set()?;
+        let mut cases: Vec<CaseSamples> = (0..CASES.len())
+            .map(|_| self.tools.iter().map(|t| (*t, vec![])).collect())
+            .collect();
+        for r in 1..=rounds {
+            for turn in round_order(self.tools.len(), r) {
+                let tool = self.tools[turn];
+                let to = format!("million-{r}");
+                let change = || change_a_thousandth(&source, r * self.tools.len() + turn);
+                let samples = match tool {
+                    Tool::Ferry => self.million_ferry(&source, &to, change)?,
+                    rsync => self.million_rsync(&source, &to, rsync, change)?,
+                };
+                for (case, sample) in samples.into_iter().enumerate() {
+                    eprintln!("round {r} {}, {}: {sample:?}", tool.label(), CASES[case]);
+                    cases[case][turn].1.push(sample);
+                }
+                self.check_replica(tool, &source, &to)?;
+            }
+        }
+        Ok(CASES.into_iter().zip(cases).collect())
+    }
+
+    fn million_ferry(
+        &self,
+        source: &Path,
+        to: &str,
+        change: impl Fn() -> Result<()>,
+    ) -> Result<Vec<Sample>> {
+        let pair = Pair::start(self, source, Tool::Ferry)?;
+        let target = self.dst[Tool::Ferry as usize].join(to);
+        let run = || {
+            Command::new("sync").status()?;
+            self.ferry_on(&pair, source, &target, Tool::Ferry)
+        };
+        let copy = run()?;
+        // The copy's flood of changes overflowed the destination's watch: it starts over.
+        pair.wait_for_journals()?;
+        let after_copy = run()?;
+        let quiet = run()?;
+        change()?;
+        let changed = run()?;
+        Ok(vec![copy, after_copy, quiet, changed])
+    }
+
+    fn million_rsync(
+        &self,
+        source: &Path,
+        to: &str,
+        tool: Tool,
+        change: impl Fn() -> Result<()>,
+    ) -> Result<Vec<Sample>> {
+        let run = || {
+            Command::new("sync").status()?;
+            self.rsync(source, to, tool)
+        };
+        let (copy, after_copy, quiet) = (run()?, run()?, run()?);
+        change()?;
+        Ok(vec![copy, after_copy, quiet, run()?])
+    }
+
+    /// Fails unless `tool`'s copy `to` is identical to `source` (by size and time: comparing
+    /// a million files' content would take longer than the benchmark).
+    fn check_replica(&self, tool: Tool, source: &Path, to: &str) -> Result<()> {
+        let replica = self.dst[tool as usize].join(to);
+        let out = Command::new("rsync")
+            .args(["-an", "--delete", "--itemize-changes", "--exclude=.ferry"])
+            .arg(format!("{}/", source.display()))
+            .arg(format!("{}/", replica.display()))
+            .output()?;
+        let differences = String::from_utf8_lossy(&out.stdout);
+        let real: Vec<&str> = (differences.lines())
+            .filter(|l| *l != ".d..t...... ./")
+            .take(10)
+            .collect();
+        if !out.status.success() || !real.is_empty() {
+            bail!("{} left differences: {real:?}", tool.label());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
+    let intro = format!(
+        "`bash bench/million.sh {rounds}` on {}, {}: the same agents, rsync daemon (`-aHAX \
+         --numeric-ids --delete`) and counting relay as above, over loopback, {rounds} rounds, \
+         median (min-max). The agents stay up through a round, as in production, so their \
+         change journals carry from run to run; memory is each run's own peak (both ends' \
+         peak resident set, reset before the run), CPU each run's own.",
+        today(),
+        machine(),
+    );
+    let outro = "The run right after the copy: the destination agent's watch overflowed \
+                 under the copy's million new files and started over, so ferry scans \
+                 everything once (as rsync does every time). From then on a run asks the \
+                 journals what changed since the last one and looks at that alone.";
+    let title = "A million files: ferry agent to agent vs rsync daemon";
+    write_section("sync-million", title, &intro, rows, outro)
+}
