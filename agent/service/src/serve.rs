@@ -162,7 +162,12 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {
+                // Idle now: what the sessions freed (a large scan's trees) goes back.
+                if sessions.is_empty() {
+                    tokio::task::spawn_blocking(ferry_engine::memory::give_back_freed);
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(held) = admit(&connections, peer, &agent.config.limits) else {

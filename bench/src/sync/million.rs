@@ -152,10 +152,14 @@ pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)])
         today(),
         machine(),
     );
-    let outro = "The run right after the copy: the destination agent's watch overflowed \
-                 under the copy's million new files and started over, so ferry scans \
-                 everything once (as rsync does every time). From then on a run asks the \
-                 journals what changed since the last one and looks at that alone.";
+    let outro = "The run right after the copy scans everything, as rsync does every time: the \
+                 copy left no marks to compare with (it began before the source agent's watch \
+                 was in place: placing one on a million files takes seconds), and the \
+                 destination's journal started over under the copy's million new paths (it \
+                 holds 250,000 at most). From then on a run asks both journals what changed \
+                 since the last one and looks at that alone. The memory of those runs is what \
+                 the agents still hold from the copy: the journals, and heap the allocator \
+                 could not give back.";
     let title = "A million files: ferry agent to agent vs rsync daemon";
     write_section("sync-million", title, &intro, rows, outro)
 }

@@ -48,11 +48,11 @@ impl Agent {
         })
     }
 
-    /// Whether its change journal runs now: its last word on it was that it started.
+    /// Whether its change journal runs now: its last word on it was not that it stopped.
     fn journal_runs(&self) -> Result<bool> {
         let log = fs::read_to_string(&self.log)?;
         let last = log.lines().rev().find(|l| l.contains("change journal"));
-        Ok(last.is_some_and(|line| line.contains("change journal started")))
+        Ok(last.is_some_and(|line| !line.contains("change journal stopped")))
     }
 
     /// Forgets the peak memory so far, so the next [`Agent::peak_kib`] is the coming work's.
