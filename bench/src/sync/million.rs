@@ -145,8 +145,9 @@ impl Bench {
 pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Result<()> {
     let intro = format!(
         "`bash bench/million.sh {rounds}` on {}, {}: the same agents, rsync daemon (`-aHAX \
-         --numeric-ids --delete`) and counting relay as above, over loopback, {rounds} rounds, \
-         median (min-max). The agents stay up through a round, as in production, so their \
+         --numeric-ids --delete`) and counting relay as above, over loopback, each tool's \
+         copies on one fresh ext4 file system (a loop device: no deletions before them), \
+         {rounds} rounds, median (min-max). The agents stay up through a round, as in production, so their \
          change journals carry from run to run; memory is each run's own peak (both ends' \
          peak resident set, reset before the run), CPU each run's own.",
         today(),
