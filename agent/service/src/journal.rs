@@ -111,6 +111,12 @@ impl RootJournal {
         }
     }
 
+    /// Whether the journal answers now, at `/metrics`: 0 while every run there scans whole.
+    fn gauge(&self) -> metrics::Gauge {
+        let root = self.root.display().to_string();
+        metrics::gauge!("ferry_agent_journal_running", "root" => root)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -121,13 +127,17 @@ impl RootJournal {
         state.id = Some(uuid::Uuid::new_v4().to_string());
         state.changed.clear();
         state.ground = ground;
+        self.gauge().set(1.0);
         tracing::info!(root = %self.root.display(), "change journal started");
     }
 
-    fn end(&self, why: &str) {
+    /// The watch stopped, for `reason` (a metric's label) as `why` says.
+    fn end(&self, (reason, why): (&'static str, &str)) {
         let mut state = self.state();
         state.id = None;
         state.changed.clear();
+        self.gauge().set(0.0);
+        metrics::counter!("ferry_agent_journal_restarts_total", "reason" => reason).increment(1);
         tracing::warn!(root = %self.root.display(), why, "change journal stopped; runs scan everything");
     }
 
@@ -233,12 +243,12 @@ async fn keep(journal: Arc<RootJournal>) {
         let why = loop {
             let batch = tokio::select! {
                 batch = watch.next_batch(COALESCE) => batch,
-                () = journal.restart.notified() => break "the mounts below it changed",
+                () = journal.restart.notified() => break ("moved", "the root or a mount moved"),
             };
             match batch {
                 Some(Batch::Paths(paths)) => journal.record(paths),
-                Some(Batch::Rescan) => break "the watcher lost events",
-                Some(Batch::Broken(_)) | None => break "the watch ended",
+                Some(Batch::Rescan) => break ("overflow", "the watcher lost events"),
+                Some(Batch::Broken(_)) | None => break ("ended", "the watch ended"),
             }
         };
         journal.end(why);
@@ -417,7 +427,7 @@ mod tests {
         std::fs::rename(&docs, root.path().join("docs.old")).unwrap();
         std::fs::create_dir(&docs).unwrap();
         assert_eq!(answer(&journal, "docs", Some(&mark)).1, None);
-        journal.end("test");
+        journal.end(("test", "a test"));
         let answer = journal.changes_since(Path::new("docs"), None);
         assert_eq!(answer, Journaled::Unjournaled);
     }

@@ -374,6 +374,9 @@ impl Bench {
                 paths: None,
             },
         };
+        // Idle first, as agents are between scheduled runs: the last run's sessions end (the
+        // relay closed them) and the memory they freed goes back.
+        std::thread::sleep(Duration::from_millis(500));
         pair.reset_peaks()?;
         let cpu_before = pair.cpu()?;
         let started = Instant::now();
