@@ -10,8 +10,9 @@ use super::*;
 const FILES: usize = 1_000_000;
 const PER_FOLDER: usize = 1_000;
 
-const CASES: [&str; 4] = [
+const CASES: [&str; 5] = [
     "initial copy, 1,000,000 small files (64 B-1 KiB, 1,000 folders)",
+    "initial copy, until on disk (rsync: then `sync`; ferry's copy is durable as it ends)",
     "re-sync right after the copy",
     "re-sync, nothing changed",
     "re-sync, 0.1 % changed (1,000 files edited)",
@@ -96,13 +97,14 @@ impl Bench {
             self.ferry_on(&pair, source, &target, Tool::Ferry)
         };
         let copy = run()?;
+        let durable = copy;
         // The copy's flood of changes overflowed the destination's watch: it starts over.
         pair.wait_for_journals()?;
         let after_copy = run()?;
         let quiet = run()?;
         change()?;
         let changed = run()?;
-        Ok(vec![copy, after_copy, quiet, changed])
+        Ok(vec![copy, durable, after_copy, quiet, changed])
     }
 
     fn million_rsync(
@@ -116,9 +118,16 @@ impl Bench {
             Command::new("sync").status()?;
             self.rsync(source, to, tool)
         };
-        let (copy, after_copy, quiet) = (run()?, run()?, run()?);
+        let copy = run()?;
+        let flushing = Instant::now();
+        Command::new("sync").status()?;
+        let durable = Sample {
+            wall: copy.wall + flushing.elapsed(),
+            ..copy
+        };
+        let (after_copy, quiet) = (run()?, run()?);
         change()?;
-        Ok(vec![copy, after_copy, quiet, run()?])
+        Ok(vec![copy, durable, after_copy, quiet, run()?])
     }
 
     /// Fails unless `tool`'s copy `to` is identical to `source` (by size and time: comparing

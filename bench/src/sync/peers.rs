@@ -16,6 +16,10 @@ fn agent_log(env: &Env, name: &str) -> Result<(PathBuf, fs::File)> {
     Ok((path, log))
 }
 
+/// `FERRY_BENCH_AGENT_ARGS="--full-scan-every off"` (say) gives the agents more arguments, to see
+/// what a setting costs.
+const AGENT_ARGS: &str = "FERRY_BENCH_AGENT_ARGS";
+
 /// A `ferry-agent run` process, stopped when dropped.
 pub(crate) struct Agent {
     pub(crate) child: Child,
@@ -33,6 +37,11 @@ impl Agent {
             .arg(root)
             .arg("--tls-dir")
             .arg(tls)
+            .args(
+                std::env::var(AGENT_ARGS)
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env(
                 "FERRY_LOG",
                 std::env::var(AGENT_LOG).unwrap_or_else(|_| JOURNAL_LOG.into()),
@@ -48,11 +57,12 @@ impl Agent {
         })
     }
 
-    /// Whether its change journal runs now: its last word on it was not that it stopped.
-    fn journal_runs(&self) -> Result<bool> {
+    /// Whether its change journal runs now (its last word on it was not that it stopped);
+    /// `None` when it never spoke of one (journals turned off).
+    fn journal_runs(&self) -> Result<Option<bool>> {
         let log = fs::read_to_string(&self.log)?;
         let last = log.lines().rev().find(|l| l.contains("change journal"));
-        Ok(last.is_some_and(|line| !line.contains("change journal stopped")))
+        Ok(last.map(|line| !line.contains("change journal stopped")))
     }
 
     /// Forgets the peak memory so far, so the next [`Agent::peak_kib`] is the coming work's.
@@ -114,7 +124,11 @@ impl Pair {
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut steady_since = None;
         while Instant::now() < deadline {
-            let running = self.nas1.journal_runs()? && self.nas2.journal_runs()?;
+            let (source, destination) = (self.nas1.journal_runs()?, self.nas2.journal_runs()?);
+            if source.is_none() && destination.is_none() {
+                return Ok(());
+            }
+            let running = source == Some(true) && destination == Some(true);
             steady_since = running.then(|| steady_since.unwrap_or_else(Instant::now));
             if steady_since.is_some_and(|since| since.elapsed() > Duration::from_secs(3)) {
                 return Ok(());
