@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,18 +157,14 @@ pub async fn serve(
         ..Agent::new(config, fences)
     });
     let connections = Counts::<IpAddr>::default();
+    let give_back = GiveBack::default();
     let (stopping, stop) = watch::channel(false);
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {
-                // Idle now: what the sessions freed (a large scan's trees) goes back.
-                if sessions.is_empty() {
-                    tokio::task::spawn_blocking(ferry_engine::memory::give_back_freed);
-                }
-            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => give_back.soon(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(held) = admit(&connections, peer, &agent.config.limits) else {
@@ -189,6 +186,29 @@ pub async fn serve(
     let _ = stopping.send(true);
     drain(sessions).await;
     Ok(())
+}
+
+/// Gives the memory sessions freed (a large scan's trees) back to the kernel a moment after
+/// they end, once for a burst of ends; a monitor's watch, open for days, does not hold it up.
+#[derive(Default)]
+struct GiveBack {
+    pending: Arc<AtomicBool>,
+}
+
+impl GiveBack {
+    const AFTER: Duration = Duration::from_millis(200);
+
+    fn soon(&self) {
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Self::AFTER).await;
+            pending.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(ferry_engine::memory::give_back_freed).await;
+        });
+    }
 }
 
 /// Counts a new connection from `peer` in, or refuses it (by dropping it) when the agent or

@@ -374,9 +374,10 @@ impl Bench {
                 paths: None,
             },
         };
-        // Idle first, as agents are between scheduled runs: the last run's sessions end (the
-        // relay closed them) and the memory they freed goes back.
-        std::thread::sleep(Duration::from_millis(500));
+        // Idle first, as agents are between scheduled runs: the last run's connections close
+        // (this runtime runs only while it is blocked on) and the memory freed goes back.
+        let idle = async { tokio::time::sleep(Duration::from_millis(500)).await };
+        self.runtime.block_on(idle);
         pair.reset_peaks()?;
         let cpu_before = pair.cpu()?;
         let started = Instant::now();
