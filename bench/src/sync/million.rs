@@ -168,8 +168,7 @@ pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)])
                  destination's journal started over under the copy's million new paths (it \
                  holds 250,000 at most). From then on a run asks both journals what changed \
                  since the last one and looks at that alone. The memory of those runs is what \
-                 the agents still hold from the copy: the journals, and heap the allocator \
-                 could not give back.";
+                 the agents hold between runs (their journals among it).";
     let title = "A million files: ferry agent to agent vs rsync daemon";
     write_section("sync-million", title, &intro, rows, outro)
 }
