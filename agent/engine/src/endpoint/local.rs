@@ -16,7 +16,7 @@ use super::{
     Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Result, Scope,
 };
 use crate::beneath::{self, Found, Root};
-use crate::delta::{self, DeltaError, Encoded, Op, Rebuild, Signature};
+use crate::delta::{self, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::journal::{ChangeJournal, Journaled, Mark};
@@ -678,127 +678,6 @@ pub static SETS_OWNERS: LazyLock<bool> = LazyLock::new(|| nix::unistd::geteuid()
 /// Asked once: temporary names carry it, for every file received.
 static PID: LazyLock<u32> = LazyLock::new(std::process::id);
 
-/// The process's umask, as the kernel reports it (`None` if it does not): a file created with
-/// its mode needs no `chmod` unless the umask took some of it.
-static UMASK: LazyLock<Option<u32>> = LazyLock::new(|| {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-    u32::from_str_radix(line.trim(), 8).ok()
-});
-
-/// How much of a file is written between two early write-backs.
-const WRITEBACK_EVERY: u64 = 16 << 20;
-
-/// A file being written to a temporary name beside its target.
-pub struct LocalSink<'a> {
-    endpoint: &'a LocalEndpoint,
-    root: Arc<Root>,
-    rel: PathBuf,
-    entry: Entry,
-    temp: PathBuf,
-    expected: Option<Expected>,
-    xattrs: Option<Xattrs>,
-    rebuild: Option<Rebuild<BufWriter<Output>>>,
-    committed: bool,
-    /// The temporary file again, to start its write-back to disk early from another thread:
-    /// the flush before the rename then has little left to do.
-    writeback: Option<File>,
-    flushing: Option<std::thread::JoinHandle<()>>,
-    flushed_at: u64,
-}
-
-impl LocalSink<'_> {
-    fn fail(&self, e: DeltaError) -> EndpointError {
-        let error = self.endpoint.err("write", &self.rel);
-        match e {
-            DeltaError::Io(e) => error(e),
-            bad => error(io::Error::new(io::ErrorKind::InvalidData, bad.to_string()))
-                .meaning(Failure::BadDelta),
-        }
-    }
-}
-
-impl FileSink for LocalSink<'_> {
-    fn write(&mut self, op: Op) -> Result<()> {
-        let rebuild = self.rebuild.as_mut().expect("written before commit");
-        let pushed = rebuild.push(&op);
-        let written = rebuild.written;
-        pushed.map_err(|e| self.fail(e))?;
-        let idle = self.flushing.as_ref().is_none_or(|f| f.is_finished());
-        if written - self.flushed_at >= WRITEBACK_EVERY && idle {
-            self.flushed_at = written;
-            if let Some(file) = self.writeback.as_ref().and_then(|f| f.try_clone().ok()) {
-                self.flushing = Some(std::thread::spawn(move || drop(file.sync_data())));
-            }
-        }
-        Ok(())
-    }
-
-    /// Finished, the file waits under its temporary name for its batch to be made durable
-    /// and put in place (see [`Endpoint::publish_committed`]).
-    fn commit(self: Box<Self>, sent: &Encoded) -> Result<u64> {
-        let endpoint = self.endpoint;
-        let staged = self.finish(sent, false)?;
-        let size = staged.size();
-        endpoint.batches().push(staged);
-        Ok(size)
-    }
-}
-
-impl LocalSink<'_> {
-    /// Checks the file against the sender's hash and gives it its mode and mtime, still under
-    /// its temporary name; it is renamed into place by [`Staged::publish`] once it is on disk:
-    /// after its own fsync (`sync`), or with its batch ([`Staged::publish_batch`]).
-    pub fn finish(mut self, sent: &Encoded, sync: bool) -> Result<Staged> {
-        if let Some(flushing) = self.flushing.take() {
-            let _ = flushing.join();
-        }
-        let rebuild = self.rebuild.take().expect("finished once");
-        let size = rebuild.written;
-        let out = rebuild.finish(&sent.hash).map_err(|e| self.fail(e))?;
-        let entry = &self.entry;
-        let finished = (|| {
-            let file = (out.into_inner())
-                .map_err(io::IntoInnerError::into_error)?
-                .finish()?;
-            if let Some(owner) = settable_owner(entry) {
-                rustix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
-            }
-            // The file was created with its mode, less what the umask took.
-            let mode = file_mode(entry.mode);
-            if UMASK.is_none_or(|umask| mode & umask != 0) {
-                file.set_permissions(fs::Permissions::from_mode(mode))?;
-            }
-            if let Some(xattrs) = &self.xattrs {
-                beneath::set_file_xattrs(&file, xattrs)?;
-            }
-            filetime::set_file_handle_times(&file, None, Some(to_filetime(entry.mtime)))?;
-            if sync {
-                file.sync_all()?;
-            }
-            Ok(())
-        })();
-        finished.map_err(self.endpoint.err("write", &self.rel))?;
-        self.committed = true;
-        let (temp, target) = (self.temp.clone(), self.rel.clone());
-        Ok(Staged::new(
-            self.root.clone(),
-            (temp, target),
-            self.expected.take(),
-            size,
-        ))
-    }
-}
-
-impl Drop for LocalSink<'_> {
-    /// Not committed (an error, a halt, a dropped connection): the temporary file goes.
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = self.root.remove_file(&self.temp);
-        }
-    }
-}
-
 /// The entry for `found`.
 fn entry_from(
     found: Found,
@@ -898,11 +777,14 @@ fn now_mtime() -> Mtime {
 mod accounts;
 mod batch;
 mod output;
+mod sink;
 mod staged;
 
 use accounts::account_name;
 use batch::Batches;
 use output::Output;
+pub use sink::LocalSink;
+use sink::WRITEBACK_EVERY;
 pub use staged::Staged;
 
 #[cfg(test)]
