@@ -208,22 +208,76 @@ fn the_sync_rule_finds_changes_on_either_side() {
 }
 
 #[test]
-fn a_change_made_while_the_agent_was_down_is_found() {
+fn a_change_made_while_the_agent_was_down_is_found_and_the_journal_takes_up_again() {
+    let mut site = Site::new("mirror", &[]);
+    let (src, dst) = (site.share(0), site.share(1));
+    write_files(&src, 3000);
+    site.run();
+    site.quiet_run();
+    // A restart catches up from a little before the last instant the journal knew itself
+    // complete: let the copy's writes fall before it.
+    std::thread::sleep(Duration::from_secs(3));
+    site.quiet_run();
+    site.agents[0].take().unwrap().kill();
+    fs::write(src.join("d7/f7.txt"), "changed while nas1 was down\n").unwrap();
+    fs::remove_file(src.join("d8/f8.txt")).unwrap();
+    fs::rename(src.join("d9/f9.txt"), src.join("d9/f9-renamed.txt")).unwrap();
+    site.start_agent(0);
+    let log = site.agent(0).log_since_start();
+    assert!(log.contains("resumed=true"), "{log}");
+    let run = site.run();
+    assert_eq!(differences(&src, &dst, "mirror"), "", "{run:#}");
+    // Only what changed while the agent was down was looked at, not the 3,000 files.
+    let sent = run["bytes_sent"].as_u64().unwrap();
+    println!("the first run after the restart cost {sent} bytes");
+    let log = site.agent(0).log_since_start();
+    assert!(sent < 16 * 1024, "{sent} bytes: {run:#}\n{log}");
+    site.quiet_run();
+    assert!(site.quiet_run() < 2048);
+
+    // An entry made or removed in the job's own folder while the agent was down: the folder
+    // is looked at whole (which entry went is not known), and found.
+    site.agents[0].take().unwrap().kill();
+    fs::rename(src.join("d10"), src.join("d10-renamed")).unwrap();
+    site.start_agent(0);
+    site.run();
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
+/// The journal files in agent `name`'s state folder.
+fn kept_journals(site: &Site, name: &str) -> Vec<PathBuf> {
+    let state = site.env.path(&format!("agent-{name}-state"));
+    (fs::read_dir(state).unwrap().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal-")
+        })
+        .collect()
+}
+
+#[test]
+fn a_kept_journal_that_does_not_match_its_root_starts_over() {
     let mut site = Site::new("mirror", &[]);
     let (src, dst) = (site.share(0), site.share(1));
     write_files(&src, 100);
     site.run();
     site.quiet_run();
     site.agents[0].take().unwrap().kill();
-    fs::write(src.join("d7/f7.txt"), "changed while nas1 was down\n").unwrap();
+    let kept = kept_journals(&site, "nas1");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    fs::write(&kept[0], b"not a journal").unwrap();
+    fs::write(src.join("d3/f3.txt"), "changed while nas1 was down\n").unwrap();
     site.start_agent(0);
+    let log = site.agent(0).log_since_start();
+    assert!(log.contains("does not match it: it starts over"), "{log}");
+    assert!(log.contains("resumed=false"), "{log}");
     site.run();
     assert_eq!(differences(&src, &dst, "mirror"), "");
     site.quiet_run();
-    assert!(
-        site.quiet_run() < 2048,
-        "the journal serves again after a restart"
-    );
+    assert!(site.quiet_run() < 2048, "the journal serves again");
 }
 
 #[test]
@@ -275,10 +329,11 @@ fn a_flood_past_the_watch_queue_is_found() {
     site.run();
     site.quiet_run();
     let agent = site.agent(0);
-    // Stopped, so the flood overflows the queue before the agent reads it.
+    // Stopped, so the flood overflows the queue before the agent reads it; into folders
+    // watched already (a new folder's contents are found by walking it).
     let pid = agent.pid().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    write_files(&src.join("flood"), 500);
+    write_files(&src, 500);
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let lost = wait_until(Duration::from_secs(10), || {
         agent.log_since_start().contains("the watcher lost events")

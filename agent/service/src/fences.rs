@@ -283,12 +283,18 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes `value` to `path` crash-safely (temporary file, fsync, rename).
+/// Writes `value` to `path` crash-safely.
 fn save_json(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    write_durably(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
+}
+
+/// Replaces `path` with `bytes` crash-safely (temporary file, fsync, rename): after a crash
+/// it holds the old bytes or the new, never a mix.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let temp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&temp)?;
-    file.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(temp, path)
 }

@@ -149,7 +149,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let fences = Fences::load(config.state_dir.as_deref(), &served_paths(&config))?;
     let journals = match config.full_scan_every {
-        Some(_) => Journals::start(&config.roots),
+        Some(_) => Journals::start(&config.roots, config.state_dir.as_deref()),
         None => Journals::default(),
     };
     let agent = Arc::new(Agent {

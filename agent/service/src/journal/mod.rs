@@ -1,0 +1,611 @@
+//! The agent's change journal: one per served root, fed by a recursive inotify watch
+//! ([`inotify`]), telling a run which paths changed since its last one
+//! ([`ferry_engine::journal`]).
+//!
+//! A journal answers a mark only for an interval it can vouch for. When its watch stops (the
+//! kernel's queue overflowed, the agent restarted) it catches up: a walk takes every entry
+//! whose change time is after the last instant the journal knew itself complete, and the
+//! journal keeps its identity, so the marks it gave still hold. With a state folder it keeps
+//! itself on disk for that ([`kept`]). It takes a new identity instead, which makes the next
+//! runs scan everything, when it cannot catch up: the root, or a mount at or below it,
+//! changed; a file system whose change times it cannot rely on; a clock gone back; a kept
+//! file it cannot read. A root on a network file system (or with one mounted below it), whose
+//! changes made elsewhere no watch sees, has no journal at all.
+
+mod ground;
+mod inotify;
+mod kept;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_engine::journal::{ChangeJournal, Journaled, Mark};
+
+use crate::config::ServedRoot;
+use ground::{Ground, Identity};
+use inotify::{Found, Read, Watch};
+use kept::Kept;
+
+/// Paths a journal holds at most: past it, it forgets them and answers no mark from before,
+/// so a flood of changes cannot make the agent hold memory without bound.
+const MAX_TRACKED: usize = 250_000;
+/// Paths an answer names at most, and their bytes: past either, scanning everything costs
+/// about as much (and the answer must fit a frame).
+const MAX_ANSWER: usize = 50_000;
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// How long a read of the watch waits, so a restart asked for is seen soon.
+const POLL: Duration = Duration::from_secs(1);
+/// How soon a root that cannot be watched is tried again.
+const RETRY: Duration = Duration::from_secs(10);
+/// How long a watch whose queue overflowed waits before it starts over: a flood of changes
+/// (a large copy into the root) would otherwise make it walk the tree again and again.
+const AFTER_OVERFLOW: Duration = Duration::from_secs(2);
+/// How often a journal with news is kept on disk, and how often one without.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+const SAVE_QUIET_EVERY: Duration = Duration::from_secs(600);
+/// Generations reserved on disk at a time: no mark handed out may name one above them.
+const RESERVE: u64 = 1 << 20;
+/// Change times are stamped from a coarse clock, and an event queued just after its change:
+/// a catch-up starts this much before the instant the journal knew itself complete.
+const SLACK: Duration = Duration::from_secs(2);
+/// How long a question waits for a journal that is catching up.
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// The journals of the served roots, by the root's path as configured.
+#[derive(Default)]
+pub struct Journals {
+    by_root: HashMap<PathBuf, Arc<RootJournal>>,
+}
+
+impl Journals {
+    /// Starts watching every root, each on a thread of its own; with `state_dir`, each
+    /// journal is kept there and takes up where it left off.
+    pub fn start(roots: &[ServedRoot], state_dir: Option<&Path>) -> Self {
+        let by_root = (roots.iter())
+            .map(|root| {
+                let file = state_dir.map(|dir| kept::file_for(dir, &root.path));
+                let journal = Arc::new(RootJournal::new(root.path.clone(), file));
+                let kept = journal.clone();
+                std::thread::Builder::new()
+                    .name("journal".into())
+                    .spawn(move || keep(&kept))
+                    .expect("starting a journal thread");
+                (root.path.clone(), journal)
+            })
+            .collect();
+        Self { by_root }
+    }
+
+    /// The journal of the root configured as `root`, if it keeps one.
+    pub fn of(&self, root: &Path) -> Option<Arc<dyn ChangeJournal>> {
+        let journal = self.by_root.get(root)?.clone();
+        Some(journal)
+    }
+}
+
+/// One root's journal.
+#[derive(Debug)]
+pub struct RootJournal {
+    root: PathBuf,
+    /// Where it is kept, with a state folder.
+    file: Option<PathBuf>,
+    state: Mutex<State>,
+    /// Wakes questions waiting for the journal to start.
+    started: Condvar,
+    /// Asks the watch to start over (the root, or the mounts below it, changed).
+    restart: AtomicBool,
+    /// One save at a time, each of the state as it is then: a later save never holds less.
+    saving: Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Placing its watch, or catching up: a question waits.
+    #[default]
+    Starting,
+    Running,
+    /// Not watching: every run scans everything.
+    Off,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    phase: Phase,
+    /// The journal's identity: marks of another are not answered.
+    id: String,
+    /// The generation changes are recorded under now; each answer moves it on, so a change
+    /// recorded after an answer is newer than the mark it gave.
+    generation: u64,
+    /// Marks older than this cannot be answered (what came before was forgotten).
+    floor: u64,
+    /// Kept on disk: no mark handed out names a generation above it.
+    reserved: u64,
+    /// Each changed path (relative to the root), and its latest change.
+    changed: HashMap<PathBuf, Change>,
+    /// Every change made before this instant is in `changed`.
+    drained: Option<SystemTime>,
+    /// What the watch began over.
+    ground: Ground,
+    /// Changed since last kept.
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
+    generation: u64,
+    /// The path stands for a folder whose entries changed, not only for itself: an entry may
+    /// have been removed, so all of it is looked at.
+    listing: bool,
+}
+
+/// Where a journal left off, to take up from.
+struct Resume {
+    id: String,
+    floor: u64,
+    reserved: u64,
+    drained: SystemTime,
+    changed: HashMap<PathBuf, Change>,
+}
+
+impl RootJournal {
+    fn new(root: PathBuf, file: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            file,
+            state: Mutex::default(),
+            started: Condvar::new(),
+            restart: AtomicBool::new(false),
+            saving: Mutex::default(),
+        }
+    }
+
+    /// Whether the journal answers now, at `/metrics`: 0 while every run there scans whole.
+    fn gauge(&self) -> metrics::Gauge {
+        let root = self.root.display().to_string();
+        metrics::gauge!("ferry_agent_journal_running", "root" => root)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The journal kept on disk, if it can be taken up: same root, same ground, file
+    /// systems whose change times tell what changed since, a clock not gone back.
+    fn restore(&self) -> Option<Resume> {
+        let file = self.file.as_ref()?;
+        let ground = Ground::of(&self.root);
+        let kept = kept::load(file, &self.root).and_then(|kept| {
+            let kept = kept.ok_or_else(String::new)?;
+            let drained = UNIX_EPOCH + Duration::from_nanos(kept.drained);
+            if kept.ground != ground.lasting() {
+                return Err("the root, or what is mounted at or below it, changed".into());
+            }
+            if !ground.keeps_change_times() {
+                return Err("its file system's change times cannot tell what changed".into());
+            }
+            if drained > SystemTime::now() {
+                return Err("the clock is behind the time it was kept".into());
+            }
+            Ok((kept, drained))
+        });
+        let (kept, drained) = match kept {
+            Ok(kept) => kept,
+            Err(why) if why.is_empty() => return None,
+            Err(why) => {
+                tracing::warn!(
+                    root = %self.root.display(),
+                    file = %file.display(),
+                    why,
+                    "the change journal kept for this root does not match it: it starts over, \
+                     and the next run of each job there scans everything"
+                );
+                return None;
+            }
+        };
+        let (id, floor, reserved) = (kept.id.clone(), kept.floor, kept.reserved);
+        let changed = (kept.into_changed())
+            .map(|(path, generation, listing)| {
+                (
+                    path,
+                    Change {
+                        generation,
+                        listing,
+                    },
+                )
+            })
+            .collect();
+        Some(Resume {
+            id,
+            floor,
+            reserved,
+            drained,
+            changed,
+        })
+    }
+
+    /// A watch began over `ground`, taking up from `resume` (with what it `found` changed
+    /// since) or afresh: what came before cannot be answered for.
+    fn begin(&self, ground: Ground, resume: Option<Resume>, found: Vec<Found>) {
+        let mut state = self.state();
+        let resumed = resume.is_some();
+        match resume {
+            Some(resume) => {
+                state.id = resume.id;
+                state.floor = resume.floor;
+                state.changed = resume.changed;
+                state.drained = Some(resume.drained);
+                state.generation = state.generation.max(resume.reserved + 1);
+            }
+            None => {
+                state.id = uuid::Uuid::new_v4().to_string();
+                state.changed.clear();
+                state.drained = None;
+                state.floor = state.generation;
+            }
+        }
+        let caught_up = found.len();
+        for found in found {
+            state.note(found.path, found.listing);
+        }
+        state.ground = ground;
+        state.reserved = state.generation + RESERVE;
+        state.phase = Phase::Running;
+        state.dirty = true;
+        drop(state);
+        self.save();
+        self.started.notify_all();
+        self.gauge().set(1.0);
+        tracing::info!(root = %self.root.display(), resumed, caught_up, "change journal started");
+    }
+
+    /// The watch stopped, for `reason` (a metric's label) as `why` says; where to take up from
+    /// when it can.
+    fn end(&self, (reason, why): (&'static str, String)) -> Option<Resume> {
+        let mut state = self.state();
+        state.phase = Phase::Starting;
+        self.gauge().set(0.0);
+        metrics::counter!("ferry_agent_journal_restarts_total", "reason" => reason).increment(1);
+        let drained = state.drained.filter(|_| reason == "overflow");
+        let Some(drained) = drained.filter(|_| state.ground.keeps_change_times()) else {
+            tracing::warn!(root = %self.root.display(), why, "change journal stopped; it starts over");
+            return None;
+        };
+        tracing::warn!(root = %self.root.display(), why, "change journal stopped; catching up");
+        Some(Resume {
+            id: state.id.clone(),
+            floor: state.floor,
+            reserved: state.reserved,
+            drained,
+            changed: std::mem::take(&mut state.changed),
+        })
+    }
+
+    /// No watch runs: every run scans everything until one does.
+    fn off(&self) {
+        self.state().phase = Phase::Off;
+        self.started.notify_all();
+        self.gauge().set(0.0);
+    }
+
+    fn record(&self, paths: Vec<PathBuf>, drained: Option<SystemTime>) {
+        let mut state = self.state();
+        state.dirty |= !paths.is_empty();
+        for path in paths {
+            state.note(path, false);
+        }
+        if drained.is_some() {
+            state.drained = drained;
+        }
+        if state.changed.len() > MAX_TRACKED {
+            state.changed.clear();
+            state.floor = state.generation;
+            tracing::info!(
+                root = %self.root.display(),
+                "over {MAX_TRACKED} paths changed: the change journal forgets them, and the \
+                 next run of each job there scans everything"
+            );
+        }
+    }
+
+    /// Records what the watch reads until it stops; why it stopped.
+    fn follow(&self, watch: &mut Watch) -> (&'static str, String) {
+        let mut saved: Option<Instant> = None;
+        loop {
+            if self.restart.swap(false, Ordering::Relaxed) {
+                return ("moved", "the root or a mount moved".into());
+            }
+            match watch.read(POLL) {
+                Read::Changed { paths, drained } => self.record(paths, drained),
+                Read::Lost => {
+                    let why = "the watcher lost events (the kernel's queue overflowed)";
+                    return ("overflow", why.into());
+                }
+                Read::Ended(why) => return ("ended", why),
+            }
+            let dirty = self.state().dirty;
+            let every = if dirty { SAVE_EVERY } else { SAVE_QUIET_EVERY };
+            if saved.is_none_or(|at| at.elapsed() >= every) && self.save() {
+                saved = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Keeps the journal on disk, as it is now, if it is complete up to some instant; whether
+    /// there was anything to keep.
+    fn save(&self) -> bool {
+        let Some(file) = &self.file else { return false };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(kept) = self.state().take_to_keep(&self.root) else {
+            return false;
+        };
+        if let Err(e) = kept::save(file, &kept) {
+            tracing::warn!(
+                file = %file.display(),
+                error = %e,
+                "cannot keep the change journal: after a restart of the agent, each job there \
+                 scans everything once"
+            );
+        }
+        true
+    }
+}
+
+impl State {
+    fn note(&mut self, path: PathBuf, listing: bool) {
+        let generation = self.generation;
+        let listing = listing || self.changed.get(&path).is_some_and(|c| c.listing);
+        self.changed.insert(
+            path,
+            Change {
+                generation,
+                listing,
+            },
+        );
+    }
+
+    /// What to keep on disk, when the journal runs and knows an instant it is complete up to.
+    fn take_to_keep(&mut self, root: &Path) -> Option<Kept> {
+        let drained = self.drained.filter(|_| self.phase == Phase::Running)?;
+        let nanos = drained.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+        let numbers = (self.floor, self.reserved, u64::try_from(nanos).ok()?);
+        let mut kept = Kept::new(root, self.ground.lasting(), self.id.clone(), numbers);
+        for (path, change) in &self.changed {
+            kept.push(path, change.generation, change.listing);
+        }
+        self.dirty = false;
+        Some(kept)
+    }
+}
+
+impl ChangeJournal for RootJournal {
+    /// A mark names the journal as seen from `folder`: the journal's identity and the folder's,
+    /// so a folder replaced meanwhile (renamed away, another put in its place) is scanned whole.
+    fn changes_since(&self, folder: &Path, mark: Option<&Mark>) -> Journaled {
+        let ground = Ground::of(&self.root);
+        let mut state = self.state();
+        if state.phase == Phase::Running && ground != state.ground {
+            state.phase = Phase::Off;
+            self.restart.store(true, Ordering::Relaxed);
+            tracing::info!(
+                root = %self.root.display(),
+                "the root, or what is mounted at or below it, changed; watching again"
+            );
+        }
+        let (mut state, _) = (self.started)
+            .wait_timeout_while(state, START_WAIT, |s| s.phase == Phase::Starting)
+            .unwrap_or_else(|p| p.into_inner());
+        let seen_from = Identity::of(&self.root.join(folder));
+        let Some(seen_from) = seen_from.filter(|_| state.phase == Phase::Running) else {
+            return Journaled::Unjournaled;
+        };
+        let now = Mark {
+            journal: format!("{} {seen_from}", state.id),
+            generation: state.generation,
+        };
+        state.generation += 1;
+        let reserve = state.generation > state.reserved;
+        if reserve {
+            state.reserved = state.generation + RESERVE;
+        }
+        let since = (mark.filter(|mark| mark.journal == now.journal))
+            .map(|mark| mark.generation)
+            .filter(|since| (state.floor..now.generation).contains(since));
+        let changed = since.and_then(|since| changed_inside(&state.changed, folder, since));
+        let news = state.dirty;
+        drop(state);
+        // Before the mark leaves: after a restart no generation it names is used again, and
+        // what a restart catches up on starts from about now.
+        if reserve || news {
+            self.save();
+        }
+        Journaled::At { now, changed }
+    }
+}
+
+/// The paths in `folder` (made relative to it) changed after generation `since`; `None` when
+/// there are more than an answer holds, or the folder's own entries changed unseen.
+fn changed_inside(
+    changed: &HashMap<PathBuf, Change>,
+    folder: &Path,
+    since: u64,
+) -> Option<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    let mut bytes = 0;
+    let inside = (changed.iter())
+        .filter(|(_, change)| change.generation > since)
+        .filter_map(|(path, change)| Some((path.strip_prefix(folder).ok()?, change)));
+    for (path, change) in inside {
+        if path.as_os_str().is_empty() {
+            if change.listing {
+                return None;
+            }
+            continue;
+        }
+        bytes += path.as_os_str().len();
+        if paths.len() == MAX_ANSWER || bytes > MAX_ANSWER_BYTES {
+            return None;
+        }
+        paths.push(path.to_path_buf());
+    }
+    Some(paths)
+}
+
+/// Keeps `journal`'s watch running for the agent's lifetime.
+fn keep(journal: &RootJournal) {
+    let mut resume = journal.restore();
+    loop {
+        let ground = Ground::of(&journal.root);
+        if let Some(mount) = ground.unwatchable() {
+            journal.off();
+            tracing::info!(
+                root = %journal.root.display(),
+                mount = %mount.path.display(),
+                kind = mount.kind,
+                "no change journal: changes on this file system can be made where no watch sees them"
+            );
+            resume = None;
+            std::thread::sleep(RETRY * 6);
+            continue;
+        }
+        let resume_now = resume.take().filter(|_| ground.keeps_change_times());
+        let since =
+            (resume_now.as_ref()).map(|r| r.drained.checked_sub(SLACK).unwrap_or(UNIX_EPOCH));
+        let (mut watch, found) = match Watch::place(&journal.root, since) {
+            Ok(placed) => placed,
+            Err(e) => {
+                journal.off();
+                tracing::warn!(root = %journal.root.display(), error = %e, "cannot watch the root; runs there scan everything");
+                resume = resume_now;
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        journal.begin(ground, resume_now, found);
+        let why = journal.follow(&mut watch);
+        resume = journal.end(why);
+        drop(watch);
+        std::thread::sleep(AFTER_OVERFLOW);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal over a new folder holding `docs/`, whose watch has begun.
+    fn journal() -> (tempfile::TempDir, RootJournal) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("docs")).unwrap();
+        let journal = RootJournal::new(root.path().to_path_buf(), None);
+        journal.begin(Ground::of(root.path()), None, Vec::new());
+        (root, journal)
+    }
+
+    fn answer(
+        journal: &RootJournal,
+        folder: &str,
+        mark: Option<&Mark>,
+    ) -> (Mark, Option<Vec<PathBuf>>) {
+        match journal.changes_since(Path::new(folder), mark) {
+            Journaled::At { now, changed } => (now, changed),
+            Journaled::Unjournaled => panic!("no journal"),
+        }
+    }
+
+    #[test]
+    fn an_answer_names_what_changed_after_the_mark_inside_the_folder() {
+        let (_root, journal) = journal();
+        journal.record(vec!["docs/a".into()], None);
+        let (mark, _) = answer(&journal, "docs", None);
+        journal.record(vec!["docs/b".into(), "other/c".into()], None);
+        let (now, changed) = answer(&journal, "docs", Some(&mark));
+        assert_eq!(changed, Some(vec![PathBuf::from("b")]));
+        assert!(now.generation > mark.generation);
+        // A change recorded after the answer is newer than the mark it gave.
+        journal.record(vec!["docs/d".into()], None);
+        let (_, changed) = answer(&journal, "docs", Some(&now));
+        assert_eq!(changed, Some(vec![PathBuf::from("d")]));
+    }
+
+    #[test]
+    fn a_folder_replaced_another_journals_mark_or_none_cannot_be_answered() {
+        let (root, journal) = journal();
+        let (mark, changed) = answer(&journal, "docs", None);
+        assert_eq!(changed, None);
+        let other = Mark {
+            journal: "another".into(),
+            ..mark.clone()
+        };
+        assert_eq!(answer(&journal, "docs", Some(&other)).1, None);
+        let docs = root.path().join("docs");
+        std::fs::rename(&docs, root.path().join("docs.old")).unwrap();
+        std::fs::create_dir(&docs).unwrap();
+        assert_eq!(answer(&journal, "docs", Some(&mark)).1, None);
+        journal.end(("test", "a test".into()));
+        journal.off();
+        let answer = journal.changes_since(Path::new("docs"), None);
+        assert_eq!(answer, Journaled::Unjournaled);
+    }
+
+    #[test]
+    fn a_root_replaced_stops_the_journal() {
+        let (root, journal) = journal();
+        let moved = root.path().with_extension("moved");
+        std::fs::rename(root.path(), &moved).unwrap();
+        std::fs::create_dir_all(root.path().join("docs")).unwrap();
+        let answer = journal.changes_since(Path::new("docs"), None);
+        assert_eq!(answer, Journaled::Unjournaled);
+        std::fs::remove_dir_all(moved).unwrap();
+    }
+
+    #[test]
+    fn a_journal_kept_on_disk_answers_its_marks_after_a_restart() {
+        let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir(root.path().join("docs")).unwrap();
+        let file = kept::file_for(state.path(), root.path());
+        let journal = RootJournal::new(root.path().to_path_buf(), Some(file.clone()));
+        journal.begin(Ground::of(root.path()), None, Vec::new());
+        let (mark, _) = answer(&journal, "docs", None);
+        journal.record(vec!["docs/recorded".into()], Some(SystemTime::now()));
+        journal.save();
+        drop(journal);
+
+        let again = RootJournal::new(root.path().to_path_buf(), Some(file));
+        let resume = again.restore().expect("taken up");
+        let found = Found {
+            path: "docs/while-down".into(),
+            listing: false,
+        };
+        again.begin(Ground::of(root.path()), Some(resume), vec![found]);
+        let (now, changed) = answer(&again, "docs", Some(&mark));
+        let mut changed = changed.expect("the old mark is answered");
+        changed.sort();
+        assert_eq!(changed, [PathBuf::from("recorded"), "while-down".into()]);
+        assert!(now.generation > mark.generation);
+        // A mark from a life the file does not know of (a file restored from a backup).
+        let ahead = Mark {
+            generation: now.generation + 10,
+            ..now
+        };
+        assert_eq!(answer(&again, "docs", Some(&ahead)).1, None);
+    }
+
+    #[test]
+    fn a_folder_whose_own_entries_changed_unseen_is_scanned_whole() {
+        let (_root, journal) = journal();
+        let (mark, _) = answer(&journal, "docs", None);
+        journal.state().note("docs/inner".into(), true);
+        assert_eq!(
+            answer(&journal, "docs", Some(&mark)).1,
+            Some(vec![PathBuf::from("inner")])
+        );
+        let (mark, _) = answer(&journal, "docs", None);
+        journal.state().note("docs".into(), false);
+        assert_eq!(answer(&journal, "docs", Some(&mark)).1, Some(Vec::new()));
+        journal.state().note("docs".into(), true);
+        assert_eq!(answer(&journal, "docs", Some(&mark)).1, None);
+    }
+}
