@@ -166,7 +166,8 @@ impl Watch {
         let mut events = Events::default();
         let mut reader = inotify::Reader::new(self.fd.as_fd(), &mut self.buffer);
         let drained = loop {
-            if events.paths.len() >= READ_AT_MOST {
+            // Only between the reads of the kernel's queue: what the reader holds would be lost.
+            if events.paths.len() >= READ_AT_MOST && reader.is_buffer_empty() {
                 break None;
             }
             let before = SystemTime::now();
@@ -180,6 +181,9 @@ impl Watch {
                 return ended;
             }
         };
+        for wd in &events.unwatched {
+            self.folders.remove(wd);
+        }
         for moved_away in &events.folders_gone {
             self.remove_below(moved_away);
         }
@@ -205,6 +209,8 @@ struct Events {
     paths: Vec<PathBuf>,
     folders_new: Vec<PathBuf>,
     folders_gone: Vec<PathBuf>,
+    /// Watches the kernel removed (their folder was).
+    unwatched: Vec<i32>,
 }
 
 impl Events {
@@ -226,6 +232,9 @@ impl Events {
             && flags.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF | ReadFlags::IGNORED)
         {
             return Some(Read::Ended("the root was moved or removed".into()));
+        }
+        if flags.contains(ReadFlags::IGNORED) {
+            self.unwatched.push(event.wd());
         }
         // An event of a folder about itself is also its parent's, by name.
         let (Some(name), Some(folder)) = (event.file_name(), folders.get(&event.wd())) else {
@@ -315,6 +324,16 @@ mod tests {
         fs::write(root.path().join("made/deep/f"), "x").unwrap();
         fs::write(root.path().join("new/inner/g"), "x").unwrap();
         assert_eq!(drain(&mut watch), paths(&["made/deep/f", "new/inner/g"]));
+        let mut watched: Vec<&PathBuf> = watch.folders.values().collect();
+        watched.sort();
+        assert_eq!(
+            watched,
+            ["", "made", "made/deep", "new", "new/inner"].map(Path::new)
+        );
+        // Folders removed are no longer held.
+        fs::remove_dir_all(root.path().join("made")).unwrap();
+        drain(&mut watch);
+        assert_eq!(watch.folders.len(), 3);
     }
 
     #[test]

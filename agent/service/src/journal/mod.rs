@@ -98,6 +98,7 @@ pub struct RootJournal {
     /// Asks the watch to start over (the root, or the mounts below it, changed).
     restart: AtomicBool,
     /// One save at a time, each of the state as it is then: a later save never holds less.
+    /// Taken before `state`.
     saving: Mutex<()>,
 }
 
@@ -229,6 +230,7 @@ impl RootJournal {
     /// A watch began over `ground`, taking up from `resume` (with what it `found` changed
     /// since) or afresh: what came before cannot be answered for.
     fn begin(&self, ground: Ground, resume: Option<Resume>, found: Vec<Found>) {
+        let one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.state();
         let resumed = resume.is_some();
         match resume {
@@ -252,10 +254,21 @@ impl RootJournal {
         }
         state.ground = ground;
         state.reserved = state.generation + RESERVE;
-        state.phase = Phase::Running;
-        state.dirty = true;
+        let kept = state.take_to_keep(&self.root);
         drop(state);
-        self.save();
+        // No mark leaves before the generations it may name are reserved on disk; without
+        // that, the kept file (its older reservation) must not be taken up again.
+        if let Some(kept) = kept
+            && self.file.is_some()
+            && !self.write(&kept)
+            && resumed
+        {
+            let mut state = self.state();
+            state.id = uuid::Uuid::new_v4().to_string();
+            state.floor = state.generation;
+        }
+        drop(one_at_a_time);
+        self.state().phase = Phase::Running;
         self.started.notify_all();
         self.gauge().set(1.0);
         tracing::info!(root = %self.root.display(), resumed, caught_up, "change journal started");
@@ -336,12 +349,20 @@ impl RootJournal {
     /// Keeps the journal on disk, as it is now, if it is complete up to some instant; whether
     /// there was anything to keep.
     fn save(&self) -> bool {
-        let Some(file) = &self.file else { return false };
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(kept) = self.state().take_to_keep(&self.root) else {
-            return false;
+        let kept = {
+            let mut state = self.state();
+            let running = state.phase == Phase::Running;
+            running.then(|| state.take_to_keep(&self.root)).flatten()
         };
-        if let Err(e) = kept::save(file, &kept) {
+        kept.is_some_and(|kept| self.write(&kept))
+    }
+
+    /// Writes `kept` where the journal is kept (under `saving`); whether it was written.
+    fn write(&self, kept: &Kept) -> bool {
+        let Some(file) = &self.file else { return false };
+        let written = kept::save(file, kept);
+        if let Err(e) = &written {
             tracing::warn!(
                 file = %file.display(),
                 error = %e,
@@ -349,7 +370,7 @@ impl RootJournal {
                  scans everything once"
             );
         }
-        true
+        written.is_ok()
     }
 }
 
@@ -366,9 +387,9 @@ impl State {
         );
     }
 
-    /// What to keep on disk, when the journal runs and knows an instant it is complete up to.
+    /// What to keep on disk, when the journal knows an instant it is complete up to.
     fn take_to_keep(&mut self, root: &Path) -> Option<Kept> {
-        let drained = self.drained.filter(|_| self.phase == Phase::Running)?;
+        let drained = self.drained?;
         let nanos = drained.duration_since(UNIX_EPOCH).ok()?.as_nanos();
         let numbers = (self.floor, self.reserved, u64::try_from(nanos).ok()?);
         let mut kept = Kept::new(root, self.ground.lasting(), self.id.clone(), numbers);
@@ -477,7 +498,13 @@ fn keep(journal: &RootJournal) {
             Ok(placed) => placed,
             Err(e) => {
                 journal.off();
-                tracing::warn!(root = %journal.root.display(), error = %e, "cannot watch the root; runs there scan everything");
+                let root = journal.root.display();
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => tracing::debug!(%root, "no root to watch yet"),
+                    _ => {
+                        tracing::warn!(%root, error = %e, "cannot watch the root; runs there scan everything")
+                    }
+                }
                 resume = resume_now;
                 std::thread::sleep(RETRY);
                 continue;
