@@ -98,7 +98,7 @@ impl Bench {
         };
         let copy = run()?;
         let durable = copy;
-        // The copy's flood of changes overflowed the destination's watch: it starts over.
+        // The copy's flood of changes may have overflowed the destination's watch.
         pair.wait_for_journals()?;
         let after_copy = run()?;
         let quiet = run()?;
@@ -165,8 +165,8 @@ pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)])
     let outro = "The run right after the copy scans everything, as rsync does every time: the \
                  copy left no marks to compare with (it began before the source agent's watch \
                  was in place: placing one on a million files takes seconds), and the \
-                 destination's journal started over under the copy's million new paths (it \
-                 holds 250,000 at most). From then on a run asks both journals what changed \
+                 destination's journal forgot the copy's million new paths (it holds 250,000 \
+                 at most), so it cannot answer for that interval. From then on a run asks both journals what changed \
                  since the last one and looks at that alone. The memory of those runs is what \
                  the agents hold between runs (their journals among it).";
     let title = "A million files: ferry agent to agent vs rsync daemon";

@@ -24,11 +24,11 @@ const STAGE_FILES: usize = 256;
 const STAGE_BYTES: u64 = 64 << 20;
 /// While a flush is under way the next batch grows up to this (group commit: a disk slower
 /// than the network makes batches larger, not the receiver wait).
-const STAGE_MAX_FILES: usize = 768;
+const STAGE_MAX_FILES: usize = 4096;
 const STAGE_MAX_BYTES: u64 = 256 << 20;
-// A client stops sending once `PIPELINE` files wait for their verdicts: a batch that is not
+// A client stops sending once `FILES_AHEAD` files wait for their verdicts: a batch that is not
 // full must never hold that many, or it would wait for files that do not come.
-const _: () = assert!(STAGE_MAX_FILES < ferry_wire::remote::PIPELINE);
+const _: () = assert!(STAGE_MAX_FILES < ferry_wire::remote::FILES_AHEAD);
 
 /// Files received and checked, waiting for their batch to be made durable and put in place.
 #[derive(Default)]

@@ -35,7 +35,7 @@ mod tests;
 use pipeline::{Link, Owed};
 use sink::RemoteSink;
 
-pub use pipeline::PIPELINE;
+pub use pipeline::{FILES_AHEAD, PIPELINE};
 
 /// A folder `path` on the agent `dial` reaches.
 pub struct RemoteEndpoint {

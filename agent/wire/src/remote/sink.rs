@@ -7,7 +7,7 @@ use std::sync::MutexGuard;
 use ferry_engine::delta::{Encoded, Op};
 use ferry_engine::endpoint::{FileSink, Result};
 
-use super::PIPELINE;
+use super::FILES_AHEAD;
 use super::RemoteEndpoint;
 use super::pipeline::{BATCH_OPS, Link};
 use crate::protocol::{DataOp, Request, Response};
@@ -114,7 +114,7 @@ impl FileSink for RemoteSink<'_> {
         // Made durable and renamed with its batch: the verdict comes later, in order. A delta
         // that did not rebuild fails there as a bad delta (see `Endpoint::settle`).
         self.owe(Some(self.rel.clone()));
-        self.collect(PIPELINE)?;
+        self.collect(FILES_AHEAD)?;
         Ok(sent.size)
     }
 }
