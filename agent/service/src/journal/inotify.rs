@@ -21,6 +21,8 @@ use rustix::io::Errno;
 
 use ferry_engine::filter::TEMP_PREFIX;
 
+use super::Reach;
+
 /// What a change records: everything a sync compares, and entries made, removed or renamed.
 const MASK: WatchFlags = WatchFlags::ATTRIB
     .union(WatchFlags::CLOSE_WRITE)
@@ -43,7 +45,7 @@ const READ_AT_MOST: usize = 16_384;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Found {
     pub path: PathBuf,
-    pub listing: bool,
+    pub reach: Reach,
 }
 
 /// What one read of the watch came to.
@@ -88,7 +90,7 @@ impl Watch {
         if since.is_some_and(|since| root_changed >= since) {
             found.push(Found {
                 path: PathBuf::new(),
-                listing: true,
+                reach: Reach::Entries,
             });
         }
         watch.add_below(Path::new(""), since, &mut found)?;
@@ -116,7 +118,10 @@ impl Watch {
                 {
                     found.push(Found {
                         path: rel.clone(),
-                        listing: is_folder,
+                        reach: match is_folder {
+                            true => Reach::Entries,
+                            false => Reach::Itself,
+                        },
                     });
                 }
                 if is_folder && self.add(&rel)? {
@@ -352,9 +357,12 @@ mod tests {
         found.sort_by(|a, b| a.path.cmp(&b.path));
         let expected = [("keep/sub", true), ("keep/sub/new", false), ("lose", true)];
         let expected: Vec<Found> = (expected.iter())
-            .map(|(path, listing)| Found {
+            .map(|(path, folder)| Found {
                 path: path.into(),
-                listing: *listing,
+                reach: match folder {
+                    true => Reach::Entries,
+                    false => Reach::Itself,
+                },
             })
             .collect();
         assert_eq!(found, expected);

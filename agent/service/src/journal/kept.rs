@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Reach;
+
 /// The layout of the file; another is read as no file.
 const FORMAT: u32 = 1;
 
@@ -35,7 +37,7 @@ struct KeptChange {
     #[serde(with = "serde_bytes")]
     path: Vec<u8>,
     generation: u64,
-    listing: bool,
+    reach: Reach,
 }
 
 impl Kept {
@@ -57,19 +59,19 @@ impl Kept {
         }
     }
 
-    pub fn push(&mut self, path: &Path, generation: u64, listing: bool) {
+    pub fn push(&mut self, path: &Path, generation: u64, reach: Reach) {
         self.changed.push(KeptChange {
             path: path.as_os_str().as_bytes().to_vec(),
             generation,
-            listing,
+            reach,
         });
     }
 
-    /// The recorded paths, each with its generation and whether it stands for a listing.
-    pub fn into_changed(self) -> impl Iterator<Item = (PathBuf, u64, bool)> {
+    /// The recorded paths, each with its generation and what it stands for.
+    pub fn into_changed(self) -> impl Iterator<Item = (PathBuf, u64, Reach)> {
         (self.changed.into_iter()).map(|c| {
             let path = PathBuf::from(std::ffi::OsString::from_vec(c.path));
-            (path, c.generation, c.listing)
+            (path, c.generation, c.reach)
         })
     }
 }
@@ -114,14 +116,14 @@ mod tests {
         let file = file_for(dir.path(), root);
         assert_eq!(load(&file, root).unwrap().map(|k| k.id), None);
         let mut kept = Kept::new(root, "1.2 /:ext4".into(), "id".into(), (3, 70, 9));
-        kept.push(Path::new("docs/\u{e9}t\u{e9}"), 5, false);
+        kept.push(Path::new("docs/\u{e9}t\u{e9}"), 5, Reach::Entries);
         save(&file, &kept).unwrap();
         let back = load(&file, root).unwrap().unwrap();
         assert_eq!((back.floor, back.reserved, back.drained), (3, 70, 9));
         let changed: Vec<_> = back.into_changed().collect();
         assert_eq!(
             changed,
-            vec![(PathBuf::from("docs/\u{e9}t\u{e9}"), 5, false)]
+            vec![(PathBuf::from("docs/\u{e9}t\u{e9}"), 5, Reach::Entries)]
         );
         assert!(load(&file, Path::new("/srv/b")).is_err());
         std::fs::write(&file, b"garbage").unwrap();

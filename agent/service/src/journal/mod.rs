@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use ferry_engine::journal::{ChangeJournal, Journaled, Mark};
 
 use crate::config::ServedRoot;
@@ -137,9 +139,20 @@ struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Change {
     generation: u64,
-    /// The path stands for a folder whose entries changed, not only for itself: an entry may
-    /// have been removed, so all of it is looked at.
-    listing: bool,
+    reach: Reach,
+}
+
+/// What a recorded path stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(super) enum Reach {
+    /// The entry itself (a folder with what is below it, as a run's scope takes a folder).
+    Itself,
+    /// A folder whose entries changed unseen (one may have gone): all of it is looked at, and
+    /// a job whose own folder it is scans everything.
+    Entries,
+    /// Anything at or below it: paths below it folded into it when the journal grew too
+    /// long; a job at or below it scans everything.
+    Everything,
 }
 
 /// Where a journal left off, to take up from.
@@ -208,15 +221,7 @@ impl RootJournal {
         };
         let (id, floor, reserved) = (kept.id.clone(), kept.floor, kept.reserved);
         let changed = (kept.into_changed())
-            .map(|(path, generation, listing)| {
-                (
-                    path,
-                    Change {
-                        generation,
-                        listing,
-                    },
-                )
-            })
+            .map(|(path, generation, reach)| (path, Change { generation, reach }))
             .collect();
         Some(Resume {
             id,
@@ -250,7 +255,7 @@ impl RootJournal {
         }
         let caught_up = found.len();
         for found in found {
-            state.note(found.path, found.listing);
+            state.note(found.path, found.reach);
         }
         state.ground = ground;
         state.reserved = state.generation + RESERVE;
@@ -307,20 +312,12 @@ impl RootJournal {
         let mut state = self.state();
         state.dirty |= !paths.is_empty();
         for path in paths {
-            state.note(path, false);
+            state.note(path, Reach::Itself);
         }
         if drained.is_some() {
             state.drained = drained;
         }
-        if state.changed.len() > MAX_TRACKED {
-            state.changed.clear();
-            state.floor = state.generation;
-            tracing::info!(
-                root = %self.root.display(),
-                "over {MAX_TRACKED} paths changed: the change journal forgets them, and the \
-                 next run of each job there scans everything"
-            );
-        }
+        state.fold_if_long(&self.root);
     }
 
     /// Records what the watch reads until it stops; why it stopped.
@@ -375,16 +372,51 @@ impl RootJournal {
 }
 
 impl State {
-    fn note(&mut self, path: PathBuf, listing: bool) {
+    fn note(&mut self, path: PathBuf, reach: Reach) {
         let generation = self.generation;
-        let listing = listing || self.changed.get(&path).is_some_and(|c| c.listing);
-        self.changed.insert(
-            path,
-            Change {
-                generation,
-                listing,
-            },
-        );
+        let reach = (self.changed.get(&path)).map_or(reach, |was| was.reach.max(reach));
+        self.changed.insert(path, Change { generation, reach });
+    }
+
+    /// Past `MAX_TRACKED` paths, folds the deepest into their folders (as far as needed to
+    /// halve them), so the journal stays bounded and still answers the marks it gave; with
+    /// nothing left to fold, forgets them all, and answers no mark from before.
+    fn fold_if_long(&mut self, root: &Path) {
+        if self.changed.len() <= MAX_TRACKED {
+            return;
+        }
+        while self.changed.len() > MAX_TRACKED / 2 {
+            let deepest = (self.changed.keys()).map(|p| p.components().count()).max();
+            let deepest = deepest.unwrap_or(0);
+            if deepest <= 1 {
+                self.changed.clear();
+                self.floor = self.generation;
+                tracing::info!(
+                    root = %root.display(),
+                    "over {MAX_TRACKED} paths changed at the top of the root: the change \
+                     journal forgets them, and the next run of each job there scans everything"
+                );
+                return;
+            }
+            for (path, change) in std::mem::take(&mut self.changed) {
+                let (path, change) = match path.components().count() == deepest {
+                    true => (
+                        folder_of(&path),
+                        Change {
+                            reach: Reach::Everything,
+                            ..change
+                        },
+                    ),
+                    false => (path, change),
+                };
+                let merged = (self.changed.get(&path)).map_or(change, |was| Change {
+                    generation: was.generation.max(change.generation),
+                    reach: was.reach.max(change.reach),
+                });
+                self.changed.insert(path, merged);
+            }
+        }
+        tracing::debug!(root = %root.display(), kept = self.changed.len(), "change journal folded into folders");
     }
 
     /// What to keep on disk, when the journal knows an instant it is complete up to.
@@ -394,7 +426,7 @@ impl State {
         let numbers = (self.floor, self.reserved, u64::try_from(nanos).ok()?);
         let mut kept = Kept::new(root, self.ground.lasting(), self.id.clone(), numbers);
         for (path, change) in &self.changed {
-            kept.push(path, change.generation, change.listing);
+            kept.push(path, change.generation, change.reach);
         }
         self.dirty = false;
         Some(kept)
@@ -447,7 +479,8 @@ impl ChangeJournal for RootJournal {
 }
 
 /// The paths in `folder` (made relative to it) changed after generation `since`; `None` when
-/// there are more than an answer holds, or the folder's own entries changed unseen.
+/// there are more than an answer holds, or the journal cannot name them (the folder's own
+/// entries changed unseen, or changes at or above it were folded together).
 fn changed_inside(
     changed: &HashMap<PathBuf, Change>,
     folder: &Path,
@@ -455,23 +488,31 @@ fn changed_inside(
 ) -> Option<Vec<PathBuf>> {
     let mut paths = Vec::new();
     let mut bytes = 0;
-    let inside = (changed.iter())
-        .filter(|(_, change)| change.generation > since)
-        .filter_map(|(path, change)| Some((path.strip_prefix(folder).ok()?, change)));
-    for (path, change) in inside {
-        if path.as_os_str().is_empty() {
-            if change.listing {
-                return None;
+    for (path, change) in changed.iter().filter(|(_, c)| c.generation > since) {
+        let Ok(inside) = path.strip_prefix(folder) else {
+            match change.reach == Reach::Everything && folder.starts_with(path) {
+                true => return None,
+                false => continue,
             }
-            continue;
+        };
+        if inside.as_os_str().is_empty() {
+            match change.reach {
+                Reach::Itself => continue,
+                Reach::Entries | Reach::Everything => return None,
+            }
         }
-        bytes += path.as_os_str().len();
+        bytes += inside.as_os_str().len();
         if paths.len() == MAX_ANSWER || bytes > MAX_ANSWER_BYTES {
             return None;
         }
-        paths.push(path.to_path_buf());
+        paths.push(inside.to_path_buf());
     }
     Some(paths)
+}
+
+/// The folder `path` is in (the root's own entries: the root, "").
+fn folder_of(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("")).to_path_buf()
 }
 
 /// Keeps `journal`'s watch running for the agent's lifetime.
@@ -604,7 +645,7 @@ mod tests {
         let resume = again.restore().expect("taken up");
         let found = Found {
             path: "docs/while-down".into(),
-            listing: false,
+            reach: Reach::Itself,
         };
         again.begin(Ground::of(root.path()), Some(resume), vec![found]);
         let (now, changed) = answer(&again, "docs", Some(&mark));
@@ -624,15 +665,39 @@ mod tests {
     fn a_folder_whose_own_entries_changed_unseen_is_scanned_whole() {
         let (_root, journal) = journal();
         let (mark, _) = answer(&journal, "docs", None);
-        journal.state().note("docs/inner".into(), true);
+        journal.state().note("docs/inner".into(), Reach::Entries);
         assert_eq!(
             answer(&journal, "docs", Some(&mark)).1,
             Some(vec![PathBuf::from("inner")])
         );
         let (mark, _) = answer(&journal, "docs", None);
-        journal.state().note("docs".into(), false);
+        journal.state().note("docs".into(), Reach::Itself);
         assert_eq!(answer(&journal, "docs", Some(&mark)).1, Some(Vec::new()));
-        journal.state().note("docs".into(), true);
+        journal.state().note("docs".into(), Reach::Entries);
         assert_eq!(answer(&journal, "docs", Some(&mark)).1, None);
+    }
+
+    #[test]
+    fn a_long_journal_folds_its_paths_into_folders_and_still_answers() {
+        let (root, journal) = journal();
+        std::fs::create_dir(root.path().join("other")).unwrap();
+        let (in_docs, _) = answer(&journal, "docs", None);
+        let (in_other, _) = answer(&journal, "other", None);
+        let many = (0..=MAX_TRACKED).map(|i| PathBuf::from(format!("docs/d{}/f{i}", i % 100)));
+        journal.record(many.collect(), None);
+        journal.record(vec!["other/kept".into()], None);
+        let held = journal.state().changed.len();
+        assert!(held <= MAX_TRACKED / 2, "{held} paths held");
+        let (_, changed) = answer(&journal, "docs", Some(&in_docs));
+        let changed = changed.expect("answered");
+        assert_eq!(changed.len(), 100, "one path a folder");
+        assert!(changed.contains(&PathBuf::from("d7")));
+        let (_, changed) = answer(&journal, "other", Some(&in_other));
+        assert_eq!(changed, Some(vec![PathBuf::from("kept")]));
+        // Folded above a job's folder: that job cannot be told what changed.
+        std::fs::create_dir(root.path().join("docs/d7")).unwrap();
+        let (in_d7, _) = answer(&journal, "docs/d7", None);
+        journal.state().note("docs".into(), Reach::Everything);
+        assert_eq!(answer(&journal, "docs/d7", Some(&in_d7)).1, None);
     }
 }
