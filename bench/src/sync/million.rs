@@ -18,12 +18,17 @@ const CASES: [&str; 5] = [
     "re-sync, 0.1 % changed (1,000 files edited)",
 ];
 
-/// The data set: generated once into `$FERRY_BENCH_DIR` (default /var/tmp/ferry-bench) and
-/// kept between runs; writing a million files takes minutes.
+/// Where the data set and the copies' file systems live: `$FERRY_BENCH_DIR`, by default
+/// /var/tmp/ferry-bench.
+fn work_dir() -> PathBuf {
+    std::env::var_os("FERRY_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("/var/tmp/ferry-bench"), PathBuf::from)
+}
+
+/// The data set: generated once into the work folder and kept between runs; writing a million
+/// files takes minutes.
 fn data_set() -> Result<PathBuf> {
-    let work = std::env::var_os("FERRY_BENCH_DIR")
-        .map_or_else(|| PathBuf::from("/var/tmp/ferry-bench"), PathBuf::from);
-    let root = work.join(format!("small-{FILES}"));
+    let root = work_dir().join(format!("small-{FILES}"));
     if root.is_dir() {
         return Ok(root);
     }
@@ -41,6 +46,52 @@ fn data_set() -> Result<PathBuf> {
     }
     fs::rename(&partial, &root)?;
     Ok(root)
+}
+
+/// A fresh ext4 file system mounted at a folder until dropped (a loop device over a sparse
+/// image in the work folder): each tool copies onto one with no history, so none pays for
+/// another's million inodes (ext4 slows as it fills, and for minutes after mass deletions).
+struct FreshFs {
+    image: PathBuf,
+    at: PathBuf,
+}
+
+impl FreshFs {
+    fn mount(at: &Path) -> Result<Self> {
+        fs::create_dir_all(at)?;
+        let image = work_dir().join("copy.img");
+        let _ = fs::remove_file(&image);
+        fs::File::create(&image)?.set_len(8 << 30)?;
+        let fresh = Self {
+            image,
+            at: at.to_path_buf(),
+        };
+        let inodes = (FILES + FILES / 10).to_string();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-N", &inodes])
+            .arg(&fresh.image)
+            .status()?;
+        let mounted = made.success()
+            && (Command::new("mount").args(["-o", "loop"]))
+                .arg(&fresh.image)
+                .arg(at)
+                .status()?
+                .success();
+        if !mounted {
+            bail!(
+                "cannot make and mount a file system at {} (needs root)",
+                at.display()
+            );
+        }
+        Ok(fresh)
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+        let _ = fs::remove_file(&self.image);
+    }
 }
 
 fn file_path(root: &Path, i: usize) -> PathBuf {
@@ -68,7 +119,8 @@ impl Bench {
         for r in 1..=rounds {
             for turn in round_order(self.tools.len(), r) {
                 let tool = self.tools[turn];
-                let to = format!("million-{r}");
+                let fresh = FreshFs::mount(&self.dst[tool as usize].join(format!("fs-{r}")))?;
+                let to = format!("fs-{r}/million");
                 let change = || change_a_thousandth(&source, r * self.tools.len() + turn);
                 let samples = match tool {
                     Tool::Ferry => self.million_ferry(&source, &to, change)?,
@@ -79,6 +131,7 @@ impl Bench {
                     cases[case][turn].1.push(sample);
                 }
                 self.check_replica(tool, &source, &to)?;
+                drop(fresh);
             }
         }
         Ok(CASES.into_iter().zip(cases).collect())
@@ -155,20 +208,19 @@ pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)])
     let intro = format!(
         "`bash bench/million.sh {rounds}` on {}, {}: the same agents, rsync daemon (`-aHAX \
          --numeric-ids --delete`) and counting relay as above, over loopback, each tool's \
-         copies on one fresh ext4 file system (a loop device: no deletions before them), \
+         copy on a fresh ext4 file system of its own (a loop device), \
          {rounds} rounds, median (min-max). The agents stay up through a round, as in production, so their \
          change journals carry from run to run; memory is each run's own peak (both ends' \
          peak resident set, reset before the run), CPU each run's own.",
         today(),
         machine(),
     );
-    let outro = "The run right after the copy scans everything, as rsync does every time: the \
-                 copy left no marks to compare with (it began before the source agent's watch \
-                 was in place: placing one on a million files takes seconds), and the \
-                 destination's journal forgot the copy's million new paths (it holds 250,000 \
-                 at most), so it cannot answer for that interval. From then on a run asks both journals what changed \
-                 since the last one and looks at that alone. The memory of those runs is what \
-                 the agents hold between runs (their journals among it).";
+    let outro = "The run right after the copy looks at everything, as rsync does every time: \
+                 the destination's journal reports the copy's million new paths (folded into \
+                 their 1,000 folders: a journal holds 250,000 paths at most). From then on a \
+                 run asks both journals what changed since the last one and looks at that \
+                 alone. The memory of those runs is what the agents hold between runs (their \
+                 journals among it).";
     let title = "A million files: ferry agent to agent vs rsync daemon";
     write_section("sync-million", title, &intro, rows, outro)
 }
