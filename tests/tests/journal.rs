@@ -214,9 +214,9 @@ fn a_change_made_while_the_agent_was_down_is_found_and_the_journal_takes_up_agai
     write_files(&src, 3000);
     site.run();
     site.quiet_run();
-    // A restart catches up from a little before the last instant the journal knew itself
+    // A restart catches up from 10 s before the last instant the journal knew itself
     // complete: let the copy's writes fall before it.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(11));
     site.quiet_run();
     site.agents[0].take().unwrap().kill();
     fs::write(src.join("d7/f7.txt"), "changed while nas1 was down\n").unwrap();
@@ -290,6 +290,27 @@ fn a_folder_put_in_the_place_of_a_replica_is_scanned_whole() {
     // All the watch reports is the folder's own name, not what the old one held.
     fs::rename(&dst, site.srv[1].join("share.old")).unwrap();
     fs::create_dir(&dst).unwrap();
+    site.run();
+    assert_eq!(differences(&src, &dst, "mirror"), "");
+}
+
+#[test]
+fn a_state_folder_put_back_from_an_older_copy_still_finds_every_change() {
+    let mut site = Site::new("mirror", &[]);
+    let (src, dst) = (site.share(0), site.share(1));
+    write_files(&src, 100);
+    site.run();
+    site.quiet_run();
+    // A copy of nas1's kept journal, as a backup of its state folder would hold it.
+    let kept = kept_journals(&site, "nas1");
+    let backup = fs::read(&kept[0]).unwrap();
+    fs::write(src.join("d1/f1.txt"), "changed after the backup\n").unwrap();
+    site.run();
+    site.quiet_run();
+    site.agents[0].take().unwrap().kill();
+    fs::write(&kept[0], backup).unwrap();
+    fs::write(src.join("d2/f2.txt"), "changed while nas1 was down\n").unwrap();
+    site.start_agent(0);
     site.run();
     assert_eq!(differences(&src, &dst, "mirror"), "");
 }

@@ -50,9 +50,11 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 const SAVE_QUIET_EVERY: Duration = Duration::from_secs(600);
 /// Generations reserved on disk at a time: no mark handed out may name one above them.
 const RESERVE: u64 = 1 << 20;
-/// Change times are stamped from a coarse clock, and an event queued just after its change:
-/// a catch-up starts this much before the instant the journal knew itself complete.
-const SLACK: Duration = Duration::from_secs(2);
+/// A catch-up starts this much before the instant the journal knew itself complete: a write
+/// stamps the change time as it begins and queues its event as it ends, and one call may write
+/// gigabytes, or wait behind a slow disk (change times also come from a coarse clock). What a
+/// longer write changed is found by the periodic full scan.
+const SLACK: Duration = Duration::from_secs(10);
 /// How long a question waits for a journal that is catching up.
 const START_WAIT: Duration = Duration::from_secs(60);
 
