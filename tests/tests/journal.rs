@@ -362,6 +362,14 @@ fn a_flood_past_the_watch_queue_is_found() {
     assert!(lost, "no overflow:\n{}", agent.log_since_start());
     site.run();
     assert_eq!(differences(&src, &dst, "mirror"), "");
+    // The journal caught up and kept its identity: the runs' marks are still answered.
+    let log = agent.log_since_start();
+    assert!(log.contains("resumed=true"), "{log}");
+    site.quiet_run();
+    assert!(
+        site.quiet_run() < 2048,
+        "the journal serves on after the overflow"
+    );
 }
 
 /// A bind mount, undone when dropped.
