@@ -259,6 +259,7 @@ impl RootJournal {
         for found in found {
             state.note(found.path, found.reach);
         }
+        state.fold_if_long(&self.root);
         state.ground = ground;
         state.reserved = state.generation + RESERVE;
         let kept = state.take_to_keep(&self.root);
