@@ -255,7 +255,7 @@ impl Endpoint for RemoteEndpoint {
             include: include.to_vec(),
             exclude: exclude.to_vec(),
         };
-        let mut tree = Tree::new();
+        let mut found = Vec::new();
         let mut response = self.call("read folder", root, request)?;
         let mut slot = self.session();
         loop {
@@ -269,9 +269,11 @@ impl Endpoint for RemoteEndpoint {
                         let error = self.error("read folder", path, refused);
                         return Err(error.meaning(Failure::Outside));
                     }
-                    tree.extend(entries);
+                    found.extend(entries);
                     if !more {
-                        return Ok(tree);
+                        // In a tree's order, as the agent sends them: built at once, with
+                        // full nodes.
+                        return Ok(found.into_iter().collect());
                     }
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),
