@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// A digest of attributes: 64 bits of a BLAKE3 hash, never 0, so an absent one costs no
+/// room beside it (a scan holds one `Meta` a file).
+pub type Digest = std::num::NonZeroU64;
+
 /// The facts a scan reports beside an entry's kind, size, time and mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -16,10 +20,10 @@ pub struct Meta {
     pub owner: Option<Owner>,
     /// A digest of its POSIX ACLs (access and default); `None` without any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub acl: Option<u64>,
+    pub acl: Option<Digest>,
     /// A digest of its other extended attributes; `None` without any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub xattrs: Option<u64>,
+    pub xattrs: Option<Digest>,
     /// For a file with more than one name: a number shared by all its names in this replica
     /// (from its device and inode), so a run keeps them one file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,7 +199,7 @@ pub fn check(xattrs: &[Xattr]) -> Result<(), String> {
 pub fn digests(
     xattrs: &[Xattr],
     name_of: &dyn Fn(Named, u32) -> Option<String>,
-) -> (Option<u64>, Option<u64>) {
+) -> (Option<Digest>, Option<Digest>) {
     // Most entries have none: no hasher is made for them (a scan does this for every entry).
     let digest = |class: Class| {
         let mut of_class = xattrs
@@ -215,9 +219,8 @@ pub fn digests(
             hasher.update(&value);
         }
         let hash = hasher.finalize();
-        Some(u64::from_le_bytes(
-            hash.as_bytes()[..8].try_into().expect("8 bytes"),
-        ))
+        let bits = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        Some(Digest::new(bits).unwrap_or(Digest::MIN))
     };
     (digest(Class::Acl), digest(Class::Other))
 }
