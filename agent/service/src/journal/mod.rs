@@ -377,8 +377,14 @@ impl RootJournal {
 impl State {
     fn note(&mut self, path: PathBuf, reach: Reach) {
         let generation = self.generation;
-        let reach = (self.changed.get(&path)).map_or(reach, |was| was.reach.max(reach));
-        self.changed.insert(path, Change { generation, reach });
+        (self.changed.entry(path))
+            .and_modify(|was| {
+                *was = Change {
+                    generation,
+                    reach: was.reach.max(reach),
+                }
+            })
+            .or_insert(Change { generation, reach });
     }
 
     /// Past `MAX_TRACKED` paths, folds the deepest into their folders (as far as needed to
