@@ -23,8 +23,9 @@ use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, file_mode};
 
-/// A scan's entries, in the order it found them.
-type Scanned = Vec<(PathBuf, Entry)>;
+/// Takes a scan's entries one by one, in the order it finds them (see
+/// [`LocalEndpoint::scan_each`]).
+pub type EachEntry<'a> = dyn FnMut(PathBuf, Entry) -> Result<()> + Send + 'a;
 
 /// A folder on this machine.
 #[derive(Debug)]
@@ -163,9 +164,9 @@ impl LocalEndpoint {
         move |source| endpoint_error(op, self.full(rel), source)
     }
 
-    /// Adds what the folder `rel` holds to `scanned`, in a tree's order: each folder's names
+    /// Hands what the folder `rel` holds to `each`, in a tree's order: each folder's names
     /// sorted, a folder's contents right after it.
-    fn walk(&self, root: &Root, rel: &Path, filter: &Filter, scanned: &mut Scanned) -> Result<()> {
+    fn walk(&self, root: &Root, rel: &Path, filter: &Filter, each: &mut EachEntry) -> Result<()> {
         let folder = match root.folder(rel) {
             Ok(folder) => folder,
             // A folder deleted while we walked: the next scan sees the truth. The root itself
@@ -190,29 +191,47 @@ impl LocalEndpoint {
             let Some(entry) = self.entry(found, &child, read_link, || folder.xattrs(&name))? else {
                 continue;
             };
-            self.add(root, &child, entry, filter, scanned)?;
+            self.add(root, &child, entry, filter, each)?;
         }
         Ok(())
     }
 
-    /// Adds `rel` (and, for a folder, its contents) to `scanned` if the filter admits it.
+    /// Hands `rel` (and, for a folder, its contents) to `each` if the filter admits it.
     fn add(
         &self,
         root: &Root,
         rel: &Path,
         entry: Entry,
         filter: &Filter,
-        scanned: &mut Scanned,
+        each: &mut EachEntry,
     ) -> Result<()> {
         if entry.is_dir() {
             if filter.admits_dir(rel) {
-                scanned.push((rel.to_path_buf(), entry));
-                self.walk(root, rel, filter, scanned)?;
+                each(rel.to_path_buf(), entry)?;
+                self.walk(root, rel, filter, each)?;
             }
         } else if filter.admits_file(rel) {
-            scanned.push((rel.to_path_buf(), entry));
+            each(rel.to_path_buf(), entry)?;
         }
         Ok(())
+    }
+
+    /// Scans as [`Endpoint::scan`] does, handing each entry to `each` as it is found instead
+    /// of holding the tree: an agent serving a scan sends the entries on as it walks. A full
+    /// scan hands them over in a tree's order; one of some paths, in the order of the paths.
+    pub fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()> {
+        let root = self.root()?;
+        beneath::with_own_cwd(|| match scope {
+            Scope::Full => self.walk(&root, Path::new(""), filter, each),
+            Scope::Paths(paths) => {
+                for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
+                    if let Some(entry) = self.lstat(&root, rel)? {
+                        self.add(&root, rel, entry, filter, each)?;
+                    }
+                }
+                Ok(())
+            }
+        })
     }
 
     /// The entry for what a scan found at `rel`; `None` for nothing.
@@ -409,18 +428,10 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
-        let root = self.root()?;
-        let mut scanned = Scanned::new();
-        beneath::with_own_cwd(|| match scope {
-            Scope::Full => self.walk(&root, Path::new(""), filter, &mut scanned),
-            Scope::Paths(paths) => {
-                for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
-                    if let Some(entry) = self.lstat(&root, rel)? {
-                        self.add(&root, rel, entry, filter, &mut scanned)?;
-                    }
-                }
-                Ok(())
-            }
+        let mut scanned = Vec::new();
+        self.scan_each(scope, filter, &mut |path, entry| {
+            scanned.push((path, entry));
+            Ok(())
         })?;
         // Built at once from entries in order, a tree's nodes are full: about 40 % less
         // memory than one grown entry by entry, and no search per entry.

@@ -22,7 +22,7 @@ use crate::tree::{Entry, Expected, Mtime, Tree};
 
 mod local;
 
-pub use local::{LocalEndpoint, LocalSink, Staged};
+pub use local::{EachEntry, LocalEndpoint, LocalSink, Staged};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use ferry_engine::delta::{Op, Signature};
-use ferry_engine::endpoint::{Endpoint, LocalEndpoint, Scope};
+use ferry_engine::endpoint::{Endpoint, EndpointError, LocalEndpoint, Scope};
 use ferry_engine::filter::Filter;
+use ferry_engine::tree::Entry;
 use ferry_wire::frame::FrameError;
 use ferry_wire::protocol::{DataOp, ErrorKind, MAX_BATCH, Response};
 
@@ -20,33 +21,56 @@ const SCAN_BATCH: usize = 4096;
 const READ_BATCH_BYTES: usize = 1024 * 1024;
 
 impl Session<'_> {
+    /// Streams a scan: entries go out in batches while the walk goes on, so the agent never
+    /// holds the tree (a million files would take hundreds of MiB here, on top of the peer's).
+    /// A batch is held back until the next one arrives or the walk ends, so the last says
+    /// `more: false`; a walk that fails after some batches ends with the failure instead.
     pub(super) async fn scan(
         &mut self,
-        replica: &LocalEndpoint,
+        replica: LocalEndpoint,
         paths: Option<Vec<PathBuf>>,
         include: &[String],
         exclude: &[String],
     ) -> Result<(), FrameError> {
-        let scope = paths.map_or(Scope::Full, Scope::Paths);
-        let scanned = Filter::new(include, exclude)
-            .map_err(|e| failure("scan", "", ErrorKind::Other, e.to_string()))
-            .and_then(|filter| replica.scan(&scope, &filter).map_err(|e| wire_failure(&e)));
-        let tree = match scanned {
-            Ok(tree) => tree,
-            Err(response) => return self.reply(&response).await,
-        };
-        let mut entries = tree.into_iter().peekable();
-        loop {
-            let batch: Vec<_> = entries.by_ref().take(SCAN_BATCH).collect();
-            let more = entries.peek().is_some();
-            self.reply(&Response::Scanned {
-                entries: batch,
-                more,
-            })
-            .await?;
-            if !more {
-                return Ok(());
+        let filter = match Filter::new(include, exclude) {
+            Ok(filter) => filter,
+            Err(e) => {
+                let refusal = failure("scan", "", ErrorKind::Other, e.to_string());
+                return self.reply(&refusal).await;
             }
+        };
+        let scope = paths.map_or(Scope::Full, Scope::Paths);
+        let (tx, mut rx) = mpsc::channel::<Vec<(PathBuf, Entry)>>(2);
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(SCAN_BATCH);
+            let closed = || {
+                let gone = io::Error::other("the connection closed");
+                EndpointError::new("scan", replica.display(), gone)
+            };
+            replica.scan_each(&scope, &filter, &mut |path, entry| {
+                batch.push((path, entry));
+                if batch.len() == SCAN_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                    tx.blocking_send(full).map_err(|_| closed())?;
+                }
+                Ok(())
+            })?;
+            tx.blocking_send(batch).map_err(|_| closed())
+        });
+        let mut held = None;
+        while let Some(batch) = rx.recv().await {
+            if let Some(entries) = held.replace(batch) {
+                let more = true;
+                self.reply(&Response::Scanned { entries, more }).await?;
+            }
+        }
+        match walker.await.expect("a scan's walker panicked") {
+            Ok(()) => {
+                let entries = held.unwrap_or_default();
+                let more = false;
+                self.reply(&Response::Scanned { entries, more }).await
+            }
+            Err(e) => self.reply(&wire_failure(&e)).await,
         }
     }
 

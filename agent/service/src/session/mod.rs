@@ -308,7 +308,7 @@ impl Session<'_> {
                 paths,
                 include,
                 exclude,
-            } => return self.scan(&replica, paths, &include, &exclude).await,
+            } => return self.scan(replica, paths, &include, &exclude).await,
             Request::ReadFile { path, base } => return self.read_file(replica, path, base).await,
             Request::WriteFile {
                 path,

@@ -380,22 +380,7 @@ async fn the_engine_mirrors_into_an_agent_through_a_remote_endpoint_in_memory() 
         std::fs::write(source.path().join(format!("docs/{i}.txt")), text).unwrap();
     }
     let shared = Arc::new(agent);
-    let serving = shared.clone();
-    let connect: ferry_wire::client::Connector = Arc::new(move |fence, wire| {
-        let serving = serving.clone();
-        Box::pin(async move {
-            let (near, _served) = serving.serve();
-            Client::start(near, "s1", fence, "nas1", wire).await
-        })
-    });
-    let dial = Dial {
-        agent: "nas1".into(),
-        address: "in memory".into(),
-        client: "s1".into(),
-        tls: unused_tls(),
-    };
-    let runtime = tokio::runtime::Handle::current();
-    let destination = RemoteEndpoint::with_connector(dial, connect, shared.folder(), runtime);
+    let destination = remote_endpoint(&shared);
     let spec = ferry_engine::JobSpec {
         name: "docs".into(),
         rule: ferry_engine::Rule::Mirror,
@@ -419,4 +404,49 @@ async fn the_engine_mirrors_into_an_agent_through_a_remote_endpoint_in_memory() 
     assert_eq!(copied.len(), 301, "the folder and its 300 files");
     let last = std::fs::read_to_string(shared.root.path().join("docs/299.txt")).unwrap();
     assert_eq!(last, "file 299\n".repeat(300));
+}
+
+/// A `RemoteEndpoint` on `agent`'s folder, each of its sessions served in memory.
+fn remote_endpoint(agent: &Arc<TestAgent>) -> RemoteEndpoint {
+    let serving = agent.clone();
+    let connect: ferry_wire::client::Connector = Arc::new(move |fence, wire| {
+        let serving = serving.clone();
+        Box::pin(async move {
+            let (near, _served) = serving.serve();
+            Client::start(near, "s1", fence, "nas1", wire).await
+        })
+    });
+    let dial = Dial {
+        agent: "nas1".into(),
+        address: "in memory".into(),
+        client: "s1".into(),
+        tls: unused_tls(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    RemoteEndpoint::with_connector(dial, connect, agent.folder(), runtime)
+}
+
+/// The agent sends a scan's entries while it walks, in frames of a few thousand: a scan of
+/// more than one frame arrives whole, as the folder holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_streamed_in_frames_lists_what_the_folder_holds() {
+    let agent = Arc::new(TestAgent::new());
+    for (folder, files) in [("a", 2_000), ("a.b", 500), ("b", 2_000)] {
+        let folder = agent.root.path().join(folder);
+        std::fs::create_dir(&folder).unwrap();
+        for i in 0..files {
+            std::fs::write(folder.join(i.to_string()), i.to_string()).unwrap();
+        }
+    }
+    let remote = remote_endpoint(&agent);
+    let listed = ferry_wire::blocking::spawn(move || {
+        remote.prepare(false, Some(&lease()))?;
+        remote.scan(&Scope::Full, &Filter::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let here = LocalEndpoint::new(agent.root.path());
+    assert_eq!(listed.len(), 4_503, "three folders and their files");
+    assert_eq!(listed, here.scan(&Scope::Full, &Filter::default()).unwrap());
 }
