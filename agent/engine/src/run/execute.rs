@@ -115,13 +115,13 @@ impl Executor<'_> {
                 }
             }
             phase = Some(action.phase());
-            let at = (action.replica, action.path.clone());
-            if let Some(failed) = self.failed_at_or_above(&at) {
-                if failed != at.1 {
-                    *skipped.entry((at.0, failed)).or_default() += 1;
+            if let Some(failed) = self.failed_at_or_above(action.replica, &action.path) {
+                if failed != *action.path {
+                    *skipped.entry((action.replica, failed)).or_default() += 1;
                 }
                 continue;
             }
+            let at = (action.replica, action.path.to_path_buf());
             match self.verify(&action).and_then(|()| self.apply(&action)) {
                 Ok(()) => {
                     if matches!(action.op, Op::Remove { .. } | Op::KeepAside { .. }) {
@@ -142,14 +142,13 @@ impl Executor<'_> {
     /// The path at `at`, or the folder above it, where an action of this run failed: nothing
     /// more is done there or below (a folder that could not be made, or that is refused as a
     /// symlink, must not receive its files some other way).
-    fn failed_at_or_above(&self, at: &(usize, PathBuf)) -> Option<PathBuf> {
+    fn failed_at_or_above(&self, replica: usize, path: &Path) -> Option<PathBuf> {
         if self.failed_at.is_empty() {
             return None;
         }
-        let (replica, path) = at;
         path.ancestors()
             .take_while(|a| !a.as_os_str().is_empty())
-            .find(|a| self.failed_at.contains(&(*replica, a.to_path_buf())))
+            .find(|a| self.failed_at.contains(&(replica, a.to_path_buf())))
             .map(Path::to_path_buf)
     }
 
@@ -168,7 +167,7 @@ impl Executor<'_> {
                 replaced
                     .entry(action.replica)
                     .or_default()
-                    .push(action.path.clone());
+                    .push(action.path.to_path_buf());
             }
         }
         replaced
@@ -370,7 +369,8 @@ impl Executor<'_> {
                         expected: target.expected,
                         xattrs,
                     };
-                    self.deltas.insert((action.replica, path.clone()), resend);
+                    self.deltas
+                        .insert((action.replica, path.to_path_buf()), resend);
                 }
             }
             Op::Remove { entry } if entry.is_dir() => {
@@ -387,7 +387,7 @@ impl Executor<'_> {
                     .remove_later(path, entry, expected.as_ref())
                     .map_err(|e| e.to_string())?
                 {
-                    self.removed(replica, path.clone(), removed);
+                    self.removed(replica, path.to_path_buf(), removed);
                 }
             }
             Op::KeepAside { to } => {
@@ -395,7 +395,7 @@ impl Executor<'_> {
                 self.summary.conflicts += 1;
                 (self.on_event)(Event::Conflict {
                     at: replica.display(),
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     kept_as: to.clone(),
                 });
             }
@@ -417,7 +417,7 @@ impl Executor<'_> {
                 self.summary.files_copied += 1;
                 (self.on_event)(Event::Copied {
                     to: replica.display(),
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     bytes: 0,
                 });
             }
@@ -439,7 +439,7 @@ impl Executor<'_> {
                 self.summary.bytes_total += entry.size;
                 (self.on_event)(Event::Copied {
                     to: replica.display(),
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     bytes: entry.size,
                 });
             }

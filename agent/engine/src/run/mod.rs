@@ -10,6 +10,7 @@
 //! A failure on one path is reported and the run goes on; the sync base keeps that path's old
 //! state so the next run retries it instead of mistaking the stale copy for a change.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io;
@@ -502,7 +503,11 @@ fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), En
 }
 
 /// Mirror and copy: what each destination needs to match the source.
-fn plan_destinations(spec: &JobSpec, exec: &Executor, trees: &[Tree]) -> Vec<Vec<Action>> {
+fn plan_destinations<'t>(
+    spec: &JobSpec,
+    exec: &Executor,
+    trees: &'t [Tree],
+) -> Vec<Vec<Action<'t>>> {
     let differ = match spec.guards.checksum {
         true => exec.content_differs(trees),
         false => vec![HashSet::new(); trees.len() - 1],
@@ -521,7 +526,12 @@ fn plan_destinations(spec: &JobSpec, exec: &Executor, trees: &[Tree]) -> Vec<Vec
 
 /// A destination's plan once the deletions are allowed: moved files taken from where they
 /// were, and (a mirror keeping versions) what is deleted or overwritten kept first.
-fn finish_plan(spec: &JobSpec, exec: &Executor, actions: Vec<Action>, stamp: &str) -> Vec<Action> {
+fn finish_plan<'t>(
+    spec: &JobSpec,
+    exec: &Executor,
+    actions: Vec<Action<'t>>,
+    stamp: &str,
+) -> Vec<Action<'t>> {
     let actions = exec.find_moves(actions);
     match &spec.guards.versions {
         Some(folder) if spec.rule == Rule::Mirror => keep_versions(actions, &folder.join(stamp)),
@@ -585,8 +595,8 @@ fn guard_deletes(
 
 /// Before a file at the destination is deleted or overwritten, keeps it as
 /// `versions/PATH` (the run's dated versions folder).
-fn keep_versions(mut actions: Vec<Action>, versions: &Path) -> Vec<Action> {
-    let doomed: Vec<(usize, PathBuf)> = actions
+fn keep_versions<'t>(mut actions: Vec<Action<'t>>, versions: &Path) -> Vec<Action<'t>> {
+    let doomed: Vec<(usize, Cow<'t, Path>)> = actions
         .iter()
         .filter(|a| match &a.op {
             Op::Remove { entry } => entry.kind == Kind::File,
@@ -603,7 +613,7 @@ fn keep_versions(mut actions: Vec<Action>, versions: &Path) -> Vec<Action> {
             replica,
             path: path.clone(),
             op: Op::KeepVersion {
-                to: versions.join(&path),
+                to: versions.join(&*path),
             },
         });
     }
@@ -655,9 +665,9 @@ fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>])
         let Some(replica) = actions.first().map(|a| a.replica) else {
             continue;
         };
-        let timed: HashSet<PathBuf> = (actions.iter())
+        let timed: HashSet<&Path> = (actions.iter())
             .filter(|a| matches!(a.op, Op::SetMtime { .. }))
-            .map(|a| a.path.clone())
+            .map(|a| &*a.path)
             .collect();
         let unlisted: BTreeSet<PathBuf> = (actions.iter())
             .filter(|a| a.op.changes_folder())
@@ -675,7 +685,7 @@ fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>])
             if let Some(mtime) = mtime {
                 actions.push(Action {
                     replica,
-                    path: dir,
+                    path: dir.into(),
                     op: Op::SetMtime { mtime },
                 });
             }

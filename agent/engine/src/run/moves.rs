@@ -48,7 +48,7 @@ impl Executor<'_> {
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
     /// of the same size and content in this run: another replica renamed or moved it. Only
     /// pays across a network, where it saves the file's bytes for two local reads.
-    pub(super) fn find_moves(&self, mut actions: Vec<Action>) -> Vec<Action> {
+    pub(super) fn find_moves<'t>(&self, mut actions: Vec<Action<'t>>) -> Vec<Action<'t>> {
         let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
         for action in &actions {
             if let Op::Remove { entry } = &action.op
@@ -58,7 +58,7 @@ impl Executor<'_> {
                 removed
                     .entry((action.replica, entry.size))
                     .or_default()
-                    .push(action.path.clone());
+                    .push(action.path.to_path_buf());
             }
         }
         if removed.is_empty() {
@@ -69,7 +69,7 @@ impl Executor<'_> {
             let Some((from, candidates)) = self.move_candidates(action, &removed) else {
                 continue;
             };
-            let Some(content) = hashes.get(&(from, action.path.clone())) else {
+            let Some(content) = hashes.get(&(from, action.path.to_path_buf())) else {
                 continue;
             };
             let same = candidates
@@ -78,7 +78,7 @@ impl Executor<'_> {
             if let (Some(old), Op::Copy { entry, .. }) = (same, &action.op) {
                 action.op = Op::LinkFrom {
                     from: old.clone(),
-                    entry: entry.clone(),
+                    entry,
                 };
             }
         }
@@ -96,7 +96,10 @@ impl Executor<'_> {
         let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
         for action in actions {
             if let Some((from, candidates)) = self.move_candidates(action, removed) {
-                wanted.entry(from).or_default().insert(action.path.clone());
+                wanted
+                    .entry(from)
+                    .or_default()
+                    .insert(action.path.to_path_buf());
                 wanted
                     .entry(action.replica)
                     .or_default()

@@ -2,6 +2,7 @@
 //! functions of the trees (and, for the sync rule, of the base and content comparisons): no
 //! endpoint is called here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -9,17 +10,19 @@ use super::Rule;
 use crate::meta::{Keep, Owner};
 use crate::tree::{Entry, Kind, Mtime, Tree, same};
 
+/// An action's op. The entries and paths it names are borrowed from the scans' trees (`'t`):
+/// a plan of a million copies would otherwise hold a second copy of the source's tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Op {
+pub(super) enum Op<'t> {
     /// Write the entry (file, link or folder) found at replica `from`.
     Copy {
         from: usize,
-        entry: Entry,
+        entry: &'t Entry,
         /// The target held a file when planned: worth a delta against it.
         replaces: bool,
     },
     Remove {
-        entry: Entry,
+        entry: &'t Entry,
     },
     /// Move a losing version aside to `to` before the winner is written over it.
     KeepAside {
@@ -33,7 +36,7 @@ pub(super) enum Op {
     /// (the source renamed or moved it): no file data crosses.
     LinkFrom {
         from: PathBuf,
-        entry: Entry,
+        entry: &'t Entry,
     },
     SetMtime {
         mtime: Mtime,
@@ -43,14 +46,14 @@ pub(super) enum Op {
     /// too, read from `from`.
     SetMeta {
         from: usize,
-        entry: Entry,
+        entry: &'t Entry,
         values: bool,
     },
     /// Make the file another name of the file at `from` on the same replica (a hard link at
     /// the source), after `from` is written: no file data crosses.
     HardLink {
-        from: PathBuf,
-        entry: Entry,
+        from: &'t Path,
+        entry: &'t Entry,
         /// The target held a file when planned (kept as a version first, if the job keeps
         /// versions).
         replaces: bool,
@@ -83,13 +86,18 @@ pub(super) enum Phase {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Action {
+pub(super) struct Action<'t> {
     pub(super) replica: usize,
-    pub(super) path: PathBuf,
-    pub(super) op: Op,
+    /// Borrowed from a tree, but for the names a plan makes up (conflict copies, folders above
+    /// a scoped run's paths).
+    pub(super) path: Cow<'t, Path>,
+    pub(super) op: Op<'t>,
 }
 
-impl Action {
+// A plan holds an action for every path it changes: a million for a million-file copy.
+const _: () = assert!(std::mem::size_of::<Action>() <= 72);
+
+impl Action<'_> {
     pub(super) fn phase(&self) -> Phase {
         match &self.op {
             Op::Refuse { .. } => Phase::Refuse,
@@ -107,23 +115,19 @@ impl Action {
 /// Plans destination `d` of a mirror or a copy; `differ` holds the files that look unchanged
 /// but whose content differs (asked for with `--checksum`), `keep` the metadata kept there,
 /// and `owner_there` reads a source owner as the destination numbers it.
-pub(super) fn plan_one_way(
+pub(super) fn plan_one_way<'t>(
     rule: Rule,
-    (src, dst): (&Tree, &Tree),
+    (src, dst): (&'t Tree, &'t Tree),
     d: usize,
     differ: &HashSet<PathBuf>,
     (keep, owner_there): (Keep, &dyn Fn(Owner) -> Owner),
-) -> Vec<Action> {
+) -> Vec<Action<'t>> {
     let mut actions = Vec::new();
-    let act = |path: &Path, op| Action {
-        replica: d,
-        path: path.to_path_buf(),
-        op,
-    };
+    let act = |path: &'t Path, op| action(d, path, op);
     for (path, s) in src {
         let copy = || Op::Copy {
             from: 0,
-            entry: s.clone(),
+            entry: s,
             replaces: dst.get(path).is_some_and(|t| t.kind == Kind::File),
         };
         match dst.get(path) {
@@ -146,7 +150,7 @@ pub(super) fn plan_one_way(
             }
             Some(t) => {
                 if t.is_dir() != s.is_dir() {
-                    actions.push(act(path, Op::Remove { entry: t.clone() }));
+                    actions.push(act(path, Op::Remove { entry: t }));
                 }
                 actions.push(act(path, copy()));
                 if s.is_dir() {
@@ -160,17 +164,17 @@ pub(super) fn plan_one_way(
     }
     if rule == Rule::Mirror {
         for (path, t) in dst.iter().filter(|(path, _)| !src.contains_key(*path)) {
-            actions.push(act(path, Op::Remove { entry: t.clone() }));
+            actions.push(act(path, Op::Remove { entry: t }));
         }
     }
     if keep.hard_links {
         keep_hard_links((src, dst), d, &mut actions);
     }
     // Writing or removing inside a folder changes its time: set it again afterwards.
-    let timed: HashSet<PathBuf> = actions
+    let timed: HashSet<&Path> = actions
         .iter()
         .filter(|a| matches!(a.op, Op::SetMtime { .. }))
-        .map(|a| a.path.clone())
+        .map(|a| &*a.path)
         .collect();
     let touched: BTreeSet<&Path> = actions
         .iter()
@@ -180,14 +184,14 @@ pub(super) fn plan_one_way(
         .collect();
     let retimed: Vec<Action> = touched
         .into_iter()
-        .filter_map(|dir| src.get(dir).filter(|s| s.is_dir()).map(|s| (dir, s.mtime)))
-        .map(|(dir, mtime)| act(dir, Op::SetMtime { mtime }))
+        .filter_map(|dir| src.get_key_value(dir).filter(|(_, s)| s.is_dir()))
+        .map(|(dir, s)| act(dir, Op::SetMtime { mtime: s.mtime }))
         .collect();
     actions.extend(retimed);
     actions
 }
 
-impl Op {
+impl Op<'_> {
     /// Whether the op adds or removes a name in the folder it is in (changing its time).
     pub(super) fn changes_folder(&self) -> bool {
         matches!(
@@ -200,12 +204,12 @@ impl Op {
 /// What gives `t` (at a destination) what `s` (at the source) has beyond its content: its
 /// mode, and the owner (read as the destination numbers it, `owner_there`) and attributes
 /// `keep` covers; nothing when they agree.
-pub(super) fn meta_change(
-    s: &Entry,
+pub(super) fn meta_change<'t>(
+    s: &'t Entry,
     t: &Entry,
     keep: Keep,
     owner_there: &dyn Fn(Owner) -> Owner,
-) -> Option<Op> {
+) -> Option<Op<'t>> {
     let mode = s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. });
     let owner = keep.owner
         && s.meta
@@ -213,9 +217,9 @@ pub(super) fn meta_change(
             .is_some_and(|o| Some(owner_there(o)) != t.meta.owner);
     let values =
         (keep.acls && s.meta.acl != t.meta.acl) || (keep.xattrs && s.meta.xattrs != t.meta.xattrs);
-    (mode || owner || values).then(|| Op::SetMeta {
+    (mode || owner || values).then_some(Op::SetMeta {
         from: 0,
-        entry: s.clone(),
+        entry: s,
         values,
     })
 }
@@ -223,16 +227,16 @@ pub(super) fn meta_change(
 /// Keeps the names of one source file one file at the destination (`rsync -H`): its first
 /// name is written as planned, and every other is made a link to it, unless it already is
 /// one; no file data crosses for them.
-fn keep_hard_links((src, dst): (&Tree, &Tree), d: usize, actions: &mut Vec<Action>) {
+fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Vec<Action<'t>>) {
     let mut names: HashMap<u64, Vec<&PathBuf>> = HashMap::new();
     for (path, s) in src {
         if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
             names.entry(link).or_default().push(path);
         }
     }
-    let written: HashSet<PathBuf> = (actions.iter())
+    let written: HashSet<&Path> = (actions.iter())
         .filter(|a| matches!(a.op, Op::Copy { .. }))
-        .map(|a| a.path.clone())
+        .map(|a| &*a.path)
         .collect();
     let mut links = Vec::new();
     for names in names.values().filter(|names| names.len() > 1) {
@@ -240,25 +244,22 @@ fn keep_hard_links((src, dst): (&Tree, &Tree), d: usize, actions: &mut Vec<Actio
         let first_there = dst.get(first).and_then(|t| t.meta.link);
         for other in &names[1..] {
             let there = dst.get(*other);
-            let linked = !written.contains(first)
+            let linked = !written.contains(first.as_path())
                 && first_there.is_some()
                 && there.and_then(|t| t.meta.link) == first_there;
             if !linked {
-                links.push(Action {
-                    replica: d,
-                    path: (*other).clone(),
-                    op: Op::HardLink {
-                        from: first.clone(),
-                        entry: src[*other].clone(),
-                        replaces: there.is_some_and(|t| t.kind == Kind::File),
-                    },
-                });
+                let op = Op::HardLink {
+                    from: first,
+                    entry: &src[*other],
+                    replaces: there.is_some_and(|t| t.kind == Kind::File),
+                };
+                links.push(action(d, *other, op));
             }
         }
     }
-    let relinked: HashSet<&PathBuf> = links.iter().map(|a| &a.path).collect();
+    let relinked: HashSet<&Path> = links.iter().map(|a| &*a.path).collect();
     actions.retain(|a| {
-        !(relinked.contains(&a.path) && matches!(a.op, Op::Copy { .. } | Op::SetMeta { .. }))
+        !(relinked.contains(&*a.path) && matches!(a.op, Op::Copy { .. } | Op::SetMeta { .. }))
     });
     actions.extend(links);
 }
@@ -272,8 +273,8 @@ pub(super) fn kind_name(kind: &Kind) -> &'static str {
     }
 }
 
-pub(super) struct SyncPlan {
-    pub(super) actions: Vec<Action>,
+pub(super) struct SyncPlan<'t> {
+    pub(super) actions: Vec<Action<'t>>,
     /// The tree every replica holds once all actions succeed.
     pub(super) agreed: Tree,
 }
@@ -292,11 +293,11 @@ pub(super) fn unless_failed(mut agreed: Tree, failed: &HashSet<PathBuf>, old: &T
 
 /// Plans a multi-way sync. `same_content(a, b, path)` compares a path's file contents on two
 /// replicas; it is only asked when both changed to the same size.
-pub(super) fn plan_sync(
-    (trees, base): (&[Tree], &Tree),
+pub(super) fn plan_sync<'t>(
+    (trees, base): (&'t [Tree], &'t Tree),
     keep: Keep,
     mut same_content: impl FnMut(usize, usize, &Path) -> bool,
-) -> SyncPlan {
+) -> SyncPlan<'t> {
     let mut plan = SyncPlan {
         actions: Vec::new(),
         agreed: Tree::new(),
@@ -317,11 +318,11 @@ pub(super) fn plan_sync(
 /// Plans one path of a sync from what each replica holds there (`states`) and what they
 /// agreed on last time (`was`): the newest change wins; a different change elsewhere is a
 /// conflict, kept aside as a conflict copy.
-fn plan_path(
-    plan: &mut SyncPlan,
-    (seen, keep): (Seen<'_>, Keep),
-    path: &PathBuf,
-    states: &[Option<&Entry>],
+fn plan_path<'t>(
+    plan: &mut SyncPlan<'t>,
+    (seen, keep): (Seen<'t>, Keep),
+    path: &'t PathBuf,
+    states: &[Option<&'t Entry>],
     same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
 ) {
     let (trees, was) = (seen.trees, seen.base.get(path));
@@ -359,10 +360,7 @@ fn plan_path(
         // Deleted where it won: removed everywhere.
         for (r, entry) in states.iter().enumerate() {
             if let Some(entry) = entry {
-                let op = Op::Remove {
-                    entry: (*entry).clone(),
-                };
-                plan.actions.push(action(r, path, op));
+                plan.actions.push(action(r, path, Op::Remove { entry }));
             }
         }
         return;
@@ -426,10 +424,10 @@ impl Seen<'_> {
     }
 }
 
-fn action(replica: usize, path: &Path, op: Op) -> Action {
+fn action<'t>(replica: usize, path: impl Into<Cow<'t, Path>>, op: Op<'t>) -> Action<'t> {
     Action {
         replica,
-        path: path.to_path_buf(),
+        path: path.into(),
         op,
     }
 }
@@ -438,10 +436,10 @@ fn action(replica: usize, path: &Path, op: Op) -> Action {
 /// it holds there (a chmod, chown, setfacl or setfattr) gives that to the others; returns the
 /// entry now agreed on. A base from before metadata was kept knows no owner: where replicas
 /// then differ they are left as they are, and what they all agree on is what the base learns.
-fn agree_on_meta(
-    plan: &mut SyncPlan,
-    path: &Path,
-    states: &[Option<&Entry>],
+fn agree_on_meta<'t>(
+    plan: &mut SyncPlan<'t>,
+    path: &'t Path,
+    states: &[Option<&'t Entry>],
     was: &Entry,
     keep: Keep,
 ) -> Entry {
@@ -487,14 +485,14 @@ struct Winning<'a> {
     target: &'a Entry,
 }
 
-impl Winning<'_> {
+impl<'t> Winning<'t> {
     /// Plans replica `r`, which holds `state`, to hold the winning version; a `loser`'s own
     /// version is kept aside first.
     fn bring(
         &self,
-        plan: &mut SyncPlan,
+        plan: &mut SyncPlan<'t>,
         r: usize,
-        state: Option<&Entry>,
+        state: Option<&'t Entry>,
         like_winner: bool,
         loser: bool,
     ) {
@@ -516,12 +514,11 @@ impl Winning<'_> {
         }
         // A loser's version is already aside; anything else of the other kind goes.
         if let Some(s) = state.filter(|s| s.is_dir() != target.is_dir() && !loser) {
-            let op = Op::Remove { entry: s.clone() };
-            plan.actions.push(action(r, path, op));
+            plan.actions.push(action(r, path, Op::Remove { entry: s }));
         }
         let op = Op::Copy {
             from: self.winner,
-            entry: target.clone(),
+            entry: target,
             replaces: state.is_some_and(|s| s.kind == Kind::File) && !loser,
         };
         plan.actions.push(action(r, path, op));
@@ -529,33 +526,27 @@ impl Winning<'_> {
 }
 
 /// Moves replica `r`'s losing version of `path` aside and plans its copy to every replica.
-pub(super) fn keep_aside(
-    plan: &mut SyncPlan,
+pub(super) fn keep_aside<'t>(
+    plan: &mut SyncPlan<'t>,
     trees: &[Tree],
     r: usize,
-    path: &Path,
-    entry: &Entry,
+    path: &'t Path,
+    entry: &'t Entry,
 ) {
     let replicas = trees.len();
     let taken = |name: &Path| {
         plan.agreed.contains_key(name) || trees.iter().any(|tree| tree.contains_key(name))
     };
     let aside = free_conflict_name(path, entry.mtime, r, taken);
-    plan.actions.push(Action {
-        replica: r,
-        path: path.to_path_buf(),
-        op: Op::KeepAside { to: aside.clone() },
-    });
+    let to = aside.clone();
+    plan.actions.push(action(r, path, Op::KeepAside { to }));
     for other in (0..replicas).filter(|&o| o != r) {
-        plan.actions.push(Action {
-            replica: other,
-            path: aside.clone(),
-            op: Op::Copy {
-                from: r,
-                entry: entry.clone(),
-                replaces: false,
-            },
-        });
+        let op = Op::Copy {
+            from: r,
+            entry,
+            replaces: false,
+        };
+        plan.actions.push(action(other, aside.clone(), op));
     }
     plan.agreed.insert(aside, entry.clone());
 }

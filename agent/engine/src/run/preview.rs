@@ -92,7 +92,7 @@ fn describe(action: &Action, at: &dyn Endpoint) -> Planned {
     };
     Planned {
         at: at.display(),
-        path: action.path.clone(),
+        path: action.path.to_path_buf(),
         what,
         bytes,
     }
