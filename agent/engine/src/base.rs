@@ -102,7 +102,7 @@ pub fn within(base: &Tree, scope: &Scope) -> Tree {
         Scope::Paths(paths) => base
             .iter()
             .filter(|(path, _)| paths.iter().any(|p| path.starts_with(p)))
-            .map(|(path, entry)| (path.clone(), entry.clone()))
+            .map(|(path, entry)| (path.to_path_buf(), entry.clone()))
             .collect(),
     }
 }

@@ -1,6 +1,5 @@
 //! What a scan sees: one [`Entry`] per relative path, in parent-before-child order.
 
-use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -9,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::meta::{Keep, Meta, Owner};
 
-/// Entries keyed by path relative to the replica's root. `PathBuf` orders component-wise, so a
-/// folder always comes before everything inside it.
-pub type Tree = BTreeMap<PathBuf, Entry>;
+mod sorted;
+
+pub use sorted::{Builder as TreeBuilder, Tree};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {

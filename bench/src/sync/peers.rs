@@ -144,7 +144,13 @@ impl Pair {
     }
 
     pub(crate) fn peak_kib(&self) -> Result<u64> {
-        Ok(self.nas1.peak_kib()? + self.nas2.peak_kib()?)
+        let (source, destination) = (self.nas1.peak_kib()?, self.nas2.peak_kib()?);
+        eprintln!(
+            "peak memory: source agent {} MiB, destination agent {} MiB",
+            source / 1024,
+            destination / 1024
+        );
+        Ok(source + destination)
     }
 
     pub(crate) fn cpu(&self) -> Result<Duration> {

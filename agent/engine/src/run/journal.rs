@@ -165,13 +165,13 @@ fn unreported(
     let mut found = Vec::new();
     for (replica, agreed, tree) in pairs {
         let extras = tree.keys().filter(|_| rule != Rule::Copy);
-        let paths: BTreeSet<&PathBuf> = agreed.keys().chain(extras).collect();
+        let paths: BTreeSet<&Path> = agreed.keys().chain(extras).collect();
         found.extend(
             paths
                 .into_iter()
-                .filter(|path| differs(agreed.get(*path), tree.get(*path)))
+                .filter(|path| differs(agreed.get(path), tree.get(path)))
                 .filter(|path| !covered(changed, path))
-                .map(|path| (replica, path.clone())),
+                .map(|path| (replica, path.to_path_buf())),
         );
     }
     found

@@ -397,7 +397,7 @@ fn skip_special_files(
             }
             on_event(Event::Skipped {
                 at: replica.display(),
-                path: path.clone(),
+                path: path.to_path_buf(),
                 why: format!(
                     "{}: ferry syncs files, folders and symlinks, and never opens one \
                      (a job made with --specials makes one of the same kind)",
@@ -549,7 +549,9 @@ fn sync(
 ) -> Result<Tree, EngineError> {
     let hashes = exec.hashes_to_compare(trees, base);
     let keep = (exec.replicas.iter()).fold(spec.guards.keep, |keep, r| keep.and(exec.keeps(*r)));
-    let SyncPlan { actions, agreed } = plan_sync((trees, base), keep, |a, b, path| {
+    let SyncPlan {
+        actions, agreed, ..
+    } = plan_sync((trees, base), keep, |a, b, path| {
         let hash = |r: usize| hashes.get(&(r, path.to_path_buf()));
         hash(a).is_some_and(|x| hash(b) == Some(x))
     });

@@ -24,7 +24,7 @@ impl Executor<'_> {
                     .filter(|(path, s)| {
                         s.kind == Kind::File && dst.get(*path).is_some_and(|t| s.looks_unchanged(t))
                     })
-                    .map(|(path, _)| path.clone())
+                    .map(|(path, _)| path.to_path_buf())
                     .collect()
             })
             .collect();
@@ -131,7 +131,7 @@ impl Executor<'_> {
                     other != r && them.size == entry.size && them.mtime != entry.mtime
                 };
                 if changed.iter().any(alike) {
-                    wanted.entry(*r).or_default().insert(path.clone());
+                    wanted.entry(*r).or_default().insert(path.to_path_buf());
                 }
             }
         }

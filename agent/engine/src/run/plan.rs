@@ -3,7 +3,7 @@
 //! endpoint is called here.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Rule;
@@ -228,7 +228,7 @@ pub(super) fn meta_change<'t>(
 /// name is written as planned, and every other is made a link to it, unless it already is
 /// one; no file data crosses for them.
 fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Vec<Action<'t>>) {
-    let mut names: HashMap<u64, Vec<&PathBuf>> = HashMap::new();
+    let mut names: HashMap<u64, Vec<&Path>> = HashMap::new();
     for (path, s) in src {
         if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
             names.entry(link).or_default().push(path);
@@ -244,7 +244,7 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Ve
         let first_there = dst.get(first).and_then(|t| t.meta.link);
         for other in &names[1..] {
             let there = dst.get(*other);
-            let linked = !written.contains(first.as_path())
+            let linked = !written.contains(first)
                 && first_there.is_some()
                 && there.and_then(|t| t.meta.link) == first_there;
             if !linked {
@@ -277,17 +277,22 @@ pub(super) struct SyncPlan<'t> {
     pub(super) actions: Vec<Action<'t>>,
     /// The tree every replica holds once all actions succeed.
     pub(super) agreed: Tree,
+    /// The conflict copies made while planning, added to `agreed` at the end: `agreed` grows
+    /// in path order, and a copy's name comes before the path it is made for.
+    asides: BTreeMap<PathBuf, Entry>,
 }
 
 /// The new base: what was agreed, except that a path whose action failed keeps its old state,
 /// so the next run sees the change again rather than taking the stale replica for a new change.
 pub(super) fn unless_failed(mut agreed: Tree, failed: &HashSet<PathBuf>, old: &Tree) -> Tree {
-    for path in failed {
-        match old.get(path) {
-            Some(entry) => agreed.insert(path.clone(), entry.clone()),
-            None => agreed.remove(path),
-        };
+    if failed.is_empty() {
+        return agreed;
     }
+    agreed.retain(|path, _| !failed.contains(path));
+    let kept = failed
+        .iter()
+        .filter_map(|path| Some((path.clone(), old.get(path)?.clone())));
+    agreed.extend(kept);
     agreed
 }
 
@@ -301,8 +306,9 @@ pub(super) fn plan_sync<'t>(
     let mut plan = SyncPlan {
         actions: Vec::new(),
         agreed: Tree::new(),
+        asides: BTreeMap::new(),
     };
-    let paths: BTreeSet<&PathBuf> = trees
+    let paths: BTreeSet<&Path> = trees
         .iter()
         .flat_map(|t| t.keys())
         .chain(base.keys())
@@ -312,6 +318,8 @@ pub(super) fn plan_sync<'t>(
         let seen = Seen { trees, base };
         plan_path(&mut plan, (seen, keep), path, &states, &mut same_content);
     }
+    let asides = std::mem::take(&mut plan.asides);
+    plan.agreed.extend(asides);
     plan
 }
 
@@ -321,7 +329,7 @@ pub(super) fn plan_sync<'t>(
 fn plan_path<'t>(
     plan: &mut SyncPlan<'t>,
     (seen, keep): (Seen<'t>, Keep),
-    path: &'t PathBuf,
+    path: &'t Path,
     states: &[Option<&'t Entry>],
     same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
 ) {
@@ -332,7 +340,7 @@ fn plan_path<'t>(
     let Some(&first) = changed.first() else {
         if let Some(entry) = was {
             let agreed = agree_on_meta(plan, path, states, entry, keep);
-            plan.agreed.insert(path.clone(), agreed);
+            plan.agreed.insert(path, agreed);
         }
         return;
     };
@@ -374,7 +382,7 @@ fn plan_path<'t>(
     for (r, state) in states.iter().enumerate().filter(|(r, _)| *r != winner) {
         winning.bring(plan, r, *state, like_winner[r], losers.contains(&r));
     }
-    plan.agreed.insert(path.clone(), target.clone());
+    plan.agreed.insert(path, target.clone());
 }
 
 /// What a sync's replicas hold now, and what they agreed on last time.
@@ -392,7 +400,7 @@ impl Seen<'_> {
     /// replica whose folder wins, if one must.
     fn folder_over_file(
         &self,
-        path: &PathBuf,
+        path: &Path,
         states: &[Option<&Entry>],
         newest: usize,
     ) -> Option<usize> {
@@ -406,21 +414,10 @@ impl Seen<'_> {
     }
 
     /// Whether anything under the folder `path` of replica `r` differs from what was agreed.
-    fn changed_under(&self, r: usize, path: &PathBuf) -> bool {
-        let under = |tree: &Tree| -> Vec<PathBuf> {
-            let after = (
-                std::ops::Bound::Excluded(path.clone()),
-                std::ops::Bound::Unbounded,
-            );
-            (tree.range(after))
-                .take_while(|(p, _)| p.starts_with(path))
-                .map(|(p, _)| p.clone())
-                .collect()
-        };
+    fn changed_under(&self, r: usize, path: &Path) -> bool {
         let tree = &self.trees[r];
-        let now = under(tree);
-        now.len() != under(self.base).len()
-            || now.iter().any(|p| !same(tree.get(p), self.base.get(p)))
+        tree.inside(path).count() != self.base.inside(path).count()
+            || (tree.inside(path)).any(|(p, now)| !same(Some(now), self.base.get(p)))
     }
 }
 
@@ -478,7 +475,7 @@ fn agree_on_meta<'t>(
 
 /// The version of a path that won a sync, to bring every other replica to.
 struct Winning<'a> {
-    path: &'a PathBuf,
+    path: &'a Path,
     /// What every replica holds: a conflict copy's name must be free in all of them.
     trees: &'a [Tree],
     winner: usize,
@@ -535,7 +532,7 @@ pub(super) fn keep_aside<'t>(
 ) {
     let replicas = trees.len();
     let taken = |name: &Path| {
-        plan.agreed.contains_key(name) || trees.iter().any(|tree| tree.contains_key(name))
+        plan.asides.contains_key(name) || trees.iter().any(|tree| tree.contains_key(name))
     };
     let aside = free_conflict_name(path, entry.mtime, r, taken);
     let to = aside.clone();
@@ -548,7 +545,7 @@ pub(super) fn keep_aside<'t>(
         };
         plan.actions.push(action(other, aside.clone(), op));
     }
-    plan.agreed.insert(aside, entry.clone());
+    plan.asides.insert(aside, entry.clone());
 }
 
 /// The longest file name most file systems take, in bytes.

@@ -930,8 +930,8 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
     };
     let target = elsewhere.path().to_path_buf();
     let mut forged = Tree::new();
-    forged.insert("a".into(), entry(Kind::Symlink { target }));
-    forged.insert("a/pwned".into(), entry(Kind::File));
+    forged.insert("a", entry(Kind::Symlink { target }));
+    forged.insert("a/pwned", entry(Kind::File));
     let spec = JobSpec {
         source: Arc::new(Forged {
             real: LocalEndpoint::new(&fx.roots[0]),

@@ -48,7 +48,7 @@ impl Session<'_> {
                 EndpointError::new("scan", replica.display(), gone)
             };
             replica.scan_each(&scope, &filter, &mut |path, entry| {
-                batch.push((path, entry));
+                batch.push((path.to_path_buf(), entry));
                 if batch.len() == SCAN_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
                     tx.blocking_send(full).map_err(|_| closed())?;

@@ -25,7 +25,7 @@ use ferry_engine::endpoint::{
 use ferry_engine::filter::Filter;
 use ferry_engine::journal::{Journaled, Mark};
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
-use ferry_engine::tree::{Entry, Expected, Mtime, Tree, is_plain};
+use ferry_engine::tree::{Entry, Expected, Mtime, Tree, TreeBuilder, is_plain};
 
 mod pipeline;
 mod sink;
@@ -255,7 +255,7 @@ impl Endpoint for RemoteEndpoint {
             include: include.to_vec(),
             exclude: exclude.to_vec(),
         };
-        let mut found = Vec::new();
+        let mut found = TreeBuilder::default();
         let mut response = self.call("read folder", root, request)?;
         let mut slot = self.session();
         loop {
@@ -269,11 +269,11 @@ impl Endpoint for RemoteEndpoint {
                         let error = self.error("read folder", path, refused);
                         return Err(error.meaning(Failure::Outside));
                     }
-                    found.extend(entries);
+                    for (path, entry) in entries {
+                        found.push(&path, entry);
+                    }
                     if !more {
-                        // In a tree's order, as the agent sends them: built at once, with
-                        // full nodes.
-                        return Ok(found.into_iter().collect());
+                        return Ok(found.build());
                     }
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),
