@@ -4,6 +4,7 @@
 //! attributes' values travel only when a replica must set them ([`Xattrs`]).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +26,12 @@ pub struct Meta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xattrs: Option<Digest>,
     /// For a file with more than one name: a number shared by all its names in this replica
-    /// (from its device and inode), so a run keeps them one file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub link: Option<u64>,
+    /// (from its device and inode, see [`link_id`]), so a run keeps them one file.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "link_from_wire"
+    )]
+    pub link: Option<NonZeroU64>,
     /// A file with holes (fewer blocks allocated than its size needs): written with holes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sparse: bool,
@@ -313,14 +317,37 @@ fn acl_by_name(value: &[u8], name_of: &dyn Fn(Named, u32) -> Option<String>) -> 
     out
 }
 
-/// The number that marks the names of one file: its device and inode, mixed.
-pub fn link_id(dev: u64, ino: u64) -> u64 {
-    dev.rotate_left(32) ^ ino
+/// The number that marks the names of one file: its device and inode, mixed; never 0 (which
+/// reads as `u64::MAX`), so an entry holds it in 8 bytes.
+pub fn link_id(dev: u64, ino: u64) -> NonZeroU64 {
+    NonZeroU64::new(dev.rotate_left(32) ^ ino).unwrap_or(NonZeroU64::MAX)
+}
+
+/// A link number as a peer or a state file wrote it: one from before they were never 0 may be.
+fn link_from_wire<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<NonZeroU64>, D::Error> {
+    let link = Option::<u64>::deserialize(deserializer)?;
+    Ok(link.map(|n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MAX)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_number_of_0_from_an_older_peer_reads_as_the_largest() {
+        let read = |json: &str| serde_json::from_str::<Meta>(json).unwrap().link;
+        assert_eq!(read(r#"{"link":0}"#), Some(NonZeroU64::MAX));
+        assert_eq!(read(r#"{"link":7}"#), NonZeroU64::new(7));
+        assert_eq!(read("{}"), None);
+        let written = Meta {
+            link: NonZeroU64::new(7),
+            ..Meta::default()
+        };
+        assert_eq!(serde_json::to_string(&written).unwrap(), r#"{"link":7}"#);
+        assert_eq!(link_id(1 << 32, 1), NonZeroU64::MAX, "1 rotated is 1 << 32");
+    }
 
     fn xattr(name: &str, value: &str) -> Xattr {
         Xattr {

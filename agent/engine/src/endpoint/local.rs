@@ -706,7 +706,7 @@ fn entry_from(
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink {
-            target: read_link()?,
+            target: Box::new(read_link()?),
         },
         special => {
             let node = beneath::node(special);

@@ -89,7 +89,9 @@ pub(super) struct Resend {
 
 impl Executor<'_> {
     pub(super) fn execute(&mut self, mut actions: Vec<Action>) -> Result<(), EngineError> {
-        actions.sort_by(|a, b| {
+        // In place: a stable sort would take half the plan again as scratch (36 MB for a
+        // million-file copy). Actions alike in all three keys may run in either order.
+        actions.sort_unstable_by(|a, b| {
             let order = a.phase().cmp(&b.phase());
             // Folders are removed deepest first; everything else parents first.
             let by_path = if a.phase() == Phase::RemoveFolders {
@@ -97,7 +99,7 @@ impl Executor<'_> {
             } else {
                 a.path.cmp(&b.path)
             };
-            order.then(by_path)
+            order.then(by_path).then(a.replica.cmp(&b.replica))
         });
         let mut replaced = self.replaced_files(&actions);
         let mut phase = None;

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use super::Rule;
@@ -228,7 +229,7 @@ pub(super) fn meta_change<'t>(
 /// name is written as planned, and every other is made a link to it, unless it already is
 /// one; no file data crosses for them.
 fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Vec<Action<'t>>) {
-    let mut names: HashMap<u64, Vec<&Path>> = HashMap::new();
+    let mut names: HashMap<NonZeroU64, Vec<&Path>> = HashMap::new();
     for (path, s) in src {
         if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
             names.entry(link).or_default().push(path);

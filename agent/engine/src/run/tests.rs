@@ -930,7 +930,12 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
     };
     let target = elsewhere.path().to_path_buf();
     let mut forged = Tree::new();
-    forged.insert("a", entry(Kind::Symlink { target }));
+    forged.insert(
+        "a",
+        entry(Kind::Symlink {
+            target: Box::new(target),
+        }),
+    );
     forged.insert("a/pwned", entry(Kind::File));
     let spec = JobSpec {
         source: Arc::new(Forged {

@@ -1,7 +1,7 @@
 //! [`Tree`]: a scan's entries as one list sorted by path, beside one buffer holding every
 //! path's bytes. A `BTreeMap<PathBuf, Entry>` takes a node slot and an allocation of its own
 //! per path (about 175 bytes an entry at a million files) and can only be built at once from a
-//! second copy of its entries; this takes the entry and its path's bytes plus 16, and grows in
+//! second copy of its entries; this takes the entry and its path's bytes plus 8, and grows in
 //! place as a scan hands it entries in order.
 
 use std::cmp::Ordering;
@@ -17,7 +17,7 @@ use super::Entry;
 /// component), so a folder always comes right before everything inside it.
 #[derive(Clone, Default)]
 pub struct Tree {
-    /// The paths' bytes, each slot's at its own `at..at + len`. Bytes of paths removed stay
+    /// The paths' bytes, each slot's at its own place. Bytes of paths removed stay
     /// until the tree is rebuilt: a run removes few.
     names: Vec<u8>,
     slots: Vec<Slot>,
@@ -25,17 +25,22 @@ pub struct Tree {
 
 #[derive(Clone)]
 struct Slot {
-    at: usize,
-    len: u32,
+    /// Where its path's bytes start in `names`, shifted left by `LEN_BITS`, beside their
+    /// length: one word instead of two.
+    place: u64,
     entry: Entry,
 }
+
+/// Bits of a slot's `place` that hold its path's length: 16 MiB, above any path a scan finds
+/// (`PATH_MAX` is 4 KiB) or a frame holds (8 MiB). The other 40 address 1 TiB of path bytes.
+const LEN_BITS: u32 = 24;
 
 /// A slot's path in `names`; a free function so that it can borrow `names` while the slots
 /// are borrowed mutably.
 fn path_in<'a>(names: &'a [u8], slot: &Slot) -> &'a Path {
-    Path::new(OsStr::from_bytes(
-        &names[slot.at..slot.at + slot.len as usize],
-    ))
+    let at = (slot.place >> LEN_BITS) as usize;
+    let len = (slot.place & ((1 << LEN_BITS) - 1)) as usize;
+    Path::new(OsStr::from_bytes(&names[at..at + len]))
 }
 
 impl Tree {
@@ -95,10 +100,10 @@ impl Tree {
     /// A slot for `entry` with `path`'s bytes added to the buffer.
     fn store(&mut self, path: &Path, entry: Entry) -> Slot {
         let bytes = path.as_os_str().as_bytes();
-        let at = self.names.len();
+        assert!(bytes.len() < 1 << LEN_BITS, "a path is shorter than 16 MiB");
+        let place = (self.names.len() as u64) << LEN_BITS | bytes.len() as u64;
         self.names.extend_from_slice(bytes);
-        let len = u32::try_from(bytes.len()).expect("a path is shorter than 4 GiB");
-        Slot { at, len, entry }
+        Slot { place, entry }
     }
 
     pub fn remove(&mut self, path: impl AsRef<Path>) -> Option<Entry> {

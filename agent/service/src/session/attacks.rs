@@ -92,7 +92,7 @@ fn make_symlink(path: &str, target: &Path) -> Request {
         path: path.into(),
         entry: Entry {
             kind: Kind::Symlink {
-                target: target.into(),
+                target: Box::new(target.into()),
             },
             size: 0,
             mtime: Mtime { secs: 0, nanos: 0 },

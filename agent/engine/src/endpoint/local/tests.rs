@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 fn link(target: &Path) -> Entry {
     Entry {
         kind: Kind::Symlink {
-            target: target.into(),
+            target: Box::new(target.into()),
         },
         size: 0,
         mtime: Mtime { secs: 0, nanos: 0 },
