@@ -4,7 +4,8 @@
 //! the previous release's binaries: the standby scheduler, then the active one, then an agent.
 
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -318,6 +319,14 @@ fn the_standby_then_the_active_scheduler_then_the_agent_upgrade_with_work_moving
     let srv = env.path("srv");
     fs::create_dir_all(srv.join("a")).unwrap();
     fs::write(srv.join("a/on-the-agent.txt"), "served by nas1").unwrap();
+    // Entries whose shape in memory changed since 0.1.0 (a symlink's target boxed, link
+    // numbers never 0, a packed time) read the same from the old agent's frames.
+    std::os::unix::fs::symlink("on-the-agent.txt", srv.join("a/link")).unwrap();
+    fs::hard_link(
+        srv.join("a/on-the-agent.txt"),
+        srv.join("a/second-name.txt"),
+    )
+    .unwrap();
     fs::create_dir_all(env.path("src")).unwrap();
     fs::write(env.path("src/local.txt"), "on the scheduler's machine").unwrap();
     let agent = TestAgent::start_program(&env, &old_agent, "nas1", &[&srv], &tls);
@@ -395,6 +404,22 @@ fn the_standby_then_the_active_scheduler_then_the_agent_upgrade_with_work_moving
     assert_eq!(
         fs::read_to_string(env.path("dst-remote/on-the-agent.txt")).unwrap(),
         "served by nas1"
+    );
+    let copied = |name: &str| env.path("dst-remote").join(name);
+    assert_eq!(
+        fs::read_link(copied("link")).unwrap(),
+        Path::new("on-the-agent.txt")
+    );
+    let inode = |path: PathBuf| fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        inode(copied("on-the-agent.txt")),
+        inode(copied("second-name.txt")),
+        "one file under two names, as at the source"
+    );
+    let mtime = |path: PathBuf| fs::metadata(path).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime(copied("on-the-agent.txt")),
+        mtime(srv.join("a/on-the-agent.txt"))
     );
     assert!(versions(&env).iter().all(|(_, v)| v == "0.2.0"));
     drop((s1, s2, agent));
