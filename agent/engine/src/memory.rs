@@ -34,6 +34,16 @@ pub fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_memory() {}
 
+/// An empty vector with room reserved for `at_least` elements and at least `MMAP_THRESHOLD`
+/// bytes, so that it is a mapping of its own: its pages come in only as it fills, and it grows
+/// and shrinks in place (`mremap`). Grown by doubling from the heap, a vector leaves each of
+/// its smaller buffers behind as free heap memory that stays resident: tens of MiB for the
+/// tree of a million-file scan. For buffers that may grow that large.
+pub fn mapped_vec<T>(at_least: usize) -> Vec<T> {
+    let room = (MMAP_THRESHOLD as usize).div_ceil(size_of::<T>().max(1));
+    Vec::with_capacity(at_least.max(room))
+}
+
 /// Hands the memory freed so far back to the kernel, from every arena. For a process about to
 /// idle after large work (an agent after a run over a million files), which would otherwise
 /// keep it resident, unused, until its next run.

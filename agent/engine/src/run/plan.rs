@@ -123,7 +123,7 @@ pub(super) fn plan_one_way<'t>(
     differ: &HashSet<PathBuf>,
     (keep, owner_there): (Keep, &dyn Fn(Owner) -> Owner),
 ) -> Vec<Action<'t>> {
-    let mut actions = Vec::new();
+    let mut actions = crate::memory::mapped_vec(src.len());
     let act = |path: &'t Path, op| action(d, path, op);
     for (path, s) in src {
         let copy = || Op::Copy {

@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::Entry;
+use crate::memory;
 
 /// Entries keyed by path relative to the replica's root, in `Path`'s order (component by
 /// component), so a folder always comes right before everything inside it.
@@ -197,8 +198,8 @@ impl Default for Builder {
 impl Builder {
     pub fn with_capacity(entries: usize) -> Self {
         let tree = Tree {
-            names: Vec::new(),
-            slots: Vec::with_capacity(entries),
+            names: memory::mapped_vec(0),
+            slots: memory::mapped_vec(entries),
         };
         Self {
             tree,
