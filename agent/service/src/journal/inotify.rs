@@ -21,7 +21,7 @@ use rustix::io::Errno;
 
 use ferry_engine::filter::TEMP_PREFIX;
 
-use super::Reach;
+use super::{MAX_TRACKED, Reach};
 
 /// What a change records: everything a sync compares, and entries made, removed or renamed.
 const MASK: WatchFlags = WatchFlags::ATTRIB
@@ -46,6 +46,53 @@ const READ_AT_MOST: usize = 16_384;
 pub(super) struct Found {
     pub path: PathBuf,
     pub reach: Reach,
+}
+
+/// What a catch-up walk found changed, bounded: past `most` entries it notes each folder
+/// with a change in it as all of it (`Reach::Everything`) instead, as the journal would fold
+/// them anyway. A walk after a flood (a million files copied in while the queue overflowed)
+/// then holds a path a folder, not one a file: 70 MiB less at a million.
+struct Caught {
+    found: Vec<Found>,
+    most: usize,
+    by_folder: bool,
+}
+
+impl Caught {
+    fn at_most(most: usize) -> Self {
+        Self {
+            found: Vec::new(),
+            most,
+            by_folder: false,
+        }
+    }
+
+    fn note(&mut self, path: PathBuf, reach: Reach) {
+        if !self.by_folder && self.found.len() < self.most {
+            self.found.push(Found { path, reach });
+            return;
+        }
+        if !self.by_folder {
+            self.by_folder = true;
+            for Found { path, .. } in std::mem::take(&mut self.found) {
+                self.note_folder_of(&path);
+            }
+        }
+        self.note_folder_of(&path);
+    }
+
+    /// Notes all of the folder `path` is in. A walk lists a folder's entries one after
+    /// another, so one note a folder (a folder noted twice is harmless).
+    fn note_folder_of(&mut self, path: &Path) {
+        let folder = path.parent().unwrap_or(Path::new(""));
+        if self.found.last().is_some_and(|last| last.path == folder) {
+            return;
+        }
+        self.found.push(Found {
+            path: folder.to_path_buf(),
+            reach: Reach::Everything,
+        });
+    }
 }
 
 /// What one read of the watch came to.
@@ -85,16 +132,13 @@ impl Watch {
             folders: HashMap::from([(root_wd, PathBuf::new())]),
             buffer: vec![MaybeUninit::uninit(); 64 * 1024],
         };
-        let mut found = Vec::new();
+        let mut found = Caught::at_most(MAX_TRACKED);
         let root_changed = std::fs::symlink_metadata(root).map(|m| changed_at(&m))?;
         if since.is_some_and(|since| root_changed >= since) {
-            found.push(Found {
-                path: PathBuf::new(),
-                reach: Reach::Entries,
-            });
+            found.note(PathBuf::new(), Reach::Entries);
         }
         watch.add_below(Path::new(""), since, &mut found)?;
-        Ok((watch, found))
+        Ok((watch, found.found))
     }
 
     /// Watches the folders below `top` (itself watched already), walking them; with `since`,
@@ -103,7 +147,7 @@ impl Watch {
         &mut self,
         top: &Path,
         since: Option<SystemTime>,
-        found: &mut Vec<Found>,
+        found: &mut Caught,
     ) -> io::Result<()> {
         let mut pending = vec![top.to_path_buf()];
         while let Some(folder) = pending.pop() {
@@ -116,13 +160,11 @@ impl Watch {
                 if let Some(since) = since
                     && entry.metadata().is_ok_and(|m| changed_at(&m) >= since)
                 {
-                    found.push(Found {
-                        path: rel.clone(),
-                        reach: match is_folder {
-                            true => Reach::Entries,
-                            false => Reach::Itself,
-                        },
-                    });
+                    let reach = match is_folder {
+                        true => Reach::Entries,
+                        false => Reach::Itself,
+                    };
+                    found.note(rel.clone(), reach);
                 }
                 if is_folder && self.add(&rel)? {
                     pending.push(rel);
@@ -195,7 +237,7 @@ impl Watch {
         for new in &events.folders_new {
             if let Err(e) = self
                 .add(new)
-                .and_then(|_| self.add_below(new, None, &mut Vec::new()))
+                .and_then(|_| self.add_below(new, None, &mut Caught::at_most(0)))
             {
                 return Read::Ended(e.to_string());
             }
@@ -376,5 +418,18 @@ mod tests {
         let (mut watch, _) = Watch::place(&root, None).unwrap();
         fs::rename(&root, parent.path().join("elsewhere")).unwrap();
         assert!(matches!(watch.read(Duration::from_secs(1)), Read::Ended(_)));
+    }
+
+    #[test]
+    fn a_catch_up_past_its_bound_notes_the_folders_changed_in() {
+        let mut caught = Caught::at_most(3);
+        for path in ["a/1", "a/2", "b/1", "b/2", "b/c", "d"] {
+            caught.note(path.into(), Reach::Itself);
+        }
+        let noted: Vec<(&str, Reach)> = (caught.found.iter())
+            .map(|f| (f.path.to_str().unwrap(), f.reach))
+            .collect();
+        let all = Reach::Everything;
+        assert_eq!(noted, [("a", all), ("b", all), ("", all)]);
     }
 }

@@ -33,7 +33,7 @@ use kept::Kept;
 
 /// Paths a journal holds at most: past it, it forgets them and answers no mark from before,
 /// so a flood of changes cannot make the agent hold memory without bound.
-const MAX_TRACKED: usize = 250_000;
+pub(super) const MAX_TRACKED: usize = 250_000;
 /// Paths an answer names at most, and their bytes: past either, scanning everything costs
 /// about as much (and the answer must fit a frame).
 const MAX_ANSWER: usize = 50_000;
