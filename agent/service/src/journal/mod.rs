@@ -340,7 +340,11 @@ impl RootJournal {
             }
             let dirty = self.state().dirty;
             let every = if dirty { SAVE_EVERY } else { SAVE_QUIET_EVERY };
-            if saved.is_none_or(|at| at.elapsed() >= every) && self.save() {
+            // Kept or not, the next try is a turn later: tried again at every read, a journal
+            // that cannot be kept (no state folder, a full disk) copied all its paths each time,
+            // most of a core during a flood.
+            if saved.is_none_or(|at| at.elapsed() >= every) {
+                self.save();
                 saved = Some(Instant::now());
             }
         }
@@ -349,6 +353,9 @@ impl RootJournal {
     /// Keeps the journal on disk, as it is now, if it is complete up to some instant; whether
     /// there was anything to keep.
     fn save(&self) -> bool {
+        if self.file.is_none() {
+            return false;
+        }
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let kept = {
             let mut state = self.state();
