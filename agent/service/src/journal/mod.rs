@@ -646,6 +646,15 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_with_nowhere_to_be_kept_does_not_gather_its_paths_to_keep() {
+        let (root, journal) = journal();
+        journal.begin(Ground::of(root.path()), None, Vec::new());
+        journal.record(vec!["docs/recorded".into()], Some(SystemTime::now()));
+        assert!(!journal.save(), "no state folder: nothing kept");
+        assert!(journal.state().dirty, "the changes are still to keep");
+    }
+
+    #[test]
     fn a_journal_kept_on_disk_answers_its_marks_after_a_restart() {
         let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::create_dir(root.path().join("docs")).unwrap();
