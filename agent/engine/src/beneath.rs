@@ -405,6 +405,12 @@ thread_local! {
     static OWN_CWD: Cell<Option<RawFd>> = const { Cell::new(None) };
 }
 
+/// The stack of a thread [`with_own_cwd`] makes: a scan recurses once a folder level, and a
+/// share user may nest folders as deep as a path reaches (about 2,000 levels: `PATH_MAX` is
+/// 4,096 bytes), which overflowed the default 2 MiB and aborted the agent. Address space
+/// only: the pages a shallow walk never touches take no memory.
+const SCAN_STACK: usize = 64 << 20;
+
 /// Whether this thread is one [`with_own_cwd`] made (a scan's, which ends with the scan).
 pub fn on_scan_thread() -> bool {
     OWN_CWD.get().is_some()
@@ -416,7 +422,8 @@ pub fn on_scan_thread() -> bool {
 /// entry's attributes. Where the kernel refuses (a sandbox's filter), they go through `/proc`.
 pub fn with_own_cwd<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|threads| {
-        let worker = threads.spawn(|| {
+        let worker = std::thread::Builder::new().stack_size(SCAN_STACK);
+        let worker = worker.spawn_scoped(threads, || {
             // SAFETY: CLONE_FS gives this thread its own working folder, root and umask, and
             // changes nothing about file descriptors (what makes the call unsafe is
             // CLONE_FILES, a descriptor table of its own).
@@ -427,7 +434,7 @@ pub fn with_own_cwd<T: Send>(work: impl FnOnce() -> T + Send) -> T {
             }
             work()
         });
-        worker
+        (worker.expect("a thread for the scan"))
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })

@@ -23,6 +23,11 @@ use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
 use crate::tree::{Entry, Expected, Kind, Mtime, Tree, TreeBuilder, file_mode};
 
+/// The longest path (relative to the replica) a scan walks into, as `openat2` refuses longer
+/// ones (`PATH_MAX`): where it is missing and names are opened one by one, this is what bounds
+/// how deep a scan recurses (see `beneath::with_own_cwd`'s stack).
+const MAX_SCANNED_PATH: usize = 4096;
+
 /// Takes a scan's entries one by one, in the order it finds them (see
 /// [`LocalEndpoint::scan_each`]).
 pub type EachEntry<'a> = dyn FnMut(&Path, Entry) -> Result<()> + Send + 'a;
@@ -167,6 +172,10 @@ impl LocalEndpoint {
     /// Hands what the folder `rel` holds to `each`, in a tree's order: each folder's names
     /// sorted, a folder's contents right after it.
     fn walk(&self, root: &Root, rel: &Path, filter: &Filter, each: &mut EachEntry) -> Result<()> {
+        if rel.as_os_str().len() >= MAX_SCANNED_PATH {
+            let too_long = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
+            return Err(self.err("read folder", rel)(too_long));
+        }
         let folder = match root.folder(rel) {
             Ok(folder) => folder,
             // A folder deleted while we walked: the next scan sees the truth. The root itself

@@ -128,3 +128,18 @@ fn a_checked_duplicate_is_made_only_while_both_paths_hold_what_was_planned() {
 fn read(root: &Path, name: &str) -> String {
     std::fs::read_to_string(root.join(name)).unwrap()
 }
+
+/// A share user nests folders as deep as paths go (2,000 levels): the scan walks them all,
+/// where it overflowed its thread's stack and aborted the whole agent.
+#[test]
+fn folders_nested_as_deep_as_paths_go_are_scanned_without_overflowing() {
+    let share = tempfile::tempdir().unwrap();
+    let levels = 2_000;
+    let deepest: PathBuf = std::iter::repeat_n("d", levels).collect();
+    std::fs::create_dir_all(share.path().join(&deepest)).unwrap();
+    std::fs::write(share.path().join(&deepest).join("f"), "deep").unwrap();
+    let replica = LocalEndpoint::new(share.path());
+    let tree = replica.scan(&Scope::Full, &Filter::default()).unwrap();
+    assert_eq!(tree.len(), levels + 1, "every folder and the file");
+    assert_eq!(tree.get(deepest.join("f")).map(|e| e.size), Some(4));
+}
