@@ -164,19 +164,25 @@ impl Tree {
         }
         let old = std::mem::take(self);
         let mut building = Builder::with_capacity(old.len() + more.len());
-        let (mut a, mut b) = (old.into_iter().peekable(), more.into_iter().peekable());
+        let (mut a, mut b) = (
+            old.slots.into_iter().peekable(),
+            more.slots.into_iter().peekable(),
+        );
         loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some((x, _)), Some((y, _))) => match x.cmp(y) {
-                    Ordering::Less => a.next(),
-                    Ordering::Equal => a.next().and(b.next()),
-                    Ordering::Greater => b.next(),
-                },
-                (Some(_), None) => a.next(),
-                (None, _) => b.next(),
+            let order = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => path_in(&old.names, x).cmp(path_in(&more.names, y)),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
             };
-            let Some((path, entry)) = next else { break };
-            building.push(&path, entry);
+            // Slots move across as they are, each path's bytes copied once.
+            let (names, slot) = match order {
+                Ordering::Less => (&old.names, a.next()),
+                Ordering::Equal => (&more.names, a.next().and(b.next())),
+                Ordering::Greater => (&more.names, b.next()),
+            };
+            let slot = slot.expect("a slot was peeked");
+            building.push(path_in(names, &slot), slot.entry);
         }
         *self = building.build();
     }
