@@ -8,7 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::endpoint::{Endpoint, EndpointError, Scope};
-use crate::tree::{Entry, Tree};
+use crate::tree::{Entry, MAX_SCANNED_PATH, Tree, is_plain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -45,16 +45,28 @@ pub fn load(replica: &dyn Endpoint, job: &str) -> Result<Tree, BaseError> {
     match replica.read_state(&name)? {
         None => Ok(Tree::new()),
         Some(bytes) => {
-            let keyed: BTreeMap<String, Entry> =
-                serde_json::from_slice(&bytes).map_err(|source| BaseError::Damaged {
-                    name,
-                    replica: replica.display(),
-                    source,
-                })?;
-            Ok(keyed
+            let damaged = |source| BaseError::Damaged {
+                name: name.clone(),
+                replica: replica.display(),
+                source,
+            };
+            let keyed: BTreeMap<String, Entry> = serde_json::from_slice(&bytes).map_err(damaged)?;
+            let paths: Vec<(PathBuf, Entry)> = keyed
                 .into_iter()
                 .map(|(key, e)| (path_of(key), e))
-                .collect())
+                .collect();
+            // The file is in the replica, where a share user may write: it names nothing a
+            // scan could not list.
+            let listable = |(path, _): &(PathBuf, Entry)| {
+                is_plain(path) && path.as_os_str().len() < MAX_SCANNED_PATH
+            };
+            match paths.iter().find(|named| !listable(named)) {
+                Some((path, _)) => {
+                    let why = format!("it names {:.80}, which no scan lists", path.display());
+                    Err(damaged(serde::de::Error::custom(why)))
+                }
+                None => Ok(paths.into_iter().collect()),
+            }
         }
     }
 }
@@ -138,5 +150,26 @@ mod tests {
         let plain = Path::new("café/menu.txt");
         assert_eq!(key_of(plain), "café/menu.txt");
         assert_eq!(path_of(key_of(plain)), plain);
+    }
+
+    /// The state file sits in the replica's `.ferry` folder, where a share user may write: a
+    /// path in it longer than any scan lists, or one that leaves the folder, makes it damaged.
+    #[test]
+    fn a_state_file_naming_a_path_no_scan_could_list_is_damaged() {
+        let folder = tempfile::tempdir().unwrap();
+        let replica = crate::endpoint::LocalEndpoint::new(folder.path());
+        replica.prepare(false, None).unwrap();
+        let entry = serde_json::to_string(&Entry::folder(0o755)).unwrap();
+        for path in ["d/".repeat(9 << 20), "../outside".into(), "/etc".into()] {
+            let forged = format!("{{\"{path}\":{entry}}}");
+            replica
+                .write_state(&state_name("job"), forged.as_bytes())
+                .unwrap();
+            let loaded = load(&replica, "job");
+            assert!(
+                matches!(loaded, Err(BaseError::Damaged { .. })),
+                "{loaded:?}"
+            );
+        }
     }
 }

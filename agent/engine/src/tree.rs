@@ -10,6 +10,11 @@ pub use crate::meta::{Keep, Meta, Owner};
 
 mod sorted;
 
+/// The longest path (relative to the replica) a scan walks into, as `openat2` refuses longer
+/// ones (`PATH_MAX`): where it is missing and names are opened one by one, this is what bounds
+/// how deep a scan recurses (see `beneath::with_own_cwd`'s stack).
+pub const MAX_SCANNED_PATH: usize = 4096;
+
 pub use sorted::{Builder as TreeBuilder, Tree};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

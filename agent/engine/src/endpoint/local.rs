@@ -21,12 +21,7 @@ use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
-use crate::tree::{Entry, Expected, Kind, Mtime, Tree, TreeBuilder, file_mode};
-
-/// The longest path (relative to the replica) a scan walks into, as `openat2` refuses longer
-/// ones (`PATH_MAX`): where it is missing and names are opened one by one, this is what bounds
-/// how deep a scan recurses (see `beneath::with_own_cwd`'s stack).
-const MAX_SCANNED_PATH: usize = 4096;
+use crate::tree::{Entry, Expected, Kind, MAX_SCANNED_PATH, Mtime, Tree, TreeBuilder, file_mode};
 
 /// Takes a scan's entries one by one, in the order it finds them (see
 /// [`LocalEndpoint::scan_each`]).
