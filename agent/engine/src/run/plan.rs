@@ -235,12 +235,19 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Ve
             names.entry(link).or_default().push(path);
         }
     }
+    let groups: Vec<&Vec<&Path>> = names.values().filter(|names| names.len() > 1).collect();
+    if groups.is_empty() {
+        return;
+    }
+    // Only a group's first name matters here: a set of every path written would take about
+    // 36 bytes a file copied.
+    let firsts: HashSet<&Path> = groups.iter().map(|names| names[0]).collect();
     let written: HashSet<&Path> = (actions.iter())
-        .filter(|a| matches!(a.op, Op::Copy { .. }))
+        .filter(|a| matches!(a.op, Op::Copy { .. }) && firsts.contains(&*a.path))
         .map(|a| &*a.path)
         .collect();
     let mut links = Vec::new();
-    for names in names.values().filter(|names| names.len() > 1) {
+    for names in groups {
         let first = names[0];
         let first_there = dst.get(first).and_then(|t| t.meta.link);
         for other in &names[1..] {
