@@ -424,20 +424,26 @@ pub fn with_own_cwd<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|threads| {
         let worker = std::thread::Builder::new().stack_size(SCAN_STACK);
         let worker = worker.spawn_scoped(threads, || {
-            // SAFETY: CLONE_FS gives this thread its own working folder, root and umask, and
-            // changes nothing about file descriptors (what makes the call unsafe is
-            // CLONE_FILES, a descriptor table of its own).
-            #[allow(unsafe_code)]
-            let own = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) };
-            if own.is_ok() {
-                OWN_CWD.set(Some(-1));
-            }
+            own_cwd_here();
             work()
         });
         (worker.expect("a thread for the scan"))
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Gives this thread a working folder of its own, as [`with_own_cwd`] does. Only for a thread
+/// made for a scan, which ends with it (one listing folders beside the scan's own).
+pub fn own_cwd_here() {
+    // SAFETY: CLONE_FS gives this thread its own working folder, root and umask, and
+    // changes nothing about file descriptors (what makes the call unsafe is CLONE_FILES, a
+    // descriptor table of its own).
+    #[allow(unsafe_code)]
+    let own = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) };
+    if own.is_ok() {
+        OWN_CWD.set(Some(-1));
+    }
 }
 
 impl Folder {

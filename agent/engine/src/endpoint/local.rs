@@ -21,7 +21,7 @@ use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
-use crate::tree::{Entry, Expected, Kind, MAX_SCANNED_PATH, Mtime, Tree, TreeBuilder, file_mode};
+use crate::tree::{Entry, Expected, Kind, Mtime, Tree, TreeBuilder, file_mode};
 
 /// Takes a scan's entries one by one, in the order it finds them (see
 /// [`LocalEndpoint::scan_each`]).
@@ -164,58 +164,24 @@ impl LocalEndpoint {
         move |source| endpoint_error(op, self.full(rel), source)
     }
 
-    /// Hands what the folder `rel` holds to `each`, in a tree's order: each folder's names
-    /// sorted, a folder's contents right after it.
-    fn walk(&self, root: &Root, rel: &Path, filter: &Filter, each: &mut EachEntry) -> Result<()> {
-        if rel.as_os_str().len() >= MAX_SCANNED_PATH {
-            let too_long = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
-            return Err(self.err("read folder", rel)(too_long));
-        }
-        let folder = match root.folder(rel) {
-            Ok(folder) => folder,
-            // A folder deleted while we walked: the next scan sees the truth. The root itself
-            // vanishing is an error, never an empty tree.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
-                return Ok(());
-            }
-            Err(e) => return Err(self.err("read folder", rel)(e)),
-        };
-        let mut names = folder.names().map_err(self.err("read folder", rel))?;
-        names.sort_unstable();
-        for name in names {
-            let child = rel.join(&name);
-            if is_orphan_temp(&name) {
-                if !self.looks_only {
-                    let _ = folder.remove_file(&name);
-                }
-                continue;
-            }
-            let found = folder.stat(&name).map_err(self.err("read", &child))?;
-            let read_link = || folder.read_link(&name);
-            let Some(entry) = self.entry(found, &child, read_link, || folder.xattrs(&name))? else {
-                continue;
-            };
-            self.add(root, &child, entry, filter, each)?;
-        }
-        Ok(())
-    }
-
-    /// Hands `rel` (and, for a folder, its contents) to `each` if the filter admits it.
+    /// Hands `rel` (and, for a folder, what lies below it) to `each` if the filter admits it.
     fn add(
         &self,
         root: &Root,
-        rel: &Path,
-        entry: Entry,
+        (rel, entry): (&Path, Entry),
         filter: &Filter,
-        each: &mut EachEntry,
+        (pace, each): (Pace, &mut EachEntry),
     ) -> Result<()> {
-        if entry.is_dir() {
-            if filter.admits_dir(rel) {
-                each(rel, entry)?;
-                self.walk(root, rel, filter, each)?;
-            }
-        } else if filter.admits_file(rel) {
+        let is_dir = entry.is_dir();
+        let admitted = match is_dir {
+            true => filter.admits_dir(rel),
+            false => filter.admits_file(rel),
+        };
+        if admitted {
             each(rel, entry)?;
+            if is_dir {
+                self.walk(root, rel, filter, (pace, each))?;
+            }
         }
         Ok(())
     }
@@ -225,12 +191,13 @@ impl LocalEndpoint {
     /// scan hands them over in a tree's order; one of some paths, in the order of the paths.
     pub fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()> {
         let root = self.root()?;
+        let pace = Pace::default();
         beneath::with_own_cwd(|| match scope {
-            Scope::Full => self.walk(&root, Path::new(""), filter, each),
+            Scope::Full => self.walk(&root, Path::new(""), filter, (pace, each)),
             Scope::Paths(paths) => {
                 for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
                     if let Some(entry) = self.lstat(&root, rel)? {
-                        self.add(&root, rel, entry, filter, each)?;
+                        self.add(&root, (rel, entry), filter, (pace, each))?;
                     }
                 }
                 Ok(())
@@ -801,6 +768,7 @@ mod batch;
 mod output;
 mod sink;
 mod staged;
+mod walk;
 
 use accounts::account_name;
 use batch::Batches;
@@ -808,6 +776,7 @@ use output::Output;
 pub use sink::LocalSink;
 use sink::WRITEBACK_EVERY;
 pub use staged::Staged;
+use walk::Pace;
 
 #[cfg(test)]
 mod tests;
