@@ -340,11 +340,19 @@ impl Bench {
     /// A run with agents started for it alone.
     fn ferry(&self, source: &Path, target: &Path, tool: Tool) -> Result<Sample> {
         let pair = Pair::start(self, &self.src, tool)?;
-        self.ferry_on(&pair, source, target, tool)
+        self.ferry_on(&pair, source, target, (tool, "bench"))
     }
 
-    /// A run on agents that are up: its own wall time, bytes, peak memory and CPU.
-    fn ferry_on(&self, pair: &Pair, source: &Path, target: &Path, tool: Tool) -> Result<Sample> {
+    /// A run of `job` on agents that are up: its own wall time, bytes, peak memory and CPU.
+    /// The agents' change journals are asked what changed since the job's last run: a job
+    /// never run scans everything.
+    fn ferry_on(
+        &self,
+        pair: &Pair,
+        source: &Path,
+        target: &Path,
+        (tool, job): (Tool, &str),
+    ) -> Result<Sample> {
         let relay = Relay::start(&pair.nas2.address)?;
         let dial = |agent: &str, address: &str| -> Result<Dial> {
             Ok(Dial {
@@ -357,7 +365,7 @@ impl Bench {
         let handoff = Handoff {
             dial: dial("nas1", &pair.nas1.address)?,
             order: JobOrder {
-                job: "bench".into(),
+                job: job.into(),
                 rule: match tool {
                     Tool::FerrySync => Rule::Sync,
                     _ => Rule::Mirror,

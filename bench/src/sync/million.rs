@@ -3,19 +3,22 @@
 //! production, so their change journals carry from one run to the next; each rsync run starts
 //! its daemon afresh (it keeps nothing between runs either way). Cases: the initial copy, the
 //! re-sync right after it (ferry's destination journal reports everything the copy wrote), a
-//! re-sync with nothing changed, and one after 0.1 % of the files were edited.
+//! re-sync with nothing changed, one after 0.1 % of the files were edited, and one that looks
+//! at every file with nothing in the page cache, as after a reboot or on a share too large to
+//! stay cached (ferry: a job its journals know nothing of).
 
 use super::*;
 
 const FILES: usize = 1_000_000;
 const PER_FOLDER: usize = 1_000;
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "initial copy, 1,000,000 small files (64 B-1 KiB, 1,000 folders)",
     "initial copy, until on disk (rsync: then `sync`; ferry's copy is durable as it ends)",
     "re-sync right after the copy",
     "re-sync, nothing changed",
     "re-sync, 0.1 % changed (1,000 files edited)",
+    "re-sync, nothing changed, every file looked at from a cold cache",
 ];
 
 /// Where the data set and the copies' file systems live: `$FERRY_BENCH_DIR`, by default
@@ -99,6 +102,14 @@ fn file_path(root: &Path, i: usize) -> PathBuf {
         .join(format!("f{:03}.txt", i % PER_FOLDER))
 }
 
+/// Writes what is dirty and empties the page cache, so the next run reads every folder and
+/// inode from the disk.
+fn drop_caches() -> Result<()> {
+    Command::new("sync").status()?;
+    fs::write("/proc/sys/vm/drop_caches", "3")?;
+    Ok(())
+}
+
 /// Appends a line to one file in a thousand; `turn` picks other files each time.
 fn change_a_thousandth(root: &Path, turn: usize) -> Result<()> {
     for k in 0..FILES / 1000 {
@@ -145,10 +156,11 @@ impl Bench {
     ) -> Result<Vec<Sample>> {
         let pair = Pair::start(self, source, Tool::Ferry)?;
         let target = self.dst[Tool::Ferry as usize].join(to);
-        let run = || {
+        let run_job = |job| {
             Command::new("sync").status()?;
-            self.ferry_on(&pair, source, &target, Tool::Ferry)
+            self.ferry_on(&pair, source, &target, (Tool::Ferry, job))
         };
+        let run = || run_job("bench");
         let copy = run()?;
         let durable = copy;
         // The copy's flood of changes may have overflowed the destination's watch.
@@ -157,7 +169,9 @@ impl Bench {
         let quiet = run()?;
         change()?;
         let changed = run()?;
-        Ok(vec![copy, durable, after_copy, quiet, changed])
+        drop_caches()?;
+        let cold = run_job("bench-cold")?;
+        Ok(vec![copy, durable, after_copy, quiet, changed, cold])
     }
 
     fn million_rsync(
@@ -180,7 +194,9 @@ impl Bench {
         };
         let (after_copy, quiet) = (run()?, run()?);
         change()?;
-        Ok(vec![copy, durable, after_copy, quiet, run()?])
+        let changed = run()?;
+        drop_caches()?;
+        Ok(vec![copy, durable, after_copy, quiet, changed, run()?])
     }
 
     /// Fails unless `tool`'s copy `to` is identical to `source` (by size and time: comparing
@@ -220,7 +236,10 @@ pub(crate) fn write_million_results(rounds: usize, rows: &[(&str, CaseSamples)])
                  their 1,000 folders: a journal holds 250,000 paths at most). From then on a \
                  run asks both journals what changed since the last one and looks at that \
                  alone. The memory of those runs is what the agents hold between runs (their \
-                 journals among it).";
+                 journals among it). The cold run comes after the page cache is emptied \
+                 (`/proc/sys/vm/drop_caches`), and for ferry under a job its journals know \
+                 nothing of: both tools read every folder and inode of both sides from the \
+                 disk, ferry's agents on several threads each.";
     let title = "A million files: ferry agent to agent vs rsync daemon";
     write_section("sync-million", title, &intro, rows, outro)
 }
