@@ -8,7 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::endpoint::{Endpoint, EndpointError, Scope};
-use crate::tree::{Entry, MAX_SCANNED_PATH, Tree, is_plain};
+use crate::tree::{Entry, Tree, is_listable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -57,10 +57,7 @@ pub fn load(replica: &dyn Endpoint, job: &str) -> Result<Tree, BaseError> {
                 .collect();
             // The file is in the replica, where a share user may write: it names nothing a
             // scan could not list.
-            let listable = |(path, _): &(PathBuf, Entry)| {
-                is_plain(path) && path.as_os_str().len() < MAX_SCANNED_PATH
-            };
-            match paths.iter().find(|named| !listable(named)) {
+            match paths.iter().find(|(path, _)| !is_listable(path)) {
                 Some((path, _)) => {
                     let why = format!("it names {:.80}, which no scan lists", path.display());
                     Err(damaged(serde::de::Error::custom(why)))

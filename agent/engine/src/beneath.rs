@@ -405,12 +405,6 @@ thread_local! {
     static OWN_CWD: Cell<Option<RawFd>> = const { Cell::new(None) };
 }
 
-/// The stack of a thread [`with_own_cwd`] makes: a scan recurses once a folder level, and a
-/// share user may nest folders as deep as a path reaches (about 2,000 levels: `PATH_MAX` is
-/// 4,096 bytes), which overflowed the default 2 MiB and aborted the agent. Address space
-/// only: the pages a shallow walk never touches take no memory.
-const SCAN_STACK: usize = 64 << 20;
-
 /// Whether this thread is one [`with_own_cwd`] made (a scan's, which ends with the scan).
 pub fn on_scan_thread() -> bool {
     OWN_CWD.get().is_some()
@@ -422,7 +416,7 @@ pub fn on_scan_thread() -> bool {
 /// entry's attributes. Where the kernel refuses (a sandbox's filter), they go through `/proc`.
 pub fn with_own_cwd<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|threads| {
-        let worker = std::thread::Builder::new().stack_size(SCAN_STACK);
+        let worker = std::thread::Builder::new().name("ferry-scan".into());
         let worker = worker.spawn_scoped(threads, || {
             own_cwd_here();
             work()

@@ -9,13 +9,15 @@ use serde::{Deserialize, Serialize};
 pub use crate::meta::{Keep, Meta, Owner};
 
 mod sorted;
+mod union;
 
 /// The longest path (relative to the replica) a scan walks into, as `openat2` refuses longer
 /// ones (`PATH_MAX`): where it is missing and names are opened one by one, this is what bounds
-/// how deep a scan recurses (see `beneath::with_own_cwd`'s stack).
+/// how deep a scan goes, and so how many folders' listings its walk holds at once.
 pub const MAX_SCANNED_PATH: usize = 4096;
 
 pub use sorted::{Builder as TreeBuilder, Tree};
+pub use union::{Union, pairs};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -185,12 +187,17 @@ pub fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
 /// is refused whoever made it. A scan of the whole tree must list every folder above an entry;
 /// a scan of some paths (`whole: false`) need not list them.
 pub fn check_parents(tree: &Tree, whole: bool) -> Result<(), String> {
+    // The folder the last entry was found in: most entries share it, and need no lookup.
+    let mut last_folder = None;
     for path in tree.keys() {
         let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
             continue;
         };
+        if last_folder == Some(parent) {
+            continue;
+        }
         match tree.get(parent) {
-            Some(entry) if entry.is_dir() => {}
+            Some(entry) if entry.is_dir() => last_folder = Some(parent),
             None if !whole => {}
             Some(_) => {
                 return Err(format!(
@@ -218,4 +225,10 @@ pub fn is_plain(path: &Path) -> bool {
         && path
             .components()
             .all(|part| matches!(part, Component::Normal(_)))
+}
+
+/// Whether a scan could list `path`: plain, and shorter than [`MAX_SCANNED_PATH`]. What a
+/// peer's scan or journal reports, or a file in the replica says, is nothing else.
+pub fn is_listable(path: &Path) -> bool {
+    is_plain(path) && path.as_os_str().len() < MAX_SCANNED_PATH
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{JobSpec, Rule, now_secs};
 use crate::endpoint::{Endpoint, Scope};
 use crate::journal::{Journaled, Mark};
-use crate::tree::{Entry, Tree};
+use crate::tree::{self, Entry, Tree};
 
 /// Where the replicas' journals stood when a job's run began.
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,14 +164,13 @@ fn unreported(
     };
     let mut found = Vec::new();
     for (replica, agreed, tree) in pairs {
-        let extras = tree.keys().filter(|_| rule != Rule::Copy);
-        let paths: BTreeSet<&Path> = agreed.keys().chain(extras).collect();
+        // The copy rule leaves what only a destination holds alone.
+        let looked_at =
+            tree::pairs(agreed, tree).filter(|(_, a, _)| a.is_some() || rule != Rule::Copy);
         found.extend(
-            paths
-                .into_iter()
-                .filter(|path| differs(agreed.get(path), tree.get(path)))
-                .filter(|path| !covered(changed, path))
-                .map(|path| (replica, path.to_path_buf())),
+            looked_at
+                .filter(|(path, a, t)| differs(*a, *t) && !covered(changed, path))
+                .map(|(path, _, _)| (replica, path.to_path_buf())),
         );
     }
     found

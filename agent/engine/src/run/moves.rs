@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::execute::{Executor, Hashes};
 use super::plan::{Action, Op};
 use crate::endpoint::Changes;
-use crate::tree::{Entry, Kind, Tree, same};
+use crate::tree::{self, Entry, Kind, Tree, Union, same};
 
 impl Executor<'_> {
     /// Per destination (`trees[1..]`), the files that look like the source's (same size and
@@ -20,11 +20,12 @@ impl Executor<'_> {
         let src = &trees[0];
         let alike: Vec<BTreeSet<PathBuf>> = (trees[1..].iter())
             .map(|dst| {
-                (src.iter())
-                    .filter(|(path, s)| {
-                        s.kind == Kind::File && dst.get(*path).is_some_and(|t| s.looks_unchanged(t))
+                (tree::pairs(src, dst))
+                    .filter(|(_, s, t)| match (s, t) {
+                        (Some(s), Some(t)) => s.kind == Kind::File && s.looks_unchanged(t),
+                        _ => false,
                     })
-                    .map(|(path, _)| path.to_path_buf())
+                    .map(|(path, _, _)| path.to_path_buf())
                     .collect()
             })
             .collect();
@@ -114,16 +115,13 @@ impl Executor<'_> {
     /// changed since the last run (a first sync, say, of copies whose times were not kept).
     pub(super) fn hashes_to_compare(&self, trees: &[Tree], base: &Tree) -> Hashes {
         let mut wanted: HashMap<usize, BTreeSet<PathBuf>> = HashMap::new();
-        // Each path held by two replicas or more (a comparison needs two), taken once from the
-        // first tree that has it: no set of every path is built, as the planner builds one.
-        let paths = (trees.iter().enumerate())
-            .flat_map(|(t, tree)| tree.keys().map(move |path| (t, path)))
-            .filter(|&(t, path)| !trees[..t].iter().any(|earlier| earlier.contains_key(path)))
-            .filter(|&(t, path)| trees[t + 1..].iter().any(|later| later.contains_key(path)));
-        for (_, path) in paths {
-            let was = base.get(path);
-            let changed: Vec<(usize, &Entry)> = (trees.iter().enumerate())
-                .filter_map(|(r, tree)| tree.get(path).map(|entry| (r, entry)))
+        // The replicas' trees and, last, the base.
+        let mut union = Union::new(trees.iter().chain([base]));
+        let mut states = Vec::with_capacity(trees.len() + 1);
+        while let Some(path) = union.next_into(&mut states) {
+            let was = states.pop().flatten();
+            let changed: Vec<(usize, &Entry)> = (states.iter().enumerate())
+                .filter_map(|(r, state)| state.map(|entry| (r, entry)))
                 .filter(|(_, entry)| entry.kind == Kind::File && !same(Some(entry), was))
                 .collect();
             for (r, entry) in &changed {

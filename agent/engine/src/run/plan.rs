@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::Rule;
 use crate::meta::{Keep, Owner};
-use crate::tree::{Entry, Kind, Mtime, Tree, same};
+use crate::tree::{self, Entry, Kind, Mtime, Tree, Union, same};
 
 /// An action's op. The entries and paths it names are borrowed from the scans' trees (`'t`):
 /// a plan of a million copies would otherwise hold a second copy of the source's tree.
@@ -125,14 +125,25 @@ pub(super) fn plan_one_way<'t>(
 ) -> Vec<Action<'t>> {
     let mut actions = crate::memory::mapped_vec(src.len());
     let act = |path: &'t Path, op| action(d, path, op);
-    for (path, s) in src {
+    for (path, s, t) in tree::pairs(src, dst) {
+        let Some(s) = s else {
+            if let Some(t) = t.filter(|_| rule == Rule::Mirror) {
+                actions.push(act(path, Op::Remove { entry: t }));
+            }
+            continue;
+        };
         let copy = || Op::Copy {
             from: 0,
             entry: s,
-            replaces: dst.get(path).is_some_and(|t| t.kind == Kind::File),
+            replaces: t.is_some_and(|t| t.kind == Kind::File),
         };
-        match dst.get(path) {
-            None => actions.push(act(path, copy())),
+        match t {
+            None => {
+                actions.push(act(path, copy()));
+                if s.is_dir() {
+                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
+                }
+            }
             Some(t) if s.looks_unchanged(t) && !differ.contains(path) => {
                 if s.is_dir() && s.mtime != t.mtime {
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
@@ -158,14 +169,6 @@ pub(super) fn plan_one_way<'t>(
                     actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
                 }
             }
-        }
-        if s.is_dir() && !dst.contains_key(path) {
-            actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
-        }
-    }
-    if rule == Rule::Mirror {
-        for (path, t) in dst.iter().filter(|(path, _)| !src.contains_key(*path)) {
-            actions.push(act(path, Op::Remove { entry: t }));
         }
     }
     if keep.hard_links {
@@ -316,15 +319,19 @@ pub(super) fn plan_sync<'t>(
         agreed: Tree::new(),
         asides: BTreeMap::new(),
     };
-    let paths: BTreeSet<&Path> = trees
-        .iter()
-        .flat_map(|t| t.keys())
-        .chain(base.keys())
-        .collect();
-    for path in paths {
-        let states: Vec<Option<&Entry>> = trees.iter().map(|t| t.get(path)).collect();
+    // The replicas' trees and, last, the base.
+    let mut union = Union::new(trees.iter().chain([base]));
+    let mut states = Vec::with_capacity(trees.len() + 1);
+    while let Some(path) = union.next_into(&mut states) {
+        let was = states.pop().flatten();
         let seen = Seen { trees, base };
-        plan_path(&mut plan, (seen, keep), path, &states, &mut same_content);
+        plan_path(
+            &mut plan,
+            (seen, keep),
+            (path, was),
+            &states,
+            &mut same_content,
+        );
     }
     let asides = std::mem::take(&mut plan.asides);
     plan.agreed.extend(asides);
@@ -337,11 +344,11 @@ pub(super) fn plan_sync<'t>(
 fn plan_path<'t>(
     plan: &mut SyncPlan<'t>,
     (seen, keep): (Seen<'t>, Keep),
-    path: &'t Path,
+    (path, was): (&'t Path, Option<&'t Entry>),
     states: &[Option<&'t Entry>],
     same_content: &mut impl FnMut(usize, usize, &Path) -> bool,
 ) {
-    let (trees, was) = (seen.trees, seen.base.get(path));
+    let trees = seen.trees;
     let changed: Vec<usize> = (0..states.len())
         .filter(|&i| !same(states[i], was))
         .collect();

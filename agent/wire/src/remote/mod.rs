@@ -5,8 +5,10 @@
 //! A file's data streams as batches of delta ops without a reply for each, so a transfer costs
 //! one round trip for the signature and one for the final verdict, whatever its size.
 
+use std::ffi::OsStr;
 use std::future::Future;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +27,7 @@ use ferry_engine::endpoint::{
 use ferry_engine::filter::Filter;
 use ferry_engine::journal::{Journaled, Mark};
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
-use ferry_engine::tree::{Entry, Expected, Mtime, Tree, TreeBuilder, is_plain};
+use ferry_engine::tree::{Entry, Expected, Mtime, Tree, TreeBuilder, is_listable};
 
 mod pipeline;
 mod sink;
@@ -82,6 +84,18 @@ impl RemoteEndpoint {
 
     fn error(&self, op: &str, rel: &Path, source: io::Error) -> EndpointError {
         EndpointError::new(op.to_owned(), self.place(rel), source)
+    }
+
+    /// The error for a path the agent reported that no scan lists (see [`is_listable`]),
+    /// named by its first 200 bytes: it may be 8 MiB long.
+    fn unlistable(&self, op: &str, path: &Path) -> EndpointError {
+        let why = "the agent reported a path that leaves the folder, or one longer than any \
+                   scan lists";
+        let refused = io::Error::new(io::ErrorKind::InvalidData, why);
+        let bytes = path.as_os_str().as_bytes();
+        let named = OsStr::from_bytes(&bytes[..bytes.len().min(200)]);
+        self.error(op, Path::new(named), refused)
+            .meaning(Failure::Outside)
     }
 
     /// `agent:/root/rel`, as users name it.
@@ -261,13 +275,10 @@ impl Endpoint for RemoteEndpoint {
         loop {
             match response {
                 Response::Scanned { entries, more } => {
-                    if let Some((path, _)) = entries.iter().find(|(path, _)| !is_plain(path)) {
+                    if let Some((path, _)) = entries.iter().find(|(path, _)| !is_listable(path)) {
                         // Not to be trusted further: the session is dropped, unread.
                         *slot = None;
-                        let outside = "the agent reported a path that leaves the folder";
-                        let refused = io::Error::new(io::ErrorKind::InvalidData, outside);
-                        let error = self.error("read folder", path, refused);
-                        return Err(error.meaning(Failure::Outside));
+                        return Err(self.unlistable("read folder", path));
                     }
                     for (path, entry) in entries {
                         found.push(&path, entry);
@@ -297,14 +308,8 @@ impl Endpoint for RemoteEndpoint {
             Response::Journal {
                 now: Some(now),
                 changed,
-            } => match changed.iter().flatten().find(|path| !is_plain(path)) {
-                Some(path) => {
-                    let outside = "the agent reported a path that leaves the folder";
-                    let refused = io::Error::new(io::ErrorKind::InvalidData, outside);
-                    Err(self
-                        .error("ask the change journal of", path, refused)
-                        .meaning(Failure::Outside))
-                }
+            } => match changed.iter().flatten().find(|path| !is_listable(path)) {
+                Some(path) => Err(self.unlistable("ask the change journal of", path)),
                 None => Ok(Journaled::At { now, changed }),
             },
             other => Err(self.unexpected("ask the change journal of", root, &other)),

@@ -162,3 +162,34 @@ async fn a_call_from_an_async_task_is_an_error_not_a_panic() {
     let error = remote.prepare(false, None).unwrap_err();
     assert!(error.to_string().contains("async task"), "{error}");
 }
+
+/// An agent lists a path no scan of a folder could: one leaving it, or one longer than
+/// `PATH_MAX` (nothing in the folder can be opened by it). The scan fails as reaching
+/// outside, naming the path by its start only, and nothing it sent is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_listing_a_path_no_folder_holds_fails_as_outside() {
+    let long: std::path::PathBuf = std::iter::repeat_n("x".repeat(200), 30).collect();
+    for path in [std::path::PathBuf::from("a/../../etc"), long] {
+        let entries = vec![(path.clone(), ferry_engine::tree::Entry::folder(0o755))];
+        let remote = endpoint(vec![
+            Step::Answer(Response::Done),
+            Step::Answer(Response::Scanned {
+                entries,
+                more: false,
+            }),
+        ]);
+        let scanned = on_engine_thread(move || {
+            remote.prepare(false, None)?;
+            remote.scan(&ferry_engine::Scope::Full, &Filter::default())
+        })
+        .await;
+        let error = scanned.unwrap_err();
+        assert_eq!(
+            error.failure,
+            Failure::Outside,
+            "{}: {error}",
+            path.display()
+        );
+        assert!(error.to_string().len() < 600, "named by its start: {error}");
+    }
+}
