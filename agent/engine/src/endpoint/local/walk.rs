@@ -80,7 +80,6 @@ impl LocalEndpoint {
             changed: Condvar::new(),
             ahead: pace.ahead,
         };
-        folders.lock().queued.insert(top.to_path_buf());
         // A listing that panicked must still reach the walker, or it would wait for it forever.
         let list = |rel: &Path| {
             let listed = panic::catch_unwind(AssertUnwindSafe(|| self.list(root, rel, filter)));
@@ -89,8 +88,14 @@ impl LocalEndpoint {
                 Err(self.err("read folder", rel)(broke))
             })
         };
+        // The top folder listed here first: without a folder in it (as in most of the paths a
+        // monitor's batch names), no worker is started.
+        let first = list(top)?;
+        let below: Vec<PathBuf> = subfolders(top, &first).collect();
+        let workers = if below.is_empty() { 0 } else { pace.workers };
+        folders.lock().queued.extend(below);
         std::thread::scope(|threads| {
-            for _ in 0..pace.workers {
+            for _ in 0..workers {
                 let worker = std::thread::Builder::new().name("ferry-scan".into());
                 // Without a worker the walker lists the folders itself: slower, not wrong.
                 let _ = worker.spawn_scoped(threads, || {
@@ -98,7 +103,7 @@ impl LocalEndpoint {
                     folders.work(&list);
                 });
             }
-            let walked = folders.hand_over(top, &list, each);
+            let walked = folders.hand_over((top, first), &list, each);
             folders.lock().over = true;
             folders.changed.notify_all();
             walked
@@ -157,15 +162,14 @@ impl Folders {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The walker: hands every entry under `top` to `each`, taking each folder's listing as
-    /// it comes to it.
+    /// The walker: hands every entry under `top` (listed as `first`) to `each`, taking each
+    /// folder's listing as it comes to it.
     fn hand_over(
         &self,
-        top: &Path,
+        (top, first): (&Path, Listing),
         list: &(dyn Fn(&Path) -> Result<Listing> + Sync),
         each: &mut EachEntry,
     ) -> Result<()> {
-        let first = self.take(top, list)?;
         let mut open = vec![(top.to_path_buf(), first.into_iter())];
         while let Some((folder, listing)) = open.last_mut() {
             let Some((name, entry)) = listing.next() else {
