@@ -95,6 +95,14 @@ impl Filter {
         (&self.patterns.0, &self.patterns.1)
     }
 
+    /// Whether the job touches `rel`, a folder or not as `is_dir` says.
+    pub fn admits(&self, rel: &Path, is_dir: bool) -> bool {
+        match is_dir {
+            true => self.admits_dir(rel),
+            false => self.admits_file(rel),
+        }
+    }
+
     pub fn admits_dir(&self, rel: &Path) -> bool {
         !is_reserved(rel) && !self.exclude.iter().any(|r| r.matches(rel, true))
     }

@@ -173,11 +173,7 @@ impl LocalEndpoint {
         (pace, each): (Pace, &mut EachEntry),
     ) -> Result<()> {
         let is_dir = entry.is_dir();
-        let admitted = match is_dir {
-            true => filter.admits_dir(rel),
-            false => filter.admits_file(rel),
-        };
-        if admitted {
+        if filter.admits(rel, is_dir) {
             each(rel, entry)?;
             if is_dir {
                 self.walk(root, rel, filter, (pace, each))?;

@@ -10,7 +10,6 @@
 //! folder itself when no worker has taken it yet, so the bound never leaves it waiting.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -41,8 +40,8 @@ impl Default for Pace {
     }
 }
 
-/// What a folder holds that the filter admits, by name, in name order.
-type Listing = Vec<(OsString, Entry)>;
+/// What a folder holds that the filter admits, in name order, each with its path.
+type Listing = Vec<(PathBuf, Entry)>;
 
 /// The folders of one walk, between the walker and the workers.
 struct Folders {
@@ -91,7 +90,7 @@ impl LocalEndpoint {
         // The top folder listed here first: without a folder in it (as in most of the paths a
         // monitor's batch names), no worker is started.
         let first = list(top)?;
-        let below: Vec<PathBuf> = subfolders(top, &first).collect();
+        let below: Vec<PathBuf> = subfolders(&first).collect();
         let workers = if below.is_empty() { 0 } else { pace.workers };
         folders.lock().queued.extend(below);
         std::thread::scope(|threads| {
@@ -103,7 +102,7 @@ impl LocalEndpoint {
                     folders.work(&list);
                 });
             }
-            let walked = folders.hand_over((top, first), &list, each);
+            let walked = folders.hand_over(first, &list, each);
             folders.lock().over = true;
             folders.changed.notify_all();
             walked
@@ -143,12 +142,8 @@ impl LocalEndpoint {
             let Some(entry) = self.entry(found, &child, read_link, || folder.xattrs(&name))? else {
                 continue;
             };
-            let admitted = match entry.is_dir() {
-                true => filter.admits_dir(&child),
-                false => filter.admits_file(&child),
-            };
-            if admitted {
-                listing.push((name, entry));
+            if filter.admits(&child, entry.is_dir()) {
+                listing.push((child, entry));
             }
         }
         Ok(listing)
@@ -162,26 +157,24 @@ impl Folders {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The walker: hands every entry under `top` (listed as `first`) to `each`, taking each
-    /// folder's listing as it comes to it.
+    /// The walker: hands every entry of `first` (the top folder's listing) and below to
+    /// `each`, taking each folder's listing as it comes to it.
     fn hand_over(
         &self,
-        (top, first): (&Path, Listing),
+        first: Listing,
         list: &(dyn Fn(&Path) -> Result<Listing> + Sync),
         each: &mut EachEntry,
     ) -> Result<()> {
-        let mut open = vec![(top.to_path_buf(), first.into_iter())];
-        while let Some((folder, listing)) = open.last_mut() {
-            let Some((name, entry)) = listing.next() else {
+        let mut open = vec![first.into_iter()];
+        while let Some(listing) = open.last_mut() {
+            let Some((path, entry)) = listing.next() else {
                 open.pop();
                 continue;
             };
-            let path = folder.join(name);
             let is_dir = entry.is_dir();
             each(&path, entry)?;
             if is_dir {
-                let inside = self.take(&path, list)?;
-                open.push((path, inside.into_iter()));
+                open.push(self.take(&path, list)?.into_iter());
             }
         }
         Ok(())
@@ -205,7 +198,7 @@ impl Folders {
                 drop(state);
                 let listed = list(rel);
                 if let Ok(listing) = &listed {
-                    self.lock().queued.extend(subfolders(rel, listing));
+                    self.lock().queued.extend(subfolders(listing));
                     self.changed.notify_all();
                 }
                 return listed;
@@ -233,7 +226,7 @@ impl Folders {
             state = self.lock();
             if let Ok(listing) = &listed {
                 state.ahead += listing.len();
-                let found = subfolders(&rel, listing);
+                let found = subfolders(listing);
                 state.queued.extend(found);
             }
             state.listed.insert(rel, listed);
@@ -242,11 +235,11 @@ impl Folders {
     }
 }
 
-/// The folders a listing of `rel` holds, as paths.
-fn subfolders<'a>(rel: &'a Path, listing: &'a Listing) -> impl Iterator<Item = PathBuf> + 'a {
+/// The folders a listing holds.
+fn subfolders(listing: &Listing) -> impl Iterator<Item = PathBuf> + '_ {
     (listing.iter())
         .filter(|(_, entry)| entry.is_dir())
-        .map(move |(name, _)| rel.join(name))
+        .map(|(path, _)| path.clone())
 }
 
 #[cfg(test)]
