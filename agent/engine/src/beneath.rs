@@ -70,6 +70,9 @@ pub struct Found {
     pub device: u64,
 }
 
+/// A name in an open folder, for `*at` calls.
+type Named<'a> = (BorrowedFd<'a>, &'a OsStr);
+
 /// A parent folder, ready for `*at` calls: the root itself or a folder opened beneath it.
 enum At<'a> {
     Root(BorrowedFd<'a>),
@@ -305,33 +308,52 @@ impl Root {
 
     /// Renames `from` over `to`; whatever `to` was (a symlink too) is replaced, never followed.
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (from_at, from_name) = self.parent(from)?;
-        let (to_at, to_name) = self.parent(to)?;
-        rustix::fs::renameat(&from_at, from_name, &to_at, to_name).map_err(io::Error::from)
+        self.between(from, to, |(from_at, from_name), (to_at, to_name)| {
+            rustix::fs::renameat(from_at, from_name, to_at, to_name)
+        })
     }
 
     /// Renames `from` to `to`, which must not exist: nothing is ever replaced.
     pub fn rename_new(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (from_at, from_name) = self.parent(from)?;
-        let (to_at, to_name) = self.parent(to)?;
-        let renamed =
-            rustix::fs::renameat_with(&from_at, from_name, &to_at, to_name, RenameFlags::NOREPLACE);
-        match renamed {
-            // A file system without RENAME_NOREPLACE: link then unlink never replaces either.
-            Err(rustix::io::Errno::INVAL) => {
-                rustix::fs::linkat(&from_at, from_name, &to_at, to_name, AtFlags::empty())?;
-                rustix::fs::unlinkat(&from_at, from_name, AtFlags::empty()).map_err(io::Error::from)
+        self.between(from, to, |(from_at, from_name), (to_at, to_name)| {
+            let flags = RenameFlags::NOREPLACE;
+            match rustix::fs::renameat_with(from_at, from_name, to_at, to_name, flags) {
+                // A file system without RENAME_NOREPLACE: link then unlink never replaces either.
+                Err(rustix::io::Errno::INVAL) => {
+                    rustix::fs::linkat(from_at, from_name, to_at, to_name, AtFlags::empty())?;
+                    rustix::fs::unlinkat(from_at, from_name, AtFlags::empty())
+                }
+                renamed => renamed,
             }
-            renamed => renamed.map_err(io::Error::from),
-        }
+        })
     }
 
     /// Links the file at `from` (a symlink is linked as itself) as the new name `to`.
     pub fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.between(from, to, |(from_at, from_name), (to_at, to_name)| {
+            rustix::fs::linkat(from_at, from_name, to_at, to_name, AtFlags::empty())
+        })
+    }
+
+    /// Calls `act` with the folders holding `from` and `to` and their last names. Paths in
+    /// one folder (a temporary name beside its target) open it once: two resolutions a
+    /// received file instead of three.
+    fn between(
+        &self,
+        from: &Path,
+        to: &Path,
+        act: impl FnOnce(Named<'_>, Named<'_>) -> rustix::io::Result<()>,
+    ) -> io::Result<()> {
         let (from_at, from_name) = self.parent(from)?;
-        let (to_at, to_name) = self.parent(to)?;
-        rustix::fs::linkat(&from_at, from_name, &to_at, to_name, AtFlags::empty())
-            .map_err(io::Error::from)
+        let acted = if from.parent() == to.parent() {
+            plain(to)?;
+            let to_name = to.file_name().expect("a plain path has a last name");
+            act((from_at.as_fd(), from_name), (from_at.as_fd(), to_name))
+        } else {
+            let (to_at, to_name) = self.parent(to)?;
+            act((from_at.as_fd(), from_name), (to_at.as_fd(), to_name))
+        };
+        acted.map_err(io::Error::from)
     }
 
     /// Sets the modification time of `rel` (of a symlink itself, not its target); the access

@@ -203,21 +203,31 @@ impl Watch {
     }
 
     /// Waits up to `timeout` for changes, then reads what the kernel has queued.
-    pub fn read(&mut self, timeout: Duration) -> Read {
+    pub fn read(&mut self, timeout: Duration, hurry: &impl AsFd) -> Read {
         let timeout = Timespec::try_from(timeout).ok();
-        let mut ready = [PollFd::new(&self.fd, PollFlags::IN)];
+        let mut ready = [
+            PollFd::new(&self.fd, PollFlags::IN),
+            PollFd::new(hurry, PollFlags::IN),
+        ];
         match poll(&mut ready, timeout.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Read::Ended(format!("cannot wait for changes: {e}")),
         }
+        if !ready[1].revents().is_empty() {
+            // Taken: the question that nudged is answered by this read.
+            let _ = rustix::io::read(hurry, &mut [0u8; 8]);
+        }
         let mut events = Events::default();
         let mut reader = inotify::Reader::new(self.fd.as_fd(), &mut self.buffer);
+        let mut before = SystemTime::now();
         let drained = loop {
             // Only between the reads of the kernel's queue: what the reader holds would be lost.
-            if events.paths.len() >= READ_AT_MOST && reader.is_buffer_empty() {
-                break None;
+            if reader.is_buffer_empty() {
+                if events.paths.len() >= READ_AT_MOST {
+                    break None;
+                }
+                before = SystemTime::now();
             }
-            let before = SystemTime::now();
             let event = match reader.next() {
                 Ok(event) => event,
                 Err(Errno::AGAIN) => break Some(before),
@@ -318,11 +328,16 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// A nudge no one gives.
+    fn no_hurry() -> OwnedFd {
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap()
+    }
+
     /// Reads until the queue is empty; every path named, sorted and deduplicated.
     fn drain(watch: &mut Watch) -> Vec<PathBuf> {
         let mut all = Vec::new();
         loop {
-            match watch.read(Duration::from_millis(50)) {
+            match watch.read(Duration::from_millis(50), &no_hurry()) {
                 Read::Changed { paths, drained } => {
                     let done = paths.is_empty() && drained.is_some();
                     all.extend(paths);
@@ -417,7 +432,10 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let (mut watch, _) = Watch::place(&root, None).unwrap();
         fs::rename(&root, parent.path().join("elsewhere")).unwrap();
-        assert!(matches!(watch.read(Duration::from_secs(1)), Read::Ended(_)));
+        assert!(matches!(
+            watch.read(Duration::from_secs(1), &no_hurry()),
+            Read::Ended(_)
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod inotify;
 mod kept;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -57,6 +58,14 @@ const RESERVE: u64 = 1 << 20;
 const SLACK: Duration = Duration::from_secs(10);
 /// How long a question waits for a journal that is catching up.
 const START_WAIT: Duration = Duration::from_secs(60);
+/// How long changes gather after a read before the next, unless a question waits: a flood
+/// read as it comes woke the watch for every few events, and each wake-up costs the writer
+/// too (most of the journal's CPU while a million files are copied into its root). The
+/// kernel queues 16,384 events by default, a few times what the fastest local copy makes in
+/// this time.
+const GATHER: Duration = Duration::from_millis(10);
+/// How long a question waits for the watch to read what was queued before it.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// The journals of the served roots, by the root's path as configured.
 #[derive(Default)]
@@ -99,6 +108,10 @@ pub struct RootJournal {
     state: Mutex<State>,
     /// Wakes questions waiting for the journal to start.
     started: Condvar,
+    /// Wakes questions waiting for the watch to read what was queued before them.
+    caught_up: Condvar,
+    /// A question's nudge to the watch (an eventfd): read now, do not let changes gather.
+    hurry: OwnedFd,
     /// Asks the watch to start over (the root, or the mounts below it, changed).
     restart: AtomicBool,
     /// One save at a time, each of the state as it is then: a later save never holds less.
@@ -136,6 +149,8 @@ struct State {
     ground: Ground,
     /// Changed since last kept.
     dirty: bool,
+    /// A watch is being read: a question can wait for it to catch up.
+    following: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +188,12 @@ impl RootJournal {
             file,
             state: Mutex::default(),
             started: Condvar::new(),
+            caught_up: Condvar::new(),
+            hurry: rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+            )
+            .expect("an eventfd for the change journal"),
             restart: AtomicBool::new(false),
             saving: Mutex::default(),
         }
@@ -319,19 +340,59 @@ impl RootJournal {
         }
         if drained.is_some() {
             state.drained = drained;
+            self.caught_up.notify_all();
         }
         state.fold_if_long(&self.root);
     }
 
+    /// Lets changes gather for a moment, unless a question nudges the watch (see [`GATHER`]).
+    fn gather(&self) {
+        let mut nudged = [rustix::event::PollFd::new(
+            &self.hurry,
+            rustix::event::PollFlags::IN,
+        )];
+        let moment = rustix::event::Timespec::try_from(GATHER).ok();
+        let _ = rustix::event::poll(&mut nudged, moment.as_ref());
+    }
+
+    /// Waits, a moment at most, until the watch has read every change queued before now: an
+    /// answer then names each change made before the question, not only those the watch
+    /// happened to have read.
+    fn catch_up<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if !state.following {
+            return state;
+        }
+        let asked = SystemTime::now();
+        let _ = rustix::io::write(&self.hurry, &1u64.to_ne_bytes());
+        let behind = |s: &mut State| s.following && s.drained.is_none_or(|d| d < asked);
+        (self.caught_up)
+            .wait_timeout_while(state, CATCH_UP_WAIT, behind)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
     /// Records what the watch reads until it stops; why it stopped.
     fn follow(&self, watch: &mut Watch) -> (&'static str, String) {
+        let why = self.read_on(watch);
+        self.state().following = false;
+        self.caught_up.notify_all();
+        why
+    }
+
+    fn read_on(&self, watch: &mut Watch) -> (&'static str, String) {
         let mut saved: Option<Instant> = None;
         loop {
             if self.restart.swap(false, Ordering::Relaxed) {
                 return ("moved", "the root or a mount moved".into());
             }
-            match watch.read(POLL) {
-                Read::Changed { paths, drained } => self.record(paths, drained),
+            match watch.read(POLL, &self.hurry) {
+                Read::Changed { paths, drained } => {
+                    let emptied = drained.is_some();
+                    self.record(paths, drained);
+                    if emptied {
+                        self.gather();
+                    }
+                }
                 Read::Lost => {
                     let why = "the watcher lost events (the kernel's queue overflowed)";
                     return ("overflow", why.into());
@@ -463,9 +524,10 @@ impl ChangeJournal for RootJournal {
                 "the root, or what is mounted at or below it, changed; watching again"
             );
         }
-        let (mut state, _) = (self.started)
+        let (state, _) = (self.started)
             .wait_timeout_while(state, START_WAIT, |s| s.phase == Phase::Starting)
             .unwrap_or_else(|p| p.into_inner());
+        let mut state = self.catch_up(state);
         let seen_from = Identity::of(&self.root.join(folder));
         let Some(seen_from) = seen_from.filter(|_| state.phase == Phase::Running) else {
             return Journaled::Unjournaled;
@@ -567,6 +629,8 @@ fn keep(journal: &RootJournal) {
                 continue;
             }
         };
+        // Before questions are let in: the first one waits for the watch too.
+        journal.state().following = true;
         journal.begin(ground, resume_now, found);
         let why = journal.follow(&mut watch);
         resume = journal.end(why);
@@ -612,6 +676,22 @@ mod tests {
         journal.record(vec!["docs/d".into()], None);
         let (_, changed) = answer(&journal, "docs", Some(&now));
         assert_eq!(changed, Some(vec![PathBuf::from("d")]));
+    }
+
+    #[test]
+    fn an_answer_names_a_change_made_right_before_the_question() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Arc::new(RootJournal::new(root.path().to_path_buf(), None));
+        let watched = journal.clone();
+        std::thread::spawn(move || keep(&watched));
+        let (mut mark, _) = answer(&journal, "", None);
+        for i in 0..50 {
+            let name = format!("f{i}");
+            std::fs::write(root.path().join(&name), "x").unwrap();
+            let (now, changed) = answer(&journal, "", Some(&mark));
+            assert_eq!(changed, Some(vec![PathBuf::from(&name)]), "change {i}");
+            mark = now;
+        }
     }
 
     #[test]

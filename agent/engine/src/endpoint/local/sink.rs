@@ -13,7 +13,7 @@ use super::{LocalEndpoint, Staged, settable_owner, to_filetime};
 use crate::beneath::{self, Root};
 use crate::delta::{DeltaError, Encoded, Op, Rebuild};
 use crate::endpoint::{EndpointError, Failure, FileSink, Result};
-use crate::meta::Xattrs;
+use crate::meta::{Owner, Xattrs};
 use crate::tree::{Entry, Expected, file_mode};
 
 /// The process's umask, as the kernel reports it (`None` if it does not): a file created with
@@ -100,7 +100,7 @@ impl LocalSink<'_> {
                 .map_err(io::IntoInnerError::into_error)?
                 .finish()?;
             if let Some(owner) = settable_owner(entry) {
-                rustix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+                give_owner(&file, owner)?;
             }
             // The file was created with its mode, less what the umask took.
             let mode = file_mode(entry.mode);
@@ -126,6 +126,17 @@ impl LocalSink<'_> {
             size,
         ))
     }
+}
+
+/// Gives `file` `owner` unless it has it already: most files a root agent receives are
+/// root's, as it makes them, and a change of owner costs a journal transaction and an event
+/// to every watch of the folder.
+fn give_owner(file: &File, owner: Owner) -> io::Result<()> {
+    let stat = rustix::fs::fstat(file)?;
+    if (stat.st_uid, stat.st_gid) != (owner.uid, owner.gid) {
+        rustix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
 }
 
 impl Drop for LocalSink<'_> {
