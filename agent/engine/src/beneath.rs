@@ -227,14 +227,7 @@ impl Root {
     /// Creates `rel`, which must not exist, for writing with `mode`.
     pub fn create_new(&self, rel: &Path, mode: u32) -> io::Result<File> {
         let (at, name) = self.parent(rel)?;
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
-        let fd = rustix::fs::openat(
-            &at,
-            name,
-            flags | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
-        )?;
-        Ok(File::from(fd))
+        create_new_at(at.as_fd(), name, mode)
     }
 
     /// Makes the folder `rel` and any missing folder above it, as `create_dir_all` does but
@@ -516,6 +509,17 @@ impl Folder {
     pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(io::Error::from)
     }
+
+    /// Creates `name`, which must not exist, for writing with `mode`.
+    pub fn create_new(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        create_new_at(self.fd.as_fd(), name, mode)
+    }
+
+    /// Renames `from` over `to`, both in this folder; whatever `to` was (a symlink too) is
+    /// replaced, never followed.
+    pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(io::Error::from)
+    }
 }
 
 impl Drop for Folder {
@@ -526,6 +530,12 @@ impl Drop for Folder {
             OWN_CWD.set(Some(-1));
         }
     }
+}
+
+fn create_new_at(at: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<File> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+    let fd = rustix::fs::openat(at, name, flags | OFlags::CLOEXEC, Mode::from_raw_mode(mode))?;
+    Ok(File::from(fd))
 }
 
 fn read_link_at(at: BorrowedFd<'_>, name: &OsStr) -> io::Result<PathBuf> {

@@ -1,13 +1,13 @@
 //! A replica on this machine: a folder, read and written through the file system, every path
 //! resolved beneath the folder's open handle and never through a symlink ([`Root`]).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock, Weak};
 
 use filetime::FileTime;
 use rustix::fs::FileType;
@@ -15,7 +15,7 @@ use rustix::fs::FileType;
 use super::{
     Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Result, Scope,
 };
-use crate::beneath::{self, Found, Root};
+use crate::beneath::{self, Folder, Found, Root};
 use crate::delta::{self, Encoded, Op, Rebuild, Signature};
 use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
@@ -43,6 +43,11 @@ pub struct LocalEndpoint {
     looks_only: bool,
     /// Files committed by a run, made durable and put in place a batch at a time.
     batches: Mutex<Batches>,
+    /// The folder the last file was received into, by its path, while a file received there
+    /// is not yet in place: the files of a folder, received one after another, resolve it
+    /// once instead of twice each (made, then renamed into place), and each goes into place
+    /// in the folder its temporary name was made in.
+    receiving: Mutex<Option<(PathBuf, Weak<Folder>)>>,
     /// The change journal of the root it lies in (an agent's), if one is kept.
     journal: Option<Arc<dyn ChangeJournal>>,
 }
@@ -56,6 +61,7 @@ impl Clone for LocalEndpoint {
             root: RwLock::new(self.held()),
             looks_only: self.looks_only,
             batches: Mutex::default(),
+            receiving: Mutex::default(),
             journal: self.journal.clone(),
         }
     }
@@ -65,14 +71,7 @@ impl LocalEndpoint {
     /// The folder `path`, as given (an administrator named it).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        Self {
-            anchor: path.clone(),
-            path,
-            root: RwLock::default(),
-            looks_only: false,
-            batches: Mutex::default(),
-            journal: None,
-        }
+        Self::beneath(path.clone(), path)
     }
 
     /// The same folder, to be looked at only (a dry run): its scans remove nothing, not even
@@ -99,6 +98,7 @@ impl LocalEndpoint {
             root: RwLock::default(),
             looks_only: false,
             batches: Mutex::default(),
+            receiving: Mutex::default(),
             journal: None,
         }
     }
@@ -237,21 +237,69 @@ impl LocalEndpoint {
         rel: &Path,
         create: impl Fn(&Path) -> io::Result<T>,
     ) -> Result<(PathBuf, T)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = parent.join(format!("{TEMP_PREFIX}{}.{n}", *PID));
-        let created = match create(&temp) {
+        let temp = parent.join(temp_name());
+        let made = self.making_folders(root, rel, |_| create(&temp))?;
+        Ok((temp, made))
+    }
+
+    /// `create`, tried again once the folders above `rel` are made when it finds them missing
+    /// (told so by its argument).
+    fn making_folders<T>(
+        &self,
+        root: &Root,
+        rel: &Path,
+        create: impl Fn(bool) -> io::Result<T>,
+    ) -> Result<T> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let created = match create(false) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !parent.as_os_str().is_empty() => {
                 root.make_dirs(parent, 0o777)
                     .map_err(self.err("create folder", parent))?;
-                create(&temp)
+                create(true)
             }
             created => created,
         };
-        created
-            .map(|made| (temp, made))
-            .map_err(self.err("write", rel))
+        created.map_err(self.err("write", rel))
+    }
+
+    /// Makes a temporary file for the received file `rel` in its folder, opened once for the
+    /// files received there one after another (see `receiving`).
+    fn create_received(
+        &self,
+        root: &Root,
+        rel: &Path,
+        mode: u32,
+    ) -> Result<(Arc<Folder>, OsString, File)> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let temp = OsString::from(temp_name());
+        let (folder, file) = self.making_folders(root, rel, |again| {
+            // Again, the folder held may be one that was removed: it is opened afresh.
+            let folder = self.receiving_folder(root, parent, again)?;
+            let file = folder.create_new(&temp, mode)?;
+            Ok((folder, file))
+        })?;
+        Ok((folder, temp, file))
+    }
+
+    /// The folder `parent`, as held for the file received before if it went there and is not
+    /// yet in place (and not `afresh`), or opened now.
+    fn receiving_folder(
+        &self,
+        root: &Root,
+        parent: &Path,
+        afresh: bool,
+    ) -> io::Result<Arc<Folder>> {
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        let held = (receiving.as_ref())
+            .filter(|(path, _)| path == parent && !afresh)
+            .and_then(|(_, folder)| folder.upgrade());
+        if let Some(folder) = held {
+            return Ok(folder);
+        }
+        let folder = Arc::new(root.folder(parent)?);
+        *receiving = Some((parent.to_path_buf(), Arc::downgrade(&folder)));
+        Ok(folder)
     }
 
     /// Renames a finished temporary entry over `rel`, or removes it if anything failed.
@@ -304,10 +352,11 @@ impl LocalEndpoint {
             None => None,
         };
         let mode = file_mode(entry.mode);
-        let (temp, file) = self.create_beside(&root, rel, |temp| root.create_new(temp, mode))?;
+        let (folder, temp, file) = self.create_received(&root, rel, mode)?;
         let mut sink = LocalSink {
             endpoint: self,
             root,
+            folder,
             rel: rel.to_path_buf(),
             entry: entry.clone(),
             temp,
@@ -663,6 +712,14 @@ pub static SETS_OWNERS: LazyLock<bool> = LazyLock::new(|| nix::unistd::geteuid()
 /// Asked once: temporary names carry it, for every file received.
 static PID: LazyLock<u32> = LazyLock::new(std::process::id);
 
+/// A name for a temporary file no other of this process or of another has (until the process
+/// ends: a dead process's are removed by the next scan, see [`is_orphan_temp`]).
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{TEMP_PREFIX}{}.{n}", *PID)
+}
+
 /// The entry for `found`.
 fn entry_from(
     found: Found,
@@ -705,16 +762,25 @@ fn entry_from(
 /// Under the sync rule: fails when `rel` no longer holds what the run's scan saw there
 /// (someone changed it during the run), so the change is left for the next run to see.
 fn still_holds(root: &Root, rel: &Path, expected: Option<&Expected>) -> io::Result<()> {
+    holds(expected, || root.stat(rel), || root.read_link(rel))
+}
+
+/// [`still_holds`] for the name `name` in `folder`.
+fn still_holds_in(folder: &Folder, name: &OsStr, expected: Option<&Expected>) -> io::Result<()> {
+    holds(expected, || folder.stat(name), || folder.read_link(name))
+}
+
+fn holds(
+    expected: Option<&Expected>,
+    stat: impl FnOnce() -> io::Result<Option<Found>>,
+    read_link: impl FnOnce() -> io::Result<PathBuf>,
+) -> io::Result<()> {
     let Some(expected) = expected else {
         return Ok(());
     };
-    let now = match root.stat(rel)? {
+    let now = match stat()? {
         // A quick check compares no attributes: none are read.
-        Some(found) => Some(entry_from(
-            found,
-            || root.read_link(rel),
-            || Ok(Vec::new()),
-        )?),
+        Some(found) => Some(entry_from(found, read_link, || Ok(Vec::new()))?),
         None => None,
     };
     if expected.is_met_by(now.as_ref()) {

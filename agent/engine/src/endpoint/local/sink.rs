@@ -2,6 +2,7 @@
 //! target, checked against the sender's hash, given its owner, mode, attributes and mtime, and
 //! handed over as [`Staged`] to be made durable and renamed into place.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::PermissionsExt;
@@ -10,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use super::output::Output;
 use super::{LocalEndpoint, Staged, settable_owner, to_filetime};
-use crate::beneath::{self, Root};
+use crate::beneath::{self, Folder, Root};
 use crate::delta::{DeltaError, Encoded, Op, Rebuild};
 use crate::endpoint::{EndpointError, Failure, FileSink, Result};
 use crate::meta::{Owner, Xattrs};
@@ -31,9 +32,11 @@ pub(super) const WRITEBACK_EVERY: u64 = 16 << 20;
 pub struct LocalSink<'a> {
     pub(super) endpoint: &'a LocalEndpoint,
     pub(super) root: Arc<Root>,
+    /// The folder it is written in, under the name `temp`.
+    pub(super) folder: Arc<Folder>,
     pub(super) rel: PathBuf,
     pub(super) entry: Entry,
-    pub(super) temp: PathBuf,
+    pub(super) temp: OsString,
     pub(super) expected: Option<Expected>,
     pub(super) xattrs: Option<Xattrs>,
     pub(super) rebuild: Option<Rebuild<BufWriter<Output>>>,
@@ -120,7 +123,7 @@ impl LocalSink<'_> {
         self.committed = true;
         let (temp, target) = (self.temp.clone(), self.rel.clone());
         Ok(Staged::new(
-            self.root.clone(),
+            (self.root.clone(), self.folder.clone()),
             (temp, target),
             self.expected.take(),
             size,
@@ -143,7 +146,7 @@ impl Drop for LocalSink<'_> {
     /// Not committed (an error, a halt, a dropped connection): the temporary file goes.
     fn drop(&mut self) {
         if !self.committed {
-            let _ = self.root.remove_file(&self.temp);
+            let _ = self.folder.remove_file(&self.temp);
         }
     }
 }

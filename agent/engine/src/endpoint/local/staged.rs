@@ -1,19 +1,23 @@
 //! A received file, finished and durable under its temporary name, waiting for its rename into
 //! place ([`Staged::publish`]); one that is dropped unpublished is removed.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Result, endpoint_error, still_holds};
-use crate::beneath::Root;
+use super::{Result, endpoint_error, still_holds_in};
+use crate::beneath::{Folder, Root};
 use crate::tree::Expected;
 
 /// A finished file under its temporary name, waiting to be renamed into place. Dropped
 /// unpublished, it is removed.
 pub struct Staged {
     root: Arc<Root>,
-    temp: PathBuf,
+    /// The folder it was made in, where it goes into place.
+    folder: Arc<Folder>,
+    /// Its temporary name there.
+    temp: OsString,
     target: PathBuf,
     expected: Option<Expected>,
     size: u64,
@@ -21,15 +25,17 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// The file at `temp`, `size` bytes, to be renamed to `target` while it holds `expected`.
+    /// The file named `temp` in `folder`, `size` bytes, to be renamed to `target` (a path in
+    /// the replica, in that folder) while it holds `expected`.
     pub(super) fn new(
-        root: Arc<Root>,
-        (temp, target): (PathBuf, PathBuf),
+        (root, folder): (Arc<Root>, Arc<Folder>),
+        (temp, target): (OsString, PathBuf),
         expected: Option<Expected>,
         size: u64,
     ) -> Self {
         Self {
             root,
+            folder,
             temp,
             target,
             expected,
@@ -70,11 +76,11 @@ impl Staged {
         self.published = true;
         let renamed = self
             .still_expected()
-            .and_then(|()| self.root.rename(&self.temp, &self.target));
+            .and_then(|()| self.folder.rename(&self.temp, self.name()));
         match renamed {
             Ok(()) => Ok(self.size),
             Err(e) => {
-                let _ = self.root.remove_file(&self.temp);
+                let _ = self.folder.remove_file(&self.temp);
                 let full = self.root.path().join(&self.target);
                 Err(endpoint_error("write", full, e))
             }
@@ -82,14 +88,19 @@ impl Staged {
     }
 
     fn still_expected(&self) -> io::Result<()> {
-        still_holds(&self.root, &self.target, self.expected.as_ref())
+        still_holds_in(&self.folder, self.name(), self.expected.as_ref())
+    }
+
+    /// Its name in its folder.
+    fn name(&self) -> &OsStr {
+        self.target.file_name().expect("a received file has a name")
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.published {
-            let _ = self.root.remove_file(&self.temp);
+            let _ = self.folder.remove_file(&self.temp);
         }
     }
 }

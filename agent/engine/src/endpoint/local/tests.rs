@@ -143,3 +143,45 @@ fn folders_nested_as_deep_as_paths_go_are_scanned_without_overflowing() {
     assert_eq!(tree.len(), levels + 1, "every folder and the file");
     assert_eq!(tree.get(deepest.join("f")).map(|e| e.size), Some(4));
 }
+
+/// Receives `content` as `rel` and commits it: it waits with its batch to go into place.
+fn receive(replica: &LocalEndpoint, rel: &str, content: &[u8]) -> Result<u64> {
+    let entry = Entry {
+        kind: Kind::File,
+        size: content.len() as u64,
+        mtime: Mtime { secs: 0, nanos: 0 },
+        mode: 0o644,
+        meta: Meta::default(),
+    };
+    let incoming = Incoming {
+        entry: &entry,
+        block_size: None,
+        expected: None,
+        xattrs: None,
+    };
+    let mut sink = replica.receive_file(Path::new(rel), &incoming)?;
+    sink.write(Op::Literal(content.to_vec()))?;
+    sink.commit(&Encoded {
+        size: entry.size,
+        hash: blake3::hash(content),
+    })
+}
+
+#[test]
+fn a_folder_removed_while_its_files_wait_for_their_batch_is_made_again_for_the_next() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::create_dir(share.path().join("a")).unwrap();
+    let replica = LocalEndpoint::new(share.path());
+    replica.prepare(false, None).unwrap();
+    receive(&replica, "a/x", b"first").unwrap();
+    // A share user removes the folder, and the file waiting in it.
+    std::fs::remove_dir_all(share.path().join("a")).unwrap();
+    receive(&replica, "a/y", b"second").unwrap();
+
+    let failed: Vec<PathBuf> = (replica.publish_committed().into_iter())
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(failed, [PathBuf::from("a/x")]);
+    let written = std::fs::read_to_string(share.path().join("a/y")).unwrap();
+    assert_eq!(written, "second");
+}
