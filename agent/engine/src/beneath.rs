@@ -200,18 +200,18 @@ impl Root {
     /// else (a FIFO, a device, a socket, a folder, a symlink) is refused without waiting: it
     /// is opened non-blocking, so a FIFO with no writer cannot hang the reader.
     pub fn open_file(&self, rel: &Path) -> io::Result<Option<File>> {
-        let (at, name) = match self.parent(rel) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            parent => parent?,
-        };
+        plain(rel)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&at, name, flags, Mode::empty()) {
+        // One call where the kernel resolves beneath the root, as it does for most files of a
+        // copy; anything else (no openat2, a symlink on the way or at the end) goes through
+        // the parent, which tells which it is.
+        let fd = match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), BENEATH) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(rustix::io::Errno::LOOP) => {
-                return Err(io::Error::other("it is a symlink; ferry never follows one"));
-            }
-            Err(e) => return Err(e.into()),
+            Err(_) => match self.open_in_parent(rel, flags)? {
+                Some(fd) => fd,
+                None => return Ok(None),
+            },
         };
         let file_type = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode as _);
         if file_type != FileType::RegularFile {
@@ -222,6 +222,22 @@ impl Root {
         }
         // O_NONBLOCK stays: a regular file's reads ignore it.
         Ok(Some(File::from(fd)))
+    }
+
+    /// Opens `rel` with `flags` through its parent folder; `None` when nothing is there.
+    fn open_in_parent(&self, rel: &Path, flags: OFlags) -> io::Result<Option<OwnedFd>> {
+        let (at, name) = match self.parent(rel) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            parent => parent?,
+        };
+        match rustix::fs::openat(&at, name, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(rustix::io::Errno::LOOP) => {
+                Err(io::Error::other("it is a symlink; ferry never follows one"))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates `rel`, which must not exist, for writing with `mode`.
