@@ -38,7 +38,7 @@ pub struct Meta {
 }
 
 /// An owner and a group, by number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,

@@ -206,6 +206,15 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
         let named = vec![(Named::User, expected.0), (Named::Group, expected.1)];
         fs::write(src.join("nameless.txt"), "nobody's by name").unwrap();
         std::os::unix::fs::chown(src.join("nameless.txt"), Some(1777), Some(1777)).unwrap();
+        // At the destination already, alike to the byte and the number, but numbers name
+        // others there: by name, it is not alike.
+        fs::create_dir_all(&dst).unwrap();
+        let time = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        for root in [&src, &dst] {
+            fs::write(root.join("numbered.txt"), "alice's by number").unwrap();
+            std::os::unix::fs::chown(root.join("numbered.txt"), Some(1500), Some(1600)).unwrap();
+            filetime::set_file_mtime(root.join("numbered.txt"), time).unwrap();
+        }
         let first = site.run(job);
         assert_eq!(first["state"], "succeeded", "{job}: {first:#}");
         assert_eq!(owner(&dst.join("alices.txt")), expected, "{job}");
@@ -215,6 +224,7 @@ fn owners_travel_by_name_between_machines_unless_the_job_keeps_numbers() {
             "{job}: the ACL's entries"
         );
         assert_eq!(owner(&dst.join("nameless.txt")), (1777, 1777), "{job}");
+        assert_eq!(owner(&dst.join("numbered.txt")), expected, "{job}");
         let again = site.run(job);
         assert_eq!(again["files_copied"], 0, "{job}: {again:#}");
         assert_eq!(

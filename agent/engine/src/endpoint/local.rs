@@ -13,7 +13,8 @@ use filetime::FileTime;
 use rustix::fs::FileType;
 
 use super::{
-    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Result, Scope,
+    Capabilities, EachEntry, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck,
+    Result, Scope,
 };
 use crate::beneath::{self, Folder, Found, Root};
 use crate::delta::{self, Encoded, Op, Rebuild, Signature};
@@ -21,11 +22,7 @@ use crate::fence::Fence;
 use crate::filter::{Filter, STATE_DIR, TEMP_PREFIX};
 use crate::journal::{ChangeJournal, Journaled, Mark};
 use crate::meta::{self, Accounts, Keep, Meta, Owner, Xattrs};
-use crate::tree::{Entry, Expected, Kind, Mtime, Tree, TreeBuilder, file_mode};
-
-/// Takes a scan's entries one by one, in the order it finds them (see
-/// [`LocalEndpoint::scan_each`]).
-pub type EachEntry<'a> = dyn FnMut(&Path, Entry) -> Result<()> + Send + 'a;
+use crate::tree::{Entry, Expected, Kind, Mtime, file_mode};
 
 /// A folder on this machine.
 #[derive(Debug)]
@@ -180,25 +177,6 @@ impl LocalEndpoint {
             }
         }
         Ok(())
-    }
-
-    /// Scans as [`Endpoint::scan`] does, handing each entry to `each` as it is found instead
-    /// of holding the tree: an agent serving a scan sends the entries on as it walks. A full
-    /// scan hands them over in a tree's order; one of some paths, in the order of the paths.
-    pub fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()> {
-        let root = self.root()?;
-        let pace = Pace::default();
-        beneath::with_own_cwd(|| match scope {
-            Scope::Full => self.walk(&root, Path::new(""), filter, (pace, each)),
-            Scope::Paths(paths) => {
-                for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
-                    if let Some(entry) = self.lstat(&root, rel)? {
-                        self.add(&root, (rel, entry), filter, (pace, each))?;
-                    }
-                }
-                Ok(())
-            }
-        })
     }
 
     /// The entry for what a scan found at `rel`; `None` for nothing.
@@ -443,13 +421,20 @@ impl Endpoint for LocalEndpoint {
         Ok(journal.changes_since(folder, mark))
     }
 
-    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
-        let mut scanned = TreeBuilder::default();
-        self.scan_each(scope, filter, &mut |path, entry| {
-            scanned.push(path, entry);
-            Ok(())
-        })?;
-        Ok(scanned.build())
+    fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()> {
+        let root = self.root()?;
+        let pace = Pace::default();
+        beneath::with_own_cwd(|| match scope {
+            Scope::Full => self.walk(&root, Path::new(""), filter, (pace, each)),
+            Scope::Paths(paths) => {
+                for rel in paths.iter().filter(|rel| ancestors_admitted(rel, filter)) {
+                    if let Some(entry) = self.lstat(&root, rel)? {
+                        self.add(&root, (rel, entry), filter, (pace, each))?;
+                    }
+                }
+                Ok(())
+            }
+        })
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Entry>> {

@@ -18,11 +18,11 @@ use crate::fence::Fence;
 use crate::filter::Filter;
 use crate::journal::{Journaled, Mark};
 use crate::meta::{Accounts, Keep, Xattrs};
-use crate::tree::{Entry, Expected, Mtime, Tree};
+use crate::tree::{Entry, Expected, Mtime, Tree, TreeBuilder};
 
 mod local;
 
-pub use local::{EachEntry, LocalEndpoint, LocalSink, Staged};
+pub use local::{LocalEndpoint, LocalSink, Staged};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]
@@ -92,6 +92,10 @@ pub enum Scope {
     Paths(Vec<PathBuf>),
 }
 
+/// Takes a scan's entries one by one, in the order it finds them (see
+/// [`Endpoint::scan_each`]).
+pub type EachEntry<'a> = dyn FnMut(&Path, Entry) -> Result<()> + Send + 'a;
+
 /// One replica of a job: a folder, local or remote, that the engine reads and writes.
 pub trait Endpoint: Send + Sync {
     /// How users name this replica in messages: `/srv/docs` or `agent:/srv/docs`.
@@ -99,7 +103,20 @@ pub trait Endpoint: Send + Sync {
     /// Readies the replica for a run under `fence` (the lease the run works for); fails unless
     /// the root is an existing folder, which `create` makes first.
     fn prepare(&self, create: bool, fence: Option<&Fence>) -> Result<()>;
-    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree>;
+    /// Scans `scope`, handing each entry to `each` as it is found instead of holding the tree:
+    /// a full scan in a tree's order, one of some paths in the order of the paths. A remote
+    /// replica checks each path a peer names (see [`crate::tree::is_listable`]); the order it
+    /// is the caller's to check.
+    fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()>;
+    /// What [`Endpoint::scan_each`] finds, as one tree.
+    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
+        let mut scanned = TreeBuilder::default();
+        self.scan_each(scope, filter, &mut |path, entry| {
+            scanned.push(path, entry);
+            Ok(())
+        })?;
+        Ok(scanned.build())
+    }
     /// What its change journal says changed since `mark` (see [`crate::journal`]); a replica
     /// without one is scanned whole every time.
     fn changes_since(&self, mark: Option<&Mark>) -> Result<Journaled> {

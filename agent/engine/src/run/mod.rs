@@ -246,15 +246,23 @@ pub fn run(
         .filter(|_| scope == Scope::Full)
         .and_then(|every| journal::consult(spec, &replicas, every));
     let scope = journal.as_ref().and_then(Consulted::scope).unwrap_or(scope);
-    let mut trees = scan_prepared(spec, &replicas, &present, &scope)?;
+    let (mut trees, mut twins) = scan_replicas(spec, &replicas, &present, &scope)?;
     let scope = if scope != Scope::Full && names_elsewhere(spec, &trees[0]) {
         // Another name of a changed file may lie outside the scope: only a full scan finds
         // it, and a destination that kept it as a link must not keep its old content.
-        trees = scan_prepared(spec, &replicas, &present, &Scope::Full)?;
+        (trees, twins) = scan_replicas(spec, &replicas, &present, &Scope::Full)?;
         Scope::Full
     } else {
         scope
     };
+    let mut owners = owner_maps(spec, &replicas, &trees)?;
+    if let Some(alike) = &twins
+        && !owners.read_as_themselves(&replicas, (0, 1), &alike.owners)
+    {
+        // Files alike by number are not alike by name: each needs its owner set.
+        (trees, twins) = (scan_prepared(spec, &replicas, &present, &scope)?, None);
+        owners = owner_maps(spec, &replicas, &trees)?;
+    }
     let keep_specials = spec.guards.keep.specials && spec.rule != Rule::Sync;
     skip_special_files(&replicas, &mut trees, keep_specials, on_event);
     report_unkept(spec, &replicas, on_event);
@@ -263,13 +271,14 @@ pub fn run(
             tree.retain(|path, _| !path.starts_with(versions));
         }
     }
+    let alike = twins.as_ref().is_some_and(|twins| twins.count > 0);
+    let found: Vec<bool> = trees.iter().map(|tree| !tree.is_empty() || alike).collect();
     if scope == Scope::Full {
-        refuse_vanished(spec, &replicas, &trees, &base)?;
+        refuse_vanished(spec, &replicas, &found, &base)?;
     }
     if let Some(journal) = journal.as_ref().filter(|_| scope == Scope::Full) {
         journal.check(spec, &replicas, &trees, &base);
     }
-    let owners = owner_maps(spec, &replicas, &trees)?;
     if spec.rule == Rule::Sync {
         // Every replica's owners as the source numbers them: the sync compares them, and its
         // base keeps them so.
@@ -292,7 +301,7 @@ pub fn run(
     }
     if scope == Scope::Full {
         let holds_files = match spec.rule {
-            Rule::Mirror => vec![!trees[0].is_empty()],
+            Rule::Mirror => vec![found[0]],
             Rule::Sync => vec![!base.is_empty(); replicas.len()],
             Rule::Copy => vec![],
         };
@@ -339,6 +348,26 @@ fn prepare_replicas<F: Fn(usize) -> bool + Copy + Send + Sync>(
     })
 }
 
+/// Scans the replicas [`prepare_replicas`] found, in step where the run allows it (see
+/// [`in_step`]): the trees, and what was found alike and left out of them.
+fn scan_replicas(
+    spec: &JobSpec,
+    replicas: &[&dyn Endpoint],
+    present: &[bool],
+    scope: &Scope,
+) -> Result<(Vec<Tree>, Option<in_step::Twins>), EngineError> {
+    if in_step::applies(spec) && present.iter().all(|p| *p) {
+        if let Some(found) = in_step::scan(spec, replicas, scope)? {
+            return Ok((found.trees, Some(found.twins)));
+        }
+        tracing::warn!(
+            job = spec.name,
+            "a scan came out of order; scanning again whole"
+        );
+    }
+    Ok((scan_prepared(spec, replicas, present, scope)?, None))
+}
+
 /// Scans the replicas [`prepare_replicas`] found, at the same time; the others are empty.
 fn scan_prepared(
     spec: &JobSpec,
@@ -368,15 +397,18 @@ fn on_each<T: Send>(
             .map(|thread| thread.join().expect("a replica's thread panicked"))
             .collect()
     });
-    let job = || spec.name.clone();
     (done.into_iter().enumerate())
-        .map(|(i, result)| {
-            result.map_err(|source| match i {
-                0 => EngineError::Source { job: job(), source },
-                _ => EngineError::Destination { job: job(), source },
-            })
-        })
+        .map(|(i, result)| result.map_err(|source| replica_error(spec, i, source)))
         .collect()
+}
+
+/// `source`, a failure at replica `i` of `spec`, as the run reports it.
+fn replica_error(spec: &JobSpec, i: usize, source: EndpointError) -> EngineError {
+    let job = spec.name.clone();
+    match i {
+        0 => EngineError::Source { job, source },
+        _ => EngineError::Destination { job, source },
+    }
 }
 
 /// Leaves FIFOs, sockets and devices out of every replica's tree, each with a warning event,
@@ -628,17 +660,18 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Fails when a replica that should hold files scans empty and was never marked by ferry.
+/// Fails when a replica that should hold files scans empty (`found[i]`: whether replica
+/// `i`'s scan found anything) and was never marked by ferry.
 fn refuse_vanished(
     spec: &JobSpec,
     replicas: &[&dyn Endpoint],
-    trees: &[Tree],
+    found: &[bool],
     base: &Tree,
 ) -> Result<(), EngineError> {
     let unmarked_empty =
-        |i: usize| trees[i].is_empty() && !matches!(replicas[i].read_state(MARKER), Ok(Some(_)));
+        |i: usize| !found[i] && !matches!(replicas[i].read_state(MARKER), Ok(Some(_)));
     let vanished = match spec.rule {
-        Rule::Mirror if trees[1..].iter().any(|t| !t.is_empty()) => {
+        Rule::Mirror if found[1..].iter().any(|found| *found) => {
             unmarked_empty(0).then_some((0, "the destinations hold files a mirror would delete"))
         }
         Rule::Sync if !base.is_empty() => (0..replicas.len())
@@ -734,6 +767,7 @@ fn normalise(scope: &Scope) -> Scope {
 }
 
 mod execute;
+mod in_step;
 mod journal;
 mod moves;
 mod owners;

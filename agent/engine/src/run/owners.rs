@@ -30,6 +30,14 @@ struct Known {
     asked_names: Vec<HashSet<(Named, String)>>,
 }
 
+/// The users and groups `owners` name, once each, in order.
+fn ids_of(owners: impl Iterator<Item = Owner>) -> Vec<(Named, u32)> {
+    let ids: BTreeSet<(Named, u32)> = owners
+        .flat_map(|o| [(Named::User, o.uid), (Named::Group, o.gid)])
+        .collect();
+    ids.into_iter().collect()
+}
+
 impl OwnerMaps {
     /// Owners by name between `replicas`: the replicas `from`, whose trees' owners travel, are
     /// asked for the names of those owners, and every replica for the numbers of those names.
@@ -49,16 +57,28 @@ impl OwnerMaps {
             known: Mutex::new(known),
         };
         for &r in from {
-            let owners = trees[r].values().filter_map(|entry| entry.meta.owner);
-            let ids: BTreeSet<(Named, u32)> = owners
-                .flat_map(|o| [(Named::User, o.uid), (Named::Group, o.gid)])
-                .collect();
-            let ids: Vec<(Named, u32)> = ids.into_iter().collect();
+            let ids = ids_of(trees[r].values().filter_map(|entry| entry.meta.owner));
             for to in 0..replicas.len() {
                 maps.learn(replicas, (r, to), &ids)?;
             }
         }
         Ok(maps)
+    }
+
+    /// Whether each of `owners` (numbers at replica `from`) reads as itself at `to`, asking
+    /// what is not known yet; on a failure to ask, false (nothing is taken as alike then).
+    pub(super) fn read_as_themselves(
+        &self,
+        replicas: &[&dyn Endpoint],
+        (from, to): (usize, usize),
+        owners: &HashSet<Owner>,
+    ) -> bool {
+        if !self.by_name || owners.is_empty() {
+            return true;
+        }
+        let ids = ids_of(owners.iter().copied());
+        self.learn(replicas, (from, to), &ids).is_ok()
+            && owners.iter().all(|o| self.map(from, to, *o) == *o)
     }
 
     /// Asks what is not known yet of `ids` (numbers at replica `from`): their names at

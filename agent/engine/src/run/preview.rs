@@ -50,7 +50,8 @@ pub fn preview(spec: &JobSpec, halt: &Halt) -> Result<Vec<Planned>, EngineError>
             tree.retain(|path, _| !path.starts_with(versions));
         }
     }
-    refuse_vanished(spec, &replicas, &trees, &Tree::new())?;
+    let found: Vec<bool> = trees.iter().map(|tree| !tree.is_empty()).collect();
+    refuse_vanished(spec, &replicas, &found, &Tree::new())?;
     // A destination that is not there cannot be asked how it numbers owners: everything
     // would be copied there anyway, with owners as a run maps them then.
     let owners = owner_maps(spec, &replicas, &trees).or_else(|e| {

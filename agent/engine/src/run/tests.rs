@@ -7,7 +7,7 @@ use tempfile::TempDir;
 use super::plan::*;
 use super::*;
 use crate::delta::{Encoded, Op as DataOp};
-use crate::endpoint::{self, Incoming, LocalEndpoint};
+use crate::endpoint::{self, EachEntry, Incoming, LocalEndpoint};
 use crate::fence::Fence;
 use crate::meta::{Accounts, Keep, Meta, Xattrs};
 use crate::tree::{Entry, Expected, Mtime};

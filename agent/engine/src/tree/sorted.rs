@@ -222,6 +222,47 @@ impl Builder {
         tree.slots.push(slot);
     }
 
+    /// Entries pushed so far, less those dropped.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The entry at place `i`, in the order pushed.
+    pub fn get(&self, i: usize) -> (&Path, &Entry) {
+        let slot = &self.tree.slots[i];
+        (self.tree.path_of(slot), &slot.entry)
+    }
+
+    /// Drops the entries at places `at` (ascending), moving the rest down, their paths' bytes
+    /// too: a builder whose entries are dropped as fast as they are pushed stays as small as
+    /// what it holds at once. A builder only appends, so its paths' bytes lie in its slots'
+    /// order.
+    pub fn drop_at(&mut self, at: &[usize]) {
+        let Some(&first) = at.first() else {
+            return;
+        };
+        let tree = &mut self.tree;
+        let mut dropped = at.iter().copied().peekable();
+        let (mut slots_to, mut names_to) = (first, (tree.slots[first].place >> LEN_BITS) as usize);
+        for i in first..tree.slots.len() {
+            if dropped.next_if_eq(&i).is_some() {
+                continue;
+            }
+            let len = (tree.slots[i].place & ((1 << LEN_BITS) - 1)) as usize;
+            let from = (tree.slots[i].place >> LEN_BITS) as usize;
+            tree.names.copy_within(from..from + len, names_to);
+            tree.slots[i].place = (names_to as u64) << LEN_BITS | len as u64;
+            tree.slots.swap(slots_to, i);
+            (slots_to, names_to) = (slots_to + 1, names_to + len);
+        }
+        tree.slots.truncate(slots_to);
+        tree.names.truncate(names_to);
+    }
+
     pub fn build(self) -> Tree {
         let mut tree = self.tree;
         if !self.in_order {
@@ -420,6 +461,31 @@ mod tests {
         let after: Vec<&Path> = tree.after(Path::new("a")).map(|(p, _)| p).collect();
         assert_eq!(after, ["a/1", "a/2", "ab", "b"].map(Path::new));
         assert_eq!(tree.after(Path::new("aa")).count(), 2, "ab and b");
+    }
+
+    #[test]
+    fn entries_dropped_from_a_builder_leave_the_others_whole() {
+        let mut building = Builder::default();
+        for (i, name) in ["a", "a/long-name", "b", "c", "cc/d", "e"]
+            .iter()
+            .enumerate()
+        {
+            building.push(Path::new(name), file(i as u64));
+        }
+        building.drop_at(&[1, 3]);
+        building.push(Path::new("f"), file(9));
+        building.drop_at(&[0]);
+        assert_eq!(building.len(), 4);
+        assert_eq!(building.get(0), (Path::new("b"), &file(2)));
+        let tree = building.build();
+        assert_eq!(paths(&tree), ["b", "cc/d", "e", "f"]);
+        let sizes: Vec<u64> = tree.values().map(|e| e.size).collect();
+        assert_eq!(sizes, [2, 4, 5, 9]);
+        assert_eq!(
+            tree.names.len(),
+            "bcc/def".len(),
+            "the dropped paths' bytes are gone"
+        );
     }
 
     #[test]

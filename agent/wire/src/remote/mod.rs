@@ -21,13 +21,13 @@ use crate::client::{ClientError, Connector, Dial};
 use crate::protocol::{CHECKED_MOVES, ErrorKind, Fence, JOURNALS, Request, Response, WireError};
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{
-    Capabilities, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck, Pipeline,
-    Result, Scope, Settled,
+    Capabilities, EachEntry, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck,
+    Pipeline, Result, Scope, Settled,
 };
 use ferry_engine::filter::Filter;
 use ferry_engine::journal::{Journaled, Mark};
 use ferry_engine::meta::{Accounts, Keep, Xattrs};
-use ferry_engine::tree::{Entry, Expected, Mtime, Tree, TreeBuilder, is_listable};
+use ferry_engine::tree::{Entry, Expected, Mtime, is_listable};
 
 mod pipeline;
 mod sink;
@@ -258,7 +258,7 @@ impl Endpoint for RemoteEndpoint {
         }
     }
 
-    fn scan(&self, scope: &Scope, filter: &Filter) -> Result<Tree> {
+    fn scan_each(&self, scope: &Scope, filter: &Filter, each: &mut EachEntry) -> Result<()> {
         let root = Path::new("");
         let (include, exclude) = filter.patterns();
         let request = Request::Scan {
@@ -269,7 +269,6 @@ impl Endpoint for RemoteEndpoint {
             include: include.to_vec(),
             exclude: exclude.to_vec(),
         };
-        let mut found = TreeBuilder::default();
         let mut response = self.call("read folder", root, request)?;
         let mut slot = self.session();
         loop {
@@ -281,10 +280,10 @@ impl Endpoint for RemoteEndpoint {
                         return Err(self.unlistable("read folder", path));
                     }
                     for (path, entry) in entries {
-                        found.push(&path, entry);
+                        each(&path, entry)?;
                     }
                     if !more {
-                        return Ok(found.build());
+                        return Ok(());
                     }
                 }
                 other => return Err(self.unexpected("read folder", root, &other)),

@@ -75,11 +75,11 @@ fn a_fifo_in_the_source_is_skipped_without_being_opened() {
     assert!(warned, "no warning event: {events:?}");
 }
 
-/// A replica whose scans another party forges (a compromised agent, say); everything else
-/// is the local folder's.
+/// A replica whose scans another party forges (a compromised agent, say), its entries handed
+/// over in the order listed; everything else is the local folder's.
 struct Forged {
     real: LocalEndpoint,
-    scan: Tree,
+    scan: Vec<(PathBuf, Entry)>,
 }
 
 impl Endpoint for Forged {
@@ -89,8 +89,8 @@ impl Endpoint for Forged {
     fn prepare(&self, create: bool, fence: Option<&Fence>) -> endpoint::Result<()> {
         self.real.prepare(create, fence)
     }
-    fn scan(&self, _: &Scope, _: &Filter) -> endpoint::Result<Tree> {
-        Ok(self.scan.clone())
+    fn scan_each(&self, _: &Scope, _: &Filter, each: &mut EachEntry) -> endpoint::Result<()> {
+        (self.scan.iter()).try_for_each(|(path, entry)| each(path, entry.clone()))
     }
     fn stat(&self, rel: &Path) -> endpoint::Result<Option<Entry>> {
         self.real.stat(rel)
@@ -199,14 +199,13 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
         meta: Meta::default(),
     };
     let target = elsewhere.path().to_path_buf();
-    let mut forged = Tree::new();
-    forged.insert(
-        "a",
-        entry(Kind::Symlink {
-            target: Box::new(target),
-        }),
-    );
-    forged.insert("a/pwned", entry(Kind::File));
+    let symlink = Kind::Symlink {
+        target: Box::new(target),
+    };
+    let forged = vec![
+        ("a".into(), entry(symlink)),
+        ("a/pwned".into(), entry(Kind::File)),
+    ];
     let spec = JobSpec {
         source: Arc::new(Forged {
             real: LocalEndpoint::new(&fx.roots[0]),
@@ -231,7 +230,7 @@ fn a_run_says_what_a_replica_cannot_keep_of_what_the_job_keeps() {
         // Another kind of replica, which says nothing of what it keeps beyond the defaults.
         destinations: vec![Arc::new(Forged {
             real: LocalEndpoint::new(&fx.roots[1]),
-            scan: Tree::new(),
+            scan: Vec::new(),
         })],
         ..fx.spec(Rule::Mirror, Filter::default())
     };
@@ -243,4 +242,33 @@ fn a_run_says_what_a_replica_cannot_keep_of_what_the_job_keeps() {
     });
     assert!(said, "{events:?}");
     assert_eq!(fx.read(1, "f.txt").as_deref(), Some("a file"));
+}
+
+#[test]
+fn a_destination_scan_naming_a_path_twice_cannot_make_a_mirror_delete_it() {
+    let fx = Fixture::new(2);
+    fx.write(0, "kept.txt", "the source's");
+    fx.write(1, "kept.txt", "the source's");
+    fx.set_mtime(0, "kept.txt", 1_700_000_000);
+    fx.set_mtime(1, "kept.txt", 1_700_000_000);
+    let real = LocalEndpoint::new(&fx.roots[1]);
+    let alike = real.stat(Path::new("kept.txt")).unwrap().unwrap();
+    // Found alike at both, then again as something else: whichever a run believes, the
+    // path is at the destination, and a mirror has no cause to delete it.
+    let other = Entry {
+        size: 1,
+        ..alike.clone()
+    };
+    let spec = JobSpec {
+        destinations: vec![Arc::new(Forged {
+            real,
+            scan: vec![("kept.txt".into(), alike), ("kept.txt".into(), other)],
+        })],
+        ..fx.spec(Rule::Mirror, Filter::default())
+    };
+
+    let summary = run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).unwrap();
+
+    assert_eq!(summary.files_deleted, 0, "{summary:?}");
+    assert_eq!(fx.read(1, "kept.txt").as_deref(), Some("the source's"));
 }
