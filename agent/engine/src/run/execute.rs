@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::owners::OwnerMaps;
-use super::plan::{Action, Op, Phase, meta_change};
+use super::plan::{Action, Op, Phase, Plan, meta_change};
 use super::{EngineError, Event, Summary};
 use crate::delta::Signature;
 use crate::endpoint::{Changes, Endpoint, EndpointError, Failure, Incoming, MoveCheck};
@@ -88,20 +88,9 @@ pub(super) struct Resend {
 }
 
 impl Executor<'_> {
-    pub(super) fn execute(&mut self, mut actions: Vec<Action>) -> Result<(), EngineError> {
-        // In place: a stable sort would take half the plan again as scratch (36 MB for a
-        // million-file copy). Actions alike in all three keys may run in either order.
-        actions.sort_unstable_by(|a, b| {
-            let order = a.phase().cmp(&b.phase());
-            // Folders are removed deepest first; everything else parents first.
-            let by_path = if a.phase() == Phase::RemoveFolders {
-                b.path.cmp(&a.path)
-            } else {
-                a.path.cmp(&b.path)
-            };
-            order.then(by_path).then(a.replica.cmp(&b.replica))
-        });
-        let mut replaced = self.replaced_files(&actions);
+    pub(super) fn execute(&mut self, plan: Plan) -> Result<(), EngineError> {
+        let actions = plan.into_ordered();
+        let mut replaced = self.replaced_files(actions.pending());
         let mut phase = None;
         let mut skipped: HashMap<(usize, PathBuf), u64> = HashMap::new();
         for action in actions {

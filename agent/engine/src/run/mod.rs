@@ -523,28 +523,24 @@ fn checked(replica: &dyn Endpoint, tree: Tree, scope: &Scope) -> Result<Tree, En
 /// Mirror and copy: each destination is planned against the source, then brought in line.
 fn one_way(spec: &JobSpec, exec: &mut Executor, trees: &[Tree]) -> Result<(), EngineError> {
     let plans = plan_destinations(spec, exec, trees);
-    for actions in &plans {
-        guard_deletes(spec, exec.replicas, actions)?;
+    for plan in &plans {
+        guard_deletes(spec, exec.replicas, &plan.actions)?;
     }
     let stamp = utc_stamp(now_secs());
-    for actions in plans {
-        let actions = finish_plan(spec, exec, actions, &stamp);
-        exec.execute(actions)?;
+    for plan in plans {
+        let plan = finish_plan(spec, exec, plan, &stamp);
+        exec.execute(plan)?;
     }
     Ok(())
 }
 
 /// Mirror and copy: what each destination needs to match the source.
-fn plan_destinations<'t>(
-    spec: &JobSpec,
-    exec: &Executor,
-    trees: &'t [Tree],
-) -> Vec<Vec<Action<'t>>> {
+fn plan_destinations<'t>(spec: &JobSpec, exec: &Executor, trees: &'t [Tree]) -> Vec<Plan<'t>> {
     let differ = match spec.guards.checksum {
         true => exec.content_differs(trees),
         false => vec![HashSet::new(); trees.len() - 1],
     };
-    let mut plans: Vec<Vec<Action>> = (1..trees.len())
+    let mut plans: Vec<Plan> = (1..trees.len())
         .map(|d| {
             let keep = exec.keeps(exec.replicas[d]);
             let owner_there = |owner| exec.owners.map(0, d, owner);
@@ -558,17 +554,17 @@ fn plan_destinations<'t>(
 
 /// A destination's plan once the deletions are allowed: moved files taken from where they
 /// were, and (a mirror keeping versions) what is deleted or overwritten kept first.
-fn finish_plan<'t>(
-    spec: &JobSpec,
-    exec: &Executor,
-    actions: Vec<Action<'t>>,
-    stamp: &str,
-) -> Vec<Action<'t>> {
-    let actions = exec.find_moves(actions);
-    match &spec.guards.versions {
-        Some(folder) if spec.rule == Rule::Mirror => keep_versions(actions, &folder.join(stamp)),
-        _ => actions,
+fn finish_plan<'t>(spec: &JobSpec, exec: &Executor, plan: Plan<'t>, stamp: &str) -> Plan<'t> {
+    let mut plan = exec.find_moves(plan);
+    if let Some(folder) = spec
+        .guards
+        .versions
+        .as_ref()
+        .filter(|_| spec.rule == Rule::Mirror)
+    {
+        keep_versions(&mut plan.actions, &folder.join(stamp));
     }
+    plan
 }
 
 /// The sync rule over `base` (the last agreed tree, within the run's scope): every replica
@@ -588,8 +584,8 @@ fn sync(
         hash(a).is_some_and(|x| hash(b) == Some(x))
     });
     guard_deletes(spec, exec.replicas, &actions)?;
-    let actions = exec.find_moves(actions);
-    exec.execute(actions)?;
+    let plan = exec.find_moves(Plan::from(actions));
+    exec.execute(plan)?;
     // A run that outlived its lease must not write the base either: a stale base would bring
     // deleted files back.
     exec.stop_if_halted()?;
@@ -629,7 +625,7 @@ fn guard_deletes(
 
 /// Before a file at the destination is deleted or overwritten, keeps it as
 /// `versions/PATH` (the run's dated versions folder).
-fn keep_versions<'t>(mut actions: Vec<Action<'t>>, versions: &Path) -> Vec<Action<'t>> {
+fn keep_versions<'t>(actions: &mut Vec<Action<'t>>, versions: &Path) {
     let doomed: Vec<(usize, Cow<'t, Path>)> = actions
         .iter()
         .filter(|a| match &a.op {
@@ -651,7 +647,6 @@ fn keep_versions<'t>(mut actions: Vec<Action<'t>>, versions: &Path) -> Vec<Actio
             },
         });
     }
-    actions
 }
 
 fn now_secs() -> i64 {
@@ -694,19 +689,16 @@ fn refuse_vanished(
 /// Folders a plan writes or removes in that its scan did not list (the replica root, and under
 /// a scoped run the folders above its paths) change their time too: it is asked of the source
 /// once per folder and set again after the writes, as for the folders the scan listed.
-fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>]) {
+fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Plan]) {
     let mut times: HashMap<PathBuf, Option<Mtime>> = HashMap::new();
-    for actions in plans.iter_mut() {
-        let Some(replica) = actions.first().map(|a| a.replica) else {
-            continue;
-        };
-        let timed: HashSet<&Path> = (actions.iter())
+    for (d, plan) in plans.iter_mut().enumerate() {
+        let replica = d + 1;
+        let timed: HashSet<&Path> = (plan.actions.iter())
             .filter(|a| matches!(a.op, Op::SetMtime { .. }))
             .map(|a| &*a.path)
             .collect();
-        let unlisted: BTreeSet<PathBuf> = (actions.iter())
-            .filter(|a| a.op.changes_folder())
-            .filter_map(|a| a.path.parent())
+        let unlisted: BTreeSet<PathBuf> = (plan.folder_changes())
+            .filter_map(Path::parent)
             .filter(|dir| !src.contains_key(*dir) && !timed.contains(*dir))
             .map(Path::to_path_buf)
             .collect();
@@ -718,7 +710,7 @@ fn retime_unlisted(source: &dyn Endpoint, src: &Tree, plans: &mut [Vec<Action>])
                     .map(|entry| entry.mtime)
             });
             if let Some(mtime) = mtime {
-                actions.push(Action {
+                plan.actions.push(Action {
                     replica,
                     path: dir.into(),
                     op: Op::SetMtime { mtime },
@@ -779,7 +771,7 @@ pub use preview::{Planned, preview};
 use execute::Executor;
 use journal::Consulted;
 use owners::OwnerMaps;
-use plan::{Action, Op, SyncPlan, plan_one_way, plan_sync, unless_failed, utc_stamp};
+use plan::{Action, Op, Plan, SyncPlan, plan_one_way, plan_sync, unless_failed, utc_stamp};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use super::execute::{Executor, Hashes};
-use super::plan::{Action, Op};
+use super::plan::{Action, Op, Plan};
 use crate::endpoint::Changes;
 use crate::tree::{self, Entry, Kind, Tree, Union, same};
 
@@ -49,9 +49,9 @@ impl Executor<'_> {
     /// Turns the copy of a new file into a local duplicate when the same replica deletes a file
     /// of the same size and content in this run: another replica renamed or moved it. Only
     /// pays across a network, where it saves the file's bytes for two local reads.
-    pub(super) fn find_moves<'t>(&self, mut actions: Vec<Action<'t>>) -> Vec<Action<'t>> {
+    pub(super) fn find_moves<'t>(&self, mut plan: Plan<'t>) -> Plan<'t> {
         let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
-        for action in &actions {
+        for action in &plan.actions {
             if let Op::Remove { entry } = &action.op
                 && entry.kind == Kind::File
                 && entry.size > 0
@@ -63,10 +63,17 @@ impl Executor<'_> {
             }
         }
         if removed.is_empty() {
-            return actions;
+            return plan;
         }
-        let hashes = self.hashes_for_moves(&actions, &removed);
-        for action in &mut actions {
+        // The fresh copies that could be moves become actions of their own.
+        let d = plan.fresh.replica();
+        let could_be_moved = plan
+            .fresh
+            .take(|entry| entry.kind == Kind::File && removed.contains_key(&(d, entry.size)));
+        plan.actions.extend(could_be_moved);
+        let actions = &mut plan.actions;
+        let hashes = self.hashes_for_moves(actions, &removed);
+        for action in actions.iter_mut() {
             let Some((from, candidates)) = self.move_candidates(action, &removed) else {
                 continue;
             };
@@ -83,7 +90,7 @@ impl Executor<'_> {
                 };
             }
         }
-        actions
+        plan
     }
 
     /// Every hash [`Self::find_moves`] compares, asked of each replica at once: across a

@@ -8,8 +8,12 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use super::Rule;
+
+mod fresh;
+
 use crate::meta::{Keep, Owner};
 use crate::tree::{self, Entry, Kind, Mtime, Tree, Union, same};
+pub(super) use fresh::{Fresh, Plan};
 
 /// An action's op. The entries and paths it names are borrowed from the scans' trees (`'t`):
 /// a plan of a million copies would otherwise hold a second copy of the source's tree.
@@ -122,9 +126,12 @@ pub(super) fn plan_one_way<'t>(
     d: usize,
     differ: &HashSet<PathBuf>,
     (keep, owner_there): (Keep, &dyn Fn(Owner) -> Owner),
-) -> Vec<Action<'t>> {
-    let mut actions = crate::memory::mapped_vec(src.len());
+) -> Plan<'t> {
+    let mut actions = crate::memory::mapped_vec(0);
+    let mut fresh = Fresh::new(d, src);
     let act = |path: &'t Path, op| action(d, path, op);
+    // The place in `src` of the next source entry.
+    let mut place = 0;
     for (path, s, t) in tree::pairs(src, dst) {
         let Some(s) = s else {
             if let Some(t) = t.filter(|_| rule == Rule::Mirror) {
@@ -132,17 +139,17 @@ pub(super) fn plan_one_way<'t>(
             }
             continue;
         };
+        place += 1;
         let copy = || Op::Copy {
             from: 0,
             entry: s,
             replaces: t.is_some_and(|t| t.kind == Kind::File),
         };
         match t {
+            None if !s.is_dir() => fresh.insert(place - 1),
             None => {
                 actions.push(act(path, copy()));
-                if s.is_dir() {
-                    actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
-                }
+                actions.push(act(path, Op::SetMtime { mtime: s.mtime }));
             }
             Some(t) if s.looks_unchanged(t) && !differ.contains(path) => {
                 if s.is_dir() && s.mtime != t.mtime {
@@ -171,28 +178,37 @@ pub(super) fn plan_one_way<'t>(
             }
         }
     }
+    let mut plan = Plan { actions, fresh };
     if keep.hard_links {
-        keep_hard_links((src, dst), d, &mut actions);
+        keep_hard_links((src, dst), d, &mut plan);
     }
     // Writing or removing inside a folder changes its time: set it again afterwards.
-    let timed: HashSet<&Path> = actions
-        .iter()
+    let timed: HashSet<&Path> = (plan.actions.iter())
         .filter(|a| matches!(a.op, Op::SetMtime { .. }))
         .map(|a| &*a.path)
         .collect();
-    let touched: BTreeSet<&Path> = actions
-        .iter()
-        .filter(|a| a.op.changes_folder())
-        .filter_map(|a| a.path.parent())
-        .filter(|parent| !parent.as_os_str().is_empty() && !timed.contains(*parent))
-        .collect();
-    let retimed: Vec<Action> = touched
+    let retimed: Vec<Action> = changed_folders(&plan)
         .into_iter()
+        .filter(|dir| !timed.contains(dir))
         .filter_map(|dir| src.get_key_value(dir).filter(|(_, s)| s.is_dir()))
         .map(|(dir, s)| act(dir, Op::SetMtime { mtime: s.mtime }))
         .collect();
-    actions.extend(retimed);
-    actions
+    plan.actions.extend(retimed);
+    plan
+}
+
+/// The folders a plan adds names to or removes names from, the replica's root aside.
+pub(super) fn changed_folders<'p>(plan: &'p Plan) -> BTreeSet<&'p Path> {
+    let mut folders = BTreeSet::new();
+    let mut last = None;
+    for parent in plan.folder_changes().filter_map(Path::parent) {
+        // Most paths share their folder with the one before.
+        if last != Some(parent) && !parent.as_os_str().is_empty() {
+            folders.insert(parent);
+            last = Some(parent);
+        }
+    }
+    folders
 }
 
 impl Op<'_> {
@@ -231,7 +247,7 @@ pub(super) fn meta_change<'t>(
 /// Keeps the names of one source file one file at the destination (`rsync -H`): its first
 /// name is written as planned, and every other is made a link to it, unless it already is
 /// one; no file data crosses for them.
-fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Vec<Action<'t>>) {
+fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<'t>) {
     let mut names: HashMap<NonZeroU64, Vec<&Path>> = HashMap::new();
     for (path, s) in src {
         if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
@@ -245,9 +261,15 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Ve
     // Only a group's first name matters here: a set of every path written would take about
     // 36 bytes a file copied.
     let firsts: HashSet<&Path> = groups.iter().map(|names| names[0]).collect();
-    let written: HashSet<&Path> = (actions.iter())
+    let written: HashSet<&Path> = (plan.actions.iter())
         .filter(|a| matches!(a.op, Op::Copy { .. }) && firsts.contains(&*a.path))
         .map(|a| &*a.path)
+        .chain(
+            firsts
+                .iter()
+                .copied()
+                .filter(|first| plan.fresh.contains(first)),
+        )
         .collect();
     let mut links = Vec::new();
     for names in groups {
@@ -269,10 +291,13 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, actions: &mut Ve
         }
     }
     let relinked: HashSet<&Path> = links.iter().map(|a| &*a.path).collect();
-    actions.retain(|a| {
+    plan.actions.retain(|a| {
         !(relinked.contains(&*a.path) && matches!(a.op, Op::Copy { .. } | Op::SetMeta { .. }))
     });
-    actions.extend(links);
+    for path in relinked {
+        plan.fresh.remove(path);
+    }
+    plan.actions.extend(links);
 }
 
 pub(super) fn kind_name(kind: &Kind) -> &'static str {

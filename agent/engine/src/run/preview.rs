@@ -64,10 +64,12 @@ pub fn preview(spec: &JobSpec, halt: &Halt) -> Result<Vec<Planned>, EngineError>
     let exec = Executor::new(spec, &replicas, (halt, &mut ignore), owners, None);
     let stamp = utc_stamp(now_secs());
     let mut planned = Vec::new();
-    for actions in plan_destinations(spec, &exec, &trees) {
-        let mut actions = finish_plan(spec, &exec, actions, &stamp);
-        actions.sort_by(|a, b| a.phase().cmp(&b.phase()).then(a.path.cmp(&b.path)));
-        planned.extend(actions.iter().map(|a| describe(a, replicas[a.replica])));
+    for plan in plan_destinations(spec, &exec, &trees) {
+        let plan = finish_plan(spec, &exec, plan, &stamp);
+        planned.extend(
+            plan.into_ordered()
+                .map(|a| describe(&a, replicas[a.replica])),
+        );
     }
     Ok(planned)
 }

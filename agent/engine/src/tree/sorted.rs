@@ -66,6 +66,17 @@ impl Tree {
         (self.slots).binary_search_by(|slot| self.path_of(slot).cmp(path))
     }
 
+    /// The place of `path` among the entries, in order.
+    pub fn position(&self, path: &Path) -> Option<usize> {
+        self.find(path).ok()
+    }
+
+    /// The entry at place `i`, in order.
+    pub fn at(&self, i: usize) -> (&Path, &Entry) {
+        let slot = &self.slots[i];
+        (self.path_of(slot), &slot.entry)
+    }
+
     pub fn get(&self, path: impl AsRef<Path>) -> Option<&Entry> {
         self.get_key_value(path).map(|(_, entry)| entry)
     }
@@ -233,8 +244,7 @@ impl Builder {
 
     /// The entry at place `i`, in the order pushed.
     pub fn get(&self, i: usize) -> (&Path, &Entry) {
-        let slot = &self.tree.slots[i];
-        (self.tree.path_of(slot), &slot.entry)
+        self.tree.at(i)
     }
 
     /// Drops the entries at places `at` (ascending), moving the rest down, their paths' bytes
