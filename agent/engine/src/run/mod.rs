@@ -245,7 +245,8 @@ pub fn run(
     let journal = (spec.full_scan_every)
         .filter(|_| scope == Scope::Full)
         .and_then(|every| journal::consult(spec, &replicas, every));
-    let scope = journal.as_ref().and_then(Consulted::scope).unwrap_or(scope);
+    let journaled = journal.as_ref().and_then(Consulted::scope);
+    let scope = journaled.map_or(scope, |changed| normalise(&changed));
     let (mut trees, mut twins) = scan_replicas(spec, &replicas, &present, &scope)?;
     let scope = if scope != Scope::Full && names_elsewhere(spec, &trees[0]) {
         // Another name of a changed file may lie outside the scope: only a full scan finds
@@ -746,14 +747,15 @@ fn normalise(scope: &Scope) -> Scope {
         Scope::Full => Scope::Full,
         Scope::Paths(paths) if paths.iter().any(|p| p.as_os_str().is_empty()) => Scope::Full,
         Scope::Paths(paths) => {
+            // In path order, whatever lies under a path comes right after it.
             let unique: BTreeSet<&PathBuf> = paths.iter().collect();
-            let list: Vec<PathBuf> = unique.iter().map(|p| (*p).clone()).collect();
-            Scope::Paths(
-                list.iter()
-                    .filter(|p| !base::covered_by(p, &list))
-                    .cloned()
-                    .collect(),
-            )
+            let mut kept: Vec<PathBuf> = Vec::with_capacity(unique.len());
+            for path in unique {
+                if !kept.last().is_some_and(|above| path.starts_with(above)) {
+                    kept.push(path.clone());
+                }
+            }
+            Scope::Paths(kept)
         }
     }
 }

@@ -693,3 +693,13 @@ fn a_scoped_run_over_one_name_of_a_file_updates_its_other_names() {
 mod hostile;
 mod model;
 mod sync_rule;
+
+#[test]
+fn a_scope_keeps_each_path_once_and_none_that_another_covers() {
+    let paths = ["c/d/e", "a/b", "a", "c/d", "a-b", "c/d", "b"];
+    let scope = Scope::Paths(paths.iter().map(PathBuf::from).collect());
+    let want = ["a", "a-b", "b", "c/d"].map(PathBuf::from).to_vec();
+    assert_eq!(normalise(&scope), Scope::Paths(want));
+    let with_root = Scope::Paths(vec!["a".into(), "".into()]);
+    assert_eq!(normalise(&with_root), Scope::Full);
+}
