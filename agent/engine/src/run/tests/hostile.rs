@@ -76,10 +76,12 @@ fn a_fifo_in_the_source_is_skipped_without_being_opened() {
 }
 
 /// A replica whose scans another party forges (a compromised agent, say), its entries handed
-/// over in the order listed; everything else is the local folder's.
+/// over in the order listed, then failing if it `breaks`; everything else is the local
+/// folder's.
 struct Forged {
     real: LocalEndpoint,
     scan: Vec<(PathBuf, Entry)>,
+    breaks: bool,
 }
 
 impl Endpoint for Forged {
@@ -90,7 +92,15 @@ impl Endpoint for Forged {
         self.real.prepare(create, fence)
     }
     fn scan_each(&self, _: &Scope, _: &Filter, each: &mut EachEntry) -> endpoint::Result<()> {
-        (self.scan.iter()).try_for_each(|(path, entry)| each(path, entry.clone()))
+        (self.scan.iter()).try_for_each(|(path, entry)| each(path, entry.clone()))?;
+        match self.breaks {
+            true => Err(endpoint::EndpointError::new(
+                "scan",
+                self.display(),
+                std::io::Error::other("the connection broke"),
+            )),
+            false => Ok(()),
+        }
     }
     fn stat(&self, rel: &Path) -> endpoint::Result<Option<Entry>> {
         self.real.stat(rel)
@@ -210,6 +220,7 @@ fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
         source: Arc::new(Forged {
             real: LocalEndpoint::new(&fx.roots[0]),
             scan: forged,
+            breaks: false,
         }),
         ..fx.spec(Rule::Mirror, Filter::default())
     };
@@ -231,6 +242,7 @@ fn a_run_says_what_a_replica_cannot_keep_of_what_the_job_keeps() {
         destinations: vec![Arc::new(Forged {
             real: LocalEndpoint::new(&fx.roots[1]),
             scan: Vec::new(),
+            breaks: false,
         })],
         ..fx.spec(Rule::Mirror, Filter::default())
     };
@@ -263,6 +275,7 @@ fn a_destination_scan_naming_a_path_twice_cannot_make_a_mirror_delete_it() {
         destinations: vec![Arc::new(Forged {
             real,
             scan: vec![("kept.txt".into(), alike), ("kept.txt".into(), other)],
+            breaks: false,
         })],
         ..fx.spec(Rule::Mirror, Filter::default())
     };
@@ -271,4 +284,52 @@ fn a_destination_scan_naming_a_path_twice_cannot_make_a_mirror_delete_it() {
 
     assert_eq!(summary.files_deleted, 0, "{summary:?}");
     assert_eq!(fx.read(1, "kept.txt").as_deref(), Some("the source's"));
+}
+
+#[test]
+fn a_scan_that_breaks_midway_fails_the_run_without_the_other_waiting_for_it() {
+    let fx = Fixture::new(2);
+    let file = Entry {
+        kind: Kind::File,
+        size: 1,
+        mtime: Mtime { secs: 1, nanos: 0 },
+        mode: 0o644,
+        meta: Meta::default(),
+    };
+    // Enough for the source's scan to run far ahead of the destination's and wait for it.
+    let many: Vec<(PathBuf, Entry)> = (0..40_000)
+        .map(|i| (format!("f{i:05}").into(), file.clone()))
+        .collect();
+    for breaking in [0, 1] {
+        let forged = |replica: usize| Forged {
+            real: LocalEndpoint::new(&fx.roots[replica]),
+            scan: match replica == breaking {
+                true => many[..10].to_vec(),
+                false => many.clone(),
+            },
+            breaks: replica == breaking,
+        };
+        let spec = JobSpec {
+            source: Arc::new(forged(0)),
+            destinations: vec![Arc::new(forged(1))],
+            ..fx.spec(Rule::Mirror, Filter::default())
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(run(&spec, &Scope::Full, &Halt::new(), &mut |_| {}).map(|_| ()));
+        });
+
+        let ran = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a scan waited for one that had broken");
+
+        let error = ran.expect_err("a broken scan was taken for a whole one");
+        let side = matches!(error, EngineError::Source { .. });
+        assert_eq!(side, breaking == 0, "{error}");
+        assert!(
+            error.to_string().contains("the connection broke"),
+            "{error}"
+        );
+        assert!(fx.listing(1).is_empty(), "nothing was written");
+    }
 }
