@@ -117,7 +117,10 @@ impl Tool {
 struct Sample {
     wall: Duration,
     wire: u64,
+    /// Peak resident set of both ends, added up.
     memory_kib: u64,
+    /// Peak resident set of the end that held more.
+    larger_end_kib: u64,
     /// User and system time of both ends, added up.
     cpu: Duration,
 }
@@ -399,10 +402,12 @@ impl Bench {
         if summary.failures > 0 {
             bail!("ferry: {summary:?}");
         }
+        let (source_kib, destination_kib) = pair.peak_kib()?;
         Ok(Sample {
             wall,
             wire: relay.bytes(),
-            memory_kib: pair.peak_kib()?,
+            memory_kib: source_kib + destination_kib,
+            larger_end_kib: source_kib.max(destination_kib),
             cpu: pair.cpu()? - cpu_before,
         })
     }
@@ -432,6 +437,7 @@ impl Bench {
             wall,
             wire: relay.bytes(),
             memory_kib: client.memory_kib + daemon.memory_kib,
+            larger_end_kib: client.memory_kib.max(daemon.memory_kib),
             cpu: client.cpu + daemon.cpu,
         })
     }

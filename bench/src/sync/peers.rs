@@ -143,14 +143,15 @@ impl Pair {
         self.nas2.reset_peak()
     }
 
-    pub(crate) fn peak_kib(&self) -> Result<u64> {
+    /// The source's and the destination's peak resident sets, in KiB.
+    pub(crate) fn peak_kib(&self) -> Result<(u64, u64)> {
         let (source, destination) = (self.nas1.peak_kib()?, self.nas2.peak_kib()?);
         eprintln!(
             "peak memory: source agent {} MiB, destination agent {} MiB",
             source / 1024,
             destination / 1024
         );
-        Ok(source + destination)
+        Ok((source, destination))
     }
 
     pub(crate) fn cpu(&self) -> Result<Duration> {

@@ -8,8 +8,8 @@ pub(crate) fn write_results(rounds: usize, rows: &[(&str, CaseSamples)]) -> Resu
     section.push_str(&format!(
         "`bash bench/sync.sh {rounds}` on {}, {}: loopback, {rounds} rounds each, median (min-max). \
          Bytes on the wire are counted by a TCP relay between the two ends, for every tool. \
-         Memory is the peak resident set of both ends added up, CPU their user and system \
-         time added up.\n\n",
+         Memory is the peak resident set of both ends added up (and the larger end's alone), \
+         CPU their user and system time added up.\n\n",
         today(),
         machine()
     ));
@@ -100,9 +100,9 @@ pub(crate) fn write_section(
 
 pub(crate) fn table(rows: &[(&str, CaseSamples)]) -> String {
     let mut table = String::from(
-        "| case | tool | wall time, s | CPU, s | bytes on the wire | peak memory, MiB |\n",
+        "| case | tool | wall time, s | CPU, s | bytes on the wire | peak memory, MiB | of which the larger end |\n",
     );
-    table.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    table.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
     for (case, tools) in rows {
         for (tool, samples) in tools {
             let column = |f: &dyn Fn(&Sample) -> f64, fmt: &dyn Fn(f64) -> String| {
@@ -115,13 +115,15 @@ pub(crate) fn table(rows: &[(&str, CaseSamples)]) -> String {
                     fmt(values[values.len() - 1])
                 )
             };
+            let mib = |kib: u64| kib as f64 / 1024.0;
             table.push_str(&format!(
-                "| {case} | {} | {} | {} | {} | {} |\n",
+                "| {case} | {} | {} | {} | {} | {} | {} |\n",
                 tool.label(),
                 column(&|s| s.wall.as_secs_f64(), &|v| format!("{v:.2}")),
                 column(&|s| s.cpu.as_secs_f64(), &|v| format!("{v:.2}")),
                 column(&|s| s.wire as f64, &|v| human(v as u64)),
-                column(&|s| s.memory_kib as f64 / 1024.0, &|v| format!("{v:.0}")),
+                column(&|s| mib(s.memory_kib), &|v| format!("{v:.0}")),
+                column(&|s| mib(s.larger_end_kib), &|v| format!("{v:.0}")),
             ));
         }
     }
