@@ -129,6 +129,9 @@ impl Step {
 
     fn source_found(&self, path: &Path, entry: Entry) {
         let mut sides = self.lock();
+        if sides.disorder {
+            return;
+        }
         if !sides.in_order(SOURCE, path) {
             return self.moved.notify_all();
         }
@@ -144,6 +147,9 @@ impl Step {
 
     fn destination_found(&self, path: &Path, entry: Entry) {
         let mut sides = self.lock();
+        if sides.disorder {
+            return;
+        }
         if !sides.in_order(DESTINATION, path) {
             return self.moved.notify_all();
         }
@@ -181,9 +187,6 @@ impl Sides {
     /// Notes `path` as the last `side` handed over; false (and the scan in disorder) when it
     /// does not come after the one before.
     fn in_order(&mut self, side: usize, path: &Path) -> bool {
-        if self.disorder {
-            return false;
-        }
         if self.last[side].as_deref().is_some_and(|last| last >= path) {
             self.disorder = true;
             return false;

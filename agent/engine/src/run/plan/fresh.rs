@@ -153,7 +153,7 @@ impl<'t> Fresh<'t> {
 
     fn into_actions(self) -> FreshActions<'t> {
         let (replica, source) = (self.replica, self.source);
-        let places = set_bits_owned(self.bits);
+        let places = set_bits(self.bits);
         Box::new(places.map(move |i| {
             let (path, entry) = source.expect("bits are set only with a source").at(i);
             copy(replica, path, entry)
@@ -175,12 +175,9 @@ fn copy<'t>(replica: usize, path: &'t Path, entry: &'t Entry) -> Action<'t> {
     }
 }
 
-fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
-    (words.iter().enumerate()).flat_map(|(w, &word)| bits_of(w, word))
-}
-
-fn set_bits_owned(words: Vec<u64>) -> impl Iterator<Item = usize> {
-    (words.into_iter().enumerate()).flat_map(|(w, word)| bits_of(w, word))
+/// The places of the bits set in `words`, borrowed or owned, in order.
+fn set_bits<W: AsRef<[u64]>>(words: W) -> impl Iterator<Item = usize> {
+    (0..words.as_ref().len()).flat_map(move |w| bits_of(w, words.as_ref()[w]))
 }
 
 /// The places of the bits set in `word`, the `w`th.
