@@ -358,9 +358,25 @@ impl TestScheduler {
         &self.log
     }
 
-    /// SIGSTOP: the process freezes, as on a long GC pause or a stalled VM.
-    pub fn pause(&self) {
-        kill(Pid::from_raw(self.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    /// SIGSTOP: the process freezes, as on a long GC pause or a stalled VM. On SQLite it is
+    /// frozen between two of its writes: the write lock is the file's, so a process stopped
+    /// inside a write would stall every other writer until it resumed (SQLite's limit, which
+    /// the README names), and the test would wait on that instead of on the lease.
+    pub fn pause(&self, env: &Env) {
+        let stop = || kill(Pid::from_raw(self.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+        if env.backend == Backend::Postgres {
+            return stop();
+        }
+        let db = format!("sqlite://{}", env.db);
+        block_on(async move {
+            let mut conn = sqlx::SqliteConnection::connect(&db).await?;
+            // Waits out a write in progress; while it is held, the scheduler is in none.
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await?;
+            stop();
+            sqlx::raw_sql("ROLLBACK").execute(&mut conn).await?;
+            Ok::<_, sqlx::Error>(())
+        })
+        .expect("taking SQLite's write lock to freeze a scheduler between writes");
     }
 
     /// SIGCONT after [`TestScheduler::pause`].

@@ -397,11 +397,18 @@ fn freeze_the_holder(env: &Env) -> (TestScheduler, TestScheduler, PathBuf, PathB
         == Some("s1")));
     fs::write(src.join("first.txt"), "1").unwrap();
     assert!(arrives(&dst.join("first.txt"), Duration::from_secs(10)));
-    s1.pause();
+    s1.pause(env);
     let taken = wait_until(Duration::from_secs(15), || {
         env.holder("m").as_deref() == Some("s2")
     });
-    assert!(taken, "s2 never took over from the frozen s1");
+    assert!(
+        taken,
+        "{:?}: s2 never took over from the frozen s1 (holder {:?}):\ns1:\n{}\ns2:\n{}",
+        env.backend,
+        env.holder("m"),
+        s1.log(),
+        s2.log()
+    );
     (s1, s2, src, dst)
 }
 
