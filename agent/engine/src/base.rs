@@ -2,13 +2,16 @@
 //! missing on one side could be a new file elsewhere or a deletion here; with it, the side that
 //! differs from the base is the side that changed.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::{Serialize, Serializer};
+
 use crate::endpoint::{Endpoint, EndpointError, Scope};
-use crate::tree::{Entry, Tree, is_listable};
+use crate::tree::{Entry, Tree, TreeBuilder, is_listable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -42,37 +45,65 @@ pub fn state_name(job: &str) -> String {
 
 pub fn load(replica: &dyn Endpoint, job: &str) -> Result<Tree, BaseError> {
     let name = state_name(job);
-    match replica.read_state(&name)? {
-        None => Ok(Tree::new()),
-        Some(bytes) => {
-            let damaged = |source| BaseError::Damaged {
-                name: name.clone(),
-                replica: replica.display(),
-                source,
-            };
-            let keyed: BTreeMap<String, Entry> = serde_json::from_slice(&bytes).map_err(damaged)?;
-            let paths: Vec<(PathBuf, Entry)> = keyed
-                .into_iter()
-                .map(|(key, e)| (path_of(key), e))
-                .collect();
-            // The file is in the replica, where a share user may write: it names nothing a
-            // scan could not list.
-            match paths.iter().find(|(path, _)| !is_listable(path)) {
-                Some((path, _)) => {
-                    let why = format!("it names {:.80}, which no scan lists", path.display());
-                    Err(damaged(serde::de::Error::custom(why)))
-                }
-                None => Ok(paths.into_iter().collect()),
-            }
-        }
-    }
+    let Some(bytes) = replica.read_state(&name)? else {
+        return Ok(Tree::new());
+    };
+    let Keyed(base) = serde_json::from_slice(&bytes).map_err(|source| BaseError::Damaged {
+        name: name.clone(),
+        replica: replica.display(),
+        source,
+    })?;
+    Ok(base)
 }
 
 pub fn save(replica: &dyn Endpoint, job: &str, base: &Tree) -> Result<(), BaseError> {
-    let keyed: BTreeMap<String, &Entry> = base.iter().map(|(p, e)| (key_of(p), e)).collect();
-    let bytes = serde_json::to_vec(&keyed).expect("string keys always serialise");
+    let bytes = serde_json::to_vec(&Keyed(base)).expect("string keys always serialise");
     replica.write_state(&state_name(job), &bytes)?;
     Ok(())
+}
+
+/// A base as its state file holds it: one JSON object from each path's key (see [`key_of`]) to
+/// its entry, read and written an entry at a time. Gathered into a map first, a million-file
+/// job's base would be held twice more, every path copied into a key.
+struct Keyed<T>(T);
+
+impl Serialize for Keyed<&Tree> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(path, entry)| (key_of(path), entry)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Keyed<Tree> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(KeyedVisitor).map(Keyed)
+    }
+}
+
+struct KeyedVisitor;
+
+impl<'de> Visitor<'de> for KeyedVisitor {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object from paths to entries")
+    }
+
+    /// Keys in any order (a file written before bases were saved in a tree's order holds them
+    /// in text order); of a key named twice, the last.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+        let mut base = TreeBuilder::default();
+        while let Some((key, entry)) = map.next_entry::<String, Entry>()? {
+            let path = path_of(key);
+            // The file is in the replica, where a share user may write: it names nothing a
+            // scan could not list.
+            if !is_listable(&path) {
+                let why = format!("it names {:.80}, which no scan lists", path.display());
+                return Err(de::Error::custom(why));
+            }
+            base.push(&path, entry);
+        }
+        Ok(base.build())
+    }
 }
 
 /// Marks a key holding the hex of a name that is not UTF-8: no path contains a NUL byte, so
@@ -104,10 +135,11 @@ fn path_of(key: String) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes))
 }
 
-/// The part of `base` a scan of `scope` covers.
-pub fn within(base: &Tree, scope: &Scope) -> Tree {
+/// The part of `base` a scan of `scope` covers: all of it, taken out of `base` (a run merges
+/// what it agreed on back), for a full scan.
+pub fn within(base: &mut Tree, scope: &Scope) -> Tree {
     match scope {
-        Scope::Full => base.clone(),
+        Scope::Full => std::mem::take(base),
         Scope::Paths(paths) => base
             .iter()
             .filter(|(path, _)| paths.iter().any(|p| path.starts_with(p)))
@@ -137,6 +169,7 @@ pub fn covered_by(path: &Path, others: &[std::path::PathBuf]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::{Kind, Meta, Mtime};
 
     #[test]
     fn keys_keep_names_that_are_not_utf8_and_leave_the_others_as_they_were() {
@@ -147,6 +180,46 @@ mod tests {
         let plain = Path::new("café/menu.txt");
         assert_eq!(key_of(plain), "café/menu.txt");
         assert_eq!(path_of(key_of(plain)), plain);
+    }
+
+    #[test]
+    fn a_base_reads_back_as_it_was_saved_whatever_the_order_of_its_keys() {
+        let folder = tempfile::tempdir().unwrap();
+        let replica = crate::endpoint::LocalEndpoint::new(folder.path());
+        replica.prepare(false, None).unwrap();
+        let file = |size| Entry {
+            kind: Kind::File,
+            size,
+            mtime: Mtime {
+                secs: 1_700_000_000,
+                nanos: 5,
+            },
+            mode: 0o644,
+            meta: Meta::default(),
+        };
+        let latin1 = PathBuf::from(OsString::from_vec(b"a/caf\xe9".to_vec()));
+        // In a tree's order "a/b" comes before "a b"; in text order, after it.
+        let base = Tree::from([
+            (PathBuf::from("a"), Entry::folder(0o755)),
+            (PathBuf::from("a/b"), file(1)),
+            (latin1, file(2)),
+            (PathBuf::from("a b"), file(3)),
+        ]);
+        save(&replica, "job", &base).unwrap();
+        let loaded = load(&replica, "job").unwrap();
+        assert!(loaded.iter().eq(base.iter()));
+
+        let in_text_order: serde_json::Value =
+            serde_json::from_slice(&replica.read_state(&state_name("job")).unwrap().unwrap())
+                .unwrap();
+        let text = serde_json::to_vec(&in_text_order).unwrap();
+        let written = String::from_utf8_lossy(&text);
+        assert!(
+            written.find("\"a b\"") < written.find("\"a/b\""),
+            "{written}"
+        );
+        replica.write_state(&state_name("job"), &text).unwrap();
+        assert!(load(&replica, "job").unwrap().iter().eq(base.iter()));
     }
 
     /// The state file sits in the replica's `.ferry` folder, where a share user may write: a

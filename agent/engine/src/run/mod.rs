@@ -294,7 +294,7 @@ pub fn run(
     match spec.rule {
         Rule::Mirror | Rule::Copy => one_way(spec, &mut exec, &trees)?,
         Rule::Sync => {
-            let scoped = base::within(&base, &scope);
+            let scoped = base::within(&mut base, &scope);
             let agreed = sync(spec, &mut exec, &trees, &scoped)?;
             base::merge(&mut base, &scope, agreed);
             base::save(replicas[0], &spec.name, &base).map_err(base_err)?;
