@@ -127,14 +127,24 @@ impl Step {
         }
     }
 
-    fn source_found(&self, path: &Path, entry: Entry) {
+    /// The sides, locked, to take `side`'s next entry, at `path`; `None` once a scan handed
+    /// one out of order (the other side woken to see it).
+    fn admit(&self, side: usize, path: &Path) -> Option<MutexGuard<'_, Sides>> {
         let mut sides = self.lock();
         if sides.disorder {
+            return None;
+        }
+        if !sides.in_order(side, path) {
+            self.moved.notify_all();
+            return None;
+        }
+        Some(sides)
+    }
+
+    fn source_found(&self, path: &Path, entry: Entry) {
+        let Some(mut sides) = self.admit(SOURCE, path) else {
             return;
-        }
-        if !sides.in_order(SOURCE, path) {
-            return self.moved.notify_all();
-        }
+        };
         while sides.source.len() - sides.cursor >= AHEAD && !sides.done[DESTINATION] {
             sides = self.wait(sides, SOURCE);
             if sides.disorder {
@@ -146,13 +156,9 @@ impl Step {
     }
 
     fn destination_found(&self, path: &Path, entry: Entry) {
-        let mut sides = self.lock();
-        if sides.disorder {
+        let Some(mut sides) = self.admit(DESTINATION, path) else {
             return;
-        }
-        if !sides.in_order(DESTINATION, path) {
-            return self.moved.notify_all();
-        }
+        };
         // Until the source's scan has passed `path`, it may still find it.
         while !sides.passed(path) {
             self.wake(&sides, SOURCE);
