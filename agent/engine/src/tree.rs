@@ -232,3 +232,6 @@ pub fn is_plain(path: &Path) -> bool {
 pub fn is_listable(path: &Path) -> bool {
     is_plain(path) && path.as_os_str().len() < MAX_SCANNED_PATH
 }
+
+#[cfg(test)]
+mod tests;
