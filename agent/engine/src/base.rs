@@ -169,7 +169,7 @@ pub fn covered_by(path: &Path, others: &[std::path::PathBuf]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{Kind, Meta, Mtime};
+    use crate::tree::Mtime;
 
     #[test]
     fn keys_keep_names_that_are_not_utf8_and_leave_the_others_as_they_were() {
@@ -187,16 +187,11 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let replica = crate::endpoint::LocalEndpoint::new(folder.path());
         replica.prepare(false, None).unwrap();
-        let file = |size| Entry {
-            kind: Kind::File,
-            size,
-            mtime: Mtime {
-                secs: 1_700_000_000,
-                nanos: 5,
-            },
-            mode: 0o644,
-            meta: Meta::default(),
+        let mtime = Mtime {
+            secs: 1_700_000_000,
+            nanos: 5,
         };
+        let file = |size| Entry::file(size, mtime, 0o644);
         let latin1 = PathBuf::from(OsString::from_vec(b"a/caf\xe9".to_vec()));
         // In a tree's order "a/b" comes before "a b"; in text order, after it.
         let base = Tree::from([

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub type Digest = std::num::NonZeroU64;
 
 /// The facts a scan reports beside an entry's kind, size, time and mode.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Meta {
     /// Who owns it, by number; `None` where not known (an entry from an older peer).

@@ -73,21 +73,6 @@ impl<'de> Deserialize<'de> for Owned {
     }
 }
 
-/// `Box<PathBuf>`: a symlink's target, boxed in an entry (see [`crate::tree::Kind`]).
-pub mod boxed {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
-        super::serialize(path, serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Box<PathBuf>, D::Error> {
-        super::deserialize(deserializer).map(Box::new)
-    }
-}
-
 /// `Vec<PathBuf>`.
 pub mod list {
     use super::*;

@@ -70,16 +70,7 @@ fn an_agent_refuses_a_sync_write_over_a_file_changed_since_the_scan() {
         peer.open(&mut session, &folder, false).await;
         let write = Request::WriteFile {
             path: "doc.txt".into(),
-            entry: Entry {
-                kind: Kind::File,
-                size: sent.size,
-                mtime: Mtime {
-                    secs: 2_000_000_000,
-                    nanos: 0,
-                },
-                mode: 0o644,
-                meta: Meta::default(),
-            },
+            entry: Entry::file(sent.size, Mtime::at(2_000_000_000), 0o644),
             block_size: None,
             expected: Some(Expected {
                 entry: Some(scanned),

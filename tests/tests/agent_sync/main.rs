@@ -13,7 +13,7 @@ use std::time::Duration;
 use ferry_engine::beneath::Root;
 use ferry_engine::delta::encode;
 use ferry_engine::meta::{self, Named};
-use ferry_engine::tree::{Entry, Expected, Kind, Meta, Mtime};
+use ferry_engine::tree::{Entry, Expected, Mtime};
 use ferry_tests::harness::{Backend, Env, TestAgent, TestScheduler, wait_until};
 use ferry_tests::netns::SlowLink;
 use ferry_tests::pg::own_server;

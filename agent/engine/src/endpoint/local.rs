@@ -329,7 +329,7 @@ impl LocalEndpoint {
             Some(_) => self.open_file(rel)?,
             None => None,
         };
-        let mode = file_mode(entry.mode);
+        let mode = file_mode(entry.mode());
         let (folder, temp, file) = self.create_received(&root, rel, mode)?;
         let mut sink = LocalSink {
             endpoint: self,
@@ -349,7 +349,7 @@ impl LocalEndpoint {
             flushing: None,
             flushed_at: 0,
         };
-        let out = BufWriter::new(Output::new(file, entry.meta.sparse));
+        let out = BufWriter::new(Output::new(file, entry.meta().sparse));
         let rebuild =
             Rebuild::new(old, block_size.unwrap_or(1), out).map_err(self.err("read", rel))?;
         sink.rebuild = Some(rebuild);
@@ -475,11 +475,7 @@ impl Endpoint for LocalEndpoint {
         let root = self.root()?;
         still_holds(&root, rel, expected).map_err(self.err("create folder", rel))?;
         // A symlink where the folder goes is replaced, as rsync does: never followed.
-        if let Some(Entry {
-            kind: Kind::Symlink { .. },
-            ..
-        }) = self.lstat(&root, rel)?
-        {
+        if let Some(Kind::Symlink) = self.lstat(&root, rel)?.map(|found| found.kind()) {
             root.remove_file(rel)
                 .map_err(self.err("replace the symlink", rel))?;
         }
@@ -489,21 +485,22 @@ impl Endpoint for LocalEndpoint {
             root.chown(rel, owner)
                 .map_err(self.err("set owner of", rel))?;
         }
-        root.set_dir_mode(rel, entry.mode)
+        root.set_dir_mode(rel, entry.mode())
             .map_err(self.err("set mode of", rel))
     }
 
     fn make_symlink(&self, rel: &Path, entry: &Entry) -> Result<()> {
-        let Kind::Symlink { target } = &entry.kind else {
-            unreachable!("make_symlink called for {:?}", entry.kind);
+        let Some(target) = entry.target() else {
+            unreachable!("make_symlink called for {entry:?}");
         };
         self.make_beside(rel, entry, |root, temp| root.symlink(target, temp))
     }
 
     fn make_special(&self, rel: &Path, entry: &Entry) -> Result<()> {
-        let Kind::Special { node, device } = entry.kind else {
-            unreachable!("make_special called for {:?}", entry.kind);
+        let Kind::Special(node) = entry.kind() else {
+            unreachable!("make_special called for {entry:?}");
         };
+        let device = entry.device();
         let mode = entry.kept_mode();
         self.make_beside(rel, entry, |root, temp| {
             root.make_node(temp, node, mode, device)
@@ -559,7 +556,7 @@ impl Endpoint for LocalEndpoint {
             root.chown(rel, owner)
                 .map_err(self.err("set owner of", rel))?;
         }
-        let moded = match entry.kind {
+        let moded = match entry.kind() {
             Kind::Dir => root.set_dir_mode(rel, entry.kept_mode()),
             // Through a handle of the file itself: a path could be swapped for a link.
             Kind::File => root.open_file(rel).and_then(|file| match file {
@@ -567,7 +564,7 @@ impl Endpoint for LocalEndpoint {
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
             }),
             // A link has no mode of its own on Linux, and a special file is never synced.
-            Kind::Symlink { .. } | Kind::Special { .. } => Ok(()),
+            Kind::Symlink | Kind::Special(_) => Ok(()),
         };
         moded.map_err(self.err("set mode of", rel))?;
         match xattrs {
@@ -646,13 +643,7 @@ impl Endpoint for LocalEndpoint {
 
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let rel = Self::state_path(name);
-        let entry = Entry {
-            kind: Kind::File,
-            size: bytes.len() as u64,
-            mtime: now_mtime(),
-            mode: 0o600,
-            meta: Meta::default(),
-        };
+        let entry = Entry::file(bytes.len() as u64, now_mtime(), 0o600);
         let incoming = Incoming {
             entry: &entry,
             block_size: None,
@@ -688,7 +679,7 @@ fn checked_xattrs(xattrs: &[meta::Xattr]) -> io::Result<()> {
 /// The owner to give a written entry: the one it names, where this process may give owners
 /// (it runs as root); otherwise whoever writes owns it, as with `rsync` run by a user.
 fn settable_owner(entry: &Entry) -> Option<Owner> {
-    entry.meta.owner.filter(|_| *SETS_OWNERS)
+    entry.owner().filter(|_| *SETS_OWNERS)
 }
 
 /// Whether this process may give files away: it runs as root.
@@ -711,37 +702,30 @@ fn entry_from(
     read_link: impl FnOnce() -> io::Result<PathBuf>,
     read_xattrs: impl FnOnce() -> io::Result<Xattrs>,
 ) -> io::Result<Entry> {
-    let kind = match found.file_type {
-        FileType::RegularFile => Kind::File,
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink {
-            target: Box::new(read_link()?),
-        },
+    let entry = match found.file_type {
+        FileType::RegularFile => Entry::file(found.size, found.mtime, found.mode),
+        FileType::Directory => Entry::dir(found.mtime, found.mode),
+        FileType::Symlink => Entry::symlink(read_link()?, found.mtime, found.mode),
         special => {
             let node = beneath::node(special);
             let device = if node.is_device() { found.device } else { 0 };
-            Kind::Special { node, device }
+            let owner = Some(found.owner);
+            let special = Entry::special(node, device, found.mtime, found.mode);
+            return Ok(special.with_meta(Meta {
+                owner,
+                ..Meta::default()
+            }));
         }
     };
-    let (acl, xattrs) = match kind {
-        Kind::Special { .. } => (None, None),
-        _ => meta::digests(&read_xattrs()?, &account_name),
-    };
-    let file = kind == Kind::File;
-    let meta = Meta {
+    let (acl, xattrs) = meta::digests(&read_xattrs()?, &account_name);
+    let file = entry.kind() == Kind::File;
+    Ok(entry.with_meta(Meta {
         owner: Some(found.owner),
         acl,
         xattrs,
         link: (file && found.links > 1).then(|| meta::link_id(found.dev, found.ino)),
         sparse: file && found.allocated < found.size,
-    };
-    Ok(Entry {
-        size: if file { found.size } else { 0 },
-        kind,
-        mtime: found.mtime,
-        mode: found.mode,
-        meta,
-    })
+    }))
 }
 
 /// Under the sync rule: fails when `rel` no longer holds what the run's scan saw there

@@ -153,7 +153,7 @@ impl Executor<'_> {
                 replaces: true,
                 ..
             } = &action.op
-                && entry.kind == Kind::File
+                && entry.kind() == Kind::File
             {
                 replaced
                     .entry(action.replica)
@@ -308,7 +308,7 @@ impl Executor<'_> {
     /// (see [`Expected`]): across a network that costs no round trip each.
     fn verify(&self, action: &Action) -> Result<(), String> {
         let checked_here = match &action.op {
-            Op::Copy { entry, .. } => matches!(entry.kind, Kind::Symlink { .. }),
+            Op::Copy { entry, .. } => entry.kind() == Kind::Symlink,
             Op::KeepAside { .. } => true,
             _ => false,
         };
@@ -353,7 +353,8 @@ impl Executor<'_> {
                     copied => copied.map_err(|e| e.to_string())?,
                 };
                 // Its verdict, which says whether a delta rebuilt, comes when it settles.
-                if *replaces && entry.kind == Kind::File && replica.capabilities().across_network {
+                if *replaces && entry.kind() == Kind::File && replica.capabilities().across_network
+                {
                     let resend = Resend {
                         from: *from,
                         entry: self.as_kept(entry, action.replica),
@@ -457,11 +458,11 @@ impl Executor<'_> {
         let to = self.replicas[to_index];
         let keep = self.keeps(to);
         let entry = &self.as_kept(entry, to_index);
-        let xattrs = match keep.needs_values(&entry.meta) {
+        let xattrs = match keep.needs_values(&entry.meta()) {
             true => Some(self.xattrs_for(path, (from, to_index))?),
             false => None,
         };
-        match entry.kind {
+        match entry.kind() {
             Kind::Dir => {
                 to.make_dir_later(path, entry, target.expected.as_ref())?;
                 self.summary.dirs_created += 1;
@@ -470,7 +471,7 @@ impl Executor<'_> {
                 }
                 return Ok(xattrs);
             }
-            Kind::Symlink { .. } => {
+            Kind::Symlink => {
                 to.make_symlink(path, entry)?;
                 if let Some(xattrs) = &xattrs {
                     to.set_meta_later(path, entry, Some(xattrs), keep)?;
@@ -482,7 +483,7 @@ impl Executor<'_> {
                 self.summary.bytes_total += bytes;
             }
             // Left out after the scan unless the job keeps them (see `skip_special_files`).
-            Kind::Special { .. } => to.make_special(path, entry)?,
+            Kind::Special(_) => to.make_special(path, entry)?,
         }
         self.summary.files_copied += 1;
         (self.on_event)(Event::Copied {
@@ -576,10 +577,10 @@ impl Executor<'_> {
     /// where the owner is not kept there.
     fn as_kept(&self, entry: &Entry, to: usize) -> Entry {
         let mut entry = entry.clone();
-        entry.meta.owner = match self.keeps(self.replicas[to]).owner {
-            true => entry.meta.owner.map(|owner| self.owners.map(0, to, owner)),
+        entry.set_owner(match self.keeps(self.replicas[to]).owner {
+            true => entry.owner().map(|owner| self.owners.map(0, to, owner)),
             false => None,
-        };
+        });
         entry
     }
 

@@ -187,7 +187,7 @@ fn covered(changed: &BTreeSet<PathBuf>, path: &Path) -> bool {
 fn differs(a: Option<&Entry>, b: Option<&Entry>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => {
-            a.kind != b.kind || (!a.is_dir() && (a.size != b.size || a.mtime != b.mtime))
+            a.kind() != b.kind() || (!a.is_dir() && (a.size != b.size || a.mtime != b.mtime))
         }
         (None, None) => false,
         _ => true,
@@ -197,16 +197,10 @@ fn differs(a: Option<&Entry>, b: Option<&Entry>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{Kind, Mtime};
+    use crate::tree::Mtime;
 
     fn file(size: u64) -> Entry {
-        Entry {
-            kind: Kind::File,
-            size,
-            mtime: Mtime { secs: 1, nanos: 0 },
-            mode: 0o644,
-            meta: Default::default(),
-        }
+        Entry::file(size, Mtime::at(1), 0o644)
     }
 
     #[test]

@@ -285,7 +285,7 @@ pub fn run(
         // base keeps them so.
         for (r, tree) in trees.iter_mut().enumerate().skip(1) {
             for entry in tree.values_mut() {
-                entry.meta.owner = entry.meta.owner.map(|owner| owners.map(r, 0, owner));
+                entry.set_owner(entry.owner().map(|owner| owners.map(r, 0, owner)));
             }
         }
     }
@@ -422,7 +422,7 @@ fn skip_special_files(
 ) {
     for (replica, tree) in replicas.iter().zip(trees) {
         tree.retain(|path, entry| {
-            let Kind::Special { node, .. } = entry.kind else {
+            let Kind::Special(node) = entry.kind() else {
                 return true;
             };
             if keep && node != Node::Unknown {
@@ -507,7 +507,7 @@ fn owner_maps(
 fn names_elsewhere(spec: &JobSpec, source: &Tree) -> bool {
     spec.rule != Rule::Sync
         && spec.guards.keep.hard_links
-        && source.values().any(|entry| entry.meta.link.is_some())
+        && source.values().any(|entry| entry.meta().link.is_some())
 }
 
 /// `tree`, once it is known to list nothing under a non-folder (see [`check_parents`]).
@@ -630,10 +630,10 @@ fn keep_versions<'t>(actions: &mut Vec<Action<'t>>, versions: &Path) {
     let doomed: Vec<(usize, Cow<'t, Path>)> = actions
         .iter()
         .filter(|a| match &a.op {
-            Op::Remove { entry } => entry.kind == Kind::File,
+            Op::Remove { entry } => entry.kind() == Kind::File,
             Op::Copy {
                 entry, replaces, ..
-            } => entry.kind == Kind::File && *replaces,
+            } => entry.kind() == Kind::File && *replaces,
             Op::HardLink { replaces, .. } => *replaces,
             _ => false,
         })

@@ -22,7 +22,7 @@ impl Executor<'_> {
             .map(|dst| {
                 (tree::pairs(src, dst))
                     .filter(|(_, s, t)| match (s, t) {
-                        (Some(s), Some(t)) => s.kind == Kind::File && s.looks_unchanged(t),
+                        (Some(s), Some(t)) => s.kind() == Kind::File && s.looks_unchanged(t),
                         _ => false,
                     })
                     .map(|(path, _, _)| path.to_path_buf())
@@ -53,7 +53,7 @@ impl Executor<'_> {
         let mut removed: HashMap<(usize, u64), Vec<PathBuf>> = HashMap::new();
         for action in &plan.actions {
             if let Op::Remove { entry } = &action.op
-                && entry.kind == Kind::File
+                && entry.kind() == Kind::File
                 && entry.size > 0
             {
                 removed
@@ -69,7 +69,7 @@ impl Executor<'_> {
         let d = plan.fresh.replica();
         let could_be_moved = plan
             .fresh
-            .take(|entry| entry.kind == Kind::File && removed.contains_key(&(d, entry.size)));
+            .take(|entry| entry.kind() == Kind::File && removed.contains_key(&(d, entry.size)));
         plan.actions.extend(could_be_moved);
         let actions = &mut plan.actions;
         let hashes = self.hashes_for_moves(actions, &removed);
@@ -129,7 +129,7 @@ impl Executor<'_> {
             let was = states.pop().flatten();
             let changed: Vec<(usize, &Entry)> = (states.iter().enumerate())
                 .filter_map(|(r, state)| state.map(|entry| (r, entry)))
-                .filter(|(_, entry)| entry.kind == Kind::File && !same(Some(entry), was))
+                .filter(|(_, entry)| entry.kind() == Kind::File && !same(Some(entry), was))
                 .collect();
             for (r, entry) in &changed {
                 let alike = |(other, them): &(usize, &Entry)| {

@@ -62,7 +62,7 @@ impl OwnerMaps {
             known: Mutex::new(known),
         };
         for &r in from {
-            let ids = ids_of(trees[r].values().filter_map(|entry| entry.meta.owner));
+            let ids = ids_of(trees[r].values().filter_map(|entry| entry.owner()));
             for to in 0..replicas.len() {
                 maps.learn(replicas, (r, to), &ids)?;
             }
@@ -178,7 +178,7 @@ fn split<T: Clone>(items: &[(Named, T)]) -> (Vec<T>, Vec<T>) {
 mod tests {
     use super::*;
     use crate::endpoint::LocalEndpoint;
-    use crate::tree::{Entry, Kind, Meta, Mtime};
+    use crate::tree::{Entry, Mtime};
 
     fn owner(uid: u32, gid: u32) -> Owner {
         Owner { uid, gid }
@@ -228,16 +228,8 @@ mod tests {
     fn a_machine_is_asked_for_the_names_of_its_owners_and_the_numbers_of_names() {
         let dir = tempfile::tempdir().unwrap();
         let here = LocalEndpoint::new(dir.path());
-        let entry = Entry {
-            kind: Kind::File,
-            size: 0,
-            mtime: Mtime { secs: 0, nanos: 0 },
-            mode: 0o644,
-            meta: Meta {
-                owner: Some(owner(0, 0)),
-                ..Meta::default()
-            },
-        };
+        let mut entry = Entry::file(0, Mtime::at(0), 0o644);
+        entry.set_owner(Some(owner(0, 0)));
         let tree = Tree::from([("f".into(), entry)]);
         let replicas: [&dyn Endpoint; 2] = [&here, &here];
         let maps = OwnerMaps::ask(&replicas, &[tree, Tree::new()], &[0]).unwrap();

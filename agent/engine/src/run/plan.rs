@@ -143,7 +143,7 @@ pub(super) fn plan_one_way<'t>(
         let copy = || Op::Copy {
             from: 0,
             entry: s,
-            replaces: t.is_some_and(|t| t.kind == Kind::File),
+            replaces: t.is_some_and(|t| t.kind() == Kind::File),
         };
         match t {
             None if !s.is_dir() => fresh.insert(place - 1),
@@ -162,8 +162,8 @@ pub(super) fn plan_one_way<'t>(
             Some(t) if t.is_dir() != s.is_dir() && rule == Rule::Copy => {
                 let reason = format!(
                     "is a {} at the destination but a {} at the source, and the copy rule deletes nothing",
-                    kind_name(&t.kind),
-                    kind_name(&s.kind)
+                    kind_name(t.kind()),
+                    kind_name(s.kind())
                 );
                 actions.push(act(path, Op::Refuse { reason }));
             }
@@ -230,13 +230,13 @@ pub(super) fn meta_change<'t>(
     keep: Keep,
     owner_there: &dyn Fn(Owner) -> Owner,
 ) -> Option<Op<'t>> {
-    let mode = s.kept_mode() != t.mode && !matches!(s.kind, Kind::Symlink { .. });
+    let mode = s.kept_mode() != t.mode() && s.kind() != Kind::Symlink;
     let owner = keep.owner
-        && s.meta
+        && s.meta()
             .owner
-            .is_some_and(|o| Some(owner_there(o)) != t.meta.owner);
-    let values =
-        (keep.acls && s.meta.acl != t.meta.acl) || (keep.xattrs && s.meta.xattrs != t.meta.xattrs);
+            .is_some_and(|o| Some(owner_there(o)) != t.owner());
+    let values = (keep.acls && s.meta().acl != t.meta().acl)
+        || (keep.xattrs && s.meta().xattrs != t.meta().xattrs);
     (mode || owner || values).then_some(Op::SetMeta {
         from: 0,
         entry: s,
@@ -250,7 +250,7 @@ pub(super) fn meta_change<'t>(
 fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<'t>) {
     let mut names: HashMap<NonZeroU64, Vec<&Path>> = HashMap::new();
     for (path, s) in src {
-        if let Some(link) = s.meta.link.filter(|_| s.kind == Kind::File) {
+        if let Some(link) = s.meta().link.filter(|_| s.kind() == Kind::File) {
             names.entry(link).or_default().push(path);
         }
     }
@@ -274,17 +274,17 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<
     let mut links = Vec::new();
     for names in groups {
         let first = names[0];
-        let first_there = dst.get(first).and_then(|t| t.meta.link);
+        let first_there = dst.get(first).and_then(|t| t.meta().link);
         for other in &names[1..] {
             let there = dst.get(*other);
             let linked = !written.contains(first)
                 && first_there.is_some()
-                && there.and_then(|t| t.meta.link) == first_there;
+                && there.and_then(|t| t.meta().link) == first_there;
             if !linked {
                 let op = Op::HardLink {
                     from: first,
                     entry: &src[*other],
-                    replaces: there.is_some_and(|t| t.kind == Kind::File),
+                    replaces: there.is_some_and(|t| t.kind() == Kind::File),
                 };
                 links.push(action(d, *other, op));
             }
@@ -300,12 +300,12 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<
     plan.actions.extend(links);
 }
 
-pub(super) fn kind_name(kind: &Kind) -> &'static str {
+pub(super) fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::File => "file",
         Kind::Dir => "folder",
-        Kind::Symlink { .. } => "link",
-        Kind::Special { .. } => "special file",
+        Kind::Symlink => "link",
+        Kind::Special(_) => "special file",
     }
 }
 
@@ -392,7 +392,9 @@ fn plan_path<'t>(
         .folder_over_file(path, states, newest)
         .unwrap_or(newest);
     let mut equivalent = |a: usize, b: usize| match (states[a], states[b]) {
-        (Some(x), Some(y)) if x.kind == Kind::File && y.kind == Kind::File && x.size == y.size => {
+        (Some(x), Some(y))
+            if x.kind() == Kind::File && y.kind() == Kind::File && x.size == y.size =>
+        {
             x.mtime == y.mtime || same_content(a, b, path)
         }
         (x, y) => same(x, y),
@@ -488,7 +490,7 @@ fn agree_on_meta<'t>(
     let Some(&(_, first)) = present.first() else {
         return was.clone();
     };
-    if was.meta.owner.is_none() {
+    if was.owner().is_none() {
         let agree = present.iter().all(|(_, entry)| !differs(first, entry));
         return if agree { first.clone() } else { was.clone() };
     }
@@ -556,7 +558,7 @@ impl<'t> Winning<'t> {
         let op = Op::Copy {
             from: self.winner,
             entry: target,
-            replaces: state.is_some_and(|s| s.kind == Kind::File) && !loser,
+            replaces: state.is_some_and(|s| s.kind() == Kind::File) && !loser,
         };
         plan.actions.push(action(r, path, op));
     }

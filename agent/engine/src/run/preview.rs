@@ -76,14 +76,14 @@ pub fn preview(spec: &JobSpec, halt: &Halt) -> Result<Vec<Planned>, EngineError>
 
 fn describe(action: &Action, at: &dyn Endpoint) -> Planned {
     let (what, bytes) = match &action.op {
-        Op::Copy { entry, .. } if entry.kind == Kind::Dir => ("make folder".into(), 0),
+        Op::Copy { entry, .. } if entry.kind() == Kind::Dir => ("make folder".into(), 0),
         Op::Copy {
             entry, replaces, ..
         } => {
             let what = if *replaces { "update" } else { "copy" };
             (what.into(), entry.size)
         }
-        Op::Remove { entry } if entry.kind == Kind::Dir => ("delete folder".into(), 0),
+        Op::Remove { entry } if entry.kind() == Kind::Dir => ("delete folder".into(), 0),
         Op::Remove { .. } => ("delete".into(), 0),
         Op::KeepAside { to } => (format!("move aside to {}", to.display()), 0),
         Op::KeepVersion { to } => (format!("keep version as {}", to.display()), 0),

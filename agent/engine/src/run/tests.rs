@@ -9,7 +9,7 @@ use super::*;
 use crate::delta::{Encoded, Op as DataOp};
 use crate::endpoint::{self, EachEntry, Incoming, LocalEndpoint};
 use crate::fence::Fence;
-use crate::meta::{Accounts, Keep, Meta, Xattrs};
+use crate::meta::{Accounts, Keep, Xattrs};
 use crate::tree::{Entry, Expected, Mtime};
 
 struct Fixture {
@@ -343,12 +343,7 @@ fn symlinks_are_copied_as_links() {
 #[test]
 fn conflict_names_carry_the_losers_time() {
     assert_eq!(
-        free_conflict_name(
-            Path::new("a/report.txt"),
-            Mtime { secs: 0, nanos: 0 },
-            2,
-            |_| false
-        ),
+        free_conflict_name(Path::new("a/report.txt"), Mtime::at(0), 2, |_| false),
         Path::new("a/report.ferry-conflict-19700101-000000-r2.txt")
     );
     assert_eq!(utc_stamp(951_782_400), "20000229-000000");
@@ -488,7 +483,7 @@ fn names_that_are_not_utf8_sync_and_are_remembered() {
 fn conflict_names_keep_names_that_are_not_utf8_apart() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let mtime = Mtime { secs: 0, nanos: 0 };
+    let mtime = Mtime::at(0);
     let name =
         |bytes: &[u8]| free_conflict_name(Path::new(OsStr::from_bytes(bytes)), mtime, 1, |_| false);
     let (acute, grave) = (

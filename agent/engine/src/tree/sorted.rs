@@ -405,12 +405,10 @@ impl fmt::Debug for Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::Mtime;
 
     fn file(size: u64) -> Entry {
-        Entry {
-            size,
-            ..Entry::folder(0o644)
-        }
+        Entry::file(size, Mtime::at(0), 0o644)
     }
 
     fn paths(tree: &Tree) -> Vec<&str> {

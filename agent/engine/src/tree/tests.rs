@@ -9,47 +9,25 @@ fn samples() -> Vec<Entry> {
         secs: 1_700_000_000,
         nanos: 5,
     };
-    let file = Entry {
-        kind: Kind::File,
-        size: 5,
-        mtime,
-        mode: 0o4644,
-        meta: Meta {
-            owner: Some(Owner {
-                uid: 1000,
-                gid: 100,
-            }),
-            acl: NonZeroU64::new(7),
-            xattrs: NonZeroU64::new(9),
-            link: NonZeroU64::new(3),
-            sparse: true,
-        },
+    let file = Entry::file(5, mtime, 0o4644).with_meta(Meta {
+        owner: Some(Owner {
+            uid: 1000,
+            gid: 100,
+        }),
+        acl: NonZeroU64::new(7),
+        xattrs: NonZeroU64::new(9),
+        link: NonZeroU64::new(3),
+        sparse: true,
+    });
+    let link = Entry::symlink(OsStr::from_bytes(b"a/\xff").into(), mtime, 0o777);
+    let before_1970 = Mtime {
+        secs: -1,
+        nanos: 999_999_999,
     };
-    let link = Entry {
-        kind: Kind::Symlink {
-            target: Box::new(PathBuf::from(OsStr::from_bytes(b"a/\xff"))),
-        },
-        size: 0,
-        mtime,
-        mode: 0o777,
-        meta: Meta::default(),
-    };
-    let device = Entry {
-        kind: Kind::Special {
-            node: Node::BlockDevice,
-            device: 0x0801,
-        },
-        size: 0,
-        mtime: Mtime {
-            secs: -1,
-            nanos: 999_999_999,
-        },
-        mode: 0o660,
-        meta: Meta {
-            owner: Some(Owner { uid: 0, gid: 6 }),
-            ..Meta::default()
-        },
-    };
+    let device = Entry::special(Node::BlockDevice, 0x0801, before_1970, 0o660).with_meta(Meta {
+        owner: Some(Owner { uid: 0, gid: 6 }),
+        ..Meta::default()
+    });
     vec![file, Entry::folder(0o755), link, device]
 }
 
@@ -94,3 +72,87 @@ const WRITTEN: [(&str, &str); 4] = [
         "85a46b696e6481a75370656369616c82a46e6f6465ab426c6f636b446576696365a6646576696365cd0801a473697a6500a56d74696d6582a473656373ffa56e616e6f73ce3b9ac9ffa46d6f6465cd01b0a46d65746181a56f776e657282a375696400a367696406",
     ),
 ];
+
+#[test]
+fn an_entry_gives_back_each_fact_it_was_made_with() {
+    let [file, folder, link, device] = samples().try_into().unwrap();
+    assert_eq!(
+        (file.kind(), file.size, file.mode()),
+        (Kind::File, 5, 0o4644)
+    );
+    assert_eq!(file.kept_mode(), 0o644, "setuid and setgid are dropped");
+    let meta = file.meta();
+    assert_eq!(
+        meta.owner,
+        Some(Owner {
+            uid: 1000,
+            gid: 100
+        })
+    );
+    assert_eq!(
+        (meta.acl, meta.xattrs),
+        (NonZeroU64::new(7), NonZeroU64::new(9))
+    );
+    assert_eq!((meta.link, meta.sparse), (NonZeroU64::new(3), true));
+    assert_eq!((file.target(), file.device()), (None, 0));
+
+    assert_eq!(
+        (folder.kind(), folder.mode(), folder.owner()),
+        (Kind::Dir, 0o755, None)
+    );
+    assert_eq!(folder.meta(), Meta::default());
+
+    assert_eq!(link.kind(), Kind::Symlink);
+    assert_eq!(link.target(), Some(Path::new(OsStr::from_bytes(b"a/\xff"))));
+
+    assert_eq!(device.kind(), Kind::Special(Node::BlockDevice));
+    assert_eq!((device.device(), device.mode()), (0x0801, 0o660));
+    assert_eq!(device.owner(), Some(Owner { uid: 0, gid: 6 }));
+    assert_eq!({ device.mtime.secs }, -1);
+    for node in Node::ALL {
+        assert_eq!(
+            Entry::special(node, 0, Mtime::at(0), 0).kind(),
+            Kind::Special(node)
+        );
+    }
+}
+
+#[test]
+fn entries_with_the_same_facts_are_equal_however_they_came_by_them() {
+    let plain = Entry::file(5, Mtime::at(1), 0o644);
+    let mut linked_then_not = plain.clone().with_meta(Meta {
+        owner: Some(Owner { uid: 7, gid: 7 }),
+        link: NonZeroU64::new(9),
+        ..Meta::default()
+    });
+    assert_ne!(linked_then_not, plain);
+    linked_then_not.set_meta(Meta::default());
+    assert_eq!(linked_then_not, plain);
+    assert!(
+        Entry::symlink("a".into(), Mtime::at(1), 0o777).looks_unchanged(&Entry::symlink(
+            "a".into(),
+            Mtime::at(2),
+            0o777
+        ))
+    );
+    assert!(
+        !Entry::symlink("a".into(), Mtime::at(1), 0o777).looks_unchanged(&Entry::symlink(
+            "b".into(),
+            Mtime::at(1),
+            0o777
+        ))
+    );
+    let disk = |number| Entry::special(Node::BlockDevice, number, Mtime::at(1), 0o660);
+    assert!(disk(1).looks_unchanged(&disk(1)) && !disk(1).looks_unchanged(&disk(2)));
+}
+
+#[test]
+fn mode_bits_beyond_the_permissions_from_a_peer_are_dropped() {
+    let json = r#"{"kind":"File","size":1,"mtime":{"secs":0,"nanos":0},"mode":33188}"#;
+    let read: Entry = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        (read.kind(), read.mode()),
+        (Kind::File, 0o644),
+        "0o100644 is a file's st_mode"
+    );
+}

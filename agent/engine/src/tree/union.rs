@@ -54,11 +54,10 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    use crate::tree::Mtime;
+
     fn tree(paths: &[&str], size: u64) -> Tree {
-        let entry = |size| Entry {
-            size,
-            ..Entry::folder(0o644)
-        };
+        let entry = |size| Entry::file(size, Mtime::at(0), 0o644);
         (paths.iter())
             .map(|p| (PathBuf::from(p), entry(size)))
             .collect()

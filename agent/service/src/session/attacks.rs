@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ferry_engine::Fence;
 use ferry_engine::meta::{Keep, Xattr};
-use ferry_engine::tree::{Entry, Kind, Meta, Mtime, Node};
+use ferry_engine::tree::{Entry, Mtime, Node};
 use ferry_wire::client::Session as Client;
 use ferry_wire::frame;
 use ferry_wire::identity::{Peer, Role};
@@ -90,15 +90,7 @@ fn make_dir(path: &str, mode: u32) -> Request {
 fn make_symlink(path: &str, target: &Path) -> Request {
     Request::MakeSymlink {
         path: path.into(),
-        entry: Entry {
-            kind: Kind::Symlink {
-                target: Box::new(target.into()),
-            },
-            size: 0,
-            mtime: Mtime { secs: 0, nanos: 0 },
-            mode: 0o777,
-            meta: Meta::default(),
-        },
+        entry: Entry::symlink(target.into(), Mtime::at(0), 0o777),
     }
 }
 
@@ -377,7 +369,7 @@ async fn setuid_and_setgid_bits_a_peer_sends_are_dropped() {
     let Request::WriteFile { entry, .. } = &mut write else {
         unreachable!()
     };
-    entry.mode = 0o6755;
+    *entry = Entry::file(entry.size, entry.mtime, 0o6755);
     for request in [write, data, end] {
         s1.send(&request).await.unwrap();
     }
@@ -451,13 +443,7 @@ async fn a_peer_gets_fifos_and_sockets_made_but_never_a_device() {
     let (mut s1, _served) = agent.client().await;
     let special = |path: &str, node, device| Request::MakeSpecial {
         path: path.into(),
-        entry: Entry {
-            kind: Kind::Special { node, device },
-            size: 0,
-            mtime: Mtime { secs: 0, nanos: 0 },
-            mode: 0o666,
-            meta: Meta::default(),
-        },
+        entry: Entry::special(node, device, Mtime::at(0), 0o666),
     };
     // 8:0, the first SCSI disk.
     let disk = special("disk", Node::BlockDevice, 8 << 8);

@@ -508,8 +508,8 @@ fn make_special_for_peer(
     path: &Path,
     entry: &Entry,
 ) -> Result<(), EndpointError> {
-    match entry.kind {
-        Kind::Special { node, .. } if !node.is_device() => replica.make_special(path, entry),
+    match entry.kind() {
+        Kind::Special(node) if !node.is_device() => replica.make_special(path, entry),
         _ => {
             let why = "an agent makes FIFOs and sockets for a peer, never a device";
             let refused = io::Error::new(io::ErrorKind::PermissionDenied, why);

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use ferry_engine::Scope;
 use ferry_engine::endpoint::{Endpoint, LocalEndpoint};
 use ferry_engine::filter::Filter;
-use ferry_engine::tree::{Entry, Kind, Meta, Mtime};
+use ferry_engine::tree::{Entry, Mtime};
 use ferry_wire::client::{ClientError, Dial, Session as Client};
 use ferry_wire::frame::{self, Attached, FrameError};
 use ferry_wire::protocol::{DataOp, OLDEST_PROTOCOL, PROTOCOL_VERSION, Request, Response};
@@ -134,16 +134,11 @@ pub(super) fn lease() -> Fence {
 }
 
 pub(super) fn file_entry(size: u64) -> Entry {
-    Entry {
-        kind: Kind::File,
-        size,
-        mtime: Mtime {
-            secs: 2_000_000_000,
-            nanos: 0,
-        },
-        mode: 0o644,
-        meta: Meta::default(),
-    }
+    let mtime = Mtime {
+        secs: 2_000_000_000,
+        nanos: 0,
+    };
+    Entry::file(size, mtime, 0o644)
 }
 
 /// The requests that send `bytes` as the whole file `name`.

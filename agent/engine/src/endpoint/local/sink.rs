@@ -106,7 +106,7 @@ impl LocalSink<'_> {
                 give_owner(&file, owner)?;
             }
             // The file was created with its mode, less what the umask took.
-            let mode = file_mode(entry.mode);
+            let mode = file_mode(entry.mode());
             if UMASK.is_none_or(|umask| mode & umask != 0) {
                 file.set_permissions(fs::Permissions::from_mode(mode))?;
             }

@@ -5,15 +5,7 @@ use super::*;
 use std::os::unix::fs::PermissionsExt;
 
 fn link(target: &Path) -> Entry {
-    Entry {
-        kind: Kind::Symlink {
-            target: Box::new(target.into()),
-        },
-        size: 0,
-        mtime: Mtime { secs: 0, nanos: 0 },
-        mode: 0o777,
-        meta: Meta::default(),
-    }
+    Entry::symlink(target.into(), Mtime::at(0), 0o777)
 }
 
 #[test]
@@ -74,8 +66,8 @@ fn a_scan_reads_each_entrys_own_attributes_in_every_folder() {
     let tree = replica.scan(&Scope::Full, &Filter::default()).unwrap();
     let mut digests = std::collections::HashSet::new();
     for (rel, _) in files {
-        let scanned = tree[Path::new(rel)].meta.xattrs;
-        let alone = replica.stat(Path::new(rel)).unwrap().unwrap().meta.xattrs;
+        let scanned = tree[Path::new(rel)].meta().xattrs;
+        let alone = replica.stat(Path::new(rel)).unwrap().unwrap().meta().xattrs;
         assert!(scanned.is_some(), "{rel} has an attribute");
         assert_eq!(
             scanned, alone,
@@ -146,13 +138,7 @@ fn folders_nested_as_deep_as_paths_go_are_scanned_without_overflowing() {
 
 /// Receives `content` as `rel` and commits it: it waits with its batch to go into place.
 fn receive(replica: &LocalEndpoint, rel: &str, content: &[u8]) -> Result<u64> {
-    let entry = Entry {
-        kind: Kind::File,
-        size: content.len() as u64,
-        mtime: Mtime { secs: 0, nanos: 0 },
-        mode: 0o644,
-        meta: Meta::default(),
-    };
+    let entry = Entry::file(content.len() as u64, Mtime::at(0), 0o644);
     let incoming = Incoming {
         entry: &entry,
         block_size: None,

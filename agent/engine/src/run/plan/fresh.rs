@@ -194,16 +194,10 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::tree::{Kind, Mtime};
+    use crate::tree::Mtime;
 
-    fn entry(kind: Kind) -> Entry {
-        Entry {
-            kind,
-            size: 1,
-            mtime: Mtime { secs: 1, nanos: 0 },
-            mode: 0o644,
-            meta: Default::default(),
-        }
+    fn file(size: u64) -> Entry {
+        Entry::file(size, Mtime::at(1), 0o644)
     }
 
     #[test]
@@ -211,15 +205,15 @@ mod tests {
         let names = ["a", "a/new", "a/old", "b", "c", "c/deep/new", "d"];
         let source: Tree = (names.iter())
             .map(|n| {
-                let kind = if n.contains('.') || n.contains("new") {
-                    Kind::File
+                let entry = if n.contains('.') || n.contains("new") {
+                    file(1)
                 } else {
-                    Kind::Dir
+                    Entry::dir(Mtime::at(1), 0o644)
                 };
-                (PathBuf::from(n), entry(kind))
+                (PathBuf::from(n), entry)
             })
             .collect();
-        let folder = entry(Kind::Dir);
+        let folder = Entry::dir(Mtime::at(1), 0o644);
         let mut fresh = Fresh::new(1, &source);
         for path in ["a/new", "c/deep/new", "d"] {
             fresh.insert(source.position(Path::new(path)).unwrap());
@@ -273,15 +267,7 @@ mod tests {
     fn fresh_copies_taken_out_are_actions_and_no_longer_fresh() {
         let source: Tree = (["x", "y", "z"].iter())
             .enumerate()
-            .map(|(i, n)| {
-                (
-                    PathBuf::from(n),
-                    Entry {
-                        size: i as u64,
-                        ..entry(Kind::File)
-                    },
-                )
-            })
+            .map(|(i, n)| (PathBuf::from(n), file(i as u64)))
             .collect();
         let mut fresh = Fresh::new(2, &source);
         (0..3).for_each(|i| fresh.insert(i));

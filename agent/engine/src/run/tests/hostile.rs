@@ -201,20 +201,10 @@ impl Endpoint for Forged {
 fn a_source_scan_listing_a_file_under_a_symlink_is_refused() {
     let fx = Fixture::new(2);
     let elsewhere = TempDir::new().unwrap();
-    let entry = |kind| Entry {
-        kind,
-        size: 24,
-        mtime: Mtime { secs: 1, nanos: 0 },
-        mode: 0o644,
-        meta: Meta::default(),
-    };
     let target = elsewhere.path().to_path_buf();
-    let symlink = Kind::Symlink {
-        target: Box::new(target),
-    };
     let forged = vec![
-        ("a".into(), entry(symlink)),
-        ("a/pwned".into(), entry(Kind::File)),
+        ("a".into(), Entry::symlink(target, Mtime::at(1), 0o644)),
+        ("a/pwned".into(), Entry::file(24, Mtime::at(1), 0o644)),
     ];
     let spec = JobSpec {
         source: Arc::new(Forged {
@@ -267,10 +257,8 @@ fn a_destination_scan_naming_a_path_twice_cannot_make_a_mirror_delete_it() {
     let alike = real.stat(Path::new("kept.txt")).unwrap().unwrap();
     // Found alike at both, then again as something else: whichever a run believes, the
     // path is at the destination, and a mirror has no cause to delete it.
-    let other = Entry {
-        size: 1,
-        ..alike.clone()
-    };
+    let mut other = alike.clone();
+    other.size = 1;
     let spec = JobSpec {
         destinations: vec![Arc::new(Forged {
             real,
@@ -289,13 +277,7 @@ fn a_destination_scan_naming_a_path_twice_cannot_make_a_mirror_delete_it() {
 #[test]
 fn a_scan_that_breaks_midway_fails_the_run_without_the_other_waiting_for_it() {
     let fx = Fixture::new(2);
-    let file = Entry {
-        kind: Kind::File,
-        size: 1,
-        mtime: Mtime { secs: 1, nanos: 0 },
-        mode: 0o644,
-        meta: Meta::default(),
-    };
+    let file = Entry::file(1, Mtime::at(1), 0o644);
     // Enough for the source's scan to run far ahead of the destination's and wait for it.
     let many: Vec<(PathBuf, Entry)> = (0..40_000)
         .map(|i| (format!("f{i:05}").into(), file.clone()))

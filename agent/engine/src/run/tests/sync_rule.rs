@@ -175,16 +175,7 @@ fn a_file_saved_while_its_new_version_is_written_is_not_overwritten() {
     let replica = LocalEndpoint::new(&fx.roots[0]);
     let doc = Path::new("doc.txt");
     let content = b"the other replica's version".to_vec();
-    let entry = Entry {
-        kind: Kind::File,
-        size: content.len() as u64,
-        mtime: Mtime {
-            secs: 2_000_000_000,
-            nanos: 0,
-        },
-        mode: 0o644,
-        meta: Meta::default(),
-    };
+    let entry = Entry::file(content.len() as u64, Mtime::at(2_000_000_000), 0o644);
     let sent = Encoded {
         size: entry.size,
         hash: blake3::hash(&content),
@@ -266,7 +257,7 @@ fn a_second_conflict_within_the_same_second_keeps_both_losing_versions() {
 
 #[test]
 fn a_conflict_copy_never_takes_a_users_file_or_an_overlong_name() {
-    let mtime = Mtime { secs: 0, nanos: 0 };
+    let mtime = Mtime::at(0);
     let plain = free_conflict_name(Path::new("r.txt"), mtime, 1, |_| false);
     let taken = |p: &Path| p == plain;
     let other = free_conflict_name(Path::new("r.txt"), mtime, 1, taken);
