@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -43,24 +44,37 @@ pub fn state_name(job: &str) -> String {
     format!("sync-{safe}.json")
 }
 
+/// The base of `job` kept in `replica`, read as it comes: never whole in memory beside the tree.
 pub fn load(replica: &dyn Endpoint, job: &str) -> Result<Tree, BaseError> {
     let name = state_name(job);
-    let Some(bytes) = replica.read_state(&name)? else {
+    let Some(reader) = replica.read_state(&name)? else {
         return Ok(Tree::new());
     };
-    let Keyed(base) = serde_json::from_slice(&bytes).map_err(|source| BaseError::Damaged {
-        name: name.clone(),
-        replica: replica.display(),
-        source,
+    let reader = io::BufReader::with_capacity(STREAMED, reader);
+    let Keyed(base) = serde_json::from_reader(reader).map_err(|source| match source.is_io() {
+        true => {
+            let path = format!("{}/.ferry/{name}", replica.display());
+            BaseError::Io(EndpointError::carried("read state", path, source.into()))
+        }
+        false => BaseError::Damaged {
+            name: name.clone(),
+            replica: replica.display(),
+            source,
+        },
     })?;
     Ok(base)
 }
 
+/// Keeps `base` as the base of `job` in `replica`, written as it is serialised.
 pub fn save(replica: &dyn Endpoint, job: &str, base: &Tree) -> Result<(), BaseError> {
-    let bytes = serde_json::to_vec(&Keyed(base)).expect("string keys always serialise");
-    replica.write_state(&state_name(job), &bytes)?;
+    replica.write_state(&state_name(job), &mut |out| {
+        serde_json::to_writer(out, &Keyed(base)).map_err(io::Error::from)
+    })?;
     Ok(())
 }
+
+/// How much of a state file is read at a time.
+const STREAMED: usize = 1 << 20;
 
 /// A base as its state file holds it: one JSON object from each path's key (see [`key_of`]) to
 /// its entry, read and written an entry at a time. Gathered into a map first, a million-file
@@ -204,16 +218,22 @@ mod tests {
         let loaded = load(&replica, "job").unwrap();
         assert!(loaded.iter().eq(base.iter()));
 
-        let in_text_order: serde_json::Value =
-            serde_json::from_slice(&replica.read_state(&state_name("job")).unwrap().unwrap())
-                .unwrap();
+        let in_text_order: serde_json::Value = serde_json::from_slice(
+            &replica
+                .read_state_bytes(&state_name("job"))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         let text = serde_json::to_vec(&in_text_order).unwrap();
         let written = String::from_utf8_lossy(&text);
         assert!(
             written.find("\"a b\"") < written.find("\"a/b\""),
             "{written}"
         );
-        replica.write_state(&state_name("job"), &text).unwrap();
+        replica
+            .write_state_bytes(&state_name("job"), &text)
+            .unwrap();
         assert!(load(&replica, "job").unwrap().iter().eq(base.iter()));
     }
 
@@ -228,7 +248,7 @@ mod tests {
         for path in ["d/".repeat(9 << 20), "../outside".into(), "/etc".into()] {
             let forged = format!("{{\"{path}\":{entry}}}");
             replica
-                .write_state(&state_name("job"), forged.as_bytes())
+                .write_state_bytes(&state_name("job"), forged.as_bytes())
                 .unwrap();
             let loaded = load(&replica, "job");
             assert!(
@@ -236,5 +256,27 @@ mod tests {
                 "{loaded:?}"
             );
         }
+    }
+
+    /// A state file is written as it is produced: one whose producing fails midway (a disk
+    /// full, a broken connection) is not put in place, and the one before stays whole.
+    #[test]
+    fn a_state_file_whose_writing_fails_leaves_the_one_before() {
+        let folder = tempfile::tempdir().unwrap();
+        let replica = crate::endpoint::LocalEndpoint::new(folder.path());
+        replica.prepare(false, None).unwrap();
+        replica.write_state_bytes("s", b"the one before").unwrap();
+        let failed = replica.write_state("s", &mut |out| {
+            out.write_all(&[b'x'; 3 << 20])?;
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"))
+        });
+        let error = failed.unwrap_err();
+        assert_eq!(error.source.kind(), io::ErrorKind::StorageFull, "{error}");
+        let kept = replica.read_state_bytes("s").unwrap().unwrap();
+        assert_eq!(kept, b"the one before");
+        let beside = std::fs::read_dir(folder.path().join(".ferry"))
+            .unwrap()
+            .count();
+        assert_eq!(beside, 1, "no temporary file is left");
     }
 }

@@ -20,11 +20,17 @@ use ferry_engine::{Event, Guards, Rule, Summary};
 use crate::frame::{Attached, Framed};
 
 /// The newest protocol this build speaks. Bumped when a message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 /// The first protocol whose `Duplicate` takes a `check` (an older agent would ignore it).
 pub const CHECKED_MOVES: u32 = 12;
 /// The first protocol with `ChangesSince`: an older agent keeps no change journal.
 pub const JOURNALS: u32 = 13;
+/// The first protocol with `ReadStatePart` and `WriteStatePart`: an older agent reads and
+/// writes a state file in one frame, so a sync job's base over 8 MiB (about 60,000 files)
+/// cannot be kept there.
+pub const STATE_PARTS: u32 = 14;
+/// The most of a state file one `ReadStatePart` or `WriteStatePart` carries.
+pub const STATE_PART: usize = 4 << 20;
 /// The oldest protocol this build still speaks: a peer one release behind works with it, so
 /// agents and schedulers can be upgraded one machine at a time. Older peers are refused by
 /// number.
@@ -323,6 +329,22 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// At most [`STATE_PART`] bytes of state `name` from byte `from`: answered by `StatePart`
+    /// (protocol 14).
+    ReadStatePart {
+        name: String,
+        from: u64,
+    },
+    /// The bytes of state `name` from byte `from`, each part answered by `Done` (protocol 14).
+    /// A part from 0 begins the file anew; the `last` puts it in place, durable, replacing the
+    /// one before; until then that one stays, and parts whose session ends go nowhere.
+    WriteStatePart {
+        name: String,
+        from: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        last: bool,
+    },
     /// Runs a job whose source is on this agent; answered by `Progress` frames, then `RunDone`
     /// or `Failed`. While it runs the client sends `KeepAlive` (or `Cancel`); a run whose
     /// keep-alive lapses, or whose client disconnects, stops before its next write.
@@ -346,6 +368,61 @@ pub enum Request {
 }
 
 impl Request {
+    /// About the bytes this request adds to a frame, counting what grows with the files it
+    /// names: their data, paths, links' targets and attributes. What keeps a `Batch` of many,
+    /// sent without waiting, under a frame's size: 4,096 requests of 64 bytes each, as small
+    /// files' writes are, or far fewer that name paths of 4 KiB.
+    pub fn weight(&self) -> usize {
+        let path = |p: &PathBuf| p.as_os_str().len();
+        let entry = |e: &Entry| e.target().map_or(0, |t| t.as_os_str().len());
+        let expected = |e: &Option<Expected>| {
+            let seen = e.as_ref().and_then(|e| e.entry.as_ref());
+            seen.map_or(0, entry)
+        };
+        let xattrs = |x: &Option<Xattrs>| {
+            let each = |x: &ferry_engine::meta::Xattr| x.name.len() + x.value.len();
+            x.iter().flatten().map(each).sum::<usize>()
+        };
+        let grows = match self {
+            Request::Data { ops } => ops.iter().map(|op| op.literal_len() + 8).sum(),
+            Request::WriteFile {
+                path: p,
+                entry: e,
+                expected: x,
+                xattrs: a,
+                ..
+            } => path(p) + entry(e) + expected(x) + xattrs(a),
+            Request::MakeDir {
+                path: p,
+                entry: e,
+                expected: x,
+            }
+            | Request::Remove {
+                path: p,
+                entry: e,
+                expected: x,
+            } => path(p) + entry(e) + expected(x),
+            Request::SetMeta {
+                path: p,
+                entry: e,
+                xattrs: a,
+                ..
+            } => path(p) + entry(e) + xattrs(a),
+            Request::MakeSymlink { path: p, entry: e }
+            | Request::MakeSpecial { path: p, entry: e } => path(p) + entry(e),
+            Request::Rename { from, to } | Request::Duplicate { from, to, .. } => {
+                path(from) + path(to)
+            }
+            Request::Stat { path: p }
+            | Request::Signature { path: p }
+            | Request::SetMtime { path: p, .. }
+            | Request::Hash { path: p }
+            | Request::ReadXattrs { path: p } => path(p),
+            _ => 0,
+        };
+        64 + grows
+    }
+
     /// Whether this request changes files, and so must carry a current fence.
     pub fn writes(&self) -> bool {
         matches!(
@@ -361,6 +438,7 @@ impl Request {
                 | Request::SetMeta { .. }
                 | Request::Duplicate { .. }
                 | Request::WriteState { .. }
+                | Request::WriteStatePart { .. }
                 | Request::RunJob { .. }
         )
     }
@@ -443,6 +521,11 @@ pub enum Response {
     Accounts(Accounts),
     Hash(#[serde(with = "serde_bytes")] Vec<u8>),
     State(Option<serde_bytes::ByteBuf>),
+    /// Part of a state file, and the whole file's size; `bytes: None` when there is none.
+    StatePart {
+        bytes: Option<serde_bytes::ByteBuf>,
+        size: u64,
+    },
     /// Where the open folder's change journal stands (`None`: it keeps none) and the paths
     /// changed since the mark asked about (`None`: it cannot tell; scan everything).
     Journal {

@@ -14,7 +14,7 @@ use rustix::fs::FileType;
 
 use super::{
     Capabilities, EachEntry, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck,
-    Result, Scope,
+    Result, Scope, WriteState,
 };
 use crate::beneath::{self, Folder, Found, Root};
 use crate::delta::{self, Encoded, Op, Rebuild, Signature};
@@ -360,6 +360,12 @@ impl LocalEndpoint {
         Path::new(STATE_DIR).join(name)
     }
 
+    /// ferry's state file `name` for this replica, open for reading (see
+    /// [`Endpoint::read_state`]).
+    pub fn state_file(&self, name: &str) -> Result<Option<File>> {
+        self.open_file(&Self::state_path(name))
+    }
+
     /// Puts a copy of the file at `from` under a temporary name beside `to`.
     fn copy_beside(&self, root: &Root, from: &Path, to: &Path) -> Result<PathBuf> {
         let linked = self.create_beside(root, to, |temp| root.hard_link(from, temp));
@@ -627,37 +633,63 @@ impl Endpoint for LocalEndpoint {
         Ok(hasher.finalize())
     }
 
-    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let rel = Self::state_path(name);
-        let Some(mut file) = self.open_file(&rel)? else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut file, &mut bytes).map_err(self.err("read state", &rel))?;
-        Ok(Some(bytes))
+    fn read_state(&self, name: &str) -> Result<Option<Box<dyn io::Read + '_>>> {
+        let file = self.state_file(name)?;
+        Ok(file.map(|file| Box::new(file) as Box<dyn io::Read>))
     }
 
     fn publish_committed(&self) -> Vec<(PathBuf, EndpointError)> {
         self.batches().publish_all()
     }
 
-    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    fn write_state(&self, name: &str, produce: &mut WriteState) -> Result<()> {
         let rel = Self::state_path(name);
-        let entry = Entry::file(bytes.len() as u64, now_mtime(), 0o600);
+        let entry = Entry::file(0, now_mtime(), 0o600);
         let incoming = Incoming {
             entry: &entry,
             block_size: None,
             expected: None,
             xattrs: None,
         };
-        let mut sink = self.receive(&rel, &incoming)?;
-        sink.write(Op::Literal(bytes.to_vec()))?;
+        let mut out = StateOut {
+            sink: self.receive(&rel, &incoming)?,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        };
+        let mut buffered = io::BufWriter::with_capacity(1 << 20, &mut out);
+        let produced = produce(&mut buffered).and_then(|()| io::Write::flush(&mut buffered));
+        drop(buffered);
+        produced.map_err(|e| {
+            EndpointError::carried("write state", self.full(&rel).display().to_string(), e)
+        })?;
         let sent = Encoded {
-            size: bytes.len() as u64,
-            hash: blake3::hash(bytes),
+            size: out.size,
+            hash: out.hasher.finalize(),
         };
         // Durable and in place at once: what it records is already in place.
-        sink.finish(&sent, true)?.publish().map(drop)
+        out.sink.finish(&sent, true)?.publish().map(drop)
+    }
+}
+
+/// A state file as it is written: into its sink, hashed on the way for the sink's check.
+struct StateOut<'a> {
+    sink: LocalSink<'a>,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl io::Write for StateOut<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        self.sink
+            .write(Op::Literal(bytes.to_vec()))
+            .map_err(io::Error::other)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

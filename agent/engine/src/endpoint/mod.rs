@@ -81,7 +81,20 @@ impl EndpointError {
     pub fn is_bad_delta(&self) -> bool {
         self.failure == Failure::BadDelta
     }
+
+    /// The error `e` carries when a replica's reader or writer passed one through (so a lost
+    /// lease still reads as one), or a new one for `op` on `path`.
+    pub fn carried(op: &'static str, path: impl Into<String>, e: io::Error) -> Self {
+        match e.get_ref().is_some_and(|inner| inner.is::<EndpointError>()) {
+            true => *(e.into_inner().and_then(|inner| inner.downcast().ok()))
+                .expect("checked to be an endpoint's error"),
+            false => Self::new(op, path, e),
+        }
+    }
 }
+
+/// Produces a state file's bytes into the writer it is given (see [`Endpoint::write_state`]).
+pub type WriteState<'a> = dyn FnMut(&mut dyn io::Write) -> io::Result<()> + 'a;
 
 /// Which part of a replica a scan covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,14 +202,32 @@ pub trait Endpoint: Send + Sync {
     /// The numbers this replica's machine gives the users and groups so named, those it knows.
     fn account_ids(&self, users: &[String], groups: &[String]) -> Result<Accounts>;
     fn hash(&self, rel: &Path) -> Result<blake3::Hash>;
-    /// ferry's own state for this replica (a sync job's last agreed tree), by name.
-    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// ferry's own state for this replica (a sync job's last agreed tree), by name, read as it
+    /// is used: a million-file job's is over a hundred megabytes.
+    fn read_state(&self, name: &str) -> Result<Option<Box<dyn io::Read + '_>>>;
+    /// State `name` whole, for the small ones.
+    fn read_state_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut reader) = self.read_state(name)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| EndpointError::carried("read state", self.display() + "/" + name, e))?;
+        Ok(Some(bytes))
+    }
     /// Puts in place every file committed but not yet there (a local replica makes a batch
     /// of them durable with one flush): those that failed after all. The engine calls it
     /// when it settles, before anything that needs the files in place. Required, so that no
     /// wrapper of a replica forgets to pass it on: its files would never be put in place.
     fn publish_committed(&self) -> Vec<(PathBuf, EndpointError)>;
-    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Writes state `name` as `produce` writes it: in place and durable once it returns, or
+    /// not at all, the state before it kept whole.
+    fn write_state(&self, name: &str, produce: &mut WriteState) -> Result<()>;
+    /// Writes state `name` whole, for the small ones.
+    fn write_state_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_state(name, &mut |out| out.write_all(bytes))
+    }
     /// Bytes this replica has moved over the network so far (0 for a local folder).
     fn wire_bytes(&self) -> u64 {
         0

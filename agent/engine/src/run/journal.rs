@@ -119,14 +119,14 @@ impl Consulted {
             self.now.checked_at = now_secs();
         }
         let bytes = serde_json::to_vec(&self.now).expect("marks always serialise");
-        if let Err(e) = source.write_state(&state_name(job), &bytes) {
+        if let Err(e) = source.write_state_bytes(&state_name(job), &bytes) {
             tracing::debug!(job, error = %e, "could not keep the change journal's marks");
         }
     }
 }
 
 fn load(source: &dyn Endpoint, job: &str) -> Option<Marks> {
-    let bytes = source.read_state(&state_name(job)).ok()??;
+    let bytes = source.read_state_bytes(&state_name(job)).ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 

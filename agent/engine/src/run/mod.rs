@@ -234,14 +234,20 @@ pub fn run(
     let wire_before: u64 = replicas.iter().map(|r| r.wire_bytes()).sum();
     let job = || spec.name.clone();
     let base_err = |source| EngineError::Base { job: job(), source };
-    let mut base = match spec.rule {
-        Rule::Sync => base::load(replicas[0], &spec.name).map_err(base_err)?,
-        Rule::Mirror | Rule::Copy => Tree::new(),
+    let (mut base, ready) = match spec.rule {
+        Rule::Sync => {
+            // The base is in the source, read through it once it is prepared (a remote one
+            // has no session before).
+            prepare_replicas(spec, &replicas[..1], halt, Missing::Create(|_| false), 0)?;
+            (base::load(replicas[0], &spec.name).map_err(base_err)?, 1)
+        }
+        Rule::Mirror | Rule::Copy => (Tree::new(), 0),
     };
     // A sync replica that vanished (an unmounted disk) must not read as "everything deleted":
     // its root is only created on the first run, before anything was agreed.
     let create_missing = |i: usize| i > 0 && base.is_empty();
-    let present = prepare_replicas(spec, &replicas, halt, Missing::Create(create_missing))?;
+    let missing = Missing::Create(create_missing);
+    let present = prepare_replicas(spec, &replicas, halt, missing, ready)?;
     let journal = (spec.full_scan_every)
         .filter(|_| scope == Scope::Full)
         .and_then(|every| journal::consult(spec, &replicas, every));
@@ -331,14 +337,19 @@ enum Missing<F> {
 /// Prepares every replica at the same time (a remote one mostly waits on its agent); which
 /// are there to scan (a preview takes a missing destination as empty). The source's failure
 /// or a destination's fails the run.
+/// Prepares `replicas` but the first `ready` ones, prepared before.
 fn prepare_replicas<F: Fn(usize) -> bool + Copy + Send + Sync>(
     spec: &JobSpec,
     replicas: &[&dyn Endpoint],
     halt: &Halt,
     missing: Missing<F>,
+    ready: usize,
 ) -> Result<Vec<bool>, EngineError> {
     on_each(spec, replicas, |i, replica| {
         let fence = halt.presented_fence();
+        if i < ready {
+            return Ok(true);
+        }
         match missing {
             Missing::Create(create) => replica.prepare(create(i), fence.as_ref()).map(|()| true),
             Missing::Empty => match replica.prepare(false, fence.as_ref()) {
@@ -728,7 +739,7 @@ fn mark_replicas(replicas: &[&dyn Endpoint], holds_files: &[bool]) {
         .filter(|(_, holds)| **holds)
     {
         if !matches!(replica.read_state(MARKER), Ok(Some(_)))
-            && let Err(e) = replica.write_state(MARKER, b"ferry synced this folder\n")
+            && let Err(e) = replica.write_state_bytes(MARKER, b"ferry synced this folder\n")
         {
             tracing::debug!(replica = replica.display(), error = %e, "could not mark replica");
         }

@@ -40,7 +40,7 @@ pub fn preview(spec: &JobSpec, halt: &Halt) -> Result<Vec<Planned>, EngineError>
         .chain(spec.destinations.iter().map(|d| d.as_ref()))
         .collect();
     let missing = Missing::<fn(usize) -> bool>::Empty;
-    let present = prepare_replicas(spec, &replicas, halt, missing)?;
+    let present = prepare_replicas(spec, &replicas, halt, missing, 0)?;
     let mut trees = scan_prepared(spec, &replicas, &present, &Scope::Full)?;
     let mut ignore = |_| {};
     let keep_specials = spec.guards.keep.specials;

@@ -314,6 +314,11 @@ async fn planted_symlinks_lead_nowhere_outside_the_root() {
         name: "leak".into(),
     })
     .await;
+    call(Request::ReadStatePart {
+        name: "leak".into(),
+        from: 0,
+    })
+    .await;
     // MakeDir over a link to a folder: would chmod the folder outside.
     call(make_symlink("door", outside.path())).await;
     call(make_dir("door", 0o7777)).await;
@@ -567,4 +572,60 @@ async fn a_run_pushes_only_to_the_agents_this_one_lists_as_peers() {
         refusal.message.contains("not among this agent's peers"),
         "{answer:?}"
     );
+}
+
+/// A state file written in parts lands whole or not at all: parts out of order, or a session
+/// that ends before the last part, leave the state before in place and nothing beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_written_in_parts_lands_whole_or_not_at_all() {
+    let agent = TestAgent::new();
+    let state = agent.root.path().join(".ferry/sync-docs.json");
+    let part = |from: u64, bytes: &[u8], last: bool| Request::WriteStatePart {
+        name: "sync-docs.json".into(),
+        from,
+        bytes: bytes.to_vec(),
+        last,
+    };
+    let (mut s1, _served) = agent.client().await;
+    for request in [part(0, b"the ", false), part(4, b"one before", true)] {
+        assert_eq!(s1.call(&request).await.unwrap(), Response::Done);
+    }
+    assert_eq!(std::fs::read(&state).unwrap(), b"the one before");
+
+    // A part that skips bytes, and one of a write never begun, are refused.
+    assert_eq!(
+        s1.call(&part(0, b"half", false)).await.unwrap(),
+        Response::Done
+    );
+    for late in [part(9, b"gap", true), part(4, b" after", true)] {
+        let refused = s1.call(&late).await.unwrap();
+        assert!(matches!(refused, Response::Failed(_)), "{refused:?}");
+    }
+    // A session that ends before its last part.
+    assert_eq!(
+        s1.call(&part(0, b"cut off", false)).await.unwrap(),
+        Response::Done
+    );
+    drop(s1);
+    let (mut s2, _served) = agent.client().await;
+    let asked = Request::ReadStatePart {
+        name: "sync-docs.json".into(),
+        from: 4,
+    };
+    let read = s2.call(&asked).await.unwrap();
+    let Response::StatePart {
+        bytes: Some(rest),
+        size: 14,
+    } = read
+    else {
+        panic!("{read:?}");
+    };
+    assert_eq!(rest.as_slice(), b"one before");
+    // Give the abandoned writer a moment to remove its temporary file.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let beside: Vec<_> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["sync-docs.json"], "nothing left beside the state");
 }

@@ -15,8 +15,11 @@ use ferry_wire::protocol::{DataOp, ErrorKind, MAX_BATCH, Response};
 
 use super::{Session, failure, wire_failure};
 
-/// Entries per `Scanned` frame: keeps frames far below the size limit on any tree.
+/// Entries per `Scanned` frame at most.
 const SCAN_BATCH: usize = 4096;
+/// Bytes of paths (and links' targets) per `Scanned` frame at most: with [`SCAN_BATCH`], a
+/// frame stays far below the size limit whatever the paths (up to 4 KiB each).
+const SCAN_BATCH_BYTES: usize = 1 << 20;
 /// File data an agent sends in one frame when it serves a file (as `BATCH_BYTES` for a client).
 const READ_BATCH_BYTES: usize = 1024 * 1024;
 
@@ -43,14 +46,18 @@ impl Session<'_> {
         let (tx, mut rx) = mpsc::channel::<Vec<(PathBuf, Entry)>>(2);
         let walker = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(SCAN_BATCH);
+            let mut batch_bytes = 0;
             let closed = || {
                 let gone = io::Error::other("the connection closed");
                 EndpointError::new("scan", replica.display(), gone)
             };
             replica.scan_each(&scope, &filter, &mut |path, entry| {
+                let target = entry.target().map_or(0, |t| t.as_os_str().len());
+                batch_bytes += path.as_os_str().len() + target;
                 batch.push((path.to_path_buf(), entry));
-                if batch.len() == SCAN_BATCH {
+                if batch.len() == SCAN_BATCH || batch_bytes >= SCAN_BATCH_BYTES {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                    batch_bytes = 0;
                     tx.blocking_send(full).map_err(|_| closed())?;
                 }
                 Ok(())

@@ -37,6 +37,7 @@ use staging::Stager;
 mod files;
 mod run_job;
 mod staging;
+mod state;
 mod watch;
 
 #[cfg(test)]
@@ -57,6 +58,7 @@ struct Session<'a> {
     /// What the peer may do in the open folder.
     rights: Rights,
     stager: Stager,
+    states: state::StateWrites,
     /// The rest of a `Batch` frame, served before the next frame is read.
     queued: VecDeque<Request>,
     /// Turns true when the agent stops: the session ends before its next request.
@@ -89,6 +91,7 @@ pub async fn run(
         replica: None,
         rights: Rights::default(),
         stager: Stager::default(),
+        states: state::StateWrites::default(),
         queued: VecDeque::new(),
         stop,
     };
@@ -371,11 +374,20 @@ impl Session<'_> {
                 .hash(&path)
                 .map(|h| Response::Hash(h.as_bytes().to_vec())),
             Request::ReadState { name } => replica
-                .read_state(&state_name(&name)?)
+                .read_state_bytes(&state_name(&name)?)
                 .map(|b| Response::State(b.map(serde_bytes::ByteBuf::from))),
-            Request::WriteState { name, bytes } => {
-                replica.write_state(&state_name(&name)?, &bytes).map(done)
+            Request::WriteState { name, bytes } => replica
+                .write_state_bytes(&state_name(&name)?, &bytes)
+                .map(done),
+            Request::ReadStatePart { name, from } => {
+                state::read_part(&replica, &state_name(&name)?, from)
             }
+            Request::WriteStatePart {
+                name,
+                from,
+                bytes,
+                last,
+            } => (self.states).write_part(&replica, state_name(&name)?, from, bytes, last),
             Request::ChangesSince { mark } => {
                 replica
                     .changes_since(mark.as_ref())

@@ -445,3 +445,92 @@ async fn a_scan_streamed_in_frames_lists_what_the_folder_holds() {
     assert_eq!(listed.len(), 4_503, "three folders and their files");
     assert_eq!(listed, here.scan(&Scope::Full, &Filter::default()).unwrap());
 }
+
+/// A sync job whose source is on an agent, run where the scheduler is, keeps its base in the
+/// source's `.ferry` folder through the session. Past 60,000 files the base is larger than a
+/// frame: it travels in parts (protocol 14), and the next run reads it back, which is how it
+/// knows that a file missing at the destination was deleted there and is not new at the
+/// source. Here the paths are long, so 2,200 files make a base of over 8 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_base_larger_than_a_frame_is_kept_on_the_agent_and_read_back() {
+    let agent = Arc::new(TestAgent::new());
+    let deep: std::path::PathBuf = (0..15).map(|i| format!("{i:0>250}")).collect();
+    std::fs::create_dir_all(agent.root.path().join(&deep)).unwrap();
+    let names: Vec<_> = (0..2_200)
+        .map(|i| deep.join(format!("{i:0>200}")))
+        .collect();
+    for name in &names {
+        std::fs::write(agent.root.path().join(name), "x").unwrap();
+    }
+    let destination = tempfile::tempdir().unwrap();
+    let spec = ferry_engine::JobSpec {
+        name: "docs".into(),
+        rule: ferry_engine::Rule::Sync,
+        source: Arc::new(remote_endpoint(&agent)),
+        destinations: vec![Arc::new(LocalEndpoint::new(destination.path()))],
+        filter: Filter::default(),
+        guards: Default::default(),
+        full_scan_every: None,
+    };
+    let run = |spec: ferry_engine::JobSpec| {
+        ferry_wire::blocking::spawn(move || {
+            let halt = ferry_engine::Halt::fenced(lease());
+            ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
+        })
+    };
+    let first = run(spec.clone()).await.unwrap().unwrap();
+    assert_eq!(first.files_copied, 2_200, "{:?}", first.first_failure);
+    let base = agent.root.path().join(".ferry/sync-docs.json");
+    let size = std::fs::metadata(&base).unwrap().len();
+    assert!(size > frame::MAX_FRAME as u64, "the base is {size} bytes");
+
+    std::fs::remove_file(destination.path().join(&names[7])).unwrap();
+    let second = run(spec).await.unwrap().unwrap();
+    assert_eq!(second.failures, 0, "{:?}", second.first_failure);
+    assert_eq!((second.files_copied, second.files_deleted), (0, 1));
+    assert!(
+        !agent.root.path().join(&names[7]).exists(),
+        "deleted at the source too"
+    );
+}
+
+/// Paths of 4 KiB, the longest a scan lists, sent to an agent: requests sent without waiting
+/// go in frames sized by what they carry, not by their count alone, so none is over the limit
+/// (2,200 removals of such paths are 9 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_with_the_longest_paths_are_mirrored_to_an_agent_and_removed_there() {
+    let agent = Arc::new(TestAgent::new());
+    let source = tempfile::tempdir().unwrap();
+    let deep: std::path::PathBuf = (0..15).map(|i| format!("{i:0>250}")).collect();
+    std::fs::create_dir_all(source.path().join(&deep)).unwrap();
+    for i in 0..2_200 {
+        std::fs::write(source.path().join(deep.join(format!("{i:0>200}"))), "x").unwrap();
+    }
+    let spec = ferry_engine::JobSpec {
+        name: "docs".into(),
+        rule: ferry_engine::Rule::Mirror,
+        source: Arc::new(LocalEndpoint::new(source.path())),
+        destinations: vec![Arc::new(remote_endpoint(&agent))],
+        filter: Filter::default(),
+        guards: Default::default(),
+        full_scan_every: None,
+    };
+    let run = |spec: ferry_engine::JobSpec| {
+        ferry_wire::blocking::spawn(move || {
+            let halt = ferry_engine::Halt::fenced(lease());
+            ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
+        })
+    };
+    let copied = run(spec.clone()).await.unwrap().unwrap();
+    assert_eq!(copied.failures, 0, "{:?}", copied.first_failure);
+    assert_eq!(copied.files_copied, 2_200);
+    let there = agent.root.path().join(&deep);
+    assert_eq!(std::fs::read_dir(&there).unwrap().count(), 2_200);
+
+    std::fs::remove_dir_all(source.path().join(&deep)).unwrap();
+    std::fs::create_dir_all(source.path().join(&deep)).unwrap();
+    let removed = run(spec).await.unwrap().unwrap();
+    assert_eq!(removed.failures, 0, "{:?}", removed.first_failure);
+    assert_eq!(removed.files_deleted, 2_200);
+    assert_eq!(std::fs::read_dir(&there).unwrap().count(), 0);
+}

@@ -22,7 +22,7 @@ use crate::protocol::{CHECKED_MOVES, ErrorKind, Fence, JOURNALS, Request, Respon
 use ferry_engine::delta::{Encoded, Op, Signature};
 use ferry_engine::endpoint::{
     Capabilities, EachEntry, Endpoint, EndpointError, Failure, FileSink, Incoming, MoveCheck,
-    Pipeline, Result, Scope, Settled,
+    Pipeline, Result, Scope, Settled, WriteState,
 };
 use ferry_engine::filter::Filter;
 use ferry_engine::journal::{Journaled, Mark};
@@ -31,6 +31,7 @@ use ferry_engine::tree::{Entry, Expected, Mtime, is_listable};
 
 mod pipeline;
 mod sink;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -294,8 +295,7 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn changes_since(&self, mark: Option<&Mark>) -> Result<Journaled> {
-        let spoken = self.session().as_ref().map(|link| link.session.protocol);
-        if spoken.is_none_or(|version| version < JOURNALS) {
+        if !self.speaks(JOURNALS) {
             return Ok(Journaled::Unjournaled);
         }
         let root = Path::new("");
@@ -511,20 +511,12 @@ impl Endpoint for RemoteEndpoint {
         Vec::new()
     }
 
-    fn read_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let request = Request::ReadState { name: name.into() };
-        match self.call("read state", Path::new(name), request)? {
-            Response::State(bytes) => Ok(bytes.map(|b| b.into_vec())),
-            other => Err(self.unexpected("read state", Path::new(name), &other)),
-        }
+    fn read_state(&self, name: &str) -> Result<Option<Box<dyn io::Read + '_>>> {
+        self.read_state_from(name)
     }
 
-    fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let request = Request::WriteState {
-            name: name.into(),
-            bytes: bytes.to_vec(),
-        };
-        self.expect_done("write state", Path::new(name), request)
+    fn write_state(&self, name: &str, produce: &mut WriteState) -> Result<()> {
+        self.write_state_to(name, produce)
     }
 
     fn wire_bytes(&self) -> u64 {

@@ -16,6 +16,16 @@ use crate::protocol::{ErrorKind, Request, Response, WireError, brief};
 const BATCH_BYTES: usize = 256 * 1024;
 pub(super) const BATCH_OPS: usize = crate::protocol::MAX_BATCH;
 
+/// The most a request encodes to beyond its [`Request::weight`]: its fields and their names.
+/// A batch of [`BATCH_OPS`] such requests, the [`BATCH_BYTES`] their weights may reach and
+/// the one that passes it stay under a frame's size, which a receiver checks once the frame
+/// is decompressed.
+const UNWEIGHED: usize = 512;
+const _: () = assert!(
+    BATCH_OPS * UNWEIGHED + 2 * BATCH_BYTES < crate::frame::MAX_FRAME as usize,
+    "a full batch fits a frame"
+);
+
 /// Signatures asked for ahead of the run's need, at most: enough to cover a WAN's round trip
 /// with the files of a re-sync, few enough that unused ones cost little.
 const SIGNATURES_AHEAD: usize = 64;
@@ -106,10 +116,7 @@ impl Link {
     }
 
     pub(super) async fn send(&mut self, request: Request) -> std::result::Result<(), ClientError> {
-        let size = match &request {
-            Request::Data { ops } => ops.iter().map(|op| op.literal_len() + 8).sum(),
-            _ => 64,
-        };
+        let size = request.weight();
         if size >= BATCH_BYTES {
             self.flush().await?;
             return self.session.send(&request).await;
@@ -327,5 +334,77 @@ impl Link {
             answers.push(self.answer().await?);
         }
         Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use ferry_engine::meta::{Keep, Xattr};
+    use ferry_engine::tree::{Entry, Expected, Mtime};
+
+    use super::*;
+
+    /// Every request sent without waiting, with the longest path a scan lists, a link's
+    /// target as long, and attributes: none encodes to more than its weight and
+    /// [`UNWEIGHED`], so a batch never outgrows a frame.
+    #[test]
+    fn a_request_weighs_at_least_what_grows_in_it() {
+        let long = |c: char| PathBuf::from(c.to_string().repeat(4095));
+        let link = Entry::symlink(long('t'), Mtime::at(1), 0o777);
+        let expected = Some(Expected {
+            entry: Some(link.clone()),
+        });
+        let xattrs = Some(vec![Xattr {
+            name: b"user.dosattrib".to_vec(),
+            value: vec![7; 60_000],
+        }]);
+        let requests = [
+            Request::WriteFile {
+                path: long('p'),
+                entry: link.clone(),
+                block_size: Some(4096),
+                expected: expected.clone(),
+                xattrs: xattrs.clone(),
+            },
+            Request::MakeDir {
+                path: long('p'),
+                entry: link.clone(),
+                expected: expected.clone(),
+            },
+            Request::Remove {
+                path: long('p'),
+                entry: link.clone(),
+                expected,
+            },
+            Request::SetMeta {
+                path: long('p'),
+                entry: link.clone(),
+                xattrs,
+                keep: Keep::default(),
+            },
+            Request::MakeSymlink {
+                path: long('p'),
+                entry: link,
+            },
+            Request::Rename {
+                from: long('a'),
+                to: long('b'),
+            },
+            Request::SetMtime {
+                path: long('p'),
+                mtime: Mtime::at(1),
+            },
+        ];
+        for request in requests {
+            let encoded = rmp_serde::to_vec_named(&request).unwrap().len();
+            assert!(
+                encoded <= request.weight() + UNWEIGHED,
+                "{} encodes to {encoded} bytes, weighs {}",
+                brief(&request),
+                request.weight()
+            );
+        }
     }
 }

@@ -18,13 +18,13 @@ fn planted_links_lead_nowhere_outside_the_folder() {
     let replica = LocalEndpoint::beneath(share.path(), share.path());
     replica.prepare(false, None).unwrap();
     let _ = replica.make_symlink(Path::new("out"), &link(&outside.path().join("victim")));
-    let _ = replica.write_state("payload", b"written by the peer");
+    let _ = replica.write_state_bytes("payload", b"written by the peer");
     let _ = replica.duplicate(Path::new(".ferry/payload"), Path::new("out"), None);
     let _ = replica.make_symlink(
         Path::new(".ferry/leak"),
         &link(&outside.path().join("secret")),
     );
-    let leaked = replica.read_state("leak");
+    let leaked = replica.read_state_bytes("leak");
     let _ = replica.make_symlink(Path::new("door"), &link(outside.path()));
     let dir = Entry::folder(0o7777);
     let _ = replica.make_dir(Path::new("door"), &dir, None);

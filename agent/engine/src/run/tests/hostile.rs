@@ -189,11 +189,11 @@ impl Endpoint for Forged {
     fn publish_committed(&self) -> Vec<(PathBuf, endpoint::EndpointError)> {
         self.real.publish_committed()
     }
-    fn read_state(&self, name: &str) -> endpoint::Result<Option<Vec<u8>>> {
+    fn read_state(&self, name: &str) -> endpoint::Result<Option<Box<dyn std::io::Read + '_>>> {
         self.real.read_state(name)
     }
-    fn write_state(&self, name: &str, bytes: &[u8]) -> endpoint::Result<()> {
-        self.real.write_state(name, bytes)
+    fn write_state(&self, name: &str, produce: &mut endpoint::WriteState) -> endpoint::Result<()> {
+        self.real.write_state(name, produce)
     }
 }
 
