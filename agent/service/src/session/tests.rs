@@ -454,38 +454,18 @@ async fn a_scan_streamed_in_frames_lists_what_the_folder_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_base_larger_than_a_frame_is_kept_on_the_agent_and_read_back() {
     let agent = Arc::new(TestAgent::new());
-    let deep: std::path::PathBuf = (0..15).map(|i| format!("{i:0>250}")).collect();
-    std::fs::create_dir_all(agent.root.path().join(&deep)).unwrap();
-    let names: Vec<_> = (0..2_200)
-        .map(|i| deep.join(format!("{i:0>200}")))
-        .collect();
-    for name in &names {
-        std::fs::write(agent.root.path().join(name), "x").unwrap();
-    }
+    let names = deep_files(agent.root.path());
     let destination = tempfile::tempdir().unwrap();
-    let spec = ferry_engine::JobSpec {
-        name: "docs".into(),
-        rule: ferry_engine::Rule::Sync,
-        source: Arc::new(remote_endpoint(&agent)),
-        destinations: vec![Arc::new(LocalEndpoint::new(destination.path()))],
-        filter: Filter::default(),
-        guards: Default::default(),
-        full_scan_every: None,
-    };
-    let run = |spec: ferry_engine::JobSpec| {
-        ferry_wire::blocking::spawn(move || {
-            let halt = ferry_engine::Halt::fenced(lease());
-            ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
-        })
-    };
-    let first = run(spec.clone()).await.unwrap().unwrap();
+    let remote: Arc<dyn Endpoint> = Arc::new(remote_endpoint(&agent));
+    let spec = job(ferry_engine::Rule::Sync, remote, destination.path());
+    let first = run_job(&spec).await;
     assert_eq!(first.files_copied, 2_200, "{:?}", first.first_failure);
     let base = agent.root.path().join(".ferry/sync-docs.json");
     let size = std::fs::metadata(&base).unwrap().len();
     assert!(size > frame::MAX_FRAME as u64, "the base is {size} bytes");
 
     std::fs::remove_file(destination.path().join(&names[7])).unwrap();
-    let second = run(spec).await.unwrap().unwrap();
+    let second = run_job(&spec).await;
     assert_eq!(second.failures, 0, "{:?}", second.first_failure);
     assert_eq!((second.files_copied, second.files_deleted), (0, 1));
     assert!(
@@ -494,43 +474,70 @@ async fn a_sync_base_larger_than_a_frame_is_kept_on_the_agent_and_read_back() {
     );
 }
 
-/// Paths of 4 KiB, the longest a scan lists, sent to an agent: requests sent without waiting
-/// go in frames sized by what they carry, not by their count alone, so none is over the limit
-/// (2,200 removals of such paths are 9 MiB).
+/// Paths of 4 KiB, the longest a scan lists, sent to an agent and scanned there: scans and
+/// requests sent without waiting go in frames sized by what they carry, not by their count
+/// alone, so none is over the limit (2,200 entries or removals of such paths are 9 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_with_the_longest_paths_are_mirrored_to_an_agent_and_removed_there() {
     let agent = Arc::new(TestAgent::new());
     let source = tempfile::tempdir().unwrap();
-    let deep: std::path::PathBuf = (0..15).map(|i| format!("{i:0>250}")).collect();
-    std::fs::create_dir_all(source.path().join(&deep)).unwrap();
-    for i in 0..2_200 {
-        std::fs::write(source.path().join(deep.join(format!("{i:0>200}"))), "x").unwrap();
-    }
-    let spec = ferry_engine::JobSpec {
-        name: "docs".into(),
-        rule: ferry_engine::Rule::Mirror,
-        source: Arc::new(LocalEndpoint::new(source.path())),
-        destinations: vec![Arc::new(remote_endpoint(&agent))],
-        filter: Filter::default(),
-        guards: Default::default(),
-        full_scan_every: None,
-    };
-    let run = |spec: ferry_engine::JobSpec| {
-        ferry_wire::blocking::spawn(move || {
-            let halt = ferry_engine::Halt::fenced(lease());
-            ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
-        })
-    };
-    let copied = run(spec.clone()).await.unwrap().unwrap();
+    let names = deep_files(source.path());
+    let deep = names[0].parent().unwrap();
+    let here: Arc<dyn Endpoint> = Arc::new(LocalEndpoint::new(source.path()));
+    let mut spec = job(ferry_engine::Rule::Mirror, here, agent.root.path());
+    spec.destinations = vec![Arc::new(remote_endpoint(&agent))];
+    let copied = run_job(&spec).await;
     assert_eq!(copied.failures, 0, "{:?}", copied.first_failure);
     assert_eq!(copied.files_copied, 2_200);
-    let there = agent.root.path().join(&deep);
+    let there = agent.root.path().join(deep);
     assert_eq!(std::fs::read_dir(&there).unwrap().count(), 2_200);
 
-    std::fs::remove_dir_all(source.path().join(&deep)).unwrap();
-    std::fs::create_dir_all(source.path().join(&deep)).unwrap();
-    let removed = run(spec).await.unwrap().unwrap();
+    std::fs::remove_dir_all(source.path().join(deep)).unwrap();
+    std::fs::create_dir_all(source.path().join(deep)).unwrap();
+    let removed = run_job(&spec).await;
     assert_eq!(removed.failures, 0, "{:?}", removed.first_failure);
     assert_eq!(removed.files_deleted, 2_200);
     assert_eq!(std::fs::read_dir(&there).unwrap().count(), 0);
+}
+
+/// 2,200 files in `root`, each at a path of 3,969 bytes: 15 folders of 250-byte names.
+fn deep_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let deep: std::path::PathBuf = (0..15).map(|i| format!("{i:0>250}")).collect();
+    std::fs::create_dir_all(root.join(&deep)).unwrap();
+    let names: Vec<_> = (0..2_200)
+        .map(|i| deep.join(format!("{i:0>200}")))
+        .collect();
+    for name in &names {
+        std::fs::write(root.join(name), "x").unwrap();
+    }
+    names
+}
+
+/// Job "docs" under `rule` from `source` to the local folder `destination`.
+fn job(
+    rule: ferry_engine::Rule,
+    source: Arc<dyn Endpoint>,
+    destination: &std::path::Path,
+) -> ferry_engine::JobSpec {
+    ferry_engine::JobSpec {
+        name: "docs".into(),
+        rule,
+        source,
+        destinations: vec![Arc::new(LocalEndpoint::new(destination))],
+        filter: Filter::default(),
+        guards: Default::default(),
+        full_scan_every: None,
+    }
+}
+
+/// One full run of `spec` under the test lease.
+async fn run_job(spec: &ferry_engine::JobSpec) -> ferry_engine::Summary {
+    let spec = spec.clone();
+    ferry_wire::blocking::spawn(move || {
+        let halt = ferry_engine::Halt::fenced(lease());
+        ferry_engine::run::run(&spec, &Scope::Full, &halt, &mut |_| {})
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
