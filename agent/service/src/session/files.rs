@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -30,7 +31,7 @@ impl Session<'_> {
     /// `more: false`; a walk that fails after some batches ends with the failure instead.
     pub(super) async fn scan(
         &mut self,
-        replica: LocalEndpoint,
+        replica: Arc<LocalEndpoint>,
         paths: Option<Vec<PathBuf>>,
         include: &[String],
         exclude: &[String],
@@ -84,7 +85,7 @@ impl Session<'_> {
     /// Streams a file as a delta: the file is read on a blocking thread while batches go out.
     pub(super) async fn read_file(
         &mut self,
-        replica: LocalEndpoint,
+        replica: Arc<LocalEndpoint>,
         path: PathBuf,
         base: Option<Signature>,
     ) -> Result<(), FrameError> {

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch::Receiver;
@@ -54,7 +55,9 @@ struct Session<'a> {
     /// Who the peer is, by its certificate.
     peer: Peer,
     fence: Option<Fence>,
-    replica: Option<LocalEndpoint>,
+    /// Shared with each request's work, not cloned: a clone would not hold the folder the
+    /// last file was received into, and each file would resolve its folder afresh.
+    replica: Option<Arc<LocalEndpoint>>,
     /// What the peer may do in the open folder.
     rights: Rights,
     stager: Stager,
@@ -453,7 +456,7 @@ impl Session<'_> {
         self.rights = rights;
         match replica.prepare(create, None) {
             Ok(()) => {
-                self.replica = Some(replica);
+                self.replica = Some(Arc::new(replica));
                 Response::Done
             }
             Err(e) => wire_failure(&e),

@@ -2,7 +2,7 @@
 //! frame past 60,000 files, so a peer reads and writes it a part at a time.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use serde_bytes::ByteBuf;
@@ -60,7 +60,7 @@ enum Part {
 impl StateWrites {
     pub(super) fn write_part(
         &mut self,
-        replica: &LocalEndpoint,
+        replica: &Arc<LocalEndpoint>,
         name: String,
         from: u64,
         bytes: Vec<u8>,
@@ -88,7 +88,7 @@ impl StateWrites {
 }
 
 impl Staged {
-    fn begin(replica: LocalEndpoint, name: String) -> Self {
+    fn begin(replica: Arc<LocalEndpoint>, name: String) -> Self {
         // Two parts queued at most: a peer sending faster than the disk takes them waits.
         let (parts, queued) = mpsc::sync_channel(2);
         let written = name.clone();
