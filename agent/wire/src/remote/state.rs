@@ -44,7 +44,7 @@ impl RemoteEndpoint {
         if !self.speaks(STATE_PARTS) {
             let mut bytes = Vec::new();
             produce(&mut bytes).map_err(|e| self.error("write state", Path::new(name), e))?;
-            if bytes.len() > STATE_PART {
+            if bytes.len() > WHOLE_STATE {
                 return Err(self.too_large_for(name, bytes.len()));
             }
             let request = Request::WriteState {
@@ -68,6 +68,10 @@ impl RemoteEndpoint {
         out.send(Vec::new(), true)
     }
 }
+
+/// The largest state file an agent before protocol 14 takes: what a frame holds, less its
+/// message's other fields.
+const WHOLE_STATE: usize = crate::frame::MAX_FRAME as usize - 4096;
 
 impl RemoteEndpoint {
     fn too_large_for(&self, name: &str, size: usize) -> ferry_engine::endpoint::EndpointError {

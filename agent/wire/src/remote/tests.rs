@@ -193,3 +193,31 @@ async fn a_scan_listing_a_path_no_folder_holds_fails_as_outside() {
         assert!(error.to_string().len() < 600, "named by its start: {error}");
     }
 }
+
+/// An agent one release behind takes a state file in one frame: a small one goes whole, as
+/// that agent expects; one larger than a frame is refused before it is sent, saying which
+/// agent to upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_for_an_agent_before_parts_goes_whole_or_says_to_upgrade_it() {
+    let remote = Arc::new(endpoint(vec![
+        Step::Answer(Response::Done),
+        Step::Answer(Response::Done),
+    ]));
+    let writing = remote.clone();
+    on_engine_thread(move || {
+        writing.prepare(false, None)?;
+        writing.write_state_bytes("sync-docs.json", b"{}")
+    })
+    .await
+    .unwrap();
+    let error = on_engine_thread(move || {
+        remote.write_state("sync-docs.json", &mut |out| {
+            out.write_all(&vec![b' '; 9 << 20])
+        })
+    })
+    .await
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("upgrade ferry-agent"), "{message}");
+    assert!(message.contains("nas1"), "{message}");
+}
