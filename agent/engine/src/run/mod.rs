@@ -336,8 +336,7 @@ enum Missing<F> {
 
 /// Prepares every replica at the same time (a remote one mostly waits on its agent); which
 /// are there to scan (a preview takes a missing destination as empty). The source's failure
-/// or a destination's fails the run.
-/// Prepares `replicas` but the first `ready` ones, prepared before.
+/// or a destination's fails the run. The first `ready` were prepared before, and are left so.
 fn prepare_replicas<F: Fn(usize) -> bool + Copy + Send + Sync>(
     spec: &JobSpec,
     replicas: &[&dyn Endpoint],
