@@ -224,7 +224,7 @@ impl Sides {
             Kind::Dir | Kind::Special(_) => false,
         };
         leavable
-            && entry.meta().link.is_none()
+            && entry.link().is_none()
             && self.cursor < self.source.len()
             && self.source.get(self.cursor) == (path, entry)
     }

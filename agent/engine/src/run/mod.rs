@@ -517,7 +517,7 @@ fn owner_maps(
 fn names_elsewhere(spec: &JobSpec, source: &Tree) -> bool {
     spec.rule != Rule::Sync
         && spec.guards.keep.hard_links
-        && source.values().any(|entry| entry.meta().link.is_some())
+        && source.values().any(|entry| entry.link().is_some())
 }
 
 /// `tree`, once it is known to list nothing under a non-folder (see [`check_parents`]).

@@ -235,8 +235,7 @@ pub(super) fn meta_change<'t>(
         && s.meta()
             .owner
             .is_some_and(|o| Some(owner_there(o)) != t.owner());
-    let values = (keep.acls && s.meta().acl != t.meta().acl)
-        || (keep.xattrs && s.meta().xattrs != t.meta().xattrs);
+    let values = (keep.acls && s.acl() != t.acl()) || (keep.xattrs && s.xattrs() != t.xattrs());
     (mode || owner || values).then_some(Op::SetMeta {
         from: 0,
         entry: s,
@@ -250,7 +249,7 @@ pub(super) fn meta_change<'t>(
 fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<'t>) {
     let mut names: HashMap<NonZeroU64, Vec<&Path>> = HashMap::new();
     for (path, s) in src {
-        if let Some(link) = s.meta().link.filter(|_| s.kind() == Kind::File) {
+        if let Some(link) = s.link().filter(|_| s.kind() == Kind::File) {
             names.entry(link).or_default().push(path);
         }
     }
@@ -274,12 +273,12 @@ fn keep_hard_links<'t>((src, dst): (&'t Tree, &Tree), d: usize, plan: &mut Plan<
     let mut links = Vec::new();
     for names in groups {
         let first = names[0];
-        let first_there = dst.get(first).and_then(|t| t.meta().link);
+        let first_there = dst.get(first).and_then(|t| t.link());
         for other in &names[1..] {
             let there = dst.get(*other);
             let linked = !written.contains(first)
                 && first_there.is_some()
-                && there.and_then(|t| t.meta().link) == first_there;
+                && there.and_then(|t| t.link()) == first_there;
             if !linked {
                 let op = Op::HardLink {
                     from: first,

@@ -223,9 +223,24 @@ impl Entry {
             owner: self.owner(),
             acl: self.acl,
             xattrs: self.xattrs,
-            link: self.rare.as_ref().and_then(|rare| rare.link),
+            link: self.link(),
             sparse: self.bits & SPARSE != 0,
         }
+    }
+
+    /// See [`Meta::link`]: read alone where a run looks at every entry.
+    pub fn link(&self) -> Option<NonZeroU64> {
+        self.rare.as_ref().and_then(|rare| rare.link)
+    }
+
+    /// See [`Meta::acl`].
+    pub fn acl(&self) -> Option<Digest> {
+        self.acl
+    }
+
+    /// See [`Meta::xattrs`].
+    pub fn xattrs(&self) -> Option<Digest> {
+        self.xattrs
     }
 
     pub fn owner(&self) -> Option<Owner> {
