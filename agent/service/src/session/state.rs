@@ -25,7 +25,7 @@ pub(super) fn read_part(
             size: 0,
         });
     };
-    let failed = |e| EndpointError::new("read state", format!("{}/{name}", replica.display()), e);
+    let failed = |e| EndpointError::new("read state", place(replica, name), e);
     let size = file.metadata().map_err(failed)?.len();
     file.seek(SeekFrom::Start(from)).map_err(failed)?;
     let mut bytes = Vec::with_capacity(STATE_PART.min(size.saturating_sub(from) as usize));
@@ -136,10 +136,11 @@ impl Staged {
 
 fn refused(replica: &LocalEndpoint, name: &str, why: &str) -> EndpointError {
     let why = format!("{why}; it is not written, and the one before stays");
-    let path = format!("{}/{name}", replica.display());
-    EndpointError::new(
-        "write state",
-        path,
-        io::Error::new(io::ErrorKind::InvalidInput, why),
-    )
+    let refused = io::Error::new(io::ErrorKind::InvalidInput, why);
+    EndpointError::new("write state", place(replica, name), refused)
+}
+
+/// State `name` of `replica`, as users name it in messages.
+fn place(replica: &LocalEndpoint, name: &str) -> String {
+    format!("{}/.ferry/{name}", replica.display())
 }
